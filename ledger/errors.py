@@ -1,0 +1,130 @@
+"""The one exception tree of ledger.
+
+Every error that ledger raises on purpose derives from :class:`LedgerError` and
+carries a message written for the user: what went wrong, where (file, field,
+address), and what to do about it. Only the CLI turns these into exit codes
+(:attr:`LedgerError.exit_code`) and only the API into HTTP statuses
+(:attr:`LedgerError.http_status`).
+
+Some classes also subclass a builtin (``FileNotFoundError``, ``ValueError``)
+so that callers that already catch those keep working.
+"""
+
+from __future__ import annotations
+
+
+class LedgerError(Exception):
+    """Root of every error ledger raises on purpose."""
+
+    exit_code: int = 1
+    http_status: int = 500
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        if self.hint:
+            return f"{self.message}\n  hint: {self.hint}"
+        return self.message
+
+
+# -- configuration and input --------------------------------------------------
+
+
+class ConfigError(LedgerError):
+    """The configuration (file or environment) is missing or inconsistent."""
+
+    exit_code = 10
+    http_status = 500
+
+
+class InputError(LedgerError, ValueError):
+    """A file or argument given by the user cannot be used as it is."""
+
+    exit_code = 11
+    http_status = 422
+
+
+class FileMissingError(InputError, FileNotFoundError):
+    """A path given by the user does not exist or is not a regular file."""
+
+
+class UnsupportedFormatError(InputError):
+    """A file is of a kind ledger cannot read safely (e.g. a pickle needing code)."""
+
+
+# -- the artifact store -------------------------------------------------------
+
+
+class StoreError(LedgerError):
+    """The artifact store failed."""
+
+    exit_code = 20
+    http_status = 502
+
+
+class ArtifactNotFoundError(StoreError, KeyError):
+    """No artifact with this CID is in the store."""
+
+    http_status = 404
+
+    def __str__(self) -> str:  # KeyError would otherwise quote the message
+        return LedgerError.__str__(self)
+
+
+class IntegrityError(StoreError):
+    """Stored bytes no longer hash to the CID they are filed under."""
+
+
+# -- the chain ----------------------------------------------------------------
+
+
+class ChainError(LedgerError):
+    """The chain could not be reached or answered unexpectedly."""
+
+    exit_code = 30
+    http_status = 502
+
+
+class ChainUnavailableError(ChainError, ConnectionError):
+    """No JSON-RPC endpoint answers at the configured URL."""
+
+    http_status = 503
+
+
+class RegistryNotDeployedError(ChainError):
+    """No registry contract is at the configured address on this chain."""
+
+
+class TransactionRevertedError(ChainError):
+    """The registry refused a transaction; :attr:`error_name` names its custom error."""
+
+    def __init__(
+        self, message: str, *, error_name: str, args: tuple[object, ...] = (), hint: str | None = None
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.error_name = error_name
+        self.error_args = args
+
+
+class CompilerError(LedgerError):
+    """The Solidity compiler is missing or failed."""
+
+    exit_code = 31
+
+
+# -- recording and verification -----------------------------------------------
+
+
+class RecordError(LedgerError):
+    """A run could not be recorded (e.g. used after it ended)."""
+
+    exit_code = 40
+
+
+class VerificationError(LedgerError):
+    """Verification could not be carried out at all (not: the file failed it)."""
+
+    exit_code = 50
