@@ -1,0 +1,188 @@
+"""Start, stop and inspect a local Anvil dev chain.
+
+The chain keeps its state in ``<data dir>/chain/state.json``: Anvil dumps it
+every second (``--state-interval 1``) and on SIGTERM, and loads it at start, so
+a crash loses at most about a second of blocks. ``ledger chain down`` sends
+SIGTERM for a clean dump. The binary is ``anvil`` on PATH when present, else the
+one npm installed from ``@foundry-rs/anvil-linux-amd64`` (``LEDGER_ANVIL``
+overrides both).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from ledger.errors import ChainError, ChainUnavailableError, ConfigError
+
+STATE_INTERVAL_S = 1
+
+
+def find_anvil() -> Path:
+    """The anvil binary to run."""
+    explicit = os.environ.get("LEDGER_ANVIL")
+    if explicit:
+        return Path(explicit)
+    on_path = shutil.which("anvil")
+    if on_path:
+        return Path(on_path)
+    here = Path(__file__).resolve().parents[2]
+    for root in (Path.cwd(), *Path.cwd().parents, here):
+        candidate = root / "node_modules" / ".bin" / "anvil"
+        if candidate.exists():
+            return candidate
+    raise ConfigError(
+        "no anvil binary found (not on PATH, not in node_modules/.bin)",
+        hint="run `npm ci` in the ledger checkout, or set LEDGER_ANVIL to its path",
+    )
+
+
+def rpc_call(url: str, method: str, params: list[object] | None = None, timeout: float = 2.0) -> object:
+    """One JSON-RPC call without web3 (cheap enough for health checks)."""
+    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": params or []})
+    request = urllib.request.Request(
+        url, data=body.encode(), headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            answer = json.loads(response.read())
+    except (urllib.error.URLError, OSError, json.JSONDecodeError) as exc:
+        raise ChainUnavailableError(f"no JSON-RPC answer at {url}: {exc}") from exc
+    if "error" in answer:
+        raise ChainError(f"{method} failed at {url}: {answer['error']}")
+    return answer.get("result")
+
+
+@dataclass(frozen=True)
+class ChainStatus:
+    running: bool
+    pid: int | None
+    rpc_url: str
+    chain_id: int | None = None
+    block_number: int | None = None
+
+
+class AnvilProcess:
+    """A local Anvil whose pid, log and state live in ``chain_dir``."""
+
+    def __init__(self, chain_dir: Path, host: str = "127.0.0.1", port: int = 8545) -> None:
+        self.chain_dir = chain_dir
+        self.host = host
+        self.port = port
+
+    @property
+    def rpc_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.chain_dir / "anvil.pid"
+
+    @property
+    def state_file(self) -> Path:
+        return self.chain_dir / "state.json"
+
+    @property
+    def log_file(self) -> Path:
+        return self.chain_dir / "anvil.log"
+
+    def pid(self) -> int | None:
+        try:
+            pid = int(self.pid_file.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            return pid
+        return pid
+
+    def answers(self) -> bool:
+        try:
+            rpc_call(self.rpc_url, "eth_chainId", timeout=0.5)
+        except ChainError:
+            return False
+        return True
+
+    def start(self, *, timeout: float = 20.0, persist: bool = True) -> int:
+        """Start Anvil in the background (no-op if ours already runs); returns its pid."""
+        existing = self.pid()
+        if existing is not None and self.answers():
+            return existing
+        if self.answers():
+            raise ChainError(
+                f"something else already answers at {self.rpc_url}",
+                hint="stop it, or use another port (--port)",
+            )
+        self.chain_dir.mkdir(parents=True, exist_ok=True)
+        args = [str(find_anvil()), "--host", self.host, "--port", str(self.port)]
+        if persist:
+            args += ["--state", str(self.state_file), "--state-interval", str(STATE_INTERVAL_S)]
+        with open(self.log_file, "ab") as log:
+            proc = subprocess.Popen(
+                args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        self.pid_file.write_text(f"{proc.pid}\n")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise ChainError(
+                    f"anvil exited with code {proc.returncode} at start",
+                    hint=f"see its log at {self.log_file}",
+                )
+            if self.answers():
+                return proc.pid
+            time.sleep(0.1)
+        proc.terminate()
+        raise ChainError(f"anvil did not answer at {self.rpc_url} within {timeout:.0f} s")
+
+    def stop(self, *, timeout: float = 15.0) -> bool:
+        """SIGTERM (Anvil then dumps its state); returns False if it was not running."""
+        pid = self.pid()
+        if pid is None:
+            self.pid_file.unlink(missing_ok=True)
+            return False
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            _reap(pid)
+            time.sleep(0.1)
+        else:
+            raise ChainError(f"anvil (pid {pid}) did not stop within {timeout:.0f} s")
+        self.pid_file.unlink(missing_ok=True)
+        return True
+
+    def status(self) -> ChainStatus:
+        pid = self.pid()
+        try:
+            chain_id = rpc_call(self.rpc_url, "eth_chainId", timeout=0.5)
+            block = rpc_call(self.rpc_url, "eth_blockNumber", timeout=0.5)
+        except ChainError:
+            return ChainStatus(running=False, pid=pid, rpc_url=self.rpc_url)
+        return ChainStatus(
+            running=True, pid=pid, rpc_url=self.rpc_url,
+            chain_id=int(str(chain_id), 16), block_number=int(str(block), 16),
+        )
+
+
+def _reap(pid: int) -> None:
+    """Collect a child we started in this process, so it does not linger as a zombie."""
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass

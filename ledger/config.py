@@ -1,0 +1,177 @@
+"""Where ledger finds its data directory, chain, registry and signing key.
+
+Precedence, highest first: explicit arguments, environment variables, the
+config file ``<data dir>/config.json`` (written by ``ledger deploy``), defaults.
+
+==========================  =================================================
+``LEDGER_HOME``             data directory (default ``.ledger`` in the cwd)
+``LEDGER_RPC_URL``          JSON-RPC endpoint (default ``http://127.0.0.1:8545``)
+``LEDGER_REGISTRY``         registry contract address
+``LEDGER_PRIVATE_KEY``      hex private key of the committer
+``LEDGER_KEYSTORE``         path of an encrypted JSON keystore (with
+``LEDGER_KEYSTORE_PASSWORD``  its password)
+==========================  =================================================
+
+Anvil's well-known first dev key is used only when no key is configured and the
+chain is a local dev chain (chain id 31337). The key is never logged: the
+:class:`Secret` wrapper hides it from ``repr`` and ``str``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from ledger.errors import ConfigError
+
+DEFAULT_RPC_URL = "http://127.0.0.1:8545"
+DEV_CHAIN_ID = 31337
+# Anvil's first dev account; public knowledge, funded only on local dev chains.
+ANVIL_DEV_KEY = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80"
+CONFIG_FILE = "config.json"
+
+
+class Secret:
+    """A string that does not show itself in logs, reprs or tracebacks."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Resolved configuration; build it with :func:`load_settings`."""
+
+    data_dir: Path
+    rpc_url: str = DEFAULT_RPC_URL
+    registry_address: str | None = None
+    chain_id: int | None = None
+    deploy_block: int | None = None
+    private_key: Secret | None = field(default=None, repr=False)
+    keystore: Path | None = None
+    keystore_password: Secret | None = field(default=None, repr=False)
+
+    @property
+    def config_path(self) -> Path:
+        return self.data_dir / CONFIG_FILE
+
+    @property
+    def store_dir(self) -> Path:
+        return self.data_dir / "store"
+
+    @property
+    def chain_dir(self) -> Path:
+        return self.data_dir / "chain"
+
+    def with_overrides(self, **changes: Any) -> Settings:
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+def default_data_dir() -> Path:
+    return Path(os.environ.get("LEDGER_HOME") or ".ledger")
+
+
+def read_config_file(data_dir: Path) -> dict[str, Any]:
+    path = data_dir / CONFIG_FILE
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(
+            f"cannot read the config file {path}: {exc}",
+            hint="fix or delete it and run `ledger deploy` again",
+        ) from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a JSON object")
+    return data
+
+
+def load_settings(data_dir: Path | str | None = None, **overrides: Any) -> Settings:
+    """Resolve the settings from arguments, environment and the config file."""
+    base = Path(data_dir) if data_dir is not None else default_data_dir()
+    file = read_config_file(base)
+    env = os.environ
+    keystore = env.get("LEDGER_KEYSTORE")
+    settings = Settings(
+        data_dir=base,
+        rpc_url=env.get("LEDGER_RPC_URL") or file.get("rpc_url") or DEFAULT_RPC_URL,
+        registry_address=env.get("LEDGER_REGISTRY") or file.get("registry_address"),
+        chain_id=_int_or_none(file.get("chain_id"), "chain_id", base),
+        deploy_block=_int_or_none(file.get("deploy_block"), "deploy_block", base),
+        private_key=Secret(env["LEDGER_PRIVATE_KEY"]) if env.get("LEDGER_PRIVATE_KEY") else None,
+        keystore=Path(keystore) if keystore else None,
+        keystore_password=(
+            Secret(env["LEDGER_KEYSTORE_PASSWORD"]) if "LEDGER_KEYSTORE_PASSWORD" in env else None
+        ),
+    )
+    return settings.with_overrides(**overrides)
+
+
+def _int_or_none(value: Any, name: str, data_dir: Path) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise ConfigError(f"field {name!r} in {data_dir / CONFIG_FILE} must be an integer")
+
+
+def save_deployment(settings: Settings, *, address: str, chain_id: int, block: int) -> Path:
+    """Record a deployment in the config file, keeping its other fields."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    data = read_config_file(settings.data_dir)
+    data.update(
+        rpc_url=settings.rpc_url, registry_address=address, chain_id=chain_id, deploy_block=block
+    )
+    path = settings.config_path
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def resolve_private_key(settings: Settings, chain_id: int) -> Secret:
+    """The committer's key: configured, from the keystore, or Anvil's on a dev chain."""
+    if settings.private_key is not None:
+        return settings.private_key
+    if settings.keystore is not None:
+        return _decrypt_keystore(settings.keystore, settings.keystore_password)
+    if chain_id == DEV_CHAIN_ID:
+        return Secret(ANVIL_DEV_KEY)
+    raise ConfigError(
+        f"no signing key configured for chain id {chain_id}",
+        hint="set LEDGER_PRIVATE_KEY, or LEDGER_KEYSTORE and LEDGER_KEYSTORE_PASSWORD; "
+        "the dev key is only used on a local chain (id 31337)",
+    )
+
+
+def _decrypt_keystore(path: Path, password: Secret | None) -> Secret:
+    from eth_account import Account
+
+    if password is None:
+        raise ConfigError(
+            f"keystore {path} needs a password", hint="set LEDGER_KEYSTORE_PASSWORD"
+        )
+    try:
+        encrypted = json.loads(path.read_text())
+        key = Account.decrypt(encrypted, password.reveal())
+    except FileNotFoundError as exc:
+        raise ConfigError(f"keystore file {path} does not exist") from exc
+    except (ValueError, json.JSONDecodeError) as exc:
+        raise ConfigError(
+            f"cannot decrypt keystore {path}", hint="check LEDGER_KEYSTORE_PASSWORD"
+        ) from exc
+    return Secret("0x" + bytes(key).hex())
