@@ -1,0 +1,240 @@
+"""The ``ledger`` command line.
+
+Heavy modules (web3, torch) are imported inside the commands that need them,
+so ``ledger --help`` and ``ledger cid`` start fast. Errors from the
+:mod:`ledger.errors` tree become one red line and the error's exit code; no
+traceback unless ``LEDGER_DEBUG=1``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from ledger.errors import InputError, LedgerError
+
+app = typer.Typer(
+    name="ledger",
+    help="Tamper-evident provenance for machine-learning training.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+chain_app = typer.Typer(help="Run a local Anvil dev chain.", no_args_is_help=True)
+app.add_typer(chain_app, name="chain")
+
+DataDir = Annotated[
+    Path | None,
+    typer.Option("--data-dir", envvar="LEDGER_HOME", help="Data directory [default: .ledger]"),
+]
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON document.")]
+
+
+def _settings(data_dir: Path | None, **overrides: Any) -> Any:
+    from ledger.config import load_settings
+
+    return load_settings(data_dir, **overrides)
+
+
+def _echo_json(document: Any) -> None:
+    typer.echo(json.dumps(document, indent=2, sort_keys=True))
+
+
+def _run_id(text: str) -> bytes:
+    raw = text.strip().removeprefix("0x")
+    try:
+        value = bytes.fromhex(raw)
+    except ValueError:
+        value = b""
+    if len(value) != 32:
+        raise InputError(f"run id {text!r} is not 32 bytes of hex", hint="e.g. 0x12ab... (64 hex digits)")
+    return value
+
+
+# -- chain ----------------------------------------------------------------------
+
+
+def _anvil(data_dir: Path | None, port: int) -> Any:
+    from ledger.chain.anvil import AnvilProcess
+
+    return AnvilProcess(_settings(data_dir).chain_dir, port=port)
+
+
+Port = Annotated[int, typer.Option("--port", help="Port on 127.0.0.1.")]
+
+
+@chain_app.command("up")
+def chain_up(data_dir: DataDir = None, port: Port = 8545) -> None:
+    """Start a local Anvil with persistent state in the data directory."""
+    anvil = _anvil(data_dir, port)
+    pid = anvil.start()
+    typer.echo(f"anvil running at {anvil.rpc_url} (pid {pid}, state in {anvil.state_file})")
+
+
+@chain_app.command("down")
+def chain_down(data_dir: DataDir = None, port: Port = 8545) -> None:
+    """Stop the local Anvil cleanly (its state is saved)."""
+    anvil = _anvil(data_dir, port)
+    typer.echo("anvil stopped" if anvil.stop() else "anvil was not running")
+
+
+@chain_app.command("status")
+def chain_status(data_dir: DataDir = None, port: Port = 8545, as_json: JsonFlag = False) -> None:
+    """Show whether the local chain answers, its chain id and block height."""
+    status = _anvil(data_dir, port).status()
+    if as_json:
+        _echo_json(status.__dict__)
+    elif status.running:
+        typer.echo(f"running at {status.rpc_url}: chain id {status.chain_id}, "
+                   f"block {status.block_number}, pid {status.pid}")
+    else:
+        typer.echo(f"not running at {status.rpc_url}")
+    if not status.running:
+        raise typer.Exit(1)
+
+
+# -- deploy ---------------------------------------------------------------------
+
+
+@app.command()
+def deploy(
+    data_dir: DataDir = None,
+    rpc_url: Annotated[str | None, typer.Option(envvar="LEDGER_RPC_URL")] = None,
+) -> None:
+    """Deploy the registry and record its address in the data directory's config."""
+    from ledger.chain.registry import Registry, connect_web3, load_account
+    from ledger.config import save_deployment
+
+    settings = _settings(data_dir, rpc_url=rpc_url)
+    w3 = connect_web3(settings.rpc_url)
+    chain_id = w3.eth.chain_id
+    account = load_account(settings, chain_id)
+    registry, tx = Registry.deploy(w3, account)
+    path = save_deployment(settings, address=registry.address, chain_id=chain_id,
+                           block=tx.block_number)
+    typer.echo(f"registry {registry.address} on chain {chain_id} (block {tx.block_number}, "
+               f"gas {tx.gas_used}); admin and committer {account.address}; saved to {path}")
+
+
+# -- hashing --------------------------------------------------------------------
+
+
+@app.command()
+def cid(
+    path: Annotated[Path, typer.Argument(help="File to hash.")],
+    cid_version: Annotated[int, typer.Option("--cid-version", min=0, max=1)] = 1,
+) -> None:
+    """Print the file's CID as `ipfs add -Q --only-hash` would (CIDv1 raw leaves by default)."""
+    from ledger.hashing.cid import file_cid
+
+    typer.echo(str(file_cid(path, cid_version=cid_version)))
+
+
+@app.command()
+def tensors(
+    path: Annotated[Path, typer.Argument(help="Weights file (.pt, .pth, .safetensors).")],
+    as_json: JsonFlag = False,
+) -> None:
+    """Print the tensor root of a weights file, and with --json every tensor's digest."""
+    from ledger.hashing.tensors import tensor_digest
+
+    digest = tensor_digest(path)
+    if as_json:
+        _echo_json(digest.index())
+    else:
+        typer.echo(f"{digest.scheme}:{digest.root.hex()}  ({len(digest.leaves)} tensors)")
+
+
+# -- verify ---------------------------------------------------------------------
+
+
+@app.command()
+def verify(
+    path: Annotated[Path, typer.Argument(help="Model file to check.")],
+    run: Annotated[str | None, typer.Option(help="Run id the file should belong to.")] = None,
+    data_dir: DataDir = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Re-check a model file against the ledger: exit 0 verified, 3 mismatch, 4 unknown, 5 revoked."""
+    from ledger.chain.registry import Registry
+    from ledger.store import LocalStore
+    from ledger.verify import Verifier
+
+    settings = _settings(data_dir)
+    registry = Registry.connect(settings, signer=False)
+    verifier = Verifier(registry, LocalStore(settings.store_dir))
+    report = verifier.verify_file(path, expected_run=_run_id(run) if run else None)
+    if as_json:
+        _echo_json(report.to_json())
+    else:
+        _print_report(report)
+    raise typer.Exit(report.outcome.exit_code)
+
+
+def _print_report(report: Any) -> None:
+    from rich.console import Console
+
+    console = Console(highlight=False, soft_wrap=True)
+    colour = {"verified": "green", "mismatch": "red", "unknown": "yellow", "revoked": "red"}
+    console.print(f"[bold]{report.path}[/bold]  CID {report.file_cid}")
+    for check in report.checks:
+        mark = "[green]✓[/green]" if check.ok else "[red]✗[/red]"
+        console.print(f"  {mark} {check.name}: {check.detail}")
+    where = ""
+    if report.run_id:
+        what = "final weights" if report.is_final else (
+            f"checkpoint step {report.step}" if report.step is not None else "")
+        where = f" — run {report.run_id}" + (f", {what}" if what else "")
+    outcome = report.outcome.value
+    console.print(f"[bold {colour[outcome]}]{outcome.upper()}[/]{where}")
+
+
+# -- runs -----------------------------------------------------------------------
+
+
+@app.command()
+def show(run: Annotated[str, typer.Argument(help="Run id.")], data_dir: DataDir = None) -> None:
+    """Print a run's on-chain record as JSON."""
+    from ledger.chain.registry import Registry
+
+    registry = Registry.connect(_settings(data_dir), signer=False)
+    record = registry.get_run(_run_id(run))
+    _echo_json({
+        "run_id": "0x" + record.run_id.hex(), "committer": record.committer,
+        "started_at": record.started_at, "status": record.status.name.lower(),
+        "revoked": record.revoked, "manifest_digest": record.manifest_digest.hex(),
+        "checkpoint_root": record.checkpoint_root.hex(),
+    })
+
+
+@app.command()
+def revoke(
+    run: Annotated[str, typer.Argument(help="Run id.")],
+    reason: Annotated[str, typer.Option(help="Why the run is revoked (recorded on chain).")],
+    data_dir: DataDir = None,
+) -> None:
+    """Revoke a run (its committer or an admin may); its descendants become tainted."""
+    from ledger.chain.registry import Registry
+
+    tx = Registry.connect(_settings(data_dir)).revoke_run(_run_id(run), reason)
+    typer.echo(f"revoked in tx {tx.tx_hash} (block {tx.block_number})")
+
+
+def main() -> None:
+    """Console entry point: maps the ledger error tree to exit codes."""
+    try:
+        app()  # standalone: usage errors and typer.Exit end the process themselves
+    except LedgerError as exc:
+        if os.environ.get("LEDGER_DEBUG"):
+            raise
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        sys.exit(exc.exit_code)
+
+
+if __name__ == "__main__":
+    main()

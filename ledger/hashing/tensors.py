@@ -1,0 +1,242 @@
+"""Tensor roots: an identity of model weights that ignores the container.
+
+Scheme ``tensors-sha256-v1``. For each tensor of a state dict, sorted by name
+(UTF-8 byte order), a leaf::
+
+    leaf = sha256(0x00 || u32 len(name) || name || u32 len(dtype) || dtype
+                  || u32 ndim || u64 dim[0] ... || sha256(data))
+
+where ``dtype`` is the safetensors dtype name (``F32``, ``BF16``, ``I64``...),
+integers are big-endian and ``data`` is the tensor's row-major little-endian
+bytes. Leaves are combined pairwise, ``node = sha256(0x01 || left || right)``,
+an odd last node moving up unchanged, until one root is left. The same weights
+give the same root whether saved by ``torch.save`` under any file name or as
+``.safetensors``; and because every leaf binds its name, two roots that differ
+can be explained tensor by tensor (:func:`diff_tensors`).
+
+Reading is safe by construction: ``.safetensors`` files are parsed here from
+their JSON header (no torch, no code); torch files are opened with
+``torch.load(weights_only=True, mmap=True)``, which refuses pickled code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import mmap
+import struct
+import zipfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ledger.errors import FileMissingError, InputError, UnsupportedFormatError
+
+TENSORS_SCHEME = "tensors-sha256-v1"
+
+# torch dtype name -> safetensors dtype name
+_TORCH_DTYPES = {
+    "float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16",
+    "int64": "I64", "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8",
+    "bool": "BOOL", "float8_e4m3fn": "F8_E4M3", "float8_e5m2": "F8_E5M2",
+    "uint16": "U16", "uint32": "U32", "uint64": "U64", "complex64": "C64",
+}
+
+
+@dataclass(frozen=True)
+class TensorLeaf:
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    data_digest: bytes
+
+    @property
+    def leaf(self) -> bytes:
+        name = self.name.encode()
+        dtype = self.dtype.encode()
+        parts = [
+            b"\x00", struct.pack(">I", len(name)), name, struct.pack(">I", len(dtype)), dtype,
+            struct.pack(">I", len(self.shape)), *(struct.pack(">Q", d) for d in self.shape),
+            self.data_digest,
+        ]
+        return hashlib.sha256(b"".join(parts)).digest()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"dtype": self.dtype, "shape": list(self.shape), "sha256": self.data_digest.hex()}
+
+
+@dataclass(frozen=True)
+class TensorDigest:
+    """The root of a set of tensors and the leaves it was built from."""
+
+    root: bytes
+    leaves: tuple[TensorLeaf, ...]
+    scheme: str = TENSORS_SCHEME
+
+    def index(self) -> dict[str, Any]:
+        """A JSON document naming every tensor's digest (stored beside the record)."""
+        return {
+            "scheme": self.scheme,
+            "root": self.root.hex(),
+            "tensors": {leaf.name: leaf.to_json() for leaf in self.leaves},
+        }
+
+
+@dataclass(frozen=True)
+class TensorDiff:
+    added: tuple[str, ...]
+    removed: tuple[str, ...]
+    changed: tuple[str, ...]
+
+    @property
+    def empty(self) -> bool:
+        return not (self.added or self.removed or self.changed)
+
+
+def merkle_root(leaves: Iterable[TensorLeaf]) -> bytes:
+    level = [leaf.leaf for leaf in sorted(leaves, key=lambda x: x.name.encode())]
+    if not level:
+        return hashlib.sha256(b"\x01").digest()
+    while len(level) > 1:
+        nxt = [
+            hashlib.sha256(b"\x01" + level[i] + level[i + 1]).digest()
+            for i in range(0, len(level) - 1, 2)
+        ]
+        if len(level) % 2:
+            nxt.append(level[-1])
+        level = nxt
+    return level[0]
+
+
+def digest_leaves(leaves: Iterable[TensorLeaf]) -> TensorDigest:
+    ordered = tuple(sorted(leaves, key=lambda x: x.name.encode()))
+    names = [leaf.name for leaf in ordered]
+    if len(set(names)) != len(names):
+        raise InputError("two tensors share one name; a state dict needs unique names")
+    return TensorDigest(root=merkle_root(ordered), leaves=ordered)
+
+
+def diff_tensors(recorded: dict[str, Any], actual: TensorDigest) -> TensorDiff:
+    """Compare a stored tensor index (see :meth:`TensorDigest.index`) with ``actual``."""
+    expected: dict[str, Any] = recorded.get("tensors", {})
+    found = {leaf.name: leaf.to_json() for leaf in actual.leaves}
+    return TensorDiff(
+        added=tuple(sorted(set(found) - set(expected))),
+        removed=tuple(sorted(set(expected) - set(found))),
+        changed=tuple(sorted(n for n in set(found) & set(expected) if found[n] != expected[n])),
+    )
+
+
+# -- readers ------------------------------------------------------------------
+
+
+def is_safetensors(path: Path) -> bool:
+    return path.suffix == ".safetensors"
+
+
+def tensor_digest(path: Path | str) -> TensorDigest:
+    """The tensor root of a weights file (``.safetensors`` or a torch state dict)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileMissingError(f"{path} does not exist or is not a file")
+    if is_safetensors(path):
+        return digest_leaves(_safetensors_leaves(path))
+    return digest_leaves(_torch_leaves(path))
+
+
+def state_dict_digest(state_dict: dict[str, Any]) -> TensorDigest:
+    """The tensor root of an in-memory state dict of torch tensors."""
+    return digest_leaves(_leaf_of_tensor(name, t) for name, t in state_dict.items())
+
+
+def _safetensors_leaves(path: Path) -> Iterator[TensorLeaf]:
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+        if len(head) < 8:
+            raise UnsupportedFormatError(f"{path}: too short to be a safetensors file")
+        (size,) = struct.unpack("<Q", head)
+        if size > 100 * 1024 * 1024:
+            raise UnsupportedFormatError(f"{path}: safetensors header of {size} bytes is implausible")
+        try:
+            header = json.loads(handle.read(size))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise UnsupportedFormatError(f"{path}: safetensors header is not JSON: {exc}") from exc
+        if not isinstance(header, dict):
+            raise UnsupportedFormatError(f"{path}: safetensors header is not a JSON object")
+        body_start = 8 + size
+        file_size = path.stat().st_size
+        with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+            for name, info in header.items():
+                if name == "__metadata__":
+                    continue
+                try:
+                    start, end = (int(x) for x in info["data_offsets"])
+                    dtype, shape = str(info["dtype"]), tuple(int(d) for d in info["shape"])
+                except (KeyError, TypeError, ValueError) as exc:
+                    raise UnsupportedFormatError(
+                        f"{path}: tensor {name!r} has a malformed header entry"
+                    ) from exc
+                if not 0 <= start <= end or body_start + end > file_size:
+                    raise UnsupportedFormatError(
+                        f"{path}: tensor {name!r} points past the end of the file (truncated?)"
+                    )
+                data = hashlib.sha256(mapped[body_start + start : body_start + end]).digest()
+                yield TensorLeaf(name, dtype, shape, data)
+
+
+def _torch_leaves(path: Path) -> Iterator[TensorLeaf]:
+    import pickle
+
+    import torch
+
+    kwargs: dict[str, Any] = {"weights_only": True, "map_location": "cpu"}
+    if zipfile.is_zipfile(path):
+        kwargs["mmap"] = True
+    try:
+        obj = torch.load(path, **kwargs)
+    except pickle.UnpicklingError as exc:
+        raise UnsupportedFormatError(
+            f"{path}: refused to load: it needs code to unpickle, which ledger never runs "
+            f"({str(exc).splitlines()[0]})",
+            hint="save plain state dicts (torch.save(model.state_dict(), ...)) or safetensors",
+        ) from exc
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise UnsupportedFormatError(
+            f"{path}: not a readable torch weights file ({str(exc).splitlines()[0]})"
+        ) from exc
+    state = _find_state_dict(obj)
+    if state is None:
+        raise UnsupportedFormatError(
+            f"{path}: holds no state dict of tensors",
+            hint="ledger hashes state dicts: {name: tensor}, optionally under 'state_dict'",
+        )
+    for name, tensor in state.items():
+        yield _leaf_of_tensor(name, tensor)
+
+
+def _find_state_dict(obj: Any) -> dict[str, Any] | None:
+    import torch
+
+    if isinstance(obj, dict) and obj and all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
+    ):
+        return obj
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model_state_dict", "model"):
+            if key in obj:
+                return _find_state_dict(obj[key])
+    return None
+
+
+def _leaf_of_tensor(name: str, tensor: Any) -> TensorLeaf:
+    import torch
+
+    if not isinstance(tensor, torch.Tensor):
+        raise InputError(f"state dict entry {name!r} is a {type(tensor).__name__}, not a tensor")
+    dtype = _TORCH_DTYPES.get(str(tensor.dtype).removeprefix("torch."))
+    if dtype is None:
+        raise UnsupportedFormatError(f"tensor {name!r} has dtype {tensor.dtype}, not supported")
+    flat = tensor.detach().cpu().contiguous().reshape(-1)
+    data = flat.view(torch.uint8).numpy() if flat.numel() else b""
+    return TensorLeaf(name, dtype, tuple(tensor.shape), hashlib.sha256(data).digest())

@@ -1,0 +1,164 @@
+"""Run manifests and the JSON documents ledger stores, in canonical form.
+
+Every document ledger stores (manifest, metrics, tensor index) is serialized as
+RFC 8785 canonical JSON (scheme ``jcs-rfc8785``), so the same content always has
+the same bytes and therefore the same CID. A manifest describes everything that
+defines a run: its config, its code (git commit and a digest of uncommitted
+changes), its environment, fingerprints of its data, seed, parents with their
+relation, distributed set-up, and the names of the digest schemes used for it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import platform
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import rfc8785
+
+from ledger.errors import InputError
+from ledger.hashing.cid import CIDV1_SCHEME, file_cid
+from ledger.hashing.tensors import TENSORS_SCHEME
+
+MANIFEST_SCHEMA = "ledger.manifest/v1"
+METRICS_SCHEMA = "ledger.metrics/v1"
+DOCUMENT_SCHEME = "jcs-rfc8785"
+
+DIGEST_SCHEMES = {"file": CIDV1_SCHEME, "tensors": TENSORS_SCHEME, "documents": DOCUMENT_SCHEME}
+
+
+def canonical_json(document: Mapping[str, Any], *, what: str = "document") -> bytes:
+    """RFC 8785 bytes of ``document``; non-finite numbers are refused by path."""
+    _check_finite(document, what)
+    try:
+        return bytes(rfc8785.dumps(document))
+    except (TypeError, ValueError, rfc8785.CanonicalizationError) as exc:
+        raise InputError(
+            f"{what} cannot be written as canonical JSON: {exc}",
+            hint="use only strings, numbers, booleans, null, lists and string-keyed dicts",
+        ) from exc
+
+
+def _check_finite(value: Any, path: str) -> None:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InputError(f"{path} is {value}; canonical JSON has no NaN or infinity")
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            _check_finite(item, f"{path}.{key}")
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            _check_finite(item, f"{path}[{i}]")
+
+
+def code_version(root: Path | None = None) -> dict[str, Any]:
+    """Git commit of ``root`` (default: cwd) and a digest of uncommitted changes."""
+    cwd = str(root or Path.cwd())
+
+    def git(*args: str) -> bytes | None:
+        try:
+            out = subprocess.run(
+                ["git", *args], cwd=cwd, capture_output=True, check=True, timeout=30
+            )
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout
+
+    commit = git("rev-parse", "HEAD")
+    if commit is None:
+        return {"vcs": None}
+    diff = git("diff", "HEAD", "--binary") or b""
+    untracked = git("ls-files", "--others", "--exclude-standard", "-z") or b""
+    dirty = bool(diff or untracked)
+    digest = hashlib.sha256(diff + b"\x00" + untracked).hexdigest() if dirty else None
+    return {
+        "vcs": "git",
+        "commit": commit.decode().strip(),
+        "dirty": dirty,
+        "uncommitted_sha256": digest,
+    }
+
+
+def environment() -> dict[str, Any]:
+    """Interpreter, platform, torch/CUDA versions and a digest of installed packages."""
+    packages = sorted(
+        f"{(d.metadata['Name'] or '').lower()}=={d.version}" for d in metadata.distributions()
+    )
+    env: dict[str, Any] = {
+        "python": platform.python_version(),
+        "implementation": sys.implementation.name,
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "packages_sha256": hashlib.sha256("\n".join(packages).encode()).hexdigest(),
+        "packages_count": len(packages),
+    }
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        env["torch"] = str(torch.__version__)
+        env["cuda"] = torch.version.cuda
+    return env
+
+
+def fingerprint(value: Any) -> dict[str, Any]:
+    """A content fingerprint of a data source: a file (its CID), bytes, or an array/tensor."""
+    if isinstance(value, (str, os.PathLike)):
+        path = Path(value)
+        if path.is_file():
+            return {"kind": "file", "name": path.name, "cid": str(file_cid(path)),
+                    "bytes": path.stat().st_size}
+        raise InputError(f"data source {path} is not a file", hint="fingerprint files one by one")
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return {"kind": "bytes", "sha256": hashlib.sha256(value).hexdigest(), "bytes": len(value)}
+    if hasattr(value, "detach"):  # torch tensor
+        value = value.detach().cpu().contiguous().numpy()
+    if hasattr(value, "tobytes") and hasattr(value, "dtype"):
+        data = value.tobytes()
+        return {"kind": "array", "dtype": str(value.dtype), "shape": list(value.shape),
+                "sha256": hashlib.sha256(data).hexdigest()}
+    raise InputError(
+        f"cannot fingerprint a {type(value).__name__}",
+        hint="pass a file path, bytes, a numpy array or a tensor",
+    )
+
+
+def build_manifest(
+    *,
+    name: str,
+    config: Mapping[str, Any],
+    data: Mapping[str, Any] | None = None,
+    seed: int | None = None,
+    parents: Sequence[Mapping[str, str]] = (),
+    code_root: Path | None = None,
+    world_size: int = 1,
+    extra: Mapping[str, Any] | None = None,
+    created_at: datetime | None = None,
+) -> dict[str, Any]:
+    """A manifest document; ``data`` values are fingerprinted unless already dicts."""
+    fingerprints = {
+        key: value if isinstance(value, Mapping) else fingerprint(value)
+        for key, value in (data or {}).items()
+    }
+    manifest: dict[str, Any] = {
+        "schema": MANIFEST_SCHEMA,
+        "name": name,
+        "created_at": (created_at or datetime.now(UTC)).isoformat(timespec="microseconds"),
+        "config": dict(config),
+        "code": code_version(code_root),
+        "environment": environment(),
+        "data": fingerprints,
+        "seed": seed,
+        "parents": [dict(p) for p in parents],
+        "distributed": {"world_size": world_size},
+        "digests": DIGEST_SCHEMES,
+    }
+    if extra:
+        manifest["extra"] = dict(extra)
+    canonical_json(manifest, what="manifest")  # fail early, naming the bad field
+    return manifest

@@ -1,0 +1,127 @@
+"""Commit one training run: manifest at start, checkpoints, final weights.
+
+For each weights file the recorder stores the file (its CID is the weights
+digest), a tensor index (per-tensor digests under the tensor root) and a metrics
+document that binds the step, the metrics and both weights identities; then it
+sends the registry transaction. The on-chain metrics digest therefore
+authenticates everything a verifier needs to explain a mismatch.
+
+This recorder commits synchronously; the durable outbox that takes the chain off
+the training loop's path wraps it (see docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ledger.chain.registry import Registry, Relation, TxResult
+from ledger.errors import RecordError
+from ledger.hashing.cid import Cid
+from ledger.hashing.merkle import CheckpointLeaf, checkpoint_root
+from ledger.hashing.tensors import TensorDigest, tensor_digest
+from ledger.manifest import METRICS_SCHEMA, canonical_json
+from ledger.store import ArtifactStore
+
+
+@dataclass(frozen=True)
+class WeightsCommit:
+    """What was committed for one weights file."""
+
+    step: int | None
+    is_final: bool
+    file_cid: Cid
+    tensor_root: bytes
+    metrics_cid: Cid
+    tx: TxResult
+
+
+@dataclass
+class RunRecorder:
+    registry: Registry
+    store: ArtifactStore
+    run_id: bytes | None = None
+    manifest_cid: Cid | None = None
+    checkpoints: list[CheckpointLeaf] = field(default_factory=list)
+    status: str = "new"
+
+    @property
+    def run_id_hex(self) -> str:
+        return "0x" + self._require_run().hex()
+
+    def start(
+        self, manifest: Mapping[str, Any], parents: Sequence[tuple[bytes, Relation]] = ()
+    ) -> bytes:
+        if self.status != "new":
+            raise RecordError(f"this recorder already recorded a run ({self.status})")
+        self.manifest_cid = self.store.put_bytes(canonical_json(manifest, what="manifest"))
+        self.run_id, _ = self.registry.start_run(self.manifest_cid.digest, parents)
+        self.status = "running"
+        return self.run_id
+
+    def checkpoint(
+        self, step: int, weights: Path, metrics: Mapping[str, Any],
+        tensors: TensorDigest | None = None,
+    ) -> WeightsCommit:
+        run_id = self._require_running()
+        file_cid, tensors, metrics_cid = self._store_weights(weights, metrics, step, False, tensors)
+        tx = self.registry.commit_checkpoint(
+            run_id, step, file_cid.digest, tensors.root, metrics_cid.digest
+        )
+        self.checkpoints.append(
+            CheckpointLeaf(step, file_cid.digest, tensors.root, metrics_cid.digest)
+        )
+        return WeightsCommit(step, False, file_cid, tensors.root, metrics_cid, tx)
+
+    def finalize(
+        self, weights: Path, metrics: Mapping[str, Any], tensors: TensorDigest | None = None
+    ) -> WeightsCommit:
+        run_id = self._require_running()
+        file_cid, tensors, metrics_cid = self._store_weights(weights, metrics, None, True, tensors)
+        tx = self.registry.finalize_run(
+            run_id, file_cid.digest, tensors.root, metrics_cid.digest,
+            checkpoint_root(self.checkpoints), len(self.checkpoints),
+        )
+        self.status = "finalized"
+        return WeightsCommit(None, True, file_cid, tensors.root, metrics_cid, tx)
+
+    def fail(self, reason: str) -> TxResult:
+        run_id = self._require_running()
+        tx = self.registry.mark_failed(run_id, reason[:500])
+        self.status = "failed"
+        return tx
+
+    def _store_weights(
+        self, weights: Path, metrics: Mapping[str, Any], step: int | None, final: bool,
+        tensors: TensorDigest | None,
+    ) -> tuple[Cid, TensorDigest, Cid]:
+        file_cid = self.store.put_file(Path(weights))
+        tensors = tensors or tensor_digest(weights)
+        index_cid = self.store.put_bytes(canonical_json(tensors.index(), what="tensor index"))
+        document = {
+            "schema": METRICS_SCHEMA,
+            "run_id": self.run_id_hex,
+            "step": step,
+            "final": final,
+            "metrics": dict(metrics),
+            "weights": {
+                "cid": str(file_cid),
+                "tensor_root": tensors.root.hex(),
+                "tensor_index": str(index_cid),
+            },
+        }
+        metrics_cid = self.store.put_bytes(canonical_json(document, what="metrics"))
+        return file_cid, tensors, metrics_cid
+
+    def _require_run(self) -> bytes:
+        if self.run_id is None:
+            raise RecordError("the run was not started yet; call start() first")
+        return self.run_id
+
+    def _require_running(self) -> bytes:
+        run_id = self._require_run()
+        if self.status != "running":
+            raise RecordError(f"run 0x{run_id.hex()} is {self.status}; it takes no more records")
+        return run_id

@@ -1,0 +1,136 @@
+"""Content-addressed artifact stores.
+
+An :class:`ArtifactStore` files bytes under their CID (the same CID ``ipfs add``
+gives, see :mod:`ledger.hashing.cid`) and re-hashes them on every read, so a
+changed byte on disk is an :class:`~ledger.errors.IntegrityError`, never a
+silent wrong answer. :class:`LocalStore` is the embedded default: one file per
+artifact in ``<data dir>/store``, written to a temporary file, fsynced and
+renamed into place, so a crash never leaves a partial artifact under a CID.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from collections.abc import Callable
+from typing import IO, Protocol
+
+from ledger.errors import ArtifactNotFoundError, IntegrityError, StoreError
+from ledger.hashing.cid import DAG_PB, RAW, Cid, bytes_cid, file_cid
+
+
+class ArtifactStore(Protocol):
+    """What the recorder and the verifier need of a store."""
+
+    def put_bytes(self, data: bytes) -> Cid:
+        """Store ``data``; returns its CIDv1."""
+        ...
+
+    def put_file(self, path: Path) -> Cid:
+        """Store a file's bytes; returns its CIDv1."""
+        ...
+
+    def get_bytes(self, cid: Cid) -> bytes:
+        """The bytes filed under ``cid``, re-hashed; raises if missing or changed."""
+        ...
+
+    def has(self, cid: Cid) -> bool:
+        """Whether ``cid`` is stored (without re-hashing)."""
+        ...
+
+
+def candidates_for_digest(digest: bytes) -> list[Cid]:
+    """The CIDv1s an on-chain sha2-256 digest can stand for (raw leaf or dag-pb root)."""
+    return [Cid.from_digest(digest, RAW), Cid.from_digest(digest, DAG_PB)]
+
+
+def find_by_digest(store: ArtifactStore, digest: bytes) -> Cid | None:
+    """The stored CID whose multihash digest is ``digest``, if any."""
+    for cid in candidates_for_digest(digest):
+        if store.has(cid):
+            return cid
+    return None
+
+
+class LocalStore:
+    """Artifacts as files named by their CID under ``root``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def path_for(self, cid: Cid) -> Path:
+        return self.root / "blobs" / str(cid)
+
+    def has(self, cid: Cid) -> bool:
+        return self.path_for(cid).is_file()
+
+    def put_bytes(self, data: bytes) -> Cid:
+        cid = bytes_cid(data)
+        target = self.path_for(cid)
+        if target.is_file():
+            return cid
+        self._write_atomically(target, lambda handle: handle.write(data))
+        return cid
+
+    def put_file(self, path: Path) -> Cid:
+        cid = file_cid(path)
+        target = self.path_for(cid)
+        if target.is_file():
+            return cid
+
+        def copy(handle: IO[bytes]) -> None:
+            with open(path, "rb") as source:
+                shutil.copyfileobj(source, handle, 1 << 20)
+
+        self._write_atomically(target, copy)
+        # The source may have changed while we copied: re-hash what landed.
+        if file_cid(target) != cid:
+            target.unlink(missing_ok=True)
+            raise StoreError(f"{path} changed while it was being stored; store it again")
+        return cid
+
+    def get_bytes(self, cid: Cid) -> bytes:
+        path = self.path_for(cid)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError as exc:
+            raise ArtifactNotFoundError(
+                f"artifact {cid} is not in the store at {self.root}",
+                hint="it may live in another store (e.g. IPFS); copy it here or configure that store",
+            ) from exc
+        actual = bytes_cid(data, cid_version=cid.version)
+        if actual.digest != cid.digest:
+            raise IntegrityError(
+                f"stored artifact {cid} no longer matches its CID (now {actual})",
+                hint=f"the file {path} was changed on disk; restore it from another copy",
+            )
+        return data
+
+    def _write_atomically(self, target: Path, write: Callable[[IO[bytes]], object]) -> None:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with tempfile.NamedTemporaryFile(
+                dir=target.parent, prefix=".incoming-", delete=False
+            ) as handle:
+                tmp = Path(handle.name)
+                try:
+                    write(handle)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                except BaseException:
+                    tmp.unlink(missing_ok=True)
+                    raise
+            os.replace(tmp, target)
+            _fsync_dir(target.parent)
+        except OSError as exc:
+            raise StoreError(f"cannot write to the store at {self.root}: {exc}") from exc
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

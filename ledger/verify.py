@@ -1,0 +1,323 @@
+"""Re-check a model file against the ledger and report every check.
+
+Outcomes and the CLI's exit codes:
+
+==========  ====  ==========================================================
+verified     0    a record matches and every check passed
+mismatch     3    a record exists (or ``--run`` was named) but something
+                  does not check out: the report names what
+unknown      4    no record for this file's CID nor for its tensor root
+revoked      5    the run, or one of its ancestors, was revoked
+==========  ====  ==========================================================
+
+The file's CID is computed without interpreting the file. Only when the CID is
+unknown are its tensors read (``.safetensors`` parsed directly; torch files with
+``weights_only=True``), to find the record by tensor root, which survives
+re-saving under another name or format.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ledger.chain.registry import Registry, RunRecord, RunStatus, WeightsRecord
+from ledger.errors import LedgerError, StoreError, UnsupportedFormatError
+from ledger.hashing.cid import Cid, file_cid
+from ledger.hashing.tensors import TensorDigest, TensorDiff, diff_tensors, tensor_digest
+from ledger.manifest import canonical_json
+from ledger.store import ArtifactStore, find_by_digest
+
+
+class Outcome(enum.StrEnum):
+    VERIFIED = "verified"
+    MISMATCH = "mismatch"
+    UNKNOWN = "unknown"
+    REVOKED = "revoked"
+
+    @property
+    def exit_code(self) -> int:
+        return {"verified": 0, "mismatch": 3, "unknown": 4, "revoked": 5}[self.value]
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+
+@dataclass
+class VerifyReport:
+    path: str
+    file_cid: str
+    outcome: Outcome = Outcome.UNKNOWN
+    run_id: str | None = None
+    matched_by: str | None = None  # "file" or "tensors"
+    step: int | None = None
+    is_final: bool | None = None
+    tensor_root: str | None = None
+    tensor_diff: TensorDiff | None = None
+    checks: list[Check] = field(default_factory=list)
+
+    def add(self, name: str, ok: bool, detail: str) -> bool:
+        self.checks.append(Check(name, ok, detail))
+        return ok
+
+    @property
+    def failed(self) -> list[Check]:
+        return [c for c in self.checks if not c.ok]
+
+    def to_json(self) -> dict[str, Any]:
+        diff = self.tensor_diff
+        return {
+            "path": self.path,
+            "outcome": self.outcome.value,
+            "file_cid": self.file_cid,
+            "run_id": self.run_id,
+            "matched_by": self.matched_by,
+            "step": self.step,
+            "is_final": self.is_final,
+            "tensor_root": self.tensor_root,
+            "tensor_diff": None if diff is None else {
+                "added": list(diff.added), "removed": list(diff.removed),
+                "changed": list(diff.changed),
+            },
+            "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in self.checks],
+        }
+
+
+class Verifier:
+    def __init__(self, registry: Registry, store: ArtifactStore) -> None:
+        self.registry = registry
+        self.store = store
+
+    def verify_file(self, path: Path, *, expected_run: bytes | None = None) -> VerifyReport:
+        path = Path(path)
+        cid = file_cid(path)
+        report = VerifyReport(path=str(path), file_cid=str(cid))
+        record = self.registry.find_by_weights(cid.digest)
+        tensors: TensorDigest | None = None
+        if record is not None:
+            report.matched_by = "file"
+            report.add("record", True, f"file CID {cid} is recorded on chain")
+        else:
+            tensors = self._read_tensors(path, report)
+            if tensors is not None:
+                report.tensor_root = tensors.root.hex()
+                record = self.registry.find_by_tensor_root(tensors.root)
+                if record is not None:
+                    report.matched_by = "tensors"
+                    report.add("record", True, f"tensor root {tensors.root.hex()} is recorded")
+                    report.add(
+                        "container", True,
+                        f"the file differs from the committed file (CID {cid} is not recorded)"
+                        " but holds identical tensors",
+                    )
+        if record is None:
+            if expected_run is not None:
+                self._explain_against(expected_run, cid, tensors, report)
+                report.outcome = Outcome.MISMATCH
+            else:
+                report.add("record", False, "neither the file CID nor its tensor root is recorded")
+                report.outcome = Outcome.UNKNOWN
+            return report
+        if expected_run is not None and record.run_id != expected_run:
+            report.add(
+                "expected run", False,
+                f"recorded for run 0x{record.run_id.hex()}, not 0x{expected_run.hex()}",
+            )
+        self._check_record(record, report)
+        return report
+
+    # -- the record and its run -------------------------------------------------
+
+    def _check_record(self, record: WeightsRecord, report: VerifyReport) -> None:
+        report.run_id = "0x" + record.run_id.hex()
+        report.is_final = record.is_final
+        report.step = None if record.is_final else record.step
+        run = self.registry.get_run(record.run_id)
+        revoked = self._check_run(run, report, label="run")
+        event = self._weights_event(record)
+        what = "final weights" if record.is_final else f"checkpoint at step {record.step}"
+        if event is None:
+            report.add("weights event", False, f"no event on chain records the {what}")
+        else:
+            report.add("weights event", True, f"{what} recorded in tx {event['transactionHash']}")
+            self._check_metrics(event, report)
+        revoked = self._check_lineage(run, report) or revoked
+        if revoked:
+            report.outcome = Outcome.REVOKED
+        elif report.failed:
+            report.outcome = Outcome.MISMATCH
+        else:
+            report.outcome = Outcome.VERIFIED
+
+    def _check_run(self, run: RunRecord, report: VerifyReport, *, label: str) -> bool:
+        """Checks one run's own facts; returns True when it is revoked."""
+        rid = "0x" + run.run_id.hex()
+        if not report.add(f"{label} exists", run.exists, f"{label} {rid}: {run.status.name.lower()}"):
+            return False
+        derived = Registry.run_id_for(run.committer, run.manifest_digest)
+        report.add(
+            f"{label} id", derived == run.run_id,
+            "run id re-derives from committer and manifest digest"
+            if derived == run.run_id else f"run id does not re-derive (got 0x{derived.hex()})",
+        )
+        manifest = self._document(run.manifest_digest, f"{label} manifest", report)
+        if manifest is not None:
+            report.add(f"{label} manifest schema", manifest.get("schema") == "ledger.manifest/v1",
+                       f"manifest schema {manifest.get('schema')!r}")
+        committer_ok = self.registry.is_committer(run.committer)
+        report.add(
+            f"{label} committer", committer_ok,
+            f"{run.committer} holds the committer role" if committer_ok
+            else f"{run.committer} no longer holds the committer role",
+        )
+        if run.status is RunStatus.FAILED:
+            report.add(f"{label} status", False, f"{label} {rid} was marked failed")
+        if run.revoked:
+            reason = self._revocation_reason(run.run_id)
+            report.add(f"{label} not revoked", False, f"{label} {rid} was revoked: {reason}")
+        return run.revoked
+
+    def _check_lineage(self, run: RunRecord, report: VerifyReport) -> bool:
+        """Walks every ancestor; returns True when one of them is revoked."""
+        revoked = False
+        seen = {run.run_id}
+        todo = [run]
+        while todo:
+            child = todo.pop()
+            manifest = self._document_quiet(child.manifest_digest)
+            if manifest is None:
+                continue
+            on_chain = self._parents_on_chain(child.run_id)
+            declared = {
+                bytes.fromhex(str(p.get("run_id", "")).removeprefix("0x")): str(p.get("relation"))
+                for p in manifest.get("parents", [])
+            }
+            if set(declared) != set(on_chain):
+                report.add(
+                    "lineage", False,
+                    f"run 0x{child.run_id.hex()}: manifest parents differ from the parents on chain",
+                )
+            for parent_id, relation in declared.items():
+                if parent_id in seen:
+                    continue
+                seen.add(parent_id)
+                parent = self.registry.get_run(parent_id)
+                label = f"ancestor 0x{parent_id.hex()[:12]} ({relation})"
+                revoked = self._check_run(parent, report, label=label) or revoked
+                if parent.exists:
+                    todo.append(parent)
+        return revoked
+
+    def _parents_on_chain(self, run_id: bytes) -> dict[bytes, int]:
+        events = self.registry.events("RunStarted", run_id)
+        if not events:
+            return {}
+        return {bytes(p["runId"]): int(p["relation"]) for p in events[0]["parents"]}
+
+    def _revocation_reason(self, run_id: bytes) -> str:
+        events = self.registry.events("RunRevoked", run_id)
+        return str(events[-1]["reason"]) if events else "(no reason found)"
+
+    def _weights_event(self, record: WeightsRecord) -> dict[str, Any] | None:
+        if record.is_final:
+            events = self.registry.events("RunFinalized", record.run_id)
+        else:
+            events = [
+                e for e in self.registry.events("CheckpointCommitted", record.run_id)
+                if int(e["step"]) == record.step
+            ]
+        return events[0] if events else None
+
+    def _check_metrics(self, event: dict[str, Any], report: VerifyReport) -> None:
+        document = self._document(bytes(event["metricsDigest"]), "metrics", report)
+        if document is None:
+            return
+        weights = document.get("weights", {})
+        try:
+            cid_ok = Cid.parse(str(weights.get("cid"))).digest == bytes(event["weightsDigest"])
+        except LedgerError:
+            cid_ok = False
+        root_ok = weights.get("tensor_root") == bytes(event["tensorRoot"]).hex()
+        report.add(
+            "metrics binding", cid_ok and root_ok,
+            "metrics document names the same weights as the chain" if cid_ok and root_ok
+            else "metrics document names other weights than the chain records",
+        )
+
+    # -- store documents ----------------------------------------------------------
+
+    def _document(self, digest: bytes, name: str, report: VerifyReport) -> dict[str, Any] | None:
+        cid = find_by_digest(self.store, digest)
+        if cid is None:
+            report.add(name, False, f"no artifact with digest {digest.hex()} in the store")
+            return None
+        try:
+            data = self.store.get_bytes(cid)
+            document = json.loads(data)
+        except StoreError as exc:
+            report.add(name, False, exc.message)
+            return None
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            report.add(name, False, f"{cid} is not a JSON document")
+            return None
+        canonical = isinstance(document, dict) and canonical_json(document) == data
+        report.add(name, canonical, f"{cid} re-derives from the stored bytes" if canonical
+                   else f"{cid} is not canonical JSON")
+        return document if isinstance(document, dict) else None
+
+    def _document_quiet(self, digest: bytes) -> dict[str, Any] | None:
+        cid = find_by_digest(self.store, digest)
+        if cid is None:
+            return None
+        try:
+            document = json.loads(self.store.get_bytes(cid))
+        except (StoreError, json.JSONDecodeError, UnicodeDecodeError):
+            return None
+        return document if isinstance(document, dict) else None
+
+    # -- tensors --------------------------------------------------------------------
+
+    def _read_tensors(self, path: Path, report: VerifyReport) -> TensorDigest | None:
+        try:
+            return tensor_digest(path)
+        except UnsupportedFormatError as exc:
+            report.add("tensors", False, exc.message)
+            return None
+
+    def _explain_against(
+        self, run_id: bytes, cid: Cid, tensors: TensorDigest | None, report: VerifyReport
+    ) -> None:
+        """The file matches nothing: say how it differs from ``run_id``'s final weights."""
+        report.run_id = "0x" + run_id.hex()
+        events = self.registry.events("RunFinalized", run_id)
+        if not events:
+            report.add("record", False, f"run 0x{run_id.hex()} has no final weights on chain")
+            return
+        event = events[0]
+        recorded_cid = bytes(event["weightsDigest"])
+        report.add("file CID", cid.digest == recorded_cid,
+                   f"file CID {cid} differs from the run's final weights")
+        if tensors is None:
+            return
+        same_root = tensors.root == bytes(event["tensorRoot"])
+        report.add("tensor root", same_root, "tensor root differs from the run's final weights")
+        document = self._document_quiet(bytes(event["metricsDigest"]))
+        index_cid = (document or {}).get("weights", {}).get("tensor_index")
+        if not index_cid:
+            return
+        index = self._document_quiet(Cid.parse(str(index_cid)).digest)
+        if index is None:
+            return
+        diff = diff_tensors(index, tensors)
+        report.tensor_diff = diff
+        parts = [f"{label}: {', '.join(names)}" for label, names in
+                 (("changed", diff.changed), ("added", diff.added), ("removed", diff.removed))
+                 if names]
+        report.add("tensors", diff.empty, "; ".join(parts) or "all tensors match")
