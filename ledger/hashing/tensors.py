@@ -128,6 +128,87 @@ def diff_tensors(recorded: dict[str, Any], actual: TensorDigest) -> TensorDiff:
     )
 
 
+# -- container layout -----------------------------------------------------------
+
+
+def container_problem(path: Path | str) -> str | None:
+    """Why ``path`` is not a clean container, or None when every byte is accounted for.
+
+    Identical tensors in a different container verify; but a file with bytes that
+    belong to no tensor and no structure (appended data, gaps) does not, since
+    those bytes could carry anything.
+    """
+    path = Path(path)
+    if is_safetensors(path):
+        return _safetensors_problem(path)
+    if zipfile.is_zipfile(path):
+        return _zip_problem(path)
+    return "legacy (non-zip) torch file: its layout cannot be checked byte for byte"
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    with open(path, "rb") as handle:
+        (size,) = struct.unpack("<Q", handle.read(8))
+        header = json.loads(handle.read(size))
+    spans = sorted(
+        (int(v["data_offsets"][0]), int(v["data_offsets"][1]))
+        for k, v in header.items() if k != "__metadata__"
+    )
+    end = 0
+    for start, stop in spans:
+        if start != end:
+            return f"tensor data has a gap or overlap at body offset {end}"
+        end = stop
+    extra = path.stat().st_size - (8 + size + end)
+    return f"{extra} bytes after the last tensor" if extra else None
+
+
+_ZIP_LOCAL = struct.Struct("<IHHHHHIIIHH")
+_ZIP_END = struct.Struct("<IHHHHIIH")
+
+
+def _zip_problem(path: Path) -> str | None:
+    file_size = path.stat().st_size
+    with zipfile.ZipFile(path) as archive, open(path, "rb") as handle:
+        cursor = 0
+        for info in sorted(archive.infolist(), key=lambda i: i.header_offset):
+            if info.header_offset != cursor:
+                return f"{info.header_offset - cursor} unaccounted bytes before {info.filename}"
+            handle.seek(cursor)
+            fields = _ZIP_LOCAL.unpack(handle.read(_ZIP_LOCAL.size))
+            cursor += _ZIP_LOCAL.size + fields[9] + fields[10] + info.compress_size
+            if info.flag_bits & 0x08:  # a data descriptor follows the data
+                zip64 = 0xFFFFFFFF in (fields[7], fields[8])
+                handle.seek(cursor)
+                signed = handle.read(4) == b"PK\x07\x08"
+                cursor += (4 if signed else 0) + (20 if zip64 else 12)
+        directory: int = archive.start_dir  # type: ignore[attr-defined]
+        if directory != cursor:
+            return f"{directory - cursor} unaccounted bytes before the zip directory"
+        end_at = file_size - _ZIP_END.size
+        handle.seek(end_at)
+        end = _ZIP_END.unpack(handle.read(_ZIP_END.size))
+        if end[0] != 0x06054B50:
+            return "bytes follow the end of the zip archive (appended data)"
+        if end[7]:
+            return "the zip archive carries a comment"
+        directory_size = end[5]
+        handle.seek(end_at - 20)
+        locator = handle.read(20)
+        if locator[:4] == b"PK\x06\x07":  # zip64: record + locator sit before the end record
+            (record_at,) = struct.unpack("<Q", locator[8:16])
+            handle.seek(record_at)
+            record = handle.read(56)
+            (record_size,) = struct.unpack("<Q", record[4:12])
+            (directory_size,) = struct.unpack("<Q", record[40:48])
+            if record[:4] != b"PK\x06\x06" or record_at + 12 + record_size != end_at - 20:
+                return "malformed zip64 end records"
+            end_at = record_at
+    if directory + directory_size != end_at:
+        return "unaccounted bytes between the zip directory and its end record"
+    return None
+
+
 # -- readers ------------------------------------------------------------------
 
 

@@ -1,0 +1,47 @@
+# The two commands a newcomer needs: `make demo` and `make test`.
+# Each sets up what it needs (virtualenv, pip, npm) and is fast the second time.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+NODE_STAMP := node_modules/.package-lock.json
+
+.PHONY: setup demo test lint typecheck unit contracts clean
+
+setup: $(STAMP) $(NODE_STAMP)
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# torch is installed first, pinned, so that no resolver ever pulls another build.
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+$(NODE_STAMP): package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+## demo: train the price-forecast example with the hook on a local chain, then verify its model
+demo: setup
+	$(PY) -m training.examples.demo
+
+## test: ruff, mypy and the whole test suite against a real Anvil
+test: setup lint typecheck
+	$(PY) -m pytest
+
+lint: setup
+	$(VENV)/bin/ruff check ledger training tests bench
+
+typecheck: setup
+	$(VENV)/bin/mypy
+
+## contracts: rebuild the committed registry artifact from contracts/
+contracts: setup
+	$(PY) -m ledger.chain.compiler
+
+clean:
+	rm -rf $(VENV) node_modules demo-out .pytest_cache .mypy_cache .ruff_cache

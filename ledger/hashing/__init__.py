@@ -1,0 +1,1 @@
+"""Hashing for ledger: IPFS CIDs of files (:mod:`ledger.hashing.cid`) and more."""

@@ -1,0 +1,91 @@
+"""Shared fixtures: one real Anvil per test session, a fresh EVM snapshot per test.
+
+``chain`` gives each test the deployed registry with its state reverted
+afterwards (``evm_snapshot`` / ``evm_revert``), so tests never see each
+other's runs. Nothing here mocks the chain or the store.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import cast
+
+import pytest
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
+from web3 import Web3
+
+from ledger.chain.anvil import AnvilProcess, rpc_call
+from ledger.chain.registry import Registry, connect_web3
+from ledger.config import ANVIL_DEV_KEY, Settings, save_deployment
+from ledger.store import LocalStore
+
+# Anvil's 2nd and 3rd well-known dev keys (public; funded on every Anvil).
+OTHER_KEYS = (
+    "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d",
+    "0x5de4111afa1a4b94908f83103eb1f1706367c2e68ca870fc3fb9a804cdab365a",
+)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Chain:
+    """The per-test view of the session chain."""
+
+    rpc_url: str
+    w3: Web3
+    admin: LocalAccount
+    alice: LocalAccount
+    bob: LocalAccount
+    registry: Registry
+    deploy_block: int
+
+    def as_(self, account: LocalAccount) -> Registry:
+        """The same registry, signing as ``account``."""
+        return Registry(self.w3, self.registry.address, account)
+
+    def settings(self, data_dir: Path) -> Settings:
+        """Settings for a data directory that points at this chain and registry."""
+        settings = Settings(data_dir=data_dir, rpc_url=self.rpc_url)
+        save_deployment(settings, address=self.registry.address,
+                        chain_id=self.w3.eth.chain_id, block=self.deploy_block)
+        return Settings(data_dir=data_dir, rpc_url=self.rpc_url,
+                        registry_address=self.registry.address, chain_id=self.w3.eth.chain_id,
+                        deploy_block=self.deploy_block)
+
+
+@pytest.fixture(scope="session")
+def anvil(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AnvilProcess]:
+    process = AnvilProcess(tmp_path_factory.mktemp("anvil"), port=free_port())
+    process.start(persist=False)
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="session")
+def _session_chain(anvil: AnvilProcess) -> Chain:
+    w3 = connect_web3(anvil.rpc_url)
+    admin = cast(LocalAccount, Account.from_key(ANVIL_DEV_KEY))
+    alice, bob = (cast(LocalAccount, Account.from_key(k)) for k in OTHER_KEYS)
+    registry, tx = Registry.deploy(w3, admin)
+    return Chain(anvil.rpc_url, w3, admin, alice, bob, registry, tx.block_number)
+
+
+@pytest.fixture
+def chain(_session_chain: Chain) -> Iterator[Chain]:
+    snapshot = rpc_call(_session_chain.rpc_url, "evm_snapshot")
+    yield _session_chain
+    assert rpc_call(_session_chain.rpc_url, "evm_revert", [snapshot]) is True
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> LocalStore:
+    return LocalStore(tmp_path / "store")
