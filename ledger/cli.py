@@ -52,7 +52,9 @@ def _run_id(text: str) -> bytes:
     except ValueError:
         value = b""
     if len(value) != 32:
-        raise InputError(f"run id {text!r} is not 32 bytes of hex", hint="e.g. 0x12ab... (64 hex digits)")
+        raise InputError(
+            f"run id {text!r} is not 32 bytes of hex", hint="e.g. 0x12ab... (64 hex digits)"
+        )
     return value
 
 
@@ -90,8 +92,10 @@ def chain_status(data_dir: DataDir = None, port: Port = 8545, as_json: JsonFlag 
     if as_json:
         _echo_json(status.__dict__)
     elif status.running:
-        typer.echo(f"running at {status.rpc_url}: chain id {status.chain_id}, "
-                   f"block {status.block_number}, pid {status.pid}")
+        typer.echo(
+            f"running at {status.rpc_url}: chain id {status.chain_id}, "
+            f"block {status.block_number}, pid {status.pid}"
+        )
     else:
         typer.echo(f"not running at {status.rpc_url}")
     if not status.running:
@@ -115,10 +119,13 @@ def deploy(
     chain_id = w3.eth.chain_id
     account = load_account(settings, chain_id)
     registry, tx = Registry.deploy(w3, account)
-    path = save_deployment(settings, address=registry.address, chain_id=chain_id,
-                           block=tx.block_number)
-    typer.echo(f"registry {registry.address} on chain {chain_id} (block {tx.block_number}, "
-               f"gas {tx.gas_used}); admin and committer {account.address}; saved to {path}")
+    path = save_deployment(
+        settings, address=registry.address, chain_id=chain_id, block=tx.block_number
+    )
+    typer.echo(
+        f"registry {registry.address} on chain {chain_id} (block {tx.block_number}, "
+        f"gas {tx.gas_used}); admin and committer {account.address}; saved to {path}"
+    )
 
 
 # -- hashing --------------------------------------------------------------------
@@ -160,7 +167,7 @@ def verify(
     data_dir: DataDir = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Re-check a model file against the ledger: exit 0 verified, 3 mismatch, 4 unknown, 5 revoked."""
+    """Re-check a model file: exit 0 verified, 3 mismatch, 4 unknown, 5 revoked."""
     from ledger.chain.registry import Registry
     from ledger.store import LocalStore
     from ledger.verify import Verifier
@@ -187,8 +194,11 @@ def _print_report(report: Any) -> None:
         console.print(f"  {mark} {check.name}: {check.detail}")
     where = ""
     if report.run_id:
-        what = "final weights" if report.is_final else (
-            f"checkpoint step {report.step}" if report.step is not None else "")
+        what = (
+            "final weights"
+            if report.is_final
+            else (f"checkpoint step {report.step}" if report.step is not None else "")
+        )
         where = f" — run {report.run_id}" + (f", {what}" if what else "")
     outcome = report.outcome.value
     console.print(f"[bold {colour[outcome]}]{outcome.upper()}[/]{where}")
@@ -204,12 +214,17 @@ def show(run: Annotated[str, typer.Argument(help="Run id.")], data_dir: DataDir 
 
     registry = Registry.connect(_settings(data_dir), signer=False)
     record = registry.get_run(_run_id(run))
-    _echo_json({
-        "run_id": "0x" + record.run_id.hex(), "committer": record.committer,
-        "started_at": record.started_at, "status": record.status.name.lower(),
-        "revoked": record.revoked, "manifest_digest": record.manifest_digest.hex(),
-        "checkpoint_root": record.checkpoint_root.hex(),
-    })
+    _echo_json(
+        {
+            "run_id": "0x" + record.run_id.hex(),
+            "committer": record.committer,
+            "started_at": record.started_at,
+            "status": record.status.name.lower(),
+            "revoked": record.revoked,
+            "manifest_digest": record.manifest_digest.hex(),
+            "checkpoint_root": record.checkpoint_root.hex(),
+        }
+    )
 
 
 @app.command()

@@ -162,9 +162,7 @@ def _decrypt_keystore(path: Path, password: Secret | None) -> Secret:
     from eth_account import Account
 
     if password is None:
-        raise ConfigError(
-            f"keystore {path} needs a password", hint="set LEDGER_KEYSTORE_PASSWORD"
-        )
+        raise ConfigError(f"keystore {path} needs a password", hint="set LEDGER_KEYSTORE_PASSWORD")
     try:
         encrypted = json.loads(path.read_text())
         key = Account.decrypt(encrypted, password.reveal())

@@ -102,7 +102,12 @@ class TransactionRevertedError(ChainError):
     """The registry refused a transaction; :attr:`error_name` names its custom error."""
 
     def __init__(
-        self, message: str, *, error_name: str, args: tuple[object, ...] = (), hint: str | None = None
+        self,
+        message: str,
+        *,
+        error_name: str,
+        args: tuple[object, ...] = (),
+        hint: str | None = None,
     ) -> None:
         super().__init__(message, hint=hint)
         self.error_name = error_name

@@ -111,8 +111,12 @@ def fingerprint(value: Any) -> dict[str, Any]:
     if isinstance(value, (str, os.PathLike)):
         path = Path(value)
         if path.is_file():
-            return {"kind": "file", "name": path.name, "cid": str(file_cid(path)),
-                    "bytes": path.stat().st_size}
+            return {
+                "kind": "file",
+                "name": path.name,
+                "cid": str(file_cid(path)),
+                "bytes": path.stat().st_size,
+            }
         raise InputError(f"data source {path} is not a file", hint="fingerprint files one by one")
     if isinstance(value, (bytes, bytearray, memoryview)):
         return {"kind": "bytes", "sha256": hashlib.sha256(value).hexdigest(), "bytes": len(value)}
@@ -120,8 +124,12 @@ def fingerprint(value: Any) -> dict[str, Any]:
         value = value.detach().cpu().contiguous().numpy()
     if hasattr(value, "tobytes") and hasattr(value, "dtype"):
         data = value.tobytes()
-        return {"kind": "array", "dtype": str(value.dtype), "shape": list(value.shape),
-                "sha256": hashlib.sha256(data).hexdigest()}
+        return {
+            "kind": "array",
+            "dtype": str(value.dtype),
+            "shape": list(value.shape),
+            "sha256": hashlib.sha256(data).hexdigest(),
+        }
     raise InputError(
         f"cannot fingerprint a {type(value).__name__}",
         hint="pass a file path, bytes, a numpy array or a tensor",

@@ -62,7 +62,10 @@ class RunRecorder:
         return self.run_id
 
     def checkpoint(
-        self, step: int, weights: Path, metrics: Mapping[str, Any],
+        self,
+        step: int,
+        weights: Path,
+        metrics: Mapping[str, Any],
         tensors: TensorDigest | None = None,
     ) -> WeightsCommit:
         run_id = self._require_running()
@@ -81,8 +84,12 @@ class RunRecorder:
         run_id = self._require_running()
         file_cid, tensors, metrics_cid = self._store_weights(weights, metrics, None, True, tensors)
         tx = self.registry.finalize_run(
-            run_id, file_cid.digest, tensors.root, metrics_cid.digest,
-            checkpoint_root(self.checkpoints), len(self.checkpoints),
+            run_id,
+            file_cid.digest,
+            tensors.root,
+            metrics_cid.digest,
+            checkpoint_root(self.checkpoints),
+            len(self.checkpoints),
         )
         self.status = "finalized"
         return WeightsCommit(None, True, file_cid, tensors.root, metrics_cid, tx)
@@ -94,7 +101,11 @@ class RunRecorder:
         return tx
 
     def _store_weights(
-        self, weights: Path, metrics: Mapping[str, Any], step: int | None, final: bool,
+        self,
+        weights: Path,
+        metrics: Mapping[str, Any],
+        step: int | None,
+        final: bool,
         tensors: TensorDigest | None,
     ) -> tuple[Cid, TensorDigest, Cid]:
         file_cid = self.store.put_file(Path(weights))

@@ -13,8 +13,8 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import IO, Protocol
 
 from ledger.errors import ArtifactNotFoundError, IntegrityError, StoreError
@@ -98,7 +98,7 @@ class LocalStore:
         except FileNotFoundError as exc:
             raise ArtifactNotFoundError(
                 f"artifact {cid} is not in the store at {self.root}",
-                hint="it may live in another store (e.g. IPFS); copy it here or configure that store",
+                hint="it may live in another store; copy it here or configure that store",
             ) from exc
         actual = bytes_cid(data, cid_version=cid.version)
         if actual.digest != cid.digest:

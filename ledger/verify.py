@@ -28,8 +28,8 @@ from ledger.chain.registry import Registry, RunRecord, RunStatus, WeightsRecord
 from ledger.errors import LedgerError, StoreError, UnsupportedFormatError
 from ledger.hashing.cid import Cid, file_cid
 from ledger.hashing.tensors import (
-    TensorDigest,
     TensorDiff,
+    TensorDigest,
     container_problem,
     diff_tensors,
     tensor_digest,
@@ -88,8 +88,11 @@ class VerifyReport:
             "step": self.step,
             "is_final": self.is_final,
             "tensor_root": self.tensor_root,
-            "tensor_diff": None if diff is None else {
-                "added": list(diff.added), "removed": list(diff.removed),
+            "tensor_diff": None
+            if diff is None
+            else {
+                "added": list(diff.added),
+                "removed": list(diff.removed),
                 "changed": list(diff.changed),
             },
             "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in self.checks],
@@ -120,9 +123,11 @@ class Verifier:
                     report.add("record", True, f"tensor root {tensors.root.hex()} is recorded")
                     problem = container_problem(path)
                     report.add(
-                        "container", problem is None,
+                        "container",
+                        problem is None,
                         f"the file differs from the committed file (CID {cid} is not recorded)"
-                        " but holds identical tensors" if problem is None
+                        " but holds identical tensors"
+                        if problem is None
                         else f"identical tensors, but the container is not clean: {problem}",
                     )
         if record is None:
@@ -135,7 +140,8 @@ class Verifier:
             return report
         if expected_run is not None and record.run_id != expected_run:
             report.add(
-                "expected run", False,
+                "expected run",
+                False,
                 f"recorded for run 0x{record.run_id.hex()}, not 0x{expected_run.hex()}",
             )
         self._check_record(record, report)
@@ -167,22 +173,31 @@ class Verifier:
     def _check_run(self, run: RunRecord, report: VerifyReport, *, label: str) -> bool:
         """Checks one run's own facts; returns True when it is revoked."""
         rid = "0x" + run.run_id.hex()
-        if not report.add(f"{label} exists", run.exists, f"{label} {rid}: {run.status.name.lower()}"):
+        if not report.add(
+            f"{label} exists", run.exists, f"{label} {rid}: {run.status.name.lower()}"
+        ):
             return False
         derived = Registry.run_id_for(run.committer, run.manifest_digest)
         report.add(
-            f"{label} id", derived == run.run_id,
+            f"{label} id",
+            derived == run.run_id,
             "run id re-derives from committer and manifest digest"
-            if derived == run.run_id else f"run id does not re-derive (got 0x{derived.hex()})",
+            if derived == run.run_id
+            else f"run id does not re-derive (got 0x{derived.hex()})",
         )
         manifest = self._document(run.manifest_digest, f"{label} manifest", report)
         if manifest is not None:
-            report.add(f"{label} manifest schema", manifest.get("schema") == "ledger.manifest/v1",
-                       f"manifest schema {manifest.get('schema')!r}")
+            report.add(
+                f"{label} manifest schema",
+                manifest.get("schema") == "ledger.manifest/v1",
+                f"manifest schema {manifest.get('schema')!r}",
+            )
         committer_ok = self.registry.is_committer(run.committer)
         report.add(
-            f"{label} committer", committer_ok,
-            f"{run.committer} holds the committer role" if committer_ok
+            f"{label} committer",
+            committer_ok,
+            f"{run.committer} holds the committer role"
+            if committer_ok
             else f"{run.committer} no longer holds the committer role",
         )
         if run.status is RunStatus.FAILED:  # its checkpoints are genuine; say so, don't fail
@@ -209,8 +224,9 @@ class Verifier:
             }
             if set(declared) != set(on_chain):
                 report.add(
-                    "lineage", False,
-                    f"run 0x{child.run_id.hex()}: manifest parents differ from the parents on chain",
+                    "lineage",
+                    False,
+                    f"run 0x{child.run_id.hex()}: manifest parents differ from those on chain",
                 )
             for parent_id, relation in declared.items():
                 if parent_id in seen:
@@ -238,7 +254,8 @@ class Verifier:
             events = self.registry.events("RunFinalized", record.run_id)
         else:
             events = [
-                e for e in self.registry.events("CheckpointCommitted", record.run_id)
+                e
+                for e in self.registry.events("CheckpointCommitted", record.run_id)
                 if int(e["step"]) == record.step
             ]
         return events[0] if events else None
@@ -254,8 +271,10 @@ class Verifier:
             cid_ok = False
         root_ok = weights.get("tensor_root") == bytes(event["tensorRoot"]).hex()
         report.add(
-            "metrics binding", cid_ok and root_ok,
-            "metrics document names the same weights as the chain" if cid_ok and root_ok
+            "metrics binding",
+            cid_ok and root_ok,
+            "metrics document names the same weights as the chain"
+            if cid_ok and root_ok
             else "metrics document names other weights than the chain records",
         )
 
@@ -276,8 +295,13 @@ class Verifier:
             report.add(name, False, f"{cid} is not a JSON document")
             return None
         canonical = isinstance(document, dict) and canonical_json(document) == data
-        report.add(name, canonical, f"{cid} re-derives from the stored bytes" if canonical
-                   else f"{cid} is not canonical JSON")
+        report.add(
+            name,
+            canonical,
+            f"{cid} re-derives from the stored bytes"
+            if canonical
+            else f"{cid} is not canonical JSON",
+        )
         return document if isinstance(document, dict) else None
 
     def _document_quiet(self, digest: bytes) -> dict[str, Any] | None:
@@ -310,8 +334,11 @@ class Verifier:
             return
         event = events[0]
         recorded_cid = bytes(event["weightsDigest"])
-        report.add("file CID", cid.digest == recorded_cid,
-                   f"file CID {cid} differs from the run's final weights")
+        report.add(
+            "file CID",
+            cid.digest == recorded_cid,
+            f"file CID {cid} differs from the run's final weights",
+        )
         if tensors is None:
             return
         same_root = tensors.root == bytes(event["tensorRoot"])
@@ -325,7 +352,13 @@ class Verifier:
             return
         diff = diff_tensors(index, tensors)
         report.tensor_diff = diff
-        parts = [f"{label}: {', '.join(names)}" for label, names in
-                 (("changed", diff.changed), ("added", diff.added), ("removed", diff.removed))
-                 if names]
+        parts = [
+            f"{label}: {', '.join(names)}"
+            for label, names in (
+                ("changed", diff.changed),
+                ("added", diff.added),
+                ("removed", diff.removed),
+            )
+            if names
+        ]
         report.add("tensors", diff.empty, "; ".join(parts) or "all tensors match")

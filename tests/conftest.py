@@ -55,11 +55,19 @@ class Chain:
     def settings(self, data_dir: Path) -> Settings:
         """Settings for a data directory that points at this chain and registry."""
         settings = Settings(data_dir=data_dir, rpc_url=self.rpc_url)
-        save_deployment(settings, address=self.registry.address,
-                        chain_id=self.w3.eth.chain_id, block=self.deploy_block)
-        return Settings(data_dir=data_dir, rpc_url=self.rpc_url,
-                        registry_address=self.registry.address, chain_id=self.w3.eth.chain_id,
-                        deploy_block=self.deploy_block)
+        save_deployment(
+            settings,
+            address=self.registry.address,
+            chain_id=self.w3.eth.chain_id,
+            block=self.deploy_block,
+        )
+        return Settings(
+            data_dir=data_dir,
+            rpc_url=self.rpc_url,
+            registry_address=self.registry.address,
+            chain_id=self.w3.eth.chain_id,
+            deploy_block=self.deploy_block,
+        )
 
 
 @pytest.fixture(scope="session")

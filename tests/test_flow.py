@@ -32,16 +32,30 @@ class Tiny(nn.Module):
         return out
 
 
-def train(chain: Chain, tmp_path: Path, *, epochs: int = 3, name: str = "tiny",
-          parents: list[tuple[str, str]] | None = None, out: str = "model.pt",
-          seed: int = 0) -> LedgerRun:
+def train(
+    chain: Chain,
+    tmp_path: Path,
+    *,
+    epochs: int = 3,
+    name: str = "tiny",
+    parents: list[tuple[str, str]] | None = None,
+    out: str = "model.pt",
+    seed: int = 0,
+) -> LedgerRun:
     torch.manual_seed(seed)
     model = Tiny()
     optimiser = torch.optim.SGD(model.parameters(), lr=0.1)
     x, y = torch.randn(64, 8), torch.randn(64, 1)
-    with LedgerRun(model, name=name, config={"lr": 0.1, "epochs": epochs}, out=tmp_path / out,
-                   data={"x": x}, seed=seed, parents=parents or [],
-                   settings=chain.settings(tmp_path / "ledger")) as run:
+    with LedgerRun(
+        model,
+        name=name,
+        config={"lr": 0.1, "epochs": epochs},
+        out=tmp_path / out,
+        data={"x": x},
+        seed=seed,
+        parents=parents or [],
+        settings=chain.settings(tmp_path / "ledger"),
+    ) as run:
         for epoch in range(epochs):
             optimiser.zero_grad()
             loss = nn.functional.mse_loss(model(x), y)
@@ -66,8 +80,10 @@ def test_a_trained_model_is_committed_and_verifies(chain: Chain, tmp_path: Path)
     assert record.status is RunStatus.FINALIZED
     assert record.committer == chain.admin.address
 
-    leaves = [CheckpointLeaf(c.step or 0, c.file_cid.digest, c.tensor_root, c.metrics_cid.digest)
-              for c in run.commits]
+    leaves = [
+        CheckpointLeaf(c.step or 0, c.file_cid.digest, c.tensor_root, c.metrics_cid.digest)
+        for c in run.commits
+    ]
     assert [c.step for c in run.commits] == [0, 1, 2]
     assert record.checkpoint_root == checkpoint_root(leaves) != b"\x00" * 32
 
@@ -111,8 +127,9 @@ def test_one_changed_element_is_named_by_tensor(chain: Chain, tmp_path: Path) ->
 
     v = verifier(chain, tmp_path)
     assert v.verify_file(tmp_path / "model.pt.tampered").outcome is Outcome.UNKNOWN
-    report = v.verify_file(tmp_path / "model.pt.tampered",
-                           expected_run=bytes.fromhex(run.run_id[2:]))
+    report = v.verify_file(
+        tmp_path / "model.pt.tampered", expected_run=bytes.fromhex(run.run_id[2:])
+    )
     assert report.outcome is Outcome.MISMATCH
     assert report.tensor_diff is not None
     assert report.tensor_diff.changed == ("fc2.weight",)
@@ -157,8 +174,13 @@ def test_a_pickle_with_code_is_never_run(chain: Chain, tmp_path: Path) -> None:
 
 def test_an_exception_in_training_marks_the_run_failed(chain: Chain, tmp_path: Path) -> None:
     model = Tiny()
-    run = LedgerRun(model, name="crash", config={}, out=tmp_path / "never.pt",
-                    settings=chain.settings(tmp_path / "ledger"))
+    run = LedgerRun(
+        model,
+        name="crash",
+        config={},
+        out=tmp_path / "never.pt",
+        settings=chain.settings(tmp_path / "ledger"),
+    )
     with pytest.raises(RuntimeError, match="diverged"), run:
         run.epoch_end(0, {"loss": 1.0})
         raise RuntimeError("loss diverged")
@@ -168,15 +190,18 @@ def test_an_exception_in_training_marks_the_run_failed(chain: Chain, tmp_path: P
     events = chain.registry.events("RunFailed", record.run_id)
     assert events[0]["reason"] == "RuntimeError: loss diverged"
     # the checkpoint taken before the crash is genuine and still verifies
-    report = verifier(chain, tmp_path).verify_file(tmp_path / "never-checkpoints" / "step-000000.pt")
+    report = verifier(chain, tmp_path).verify_file(
+        tmp_path / "never-checkpoints" / "step-000000.pt"
+    )
     assert report.outcome is Outcome.VERIFIED
     assert any(c.name == "run status" and "failed" in c.detail for c in report.checks)
 
 
 def test_revocation_taints_the_run_and_its_descendants(chain: Chain, tmp_path: Path) -> None:
     parent = train(chain, tmp_path / "p", name="base")
-    child = train(chain, tmp_path / "c", name="tuned", parents=[(parent.run_id, "fine-tune")],
-                  seed=1)
+    child = train(
+        chain, tmp_path / "c", name="tuned", parents=[(parent.run_id, "fine-tune")], seed=1
+    )
     parent_id = bytes.fromhex(parent.run_id[2:])
     started = chain.registry.events("RunStarted", bytes.fromhex(child.run_id[2:]))[0]
     assert [(bytes(p["runId"]), p["relation"]) for p in started["parents"]] == [(parent_id, 1)]
@@ -225,8 +250,9 @@ def test_a_committer_who_lost_the_role_no_longer_verifies(chain: Chain, tmp_path
     settings = chain.settings(tmp_path / "ledger")
     model = Tiny()
     alice = chain.as_(chain.alice)
-    with LedgerRun(model, name="alice", config={}, out=tmp_path / "model.pt", settings=settings,
-                   registry=alice):
+    with LedgerRun(
+        model, name="alice", config={}, out=tmp_path / "model.pt", settings=settings, registry=alice
+    ):
         pass
     v = verifier(chain, tmp_path)
     assert v.verify_file(tmp_path / "model.pt").outcome is Outcome.VERIFIED

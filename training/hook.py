@@ -78,8 +78,11 @@ class LedgerRun:
         self.parents = [(_run_id_bytes(p), _relation(r)) for p, r in parents]
         self.checkpoint_every = checkpoint_every
         self.out = Path(out)
-        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else (
-            self.out.parent / f"{self.out.stem}-checkpoints")
+        self.checkpoint_dir = (
+            Path(checkpoint_dir)
+            if checkpoint_dir
+            else (self.out.parent / f"{self.out.stem}-checkpoints")
+        )
         self._settings = settings
         self._registry = registry
         self._store = store
@@ -96,7 +99,9 @@ class LedgerRun:
         return self
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
         if exc is None:
@@ -118,9 +123,14 @@ class LedgerRun:
         registry = self._registry or Registry.connect(settings)
         store = self._store or LocalStore(settings.store_dir)
         manifest = build_manifest(
-            name=self.name, config=self.config, data=self.data, seed=self.seed,
-            parents=[{"run_id": "0x" + p.hex(), "relation": r.name.lower().replace("_", "-")}
-                     for p, r in self.parents],
+            name=self.name,
+            config=self.config,
+            data=self.data,
+            seed=self.seed,
+            parents=[
+                {"run_id": "0x" + p.hex(), "relation": r.name.lower().replace("_", "-")}
+                for p, r in self.parents
+            ],
             code_root=self._code_root,
         )
         self.recorder = RunRecorder(registry, store)
@@ -145,7 +155,8 @@ class LedgerRun:
         return commit
 
     def finish(
-        self, metrics: Mapping[str, Any] | None = None,
+        self,
+        metrics: Mapping[str, Any] | None = None,
         state_dict: Mapping[str, torch.Tensor] | None = None,
     ) -> WeightsCommit:
         """Write the final model file (``out``) and finalize the run.

@@ -10,6 +10,7 @@ overrides both).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -45,7 +46,9 @@ def find_anvil() -> Path:
     )
 
 
-def rpc_call(url: str, method: str, params: list[object] | None = None, timeout: float = 2.0) -> object:
+def rpc_call(
+    url: str, method: str, params: list[object] | None = None, timeout: float = 2.0
+) -> object:
     """One JSON-RPC call without web3 (cheap enough for health checks)."""
     body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": params or []})
     request = urllib.request.Request(
@@ -130,7 +133,10 @@ class AnvilProcess:
             args += ["--state", str(self.state_file), "--state-interval", str(STATE_INTERVAL_S)]
         with open(self.log_file, "ab") as log:
             proc = subprocess.Popen(
-                args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                args,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
         self.pid_file.write_text(f"{proc.pid}\n")
@@ -175,14 +181,15 @@ class AnvilProcess:
         except ChainError:
             return ChainStatus(running=False, pid=pid, rpc_url=self.rpc_url)
         return ChainStatus(
-            running=True, pid=pid, rpc_url=self.rpc_url,
-            chain_id=int(str(chain_id), 16), block_number=int(str(block), 16),
+            running=True,
+            pid=pid,
+            rpc_url=self.rpc_url,
+            chain_id=int(str(chain_id), 16),
+            block_number=int(str(block), 16),
         )
 
 
 def _reap(pid: int) -> None:
     """Collect a child we started in this process, so it does not linger as a zombie."""
-    try:
+    with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass

@@ -13,10 +13,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-from eth_abi import decode as abi_decode
+from eth_abi.abi import decode as abi_decode
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
-from eth_utils import keccak, to_checksum_address
+from eth_utils.address import to_checksum_address
+from eth_utils.crypto import keccak
 from web3 import Web3
 from web3.exceptions import ContractLogicError, TimeExhausted, Web3Exception
 
@@ -153,7 +154,11 @@ class Registry:
         return self.run_id_for(self._signer().address, manifest_digest), self._send(fn)[0]
 
     def commit_checkpoint(
-        self, run_id: bytes, step: int, weights_digest: bytes, tensor_root: bytes,
+        self,
+        run_id: bytes,
+        step: int,
+        weights_digest: bytes,
+        tensor_root: bytes,
         metrics_digest: bytes,
     ) -> TxResult:
         fn = self.contract.functions.commitCheckpoint(
@@ -162,8 +167,13 @@ class Registry:
         return self._send(fn)[0]
 
     def finalize_run(
-        self, run_id: bytes, weights_digest: bytes, tensor_root: bytes, metrics_digest: bytes,
-        checkpoint_root: bytes, checkpoint_count: int,
+        self,
+        run_id: bytes,
+        weights_digest: bytes,
+        tensor_root: bytes,
+        metrics_digest: bytes,
+        checkpoint_root: bytes,
+        checkpoint_count: int,
     ) -> TxResult:
         fn = self.contract.functions.finalizeRun(
             run_id, weights_digest, tensor_root, metrics_digest, checkpoint_root, checkpoint_count
@@ -190,8 +200,12 @@ class Registry:
         raw = self._call(self.contract.functions.getRun(run_id))
         committer, started_at, status, revoked, manifest, root = raw
         return RunRecord(
-            run_id=run_id, committer=to_checksum_address(committer), started_at=int(started_at),
-            status=RunStatus(status), revoked=bool(revoked), manifest_digest=bytes(manifest),
+            run_id=run_id,
+            committer=to_checksum_address(committer),
+            started_at=int(started_at),
+            status=RunStatus(status),
+            revoked=bool(revoked),
+            manifest_digest=bytes(manifest),
             checkpoint_root=bytes(root),
         )
 
@@ -226,8 +240,11 @@ class Registry:
         except (Web3Exception, OSError) as exc:
             raise ChainError(f"cannot read {name} events from {self.address}: {exc}") from exc
         return [
-            {**dict(log["args"]), "blockNumber": log["blockNumber"],
-             "transactionHash": "0x" + bytes(log["transactionHash"]).hex()}
+            {
+                **dict(log["args"]),
+                "blockNumber": log["blockNumber"],
+                "transactionHash": "0x" + bytes(log["transactionHash"]).hex(),
+            }
             for log in logs
         ]
 
@@ -270,7 +287,8 @@ class Registry:
         if receipt["status"] != 1:
             raise ChainError(f"transaction {tx_hash.hex()} reverted on chain")
         result = TxResult(
-            tx_hash="0x" + bytes(tx_hash).hex(), block_number=int(receipt["blockNumber"]),
+            tx_hash="0x" + bytes(tx_hash).hex(),
+            block_number=int(receipt["blockNumber"]),
             gas_used=int(receipt["gasUsed"]),
         )
         return result, receipt
@@ -333,4 +351,3 @@ def _weights_record(raw: Any) -> WeightsRecord | None:
     if bytes(run_id) == ZERO32:
         return None
     return WeightsRecord(run_id=bytes(run_id), is_final=bool(is_final), step=int(step))
-

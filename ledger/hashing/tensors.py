@@ -37,10 +37,22 @@ TENSORS_SCHEME = "tensors-sha256-v1"
 
 # torch dtype name -> safetensors dtype name
 _TORCH_DTYPES = {
-    "float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16",
-    "int64": "I64", "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8",
-    "bool": "BOOL", "float8_e4m3fn": "F8_E4M3", "float8_e5m2": "F8_E5M2",
-    "uint16": "U16", "uint32": "U32", "uint64": "U64", "complex64": "C64",
+    "float64": "F64",
+    "float32": "F32",
+    "float16": "F16",
+    "bfloat16": "BF16",
+    "int64": "I64",
+    "int32": "I32",
+    "int16": "I16",
+    "int8": "I8",
+    "uint8": "U8",
+    "bool": "BOOL",
+    "float8_e4m3fn": "F8_E4M3",
+    "float8_e5m2": "F8_E5M2",
+    "uint16": "U16",
+    "uint32": "U32",
+    "uint64": "U64",
+    "complex64": "C64",
 }
 
 
@@ -56,8 +68,13 @@ class TensorLeaf:
         name = self.name.encode()
         dtype = self.dtype.encode()
         parts = [
-            b"\x00", struct.pack(">I", len(name)), name, struct.pack(">I", len(dtype)), dtype,
-            struct.pack(">I", len(self.shape)), *(struct.pack(">Q", d) for d in self.shape),
+            b"\x00",
+            struct.pack(">I", len(name)),
+            name,
+            struct.pack(">I", len(dtype)),
+            dtype,
+            struct.pack(">I", len(self.shape)),
+            *(struct.pack(">Q", d) for d in self.shape),
             self.data_digest,
         ]
         return hashlib.sha256(b"".join(parts)).digest()
@@ -152,7 +169,8 @@ def _safetensors_problem(path: Path) -> str | None:
         header = json.loads(handle.read(size))
     spans = sorted(
         (int(v["data_offsets"][0]), int(v["data_offsets"][1]))
-        for k, v in header.items() if k != "__metadata__"
+        for k, v in header.items()
+        if k != "__metadata__"
     )
     end = 0
     for start, stop in spans:
@@ -182,7 +200,7 @@ def _zip_problem(path: Path) -> str | None:
                 handle.seek(cursor)
                 signed = handle.read(4) == b"PK\x07\x08"
                 cursor += (4 if signed else 0) + (20 if zip64 else 12)
-        directory: int = archive.start_dir  # type: ignore[attr-defined]
+        directory: int = archive.start_dir
         if directory != cursor:
             return f"{directory - cursor} unaccounted bytes before the zip directory"
         end_at = file_size - _ZIP_END.size
@@ -238,7 +256,9 @@ def _safetensors_leaves(path: Path) -> Iterator[TensorLeaf]:
             raise UnsupportedFormatError(f"{path}: too short to be a safetensors file")
         (size,) = struct.unpack("<Q", head)
         if size > 100 * 1024 * 1024:
-            raise UnsupportedFormatError(f"{path}: safetensors header of {size} bytes is implausible")
+            raise UnsupportedFormatError(
+                f"{path}: safetensors header of {size} bytes is implausible"
+            )
         try:
             header = json.loads(handle.read(size))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -299,8 +319,10 @@ def _torch_leaves(path: Path) -> Iterator[TensorLeaf]:
 def _find_state_dict(obj: Any) -> dict[str, Any] | None:
     import torch
 
-    if isinstance(obj, dict) and obj and all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
+    if (
+        isinstance(obj, dict)
+        and obj
+        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
     ):
         return obj
     if isinstance(obj, dict):
@@ -319,5 +341,5 @@ def _leaf_of_tensor(name: str, tensor: Any) -> TensorLeaf:
     if dtype is None:
         raise UnsupportedFormatError(f"tensor {name!r} has dtype {tensor.dtype}, not supported")
     flat = tensor.detach().cpu().contiguous().reshape(-1)
-    data = flat.view(torch.uint8).numpy() if flat.numel() else b""
+    data = memoryview(flat.view(torch.uint8).numpy()) if flat.numel() else memoryview(b"")
     return TensorLeaf(name, dtype, tuple(tensor.shape), hashlib.sha256(data).digest())

@@ -29,8 +29,13 @@ def ledger(
 ) -> subprocess.CompletedProcess[str]:
     if not quiet:
         print(f"\n$ ledger {shlex.join(args)}", flush=True)
-    proc = subprocess.run([sys.executable, "-m", "ledger", *args], env=env, text=True,
-                          capture_output=True, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "ledger", *args],
+        env=env,
+        text=True,
+        capture_output=True,
+        check=False,
+    )
     if not quiet:
         print(proc.stdout, end="")
     print(proc.stderr, end="", file=sys.stderr)
@@ -43,8 +48,9 @@ def flip_one_byte(source: Path, target: Path) -> int:
     """Copy ``source`` flipping one byte inside its largest tensor's data; returns the offset."""
     data = bytearray(source.read_bytes())
     with zipfile.ZipFile(source) as archive:
-        record = max((i for i in archive.infolist() if "/data/" in i.filename),
-                     key=lambda i: i.file_size)
+        record = max(
+            (i for i in archive.infolist() if "/data/" in i.filename), key=lambda i: i.file_size
+        )
     # local file header: 30 bytes + name + extra field, then the stored bytes
     offset = record.header_offset + 30 + len(record.filename) + len(record.extra)
     offset += record.file_size // 2
@@ -56,18 +62,26 @@ def flip_one_byte(source: Path, target: Path) -> int:
 def main() -> None:
     OUT.mkdir(exist_ok=True)
     port = os.environ.get("LEDGER_DEMO_PORT", "8545")
-    env = {**os.environ, "LEDGER_HOME": str(OUT / ".ledger"),
-           "LEDGER_RPC_URL": f"http://127.0.0.1:{port}"}
+    env = {
+        **os.environ,
+        "LEDGER_HOME": str(OUT / ".ledger"),
+        "LEDGER_RPC_URL": f"http://127.0.0.1:{port}",
+    }
     ledger("chain", "up", "--port", port, env=env)
     ledger("deploy", env=env)
 
     model = OUT / "price-forecast.pt"
     print(f"\n$ python -m training.examples.price_forecast --out {model}", flush=True)
-    subprocess.run([sys.executable, "-m", "training.examples.price_forecast", "--out", str(model)],
-                   env=env, check=True)
+    subprocess.run(
+        [sys.executable, "-m", "training.examples.price_forecast", "--out", str(model)],
+        env=env,
+        check=True,
+    )
 
     ledger("verify", str(model), env=env)
-    run_id = json.loads(ledger("verify", str(model), "--json", env=env, quiet=True).stdout)["run_id"]
+    run_id = json.loads(ledger("verify", str(model), "--json", env=env, quiet=True).stdout)[
+        "run_id"
+    ]
 
     tampered = OUT / "price-forecast-tampered.pt"
     offset = flip_one_byte(model, tampered)
@@ -81,7 +95,8 @@ Done: {model} VERIFIED; its tampered copy NOT VERIFIED (unknown, and a mismatch 
 run {run_id} naming the changed tensor).
 
 The chain keeps running. Next (in this shell):
-  export PATH=$PWD/.venv/bin:$PATH LEDGER_HOME={env['LEDGER_HOME']} LEDGER_RPC_URL={env['LEDGER_RPC_URL']}
+  export PATH=$PWD/.venv/bin:$PATH
+  export LEDGER_HOME={env["LEDGER_HOME"]} LEDGER_RPC_URL={env["LEDGER_RPC_URL"]}
   ledger show {run_id}
   ledger tensors {model} --json
   ledger cid {model}

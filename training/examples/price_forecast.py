@@ -60,8 +60,10 @@ class PriceMLP(nn.Module):
     def __init__(self, window: int, hidden: tuple[int, int]) -> None:
         super().__init__()
         self.net = nn.Sequential(
-            nn.Linear(window, hidden[0]), nn.ReLU(),
-            nn.Linear(hidden[0], hidden[1]), nn.ReLU(),
+            nn.Linear(window, hidden[0]),
+            nn.ReLU(),
+            nn.Linear(hidden[0], hidden[1]),
+            nn.ReLU(),
             nn.Linear(hidden[1], 1),
         )
         for layer in self.net:
@@ -79,7 +81,10 @@ def train(cfg: Config, out: Path, settings: Settings | None = None) -> LedgerRun
     series = price_series(cfg.minutes, cfg.seed)
     x, y = windows(series, cfg.window)
     split = int(len(x) * (1 - cfg.val_fraction))
-    mean, std = float(series[: split + cfg.window].mean()), float(series[: split + cfg.window].std())
+    mean, std = (
+        float(series[: split + cfg.window].mean()),
+        float(series[: split + cfg.window].std()),
+    )
     xt = torch.from_numpy((x - mean) / std)
     yt = torch.from_numpy((y - mean) / std)
     train_x, train_y, val_x, val_y = xt[:split], yt[:split], xt[split:], yt[split:]
@@ -87,13 +92,21 @@ def train(cfg: Config, out: Path, settings: Settings | None = None) -> LedgerRun
     model = PriceMLP(cfg.window, cfg.hidden)
     optimiser = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     schedule = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimiser, factor=cfg.lr_factor, patience=cfg.lr_patience)
+        optimiser, factor=cfg.lr_factor, patience=cfg.lr_patience
+    )
     loss_fn = nn.MSELoss()
     generator = torch.Generator().manual_seed(cfg.seed)
     best_loss, best_state, stale = math.inf, None, 0
 
-    with LedgerRun(model, name="price-forecast", config=asdict(cfg), out=out,
-                   data={"series": series}, seed=cfg.seed, settings=settings) as run:
+    with LedgerRun(
+        model,
+        name="price-forecast",
+        config=asdict(cfg),
+        out=out,
+        data={"series": series},
+        seed=cfg.seed,
+        settings=settings,
+    ) as run:
         for epoch in range(cfg.max_epochs):
             model.train()
             order = torch.randperm(len(train_x), generator=generator)
@@ -109,8 +122,12 @@ def train(cfg: Config, out: Path, settings: Settings | None = None) -> LedgerRun
             with torch.no_grad():
                 val_loss = float(loss_fn(model(val_x), val_y))
             schedule.step(val_loss)
-            metrics = {"epoch": epoch, "train_loss": total / len(train_x), "val_loss": val_loss,
-                       "lr": optimiser.param_groups[0]["lr"]}
+            metrics = {
+                "epoch": epoch,
+                "train_loss": total / len(train_x),
+                "val_loss": val_loss,
+                "lr": optimiser.param_groups[0]["lr"],
+            }
             print(f"epoch {epoch:2d}  train {metrics['train_loss']:.5f}  val {val_loss:.5f}")
             run.epoch_end(epoch, metrics)
             if val_loss < best_loss - 1e-6:
@@ -127,8 +144,12 @@ def train(cfg: Config, out: Path, settings: Settings | None = None) -> LedgerRun
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("price-forecast.pt"),
-                        help="final model file (.pt or .safetensors)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("price-forecast.pt"),
+        help="final model file (.pt or .safetensors)",
+    )
     parser.add_argument("--epochs", type=int, default=Config.max_epochs)
     parser.add_argument("--seed", type=int, default=Config.seed)
     args = parser.parse_args(argv)

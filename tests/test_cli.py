@@ -1,0 +1,126 @@
+"""The ``ledger`` command line, run as a real process against the session's Anvil."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from ledger.hashing.cid import file_cid
+from tests.conftest import Chain, free_port
+from tests.test_flow import train
+
+
+def ledger(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("LEDGER_")}
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "ledger", *args],
+        env=full_env,
+        text=True,
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def chain_env(chain: Chain, data_dir: Path) -> dict[str, str]:
+    chain.settings(data_dir)  # writes config.json with the registry address
+    return {"LEDGER_HOME": str(data_dir)}
+
+
+@pytest.mark.parametrize("version", [0, 1])
+def test_cid_prints_what_ipfs_add_would(tmp_path: Path, version: int) -> None:
+    path = tmp_path / "blob.bin"
+    path.write_bytes(os.urandom(700_000))
+    out = ledger("cid", str(path), "--cid-version", str(version))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == str(file_cid(path, cid_version=version))
+    assert out.stdout.startswith("Qm" if version == 0 else "bafy")
+
+
+def test_a_missing_file_is_a_clear_input_error(tmp_path: Path) -> None:
+    out = ledger("cid", str(tmp_path / "nope.pt"))
+    assert out.returncode == 11
+    assert "nope.pt" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_verify_exit_codes_and_json(chain: Chain, tmp_path: Path) -> None:
+    run = train(chain, tmp_path)
+    env = chain_env(chain, tmp_path / "ledger")
+    ok = ledger("verify", str(tmp_path / "model.pt"), "--json", env=env)
+    assert ok.returncode == 0, ok.stderr
+    report = json.loads(ok.stdout)
+    assert report["outcome"] == "verified" and report["run_id"] == run.run_id
+
+    state = torch.load(tmp_path / "model.pt", weights_only=True)
+    state["fc1.bias"][0] += 1
+    torch.save(state, tmp_path / "other.pt")
+    assert ledger("verify", str(tmp_path / "other.pt"), env=env).returncode == 4
+    mismatch = ledger("verify", str(tmp_path / "other.pt"), "--run", run.run_id, "--json", env=env)
+    assert mismatch.returncode == 3
+    assert json.loads(mismatch.stdout)["tensor_diff"]["changed"] == ["fc1.bias"]
+
+    revoked = ledger("revoke", run.run_id, "--reason", "bad labels", env=env)
+    assert revoked.returncode == 0, revoked.stderr
+    human = ledger("verify", str(tmp_path / "model.pt"), env=env)
+    assert human.returncode == 5
+    assert "REVOKED" in human.stdout and "bad labels" in human.stdout
+
+
+def test_show_prints_the_on_chain_record(chain: Chain, tmp_path: Path) -> None:
+    run = train(chain, tmp_path)
+    out = ledger("show", run.run_id, env=chain_env(chain, tmp_path / "ledger"))
+    assert out.returncode == 0, out.stderr
+    record = json.loads(out.stdout)
+    assert record["status"] == "finalized" and record["committer"] == chain.admin.address
+
+
+def test_bad_run_id_and_missing_registry_are_explained(chain: Chain, tmp_path: Path) -> None:
+    env = chain_env(chain, tmp_path / "ledger")
+    bad = ledger("show", "0x1234", env=env)
+    assert bad.returncode == 11 and "0x1234" in bad.stderr
+    empty = {"LEDGER_HOME": str(tmp_path / "empty"), "LEDGER_RPC_URL": chain.rpc_url}
+    (tmp_path / "model.pt").write_bytes(b"x")
+    missing = ledger("verify", str(tmp_path / "model.pt"), env=empty)
+    assert missing.returncode == 10
+    assert "ledger deploy" in missing.stderr
+
+
+def test_chain_up_deploy_down_up_keeps_state(tmp_path: Path) -> None:
+    port = str(free_port())
+    env = {"LEDGER_HOME": str(tmp_path / "home"), "LEDGER_RPC_URL": f"http://127.0.0.1:{port}"}
+    try:
+        assert ledger("chain", "up", "--port", port, env=env).returncode == 0
+        status = ledger("chain", "status", "--port", port, "--json", env=env)
+        assert json.loads(status.stdout)["chain_id"] == 31337
+        deployed = ledger("deploy", env=env)
+        assert deployed.returncode == 0, deployed.stderr
+        config = json.loads((tmp_path / "home" / "config.json").read_text())
+        assert config["chain_id"] == 31337 and config["registry_address"].startswith("0x")
+
+        assert ledger("chain", "down", "--port", port, env=env).returncode == 0
+        assert ledger("chain", "status", "--port", port, env=env).returncode == 1
+        assert (tmp_path / "home" / "chain" / "state.json").is_file()
+
+        assert ledger("chain", "up", "--port", port, env=env).returncode == 0
+        # the registry survived the restart: a lookup works without redeploying
+        probe = tmp_path / "probe.bin"
+        probe.write_bytes(b"not weights")
+        out = ledger("verify", str(probe), "--json", env=env)
+        assert out.returncode == 4, out.stderr
+        assert json.loads(out.stdout)["outcome"] == "unknown"
+    finally:
+        ledger("chain", "down", "--port", port, env=env)
+
+
+def test_help_lists_the_commands() -> None:
+    out = ledger("--help")
+    assert out.returncode == 0
+    for command in ("verify", "cid", "deploy", "chain", "revoke", "show", "tensors"):
+        assert command in out.stdout
