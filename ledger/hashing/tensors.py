@@ -341,5 +341,5 @@ def _leaf_of_tensor(name: str, tensor: Any) -> TensorLeaf:
     if dtype is None:
         raise UnsupportedFormatError(f"tensor {name!r} has dtype {tensor.dtype}, not supported")
     flat = tensor.detach().cpu().contiguous().reshape(-1)
-    data = memoryview(flat.view(torch.uint8).numpy()) if flat.numel() else memoryview(b"")
+    data = flat.view(torch.uint8).numpy().data if flat.numel() else memoryview(b"")
     return TensorLeaf(name, dtype, tuple(tensor.shape), hashlib.sha256(data).digest())
