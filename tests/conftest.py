@@ -50,7 +50,7 @@ class Chain:
 
     def as_(self, account: LocalAccount) -> Registry:
         """The same registry, signing as ``account``."""
-        return Registry(self.w3, self.registry.address, account)
+        return Registry(self.w3, self.registry.address, account, self.deploy_block)
 
     def settings(self, data_dir: Path) -> Settings:
         """Settings for a data directory that points at this chain and registry."""

@@ -96,11 +96,14 @@ class TxResult:
 class Registry:
     """One deployed registry, optionally with a signing account."""
 
-    def __init__(self, w3: Web3, address: str, account: LocalAccount | None = None) -> None:
+    def __init__(
+        self, w3: Web3, address: str, account: LocalAccount | None = None, deploy_block: int = 0
+    ) -> None:
         artifact = load_artifact()
         self.w3 = w3
         self.address = to_checksum_address(address)
         self.account = account
+        self.deploy_block = deploy_block  # event scans start here
         self.abi: list[dict[str, Any]] = artifact["abi"]
         self.contract = w3.eth.contract(address=self.address, abi=self.abi)
         self._errors = _error_selectors(self.abi)
@@ -130,7 +133,7 @@ class Registry:
                 hint="the chain may have been reset; run `ledger deploy` again",
             )
         account = load_account(settings, chain_id) if signer else None
-        return cls(w3, address, account)
+        return cls(w3, address, account, settings.deploy_block or 0)
 
     @classmethod
     def deploy(cls, w3: Web3, account: LocalAccount) -> tuple[Registry, TxResult]:
@@ -141,7 +144,7 @@ class Registry:
         probe.w3, probe.account, probe._errors = w3, account, _error_selectors(artifact["abi"])
         result, receipt = probe._send(factory.constructor(account.address), with_receipt=True)
         address = receipt["contractAddress"]
-        return cls(w3, address, account), result
+        return cls(w3, address, account, result.block_number), result
 
     # -- writes ---------------------------------------------------------------
 
@@ -232,11 +235,11 @@ class Registry:
         address = bytes.fromhex(to_checksum_address(committer)[2:])
         return keccak(b"\x00" * 12 + address + manifest_digest)
 
-    def events(self, name: str, run_id: bytes, from_block: int = 0) -> list[dict[str, Any]]:
+    def events(self, name: str, run_id: bytes) -> list[dict[str, Any]]:
         """Decoded events ``name`` of one run, oldest first."""
         event = getattr(self.contract.events, name)
         try:
-            logs = event.get_logs(argument_filters={"runId": run_id}, from_block=from_block)
+            logs = event.get_logs(argument_filters={"runId": run_id}, from_block=self.deploy_block)
         except (Web3Exception, OSError) as exc:
             raise ChainError(f"cannot read {name} events from {self.address}: {exc}") from exc
         return [
