@@ -77,8 +77,13 @@ interface IProvenanceRegistry {
     error RegistryNotRunCommitter(bytes32 runId, address account);
     /// @notice The run is not running (it was finalized or marked failed).
     error RegistryRunNotRunning(bytes32 runId, Status status);
-    /// @notice This checkpoint was recorded for this run already.
+    /// @notice This run recorded this weights digest at this step already.
+    /// @dev Detected through the weights index, which keeps the first record of a digest:
+    /// a re-send is caught when that first record is this run at this step. Exact
+    /// once-only delivery is the client's job (its journal), not worth a slot per step.
     error RegistryCheckpointExists(bytes32 runId, uint64 step);
+    /// @notice The step is out of range (the largest uint64 is reserved).
+    error RegistryStepOutOfRange(uint64 step);
     /// @notice The run was revoked already.
     error RegistryRunRevoked(bytes32 runId);
     /// @notice Only the run's committer or an admin may revoke it.

@@ -64,6 +64,7 @@ contract ProvenanceRegistry is IProvenanceRegistry, AccessControl {
     ) external onlyRole(COMMITTER_ROLE) {
         _requireRunning(runId);
         if (weightsDigest == bytes32(0)) revert RegistryZeroDigest();
+        if (step == type(uint64).max) revert RegistryStepOutOfRange(step);
         uint64 stepPlusOne = step + 1;
         WeightsRef storage ref = _byWeights[weightsDigest];
         if (ref.runId == runId && ref.stepPlusOne == stepPlusOne) {

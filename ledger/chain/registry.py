@@ -302,7 +302,10 @@ class Registry:
             selector = bytes.fromhex(data[2:10])
             if selector in self._errors:
                 name, types = self._errors[selector]
-                args = tuple(abi_decode(types, bytes.fromhex(data[10:])))
+                args = tuple(
+                    to_checksum_address(a) if t == "address" else a
+                    for t, a in zip(types, abi_decode(types, bytes.fromhex(data[10:])), strict=True)
+                )
                 shown = ", ".join(_show(a) for a in args)
                 return TransactionRevertedError(
                     f"the registry refused: {name}({shown})", error_name=name, args=args
