@@ -75,15 +75,35 @@ def code_version(root: Path | None = None) -> dict[str, Any]:
     if commit is None:
         return {"vcs": None}
     diff = git("diff", "HEAD", "--binary") or b""
-    untracked = git("ls-files", "--others", "--exclude-standard", "-z") or b""
+    untracked = [
+        n
+        for n in (git("ls-files", "--others", "--exclude-standard", "-z") or b"").split(b"\x00")
+        if n
+    ]
     dirty = bool(diff or untracked)
-    digest = hashlib.sha256(diff + b"\x00" + untracked).hexdigest() if dirty else None
+    digest = None
+    if dirty:
+        hasher = hashlib.sha256(diff)
+        for name in sorted(untracked):  # untracked files count by name and content
+            hasher.update(b"\x00" + name + b"\x00" + _file_sha256(Path(cwd) / name.decode()))
+        digest = hasher.hexdigest()
     return {
         "vcs": "git",
         "commit": commit.decode().strip(),
         "dirty": dirty,
         "uncommitted_sha256": digest,
     }
+
+
+def _file_sha256(path: Path) -> bytes:
+    hasher = hashlib.sha256()
+    try:
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                hasher.update(block)
+    except OSError:
+        return b"unreadable"
+    return hasher.digest()
 
 
 def environment() -> dict[str, Any]:
@@ -120,8 +140,16 @@ def fingerprint(value: Any) -> dict[str, Any]:
         raise InputError(f"data source {path} is not a file", hint="fingerprint files one by one")
     if isinstance(value, (bytes, bytearray, memoryview)):
         return {"kind": "bytes", "sha256": hashlib.sha256(value).hexdigest(), "bytes": len(value)}
-    if hasattr(value, "detach"):  # torch tensor
-        value = value.detach().cpu().contiguous().numpy()
+    if hasattr(value, "detach"):  # torch tensor; raw bytes, as numpy lacks e.g. bfloat16
+        import torch
+
+        flat = value.detach().cpu().contiguous().reshape(-1)
+        return {
+            "kind": "array",
+            "dtype": str(value.dtype).removeprefix("torch."),
+            "shape": list(value.shape),
+            "sha256": hashlib.sha256(flat.view(torch.uint8).numpy().data).hexdigest(),
+        }
     if hasattr(value, "tobytes") and hasattr(value, "dtype"):
         data = value.tobytes()
         return {
@@ -161,7 +189,8 @@ def build_manifest(
         "code": code_version(code_root),
         "environment": environment(),
         "data": fingerprints,
-        "seed": seed,
+        # canonical JSON numbers are IEEE doubles: larger seeds are kept exactly as text
+        "seed": seed if seed is None or abs(seed) < 2**53 else str(seed),
         "parents": [dict(p) for p in parents],
         "distributed": {"world_size": world_size},
         "digests": DIGEST_SCHEMES,

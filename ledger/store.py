@@ -69,8 +69,8 @@ class LocalStore:
     def put_bytes(self, data: bytes) -> Cid:
         cid = bytes_cid(data)
         target = self.path_for(cid)
-        if target.is_file():
-            return cid
+        if target.is_file() and target.read_bytes() == data:
+            return cid  # already stored intact; a damaged copy is rewritten below
         self._write_atomically(target, lambda handle: handle.write(data))
         return cid
 
@@ -101,7 +101,7 @@ class LocalStore:
                 hint="it may live in another store; copy it here or configure that store",
             ) from exc
         actual = bytes_cid(data, cid_version=cid.version)
-        if actual.digest != cid.digest:
+        if actual != cid:  # codec too: a dag-pb root's block must not pass as raw bytes
             raise IntegrityError(
                 f"stored artifact {cid} no longer matches its CID (now {actual})",
                 hint=f"the file {path} was changed on disk; restore it from another copy",

@@ -1,0 +1,412 @@
+"""Tensor roots (``ledger.hashing.tensors``): container-independent, safe to compute.
+
+The same weights must give the same root whether they sit in a ``torch.save``
+file (under any name), a ``.safetensors`` file, a checkpoint dict, or memory;
+and reading a weights file must never run code from it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import shlex
+import struct
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from ledger.errors import FileMissingError, InputError, UnsupportedFormatError
+from ledger.hashing.cid import file_cid
+from ledger.hashing.tensors import (
+    TENSORS_SCHEME,
+    diff_tensors,
+    state_dict_digest,
+    tensor_digest,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def make_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
+    """A small model's weights plus tensors of several dtypes, incl. a 0-dim one."""
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3))
+    sd = {name: t.detach().clone() for name, t in model.state_dict().items()}
+    assert sd["1.num_batches_tracked"].dtype == torch.int64
+    assert sd["1.num_batches_tracked"].dim() == 0
+    sd["extra.f16"] = torch.randn(2, 5).to(torch.float16)
+    sd["extra.bf16"] = torch.randn(3, 2).to(torch.bfloat16)
+    sd["extra.i64"] = torch.arange(-3, 7, dtype=torch.int64).reshape(2, 5)
+    sd["extra.mask"] = torch.tensor([[True, False, True], [False, False, True]])
+    sd["extra.scalar"] = torch.tensor(2.5)
+    return sd
+
+
+def leaf_hash(name: str, dtype: str, shape: tuple[int, ...], data: bytes) -> bytes:
+    """The ``tensors-sha256-v1`` leaf, written out from the scheme's description."""
+    n, d = name.encode(), dtype.encode()
+    body = (
+        b"\x00"
+        + struct.pack(">I", len(n))
+        + n
+        + struct.pack(">I", len(d))
+        + d
+        + struct.pack(">I", len(shape))
+        + b"".join(struct.pack(">Q", x) for x in shape)
+        + hashlib.sha256(data).digest()
+    )
+    return hashlib.sha256(body).digest()
+
+
+def node(left: bytes, right: bytes) -> bytes:
+    return hashlib.sha256(b"\x01" + left + right).digest()
+
+
+# -- one identity across containers ---------------------------------------------
+
+
+def test_same_weights_same_root_in_every_container(tmp_path: Path) -> None:
+    sd = make_state_dict()
+    expected = state_dict_digest(sd).root
+
+    first = tmp_path / "model.pt"
+    second = tmp_path / "a-much-longer-checkpoint-name.pt"
+    torch.save(sd, first)
+    torch.save(sd, second)
+    # torch writes the file name into the archive: the files (and CIDs) differ ...
+    assert first.read_bytes() != second.read_bytes()
+    assert file_cid(first) != file_cid(second)
+    # ... yet the weights, and so the tensor roots, are the same.
+    assert tensor_digest(first).root == expected
+    assert tensor_digest(second).root == expected
+
+    safe = tmp_path / "model.safetensors"
+    save_file(sd, str(safe))
+    assert tensor_digest(safe).root == expected
+
+    wrapped = tmp_path / "checkpoint.pt"
+    torch.save({"state_dict": sd, "epoch": 3}, wrapped)
+    assert tensor_digest(wrapped).root == expected
+
+    legacy = tmp_path / "legacy.pt"
+    torch.save(sd, legacy, _use_new_zipfile_serialization=False)
+    assert tensor_digest(legacy).root == expected
+
+
+def test_leaves_name_every_tensor_with_dtype_and_shape(tmp_path: Path) -> None:
+    sd = make_state_dict()
+    path = tmp_path / "w.safetensors"
+    save_file(sd, str(path))
+    digest = tensor_digest(path)
+    assert digest.scheme == TENSORS_SCHEME
+    index = digest.index()
+    assert index["scheme"] == "tensors-sha256-v1"
+    assert index["root"] == digest.root.hex()
+    assert set(index["tensors"]) == set(sd)
+    assert index["tensors"]["0.weight"]["dtype"] == "F32"
+    assert index["tensors"]["0.weight"]["shape"] == [3, 4]
+    assert index["tensors"]["extra.f16"]["dtype"] == "F16"
+    assert index["tensors"]["extra.bf16"]["dtype"] == "BF16"
+    assert index["tensors"]["extra.i64"]["dtype"] == "I64"
+    assert index["tensors"]["extra.mask"]["dtype"] == "BOOL"
+    assert index["tensors"]["extra.scalar"]["shape"] == []
+    assert index["tensors"]["1.num_batches_tracked"]["shape"] == []
+    expected_data = sd["extra.i64"].numpy().tobytes()
+    assert index["tensors"]["extra.i64"]["sha256"] == hashlib.sha256(expected_data).hexdigest()
+    # leaves are sorted by name (UTF-8 byte order)
+    names = [leaf.name for leaf in digest.leaves]
+    assert names == sorted(sd, key=str.encode)
+    # the index is plain JSON
+    assert json.loads(json.dumps(index)) == index
+
+
+def test_root_follows_the_documented_scheme() -> None:
+    a = torch.tensor([1.0, 2.0], dtype=torch.float32)
+    b = torch.tensor([[1, 2], [3, 4]], dtype=torch.int64)
+    c = torch.tensor(True)
+    la = leaf_hash("a", "F32", (2,), a.numpy().tobytes())
+    lb = leaf_hash("b", "I64", (2, 2), b.numpy().tobytes())
+    lc = leaf_hash("c", "BOOL", (), b"\x01")
+
+    assert state_dict_digest({"a": a}).root == la
+    assert state_dict_digest({"b": b, "a": a}).root == node(la, lb)
+    # an odd last node moves up unchanged
+    assert state_dict_digest({"c": c, "a": a, "b": b}).root == node(node(la, lb), lc)
+
+
+def test_root_does_not_depend_on_insertion_order(tmp_path: Path) -> None:
+    sd = make_state_dict()
+    backwards = dict(reversed(list(sd.items())))
+    assert list(backwards) != list(sd)
+    assert state_dict_digest(backwards).root == state_dict_digest(sd).root
+    torch.save(backwards, tmp_path / "backwards.pt")
+    assert tensor_digest(tmp_path / "backwards.pt").root == state_dict_digest(sd).root
+
+
+def test_non_contiguous_tensors_hash_as_their_row_major_values() -> None:
+    base = torch.arange(12, dtype=torch.float32).reshape(3, 4)
+    transposed = base.t()
+    assert not transposed.is_contiguous()
+    assert (
+        state_dict_digest({"w": transposed}).root
+        == state_dict_digest({"w": transposed.contiguous()}).root
+    )
+
+
+# -- changes are detected and explained -------------------------------------------
+
+
+def test_one_changed_element_changes_the_root_and_is_named(tmp_path: Path) -> None:
+    sd = make_state_dict()
+    path = tmp_path / "before.pt"
+    torch.save(sd, path)
+    recorded = json.loads(json.dumps(tensor_digest(path).index()))  # as stored
+
+    changed = {name: t.clone() for name, t in sd.items()}
+    changed["0.weight"][1, 2] += 1.0
+    after = tmp_path / "after.safetensors"
+    save_file(changed, str(after))
+    new = tensor_digest(after)
+
+    assert new.root.hex() != recorded["root"]
+    diff = diff_tensors(recorded, new)
+    assert diff.changed == ("0.weight",)
+    assert diff.added == ()
+    assert diff.removed == ()
+    assert not diff.empty
+
+
+def test_identical_weights_give_an_empty_diff(tmp_path: Path) -> None:
+    sd = make_state_dict()
+    torch.save(sd, tmp_path / "w.pt")
+    recorded = json.loads(json.dumps(tensor_digest(tmp_path / "w.pt").index()))
+    diff = diff_tensors(recorded, state_dict_digest(sd))
+    assert diff.empty
+    assert (diff.added, diff.removed, diff.changed) == ((), (), ())
+
+
+def test_a_renamed_tensor_is_added_and_removed() -> None:
+    sd = make_state_dict()
+    recorded = state_dict_digest(sd).index()
+    renamed = dict(sd)
+    renamed["0.kernel"] = renamed.pop("0.weight")
+    new = state_dict_digest(renamed)
+    assert new.root != state_dict_digest(sd).root
+    diff = diff_tensors(recorded, new)
+    assert diff.added == ("0.kernel",)
+    assert diff.removed == ("0.weight",)
+    assert diff.changed == ()
+
+
+def test_a_dtype_change_with_equal_values_is_a_change() -> None:
+    sd = make_state_dict()
+    recorded = state_dict_digest(sd).index()
+    widened = dict(sd)
+    widened["0.bias"] = sd["0.bias"].to(torch.float64)
+    assert torch.equal(widened["0.bias"].to(torch.float32), sd["0.bias"])
+    new = state_dict_digest(widened)
+    assert new.root != state_dict_digest(sd).root
+    diff = diff_tensors(recorded, new)
+    assert diff.changed == ("0.bias",)
+    assert (diff.added, diff.removed) == ((), ())
+
+
+def test_a_shape_change_with_equal_bytes_is_a_change() -> None:
+    w = torch.arange(6, dtype=torch.float32)
+    assert state_dict_digest({"w": w}).root != state_dict_digest({"w": w.reshape(2, 3)}).root
+    diff = diff_tensors(state_dict_digest({"w": w}).index(), state_dict_digest({"w": w.view(3, 2)}))
+    assert diff.changed == ("w",)
+
+
+# -- safetensors are read without torch ---------------------------------------------
+
+
+def test_safetensors_reading_does_not_import_torch(tmp_path: Path) -> None:
+    sd = make_state_dict()
+    path = tmp_path / "w.safetensors"
+    save_file(sd, str(path))
+    code = (
+        "import sys\n"
+        "from ledger.hashing.tensors import tensor_digest\n"
+        f"digest = tensor_digest({str(path)!r})\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+        "print(digest.root.hex())\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == state_dict_digest(sd).root.hex()
+
+
+# -- damaged and foreign files ------------------------------------------------------
+
+
+def _save_safetensors(tmp_path: Path) -> bytes:
+    path = tmp_path / "full.safetensors"
+    save_file(make_state_dict(), str(path))
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize(
+    "cut",
+    [
+        pytest.param(lambda data: data[:-10], id="body"),
+        pytest.param(lambda data: data[:40], id="header"),
+        pytest.param(lambda data: data[:5], id="length-prefix"),
+        pytest.param(lambda data: b"", id="empty"),
+    ],
+)
+def test_a_truncated_safetensors_file_is_unsupported(
+    tmp_path: Path, cut: Callable[[bytes], bytes]
+) -> None:
+    path = tmp_path / "cut.safetensors"
+    path.write_bytes(cut(_save_safetensors(tmp_path)))
+    with pytest.raises(UnsupportedFormatError) as info:
+        tensor_digest(path)
+    assert isinstance(info.value, InputError)
+    assert str(path) in str(info.value)
+
+
+def test_a_safetensors_header_that_is_not_an_object_is_unsupported(tmp_path: Path) -> None:
+    header = b"[1, 2, 3]"
+    path = tmp_path / "list.safetensors"
+    path.write_bytes(struct.pack("<Q", len(header)) + header)
+    with pytest.raises(UnsupportedFormatError, match="not a JSON object"):
+        tensor_digest(path)
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.99])
+def test_a_truncated_torch_file_is_unsupported(tmp_path: Path, keep: float) -> None:
+    full = tmp_path / "full.pt"
+    torch.save(make_state_dict(), full)
+    data = full.read_bytes()
+    path = tmp_path / "cut.pt"
+    path.write_bytes(data[: int(len(data) * keep)])
+    with pytest.raises(UnsupportedFormatError) as info:
+        tensor_digest(path)
+    assert isinstance(info.value, InputError)
+
+
+def test_a_missing_file_is_file_missing(tmp_path: Path) -> None:
+    with pytest.raises(FileMissingError):
+        tensor_digest(tmp_path / "nope.pt")
+    with pytest.raises(FileMissingError):
+        tensor_digest(tmp_path)  # a directory
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        pytest.param({"a": 1}, id="no-tensors"),
+        pytest.param({}, id="empty-dict"),
+        pytest.param([torch.zeros(2)], id="list"),
+        pytest.param({"state_dict": {"lr": 0.1}, "epoch": 3}, id="state_dict-without-tensors"),
+    ],
+)
+def test_a_file_holding_no_state_dict_is_unsupported_with_a_hint(
+    tmp_path: Path, content: Any
+) -> None:
+    path = tmp_path / "other.pt"
+    torch.save(content, path)
+    with pytest.raises(UnsupportedFormatError) as info:
+        tensor_digest(path)
+    assert info.value.hint is not None
+    assert "state dict" in info.value.hint
+
+
+# -- security: a weights file never runs code -----------------------------------------
+
+
+class OpensFile:
+    """Unpickling this creates ``path`` (via ``open(path, "w")``)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (open, (self.path, "w"))
+
+
+class RunsShell:
+    """Unpickling this runs ``touch path`` (via ``os.system``)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (os.system, ("touch " + shlex.quote(self.path),))
+
+
+def _pickle_dump(obj: Any, path: Path) -> None:
+    with open(path, "wb") as handle:
+        pickle.dump(obj, handle)
+
+
+def _torch_save(obj: Any, path: Path) -> None:
+    torch.save(obj, path)
+
+
+def _torch_save_legacy(obj: Any, path: Path) -> None:
+    torch.save(obj, path, _use_new_zipfile_serialization=False)
+
+
+def _load_unsafely(saver: Callable[[Any, Path], None], path: Path) -> None:
+    """What ledger must never do: a full unpickle (used only to prove the payload works)."""
+    if saver is _pickle_dump:
+        with open(path, "rb") as handle:
+            pickle.load(handle)
+    else:
+        torch.load(path, weights_only=False)
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+@pytest.mark.parametrize("payload", [OpensFile, RunsShell])
+@pytest.mark.parametrize("wrap", [False, True], ids=["bare", "inside-state-dict"])
+@pytest.mark.parametrize(
+    "saver", [_pickle_dump, _torch_save, _torch_save_legacy], ids=["pickle", "torch", "legacy"]
+)
+def test_an_evil_pickle_is_refused_and_never_runs(
+    tmp_path: Path,
+    payload: type[OpensFile] | type[RunsShell],
+    wrap: bool,
+    saver: Callable[[Any, Path], None],
+) -> None:
+    marker = tmp_path / "pwned"
+    evil: Any = payload(marker)
+    if wrap:
+        evil = {"weight": torch.zeros(2), "bias": evil}
+    path = tmp_path / "evil.pt"
+    saver(evil, path)
+    assert not marker.exists()
+
+    with pytest.raises(UnsupportedFormatError) as info:
+        tensor_digest(path)
+    assert isinstance(info.value, InputError)
+    assert not marker.exists()
+
+    # hashing the bytes is always fine: nothing is parsed
+    cid = file_cid(path)
+    assert cid.version == 1
+    assert not marker.exists()
+
+    # control: the payload is live, so the assertions above could have failed
+    _load_unsafely(saver, path)
+    assert marker.exists()
+
+
+def test_an_evil_pickle_named_safetensors_is_not_unpickled(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.safetensors"
+    _pickle_dump(OpensFile(marker), path)
+    with pytest.raises(UnsupportedFormatError):
+        tensor_digest(path)
+    assert not marker.exists()
