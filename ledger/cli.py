@@ -1,7 +1,11 @@
 """The ``ledger`` command line.
 
-Heavy modules (web3, torch) are imported inside the commands that need them,
-so ``ledger --help`` and ``ledger cid`` start fast. Errors from the
+Heavy modules (web3, torch, rich) are imported inside the commands that need
+them, so ``ledger --help`` and ``ledger cid`` start fast; help is plain text
+(typer's rich help would import rich and markdown-it on every start).
+``ledger verify`` reads the chain through the web3-free
+:class:`~ledger.chain.reader.RegistryReader` and reads tensors (and so imports
+torch) only when the file's CID is not on record. Errors from the
 :mod:`ledger.errors` tree become one red line and the error's exit code; no
 traceback unless ``LEDGER_DEBUG=1``.
 """
@@ -24,8 +28,11 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
 )
-chain_app = typer.Typer(help="Run a local Anvil dev chain.", no_args_is_help=True)
+chain_app = typer.Typer(
+    help="Run a local Anvil dev chain.", no_args_is_help=True, rich_markup_mode=None
+)
 app.add_typer(chain_app, name="chain")
 
 DataDir = Annotated[
@@ -168,12 +175,12 @@ def verify(
     as_json: JsonFlag = False,
 ) -> None:
     """Re-check a model file: exit 0 verified, 3 mismatch, 4 unknown, 5 revoked."""
-    from ledger.chain.registry import Registry
+    from ledger.chain.reader import RegistryReader
     from ledger.store import LocalStore
     from ledger.verify import Verifier
 
     settings = _settings(data_dir)
-    registry = Registry.connect(settings, signer=False)
+    registry = RegistryReader.connect(settings)
     verifier = Verifier(registry, LocalStore(settings.store_dir))
     report = verifier.verify_file(path, expected_run=_run_id(run) if run else None)
     if as_json:

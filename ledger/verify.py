@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ledger.chain.registry import Registry, RunRecord, RunStatus, WeightsRecord
+from ledger.chain.records import RegistryView, RunRecord, RunStatus, WeightsRecord, run_id_for
 from ledger.errors import LedgerError, StoreError, UnsupportedFormatError
 from ledger.hashing.cid import Cid, file_cid
 from ledger.hashing.tensors import (
@@ -100,7 +100,7 @@ class VerifyReport:
 
 
 class Verifier:
-    def __init__(self, registry: Registry, store: ArtifactStore) -> None:
+    def __init__(self, registry: RegistryView, store: ArtifactStore) -> None:
         self.registry = registry
         self.store = store
 
@@ -177,7 +177,7 @@ class Verifier:
             f"{label} exists", run.exists, f"{label} {rid}: {run.status.name.lower()}"
         ):
             return False
-        derived = Registry.run_id_for(run.committer, run.manifest_digest)
+        derived = run_id_for(run.committer, run.manifest_digest)
         report.add(
             f"{label} id",
             derived == run.run_id,

@@ -8,9 +8,7 @@ custom error and its arguments.
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any, cast
 
 from eth_abi.abi import decode as abi_decode
@@ -22,6 +20,17 @@ from web3 import Web3
 from web3.exceptions import ContractLogicError, TimeExhausted, Web3Exception
 
 from ledger.chain.compiler import load_artifact
+from ledger.chain.records import (
+    ADMIN_ROLE,
+    COMMITTER_ROLE,
+    ZERO32,
+    Relation,
+    RunRecord,
+    RunStatus,
+    TxResult,
+    WeightsRecord,
+    run_id_for,
+)
 from ledger.config import Settings, resolve_private_key
 from ledger.errors import (
     ChainError,
@@ -31,66 +40,18 @@ from ledger.errors import (
     TransactionRevertedError,
 )
 
-COMMITTER_ROLE = keccak(text="COMMITTER_ROLE")
-ADMIN_ROLE = b"\x00" * 32
-ZERO32 = b"\x00" * 32
-
-
-class RunStatus(enum.IntEnum):
-    NONE = 0
-    RUNNING = 1
-    FINALIZED = 2
-    FAILED = 3
-
-
-class Relation(enum.IntEnum):
-    """How a run derives from a parent; values match the contract's enum."""
-
-    NONE = 0
-    FINE_TUNE = 1
-    DISTILLATION = 2
-    PRUNING = 3
-    QUANTIZATION = 4
-    RESUME = 5
-    SWEEP_TRIAL = 6
-    OTHER = 7
-
-    @classmethod
-    def parse(cls, text: str) -> Relation:
-        key = text.strip().upper().replace("-", "_")
-        if key in cls.__members__ and key != "NONE":
-            return cls[key]
-        names = ", ".join(m.name.lower().replace("_", "-") for m in cls if m is not cls.NONE)
-        raise ValueError(f"unknown relation {text!r}; use one of: {names}")
-
-
-@dataclass(frozen=True)
-class RunRecord:
-    run_id: bytes
-    committer: str
-    started_at: int
-    status: RunStatus
-    revoked: bool
-    manifest_digest: bytes
-    checkpoint_root: bytes
-
-    @property
-    def exists(self) -> bool:
-        return self.status is not RunStatus.NONE
-
-
-@dataclass(frozen=True)
-class WeightsRecord:
-    run_id: bytes
-    is_final: bool
-    step: int
-
-
-@dataclass(frozen=True)
-class TxResult:
-    tx_hash: str
-    block_number: int
-    gas_used: int
+__all__ = [
+    "ADMIN_ROLE",
+    "COMMITTER_ROLE",
+    "Registry",
+    "Relation",
+    "RunRecord",
+    "RunStatus",
+    "TxResult",
+    "WeightsRecord",
+    "connect_web3",
+    "load_account",
+]
 
 
 class Registry:
@@ -232,8 +193,7 @@ class Registry:
     @staticmethod
     def run_id_for(committer: str, manifest_digest: bytes) -> bytes:
         """``keccak256(abi.encode(committer, manifestDigest))``, as the contract derives it."""
-        address = bytes.fromhex(to_checksum_address(committer)[2:])
-        return keccak(b"\x00" * 12 + address + manifest_digest)
+        return run_id_for(committer, manifest_digest)
 
     def events(self, name: str, run_id: bytes) -> list[dict[str, Any]]:
         """Decoded events ``name`` of one run, oldest first."""
