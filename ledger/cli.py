@@ -15,6 +15,8 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -146,15 +148,33 @@ def cid(
     """Print the file's CID as `ipfs add -Q --only-hash` would (CIDv1 raw leaves by default)."""
     from ledger.hashing.cid import file_cid
 
-    typer.echo(str(file_cid(path, cid_version=cid_version)))
+    with _progress(path, json_output=False) as progress:
+        result = file_cid(path, cid_version=cid_version, progress=progress)
+    typer.echo(str(result))
+
+
+@contextmanager
+def _progress(path: Path, *, json_output: bool) -> Iterator[Any]:
+    """A callback that draws a hashing bar on stdout, or None when no bar is wanted."""
+    from ledger.progress import file_size, hashing_progress, wants_progress
+
+    size = file_size(path)
+    if not wants_progress(size, json_output=json_output, stream=sys.stdout):
+        yield None
+        return
+    with hashing_progress(path, size, sys.stdout) as progress:
+        yield progress
 
 
 @app.command()
 def tensors(
-    path: Annotated[Path, typer.Argument(help="Weights file (.pt, .pth, .safetensors).")],
+    path: Annotated[
+        Path,
+        typer.Argument(help="Weights file (.pt, .pth, .ckpt, .bin, .safetensors) or HF folder."),
+    ],
     as_json: JsonFlag = False,
 ) -> None:
-    """Print the tensor root of a weights file, and with --json every tensor's digest."""
+    """Print the tensor root of weights (file or model folder); --json: every tensor's digest."""
     from ledger.hashing.tensors import tensor_digest
 
     digest = tensor_digest(path)
@@ -169,7 +189,7 @@ def tensors(
 
 @app.command()
 def verify(
-    path: Annotated[Path, typer.Argument(help="Model file to check.")],
+    path: Annotated[Path, typer.Argument(help="Model file, or Hugging Face model folder.")],
     run: Annotated[str | None, typer.Option(help="Run id the file should belong to.")] = None,
     data_dir: DataDir = None,
     as_json: JsonFlag = False,
@@ -182,7 +202,9 @@ def verify(
     settings = _settings(data_dir)
     registry = RegistryReader.connect(settings)
     verifier = Verifier(registry, LocalStore(settings.store_dir))
-    report = verifier.verify_file(path, expected_run=_run_id(run) if run else None)
+    expected = _run_id(run) if run else None
+    with _progress(path, json_output=as_json) as progress:
+        report = verifier.verify_file(path, expected_run=expected, progress=progress)
     if as_json:
         _echo_json(report.to_json())
     else:
@@ -195,7 +217,14 @@ def _print_report(report: Any) -> None:
 
     console = Console(highlight=False, soft_wrap=True)
     colour = {"verified": "green", "mismatch": "red", "unknown": "yellow", "revoked": "red"}
-    console.print(f"[bold]{report.path}[/bold]  CID {report.file_cid}")
+    if report.is_folder:
+        files = ", ".join(report.files or [])
+        console.print(
+            f"[bold]{report.path}[/bold]  model folder ({files}): no file CID, "
+            "looked up by tensor root"
+        )
+    else:
+        console.print(f"[bold]{report.path}[/bold]  CID {report.file_cid}")
     for check in report.checks:
         mark = "[green]✓[/green]" if check.ok else "[red]✗[/red]"
         console.print(f"  {mark} {check.name}: {check.detail}")

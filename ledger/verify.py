@@ -14,6 +14,10 @@ The file's CID is computed without interpreting the file. Only when the CID is
 unknown are its tensors read (``.safetensors`` parsed directly; torch files with
 ``weights_only=True``), to find the record by tensor root, which survives
 re-saving under another name or format.
+
+A Hugging Face model folder (``model.safetensors``, or shards with
+``model.safetensors.index.json``) has no file CID: its record is found by the
+tensor root over all of its weights files, and the report says so.
 """
 
 from __future__ import annotations
@@ -25,14 +29,15 @@ from pathlib import Path
 from typing import Any
 
 from ledger.chain.records import RegistryView, RunRecord, RunStatus, WeightsRecord, run_id_for
-from ledger.errors import LedgerError, StoreError, UnsupportedFormatError
-from ledger.hashing.cid import Cid, file_cid
+from ledger.errors import FileMissingError, LedgerError, StoreError, UnsupportedFormatError
+from ledger.hashing.cid import Cid, Progress, file_cid
 from ledger.hashing.tensors import (
     TensorDiff,
     TensorDigest,
     container_problem,
     diff_tensors,
     tensor_digest,
+    weights_files,
 )
 from ledger.manifest import canonical_json
 from ledger.store import ArtifactStore, find_by_digest
@@ -59,7 +64,7 @@ class Check:
 @dataclass
 class VerifyReport:
     path: str
-    file_cid: str
+    file_cid: str | None  # None for a folder, which has no file CID
     outcome: Outcome = Outcome.UNKNOWN
     run_id: str | None = None
     matched_by: str | None = None  # "file" or "tensors"
@@ -68,6 +73,11 @@ class VerifyReport:
     tensor_root: str | None = None
     tensor_diff: TensorDiff | None = None
     checks: list[Check] = field(default_factory=list)
+    files: list[str] | None = None  # a folder's weights files
+
+    @property
+    def is_folder(self) -> bool:
+        return self.file_cid is None
 
     def add(self, name: str, ok: bool, detail: str) -> bool:
         self.checks.append(Check(name, ok, detail))
@@ -81,6 +91,8 @@ class VerifyReport:
         diff = self.tensor_diff
         return {
             "path": self.path,
+            "kind": "folder" if self.is_folder else "file",
+            "files": self.files,
             "outcome": self.outcome.value,
             "file_cid": self.file_cid,
             "run_id": self.run_id,
@@ -104,9 +116,21 @@ class Verifier:
         self.registry = registry
         self.store = store
 
-    def verify_file(self, path: Path, *, expected_run: bytes | None = None) -> VerifyReport:
+    def verify_file(
+        self,
+        path: Path,
+        *,
+        expected_run: bytes | None = None,
+        progress: Progress | None = None,
+    ) -> VerifyReport:
+        """Check a weights file, or a Hugging Face model folder, against the ledger.
+
+        ``progress`` receives the bytes hashed while the file CID is computed.
+        """
         path = Path(path)
-        cid = file_cid(path)
+        if path.is_dir():
+            return self._verify_folder(path, expected_run)
+        cid = file_cid(path, progress=progress)
         report = VerifyReport(path=str(path), file_cid=str(cid))
         record = self.registry.find_by_weights(cid.digest)
         tensors: TensorDigest | None = None
@@ -130,12 +154,58 @@ class Verifier:
                         if problem is None
                         else f"identical tensors, but the container is not clean: {problem}",
                     )
+        return self._conclude(record, expected_run, cid, tensors, report)
+
+    def _verify_folder(self, folder: Path, expected_run: bytes | None) -> VerifyReport:
+        report = VerifyReport(path=str(folder), file_cid=None)
+        files, _ = weights_files(folder)
+        report.files = [p.name for p in files]
+        tensors = self._read_tensors(folder, report)
+        record = None
+        if tensors is not None:
+            report.tensor_root = tensors.root.hex()
+            record = self.registry.find_by_tensor_root(tensors.root)
+            if record is not None:
+                report.matched_by = "tensors"
+                report.add(
+                    "record",
+                    True,
+                    f"tensor root {tensors.root.hex()} of {len(files)} weights file(s) is "
+                    "recorded (a folder has no file CID: looked up by tensor root)",
+                )
+                problems = [
+                    f"{p.name}: {problem}"
+                    for p in files
+                    if (problem := container_problem(p)) is not None
+                ]
+                report.add(
+                    "container",
+                    not problems,
+                    f"the folder's weights files ({', '.join(report.files)}) hold identical "
+                    "tensors to the committed weights"
+                    if not problems
+                    else "identical tensors, but a weights file is not clean: "
+                    + "; ".join(problems),
+                )
+        return self._conclude(record, expected_run, None, tensors, report)
+
+    def _conclude(
+        self,
+        record: WeightsRecord | None,
+        expected_run: bytes | None,
+        cid: Cid | None,
+        tensors: TensorDigest | None,
+        report: VerifyReport,
+    ) -> VerifyReport:
         if record is None:
             if expected_run is not None:
                 self._explain_against(expected_run, cid, tensors, report)
                 report.outcome = Outcome.MISMATCH
             else:
-                report.add("record", False, "neither the file CID nor its tensor root is recorded")
+                what = (
+                    "its tensor root" if cid is None else "neither the file CID nor its tensor root"
+                )
+                report.add("record", False, f"{what} is not recorded")
                 report.outcome = Outcome.UNKNOWN
             return report
         if expected_run is not None and record.run_id != expected_run:
@@ -319,12 +389,12 @@ class Verifier:
     def _read_tensors(self, path: Path, report: VerifyReport) -> TensorDigest | None:
         try:
             return tensor_digest(path)
-        except UnsupportedFormatError as exc:
+        except (UnsupportedFormatError, FileMissingError) as exc:
             report.add("tensors", False, exc.message)
             return None
 
     def _explain_against(
-        self, run_id: bytes, cid: Cid, tensors: TensorDigest | None, report: VerifyReport
+        self, run_id: bytes, cid: Cid | None, tensors: TensorDigest | None, report: VerifyReport
     ) -> None:
         """The file matches nothing: say how it differs from ``run_id``'s final weights."""
         report.run_id = "0x" + run_id.hex()
@@ -334,11 +404,12 @@ class Verifier:
             return
         event = events[0]
         recorded_cid = bytes(event["weightsDigest"])
-        report.add(
-            "file CID",
-            cid.digest == recorded_cid,
-            f"file CID {cid} differs from the run's final weights",
-        )
+        if cid is not None:
+            report.add(
+                "file CID",
+                cid.digest == recorded_cid,
+                f"file CID {cid} differs from the run's final weights",
+            )
         if tensors is None:
             return
         same_root = tensors.root == bytes(event["tensorRoot"])

@@ -14,9 +14,18 @@ give the same root whether saved by ``torch.save`` under any file name or as
 ``.safetensors``; and because every leaf binds its name, two roots that differ
 can be explained tensor by tensor (:func:`diff_tensors`).
 
-Reading is safe by construction: ``.safetensors`` files are parsed here from
-their JSON header (no torch, no code); torch files are opened with
-``torch.load(weights_only=True, mmap=True)``, which refuses pickled code.
+Readers. ``.safetensors`` files are parsed here from their JSON header (no
+torch, no code). Torch files (``.pt``, ``.pth``, ``.bin``, Lightning ``.ckpt``)
+are opened with ``torch.load(weights_only=True, mmap=True)``, which refuses
+pickled code; the state dict is the file itself when it maps names to tensors,
+else the one under ``state_dict`` (Lightning, whose checkpoint also carries
+``epoch``, ``global_step``, ``optimizer_states``, ``lr_schedulers``,
+``hyper_parameters``...), ``model_state_dict`` or ``model``. A Hugging Face
+model folder is read through its weights files (:func:`weights_files`):
+``model.safetensors``, or the shards named by ``model.safetensors.index.json``
+(likewise ``pytorch_model.bin`` and its index); the root covers every tensor of
+every shard and equals the root of the same tensors in one file. Other files of
+the folder (config, tokenizer) are not part of the tensor root.
 """
 
 from __future__ import annotations
@@ -234,14 +243,103 @@ def is_safetensors(path: Path) -> bool:
     return path.suffix == ".safetensors"
 
 
+HF_LAYOUTS = (
+    ("model.safetensors.index.json", "model.safetensors"),
+    ("pytorch_model.bin.index.json", "pytorch_model.bin"),
+)
+"""Hugging Face weights files, in the order ``transformers`` prefers them."""
+
+
 def tensor_digest(path: Path | str) -> TensorDigest:
-    """The tensor root of a weights file (``.safetensors`` or a torch state dict)."""
+    """The tensor root of a weights file or of a Hugging Face model folder."""
     path = Path(path)
+    if path.is_dir():
+        return digest_leaves(_folder_leaves(path))
     if not path.is_file():
         raise FileMissingError(f"{path} does not exist or is not a file")
+    return digest_leaves(_file_leaves(path))
+
+
+def weights_files(folder: Path | str) -> tuple[tuple[Path, ...], dict[str, str] | None]:
+    """The weights files of a Hugging Face model folder and, when sharded, the
+    index's tensor-to-shard map.
+
+    Raises :class:`~ledger.errors.FileMissingError` naming a shard the index
+    lists but the folder lacks, or the files looked for when there is none.
+    """
+    folder = Path(folder)
+    for index_name, single_name in HF_LAYOUTS:
+        index = folder / index_name
+        if index.is_file():
+            weight_map = _read_weight_map(index)
+            shards = sorted(set(weight_map.values()))
+            missing = [name for name in shards if not (folder / name).is_file()]
+            if missing:
+                raise FileMissingError(
+                    f"{folder}: {index_name} lists shard(s) that are missing: "
+                    + ", ".join(missing),
+                    hint="download every shard of the model into the folder, then retry",
+                )
+            return tuple(folder / name for name in shards), weight_map
+        if (folder / single_name).is_file():
+            return (folder / single_name,), None
+    looked_for = ", ".join(name for pair in HF_LAYOUTS for name in pair)
+    raise FileMissingError(
+        f"{folder} is a folder without model weights (looked for {looked_for})",
+        hint="give a weights file, or a Hugging Face model folder",
+    )
+
+
+def _read_weight_map(index: Path) -> dict[str, str]:
+    try:
+        document = json.loads(index.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UnsupportedFormatError(f"{index}: not a JSON document ({exc})") from exc
+    weight_map = document.get("weight_map") if isinstance(document, dict) else None
+    if not isinstance(weight_map, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()
+    ):
+        raise UnsupportedFormatError(
+            f"{index}: no 'weight_map' of tensor names to shard file names",
+            hint='a Hugging Face index maps names to shards: {"weight_map": {"lm_head.weight": '
+            '"model-00001-of-00002.safetensors", ...}}',
+        )
+    for shard in set(weight_map.values()):
+        if Path(shard).name != shard or shard in (".", ".."):
+            raise UnsupportedFormatError(
+                f"{index}: shard {shard!r} is not a plain file name in the model folder"
+            )
+    return weight_map
+
+
+def _file_leaves(path: Path) -> Iterator[TensorLeaf]:
     if is_safetensors(path):
-        return digest_leaves(_safetensors_leaves(path))
-    return digest_leaves(_torch_leaves(path))
+        return _safetensors_leaves(path)
+    return _torch_leaves(path)
+
+
+def _folder_leaves(folder: Path) -> Iterator[TensorLeaf]:
+    files, weight_map = weights_files(folder)
+    seen: set[str] = set()
+    for path in files:
+        for leaf in _file_leaves(path):
+            if weight_map is not None and weight_map.get(leaf.name) != path.name:
+                listed = weight_map.get(leaf.name)
+                raise UnsupportedFormatError(
+                    f"{path}: holds tensor {leaf.name!r}, which the index "
+                    + (f"places in {listed}" if listed else "does not list"),
+                    hint="the index and the shards disagree; re-download or re-save the model",
+                )
+            seen.add(leaf.name)
+            yield leaf
+    if weight_map is not None and set(weight_map) - seen:
+        absent = sorted(set(weight_map) - seen)
+        shown = ", ".join(f"{name!r} ({weight_map[name]})" for name in absent[:5])
+        more = f" and {len(absent) - 5} more" if len(absent) > 5 else ""
+        raise UnsupportedFormatError(
+            f"{folder}: the index lists tensors its shards do not hold: {shown}{more}",
+            hint="a shard is truncated or from another model; re-download it",
+        )
 
 
 def state_dict_digest(state_dict: dict[str, Any]) -> TensorDigest:
@@ -300,7 +398,8 @@ def _torch_leaves(path: Path) -> Iterator[TensorLeaf]:
         raise UnsupportedFormatError(
             f"{path}: refused to load: it needs code to unpickle, which ledger never runs "
             f"({str(exc).splitlines()[0]})",
-            hint="save plain state dicts (torch.save(model.state_dict(), ...)) or safetensors",
+            hint="save plain state dicts (torch.save(model.state_dict(), ...)) or safetensors;"
+            " a Lightning checkpoint loads when its hyper_parameters hold plain values",
         ) from exc
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
         raise UnsupportedFormatError(
