@@ -14,10 +14,12 @@ from torch import nn
 from ledger.chain.registry import RunStatus
 from ledger.errors import TransactionRevertedError
 from ledger.hashing.merkle import CheckpointLeaf, checkpoint_root
+from ledger.hashing.tensors import state_dict_digest, tensor_digest
 from ledger.recorder import RunRecorder
 from ledger.store import LocalStore, find_by_digest
 from ledger.verify import Outcome, Verifier, VerifyReport
 from tests.conftest import Chain
+from tests.test_tensors import lightning_checkpoint, save_sharded
 from training.hook import LedgerRun
 
 
@@ -134,6 +136,61 @@ def test_one_changed_element_is_named_by_tensor(chain: Chain, tmp_path: Path) ->
     assert report.tensor_diff is not None
     assert report.tensor_diff.changed == ("fc2.weight",)
     assert not report.tensor_diff.added and not report.tensor_diff.removed
+
+
+def test_one_tensor_root_across_names_formats_ckpt_and_sharded_folders(
+    chain: Chain, tmp_path: Path
+) -> None:
+    run = train(chain, tmp_path)
+    state = torch.load(tmp_path / "model.pt", weights_only=True)
+    root = state_dict_digest(state).root
+    copies = tmp_path / "copies"
+    copies.mkdir()
+    torch.save(state, copies / "first-name.pt")
+    torch.save(state, copies / "second-name.pth")
+    save_file(state, str(copies / "model.safetensors"))
+    torch.save(lightning_checkpoint(state), copies / "epoch=2-step=3.ckpt")
+    save_sharded(state, copies / "hf-sharded", shards=2)
+    (copies / "hf-single").mkdir()
+    save_file(state, str(copies / "hf-single" / "model.safetensors"))
+    targets = [
+        "first-name.pt",
+        "second-name.pth",
+        "model.safetensors",
+        "epoch=2-step=3.ckpt",
+        "hf-sharded",
+        "hf-single",
+    ]
+    v = verifier(chain, tmp_path)
+    for name in targets:
+        assert tensor_digest(copies / name).root == root, name
+        report = v.verify_file(copies / name)
+        assert report.outcome is Outcome.VERIFIED, (name, report.checks)
+        assert report.matched_by == "tensors" and report.run_id == run.run_id
+        assert report.tensor_root == root.hex()
+    folder = v.verify_file(copies / "hf-sharded")
+    assert folder.is_folder and folder.file_cid is None
+    assert folder.files == [
+        "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors",
+    ]
+    assert "no file CID" in next(c.detail for c in folder.checks if c.name == "record")
+    assert folder.to_json()["kind"] == "folder"
+
+
+def test_a_changed_tensor_in_a_sharded_folder_is_named(chain: Chain, tmp_path: Path) -> None:
+    run = train(chain, tmp_path)
+    state = torch.load(tmp_path / "model.pt", weights_only=True)
+    state["fc1.bias"][2] -= 0.5
+    save_sharded(state, tmp_path / "hf", shards=2)
+    v = verifier(chain, tmp_path)
+    unknown = v.verify_file(tmp_path / "hf")
+    assert unknown.outcome is Outcome.UNKNOWN
+    assert "tensor root is not recorded" in unknown.checks[-1].detail
+    report = v.verify_file(tmp_path / "hf", expected_run=bytes.fromhex(run.run_id[2:]))
+    assert report.outcome is Outcome.MISMATCH
+    assert report.tensor_diff is not None and report.tensor_diff.changed == ("fc1.bias",)
+    assert "file CID" not in {c.name for c in report.checks}
 
 
 @pytest.mark.parametrize("damage", ["flip", "truncate", "append"])

@@ -410,3 +410,199 @@ def test_an_evil_pickle_named_safetensors_is_not_unpickled(tmp_path: Path) -> No
     with pytest.raises(UnsupportedFormatError):
         tensor_digest(path)
     assert not marker.exists()
+
+
+# -- Lightning checkpoints and Hugging Face folders ------------------------------------
+
+
+def lightning_checkpoint(sd: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """What Lightning's ``trainer.save_checkpoint`` writes, built by hand (no lightning).
+
+    Optimizer and scheduler states come from real torch objects after a step.
+    """
+    params = [torch.nn.Parameter(t.clone().float()) for t in sd.values() if t.is_floating_point()]
+    optimizer = torch.optim.Adam(params, lr=1e-3)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=2, gamma=0.5)
+    sum(p.sum() for p in params).backward()  # type: ignore[union-attr]
+    optimizer.step()
+    scheduler.step()
+    return {
+        "epoch": 4,
+        "global_step": 120,
+        "pytorch-lightning_version": "2.6.6",
+        "state_dict": sd,
+        "loops": {
+            "fit_loop": {
+                "state_dict": {},
+                "epoch_progress": {"total": {"ready": 5, "completed": 4}, "current": {"ready": 5}},
+                "epoch_loop.batch_progress": {"total": {"ready": 120, "completed": 120}},
+            }
+        },
+        "callbacks": {
+            "ModelCheckpoint{'monitor': 'val_loss', 'mode': 'min', 'every_n_train_steps': 0}": {
+                "monitor": "val_loss",
+                "best_model_score": torch.tensor(0.125),
+                "best_model_path": "checkpoints/epoch=3-step=120.ckpt",
+                "current_score": torch.tensor(0.125),
+                "dirpath": "checkpoints",
+                "best_k_models": {"checkpoints/epoch=3-step=120.ckpt": torch.tensor(0.125)},
+                "kth_best_model_path": "checkpoints/epoch=3-step=120.ckpt",
+                "kth_value": torch.tensor(float("inf")),
+                "last_model_path": "",
+            },
+            "EarlyStopping{'monitor': 'val_loss', 'mode': 'min'}": {
+                "wait_count": 0,
+                "stopped_epoch": 0,
+                "best_score": torch.tensor(0.125),
+                "patience": 3,
+            },
+        },
+        "optimizer_states": [optimizer.state_dict()],
+        "lr_schedulers": [scheduler.state_dict()],
+        "hparams_name": "kwargs",
+        "hyper_parameters": {
+            "lr": 1e-3,
+            "hidden": [16, 8],
+            "betas": (0.9, 0.999),
+            "activation": "relu",
+            "dropout": None,
+            "use_bias": True,
+        },
+    }
+
+
+def test_a_lightning_checkpoint_has_the_root_of_its_bare_state_dict(tmp_path: Path) -> None:
+    sd = make_state_dict()
+    checkpoint = lightning_checkpoint(sd)
+    path = tmp_path / "epoch=3-step=120.ckpt"
+    torch.save(checkpoint, path)
+    # every field loads without running code
+    loaded = torch.load(path, weights_only=True)
+    assert set(loaded) == set(checkpoint)
+    assert loaded["optimizer_states"][0]["state"]  # Adam moments, as tensors
+    assert tensor_digest(path).root == state_dict_digest(sd).root
+    bare = tmp_path / "bare.pt"
+    torch.save(sd, bare)
+    assert tensor_digest(path).root == tensor_digest(bare).root
+
+
+def test_a_lightning_checkpoint_with_code_in_its_hyper_parameters_is_refused(
+    tmp_path: Path,
+) -> None:
+    marker = tmp_path / "pwned"
+    checkpoint = lightning_checkpoint(make_state_dict())
+    checkpoint["hyper_parameters"]["callback"] = OpensFile(marker)
+    path = tmp_path / "evil.ckpt"
+    torch.save(checkpoint, path)
+    with pytest.raises(UnsupportedFormatError, match="refused to load") as info:
+        tensor_digest(path)
+    assert info.value.hint is not None and "Lightning" in info.value.hint
+    assert not marker.exists()
+
+
+def save_sharded(
+    sd: dict[str, torch.Tensor], folder: Path, shards: int = 2, *, index: bool = True
+) -> dict[str, str]:
+    """Save ``sd`` as Hugging Face does: ``model-0000k-of-0000n.safetensors`` + an index."""
+    folder.mkdir(parents=True, exist_ok=True)
+    names = sorted(sd)
+    weight_map: dict[str, str] = {}
+    for k in range(shards):
+        shard = f"model-{k + 1:05d}-of-{shards:05d}.safetensors"
+        part = {n: sd[n].contiguous() for n in names[k::shards]}
+        save_file(part, str(folder / shard), metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(part, shard))
+    if index:
+        total = sum(t.numel() * t.element_size() for t in sd.values())
+        document = {"metadata": {"total_size": total}, "weight_map": weight_map}
+        (folder / "model.safetensors.index.json").write_text(json.dumps(document, indent=2))
+    (folder / "config.json").write_text('{"model_type": "tiny"}')
+    return weight_map
+
+
+def test_a_sharded_hugging_face_folder_has_the_root_of_one_file(tmp_path: Path) -> None:
+    sd = make_state_dict()
+    expected = state_dict_digest(sd).root
+
+    single = tmp_path / "single"
+    single.mkdir()
+    save_file(sd, str(single / "model.safetensors"))
+    assert tensor_digest(single).root == expected
+
+    sharded = tmp_path / "sharded"
+    weight_map = save_sharded(sd, sharded, shards=3)
+    assert len(set(weight_map.values())) == 3
+    digest = tensor_digest(sharded)
+    assert digest.root == expected
+    assert {leaf.name for leaf in digest.leaves} == set(sd)
+
+    torch_shards = tmp_path / "torch-shards"
+    torch_shards.mkdir()
+    names = sorted(sd)
+    torch_map: dict[str, str] = {}
+    for k, chunk in enumerate((names[:4], names[4:])):
+        shard = f"pytorch_model-{k + 1:05d}-of-00002.bin"
+        torch.save({n: sd[n] for n in chunk}, torch_shards / shard)
+        torch_map.update(dict.fromkeys(chunk, shard))
+    (torch_shards / "pytorch_model.bin.index.json").write_text(
+        json.dumps({"weight_map": torch_map})
+    )
+    assert tensor_digest(torch_shards).root == expected
+
+
+def test_a_missing_shard_is_named(tmp_path: Path) -> None:
+    folder = tmp_path / "model"
+    save_sharded(make_state_dict(), folder, shards=2)
+    (folder / "model-00002-of-00002.safetensors").unlink()
+    with pytest.raises(FileMissingError, match=r"model-00002-of-00002\.safetensors") as info:
+        tensor_digest(folder)
+    assert "model.safetensors.index.json" in str(info.value)
+    assert info.value.hint is not None and "shard" in info.value.hint
+
+
+def test_an_index_and_shards_that_disagree_are_refused(tmp_path: Path) -> None:
+    sd = make_state_dict()
+    folder = tmp_path / "model"
+    weight_map = save_sharded(sd, folder, shards=2)
+    index_path = folder / "model.safetensors.index.json"
+
+    listed_only = dict(weight_map, **{"ghost.weight": "model-00001-of-00002.safetensors"})
+    index_path.write_text(json.dumps({"weight_map": listed_only}))
+    with pytest.raises(UnsupportedFormatError, match=r"ghost\.weight"):
+        tensor_digest(folder)
+
+    unlisted = {k: v for k, v in weight_map.items() if k != "0.bias"}
+    index_path.write_text(json.dumps({"weight_map": unlisted}))
+    with pytest.raises(UnsupportedFormatError, match=r"'0\.bias', which the index does not list"):
+        tensor_digest(folder)
+
+    escaping = dict(weight_map, **{"0.bias": "../elsewhere.safetensors"})
+    index_path.write_text(json.dumps({"weight_map": escaping}))
+    with pytest.raises(UnsupportedFormatError, match="not a plain file name"):
+        tensor_digest(folder)
+
+    index_path.write_text(json.dumps({"metadata": {}}))
+    with pytest.raises(UnsupportedFormatError, match="weight_map"):
+        tensor_digest(folder)
+
+
+def test_a_folder_without_weights_says_what_it_looked_for(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(FileMissingError, match=r"model\.safetensors\.index\.json"):
+        tensor_digest(tmp_path)
+
+
+def test_tensors_command_reads_a_folder(tmp_path: Path) -> None:
+    sd = make_state_dict()
+    save_sharded(sd, tmp_path / "model", shards=2)
+    result = subprocess.run(
+        [sys.executable, "-m", "ledger", "tensors", str(tmp_path / "model"), "--json"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    index = json.loads(result.stdout)
+    assert index["root"] == state_dict_digest(sd).root.hex()
+    assert set(index["tensors"]) == set(sd)
