@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 NODE_STAMP := node_modules/.package-lock.json
 
-.PHONY: setup demo test lint typecheck unit contracts clean
+.PHONY: setup demo test lint typecheck unit contracts clean bench-verify
 
 setup: $(STAMP) $(NODE_STAMP)
 
@@ -39,9 +39,24 @@ lint: setup
 typecheck: setup
 	$(VENV)/bin/mypy
 
+## bench-verify: time `ledger verify` against model_signing, hashlib and sha256sum (BENCH_ARGS=--big for 4 GiB)
+# The peers live in their own virtualenv, never in the project's dependencies.
+# model-signing 1.1.1 needs pyopenssl without declaring it.
+PEERS       := bench/.peers
+PEERS_STAMP := $(PEERS)/.installed-stamp
+BENCH_ARGS  ?=
+
+$(PEERS_STAMP):
+	$(PYTHON) -m venv $(PEERS)
+	$(PEERS)/bin/python -m pip install --quiet model-signing==1.1.1 pyopenssl
+	touch $@
+
+bench-verify: setup $(PEERS_STAMP)
+	$(PY) bench/verify.py $(BENCH_ARGS)
+
 ## contracts: rebuild the committed registry artifact from contracts/
 contracts: setup
 	$(PY) -m ledger.chain.compiler
 
 clean:
-	rm -rf $(VENV) node_modules demo-out .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(PEERS) node_modules demo-out .pytest_cache .mypy_cache .ruff_cache

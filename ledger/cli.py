@@ -195,21 +195,67 @@ def verify(
     as_json: JsonFlag = False,
 ) -> None:
     """Re-check a model file: exit 0 verified, 3 mismatch, 4 unknown, 5 revoked."""
-    from ledger.chain.reader import RegistryReader
-    from ledger.store import LocalStore
-    from ledger.verify import Verifier
-
-    settings = _settings(data_dir)
-    registry = RegistryReader.connect(settings)
-    verifier = Verifier(registry, LocalStore(settings.store_dir))
     expected = _run_id(run) if run else None
-    with _progress(path, json_output=as_json) as progress:
-        report = verifier.verify_file(path, expected_run=expected, progress=progress)
+    with _progress(path, json_output=as_json) as progress, _BackgroundCid(path, progress) as cid:
+        # The file is being hashed on other threads while the rest loads and connects.
+        from ledger.chain.reader import RegistryReader
+        from ledger.store import LocalStore
+        from ledger.verify import Verifier
+
+        settings = _settings(data_dir)
+        registry = RegistryReader.connect(settings)
+        verifier = Verifier(registry, LocalStore(settings.store_dir))
+        report = verifier.verify_file(path, expected_run=expected, known_cid=cid.result())
     if as_json:
         _echo_json(report.to_json())
     else:
         _print_report(report)
     raise typer.Exit(report.outcome.exit_code)
+
+
+class _Abandoned(Exception):
+    """Stops a background hash whose result nobody will read."""
+
+
+class _BackgroundCid:
+    """The file CID of ``path``, computed on a background thread from ``__enter__`` on.
+
+    Leaving the block early (an error elsewhere) stops the hash at its next
+    block instead of waiting for the whole file. A folder has no CID: None.
+    """
+
+    def __init__(self, path: Path, progress: Any) -> None:
+        import threading
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._path = path
+        self._progress = progress
+        self._abandon = threading.Event()
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-cid")
+        self._future: Any = None
+
+    def _hash(self) -> Any:
+        from ledger.hashing.cid import file_cid
+
+        def progress(done: int) -> None:
+            if self._abandon.is_set():
+                raise _Abandoned
+            if self._progress is not None:
+                self._progress(done)
+
+        return file_cid(self._path, progress=progress)
+
+    def __enter__(self) -> _BackgroundCid:
+        if not self._path.is_dir():
+            self._future = self._pool.submit(self._hash)
+        return self
+
+    def result(self) -> Any:
+        return None if self._future is None else self._future.result()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._abandon.set()
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _print_report(report: Any) -> None:

@@ -122,15 +122,18 @@ class Verifier:
         *,
         expected_run: bytes | None = None,
         progress: Progress | None = None,
+        known_cid: Cid | None = None,
     ) -> VerifyReport:
         """Check a weights file, or a Hugging Face model folder, against the ledger.
 
-        ``progress`` receives the bytes hashed while the file CID is computed.
+        ``progress`` receives the bytes hashed while the file CID is computed;
+        ``known_cid`` is the file's CIDv1 when the caller already computed it
+        (the CLI hashes while it connects).
         """
         path = Path(path)
         if path.is_dir():
             return self._verify_folder(path, expected_run)
-        cid = file_cid(path, progress=progress)
+        cid = known_cid if known_cid is not None else file_cid(path, progress=progress)
         report = VerifyReport(path=str(path), file_cid=str(cid))
         record = self.registry.find_by_weights(cid.digest)
         tensors: TensorDigest | None = None
