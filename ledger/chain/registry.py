@@ -325,7 +325,12 @@ class Registry:
         return self._find_weights(digest, topic_index=2)
 
     def find_by_tensor_root(self, root: bytes) -> list[WeightsRecord]:
-        """Every record of a tensor root, oldest first (one ``eth_getLogs``)."""
+        """Every record of a tensor root, oldest first (one ``eth_getLogs``).
+
+        A zero root means "not a tensor file" and finds nothing.
+        """
+        if root == ZERO32:
+            return []
         return self._find_weights(root, topic_index=3)
 
     def checkpoints(self, run_id: bytes) -> list[WeightsRecord]:
