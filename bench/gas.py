@@ -1,8 +1,10 @@
 """Gas used by each registry write, on a throw-away local Anvil.
 
-Prints a table, then one JSON line with the figures. Baseline for comparison:
-the product goal that start + finalize of one run stays under 200,000 gas
-(the Ethereum Attestation Service spends 180k-320k gas per attestation).
+Prints a table, then one JSON line with the figures. Goals (ratios printed
+against them): start + finalize of one run at most 120,000 gas together; at most
+35,000 gas per run when starting runs in batches of 100; at most 30,000 gas per
+checkpoint in batches. For comparison, the Ethereum Attestation Service spends
+180k-320k gas per attestation.
 
 Run: ``.venv/bin/python bench/gas.py``
 """
@@ -20,14 +22,73 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 
 from ledger.chain.anvil import AnvilProcess
-from ledger.chain.registry import Registry, Relation, connect_web3
+from ledger.chain.registry import FinalRecord, Registry, Relation, connect_web3
 from ledger.config import ANVIL_DEV_KEY
+from ledger.hashing.merkle import CheckpointLeaf, checkpoint_root
 
-GOAL_START_PLUS_FINALIZE = 200_000
+GOALS = {
+    "start_plus_finalize": 120_000,
+    "per_run_batch_100": 35_000,
+    "per_checkpoint_batch": 30_000,
+}
+EAS_PER_ATTESTATION = (180_000, 320_000)
+RELAYER_KEY = "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d"  # Anvil #1
 
 
 def digest() -> bytes:
     return os.urandom(32)
+
+
+def leaf(step: int) -> CheckpointLeaf:
+    return CheckpointLeaf(step, digest(), digest(), digest())
+
+
+def measure(registry: Registry, relayer: Registry) -> dict[str, int]:
+    figures: dict[str, int] = {}
+    run_id, start = registry.start_run(digest())
+    leaves = [leaf(0), leaf(1)]
+    first = registry.commit_checkpoint(run_id, leaves[0])
+    registry.commit_checkpoint(run_id, leaves[1])
+    record = FinalRecord(digest(), digest(), digest(), checkpoint_root(leaves), len(leaves))
+    final = registry.finalize_run(run_id, record)
+    child, start_child = registry.start_run(digest(), [(run_id, Relation.FINE_TUNE)])
+    failed = registry.mark_failed(child, "diverged")
+    revoked = registry.revoke_run(run_id, "leaked test data")
+    figures.update(
+        start_run=start.gas_used,
+        start_run_one_parent=start_child.gas_used,
+        commit_checkpoint=first.gas_used,
+        finalize_run=final.gas_used,
+        start_plus_finalize=start.gas_used + final.gas_used,
+        mark_failed=failed.gas_used,
+        revoke_run=revoked.gas_used,
+    )
+
+    signer = cast(LocalAccount, registry.account)
+    manifest = digest()
+    signed_start = relayer.submit_signed(registry.sign_call(signer, "startRun", manifest, []))
+    signed_id = Registry.run_id_for(signer.address, manifest)
+    signed_checkpoint = relayer.submit_signed(
+        registry.sign_call(signer, "commitCheckpoint", signed_id, _tuple(leaf(0)))
+    )
+    figures.update(
+        signed_start_run=signed_start.gas_used, signed_commit_checkpoint=signed_checkpoint.gas_used
+    )
+
+    for size in (1, 10, 100):
+        ids, batch_start = registry.start_runs([(digest(), []) for _ in range(size)])
+        figures[f"per_run_batch_{size}"] = batch_start.gas_used // size
+        batch_ckpt = registry.commit_checkpoints([(ids[0], leaf(i)) for i in range(size)])
+        figures[f"per_checkpoint_batch_{size}"] = batch_ckpt.gas_used // size
+        batch_final = registry.finalize_runs(
+            [(i, FinalRecord(digest(), digest(), digest(), digest(), 1)) for i in ids]
+        )
+        figures[f"per_finalize_batch_{size}"] = batch_final.gas_used // size
+    return figures
+
+
+def _tuple(c: CheckpointLeaf) -> tuple[int, bytes, bytes, bytes]:
+    return (c.step, c.weights_digest, c.tensor_root, c.metrics_digest)
 
 
 def main() -> None:
@@ -41,31 +102,33 @@ def main() -> None:
             w3 = connect_web3(anvil.rpc_url)
             account = cast(LocalAccount, Account.from_key(ANVIL_DEV_KEY))
             registry, deployed = Registry.deploy(w3, account)
-            run_id, start = registry.start_run(digest())
-            first = registry.commit_checkpoint(run_id, 0, digest(), digest(), digest())
-            second = registry.commit_checkpoint(run_id, 1, digest(), digest(), digest())
-            final = registry.finalize_run(run_id, digest(), digest(), digest(), digest(), 2)
-            child, start_child = registry.start_run(digest(), [(run_id, Relation.FINE_TUNE)])
-            failed = registry.mark_failed(child, "diverged")
-            revoked = registry.revoke_run(run_id, "leaked test data")
+            relayer = Registry(
+                w3, registry.address, cast(LocalAccount, Account.from_key(RELAYER_KEY))
+            )
+            figures = {"deploy": deployed.gas_used, **measure(registry, relayer)}
         finally:
             anvil.stop()
-    figures = {
-        "deploy": deployed.gas_used,
-        "start_run": start.gas_used,
-        "start_run_one_parent": start_child.gas_used,
-        "commit_checkpoint_first": first.gas_used,
-        "commit_checkpoint_next": second.gas_used,
-        "finalize_run": final.gas_used,
-        "mark_failed": failed.gas_used,
-        "revoke_run": revoked.gas_used,
-        "start_plus_finalize": start.gas_used + final.gas_used,
-    }
     for name, gas in figures.items():
         print(f"{name:28s} {gas:>10,d}")
-    ratio = figures["start_plus_finalize"] / GOAL_START_PLUS_FINALIZE
-    print(f"start+finalize / goal ({GOAL_START_PLUS_FINALIZE:,}) = {ratio:.2f}")
-    print(json.dumps({**figures, "ratio_to_goal": round(ratio, 3)}, sort_keys=True))
+    ratios = {
+        "start_plus_finalize": figures["start_plus_finalize"] / GOALS["start_plus_finalize"],
+        "per_run_batch_100": figures["per_run_batch_100"] / GOALS["per_run_batch_100"],
+        "per_checkpoint_batch_100": (
+            figures["per_checkpoint_batch_100"] / GOALS["per_checkpoint_batch"]
+        ),
+    }
+    for name, ratio in ratios.items():
+        print(f"{name} / goal = {ratio:.2f}")
+    low, high = EAS_PER_ATTESTATION
+    print(
+        f"start+finalize vs an EAS attestation ({low:,}-{high:,}): "
+        f"{figures['start_plus_finalize'] / low:.2f}-{figures['start_plus_finalize'] / high:.2f}"
+    )
+    print(
+        json.dumps(
+            {**figures, **{f"ratio_{k}": round(v, 3) for k, v in ratios.items()}}, sort_keys=True
+        )
+    )
 
 
 if __name__ == "__main__":

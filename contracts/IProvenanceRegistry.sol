@@ -5,11 +5,15 @@ pragma solidity ^0.8.24;
 /// @notice Append-only record of machine-learning training runs. Each run is
 /// identified by a content-derived id, `keccak256(abi.encode(committer, manifestDigest))`,
 /// and records the digests of its manifest, of every checkpoint and of its final
-/// weights. Digests are the sha2-256 multihash digests of IPFS CIDs (see the
-/// manifest's `digests` field for the scheme names) or tensor Merkle roots;
-/// the bytes themselves live off chain.
-/// @dev Details that nothing on chain needs to read are carried by events only;
-/// storage holds what a view must answer in one call.
+/// weights. Digests are the sha2-256 multihash digests of IPFS CIDs (the manifest's
+/// `digests` field names the schemes) or tensor Merkle roots; the bytes live off chain.
+/// @dev Gas is a design input. Storage holds only what a write must check or a view
+/// must prove: one packed slot per run and, once finalized, one commitment to its
+/// final record. Every digest travels in an event; weights digests and tensor roots
+/// are indexed topics at the same positions in `CheckpointCommitted` and
+/// `RunFinalized`, so one `eth_getLogs` call finds the run of a weights file.
+/// Every write can also be signed off chain (EIP-712) and relayed by anyone through
+/// {executeSigned}; the signer then counts as the caller.
 interface IProvenanceRegistry {
     /// @notice Life-cycle state of a run.
     enum Status {
@@ -37,39 +41,69 @@ interface IProvenanceRegistry {
         Relation relation;
     }
 
+    /// @notice One run to start, in a batch.
+    struct StartRequest {
+        bytes32 manifestDigest;
+        Parent[] parents;
+    }
+
+    /// @notice One checkpoint, as committed and as hashed into the checkpoint Merkle tree.
+    struct Checkpoint {
+        uint64 step;
+        bytes32 weightsDigest;
+        bytes32 tensorRoot;
+        bytes32 metricsDigest;
+    }
+
+    /// @notice One checkpoint of a given run, in a batch.
+    struct CheckpointRequest {
+        bytes32 runId;
+        Checkpoint checkpoint;
+    }
+
+    /// @notice What finalization commits to.
+    /// @param weightsDigest digest of the final model file's CID
+    /// @param tensorRoot Merkle root of the final tensors (zero if not a tensor file)
+    /// @param metricsDigest digest of the final metrics document's CID
+    /// @param checkpointRoot OpenZeppelin-style Merkle root over the run's checkpoints
+    /// @param checkpointCount number of checkpoints under `checkpointRoot`
+    struct FinalRecord {
+        bytes32 weightsDigest;
+        bytes32 tensorRoot;
+        bytes32 metricsDigest;
+        bytes32 checkpointRoot;
+        uint64 checkpointCount;
+    }
+
+    /// @notice One run to finalize, in a batch.
+    struct FinalizeRequest {
+        bytes32 runId;
+        FinalRecord record;
+    }
+
     /// @notice What storage holds for a run.
     /// @param committer account that started the run and alone may extend it
-    /// @param startedAt block time of `startRun`
+    /// @param startedAt block time of the start
     /// @param status life-cycle state
     /// @param revoked true once revoked (independent of `status`)
-    /// @param manifestDigest digest of the run's manifest CID
-    /// @param checkpointRoot Merkle root over the run's checkpoints, set at finalization
+    /// @param finalCommitment `keccak256(abi.encode(FinalRecord))`, zero until finalized
     struct Run {
         address committer;
         uint64 startedAt;
         Status status;
         bool revoked;
-        bytes32 manifestDigest;
-        bytes32 checkpointRoot;
-    }
-
-    /// @notice Where a weights digest (file CID digest or tensor root) was recorded.
-    /// @param runId the run, or zero when the digest is unknown
-    /// @param isFinal true for the run's final weights
-    /// @param step the checkpoint's step when `isFinal` is false
-    struct WeightsRecord {
-        bytes32 runId;
-        bool isFinal;
-        uint64 step;
+        bytes32 finalCommitment;
     }
 
     /// @notice A zero digest was given where a digest is required.
     error RegistryZeroDigest();
+    /// @notice A batch had no entries.
+    error RegistryEmptyBatch();
     /// @notice A run with this id exists already (same committer, same manifest).
     error RegistryRunExists(bytes32 runId);
     /// @notice No run has this id.
     error RegistryUnknownRun(bytes32 runId);
-    /// @notice A parent named at start does not exist, or is the run itself.
+    /// @notice A parent named at start does not exist (a run cannot be its own parent).
     error RegistryUnknownParent(bytes32 parentId);
     /// @notice A parent was given with relation `None`.
     error RegistryInvalidRelation(bytes32 parentId);
@@ -77,35 +111,34 @@ interface IProvenanceRegistry {
     error RegistryNotRunCommitter(bytes32 runId, address account);
     /// @notice The run is not running (it was finalized or marked failed).
     error RegistryRunNotRunning(bytes32 runId, Status status);
-    /// @notice This run recorded this weights digest at this step already.
-    /// @dev Detected through the weights index, which keeps the first record of a digest:
-    /// a re-send is caught when that first record is this run at this step. Exact
-    /// once-only delivery is the client's job (its journal), not worth a slot per step.
-    error RegistryCheckpointExists(bytes32 runId, uint64 step);
-    /// @notice The step is out of range (the largest uint64 is reserved).
-    error RegistryStepOutOfRange(uint64 step);
     /// @notice The run was revoked already.
     error RegistryRunRevoked(bytes32 runId);
     /// @notice Only the run's committer or an admin may revoke it.
     error RegistryNotAllowedToRevoke(bytes32 runId, address account);
+    /// @notice The signed call's deadline has passed.
+    error RegistrySignatureExpired(uint256 deadline);
+    /// @notice The signature was not made by `signer` for this call, chain and registry.
+    error RegistryInvalidSigner(address signer, address recovered);
+    /// @notice A signed call may not contain another signed call.
+    error RegistryNestedSignedCall();
 
-    /// @notice A run was started.
+    /// @notice A run was started by `committer` (the signer, for a signed call).
     event RunStarted(
         bytes32 indexed runId, address indexed committer, bytes32 manifestDigest, Parent[] parents
     );
     /// @notice A checkpoint of a running run was recorded.
     event CheckpointCommitted(
         bytes32 indexed runId,
-        uint64 indexed step,
-        bytes32 weightsDigest,
-        bytes32 tensorRoot,
+        bytes32 indexed weightsDigest,
+        bytes32 indexed tensorRoot,
+        uint64 step,
         bytes32 metricsDigest
     );
-    /// @notice A run was finalized with its final weights.
+    /// @notice A run was finalized; `finalCommitment` hashes the record.
     event RunFinalized(
         bytes32 indexed runId,
-        bytes32 weightsDigest,
-        bytes32 tensorRoot,
+        bytes32 indexed weightsDigest,
+        bytes32 indexed tensorRoot,
         bytes32 metricsDigest,
         bytes32 checkpointRoot,
         uint64 checkpointCount
@@ -116,42 +149,29 @@ interface IProvenanceRegistry {
     event RunRevoked(bytes32 indexed runId, address indexed revoker, string reason);
 
     /// @notice Start a run. The caller must hold the committer role.
-    /// @param manifestDigest digest of the manifest CID (config, code, data, environment)
-    /// @param parents runs this one derives from, with the relation to each
-    /// @return runId `keccak256(abi.encode(msg.sender, manifestDigest))`
+    /// @return runId `keccak256(abi.encode(caller, manifestDigest))`
     function startRun(bytes32 manifestDigest, Parent[] calldata parents)
         external
         returns (bytes32 runId);
 
-    /// @notice Record a checkpoint of a running run. Only the run's committer may.
-    /// @param runId the run
-    /// @param step training step or epoch of the checkpoint
-    /// @param weightsDigest digest of the checkpoint file's CID
-    /// @param tensorRoot Merkle root of the checkpoint's tensors
-    /// @param metricsDigest digest of the metrics document's CID (zero if none)
-    function commitCheckpoint(
-        bytes32 runId,
-        uint64 step,
-        bytes32 weightsDigest,
-        bytes32 tensorRoot,
-        bytes32 metricsDigest
-    ) external;
+    /// @notice Start several runs in one transaction; reverts whole if one is refused.
+    function startRuns(StartRequest[] calldata requests)
+        external
+        returns (bytes32[] memory runIds);
 
-    /// @notice Finalize a running run with its final weights. Only the run's committer may.
-    /// @param runId the run
-    /// @param weightsDigest digest of the final model file's CID
-    /// @param tensorRoot Merkle root of the final tensors
-    /// @param metricsDigest digest of the final metrics document's CID
-    /// @param checkpointRoot Merkle root over the run's checkpoints (zero if none)
-    /// @param checkpointCount number of checkpoints under `checkpointRoot`
-    function finalizeRun(
-        bytes32 runId,
-        bytes32 weightsDigest,
-        bytes32 tensorRoot,
-        bytes32 metricsDigest,
-        bytes32 checkpointRoot,
-        uint64 checkpointCount
-    ) external;
+    /// @notice Record a checkpoint of a running run. Only the run's committer may.
+    /// @dev Nothing is stored: the event is the record, and the final Merkle root
+    /// commits to all checkpoints. A re-sent checkpoint emits a second, identical event.
+    function commitCheckpoint(bytes32 runId, Checkpoint calldata checkpoint) external;
+
+    /// @notice Record several checkpoints, of one or more runs, in one transaction.
+    function commitCheckpoints(CheckpointRequest[] calldata requests) external;
+
+    /// @notice Finalize a running run. Only the run's committer may.
+    function finalizeRun(bytes32 runId, FinalRecord calldata record) external;
+
+    /// @notice Finalize several runs in one transaction.
+    function finalizeRuns(FinalizeRequest[] calldata requests) external;
 
     /// @notice Mark a running run as failed. Only the run's committer may.
     function markFailed(bytes32 runId, string calldata reason) external;
@@ -159,14 +179,40 @@ interface IProvenanceRegistry {
     /// @notice Revoke a run. Its committer or an admin may, once.
     function revokeRun(bytes32 runId, string calldata reason) external;
 
+    /// @notice Perform `data` (a call of this registry) as `signer`, who signed it off chain.
+    /// @dev EIP-712 type `SignedCall(address signer,uint256 nonce,uint256 deadline,bytes data)`
+    /// over this registry's domain (name "ProvenanceRegistry", version "2", chain id, address).
+    /// The nonce must be `nonces(signer)` and is used up, so a signature works once, on one
+    /// chain, for one registry. Anyone may relay; the record names the signer.
+    function executeSigned(
+        address signer,
+        uint256 nonce,
+        uint256 deadline,
+        bytes calldata data,
+        bytes calldata signature
+    ) external returns (bytes memory result);
+
     /// @notice The stored record of a run (status `None` when unknown).
     function getRun(bytes32 runId) external view returns (Run memory);
 
-    /// @notice The run and checkpoint that a weights file CID digest was recorded for.
-    function findByWeights(bytes32 weightsDigest) external view returns (WeightsRecord memory);
+    /// @notice Whether `record` is exactly what run `runId` was finalized with.
+    function isFinalRecord(bytes32 runId, FinalRecord calldata record)
+        external
+        view
+        returns (bool);
 
-    /// @notice The run and checkpoint that a tensor Merkle root was recorded for.
-    function findByTensorRoot(bytes32 tensorRoot) external view returns (WeightsRecord memory);
+    /// @notice Whether `checkpoint` is under the checkpoint root of run `runId`'s
+    /// final `record`, by an OpenZeppelin Merkle `proof` (sorted pairs, double-hashed leaves).
+    function verifyCheckpoint(
+        bytes32 runId,
+        FinalRecord calldata record,
+        Checkpoint calldata checkpoint,
+        bytes32[] calldata proof
+    ) external view returns (bool);
+
+    /// @notice The Merkle leaf of a checkpoint:
+    /// `keccak256(bytes.concat(keccak256(abi.encode(step, weights, tensorRoot, metrics))))`.
+    function checkpointLeaf(Checkpoint calldata checkpoint) external pure returns (bytes32);
 
     /// @notice The id a run started by `committer` with `manifestDigest` has.
     function computeRunId(address committer, bytes32 manifestDigest)

@@ -1,36 +1,49 @@
 // SPDX-License-Identifier: Apache-2.0
-pragma solidity ^0.8.24;
+pragma solidity ^0.8.28;
 
 import {AccessControl} from "@openzeppelin/contracts/access/AccessControl.sol";
+import {ECDSA} from "@openzeppelin/contracts/utils/cryptography/ECDSA.sol";
+import {EIP712} from "@openzeppelin/contracts/utils/cryptography/EIP712.sol";
+import {MerkleProof} from "@openzeppelin/contracts/utils/cryptography/MerkleProof.sol";
+import {Nonces} from "@openzeppelin/contracts/utils/Nonces.sol";
 import {IProvenanceRegistry} from "./IProvenanceRegistry.sol";
 
 /// @title ProvenanceRegistry
 /// @notice Append-only registry of training runs; see {IProvenanceRegistry}.
-/// @dev Storage per run: one packed slot (committer, start time, status, revoked),
-/// the manifest digest, and the checkpoint root once finalized. Each recorded
-/// weights digest and tensor root costs one slot, plus one for a checkpoint's step.
-contract ProvenanceRegistry is IProvenanceRegistry, AccessControl {
-    /// @notice Role allowed to start runs.
+/// @dev Storage: one packed slot per run (committer, start time, status, revoked) and one
+/// final commitment. Checkpoints store nothing; their events are the record.
+contract ProvenanceRegistry is IProvenanceRegistry, AccessControl, EIP712, Nonces {
+    /// @notice Role allowed to start runs and extend its own runs.
     bytes32 public constant COMMITTER_ROLE = keccak256("COMMITTER_ROLE");
 
     /// @notice Version of the storage and event layout.
-    string public constant VERSION = "1.0.0";
+    string public constant VERSION = "2.0.0";
 
-    /// @dev A digest's record; `stepPlusOne == 0` marks final weights.
-    struct WeightsRef {
-        bytes32 runId;
-        uint64 stepPlusOne;
+    /// @notice EIP-712 type hash of a signed call.
+    bytes32 public constant SIGNED_CALL_TYPEHASH =
+        keccak256("SignedCall(address signer,uint256 nonce,uint256 deadline,bytes data)");
+
+    /// @dev The run's packed slot; `finalCommitment` is a second slot written at finalization.
+    struct RunSlot {
+        address committer;
+        uint64 startedAt;
+        Status status;
+        bool revoked;
     }
 
-    mapping(bytes32 runId => Run) private _runs;
-    mapping(bytes32 weightsDigest => WeightsRef) private _byWeights;
-    mapping(bytes32 tensorRoot => WeightsRef) private _byTensorRoot;
+    mapping(bytes32 runId => RunSlot) private _runs;
+    mapping(bytes32 runId => bytes32) private _finalCommitments;
+
+    /// @dev The signer of the signed call being executed, for this transaction only.
+    address private transient _signedCaller;
 
     /// @param admin account given the admin role and the committer role
-    constructor(address admin) {
+    constructor(address admin) EIP712("ProvenanceRegistry", "2") {
         _grantRole(DEFAULT_ADMIN_ROLE, admin);
         _grantRole(COMMITTER_ROLE, admin);
     }
+
+    // -- writes -------------------------------------------------------------------
 
     /// @inheritdoc IProvenanceRegistry
     function startRun(bytes32 manifestDigest, Parent[] calldata parents)
@@ -38,95 +51,158 @@ contract ProvenanceRegistry is IProvenanceRegistry, AccessControl {
         onlyRole(COMMITTER_ROLE)
         returns (bytes32 runId)
     {
-        if (manifestDigest == bytes32(0)) revert RegistryZeroDigest();
-        runId = computeRunId(msg.sender, manifestDigest);
-        Run storage run = _runs[runId];
-        if (run.status != Status.None) revert RegistryRunExists(runId);
-        for (uint256 i = 0; i < parents.length; ++i) {
-            bytes32 parentId = parents[i].runId;
-            if (_runs[parentId].status == Status.None) revert RegistryUnknownParent(parentId);
-            if (parents[i].relation == Relation.None) revert RegistryInvalidRelation(parentId);
-        }
-        run.committer = msg.sender;
-        run.startedAt = uint64(block.timestamp);
-        run.status = Status.Running;
-        run.manifestDigest = manifestDigest;
-        emit RunStarted(runId, msg.sender, manifestDigest, parents);
+        return _start(_msgSender(), manifestDigest, parents);
     }
 
     /// @inheritdoc IProvenanceRegistry
-    function commitCheckpoint(
-        bytes32 runId,
-        uint64 step,
-        bytes32 weightsDigest,
-        bytes32 tensorRoot,
-        bytes32 metricsDigest
-    ) external onlyRole(COMMITTER_ROLE) {
-        _requireRunning(runId);
-        if (weightsDigest == bytes32(0)) revert RegistryZeroDigest();
-        if (step == type(uint64).max) revert RegistryStepOutOfRange(step);
-        uint64 stepPlusOne = step + 1;
-        WeightsRef storage ref = _byWeights[weightsDigest];
-        if (ref.runId == runId && ref.stepPlusOne == stepPlusOne) {
-            revert RegistryCheckpointExists(runId, step);
+    function startRuns(StartRequest[] calldata requests)
+        external
+        onlyRole(COMMITTER_ROLE)
+        returns (bytes32[] memory runIds)
+    {
+        if (requests.length == 0) revert RegistryEmptyBatch();
+        address committer = _msgSender();
+        runIds = new bytes32[](requests.length);
+        for (uint256 i = 0; i < requests.length; ++i) {
+            runIds[i] = _start(committer, requests[i].manifestDigest, requests[i].parents);
         }
-        _recordCheckpoint(ref, runId, stepPlusOne);
-        if (tensorRoot != bytes32(0)) _recordCheckpoint(_byTensorRoot[tensorRoot], runId, stepPlusOne);
-        emit CheckpointCommitted(runId, step, weightsDigest, tensorRoot, metricsDigest);
     }
 
     /// @inheritdoc IProvenanceRegistry
-    function finalizeRun(
-        bytes32 runId,
-        bytes32 weightsDigest,
-        bytes32 tensorRoot,
-        bytes32 metricsDigest,
-        bytes32 checkpointRoot,
-        uint64 checkpointCount
-    ) external onlyRole(COMMITTER_ROLE) {
-        Run storage run = _requireRunning(runId);
-        if (weightsDigest == bytes32(0)) revert RegistryZeroDigest();
-        run.status = Status.Finalized;
-        if (checkpointRoot != bytes32(0)) run.checkpointRoot = checkpointRoot;
-        _recordFinal(_byWeights[weightsDigest], runId);
-        if (tensorRoot != bytes32(0)) _recordFinal(_byTensorRoot[tensorRoot], runId);
-        emit RunFinalized(
-            runId, weightsDigest, tensorRoot, metricsDigest, checkpointRoot, checkpointCount
-        );
+    function commitCheckpoint(bytes32 runId, Checkpoint calldata checkpoint)
+        external
+        onlyRole(COMMITTER_ROLE)
+    {
+        _checkpoint(_msgSender(), runId, checkpoint);
+    }
+
+    /// @inheritdoc IProvenanceRegistry
+    function commitCheckpoints(CheckpointRequest[] calldata requests)
+        external
+        onlyRole(COMMITTER_ROLE)
+    {
+        if (requests.length == 0) revert RegistryEmptyBatch();
+        address committer = _msgSender();
+        for (uint256 i = 0; i < requests.length; ++i) {
+            _checkpoint(committer, requests[i].runId, requests[i].checkpoint);
+        }
+    }
+
+    /// @inheritdoc IProvenanceRegistry
+    function finalizeRun(bytes32 runId, FinalRecord calldata record)
+        external
+        onlyRole(COMMITTER_ROLE)
+    {
+        _finalize(_msgSender(), runId, record);
+    }
+
+    /// @inheritdoc IProvenanceRegistry
+    function finalizeRuns(FinalizeRequest[] calldata requests) external onlyRole(COMMITTER_ROLE) {
+        if (requests.length == 0) revert RegistryEmptyBatch();
+        address committer = _msgSender();
+        for (uint256 i = 0; i < requests.length; ++i) {
+            _finalize(committer, requests[i].runId, requests[i].record);
+        }
     }
 
     /// @inheritdoc IProvenanceRegistry
     function markFailed(bytes32 runId, string calldata reason) external {
-        Run storage run = _requireRunning(runId);
+        RunSlot storage run = _requireRunning(_msgSender(), runId);
         run.status = Status.Failed;
         emit RunFailed(runId, reason);
     }
 
     /// @inheritdoc IProvenanceRegistry
     function revokeRun(bytes32 runId, string calldata reason) external {
-        Run storage run = _runs[runId];
+        address sender = _msgSender();
+        RunSlot storage run = _runs[runId];
         if (run.status == Status.None) revert RegistryUnknownRun(runId);
-        if (msg.sender != run.committer && !hasRole(DEFAULT_ADMIN_ROLE, msg.sender)) {
-            revert RegistryNotAllowedToRevoke(runId, msg.sender);
+        if (sender != run.committer && !hasRole(DEFAULT_ADMIN_ROLE, sender)) {
+            revert RegistryNotAllowedToRevoke(runId, sender);
         }
         if (run.revoked) revert RegistryRunRevoked(runId);
         run.revoked = true;
-        emit RunRevoked(runId, msg.sender, reason);
+        emit RunRevoked(runId, sender, reason);
     }
+
+    /// @inheritdoc IProvenanceRegistry
+    function executeSigned(
+        address signer,
+        uint256 nonce,
+        uint256 deadline,
+        bytes calldata data,
+        bytes calldata signature
+    ) external returns (bytes memory result) {
+        if (_signedCaller != address(0)) revert RegistryNestedSignedCall();
+        if (block.timestamp > deadline) revert RegistrySignatureExpired(deadline);
+        bytes32 structHash =
+            keccak256(abi.encode(SIGNED_CALL_TYPEHASH, signer, nonce, deadline, keccak256(data)));
+        (address recovered, ECDSA.RecoverError failure,) =
+            ECDSA.tryRecover(_hashTypedDataV4(structHash), signature);
+        if (failure != ECDSA.RecoverError.NoError || recovered != signer) {
+            revert RegistryInvalidSigner(signer, recovered);
+        }
+        _useCheckedNonce(signer, nonce);
+        _signedCaller = signer;
+        bool ok;
+        (ok, result) = address(this).delegatecall(data);
+        _signedCaller = address(0);
+        if (!ok) {
+            assembly ("memory-safe") {
+                revert(add(result, 0x20), mload(result))
+            }
+        }
+    }
+
+    // -- views ----------------------------------------------------------------------
 
     /// @inheritdoc IProvenanceRegistry
     function getRun(bytes32 runId) external view returns (Run memory) {
-        return _runs[runId];
+        RunSlot storage run = _runs[runId];
+        return Run({
+            committer: run.committer,
+            startedAt: run.startedAt,
+            status: run.status,
+            revoked: run.revoked,
+            finalCommitment: _finalCommitments[runId]
+        });
     }
 
     /// @inheritdoc IProvenanceRegistry
-    function findByWeights(bytes32 weightsDigest) external view returns (WeightsRecord memory) {
-        return _toRecord(_byWeights[weightsDigest]);
+    function isFinalRecord(bytes32 runId, FinalRecord calldata record)
+        public
+        view
+        returns (bool)
+    {
+        bytes32 stored = _finalCommitments[runId];
+        return stored != bytes32(0) && stored == keccak256(abi.encode(record));
     }
 
     /// @inheritdoc IProvenanceRegistry
-    function findByTensorRoot(bytes32 tensorRoot) external view returns (WeightsRecord memory) {
-        return _toRecord(_byTensorRoot[tensorRoot]);
+    function verifyCheckpoint(
+        bytes32 runId,
+        FinalRecord calldata record,
+        Checkpoint calldata checkpoint,
+        bytes32[] calldata proof
+    ) external view returns (bool) {
+        return isFinalRecord(runId, record)
+            && MerkleProof.verifyCalldata(proof, record.checkpointRoot, checkpointLeaf(checkpoint));
+    }
+
+    /// @inheritdoc IProvenanceRegistry
+    function checkpointLeaf(Checkpoint calldata checkpoint) public pure returns (bytes32) {
+        return keccak256(
+            bytes.concat(
+                keccak256(
+                    abi.encode(
+                        checkpoint.step,
+                        checkpoint.weightsDigest,
+                        checkpoint.tensorRoot,
+                        checkpoint.metricsDigest
+                    )
+                )
+            )
+        );
     }
 
     /// @inheritdoc IProvenanceRegistry
@@ -143,36 +219,74 @@ contract ProvenanceRegistry is IProvenanceRegistry, AccessControl {
         return VERSION;
     }
 
-    /// @dev The run, which must exist, be running, and belong to the caller.
-    function _requireRunning(bytes32 runId) private view returns (Run storage run) {
+    // -- internals ------------------------------------------------------------------
+
+    /// @dev The signer during a signed call, else the transaction's caller.
+    function _msgSender() internal view override returns (address) {
+        address signer = _signedCaller;
+        return signer == address(0) ? msg.sender : signer;
+    }
+
+    function _start(address committer, bytes32 manifestDigest, Parent[] calldata parents)
+        private
+        returns (bytes32 runId)
+    {
+        if (manifestDigest == bytes32(0)) revert RegistryZeroDigest();
+        runId = computeRunId(committer, manifestDigest);
+        RunSlot storage run = _runs[runId];
+        if (run.status != Status.None) revert RegistryRunExists(runId);
+        for (uint256 i = 0; i < parents.length; ++i) {
+            bytes32 parentId = parents[i].runId;
+            if (_runs[parentId].status == Status.None) revert RegistryUnknownParent(parentId);
+            if (parents[i].relation == Relation.None) revert RegistryInvalidRelation(parentId);
+        }
+        _runs[runId] = RunSlot({
+            committer: committer,
+            startedAt: uint64(block.timestamp),
+            status: Status.Running,
+            revoked: false
+        });
+        emit RunStarted(runId, committer, manifestDigest, parents);
+    }
+
+    function _checkpoint(address committer, bytes32 runId, Checkpoint calldata checkpoint)
+        private
+    {
+        _requireRunning(committer, runId);
+        if (checkpoint.weightsDigest == bytes32(0)) revert RegistryZeroDigest();
+        emit CheckpointCommitted(
+            runId,
+            checkpoint.weightsDigest,
+            checkpoint.tensorRoot,
+            checkpoint.step,
+            checkpoint.metricsDigest
+        );
+    }
+
+    function _finalize(address committer, bytes32 runId, FinalRecord calldata record) private {
+        RunSlot storage run = _requireRunning(committer, runId);
+        if (record.weightsDigest == bytes32(0)) revert RegistryZeroDigest();
+        run.status = Status.Finalized;
+        _finalCommitments[runId] = keccak256(abi.encode(record));
+        emit RunFinalized(
+            runId,
+            record.weightsDigest,
+            record.tensorRoot,
+            record.metricsDigest,
+            record.checkpointRoot,
+            record.checkpointCount
+        );
+    }
+
+    /// @dev The run, which must exist, be running, and belong to `committer`.
+    function _requireRunning(address committer, bytes32 runId)
+        private
+        view
+        returns (RunSlot storage run)
+    {
         run = _runs[runId];
         if (run.status == Status.None) revert RegistryUnknownRun(runId);
-        if (run.committer != msg.sender) revert RegistryNotRunCommitter(runId, msg.sender);
+        if (run.committer != committer) revert RegistryNotRunCommitter(runId, committer);
         if (run.status != Status.Running) revert RegistryRunNotRunning(runId, run.status);
-    }
-
-    /// @dev First record wins: a digest already recorded (by any run) is left as it is.
-    function _recordCheckpoint(WeightsRef storage ref, bytes32 runId, uint64 stepPlusOne) private {
-        if (ref.runId != bytes32(0)) return;
-        ref.runId = runId;
-        ref.stepPlusOne = stepPlusOne;
-    }
-
-    /// @dev Final weights take over a checkpoint record of the same run, never another run's.
-    function _recordFinal(WeightsRef storage ref, bytes32 runId) private {
-        if (ref.runId == bytes32(0)) {
-            ref.runId = runId;
-        } else if (ref.runId == runId && ref.stepPlusOne != 0) {
-            ref.stepPlusOne = 0;
-        }
-    }
-
-    function _toRecord(WeightsRef storage ref) private view returns (WeightsRecord memory) {
-        uint64 stepPlusOne = ref.stepPlusOne;
-        return WeightsRecord({
-            runId: ref.runId,
-            isFinal: ref.runId != bytes32(0) && stepPlusOne == 0,
-            step: stepPlusOne == 0 ? 0 : stepPlusOne - 1
-        });
     }
 }

@@ -291,11 +291,14 @@ def _print_report(report: Any) -> None:
 
 @app.command()
 def show(run: Annotated[str, typer.Argument(help="Run id.")], data_dir: DataDir = None) -> None:
-    """Print a run's on-chain record as JSON."""
+    """Print a run's on-chain record (storage and events) as JSON."""
     from ledger.chain.registry import Registry
 
     registry = Registry.connect(_settings(data_dir), signer=False)
-    record = registry.get_run(_run_id(run))
+    run_id = _run_id(run)
+    record = registry.get_run(run_id)
+    started = registry.events("RunStarted", run_id)
+    final = registry.final_record(run_id)
     _echo_json(
         {
             "run_id": "0x" + record.run_id.hex(),
@@ -303,8 +306,69 @@ def show(run: Annotated[str, typer.Argument(help="Run id.")], data_dir: DataDir 
             "started_at": record.started_at,
             "status": record.status.name.lower(),
             "revoked": record.revoked,
-            "manifest_digest": record.manifest_digest.hex(),
-            "checkpoint_root": record.checkpoint_root.hex(),
+            "manifest_digest": bytes(started[0]["manifestDigest"]).hex() if started else None,
+            "parents": [
+                {"run_id": "0x" + bytes(p["runId"]).hex(), "relation": int(p["relation"])}
+                for p in (started[0]["parents"] if started else [])
+            ],
+            "checkpoints": len(registry.checkpoints(run_id)),
+            "final": None
+            if final is None or final.final is None
+            else {
+                "weights_digest": final.weights_digest.hex(),
+                "tensor_root": final.tensor_root.hex(),
+                "metrics_digest": final.metrics_digest.hex(),
+                "checkpoint_root": final.final.checkpoint_root.hex(),
+                "commitment": record.final_commitment.hex(),
+            },
+        }
+    )
+
+
+@app.command()
+def proof(
+    run: Annotated[str, typer.Argument(help="Run id.")],
+    step: Annotated[int, typer.Argument(help="Checkpoint step.", min=0)],
+    data_dir: DataDir = None,
+) -> None:
+    """Print a Merkle inclusion proof of a checkpoint in its run's checkpoint root."""
+    from ledger.chain.registry import Registry, record_leaf
+    from ledger.hashing.merkle import MerkleTree
+
+    registry = Registry.connect(_settings(data_dir), signer=False)
+    run_id = _run_id(run)
+    final = registry.final_record(run_id)
+    if final is None or final.final is None:
+        raise InputError(
+            f"run {run} is not finalized, so it has no checkpoint root yet",
+            hint="proofs exist once the run's final record commits to its checkpoints",
+        )
+    leaves = [record_leaf(r) for r in registry.checkpoints(run_id)]
+    matches = [leaf for leaf in leaves if leaf.step == step]
+    if not matches:
+        steps = ", ".join(str(leaf.step) for leaf in leaves) or "none"
+        raise InputError(f"run {run} has no checkpoint at step {step} (steps: {steps})")
+    tree = MerkleTree([leaf.hash for leaf in leaves])
+    proofs = []
+    for leaf in matches:
+        path = tree.proof(leaf.hash)
+        proofs.append(
+            {
+                "step": leaf.step,
+                "weights_digest": leaf.weights_digest.hex(),
+                "tensor_root": leaf.tensor_root.hex(),
+                "metrics_digest": leaf.metrics_digest.hex(),
+                "leaf": "0x" + leaf.hash.hex(),
+                "proof": ["0x" + node.hex() for node in path],
+                "verified_by_registry": registry.verify_checkpoint(run_id, final.final, leaf, path),
+            }
+        )
+    _echo_json(
+        {
+            "run_id": "0x" + run_id.hex(),
+            "checkpoint_root": "0x" + final.final.checkpoint_root.hex(),
+            "root_matches": tree.root == final.final.checkpoint_root,
+            "checkpoints": proofs,
         }
     )
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ledger.chain.registry import Registry, Relation, TxResult
+from ledger.chain.registry import FinalRecord, Registry, Relation, TxResult
 from ledger.errors import RecordError
 from ledger.hashing.cid import Cid
 from ledger.hashing.merkle import CheckpointLeaf, checkpoint_root
@@ -70,12 +70,9 @@ class RunRecorder:
     ) -> WeightsCommit:
         run_id = self._require_running()
         file_cid, tensors, metrics_cid = self._store_weights(weights, metrics, step, False, tensors)
-        tx = self.registry.commit_checkpoint(
-            run_id, step, file_cid.digest, tensors.root, metrics_cid.digest
-        )
-        self.checkpoints.append(
-            CheckpointLeaf(step, file_cid.digest, tensors.root, metrics_cid.digest)
-        )
+        leaf = CheckpointLeaf(step, file_cid.digest, tensors.root, metrics_cid.digest)
+        tx = self.registry.commit_checkpoint(run_id, leaf)
+        self.checkpoints.append(leaf)
         return WeightsCommit(step, False, file_cid, tensors.root, metrics_cid, tx)
 
     def finalize(
@@ -83,14 +80,14 @@ class RunRecorder:
     ) -> WeightsCommit:
         run_id = self._require_running()
         file_cid, tensors, metrics_cid = self._store_weights(weights, metrics, None, True, tensors)
-        tx = self.registry.finalize_run(
-            run_id,
+        record = FinalRecord(
             file_cid.digest,
             tensors.root,
             metrics_cid.digest,
             checkpoint_root(self.checkpoints),
             len(self.checkpoints),
         )
+        tx = self.registry.finalize_run(run_id, record)
         self.status = "finalized"
         return WeightsCommit(None, True, file_cid, tensors.root, metrics_cid, tx)
 

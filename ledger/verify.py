@@ -28,9 +28,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ledger.chain.records import RegistryView, RunRecord, RunStatus, WeightsRecord, run_id_for
+from ledger.chain.records import (
+    RegistryView,
+    RunRecord,
+    RunStatus,
+    WeightsRecord,
+    record_leaf,
+    run_id_for,
+)
 from ledger.errors import FileMissingError, LedgerError, StoreError, UnsupportedFormatError
 from ledger.hashing.cid import Cid, Progress, file_cid
+from ledger.hashing.merkle import MerkleTree
 from ledger.hashing.tensors import (
     TensorDiff,
     TensorDigest,
@@ -115,6 +123,7 @@ class Verifier:
     def __init__(self, registry: RegistryView, store: ArtifactStore) -> None:
         self.registry = registry
         self.store = store
+        self._started: dict[bytes, dict[str, Any] | None] = {}
 
     def verify_file(
         self,
@@ -131,11 +140,12 @@ class Verifier:
         (the CLI hashes while it connects).
         """
         path = Path(path)
+        self._started.clear()
         if path.is_dir():
             return self._verify_folder(path, expected_run)
         cid = known_cid if known_cid is not None else file_cid(path, progress=progress)
         report = VerifyReport(path=str(path), file_cid=str(cid))
-        record = self.registry.find_by_weights(cid.digest)
+        record = _pick(self.registry.find_by_weights(cid.digest), expected_run)
         tensors: TensorDigest | None = None
         if record is not None:
             report.matched_by = "file"
@@ -144,7 +154,7 @@ class Verifier:
             tensors = self._read_tensors(path, report)
             if tensors is not None:
                 report.tensor_root = tensors.root.hex()
-                record = self.registry.find_by_tensor_root(tensors.root)
+                record = _pick(self.registry.find_by_tensor_root(tensors.root), expected_run)
                 if record is not None:
                     report.matched_by = "tensors"
                     report.add("record", True, f"tensor root {tensors.root.hex()} is recorded")
@@ -167,7 +177,7 @@ class Verifier:
         record = None
         if tensors is not None:
             report.tensor_root = tensors.root.hex()
-            record = self.registry.find_by_tensor_root(tensors.root)
+            record = _pick(self.registry.find_by_tensor_root(tensors.root), expected_run)
             if record is not None:
                 report.matched_by = "tensors"
                 report.add(
@@ -225,16 +235,23 @@ class Verifier:
     def _check_record(self, record: WeightsRecord, report: VerifyReport) -> None:
         report.run_id = "0x" + record.run_id.hex()
         report.is_final = record.is_final
-        report.step = None if record.is_final else record.step
+        report.step = record.step
         run = self.registry.get_run(record.run_id)
         revoked = self._check_run(run, report, label="run")
-        event = self._weights_event(record)
         what = "final weights" if record.is_final else f"checkpoint at step {record.step}"
-        if event is None:
-            report.add("weights event", False, f"no event on chain records the {what}")
-        else:
-            report.add("weights event", True, f"{what} recorded in tx {event['transactionHash']}")
-            self._check_metrics(event, report)
+        report.add("weights event", True, f"{what} recorded in tx {record.tx_hash}")
+        if record.final is not None:
+            stored = self.registry.is_final_record(record.run_id, record.final)
+            report.add(
+                "final commitment",
+                stored,
+                "the final record matches the commitment stored on chain"
+                if stored
+                else "the final record does not match the commitment stored on chain",
+            )
+        elif run.status is RunStatus.FINALIZED:
+            self._check_checkpoint_proof(record, report)
+        self._check_metrics(record, report)
         revoked = self._check_lineage(run, report) or revoked
         if revoked:
             report.outcome = Outcome.REVOKED
@@ -243,6 +260,26 @@ class Verifier:
         else:
             report.outcome = Outcome.VERIFIED
 
+    def _check_checkpoint_proof(self, record: WeightsRecord, report: VerifyReport) -> None:
+        """A finalized run's checkpoint must sit under its committed checkpoint root."""
+        final = self.registry.final_record(record.run_id)
+        leaves = [record_leaf(r) for r in self.registry.checkpoints(record.run_id)]
+        leaf = record_leaf(record)
+        if final is None or final.final is None or leaf not in leaves:
+            report.add("checkpoint proof", False, "the checkpoint is not among the run's records")
+            return
+        tree = MerkleTree([x.hash for x in leaves])
+        proven = self.registry.verify_checkpoint(
+            record.run_id, final.final, leaf, tree.proof(leaf.hash)
+        )
+        report.add(
+            "checkpoint proof",
+            proven,
+            f"the registry proves it under the run's checkpoint root ({len(leaves)} checkpoints)"
+            if proven
+            else "the checkpoint is not under the run's committed checkpoint root",
+        )
+
     def _check_run(self, run: RunRecord, report: VerifyReport, *, label: str) -> bool:
         """Checks one run's own facts; returns True when it is revoked."""
         rid = "0x" + run.run_id.hex()
@@ -250,15 +287,21 @@ class Verifier:
             f"{label} exists", run.exists, f"{label} {rid}: {run.status.name.lower()}"
         ):
             return False
-        derived = run_id_for(run.committer, run.manifest_digest)
+        started = self._start_event(run.run_id)
+        if started is None:
+            report.add(f"{label} id", False, f"no RunStarted event for {rid}")
+            return run.revoked
+        manifest_digest = bytes(started["manifestDigest"])
+        derived = run_id_for(started["committer"], manifest_digest)
+        same = derived == run.run_id and started["committer"] == run.committer
         report.add(
             f"{label} id",
-            derived == run.run_id,
+            same,
             "run id re-derives from committer and manifest digest"
-            if derived == run.run_id
+            if same
             else f"run id does not re-derive (got 0x{derived.hex()})",
         )
-        manifest = self._document(run.manifest_digest, f"{label} manifest", report)
+        manifest = self._document(manifest_digest, f"{label} manifest", report)
         if manifest is not None:
             report.add(
                 f"{label} manifest schema",
@@ -287,10 +330,13 @@ class Verifier:
         todo = [run]
         while todo:
             child = todo.pop()
-            manifest = self._document_quiet(child.manifest_digest)
+            started = self._start_event(child.run_id)
+            if started is None:
+                continue
+            manifest = self._document_quiet(bytes(started["manifestDigest"]))
             if manifest is None:
                 continue
-            on_chain = self._parents_on_chain(child.run_id)
+            on_chain = {bytes(p["runId"]): int(p["relation"]) for p in started["parents"]}
             declared = {
                 bytes.fromhex(str(p.get("run_id", "")).removeprefix("0x")): str(p.get("relation"))
                 for p in manifest.get("parents", [])
@@ -312,37 +358,26 @@ class Verifier:
                     todo.append(parent)
         return revoked
 
-    def _parents_on_chain(self, run_id: bytes) -> dict[bytes, int]:
-        events = self.registry.events("RunStarted", run_id)
-        if not events:
-            return {}
-        return {bytes(p["runId"]): int(p["relation"]) for p in events[0]["parents"]}
+    def _start_event(self, run_id: bytes) -> dict[str, Any] | None:
+        if run_id not in self._started:
+            events = self.registry.events("RunStarted", run_id)
+            self._started[run_id] = events[0] if events else None
+        return self._started[run_id]
 
     def _revocation_reason(self, run_id: bytes) -> str:
         events = self.registry.events("RunRevoked", run_id)
         return str(events[-1]["reason"]) if events else "(no reason found)"
 
-    def _weights_event(self, record: WeightsRecord) -> dict[str, Any] | None:
-        if record.is_final:
-            events = self.registry.events("RunFinalized", record.run_id)
-        else:
-            events = [
-                e
-                for e in self.registry.events("CheckpointCommitted", record.run_id)
-                if int(e["step"]) == record.step
-            ]
-        return events[0] if events else None
-
-    def _check_metrics(self, event: dict[str, Any], report: VerifyReport) -> None:
-        document = self._document(bytes(event["metricsDigest"]), "metrics", report)
+    def _check_metrics(self, record: WeightsRecord, report: VerifyReport) -> None:
+        document = self._document(record.metrics_digest, "metrics", report)
         if document is None:
             return
         weights = document.get("weights", {})
         try:
-            cid_ok = Cid.parse(str(weights.get("cid"))).digest == bytes(event["weightsDigest"])
+            cid_ok = Cid.parse(str(weights.get("cid"))).digest == record.weights_digest
         except LedgerError:
             cid_ok = False
-        root_ok = weights.get("tensor_root") == bytes(event["tensorRoot"]).hex()
+        root_ok = weights.get("tensor_root") == record.tensor_root.hex()
         report.add(
             "metrics binding",
             cid_ok and root_ok,
@@ -436,3 +471,11 @@ class Verifier:
             if names
         ]
         report.add("tensors", diff.empty, "; ".join(parts) or "all tensors match")
+
+
+def _pick(records: list[WeightsRecord], expected_run: bytes | None) -> WeightsRecord | None:
+    """The record to verify: the expected run's, else a final one, else the oldest."""
+    if expected_run is not None:
+        records = [r for r in records if r.run_id == expected_run] or records
+    chosen = [r for r in records if r.is_final] or records
+    return chosen[0] if chosen else None

@@ -191,3 +191,23 @@ def test_help_lists_the_commands() -> None:
     assert out.returncode == 0
     for command in ("verify", "cid", "deploy", "chain", "revoke", "show", "tensors"):
         assert command in out.stdout
+
+
+def test_proof_prints_a_proof_the_registry_accepts(chain: Chain, tmp_path: Path) -> None:
+    run = train(chain, tmp_path, epochs=3)
+    env = chain_env(chain, tmp_path / "ledger")
+    out = ledger("proof", run.run_id, "1", env=env)
+    assert out.returncode == 0, out.stderr
+    proof = json.loads(out.stdout)
+    assert proof["root_matches"] is True
+    (entry,) = proof["checkpoints"]
+    assert entry["step"] == 1 and entry["verified_by_registry"] is True
+    assert len(entry["proof"]) in (1, 2)  # three leaves: depth 1 or 2 by sorted position
+    missing = ledger("proof", run.run_id, "7", env=env)
+    assert missing.returncode == 11 and "steps: 0, 1, 2" in missing.stderr
+
+
+def test_proof_of_a_run_that_is_not_finalized_is_explained(chain: Chain, tmp_path: Path) -> None:
+    run_id, _ = chain.registry.start_run(os.urandom(32))
+    out = ledger("proof", "0x" + run_id.hex(), "0", env=chain_env(chain, tmp_path / "ledger"))
+    assert out.returncode == 11 and "not finalized" in out.stderr

@@ -71,6 +71,10 @@ def verifier(chain: Chain, tmp_path: Path) -> Verifier:
     return Verifier(chain.registry, LocalStore(tmp_path / "ledger" / "store"))
 
 
+def manifest_digest_of(chain: Chain, run_id: bytes) -> bytes:
+    return bytes(chain.registry.events("RunStarted", run_id)[0]["manifestDigest"])
+
+
 def failed_checks(report: VerifyReport) -> list[str]:
     return [c.name for c in report.checks if not c.ok]
 
@@ -87,7 +91,11 @@ def test_a_trained_model_is_committed_and_verifies(chain: Chain, tmp_path: Path)
         for c in run.commits
     ]
     assert [c.step for c in run.commits] == [0, 1, 2]
-    assert record.checkpoint_root == checkpoint_root(leaves) != b"\x00" * 32
+    final = chain.registry.final_record(run_id)
+    assert final is not None and final.final is not None
+    assert final.final.checkpoint_root == checkpoint_root(leaves) != b"\x00" * 32
+    assert final.final.checkpoint_count == 3
+    assert record.final_commitment == final.final.commitment
 
     report = verifier(chain, tmp_path).verify_file(tmp_path / "model.pt")
     assert report.outcome is Outcome.VERIFIED, report.checks
@@ -103,6 +111,17 @@ def test_a_checkpoint_file_verifies_as_that_checkpoint(chain: Chain, tmp_path: P
     report = verifier(chain, tmp_path).verify_file(checkpoint)
     assert report.outcome is Outcome.VERIFIED
     assert (report.is_final, report.step) == (False, 1)
+    proof = next(c for c in report.checks if c.name == "checkpoint proof")
+    assert proof.ok and "3 checkpoints" in proof.detail
+
+
+def test_the_final_record_is_checked_against_the_stored_commitment(
+    chain: Chain, tmp_path: Path
+) -> None:
+    train(chain, tmp_path)
+    report = verifier(chain, tmp_path).verify_file(tmp_path / "model.pt")
+    commitment = next(c for c in report.checks if c.name == "final commitment")
+    assert commitment.ok
 
 
 def test_same_weights_resaved_or_as_safetensors_verify_by_tensor_root(
@@ -266,8 +285,7 @@ def test_revocation_taints_the_run_and_its_descendants(chain: Chain, tmp_path: P
     # the child's store must also hold the parent's manifest for the lineage walk
     child_store = LocalStore(tmp_path / "c" / "ledger" / "store")
     parent_store = LocalStore(tmp_path / "p" / "ledger" / "store")
-    manifest_digest = chain.registry.get_run(parent_id).manifest_digest
-    cid = find_by_digest(parent_store, manifest_digest)
+    cid = find_by_digest(parent_store, manifest_digest_of(chain, parent_id))
     assert cid is not None
     child_store.put_bytes(parent_store.get_bytes(cid))
 
@@ -289,7 +307,7 @@ def test_changed_or_missing_store_documents_are_a_mismatch(chain: Chain, tmp_pat
     run = train(chain, tmp_path)
     store = LocalStore(tmp_path / "ledger" / "store")
     record = chain.registry.get_run(bytes.fromhex(run.run_id[2:]))
-    manifest_cid = find_by_digest(store, record.manifest_digest)
+    manifest_cid = find_by_digest(store, manifest_digest_of(chain, record.run_id))
     assert manifest_cid is not None
     store.path_for(manifest_cid).write_bytes(b'{"schema":"forged"}')
     report = verifier(chain, tmp_path).verify_file(tmp_path / "model.pt")

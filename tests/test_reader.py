@@ -13,9 +13,10 @@ import pytest
 
 from ledger.chain.reader import RegistryReader
 from ledger.chain.records import checksum_address, run_id_for
-from ledger.chain.registry import Registry, Relation
+from ledger.chain.registry import FinalRecord, Registry, Relation
 from ledger.config import Settings
 from ledger.errors import ConfigError, RegistryNotDeployedError
+from ledger.hashing.merkle import CheckpointLeaf, MerkleTree, checkpoint_root
 from tests.conftest import Chain
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -40,9 +41,12 @@ def reader_for(chain: Chain, tmp_path: Path) -> RegistryReader:
 def test_reader_and_web3_client_agree_on_every_view_and_event(chain: Chain, tmp_path: Path) -> None:
     registry = chain.registry
     parent, _ = registry.start_run(os.urandom(32))
-    registry.commit_checkpoint(parent, 3, os.urandom(32), os.urandom(32), os.urandom(32))
+    leaves = [CheckpointLeaf(s, os.urandom(32), os.urandom(32), os.urandom(32)) for s in (3, 4, 5)]
+    registry.commit_checkpoints([(parent, leaf) for leaf in leaves])
+    registry.commit_checkpoint(parent, leaves[1])  # a re-send: listed once
     weights, root = os.urandom(32), os.urandom(32)
-    registry.finalize_run(parent, weights, root, os.urandom(32), os.urandom(32), 1)
+    final = FinalRecord(weights, root, os.urandom(32), checkpoint_root(leaves), len(leaves))
+    registry.finalize_run(parent, final)
     other, _ = registry.start_run(os.urandom(32))
     child, _ = registry.start_run(
         os.urandom(32), [(parent, Relation.FINE_TUNE), (other, Relation.OTHER)]
@@ -56,9 +60,23 @@ def test_reader_and_web3_client_agree_on_every_view_and_event(chain: Chain, tmp_
         assert reader.get_run(run_id) == registry.get_run(run_id)
         for name in EVENTS:
             assert plain(reader.events(name, run_id)) == plain(registry.events(name, run_id)), name
-    assert reader.find_by_weights(weights) == registry.find_by_weights(weights) is not None
-    assert reader.find_by_tensor_root(root) == registry.find_by_tensor_root(root) is not None
-    assert reader.find_by_weights(os.urandom(32)) is None
+    assert reader.find_by_weights(weights) == registry.find_by_weights(weights) != []
+    assert reader.find_by_tensor_root(root) == registry.find_by_tensor_root(root) != []
+    digest = leaves[0].weights_digest
+    assert reader.find_by_weights(digest) == registry.find_by_weights(digest) != []
+    assert reader.find_by_weights(os.urandom(32)) == []
+    assert reader.find_by_tensor_root(b"\x00" * 32) == []
+    assert reader.checkpoints(parent) == registry.checkpoints(parent)
+    assert len(reader.checkpoints(parent)) == 3
+    assert reader.final_record(parent) == registry.final_record(parent) is not None
+    assert reader.is_final_record(parent, final) and registry.is_final_record(parent, final)
+    assert not reader.is_final_record(child, final)
+    tree = MerkleTree([leaf.hash for leaf in leaves])
+    for leaf in leaves:
+        proof = tree.proof(leaf.hash)
+        assert reader.verify_checkpoint(parent, final, leaf, proof)
+        assert registry.verify_checkpoint(parent, final, leaf, proof)
+    assert not reader.verify_checkpoint(parent, final, leaves[0], tree.proof(leaves[1].hash))
     for account in (chain.admin.address, chain.alice.address):
         assert reader.is_committer(account) == registry.is_committer(account)
     started = reader.events("RunStarted", child)[0]

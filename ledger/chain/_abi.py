@@ -1,10 +1,11 @@
 """The part of the Solidity ABI codec the read-only client needs, without web3.
 
-Encodes static call arguments (``bytes32``, ``address``, ``uintN``, ``bool``)
-and decodes return data and event data of the types the registry uses: static
-words, ``string``/``bytes``, dynamic arrays ``T[]`` and tuples (decoded to dicts
-keyed by component name, as web3 does for events). Written from the Solidity
-ABI specification (docs.soliditylang.org, "Contract ABI Specification").
+Encodes call arguments (static words, static tuples, ``bytes``/``string`` and
+dynamic arrays ``T[]``) and decodes return data and event data of the types the
+registry uses: static words, ``string``/``bytes``, dynamic arrays ``T[]`` and
+tuples (decoded to dicts keyed by component name, as web3 does for events).
+Written from the Solidity ABI specification (docs.soliditylang.org, "Contract
+ABI Specification").
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ledger.chain.records import checksum_address, keccak256
+from ledger.chain.records import checksum_address
+from ledger.hashing._keccak import keccak256
 
 Param = Mapping[str, Any]
 """One ABI parameter as the artifact's JSON describes it (``type``, ``components``...)."""
@@ -59,12 +61,42 @@ def encode_static(kind: str, value: Any) -> bytes:
 
 
 def encode_call(function: Param, args: Sequence[Any]) -> bytes:
-    kinds = [canonical_type(p) for p in function["inputs"]]
-    if len(kinds) != len(args):
-        raise ValueError(f"{function['name']} takes {len(kinds)} arguments, got {len(args)}")
-    return selector(function) + b"".join(
-        encode_static(k, a) for k, a in zip(kinds, args, strict=True)
-    )
+    params = function["inputs"]
+    if len(params) != len(args):
+        raise ValueError(f"{function['name']} takes {len(params)} arguments, got {len(args)}")
+    return selector(function) + encode_params(params, args)
+
+
+def encode_params(params: Sequence[Param], values: Sequence[Any]) -> bytes:
+    """Values laid out as one ABI tuple: static heads inline, dynamic ones by offset."""
+    head_size = sum(_head_size(p) for p in params)
+    heads: list[bytes] = []
+    tails: list[bytes] = []
+    for param, value in zip(params, values, strict=True):
+        encoded = _encode_value(param, value)
+        if _is_dynamic(param):
+            offset = head_size + sum(len(t) for t in tails)
+            heads.append(offset.to_bytes(WORD, "big"))
+            tails.append(encoded)
+        else:
+            heads.append(encoded)
+    return b"".join(heads) + b"".join(tails)
+
+
+def _encode_value(param: Param, value: Any) -> bytes:
+    kind = str(param["type"])
+    if kind.endswith("[]"):
+        element = {**param, "type": kind[:-2]}
+        items = list(value)
+        return len(items).to_bytes(WORD, "big") + encode_params([element] * len(items), items)
+    if kind == "tuple":
+        items = list(value.values()) if isinstance(value, Mapping) else list(value)
+        return encode_params(param["components"], items)
+    if kind in ("string", "bytes"):
+        raw = value.encode() if isinstance(value, str) else bytes(value)
+        padded = raw + bytes(-len(raw) % WORD)
+        return len(raw).to_bytes(WORD, "big") + padded
+    return encode_static(kind, value)
 
 
 def _is_dynamic(param: Param) -> bool:

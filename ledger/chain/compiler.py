@@ -30,7 +30,15 @@ SETTINGS: dict[str, Any] = {
     "evmVersion": "cancun",
     "remappings": ["@openzeppelin/=node_modules/@openzeppelin/"],
     "outputSelection": {
-        "*": {"*": ["abi", "evm.bytecode.object", "evm.deployedBytecode.object", "metadata"]}
+        "*": {
+            "*": [
+                "abi",
+                "evm.bytecode.object",
+                "evm.deployedBytecode.object",
+                "evm.deployedBytecode.immutableReferences",
+                "metadata",
+            ]
+        }
     },
 }
 
@@ -104,6 +112,8 @@ def compile_registry(root: Path | None = None) -> dict[str, Any]:
         "abi": contract["abi"],
         "bytecode": "0x" + contract["evm"]["bytecode"]["object"],
         "deployedBytecode": "0x" + contract["evm"]["deployedBytecode"]["object"],
+        # byte ranges of the runtime code that the constructor fills in (EIP-712 caches)
+        "immutableReferences": contract["evm"]["deployedBytecode"].get("immutableReferences", {}),
     }
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from typing import Any
 
 from ledger.chain import _abi
@@ -21,13 +22,17 @@ from ledger.chain.compiler import load_artifact
 from ledger.chain.records import (
     COMMITTER_ROLE,
     ZERO32,
+    FinalRecord,
     RunRecord,
     RunStatus,
     WeightsRecord,
     checksum_address,
+    dedupe_checkpoints,
+    record_of,
 )
 from ledger.config import Settings
 from ledger.errors import ChainError, ChainUnavailableError, ConfigError, RegistryNotDeployedError
+from ledger.hashing.merkle import CheckpointLeaf
 
 TIMEOUT = 10.0
 
@@ -115,71 +120,106 @@ class RegistryReader:
 
     def get_run(self, run_id: bytes) -> RunRecord:
         (raw,) = self._call("getRun", run_id)
-        committer, started_at, status, revoked, manifest, root = raw.values()
+        committer, started_at, status, revoked, commitment = raw.values()
         return RunRecord(
             run_id=run_id,
             committer=str(committer),
             started_at=int(started_at),
             status=RunStatus(status),
             revoked=bool(revoked),
-            manifest_digest=bytes(manifest),
-            checkpoint_root=bytes(root),
+            final_commitment=bytes(commitment),
         )
 
-    def find_by_weights(self, digest: bytes) -> WeightsRecord | None:
-        return _weights_record(self._call("findByWeights", digest)[0])
+    def is_final_record(self, run_id: bytes, record: FinalRecord) -> bool:
+        return bool(self._call("isFinalRecord", run_id, record.as_tuple())[0])
 
-    def find_by_tensor_root(self, root: bytes) -> WeightsRecord | None:
-        return _weights_record(self._call("findByTensorRoot", root)[0])
+    def verify_checkpoint(
+        self,
+        run_id: bytes,
+        record: FinalRecord,
+        checkpoint: CheckpointLeaf,
+        proof: Sequence[bytes],
+    ) -> bool:
+        leaf = (
+            checkpoint.step,
+            checkpoint.weights_digest,
+            checkpoint.tensor_root,
+            checkpoint.metrics_digest,
+        )
+        return bool(self._call("verifyCheckpoint", run_id, record.as_tuple(), leaf, list(proof))[0])
 
     def is_committer(self, account: str) -> bool:
         return bool(self._call("hasRole", COMMITTER_ROLE, account)[0])
 
     # -- events -----------------------------------------------------------------
 
+    def find_by_weights(self, digest: bytes) -> list[WeightsRecord]:
+        return self._find_weights(digest, topic_index=2)
+
+    def find_by_tensor_root(self, root: bytes) -> list[WeightsRecord]:
+        if root == ZERO32:  # "not a tensor file": nothing to find
+            return []
+        return self._find_weights(root, topic_index=3)
+
+    def checkpoints(self, run_id: bytes) -> list[WeightsRecord]:
+        events = self.events("CheckpointCommitted", run_id)
+        return dedupe_checkpoints([record_of("CheckpointCommitted", e) for e in events])
+
+    def final_record(self, run_id: bytes) -> WeightsRecord | None:
+        events = self.events("RunFinalized", run_id)
+        return record_of("RunFinalized", events[0]) if events else None
+
     def events(self, name: str, run_id: bytes) -> list[dict[str, Any]]:
-        event = self._events[name]
-        inputs = event["inputs"]
-        indexed = [p for p in inputs if p.get("indexed")]
-        if not indexed or indexed[0]["name"] != "runId":
-            raise ChainError(f"event {name} is not indexed by runId first")
+        topic = "0x" + _abi.topic(self._events[name]).hex()
+        return [event for _, event in self._logs([topic, "0x" + run_id.hex()])]
+
+    def _find_weights(self, value: bytes, *, topic_index: int) -> list[WeightsRecord]:
+        names = ("CheckpointCommitted", "RunFinalized")
+        topics: list[Any] = [["0x" + _abi.topic(self._events[n]).hex() for n in names]]
+        topics += [None] * (topic_index - 1) + ["0x" + value.hex()]
+        return [record_of(name, event) for name, event in self._logs(topics)]
+
+    def _logs(self, topics: list[Any]) -> list[tuple[str, dict[str, Any]]]:
+        """The registry's logs matching ``topics``, decoded, oldest first."""
         logs = self.rpc(
             "eth_getLogs",
             {
                 "address": self.address,
                 "fromBlock": hex(self.deploy_block),
                 "toBlock": "latest",
-                "topics": ["0x" + _abi.topic(event).hex(), "0x" + run_id.hex()],
+                "topics": topics,
             },
         )
-        plain = [p for p in inputs if not p.get("indexed")]
+        by_topic = {"0x" + _abi.topic(e).hex(): e for e in self._events.values()}
         decoded = []
         for log in logs or []:
-            try:
-                topics = [bytes.fromhex(str(t)[2:]) for t in log["topics"][1:]]
-                values = dict(
-                    zip(
-                        (str(p["name"]) for p in plain),
-                        _abi.decode_params(plain, bytes.fromhex(str(log["data"])[2:])),
-                        strict=True,
-                    )
-                )
-                for param, word in zip(indexed, topics, strict=True):
-                    values[str(param["name"])] = _abi.decode_params([param], word)[0]
-                decoded.append(
-                    {
-                        **{str(p["name"]): values[str(p["name"])] for p in inputs},
-                        "blockNumber": int(log["blockNumber"], 16),
-                        "transactionHash": str(log["transactionHash"]),
-                    }
-                )
-            except (KeyError, TypeError, ValueError) as exc:
-                raise ChainError(f"cannot decode a {name} log from {self.address}: {exc}") from exc
+            event = by_topic.get(str(log["topics"][0]))
+            if event is None:
+                continue
+            decoded.append((str(event["name"]), self._decode(event, log)))
         return decoded
 
-
-def _weights_record(raw: dict[str, Any]) -> WeightsRecord | None:
-    run_id, is_final, step = raw.values()
-    if bytes(run_id) == ZERO32:
-        return None
-    return WeightsRecord(run_id=bytes(run_id), is_final=bool(is_final), step=int(step))
+    def _decode(self, event: dict[str, Any], log: dict[str, Any]) -> dict[str, Any]:
+        inputs = event["inputs"]
+        indexed = [p for p in inputs if p.get("indexed")]
+        plain = [p for p in inputs if not p.get("indexed")]
+        try:
+            topics = [bytes.fromhex(str(t)[2:]) for t in log["topics"][1:]]
+            values = dict(
+                zip(
+                    (str(p["name"]) for p in plain),
+                    _abi.decode_params(plain, bytes.fromhex(str(log["data"])[2:])),
+                    strict=True,
+                )
+            )
+            for param, word in zip(indexed, topics, strict=True):
+                values[str(param["name"])] = _abi.decode_params([param], word)[0]
+            return {
+                **{str(p["name"]): values[str(p["name"])] for p in inputs},
+                "blockNumber": int(log["blockNumber"], 16),
+                "transactionHash": str(log["transactionHash"]),
+            }
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ChainError(
+                f"cannot decode a {event['name']} log from {self.address}: {exc}"
+            ) from exc

@@ -10,17 +10,14 @@ JSON-RPC, read-only) satisfy.
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from Crypto.Hash import keccak as _keccak
+from ledger.hashing._keccak import keccak256
+from ledger.hashing.merkle import CheckpointLeaf
 
 ZERO32 = b"\x00" * 32
-
-
-def keccak256(data: bytes) -> bytes:
-    """Ethereum's keccak-256 (not NIST SHA3-256)."""
-    return _keccak.new(data=data, digest_bits=256).digest()
 
 
 COMMITTER_ROLE = keccak256(b"COMMITTER_ROLE")
@@ -79,8 +76,7 @@ class RunRecord:
     started_at: int
     status: RunStatus
     revoked: bool
-    manifest_digest: bytes
-    checkpoint_root: bytes
+    final_commitment: bytes
 
     @property
     def exists(self) -> bool:
@@ -88,10 +84,60 @@ class RunRecord:
 
 
 @dataclass(frozen=True)
+class FinalRecord:
+    """What a run is finalized with; the contract stores ``keccak256(abi.encode(...))``."""
+
+    weights_digest: bytes
+    tensor_root: bytes
+    metrics_digest: bytes
+    checkpoint_root: bytes
+    checkpoint_count: int
+
+    def as_tuple(self) -> tuple[bytes, bytes, bytes, bytes, int]:
+        return (
+            self.weights_digest,
+            self.tensor_root,
+            self.metrics_digest,
+            self.checkpoint_root,
+            self.checkpoint_count,
+        )
+
+    @property
+    def commitment(self) -> bytes:
+        # abi.encode of a static struct: its five fields, one 32-byte word each
+        return keccak256(
+            self.weights_digest
+            + self.tensor_root
+            + self.metrics_digest
+            + self.checkpoint_root
+            + self.checkpoint_count.to_bytes(32, "big")
+        )
+
+
+@dataclass(frozen=True)
 class WeightsRecord:
+    """A weights digest as recorded by one event: a checkpoint or a run's final weights."""
+
     run_id: bytes
     is_final: bool
-    step: int
+    step: int | None
+    weights_digest: bytes
+    tensor_root: bytes
+    metrics_digest: bytes
+    block_number: int
+    tx_hash: str
+    final: FinalRecord | None = None
+
+
+@dataclass(frozen=True)
+class SignedCall:
+    """A registry call signed off chain (EIP-712), ready for any relayer."""
+
+    signer: str
+    nonce: int
+    deadline: int
+    data: bytes
+    signature: bytes
 
 
 @dataclass(frozen=True)
@@ -101,19 +147,84 @@ class TxResult:
     gas_used: int
 
 
+def record_of(name: str, event: dict[str, Any]) -> WeightsRecord:
+    """The record a decoded ``CheckpointCommitted`` or ``RunFinalized`` event makes."""
+    final = None
+    if name == "RunFinalized":
+        final = FinalRecord(
+            bytes(event["weightsDigest"]),
+            bytes(event["tensorRoot"]),
+            bytes(event["metricsDigest"]),
+            bytes(event["checkpointRoot"]),
+            int(event["checkpointCount"]),
+        )
+    return WeightsRecord(
+        run_id=bytes(event["runId"]),
+        is_final=final is not None,
+        step=None if final is not None else int(event["step"]),
+        weights_digest=bytes(event["weightsDigest"]),
+        tensor_root=bytes(event["tensorRoot"]),
+        metrics_digest=bytes(event["metricsDigest"]),
+        block_number=int(event["blockNumber"]),
+        tx_hash=str(event["transactionHash"]),
+        final=final,
+    )
+
+
+def record_leaf(record: WeightsRecord) -> CheckpointLeaf:
+    """The Merkle leaf of a checkpoint record."""
+    return CheckpointLeaf(
+        record.step or 0, record.weights_digest, record.tensor_root, record.metrics_digest
+    )
+
+
+def dedupe_checkpoints(records: list[WeightsRecord]) -> list[WeightsRecord]:
+    """Checkpoint records in order, re-sent duplicates (same leaf) dropped."""
+    seen: set[CheckpointLeaf] = set()
+    kept = []
+    for record in records:
+        leaf = record_leaf(record)
+        if leaf not in seen:
+            seen.add(leaf)
+            kept.append(record)
+    return kept
+
+
 class RegistryView(Protocol):
     """The registry's read side, as the verifier uses it."""
 
     def get_run(self, run_id: bytes) -> RunRecord:
-        """The run's record (status ``NONE`` when there is no such run)."""
+        """The run's stored record (status ``NONE`` when there is no such run)."""
         ...
 
-    def find_by_weights(self, digest: bytes) -> WeightsRecord | None:
-        """The run whose checkpoint or final weights have this file digest."""
+    def find_by_weights(self, digest: bytes) -> list[WeightsRecord]:
+        """Every record of a weights file CID digest, oldest first."""
         ...
 
-    def find_by_tensor_root(self, root: bytes) -> WeightsRecord | None:
-        """The run whose checkpoint or final weights have this tensor root."""
+    def find_by_tensor_root(self, root: bytes) -> list[WeightsRecord]:
+        """Every record of a tensor root, oldest first; none for a zero root."""
+        ...
+
+    def checkpoints(self, run_id: bytes) -> list[WeightsRecord]:
+        """A run's checkpoint records in commit order, re-sent duplicates dropped."""
+        ...
+
+    def final_record(self, run_id: bytes) -> WeightsRecord | None:
+        """A run's final weights record, if it was finalized."""
+        ...
+
+    def is_final_record(self, run_id: bytes, record: FinalRecord) -> bool:
+        """Whether ``record`` matches the final commitment stored for the run."""
+        ...
+
+    def verify_checkpoint(
+        self,
+        run_id: bytes,
+        record: FinalRecord,
+        checkpoint: CheckpointLeaf,
+        proof: Sequence[bytes],
+    ) -> bool:
+        """The registry's own check of a checkpoint's Merkle proof."""
         ...
 
     def is_committer(self, account: str) -> bool:

@@ -24,11 +24,16 @@ from ledger.chain.records import (
     ADMIN_ROLE,
     COMMITTER_ROLE,
     ZERO32,
+    FinalRecord,
     Relation,
     RunRecord,
     RunStatus,
+    SignedCall,
     TxResult,
     WeightsRecord,
+    dedupe_checkpoints,
+    record_leaf,
+    record_of,
     run_id_for,
 )
 from ledger.config import Settings, resolve_private_key
@@ -39,18 +44,22 @@ from ledger.errors import (
     RegistryNotDeployedError,
     TransactionRevertedError,
 )
+from ledger.hashing.merkle import CheckpointLeaf
 
 __all__ = [
     "ADMIN_ROLE",
     "COMMITTER_ROLE",
+    "FinalRecord",
     "Registry",
     "Relation",
     "RunRecord",
     "RunStatus",
+    "SignedCall",
     "TxResult",
     "WeightsRecord",
     "connect_web3",
     "load_account",
+    "record_leaf",
 ]
 
 
@@ -112,36 +121,33 @@ class Registry:
     def start_run(
         self, manifest_digest: bytes, parents: Sequence[tuple[bytes, Relation]] = ()
     ) -> tuple[bytes, TxResult]:
-        fn = self.contract.functions.startRun(
-            manifest_digest, [(pid, int(rel)) for pid, rel in parents]
-        )
+        fn = self.contract.functions.startRun(manifest_digest, _parents(parents))
         return self.run_id_for(self._signer().address, manifest_digest), self._send(fn)[0]
 
-    def commit_checkpoint(
-        self,
-        run_id: bytes,
-        step: int,
-        weights_digest: bytes,
-        tensor_root: bytes,
-        metrics_digest: bytes,
-    ) -> TxResult:
-        fn = self.contract.functions.commitCheckpoint(
-            run_id, step, weights_digest, tensor_root, metrics_digest
+    def start_runs(
+        self, requests: Sequence[tuple[bytes, Sequence[tuple[bytes, Relation]]]]
+    ) -> tuple[list[bytes], TxResult]:
+        """Start several runs in one transaction."""
+        fn = self.contract.functions.startRuns([(m, _parents(p)) for m, p in requests])
+        committer = self._signer().address
+        return [self.run_id_for(committer, m) for m, _ in requests], self._send(fn)[0]
+
+    def commit_checkpoint(self, run_id: bytes, checkpoint: CheckpointLeaf) -> TxResult:
+        fn = self.contract.functions.commitCheckpoint(run_id, _checkpoint(checkpoint))
+        return self._send(fn)[0]
+
+    def commit_checkpoints(self, requests: Sequence[tuple[bytes, CheckpointLeaf]]) -> TxResult:
+        """Commit several checkpoints (of one or more runs) in one transaction."""
+        fn = self.contract.functions.commitCheckpoints(
+            [(run_id, _checkpoint(c)) for run_id, c in requests]
         )
         return self._send(fn)[0]
 
-    def finalize_run(
-        self,
-        run_id: bytes,
-        weights_digest: bytes,
-        tensor_root: bytes,
-        metrics_digest: bytes,
-        checkpoint_root: bytes,
-        checkpoint_count: int,
-    ) -> TxResult:
-        fn = self.contract.functions.finalizeRun(
-            run_id, weights_digest, tensor_root, metrics_digest, checkpoint_root, checkpoint_count
-        )
+    def finalize_run(self, run_id: bytes, record: FinalRecord) -> TxResult:
+        return self._send(self.contract.functions.finalizeRun(run_id, record.as_tuple()))[0]
+
+    def finalize_runs(self, requests: Sequence[tuple[bytes, FinalRecord]]) -> TxResult:
+        fn = self.contract.functions.finalizeRuns([(r, f.as_tuple()) for r, f in requests])
         return self._send(fn)[0]
 
     def mark_failed(self, run_id: bytes, reason: str) -> TxResult:
@@ -158,26 +164,109 @@ class Registry:
         fn = self.contract.functions.revokeRole(COMMITTER_ROLE, to_checksum_address(account))
         return self._send(fn)[0]
 
+    # -- signed calls -----------------------------------------------------------
+
+    def sign_call(
+        self,
+        signer: LocalAccount,
+        function: str,
+        *args: Any,
+        deadline: int | None = None,
+        nonce: int | None = None,
+    ) -> SignedCall:
+        """``signer``'s EIP-712 signature of a call to ``function(*args)`` for any relayer."""
+        data = bytes.fromhex(self.contract.encode_abi(function, args=list(args))[2:])
+        if nonce is None:
+            nonce = int(self._call(self.contract.functions.nonces(signer.address)))
+        if deadline is None:
+            deadline = int(self.w3.eth.get_block("latest")["timestamp"]) + 3600
+        typed = {
+            "types": {
+                "EIP712Domain": [
+                    {"name": "name", "type": "string"},
+                    {"name": "version", "type": "string"},
+                    {"name": "chainId", "type": "uint256"},
+                    {"name": "verifyingContract", "type": "address"},
+                ],
+                "SignedCall": [
+                    {"name": "signer", "type": "address"},
+                    {"name": "nonce", "type": "uint256"},
+                    {"name": "deadline", "type": "uint256"},
+                    {"name": "data", "type": "bytes"},
+                ],
+            },
+            "primaryType": "SignedCall",
+            "domain": {
+                "name": "ProvenanceRegistry",
+                "version": "2",
+                "chainId": self.w3.eth.chain_id,
+                "verifyingContract": self.address,
+            },
+            "message": {
+                "signer": signer.address,
+                "nonce": nonce,
+                "deadline": deadline,
+                "data": data,
+            },
+        }
+        signature = signer.sign_typed_data(full_message=typed).signature
+        return SignedCall(signer.address, nonce, deadline, data, bytes(signature))
+
+    def submit_signed(self, call: SignedCall) -> TxResult:
+        """Relay a signed call; this client's account pays, the record names the signer."""
+        fn = self.contract.functions.executeSigned(
+            call.signer, call.nonce, call.deadline, call.data, call.signature
+        )
+        return self._send(fn)[0]
+
     # -- reads ----------------------------------------------------------------
 
     def get_run(self, run_id: bytes) -> RunRecord:
         raw = self._call(self.contract.functions.getRun(run_id))
-        committer, started_at, status, revoked, manifest, root = raw
+        committer, started_at, status, revoked, commitment = raw
         return RunRecord(
             run_id=run_id,
             committer=to_checksum_address(committer),
             started_at=int(started_at),
             status=RunStatus(status),
             revoked=bool(revoked),
-            manifest_digest=bytes(manifest),
-            checkpoint_root=bytes(root),
+            final_commitment=bytes(commitment),
         )
 
-    def find_by_weights(self, digest: bytes) -> WeightsRecord | None:
-        return _weights_record(self._call(self.contract.functions.findByWeights(digest)))
+    def is_final_record(self, run_id: bytes, record: FinalRecord) -> bool:
+        return bool(self._call(self.contract.functions.isFinalRecord(run_id, record.as_tuple())))
 
-    def find_by_tensor_root(self, root: bytes) -> WeightsRecord | None:
-        return _weights_record(self._call(self.contract.functions.findByTensorRoot(root)))
+    def verify_checkpoint(
+        self, run_id: bytes, record: FinalRecord, checkpoint: CheckpointLeaf, proof: Sequence[bytes]
+    ) -> bool:
+        """The contract's own check of a checkpoint's Merkle proof against the final record."""
+        fn = self.contract.functions.verifyCheckpoint(
+            run_id, record.as_tuple(), _checkpoint(checkpoint), list(proof)
+        )
+        return bool(self._call(fn))
+
+    def find_by_weights(self, digest: bytes) -> list[WeightsRecord]:
+        """Every record of a weights file CID digest, oldest first (one ``eth_getLogs``)."""
+        return self._find_weights(digest, topic_index=2)
+
+    def find_by_tensor_root(self, root: bytes) -> list[WeightsRecord]:
+        """Every record of a tensor root, oldest first (one ``eth_getLogs``).
+
+        A zero root means "not a tensor file" and finds nothing.
+        """
+        if root == ZERO32:
+            return []
+        return self._find_weights(root, topic_index=3)
+
+    def checkpoints(self, run_id: bytes) -> list[WeightsRecord]:
+        """A run's checkpoint records in commit order, re-sent duplicates dropped."""
+        events = self.events("CheckpointCommitted", run_id)
+        return dedupe_checkpoints([record_of("CheckpointCommitted", e) for e in events])
+
+    def final_record(self, run_id: bytes) -> WeightsRecord | None:
+        """A run's final weights record, if it was finalized."""
+        events = self.events("RunFinalized", run_id)
+        return record_of("RunFinalized", events[0]) if events else None
 
     def is_committer(self, account: str) -> bool:
         fn = self.contract.functions.hasRole(COMMITTER_ROLE, to_checksum_address(account))
@@ -202,14 +291,25 @@ class Registry:
             logs = event.get_logs(argument_filters={"runId": run_id}, from_block=self.deploy_block)
         except (Web3Exception, OSError) as exc:
             raise ChainError(f"cannot read {name} events from {self.address}: {exc}") from exc
-        return [
-            {
-                **dict(log["args"]),
-                "blockNumber": log["blockNumber"],
-                "transactionHash": "0x" + bytes(log["transactionHash"]).hex(),
-            }
-            for log in logs
-        ]
+        return [_event_dict(log) for log in logs]
+
+    def _find_weights(self, value: bytes, *, topic_index: int) -> list[WeightsRecord]:
+        names = ("CheckpointCommitted", "RunFinalized")
+        signatures = [getattr(self.contract.events, n).topic for n in names]
+        topics: list[Any] = [signatures, None, None, None]
+        topics[topic_index] = "0x" + value.hex()
+        try:
+            logs = self.w3.eth.get_logs(
+                {"address": self.address, "fromBlock": self.deploy_block, "topics": topics}
+            )
+        except (Web3Exception, OSError) as exc:
+            raise ChainError(f"cannot search the logs of {self.address}: {exc}") from exc
+        records = []
+        for log in logs:
+            name = names[signatures.index("0x" + bytes(log["topics"][0]).hex())]
+            event = getattr(self.contract.events, name)().process_log(log)
+            records.append(record_of(name, _event_dict(event)))
+        return records
 
     # -- plumbing -------------------------------------------------------------
 
@@ -312,8 +412,17 @@ def _show(value: object) -> str:
     return str(value)
 
 
-def _weights_record(raw: Any) -> WeightsRecord | None:
-    run_id, is_final, step = raw
-    if bytes(run_id) == ZERO32:
-        return None
-    return WeightsRecord(run_id=bytes(run_id), is_final=bool(is_final), step=int(step))
+def _parents(parents: Sequence[tuple[bytes, Relation]]) -> list[tuple[bytes, int]]:
+    return [(run_id, int(relation)) for run_id, relation in parents]
+
+
+def _checkpoint(leaf: CheckpointLeaf) -> tuple[int, bytes, bytes, bytes]:
+    return (leaf.step, leaf.weights_digest, leaf.tensor_root, leaf.metrics_digest)
+
+
+def _event_dict(log: Any) -> dict[str, Any]:
+    return {
+        **dict(log["args"]),
+        "blockNumber": int(log["blockNumber"]),
+        "transactionHash": "0x" + bytes(log["transactionHash"]).hex(),
+    }

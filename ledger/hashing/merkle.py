@@ -13,10 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from eth_abi.abi import encode as abi_encode
-from eth_utils.crypto import keccak
-
-CHECKPOINT_LEAF_TYPES = ("uint64", "bytes32", "bytes32", "bytes32")
+from ledger.hashing._keccak import keccak256 as keccak
 
 
 @dataclass(frozen=True)
@@ -28,8 +25,20 @@ class CheckpointLeaf:
 
     @property
     def hash(self) -> bytes:
-        values = (self.step, self.weights_digest, self.tensor_root, self.metrics_digest)
-        return keccak(keccak(abi_encode(list(CHECKPOINT_LEAF_TYPES), list(values))))
+        # abi.encode of four static values: each one 32-byte word
+        encoded = (
+            self.step.to_bytes(32, "big")
+            + _word(self.weights_digest)
+            + _word(self.tensor_root)
+            + _word(self.metrics_digest)
+        )
+        return keccak(keccak(encoded))
+
+
+def _word(value: bytes) -> bytes:
+    if len(value) != 32:
+        raise ValueError(f"a bytes32 value must have 32 bytes, not {len(value)}")
+    return value
 
 
 def _hash_pair(a: bytes, b: bytes) -> bytes:
