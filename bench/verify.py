@@ -224,6 +224,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         env.update(LEDGER_HOME=str(work / "ledger"), LEDGER_RPC_URL=anvil.rpc_url)
         ledger_verify = [str(VENV_BIN / "ledger"), "verify", str(model), "--json"]
 
+        # An installed package has its bytecode; PYTHONDONTWRITEBYTECODE (set in some
+        # shells) would otherwise make every `ledger` start recompile the sources.
+        import compileall
+
+        compileall.compile_dir(str(REPO / "ledger"), quiet=1)
         print("warming the page cache (figures are warm-cache) ...", flush=True)
         sha256_one_pass(model)
         commands: dict[str, Callable[[], tuple[float, int]]] = {

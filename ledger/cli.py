@@ -149,7 +149,7 @@ def cid(
     from ledger.hashing.cid import file_cid
 
     with _progress(path, json_output=False) as progress:
-        result = file_cid(path, cid_version=cid_version, progress=progress)
+        result = file_cid(path, cid_version=cid_version, progress=progress, mapped=True)
     typer.echo(str(result))
 
 
@@ -243,10 +243,15 @@ class _BackgroundCid:
             if self._progress is not None:
                 self._progress(done)
 
-        return file_cid(self._path, progress=progress)
+        return file_cid(self._path, progress=progress, mapped=True)
 
     def __enter__(self) -> _BackgroundCid:
-        if not self._path.is_dir():
+        from ledger import _early
+
+        early = _early.take(self._path)
+        if early is not None:
+            self._future = early  # already hashing since the process started
+        elif not self._path.is_dir():
             self._future = self._pool.submit(self._hash)
         return self
 

@@ -159,3 +159,23 @@ def test_a_progress_bar_only_for_large_files_on_a_terminal_without_json() -> Non
     assert not wants_progress(big, json_output=False, stream=io.StringIO())  # not a TTY
     assert not wants_progress(PROGRESS_THRESHOLD, json_output=False, stream=Terminal())
     assert not wants_progress(big, json_output=False, stream=Closed())
+
+
+@pytest.mark.parametrize("cid_version", [0, 1])
+def test_the_mapped_path_agrees_across_map_windows(fifty_mib: Path, cid_version: int) -> None:
+    # 50 MiB spans two 32 MiB map windows, the second one short.
+    expected = file_cid(fifty_mib, cid_version=cid_version, workers=1)
+    assert file_cid(fifty_mib, cid_version=cid_version, mapped=True) == expected
+
+
+@pytest.mark.parametrize("size", [1, DEFAULT_CHUNK_SIZE - 1, DEFAULT_CHUNK_SIZE, 3 * MiB + 5])
+def test_the_mapped_path_agrees_on_small_files(tmp_path: Path, size: int) -> None:
+    path = tmp_path / "blob"
+    write_streaming(path, patterned(size))
+    assert file_cid(path, mapped=True) == file_cid(path, workers=1)
+
+
+def test_the_mapped_path_reports_progress_of_every_byte(fifty_mib: Path) -> None:
+    seen: list[int] = []
+    file_cid(fifty_mib, mapped=True, progress=seen.append)
+    assert sum(seen) == 50 * MiB + 3

@@ -31,7 +31,12 @@ import os
 import stat
 
 from ledger.errors import FileMissingError, InputError
-from ledger.hashing._engine import Progress, default_workers, hash_stream_parallel
+from ledger.hashing._engine import (
+    Progress,
+    default_workers,
+    hash_file_mapped,
+    hash_stream_parallel,
+)
 from ledger.hashing._multiformats import DAG_PB, RAW, Cid
 from ledger.hashing._unixfs import UnixFsHasher
 
@@ -81,8 +86,14 @@ def file_cid(
     cid_version: int = 1,
     workers: int | None = None,
     progress: Progress | None = None,
+    mapped: bool = False,
 ) -> Cid:
     """The CID ``ipfs add --only-hash`` would give the regular file at ``path``.
+
+    ``mapped=True`` hashes the file's pages in place (memory-mapped, a window at
+    a time) instead of copying them into buffers: markedly faster on small
+    machines, but only for files no one truncates meanwhile (the read-only
+    commands use it; writers of the store do not).
 
     Chunks are hashed on ``workers`` threads (default: one per core; ``1``
     hashes on the calling thread). ``progress``, if given, is called on the
@@ -109,7 +120,14 @@ def file_cid(
         with open(path, "rb", buffering=0) as stream:
             if hasattr(os, "posix_fadvise"):
                 os.posix_fadvise(stream.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
-            root = hash_stream_parallel(stream, cid_version, workers=workers, progress=progress)
+            if mapped and info.st_size and workers != 1:
+                root = hash_file_mapped(
+                    stream.fileno(), info.st_size, cid_version, workers=workers, progress=progress
+                )
+            else:
+                root = hash_stream_parallel(stream, cid_version, workers=workers, progress=progress)
+            if os.fstat(stream.fileno()).st_size != info.st_size:
+                raise InputError(f"{shown!r} changed size while it was being hashed; try again")
     except FileNotFoundError:
         raise FileMissingError(f"{shown!r} disappeared while it was being read") from None
     except OSError as exc:
