@@ -215,10 +215,12 @@ class Verifier:
                 self._explain_against(expected_run, cid, tensors, report)
                 report.outcome = Outcome.MISMATCH
             else:
-                what = (
-                    "its tensor root" if cid is None else "neither the file CID nor its tensor root"
+                detail = (
+                    "the folder's tensor root is not recorded"
+                    if cid is None
+                    else "neither the file CID nor its tensor root is recorded"
                 )
-                report.add("record", False, f"{what} is not recorded")
+                report.add("record", False, detail)
                 report.outcome = Outcome.UNKNOWN
             return report
         if expected_run is not None and record.run_id != expected_run:
