@@ -24,7 +24,6 @@ from ledger.chain.records import (
     ZERO32,
     FinalRecord,
     RunRecord,
-    RunStatus,
     WeightsRecord,
     checksum_address,
     dedupe_checkpoints,
@@ -120,15 +119,7 @@ class RegistryReader:
 
     def get_run(self, run_id: bytes) -> RunRecord:
         (raw,) = self._call("getRun", run_id)
-        committer, started_at, status, revoked, commitment = raw.values()
-        return RunRecord(
-            run_id=run_id,
-            committer=str(committer),
-            started_at=int(started_at),
-            status=RunStatus(status),
-            revoked=bool(revoked),
-            final_commitment=bytes(commitment),
-        )
+        return RunRecord.from_view(run_id, list(raw.values()))
 
     def is_final_record(self, run_id: bytes, record: FinalRecord) -> bool:
         return bool(self._call("isFinalRecord", run_id, record.as_tuple())[0])

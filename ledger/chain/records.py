@@ -78,6 +78,19 @@ class RunRecord:
     revoked: bool
     final_commitment: bytes
 
+    @classmethod
+    def from_view(cls, run_id: bytes, values: Sequence[Any]) -> RunRecord:
+        """The record from ``getRun``'s decoded return values, in the struct's order."""
+        committer, started_at, status, revoked, commitment = values
+        return cls(
+            run_id=run_id,
+            committer=checksum_address(str(committer)),
+            started_at=int(started_at),
+            status=RunStatus(status),
+            revoked=bool(revoked),
+            final_commitment=bytes(commitment),
+        )
+
     @property
     def exists(self) -> bool:
         return self.status is not RunStatus.NONE

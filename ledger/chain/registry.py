@@ -222,16 +222,7 @@ class Registry:
     # -- reads ----------------------------------------------------------------
 
     def get_run(self, run_id: bytes) -> RunRecord:
-        raw = self._call(self.contract.functions.getRun(run_id))
-        committer, started_at, status, revoked, commitment = raw
-        return RunRecord(
-            run_id=run_id,
-            committer=to_checksum_address(committer),
-            started_at=int(started_at),
-            status=RunStatus(status),
-            revoked=bool(revoked),
-            final_commitment=bytes(commitment),
-        )
+        return RunRecord.from_view(run_id, self._call(self.contract.functions.getRun(run_id)))
 
     def is_final_record(self, run_id: bytes, record: FinalRecord) -> bool:
         return bool(self._call(self.contract.functions.isFinalRecord(run_id, record.as_tuple())))
