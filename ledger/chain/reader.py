@@ -21,12 +21,11 @@ from ledger.chain import _abi
 from ledger.chain.compiler import load_artifact
 from ledger.chain.records import (
     COMMITTER_ROLE,
-    ZERO32,
+    EventLookups,
     FinalRecord,
     RunRecord,
     WeightsRecord,
     checksum_address,
-    dedupe_checkpoints,
     record_of,
 )
 from ledger.config import Settings
@@ -65,7 +64,7 @@ class JsonRpc:
         return answer.get("result")
 
 
-class RegistryReader:
+class RegistryReader(EventLookups):
     """Read-only views and events of one deployed registry."""
 
     def __init__(self, rpc: JsonRpc, address: str, deploy_block: int = 0) -> None:
@@ -143,22 +142,6 @@ class RegistryReader:
         return bool(self._call("hasRole", COMMITTER_ROLE, account)[0])
 
     # -- events -----------------------------------------------------------------
-
-    def find_by_weights(self, digest: bytes) -> list[WeightsRecord]:
-        return self._find_weights(digest, topic_index=2)
-
-    def find_by_tensor_root(self, root: bytes) -> list[WeightsRecord]:
-        if root == ZERO32:  # "not a tensor file": nothing to find
-            return []
-        return self._find_weights(root, topic_index=3)
-
-    def checkpoints(self, run_id: bytes) -> list[WeightsRecord]:
-        events = self.events("CheckpointCommitted", run_id)
-        return dedupe_checkpoints([record_of("CheckpointCommitted", e) for e in events])
-
-    def final_record(self, run_id: bytes) -> WeightsRecord | None:
-        events = self.events("RunFinalized", run_id)
-        return record_of("RunFinalized", events[0]) if events else None
 
     def events(self, name: str, run_id: bytes) -> list[dict[str, Any]]:
         topic = "0x" + _abi.topic(self._events[name]).hex()

@@ -203,6 +203,39 @@ def dedupe_checkpoints(records: list[WeightsRecord]) -> list[WeightsRecord]:
     return kept
 
 
+class EventLookups:
+    """Weights lookups built on two primitives each registry client implements:
+    ``events(name, run_id)`` and ``_find_weights(value, topic_index=...)`` (one
+    ``eth_getLogs`` over the weights events' indexed topics)."""
+
+    def events(self, name: str, run_id: bytes) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    def _find_weights(self, value: bytes, *, topic_index: int) -> list[WeightsRecord]:
+        raise NotImplementedError
+
+    def find_by_weights(self, digest: bytes) -> list[WeightsRecord]:
+        """Every record of a weights file CID digest, oldest first (one ``eth_getLogs``)."""
+        return self._find_weights(digest, topic_index=2)
+
+    def find_by_tensor_root(self, root: bytes) -> list[WeightsRecord]:
+        """Every record of a tensor root, oldest first; a zero root ("not a tensor
+        file") finds nothing."""
+        if root == ZERO32:
+            return []
+        return self._find_weights(root, topic_index=3)
+
+    def checkpoints(self, run_id: bytes) -> list[WeightsRecord]:
+        """A run's checkpoint records in commit order, re-sent duplicates dropped."""
+        events = self.events("CheckpointCommitted", run_id)
+        return dedupe_checkpoints([record_of("CheckpointCommitted", e) for e in events])
+
+    def final_record(self, run_id: bytes) -> WeightsRecord | None:
+        """A run's final weights record, if it was finalized."""
+        events = self.events("RunFinalized", run_id)
+        return record_of("RunFinalized", events[0]) if events else None
+
+
 class RegistryView(Protocol):
     """The registry's read side, as the verifier uses it."""
 

@@ -23,7 +23,7 @@ from ledger.chain.compiler import load_artifact
 from ledger.chain.records import (
     ADMIN_ROLE,
     COMMITTER_ROLE,
-    ZERO32,
+    EventLookups,
     FinalRecord,
     Relation,
     RunRecord,
@@ -31,7 +31,6 @@ from ledger.chain.records import (
     SignedCall,
     TxResult,
     WeightsRecord,
-    dedupe_checkpoints,
     record_leaf,
     record_of,
     run_id_for,
@@ -63,7 +62,7 @@ __all__ = [
 ]
 
 
-class Registry:
+class Registry(EventLookups):
     """One deployed registry, optionally with a signing account."""
 
     def __init__(
@@ -235,29 +234,6 @@ class Registry:
             run_id, record.as_tuple(), _checkpoint(checkpoint), list(proof)
         )
         return bool(self._call(fn))
-
-    def find_by_weights(self, digest: bytes) -> list[WeightsRecord]:
-        """Every record of a weights file CID digest, oldest first (one ``eth_getLogs``)."""
-        return self._find_weights(digest, topic_index=2)
-
-    def find_by_tensor_root(self, root: bytes) -> list[WeightsRecord]:
-        """Every record of a tensor root, oldest first (one ``eth_getLogs``).
-
-        A zero root means "not a tensor file" and finds nothing.
-        """
-        if root == ZERO32:
-            return []
-        return self._find_weights(root, topic_index=3)
-
-    def checkpoints(self, run_id: bytes) -> list[WeightsRecord]:
-        """A run's checkpoint records in commit order, re-sent duplicates dropped."""
-        events = self.events("CheckpointCommitted", run_id)
-        return dedupe_checkpoints([record_of("CheckpointCommitted", e) for e in events])
-
-    def final_record(self, run_id: bytes) -> WeightsRecord | None:
-        """A run's final weights record, if it was finalized."""
-        events = self.events("RunFinalized", run_id)
-        return record_of("RunFinalized", events[0]) if events else None
 
     def is_committer(self, account: str) -> bool:
         fn = self.contract.functions.hasRole(COMMITTER_ROLE, to_checksum_address(account))

@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
+from ledger.chain.records import ZERO32
 from ledger.chain.registry import (
     COMMITTER_ROLE,
-    ZERO32,
     FinalRecord,
     Registry,
     Relation,

@@ -26,10 +26,10 @@ from eth_typing import HexStr
 from eth_utils.crypto import keccak
 from web3.logs import DISCARD
 
+from ledger.chain.records import ZERO32
 from ledger.chain.registry import (
     ADMIN_ROLE,
     COMMITTER_ROLE,
-    ZERO32,
     FinalRecord,
     Registry,
     Relation,
