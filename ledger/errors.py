@@ -78,6 +78,12 @@ class IntegrityError(StoreError):
     """Stored bytes no longer hash to the CID they are filed under."""
 
 
+class StoreUnavailableError(StoreError, ConnectionError):
+    """The store (e.g. an IPFS node) does not answer; retrying later may succeed."""
+
+    http_status = 503
+
+
 # -- the chain ----------------------------------------------------------------
 
 
