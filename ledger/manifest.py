@@ -175,8 +175,23 @@ def build_manifest(
     world_size: int = 1,
     extra: Mapping[str, Any] | None = None,
     created_at: datetime | None = None,
+    backend: str | None = None,
+    sweep: str | None = None,
+    trial: int | None = None,
 ) -> dict[str, Any]:
-    """A manifest document; ``data`` values are fingerprinted unless already dicts."""
+    """A manifest document; ``data`` values are fingerprinted unless already dicts.
+
+    ``backend`` names the ``torch.distributed`` backend when ``world_size`` > 1.
+    ``sweep`` groups hyperparameter-search trials: the manifest then carries
+    ``"sweep": {"id": sweep, "trial": trial}`` (the indexer relies on that shape);
+    without a sweep there is no ``sweep`` key.
+    """
+    if trial is not None and sweep is None:
+        raise InputError("a trial number needs a sweep id", hint="pass sweep=<id> with trial=")
+    if sweep is not None and (not isinstance(sweep, str) or not sweep.strip()):
+        raise InputError(f"sweep id {sweep!r} must be a non-empty string")
+    if trial is not None and (isinstance(trial, bool) or not isinstance(trial, int)):
+        raise InputError(f"trial {trial!r} must be an integer")
     fingerprints = {
         key: value if isinstance(value, Mapping) else fingerprint(value)
         for key, value in (data or {}).items()
@@ -195,6 +210,10 @@ def build_manifest(
         "distributed": {"world_size": world_size},
         "digests": DIGEST_SCHEMES,
     }
+    if backend is not None:
+        manifest["distributed"]["backend"] = backend
+    if sweep is not None:
+        manifest["sweep"] = {"id": sweep, "trial": trial}
     if extra:
         manifest["extra"] = dict(extra)
     canonical_json(manifest, what="manifest")  # fail early, naming the bad field

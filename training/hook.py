@@ -18,7 +18,7 @@ the block marks the run failed on chain and propagates unchanged.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -28,10 +28,11 @@ import torch
 from ledger.chain.registry import Registry, Relation
 from ledger.config import Settings, load_settings
 from ledger.errors import LedgerError, RecordError
-from ledger.hashing.tensors import TensorDigest, state_dict_digest
+from ledger.hashing.tensors import TensorDigest, state_dict_digest, tensor_digest
 from ledger.manifest import build_manifest
 from ledger.recorder import RunRecorder, WeightsCommit
 from ledger.store import ArtifactStore, LocalStore
+from training._distributed import Role, rank_zero
 
 log = logging.getLogger("ledger.training")
 
@@ -67,6 +68,9 @@ class LedgerRun:
         registry: Registry | None = None,
         store: ArtifactStore | None = None,
         code_root: Path | None = None,
+        sweep: str | None = None,
+        trial: int | None = None,
+        save: Callable[[Mapping[str, torch.Tensor], Path], None] | None = None,
     ) -> None:
         if checkpoint_every < 1:
             raise RecordError("checkpoint_every must be 1 or more (epochs between checkpoints)")
@@ -91,6 +95,10 @@ class LedgerRun:
         self.last_metrics: dict[str, Any] = {}
         self.commits: list[WeightsCommit] = []
         self.final: WeightsCommit | None = None
+        self.sweep, self.trial = sweep, trial
+        self._saver = save  # a framework's own writer (training/lightning.py, training/hf.py)
+        self._role: Role | None = None  # set on start (training/_distributed.py)
+        self._shared_run_id: str | None = None  # the run id, on ranks other than 0
 
     # -- life cycle ---------------------------------------------------------------
 
@@ -116,8 +124,11 @@ class LedgerRun:
 
     @property
     def run_id(self) -> str:
+        if self._shared_run_id is not None:
+            return self._shared_run_id
         return self._require_recorder().run_id_hex
 
+    @rank_zero(lambda run, run_id: setattr(run, "_shared_run_id", run_id))
     def start(self) -> str:
         settings = self._settings or load_settings()
         registry = self._registry or Registry.connect(settings)
@@ -132,6 +143,10 @@ class LedgerRun:
                 for p, r in self.parents
             ],
             code_root=self._code_root,
+            world_size=self._role.world_size if self._role else 1,
+            backend=self._role.backend if self._role and self._role.distributed else None,
+            sweep=self.sweep,
+            trial=self.trial,
         )
         self.recorder = RunRecorder(registry, store)
         self.recorder.start(manifest, self.parents)
@@ -145,6 +160,7 @@ class LedgerRun:
             return None
         return self.checkpoint(epoch, metrics)
 
+    @rank_zero(lambda run, commit: run.commits.append(commit))
     def checkpoint(self, step: int, metrics: Mapping[str, Any]) -> WeightsCommit:
         """Write the model's weights to the checkpoint directory and commit them."""
         recorder = self._require_recorder()
@@ -154,6 +170,7 @@ class LedgerRun:
         self.commits.append(commit)
         return commit
 
+    @rank_zero(lambda run, commit: setattr(run, "final", commit))
     def finish(
         self,
         metrics: Mapping[str, Any] | None = None,
@@ -174,6 +191,9 @@ class LedgerRun:
         self, path: Path, state_dict: Mapping[str, torch.Tensor] | None = None
     ) -> TensorDigest:
         state = dict(state_dict if state_dict is not None else self.model.state_dict())
+        if self._saver is not None:  # the file may hold more or fewer tensors: digest it
+            self._saver(state, path)
+            return tensor_digest(path)
         save_weights(state, path)
         return state_dict_digest(state)
 

@@ -1,0 +1,107 @@
+"""The Lightning callback: a real Trainer fits a small module, the run lands on the real Anvil."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from ledger.chain.registry import RunStatus
+from tests.conftest import Chain
+from tests.test_cli import chain_env, ledger
+from training.lightning import LedgerCallback
+
+
+class Regressor(pl.LightningModule):
+    def __init__(self, width: int = 8, lr: float = 0.05, explode_at: int = -1) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.net = nn.Sequential(nn.Linear(4, width), nn.ReLU(), nn.Linear(width, 1))
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        if self.current_epoch == self.hparams["explode_at"]:
+            raise RuntimeError("loss exploded")
+        x, y = batch
+        loss = nn.functional.mse_loss(self.net(x), y)
+        self.log("train_loss", loss, on_epoch=True, on_step=False)
+        return loss
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        x, y = batch
+        self.log("val_loss", nn.functional.mse_loss(self.net(x), y))
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=self.hparams["lr"])
+
+
+def loaders() -> tuple[DataLoader[Any], DataLoader[Any]]:
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 4, generator=generator)
+    y = x.sum(dim=1, keepdim=True)
+    return (
+        DataLoader(TensorDataset(x[:48], y[:48]), batch_size=16),
+        DataLoader(TensorDataset(x[48:], y[48:]), batch_size=16),
+    )
+
+
+def trainer(callback: LedgerCallback, epochs: int = 2) -> pl.Trainer:
+    return pl.Trainer(
+        max_epochs=epochs,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[callback],
+    )
+
+
+def test_a_fit_is_recorded_and_its_ckpt_verifies(chain: Chain, tmp_path: Path) -> None:
+    pl.seed_everything(0)
+    settings = chain.settings(tmp_path / "ledger")
+    callback = LedgerCallback(name="lit", out=tmp_path / "final.ckpt", settings=settings)
+    train, val = loaders()
+    trainer(callback).fit(Regressor(), train, val)
+
+    run = callback.run
+    assert run is not None and run.final is not None
+    run_id = bytes.fromhex(run.run_id[2:])
+    assert chain.registry.get_run(run_id).status is RunStatus.FINALIZED
+    steps = [r.step for r in chain.registry.checkpoints(run_id)]
+    assert steps == [0, 1]
+    # the epoch metrics (validation included) went into the metrics documents
+    assert {"train_loss", "val_loss"} <= set(run.last_metrics)
+
+    ckpt = torch.load(tmp_path / "final.ckpt", weights_only=True)
+    assert "state_dict" in ckpt and "optimizer_states" in ckpt  # a real Lightning checkpoint
+    assert ckpt["hyper_parameters"]["width"] == 8
+
+    env = chain_env(chain, tmp_path / "ledger")
+    out = ledger("verify", str(tmp_path / "final.ckpt"), "--json", env=env)
+    assert out.returncode == 0, out.stdout + out.stderr
+    report = json.loads(out.stdout)
+    assert report["run_id"] == run.run_id and report["is_final"] and report["matched_by"] == "file"
+    # the manifest took the module's hyperparameters as the config
+    shown = ledger("show", run.run_id, env=env)
+    assert shown.returncode == 0, shown.stderr
+
+
+def test_a_fit_that_raises_marks_the_run_failed(chain: Chain, tmp_path: Path) -> None:
+    settings = chain.settings(tmp_path / "ledger")
+    callback = LedgerCallback(name="lit", out=tmp_path / "final.ckpt", settings=settings)
+    train, val = loaders()
+    with pytest.raises(RuntimeError, match="exploded"):
+        trainer(callback, epochs=3).fit(Regressor(explode_at=1), train, val)
+    assert callback.run is not None
+    run_id = bytes.fromhex(callback.run.run_id[2:])
+    assert chain.registry.get_run(run_id).status is RunStatus.FAILED
+    assert "loss exploded" in chain.registry.events("RunFailed", run_id)[0]["reason"]
+    assert [r.step for r in chain.registry.checkpoints(run_id)] == [0]
+    assert not (tmp_path / "final.ckpt").exists()

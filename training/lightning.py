@@ -1,0 +1,126 @@
+"""A Lightning callback that records the fit as one ledger run.
+
+::
+
+    trainer = L.Trainer(max_epochs=5, callbacks=[LedgerCallback(name="my-model")])
+
+A thin layer over :class:`~training.hook.LedgerRun`, which does all the
+recording: ``on_fit_start`` starts the run (config from ``config=`` or the
+module's ``hparams``), ``on_train_epoch_end`` (which Lightning calls after the
+epoch's validation) hands the logged metrics to :meth:`LedgerRun.epoch_end`
+and so commits a checkpoint every ``checkpoint_every`` epochs, ``on_fit_end``
+writes the final model and finalizes, ``on_exception`` marks the run failed.
+
+The final file is a full Lightning checkpoint written by
+``trainer.save_checkpoint`` when ``out`` ends in ``.ckpt`` (``ledger verify``
+reads its ``state_dict``; its hyperparameters must be plain values so that it
+loads with ``weights_only=True``), else the module's state dict (``.pt`` or
+``.safetensors``). Under DDP every rank runs the callback and rank 0 records
+(see :mod:`training._distributed`).
+
+Install with ``pip install 'ledger[lightning]'``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+
+from ledger.chain.registry import Registry, Relation
+from ledger.config import Settings
+from ledger.store import ArtifactStore
+from training.hook import LedgerRun, save_weights
+
+
+class LedgerCallback(pl.Callback):
+    """Records ``trainer.fit`` on the ledger; the keyword arguments are :class:`LedgerRun`'s."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        out: str | Path = "model.ckpt",
+        config: Mapping[str, Any] | None = None,
+        data: Mapping[str, Any] | None = None,
+        seed: int | None = None,
+        parents: Sequence[tuple[str | bytes, Relation | str]] = (),
+        checkpoint_every: int = 1,
+        checkpoint_dir: str | Path | None = None,
+        sweep: str | None = None,
+        trial: int | None = None,
+        settings: Settings | None = None,
+        registry: Registry | None = None,
+        store: ArtifactStore | None = None,
+    ) -> None:
+        super().__init__()
+        self.out = Path(out)
+        self._options: dict[str, Any] = {
+            "name": name,
+            "out": self.out,
+            "data": data,
+            "seed": seed,
+            "parents": parents,
+            "checkpoint_every": checkpoint_every,
+            "checkpoint_dir": checkpoint_dir,
+            "sweep": sweep,
+            "trial": trial,
+            "settings": settings,
+            "registry": registry,
+            "store": store,
+        }
+        self._config = None if config is None else dict(config)
+        self.run: LedgerRun | None = None
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Start the run."""
+        config = self._config if self._config is not None else dict(pl_module.hparams)
+        config.setdefault("max_epochs", trainer.max_epochs)
+        self.run = LedgerRun(pl_module, config=config, save=_keep_final(self.out), **self._options)
+        self.run.start()
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Note the epoch's logged metrics (validation included); maybe commit a checkpoint."""
+        if self.run is not None and not trainer.sanity_checking:
+            self.run.epoch_end(trainer.current_epoch, logged_metrics(trainer))
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Write the final model and finalize the run."""
+        if self.run is None or self.run.final is not None:
+            return
+        if self.out.suffix == ".ckpt":  # every rank calls it (it has a barrier); rank 0 writes
+            trainer.save_checkpoint(self.out)
+        self.run.finish(logged_metrics(trainer) or None)
+
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        """Mark the run failed, naming the exception."""
+        if self.run is not None and self.run.final is None:
+            self.run.__exit__(type(exception), exception, exception.__traceback__)
+
+
+def logged_metrics(trainer: pl.Trainer) -> dict[str, float]:
+    """The trainer's scalar callback metrics as plain floats."""
+    metrics: dict[str, float] = {}
+    for key, value in trainer.callback_metrics.items():
+        if isinstance(value, torch.Tensor) and value.numel() == 1:
+            metrics[key] = float(value)
+        elif isinstance(value, (int, float)):
+            metrics[key] = float(value)
+    return metrics
+
+
+def _keep_final(final: Path) -> Any:
+    """A writer for LedgerRun: checkpoints as state dicts; a final ``.ckpt`` is
+    already written by ``trainer.save_checkpoint``."""
+
+    def save(state: Mapping[str, torch.Tensor], path: Path) -> None:
+        if path == final and final.suffix == ".ckpt":
+            return
+        save_weights(state, path)
+
+    return save
