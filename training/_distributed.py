@@ -80,7 +80,7 @@ def rank_zero(
                 keep(self, result)
             return result
 
-        return run
+        return run  # type: ignore[return-value]  # functools' _Wrapped names `self`
 
     return wrap
 

@@ -107,9 +107,8 @@ def logged_metrics(trainer: pl.Trainer) -> dict[str, float]:
     """The trainer's scalar callback metrics as plain floats."""
     metrics: dict[str, float] = {}
     for key, value in trainer.callback_metrics.items():
-        if isinstance(value, torch.Tensor) and value.numel() == 1:
-            metrics[key] = float(value)
-        elif isinstance(value, (int, float)):
+        scalar = isinstance(value, torch.Tensor) and value.numel() == 1
+        if scalar or isinstance(value, (int, float)):
             metrics[key] = float(value)
     return metrics
 
