@@ -1,0 +1,204 @@
+"""A Hugging Face ``transformers`` Trainer callback that records training as one ledger run.
+
+::
+
+    trainer = Trainer(model, args, train_dataset=ds, callbacks=[LedgerTrainerCallback(name="m")])
+
+A thin layer over :class:`~training.hook.LedgerRun`, which does all the
+recording. ``on_train_begin`` starts the run (config from ``config=``, else the
+training arguments and the model's config); ``on_log`` and ``on_evaluate``
+collect the latest scalar metrics; ``on_save`` commits a checkpoint of the
+weights at ``state.global_step`` (so checkpoints follow the Trainer's own
+``save_strategy``); ``on_train_end`` writes the final model with
+``save_pretrained`` into the folder ``out`` (``model.safetensors`` and
+``config.json``), commits ``model.safetensors`` and finalizes the run.
+``ledger verify`` accepts the folder (by tensor root) or the file (by CID).
+
+The Trainer has no exception hook: to mark a crashed ``trainer.train()`` failed
+on chain, run it inside the callback, ``with callback: trainer.train()``.
+Under DDP every process runs the callback and rank 0 records (see
+:mod:`training._distributed`).
+
+Install with ``pip install 'ledger[hf]'``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import torch
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+
+from ledger.chain.registry import Registry, Relation
+from ledger.config import Settings
+from ledger.errors import RecordError
+from ledger.store import ArtifactStore
+from training.hook import LedgerRun, save_weights
+
+WEIGHTS_NAME = "model.safetensors"
+
+
+class LedgerTrainerCallback(TrainerCallback):
+    """Records ``trainer.train()``; the keyword arguments are :class:`LedgerRun`'s,
+    except ``out``, the final model folder."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        out: str | Path = "model",
+        config: Mapping[str, Any] | None = None,
+        data: Mapping[str, Any] | None = None,
+        seed: int | None = None,
+        parents: Sequence[tuple[str | bytes, Relation | str]] = (),
+        checkpoint_dir: str | Path | None = None,
+        sweep: str | None = None,
+        trial: int | None = None,
+        settings: Settings | None = None,
+        registry: Registry | None = None,
+        store: ArtifactStore | None = None,
+    ) -> None:
+        self.folder = Path(out)
+        self._options: dict[str, Any] = {
+            "name": name,
+            "out": self.folder / WEIGHTS_NAME,
+            "data": data,
+            "seed": seed,
+            "parents": parents,
+            "checkpoint_dir": checkpoint_dir or self.folder.with_name(f"{self.folder.name}-ckpts"),
+            "sweep": sweep,
+            "trial": trial,
+            "settings": settings,
+            "registry": registry,
+            "store": store,
+        }
+        self._config = None if config is None else dict(config)
+        self.metrics: dict[str, float] = {}
+        self.run: LedgerRun | None = None
+
+    def on_train_begin(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        **kwargs: Any,
+    ) -> None:
+        """Start the run."""
+        model = _model(kwargs)
+        config = self._config
+        if config is None:
+            model_config = getattr(model, "config", None)
+            config = {
+                "training_args": _plain(args.to_dict()),  # type: ignore[no-untyped-call]
+                "model_config": _plain(model_config.to_dict()) if model_config else None,
+            }
+        self.run = LedgerRun(model, config=config, save=_pretrained_writer(model), **self._options)
+        self.run.start()
+
+    def on_log(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        logs: Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Keep the latest logged scalars (loss, learning rate...)."""
+        self._note(logs)
+
+    def on_evaluate(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        metrics: Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Keep the evaluation metrics (``eval_loss``...)."""
+        self._note(metrics)
+
+    def on_save(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        **kwargs: Any,
+    ) -> None:
+        """Commit a checkpoint of the weights where the Trainer saves one."""
+        if self.run is not None:
+            self.run.checkpoint(state.global_step, self._metrics(state))
+
+    def on_train_end(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        **kwargs: Any,
+    ) -> None:
+        """Save the final model folder and finalize the run."""
+        if self.run is not None and self.run.final is None:
+            self.run.finish(self._metrics(state))
+
+    # -- failures ---------------------------------------------------------------
+
+    def __enter__(self) -> LedgerTrainerCallback:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """An exception out of ``trainer.train()`` marks the run failed, then propagates."""
+        if exc is not None and self.run is not None and self.run.final is None:
+            self.run.__exit__(exc_type, exc, tb)
+
+    # -- metrics ------------------------------------------------------------------
+
+    def _note(self, values: Mapping[str, Any] | None) -> None:
+        for key, value in (values or {}).items():
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if number and math.isfinite(value):
+                self.metrics[key] = float(value)
+
+    def _metrics(self, state: TrainerState) -> dict[str, Any]:
+        return {**self.metrics, "global_step": state.global_step, "epoch": state.epoch or 0.0}
+
+
+def _model(kwargs: Mapping[str, Any]) -> torch.nn.Module:
+    model = kwargs.get("model")
+    if not isinstance(model, torch.nn.Module):
+        raise RecordError("the Trainer passed no model to the callback")
+    return model
+
+
+def _pretrained_writer(model: torch.nn.Module) -> Any:
+    """Checkpoints as plain weights files; the final ``model.safetensors`` through
+    ``save_pretrained`` into its folder (with ``config.json``)."""
+
+    def save(state: Mapping[str, torch.Tensor], path: Path) -> None:
+        save_pretrained = getattr(model, "save_pretrained", None)
+        if path.name == WEIGHTS_NAME and callable(save_pretrained):
+            save_pretrained(path.parent, state_dict=dict(state))
+            return
+        save_weights(state, path)
+
+    return save
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with anything canonical JSON cannot hold turned into text."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    return str(value)
