@@ -147,6 +147,11 @@ class RegistryReader(EventLookups):
         topic = "0x" + _abi.topic(self._events[name]).hex()
         return [event for _, event in self._logs([topic, "0x" + run_id.hex()])]
 
+    def all_events(self, name: str) -> list[dict[str, Any]]:
+        """Every event ``name`` of the registry, oldest first (one ``eth_getLogs``)."""
+        topic = "0x" + _abi.topic(self._events[name]).hex()
+        return [event for _, event in self._logs([topic])]
+
     def _find_weights(self, value: bytes, *, topic_index: int) -> list[WeightsRecord]:
         names = ("CheckpointCommitted", "RunFinalized")
         topics: list[Any] = [["0x" + _abi.topic(self._events[n]).hex() for n in names]]

@@ -1,0 +1,87 @@
+"""One DDP job is one run: two gloo processes on CPU, rank 0 commits, rank 1 sends nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from ledger.chain.reader import JsonRpc, RegistryReader
+from ledger.chain.registry import RunStatus
+from ledger.config import Settings
+from ledger.store import LocalStore, find_by_digest
+from tests.conftest import Chain, free_port
+from tests.test_flow import Tiny
+from training.hook import LedgerRun
+
+EPOCHS = 3
+
+
+def _worker(rank: int, world_size: int, port: int, settings: Settings, out: Path) -> None:
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ["MASTER_PORT"] = str(port)
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    try:
+        torch.manual_seed(0)
+        model = Tiny()
+        ddp = DistributedDataParallel(model)
+        optimiser = torch.optim.SGD(ddp.parameters(), lr=0.1)
+        generator = torch.Generator().manual_seed(100 + rank)  # each rank its own shard
+        x, y = torch.randn(32, 8, generator=generator), torch.randn(32, 1, generator=generator)
+        with LedgerRun(
+            model, name="ddp", config={"lr": 0.1}, out=out / "model.pt", settings=settings
+        ) as run:
+            for epoch in range(EPOCHS):
+                optimiser.zero_grad()
+                loss = nn.functional.mse_loss(ddp(x), y)
+                loss.backward()
+                optimiser.step()
+                run.epoch_end(epoch, {"loss": float(loss.detach())})
+        report = {
+            "run_id": run.run_id,
+            "commits": [c.step for c in run.commits],
+            "final_cid": str(run.final.file_cid) if run.final else None,
+            "recorded_here": run.recorder is not None,
+        }
+        (out / f"rank{rank}.json").write_text(json.dumps(report))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_ddp_job_is_one_run_committed_by_rank_zero(chain: Chain, tmp_path: Path) -> None:
+    settings = chain.settings(tmp_path / "ledger")
+    nonce = chain.w3.eth.get_transaction_count(chain.admin.address)
+    mp.spawn(_worker, args=(2, free_port(), settings, tmp_path), nprocs=2, join=True)
+
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert ranks[0]["recorded_here"] and not ranks[1]["recorded_here"]
+    # every rank knows the run and its commits, as rank 0 recorded them
+    assert ranks[0]["run_id"] == ranks[1]["run_id"]
+    assert ranks[0]["commits"] == ranks[1]["commits"] == [0, 1, 2]
+    assert ranks[0]["final_cid"] == ranks[1]["final_cid"] is not None
+
+    reader = RegistryReader(JsonRpc(chain.rpc_url), chain.registry.address, chain.deploy_block)
+    started = reader.all_events("RunStarted")
+    assert len(started) == 1 and "0x" + bytes(started[0]["runId"]).hex() == ranks[0]["run_id"]
+    run_id = bytes(started[0]["runId"])
+    assert chain.registry.get_run(run_id).status is RunStatus.FINALIZED
+    assert [r.step for r in chain.registry.checkpoints(run_id)] == [0, 1, 2]
+    # start + 3 checkpoints + finalize, all from rank 0: rank 1 sent no transaction
+    assert chain.w3.eth.get_transaction_count(chain.admin.address) == nonce + 1 + EPOCHS + 1
+
+    store = LocalStore(tmp_path / "ledger" / "store")
+    cid = find_by_digest(store, bytes(started[0]["manifestDigest"]))
+    assert cid is not None
+    manifest = json.loads(store.get_bytes(cid))
+    assert manifest["distributed"] == {"world_size": 2, "backend": "gloo"}
+    assert sorted(p.name for p in (tmp_path / "model-checkpoints").iterdir()) == [
+        "step-000000.pt",
+        "step-000001.pt",
+        "step-000002.pt",
+    ]
