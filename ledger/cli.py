@@ -391,6 +391,12 @@ def revoke(
     typer.echo(f"revoked in tx {tx.tx_hash} (block {tx.block_number})")
 
 
+from ledger._cli_runs import lineage, runs  # noqa: E402  (own module, registered here)
+
+app.command()(runs)
+app.command()(lineage)
+
+
 def main() -> None:
     """Console entry point: maps the ledger error tree to exit codes."""
     try:

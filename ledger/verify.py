@@ -30,6 +30,7 @@ from typing import Any
 
 from ledger.chain.records import (
     RegistryView,
+    Relation,
     RunRecord,
     RunStatus,
     WeightsRecord,
@@ -326,39 +327,83 @@ class Verifier:
         return run.revoked
 
     def _check_lineage(self, run: RunRecord, report: VerifyReport) -> bool:
-        """Walks every ancestor; returns True when one of them is revoked."""
+        """Walks every ancestor; returns True when one of them is revoked.
+
+        A derived model verifies only if every ancestor does: each ancestor gets
+        the run checks (exists, id, manifest in the store, committer, revocation)
+        and, when finalized, its final record (commitment on chain, metrics
+        document in the store). The parents walked are those of the
+        ``RunStarted`` events, so a lost manifest does not hide grandparents.
+        One ``lineage`` check sums up, naming each ancestor that fails and why.
+        """
         revoked = False
         seen = {run.run_id}
         todo = [run]
+        walked = 0
+        problems: list[str] = []
         while todo:
             child = todo.pop()
             started = self._start_event(child.run_id)
             if started is None:
                 continue
-            manifest = self._document_quiet(bytes(started["manifestDigest"]))
-            if manifest is None:
-                continue
             on_chain = {bytes(p["runId"]): int(p["relation"]) for p in started["parents"]}
-            declared = {
-                bytes.fromhex(str(p.get("run_id", "")).removeprefix("0x")): str(p.get("relation"))
-                for p in manifest.get("parents", [])
-            }
-            if set(declared) != set(on_chain):
-                report.add(
-                    "lineage",
-                    False,
-                    f"run 0x{child.run_id.hex()}: manifest parents differ from those on chain",
-                )
-            for parent_id, relation in declared.items():
+            manifest = self._document_quiet(bytes(started["manifestDigest"]))
+            if manifest is not None:
+                declared = {
+                    bytes.fromhex(str(p.get("run_id", "")).removeprefix("0x"))
+                    for p in manifest.get("parents", [])
+                }
+                if declared != set(on_chain):
+                    report.add(
+                        "lineage parents",
+                        False,
+                        f"run 0x{child.run_id.hex()}: manifest parents differ from those on chain",
+                    )
+            for parent_id, code in on_chain.items():
                 if parent_id in seen:
                     continue
                 seen.add(parent_id)
+                walked += 1
+                relation = _relation_name(code)
                 parent = self.registry.get_run(parent_id)
                 label = f"ancestor 0x{parent_id.hex()[:12]} ({relation})"
+                first = len(report.checks)
                 revoked = self._check_run(parent, report, label=label) or revoked
+                if parent.status is RunStatus.FINALIZED:
+                    self._check_ancestor_final(parent, report, label)
+                failed = [c for c in report.checks[first:] if not c.ok]
+                if failed:
+                    reasons = "; ".join(
+                        f"{c.name.removeprefix(label).strip() or 'check'}: {c.detail}"
+                        for c in failed
+                    )
+                    problems.append(f"0x{parent_id.hex()} ({relation}) does not verify: {reasons}")
                 if parent.exists:
                     todo.append(parent)
+        if walked:
+            plural = "" if walked == 1 else "s"
+            report.add(
+                "lineage",
+                not problems,
+                " | ".join(problems) if problems else f"{walked} ancestor{plural} verified",
+            )
         return revoked
+
+    def _check_ancestor_final(self, run: RunRecord, report: VerifyReport, label: str) -> None:
+        """A finalized ancestor's final record: on-chain commitment and metrics in the store."""
+        final = self.registry.final_record(run.run_id)
+        if final is None or final.final is None:
+            report.add(f"{label} final record", False, "finalized, but no RunFinalized event")
+            return
+        stored = self.registry.is_final_record(run.run_id, final.final)
+        report.add(
+            f"{label} final record",
+            stored,
+            "the final record matches the commitment stored on chain"
+            if stored
+            else "the final record does not match the commitment stored on chain",
+        )
+        self._document(final.metrics_digest, f"{label} metrics", report)
 
     def _start_event(self, run_id: bytes) -> dict[str, Any] | None:
         if run_id not in self._started:
@@ -473,6 +518,13 @@ class Verifier:
             if names
         ]
         report.add("tensors", diff.empty, "; ".join(parts) or "all tensors match")
+
+
+def _relation_name(code: int) -> str:
+    try:
+        return Relation(code).name.lower().replace("_", "-")
+    except ValueError:
+        return f"relation {code}"
 
 
 def _pick(records: list[WeightsRecord], expected_run: bytes | None) -> WeightsRecord | None:

@@ -76,7 +76,14 @@ class PriceMLP(nn.Module):
         return out
 
 
-def train(cfg: Config, out: Path, settings: Settings | None = None) -> LedgerRun:
+def train(
+    cfg: Config,
+    out: Path,
+    settings: Settings | None = None,
+    *,
+    sweep: str | None = None,
+    trial: int | None = None,
+) -> LedgerRun:
     torch.manual_seed(cfg.seed)
     series = price_series(cfg.minutes, cfg.seed)
     x, y = windows(series, cfg.window)
@@ -106,6 +113,8 @@ def train(cfg: Config, out: Path, settings: Settings | None = None) -> LedgerRun
         data={"series": series},
         seed=cfg.seed,
         settings=settings,
+        sweep=sweep,
+        trial=trial,
     ) as run:
         for epoch in range(cfg.max_epochs):
             model.train()
@@ -138,7 +147,8 @@ def train(cfg: Config, out: Path, settings: Settings | None = None) -> LedgerRun
                 if stale >= cfg.patience:
                     print(f"early stop after epoch {epoch} (best val {best_loss:.5f})")
                     break
-        run.finish({"best_val_loss": best_loss, "epochs": epoch + 1}, state_dict=best_state)
+        final = {"best_val_loss": best_loss, "val_loss": best_loss, "epochs": epoch + 1}
+        run.finish(final, state_dict=best_state)
     return run
 
 

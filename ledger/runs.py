@@ -1,0 +1,274 @@
+"""Every run on the registry, read from its events and the store: for ``ledger runs``
+(sweeps, sorted by a metric) and ``ledger lineage`` (ancestors and descendants).
+
+No index database: one ``eth_getLogs`` per event kind (``RunStarted``,
+``CheckpointCommitted``, ``RunFinalized``, ``RunFailed``, ``RunRevoked``) gives
+each run's status, parents, revocation and metrics digests; manifests and
+metrics documents come from the store (re-hashed on read). A run whose
+documents are missing from the store is still listed, with what the chain says.
+This reads the whole registry, fine for a lab's chain; the audit indexer
+answers the same questions from SQL for large ones. These lists describe; only
+``ledger verify`` proves.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ledger.chain.records import Relation, RunStatus, checksum_address
+from ledger.errors import InputError, StoreError
+from ledger.store import ArtifactStore, find_by_digest
+
+
+class EventSource(Protocol):
+    """What the catalogue reads: every event of a kind (``RegistryReader.all_events``)."""
+
+    def all_events(self, name: str) -> list[dict[str, Any]]:
+        """Every event ``name`` of the registry, oldest first."""
+        ...
+
+
+def relation_name(code: int) -> str:
+    """``fine-tune``, ``distillation``... for the contract's relation number."""
+    try:
+        return Relation(code).name.lower().replace("_", "-")
+    except ValueError:
+        return f"relation-{code}"
+
+
+@dataclass
+class RunInfo:
+    """What the chain and the store say about one run."""
+
+    run_id: bytes
+    committer: str
+    block_number: int
+    parents: list[tuple[bytes, str]]
+    status: RunStatus = RunStatus.RUNNING
+    revoked: bool = False
+    revoke_reason: str | None = None
+    fail_reason: str | None = None
+    manifest: dict[str, Any] | None = None
+    final_metrics: dict[str, Any] | None = None
+    last_metrics: dict[str, Any] | None = None  # the latest checkpoint's
+    checkpoints: int = 0
+    children: list[tuple[bytes, str]] = field(default_factory=list)
+
+    @property
+    def hex(self) -> str:
+        return "0x" + self.run_id.hex()
+
+    @property
+    def name(self) -> str | None:
+        return None if self.manifest is None else _str_or_none(self.manifest.get("name"))
+
+    @property
+    def sweep(self) -> dict[str, Any] | None:
+        sweep = None if self.manifest is None else self.manifest.get("sweep")
+        return sweep if isinstance(sweep, dict) else None
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        """The final metrics, else the latest checkpoint's."""
+        return dict(self.final_metrics or self.last_metrics or {})
+
+    def metric(self, key: str) -> float | None:
+        value = self.metrics.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        return None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "run_id": self.hex,
+            "name": self.name,
+            "committer": self.committer,
+            "block": self.block_number,
+            "status": self.status.name.lower(),
+            "revoked": self.revoked,
+            "revoke_reason": self.revoke_reason,
+            "fail_reason": self.fail_reason,
+            "manifest_in_store": self.manifest is not None,
+            "parents": [{"run_id": "0x" + p.hex(), "relation": r} for p, r in self.parents],
+            "sweep": self.sweep,
+            "config": None if self.manifest is None else self.manifest.get("config"),
+            "metrics": self.metrics,
+            "checkpoints": self.checkpoints,
+        }
+
+
+class RunCatalog:
+    """Every run of one registry, keyed by run id."""
+
+    def __init__(self, runs: dict[bytes, RunInfo]) -> None:
+        self.runs = runs
+
+    @classmethod
+    def load(cls, events: EventSource, store: ArtifactStore) -> RunCatalog:
+        runs: dict[bytes, RunInfo] = {}
+        for event in events.all_events("RunStarted"):
+            run_id = bytes(event["runId"])
+            parents = [
+                (bytes(p["runId"]), relation_name(int(p["relation"]))) for p in event["parents"]
+            ]
+            started = RunInfo(
+                run_id,
+                checksum_address(str(event["committer"])),
+                int(event["blockNumber"]),
+                parents,
+            )
+            started.manifest = _document(store, bytes(event["manifestDigest"]))
+            runs[run_id] = started
+        for child in runs.values():
+            for parent, relation in child.parents:
+                if parent in runs:
+                    runs[parent].children.append((child.run_id, relation))
+        info: RunInfo | None
+        for event in events.all_events("CheckpointCommitted"):
+            info = runs.get(bytes(event["runId"]))
+            if info is not None:
+                info.checkpoints += 1
+                info.last_metrics = (
+                    _metrics(store, bytes(event["metricsDigest"])) or info.last_metrics
+                )
+        for event in events.all_events("RunFinalized"):
+            info = runs.get(bytes(event["runId"]))
+            if info is not None:
+                info.status = RunStatus.FINALIZED
+                info.final_metrics = _metrics(store, bytes(event["metricsDigest"]))
+        for event in events.all_events("RunFailed"):
+            info = runs.get(bytes(event["runId"]))
+            if info is not None:
+                info.status, info.fail_reason = RunStatus.FAILED, str(event["reason"])
+        for event in events.all_events("RunRevoked"):
+            info = runs.get(bytes(event["runId"]))
+            if info is not None:
+                info.revoked, info.revoke_reason = True, str(event["reason"])
+        return cls(runs)
+
+    def get(self, run_id: bytes) -> RunInfo:
+        info = self.runs.get(run_id)
+        if info is None:
+            raise InputError(
+                f"no run 0x{run_id.hex()} on this registry",
+                hint="`ledger runs` lists the recorded runs",
+            )
+        return info
+
+    # -- listing ------------------------------------------------------------------
+
+    def select(
+        self, *, sweep: str | None = None, sort: str | None = None, descending: bool = False
+    ) -> list[RunInfo]:
+        """Runs (of one sweep), oldest first, or by a metric; runs without it come last."""
+        chosen = [
+            r for r in self.runs.values() if sweep is None or (r.sweep or {}).get("id") == sweep
+        ]
+        chosen.sort(key=lambda r: r.block_number)
+        if sort is not None:
+            have = [r for r in chosen if r.metric(sort) is not None]
+            lack = [r for r in chosen if r.metric(sort) is None]
+            have.sort(key=lambda r: r.metric(sort) or 0.0, reverse=descending)
+            chosen = have + lack
+        return chosen
+
+    # -- lineage ------------------------------------------------------------------
+
+    def ancestors(self, run_id: bytes) -> list[dict[str, Any]]:
+        """Parents, each with its own ancestors, as JSON-ready nodes."""
+        return self._walk(run_id, "ancestors", set())
+
+    def descendants(self, run_id: bytes) -> list[dict[str, Any]]:
+        """Children, each with its own descendants, as JSON-ready nodes."""
+        return self._walk(run_id, "descendants", set())
+
+    def _walk(self, run_id: bytes, way: str, seen: set[bytes]) -> list[dict[str, Any]]:
+        seen = seen | {run_id}
+        info = self.runs.get(run_id)
+        if info is None:
+            return []
+        links = info.parents if way == "ancestors" else info.children
+        nodes = []
+        for other, relation in links:
+            node = _node(self.runs.get(other), other, relation)
+            node[way] = [] if other in seen else self._walk(other, way, seen)
+            nodes.append(node)
+        return nodes
+
+    def lineage(self, run_id: bytes) -> dict[str, Any]:
+        run = self.get(run_id)
+        return {
+            "run": _node(run, run_id, None),
+            "ancestors": self.ancestors(run_id),
+            "descendants": self.descendants(run_id),
+        }
+
+
+def _node(info: RunInfo | None, run_id: bytes, relation: str | None) -> dict[str, Any]:
+    if info is None:  # a parent named on chain that never started: say so
+        return {
+            "run_id": "0x" + run_id.hex(),
+            "relation": relation,
+            "name": None,
+            "status": "missing",
+            "revoked": False,
+            "revoke_reason": None,
+        }
+    return {
+        "run_id": info.hex,
+        "relation": relation,
+        "name": info.name,
+        "status": info.status.name.lower(),
+        "revoked": info.revoked,
+        "revoke_reason": info.revoke_reason,
+    }
+
+
+def lineage_lines(tree: dict[str, Any]) -> list[str]:
+    """The lineage as an indented text tree: ancestors above the run, descendants below."""
+    lines: list[str] = []
+
+    def describe(node: dict[str, Any]) -> str:
+        text = f"{node['run_id']}  {node['name'] or '(no manifest in store)'}  {node['status']}"
+        if node["revoked"]:
+            text += f"  REVOKED: {node['revoke_reason']}"
+        return text
+
+    def walk(nodes: Iterable[dict[str, Any]], way: str, depth: int) -> None:
+        arrow = "derived from" if way == "ancestors" else "derives"
+        for node in nodes:
+            lines.append(f"{'    ' * depth}└─ [{node['relation']}] {arrow}: {describe(node)}")
+            walk(node[way], way, depth + 1)
+
+    if tree["ancestors"]:
+        lines.append("ancestors")
+        walk(tree["ancestors"], "ancestors", 1)
+    lines.append(f"run {describe(tree['run'])}")
+    if tree["descendants"]:
+        lines.append("descendants")
+        walk(tree["descendants"], "descendants", 1)
+    return lines
+
+
+def _document(store: ArtifactStore, digest: bytes) -> dict[str, Any] | None:
+    cid = find_by_digest(store, digest)
+    if cid is None:
+        return None
+    try:
+        document = json.loads(store.get_bytes(cid))
+    except (StoreError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return document if isinstance(document, dict) else None
+
+
+def _metrics(store: ArtifactStore, digest: bytes) -> dict[str, Any] | None:
+    document = _document(store, digest)
+    metrics = None if document is None else document.get("metrics")
+    return metrics if isinstance(metrics, dict) else None
+
+
+def _str_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
