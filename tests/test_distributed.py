@@ -15,6 +15,7 @@ from torch.nn.parallel import DistributedDataParallel
 from ledger.chain.reader import JsonRpc, RegistryReader
 from ledger.chain.registry import RunStatus
 from ledger.config import Settings
+from ledger.errors import LedgerError
 from ledger.store import LocalStore, find_by_digest
 from tests.conftest import Chain, free_port
 from tests.test_flow import Tiny
@@ -85,3 +86,33 @@ def test_a_ddp_job_is_one_run_committed_by_rank_zero(chain: Chain, tmp_path: Pat
         "step-000001.pt",
         "step-000002.pt",
     ]
+
+
+def _failing_worker(rank: int, world_size: int, port: int, settings: Settings, out: Path) -> None:
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ["MASTER_PORT"] = str(port)
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    try:
+        run = LedgerRun(Tiny(), name="ddp", config={}, out=out / "model.pt", settings=settings)
+        try:
+            run.start()
+            outcome = {"error": None}
+        except LedgerError as exc:
+            outcome = {"error": type(exc).__name__, "message": exc.message}
+        (out / f"rank{rank}.json").write_text(json.dumps(outcome))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_when_rank_zero_cannot_record_every_rank_raises(tmp_path: Path) -> None:
+    nowhere = Settings(
+        data_dir=tmp_path / "ledger",
+        rpc_url=f"http://127.0.0.1:{free_port()}",
+        registry_address="0x" + "11" * 20,
+    )
+    mp.spawn(_failing_worker, args=(2, free_port(), nowhere, tmp_path), nprocs=2, join=True)
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert ranks[0]["error"] == "ChainUnavailableError"
+    assert ranks[1]["error"] == "RecordError"
+    assert "rank 0 could not record" in ranks[1]["message"]
+    assert "ChainUnavailableError" in ranks[1]["message"]
