@@ -50,7 +50,13 @@ def save_weights(state_dict: Mapping[str, torch.Tensor], path: Path) -> None:
 
 
 class LedgerRun:
-    """Records one training run of ``model``; use as a context manager."""
+    """Records one training run of ``model``; use as a context manager.
+
+    ``sweep``/``trial`` group hyperparameter-search trials (the manifest's
+    ``sweep`` key); ``save`` lets a framework write weights files itself (the
+    tensor root is then read from the written file). Under ``torch.distributed``
+    every rank enters the run and rank 0 alone records (training/_distributed.py).
+    """
 
     def __init__(
         self,
