@@ -282,12 +282,16 @@ def test_revocation_taints_the_run_and_its_descendants(chain: Chain, tmp_path: P
     started = chain.registry.events("RunStarted", bytes.fromhex(child.run_id[2:]))[0]
     assert [(bytes(p["runId"]), p["relation"]) for p in started["parents"]] == [(parent_id, 1)]
 
-    # the child's store must also hold the parent's manifest for the lineage walk
+    # the child's store must also hold the parent's manifest and final metrics for the
+    # lineage walk (an ancestor verifies only if its documents do)
     child_store = LocalStore(tmp_path / "c" / "ledger" / "store")
     parent_store = LocalStore(tmp_path / "p" / "ledger" / "store")
-    cid = find_by_digest(parent_store, manifest_digest_of(chain, parent_id))
-    assert cid is not None
-    child_store.put_bytes(parent_store.get_bytes(cid))
+    final = chain.registry.final_record(parent_id)
+    assert final is not None
+    for digest in (manifest_digest_of(chain, parent_id), final.metrics_digest):
+        cid = find_by_digest(parent_store, digest)
+        assert cid is not None
+        child_store.put_bytes(parent_store.get_bytes(cid))
 
     v = verifier(chain, tmp_path / "c")
     assert v.verify_file(tmp_path / "c" / "model.pt").outcome is Outcome.VERIFIED
