@@ -12,6 +12,7 @@ import torch
 
 from ledger.chain.reader import JsonRpc, RegistryReader
 from ledger.chain.registry import Relation
+from ledger.hashing.cid import Cid
 from ledger.store import LocalStore, find_by_digest
 from ledger.verify import Outcome, Verifier
 from tests.conftest import Chain
@@ -32,12 +33,14 @@ DERIVED = {
     "int8": Relation.QUANTIZATION,
     "student": Relation.DISTILLATION,
     "finetuned": Relation.FINE_TUNE,
+    "resumed": Relation.RESUME,
 }
 FILES = {
     "pruned": "pruned.pt",
     "int8": "int8.safetensors",
     "student": "student.pt",
     "finetuned": "finetuned.pt",
+    "resumed": "resumed.pt",
     "base": "base.pt",
 }
 
@@ -70,6 +73,9 @@ def test_each_derivation_records_its_parent_and_relation(
         assert manifest["parents"] == [
             {"run_id": family["base"].run_id, "relation": relation.name.lower().replace("_", "-")}
         ]
+        if label == "resumed":  # the manifest names the very checkpoint file it resumed from
+            recorded = {r.weights_digest for r in chain.registry.checkpoints(base_id)}
+            assert Cid.parse(manifest["data"]["checkpoint"]["cid"]).digest in recorded
     v = verifier(chain, tmp_path)
     for label, name in FILES.items():
         report = v.verify_file(tmp_path / "out" / name)

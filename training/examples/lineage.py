@@ -1,6 +1,6 @@
 """Models derived from the price-forecast model, each recorded with its parent.
 
-Four derivations of a trained :mod:`training.examples.price_forecast` model,
+Five derivations of a trained :mod:`training.examples.price_forecast` model,
 each a run of its own whose manifest and ``RunStarted`` event name the parent
 run and the relation:
 
@@ -18,7 +18,9 @@ run and the relation:
 * :func:`distill` — a smaller student trained on the teacher's predictions
   (half the loss) and the targets (the other half);
 * :func:`fine_tune` — the parent's weights trained further on a later slice of
-  the series (the minutes after the parent's), normalised as the parent was.
+  the series (the minutes after the parent's), normalised as the parent was;
+* :func:`resume` — training continued from one of the parent's checkpoint
+  files as a new run (relation ``resume``).
 
 Run: ``python -m training.examples.lineage --out lineage-out`` (needs a chain:
 ``ledger chain up && ledger deploy``), then ``ledger lineage RUN``.
@@ -336,10 +338,56 @@ def fine_tune(
     return run
 
 
+# -- resuming ---------------------------------------------------------------------
+
+
+def resume(
+    parent: Parent,
+    checkpoint: Path,
+    out: Path,
+    settings: Settings | None = None,
+    *,
+    epochs: int = 2,
+) -> LedgerRun:
+    """Continue training from one of the parent's checkpoint files, as a new run.
+
+    The checkpoint holds weights only (no optimiser state), so Adam restarts;
+    epochs are numbered on from the checkpoint's step.
+    """
+    cfg = parent.cfg
+    step = int(checkpoint.stem.removeprefix("step-"))
+    model = PriceMLP(cfg.window, cfg.hidden)
+    model.load_state_dict(torch.load(checkpoint, weights_only=True))
+    series, data = _parent_data(cfg)
+    optimiser = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    generator = torch.Generator().manual_seed(cfg.seed + 3)
+    with LedgerRun(
+        model,
+        name="price-forecast-resumed",
+        config={"from_step": step, "epochs": epochs, "base": asdict(cfg)},
+        out=out,
+        data={"series": series, "checkpoint": checkpoint},
+        seed=cfg.seed + 3,
+        parents=_relation(parent, "resume"),
+        settings=settings,
+    ) as run:
+        for epoch in range(step + 1, step + 1 + epochs):
+            model.train()
+            order = torch.randperm(len(data.train_x), generator=generator)
+            for start in range(0, len(order), cfg.batch_size):
+                idx = order[start : start + cfg.batch_size]
+                optimiser.zero_grad()
+                nn.functional.mse_loss(model(data.train_x[idx]), data.train_y[idx]).backward()  # type: ignore[no-untyped-call]
+                optimiser.step()
+            run.epoch_end(epoch, {"epoch": epoch, "val_loss": _val_loss(model, data)})
+        run.finish({"val_loss": _val_loss(model, data)})
+    return run
+
+
 def derive_all(
     cfg: Config, out: Path, settings: Settings | None = None, **small: Any
 ) -> dict[str, LedgerRun | Parent]:
-    """The base model and its four derivations, all recorded (``small``: sizes for tests)."""
+    """The base model and its five derivations, all recorded (``small``: sizes for tests)."""
     out.mkdir(parents=True, exist_ok=True)
     base = train_base(cfg, out / "base.pt", settings)
     epochs = int(small.get("epochs", 3))
@@ -349,7 +397,18 @@ def derive_all(
         "int8": quantize(base, out / "int8.safetensors", settings),
         "student": distill(base, out / "student.pt", settings, epochs=epochs),
         "finetuned": fine_tune(base, out / "finetuned.pt", settings, epochs=epochs),
+        "resumed": resume(
+            base,
+            _last_checkpoint(out / "base-checkpoints"),
+            out / "resumed.pt",
+            settings,
+            epochs=epochs,
+        ),
     }
+
+
+def _last_checkpoint(folder: Path) -> Path:
+    return sorted(folder.glob("step-*.pt"))[-1]
 
 
 def main(argv: list[str] | None = None) -> None:
