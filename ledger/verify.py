@@ -373,10 +373,7 @@ class Verifier:
                     self._check_ancestor_final(parent, report, label)
                 failed = [c for c in report.checks[first:] if not c.ok]
                 if failed:
-                    reasons = "; ".join(
-                        f"{c.name.removeprefix(label).strip() or 'check'}: {c.detail}"
-                        for c in failed
-                    )
+                    reasons = "; ".join(_reason(c, label, parent_id) for c in failed)
                     problems.append(f"0x{parent_id.hex()} ({relation}) does not verify: {reasons}")
                 if parent.exists:
                     todo.append(parent)
@@ -518,6 +515,13 @@ class Verifier:
             if names
         ]
         report.add("tensors", diff.empty, "; ".join(parts) or "all tensors match")
+
+
+def _reason(check: Check, label: str, run_id: bytes) -> str:
+    """A failed ancestor check, worded without repeating the ancestor's label and id."""
+    name = check.name.removeprefix(label).strip()
+    detail = check.detail.removeprefix(label).strip().removeprefix("0x" + run_id.hex()).strip()
+    return detail if name in ("exists", "not revoked") else f"{name}: {detail}"
 
 
 def _relation_name(code: int) -> str:
