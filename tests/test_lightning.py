@@ -12,8 +12,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from ledger.chain.reader import JsonRpc, RegistryReader
 from ledger.chain.registry import RunStatus
-from tests.conftest import Chain
+from ledger.store import LocalStore, find_by_digest
+from tests.conftest import Chain, free_port
 from tests.test_cli import chain_env, ledger
 from training.lightning import LedgerCallback
 
@@ -105,3 +107,41 @@ def test_a_fit_that_raises_marks_the_run_failed(chain: Chain, tmp_path: Path) ->
     assert "loss exploded" in chain.registry.events("RunFailed", run_id)[0]["reason"]
     assert [r.step for r in chain.registry.checkpoints(run_id)] == [0]
     assert not (tmp_path / "final.ckpt").exists()
+
+
+def test_a_two_process_ddp_fit_is_one_run(
+    chain: Chain, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(free_port()))
+    settings = chain.settings(tmp_path / "ledger")
+    nonce = chain.w3.eth.get_transaction_count(chain.admin.address)
+    callback = LedgerCallback(name="lit-ddp", out=tmp_path / "final.ckpt", settings=settings)
+    train, val = loaders()
+    pl.Trainer(
+        max_epochs=2,
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp_spawn",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[callback],
+    ).fit(Regressor(), train, val)
+
+    reader = RegistryReader(JsonRpc(chain.rpc_url), chain.registry.address, chain.deploy_block)
+    started = reader.all_events("RunStarted")
+    assert len(started) == 1
+    run_id = bytes(started[0]["runId"])
+    assert chain.registry.get_run(run_id).status is RunStatus.FINALIZED
+    assert [r.step for r in chain.registry.checkpoints(run_id)] == [0, 1]
+    assert chain.w3.eth.get_transaction_count(chain.admin.address) == nonce + 4
+    store = LocalStore(tmp_path / "ledger" / "store")
+    cid = find_by_digest(store, bytes(started[0]["manifestDigest"]))
+    assert cid is not None
+    assert json.loads(store.get_bytes(cid))["distributed"] == {"world_size": 2, "backend": "gloo"}
+    env = chain_env(chain, tmp_path / "ledger")
+    out = ledger("verify", str(tmp_path / "final.ckpt"), "--json", env=env)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert json.loads(out.stdout)["run_id"] == "0x" + run_id.hex()
