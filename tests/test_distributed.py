@@ -104,15 +104,13 @@ def _failing_worker(rank: int, world_size: int, port: int, settings: Settings, o
         dist.destroy_process_group()
 
 
-def test_when_rank_zero_cannot_record_every_rank_raises(tmp_path: Path) -> None:
-    nowhere = Settings(
-        data_dir=tmp_path / "ledger",
-        rpc_url=f"http://127.0.0.1:{free_port()}",
-        registry_address="0x" + "11" * 20,
+def test_when_rank_zero_cannot_record_every_rank_raises(chain: Chain, tmp_path: Path) -> None:
+    nowhere = Settings(  # the real chain, but no registry at this address
+        data_dir=tmp_path / "ledger", rpc_url=chain.rpc_url, registry_address="0x" + "11" * 20
     )
     mp.spawn(_failing_worker, args=(2, free_port(), nowhere, tmp_path), nprocs=2, join=True)
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
-    assert ranks[0]["error"] == "ChainUnavailableError"
+    assert ranks[0]["error"] == "RegistryNotDeployedError"
     assert ranks[1]["error"] == "RecordError"
     assert "rank 0 could not record" in ranks[1]["message"]
-    assert "ChainUnavailableError" in ranks[1]["message"]
+    assert "RegistryNotDeployedError" in ranks[1]["message"]
