@@ -93,7 +93,8 @@ def _failing_worker(rank: int, world_size: int, port: int, settings: Settings, o
     os.environ["MASTER_PORT"] = str(port)
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
     try:
-        run = LedgerRun(Tiny(), name="ddp", config={}, out=out / "model.pt", settings=settings)
+        config = {"lr": float("nan")}  # rank 0 refuses to write this manifest
+        run = LedgerRun(Tiny(), name="ddp", config=config, out=out / "model.pt", settings=settings)
         try:
             run.start()
             outcome = {"error": None}
@@ -105,12 +106,10 @@ def _failing_worker(rank: int, world_size: int, port: int, settings: Settings, o
 
 
 def test_when_rank_zero_cannot_record_every_rank_raises(chain: Chain, tmp_path: Path) -> None:
-    nowhere = Settings(  # the real chain, but no registry at this address
-        data_dir=tmp_path / "ledger", rpc_url=chain.rpc_url, registry_address="0x" + "11" * 20
-    )
-    mp.spawn(_failing_worker, args=(2, free_port(), nowhere, tmp_path), nprocs=2, join=True)
+    settings = chain.settings(tmp_path / "ledger")
+    mp.spawn(_failing_worker, args=(2, free_port(), settings, tmp_path), nprocs=2, join=True)
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
-    assert ranks[0]["error"] == "RegistryNotDeployedError"
+    assert ranks[0]["error"] == "InputError" and "NaN" in ranks[0]["message"]
     assert ranks[1]["error"] == "RecordError"
     assert "rank 0 could not record" in ranks[1]["message"]
-    assert "RegistryNotDeployedError" in ranks[1]["message"]
+    assert "InputError" in ranks[1]["message"]
