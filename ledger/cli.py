@@ -22,6 +22,7 @@ from typing import Annotated, Any
 
 import typer
 
+from ledger.cli_store import store_app
 from ledger.errors import InputError, LedgerError
 
 app = typer.Typer(
@@ -36,6 +37,7 @@ chain_app = typer.Typer(
     help="Run a local Anvil dev chain.", no_args_is_help=True, rich_markup_mode=None
 )
 app.add_typer(chain_app, name="chain")
+app.add_typer(store_app, name="store")
 
 DataDir = Annotated[
     Path | None,
