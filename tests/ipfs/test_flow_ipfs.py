@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -21,7 +22,7 @@ def test_verify_reads_the_run_documents_from_the_node(
     chain: Chain, ipfs_node: IpfsNode, tmp_path: Path
 ) -> None:
     data_dir = tmp_path / "ledger"
-    store = IpfsStore(ipfs_node.api)
+    settings = replace(chain.settings(data_dir), ipfs_api=ipfs_node.api)  # as LEDGER_IPFS_API
     torch.manual_seed(1)
     model = Tiny()
     x, y = torch.randn(32, 8), torch.randn(32, 1)
@@ -31,13 +32,15 @@ def test_verify_reads_the_run_documents_from_the_node(
         config={"epochs": 2},
         out=tmp_path / "model.pt",
         data={"x": x},
-        settings=chain.settings(data_dir),
-        store=store,
+        settings=settings,
     ) as run:
         for epoch in range(2):
             loss = nn.functional.mse_loss(model(x), y)
             run.epoch_end(epoch, {"loss": float(loss.detach())})
     assert LocalStore(data_dir / "store").cids() == []  # everything went to the node
+    node = IpfsStore(ipfs_node.api)
+    assert run.recorder is not None and run.recorder.manifest_cid is not None
+    assert node.has(run.recorder.manifest_cid)
 
     env = {"LEDGER_HOME": str(data_dir)}
     node_env = {**env, "LEDGER_IPFS_API": ipfs_node.api}
