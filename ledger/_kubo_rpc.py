@@ -182,7 +182,14 @@ class KuboRpc:
         try:
 
             def send() -> http.client.HTTPResponse:
-                connection.request("POST", path, body=body, headers=headers or {})
+                try:
+                    connection.request("POST", path, body=body, headers=headers or {})
+                except (BrokenPipeError, ConnectionResetError):
+                    if body is None:
+                        raise
+                    # A node that refuses an upload may answer and close before it has
+                    # read the body: its answer says why, so read it if it is there.
+                    return _early_answer(connection)
                 return connection.getresponse()
 
             response = self._guard(send, command)
@@ -218,6 +225,14 @@ class KuboRpc:
                 if isinstance(document, dict) and document.get("Type") == "error":
                     raise _node_error(line, response.status, command, self.address)
         return body
+
+
+def _early_answer(connection: http.client.HTTPConnection) -> http.client.HTTPResponse:
+    """The answer a node sent before closing on an upload; re-raises if there is none."""
+    try:
+        return connection.getresponse()
+    except (OSError, http.client.HTTPException):
+        raise ConnectionResetError("the node closed the connection during the upload") from None
 
 
 def _raise_trailer_error(

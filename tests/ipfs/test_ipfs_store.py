@@ -16,6 +16,7 @@ import pytest
 from ledger.errors import (
     ArtifactNotFoundError,
     IntegrityError,
+    StoreRefusedError,
     StoreUnavailableError,
 )
 from ledger.hashing.cid import DAG_PB, RAW, Cid, bytes_cid, file_cid
@@ -195,6 +196,16 @@ def test_a_node_that_answers_another_cid_is_refused_and_nothing_is_pinned(
     assert Cid.parse(node_cid) != bytes_cid(data)
     assert not pinned_on(ipfs_node, node_cid)
     assert not pinned_on(ipfs_node, bytes_cid(data))
+
+
+def test_a_node_that_refuses_an_add_says_why(ipfs_node: IpfsNode) -> None:
+    proxy = _Proxy(ipfs_node, chunker="size-abc", flip_cat=False)
+    try:
+        with pytest.raises(StoreRefusedError, match=r"refused `add`: .*[Cc]hunker") as caught:
+            IpfsStore(proxy.api).put_bytes(unique(1000))
+    finally:
+        proxy.close()
+    assert caught.value.exit_code == 20 and proxy.api.split("//")[1] in str(caught.value)
 
 
 def test_a_node_that_sends_other_bytes_is_caught(ipfs: IpfsStore, ipfs_node: IpfsNode) -> None:
