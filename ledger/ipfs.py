@@ -148,7 +148,7 @@ class IpfsStore:
         target = Path(target)
         try:
             handle = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed below
-                dir=target.parent if str(target.parent) else ".", prefix=".incoming-", delete=False
+                dir=target.parent, prefix=".incoming-", delete=False
             )
         except OSError as exc:
             raise InputError(f"cannot write {target}: {exc.strerror or exc}") from exc
