@@ -20,10 +20,10 @@ def _catalog(data_dir: Path | None) -> Any:
     from ledger.chain.reader import RegistryReader
     from ledger.config import load_settings
     from ledger.runs import RunCatalog
-    from ledger.store import LocalStore
+    from ledger.store import open_store
 
     settings = load_settings(data_dir)
-    return RunCatalog.load(RegistryReader.connect(settings), LocalStore(settings.store_dir))
+    return RunCatalog.load(RegistryReader.connect(settings), open_store(settings))
 
 
 def _echo_json(document: Any) -> None:
