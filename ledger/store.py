@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Protocol
 
+from ledger.config import Settings
 from ledger.errors import ArtifactNotFoundError, IntegrityError, StoreError
 from ledger.hashing.cid import DAG_PB, RAW, Cid, bytes_cid, file_cid
 
@@ -134,3 +135,8 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def open_store(settings: Settings) -> ArtifactStore:
+    """The store the settings name (the embedded :class:`LocalStore` by default)."""
+    return LocalStore(settings.store_dir)
