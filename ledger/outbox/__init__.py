@@ -55,8 +55,11 @@ def flush_timeout() -> float:
 class Outbox:
     """The journal of one data directory, and its worker thread in this process."""
 
-    def __init__(self, settings: Settings, store: ArtifactStore | None = None) -> None:
+    def __init__(
+        self, settings: Settings, store: ArtifactStore | None = None, *, background: bool = True
+    ) -> None:
         self.settings = settings
+        self.background = background  # False: appends wait for `sync` or another process
         self.journal = Journal(journal_path(settings))
         self.worker = Worker(self.journal, settings, store=store)
         self._thread: WorkerThread | None = None
@@ -116,7 +119,8 @@ class Outbox:
         self, run_id: str, kind: Any, payload: dict[str, Any], step: int | None = None
     ) -> int:
         entry_id = self.journal.append(run_id, kind, payload, step)
-        self.start_worker().wake()
+        if self.background:
+            self.start_worker().wake()
         return entry_id
 
     # -- the worker ------------------------------------------------------------------
@@ -160,6 +164,8 @@ class Outbox:
 
     def sync(self, timeout: float, *, retry_failed: bool = False) -> PassResult:
         """Run the worker in the foreground until nothing moves or ``timeout`` passes."""
+        if self._thread is not None:
+            self._thread.stop()  # this process's own background worker hands over
         lock = WorkerLock(self.journal.path)
         if not lock.acquire(wait=False):
             raise RecordError(
@@ -169,6 +175,7 @@ class Outbox:
         try:
             if retry_failed:
                 self.journal.retry_failed()
+            self.worker.recheck()  # `ledger sync` always checks what the journal holds as done
             deadline = time.monotonic() + timeout
             total = PassResult()
             while True:

@@ -91,10 +91,14 @@ class Worker:
     store: ArtifactStore | None = None
     say: Callable[[str], None] = _stderr
     totals: PassResult = field(default_factory=PassResult)
+    receipt_wait: float = RECEIPT_WAIT  # seconds; an unmined transaction stays ``sent``
     _registry: Any = None
-    _nonce: int | None = None
     _reconcile: bool = True
     _outage: str | None = None
+
+    def recheck(self) -> None:
+        """Check confirmed records against the chain on the next pass."""
+        self._reconcile = True
 
     # -- one pass -----------------------------------------------------------------
 
@@ -109,10 +113,10 @@ class Worker:
             self._recover_sent(registry, result)
             self._send_ready(registry, result)
         except _RETRYABLE as exc:
-            result.waiting_on = str(exc)
+            result.waiting_on = _one_line(exc)
             self._drop_connection()
         except ConfigError as exc:
-            result.waiting_on = f"{exc} ({exc.hint})" if exc.hint else str(exc)
+            result.waiting_on = _one_line(exc)
         self._report_outage(result)
         for name in ("stored", "confirmed", "recommitted", "failed"):
             setattr(self.totals, name, getattr(self.totals, name) + getattr(result, name))
@@ -198,7 +202,6 @@ class Worker:
             from ledger.chain.registry import Registry
 
             self._registry = Registry.connect(self.settings)
-            self._nonce = None
         registry: Registry = self._registry
         return registry
 
@@ -206,7 +209,6 @@ class Worker:
         if self._registry is not None:
             self._reconcile = True  # the chain may have been reset while away
         self._registry = None
-        self._nonce = None
 
     # -- 2. reconcile ---------------------------------------------------------------
 
@@ -387,11 +389,9 @@ class Worker:
                 prepared.tx_hash, prepared.raw, prepared.sender, prepared.nonce, prepared.chain_id
             )
             self.journal.save_sent([e.id for e in batch], saved)
-            self._nonce = prepared.nonce + 1
             try:
                 self._broadcast(registry, saved)
             except NonceTooLowError:
-                self._nonce = None
                 self.journal.requeue([e.id for e in batch], recommit=False)
                 continue
             receipt = self._wait(registry, saved.tx_hash)
@@ -476,18 +476,18 @@ class Worker:
 
     # -- transactions -----------------------------------------------------------------
 
-    def _next_nonce(self, registry: Registry) -> int:
-        if self._nonce is None:
-            self._nonce = registry.pending_nonce()
-        return self._nonce
+    @staticmethod
+    def _next_nonce(registry: Registry) -> int:
+        # asked each time (one cheap call): a rolled-back or reset chain rolls nonces
+        # back too, and this worker is the data directory's only sender
+        return registry.pending_nonce()
 
     @staticmethod
     def _broadcast(registry: Registry, saved: SavedTx) -> None:
         registry.broadcast(saved.raw)
 
-    @staticmethod
-    def _wait(registry: Registry, tx_hash: str) -> Any:
-        deadline = time.monotonic() + RECEIPT_WAIT
+    def _wait(self, registry: Registry, tx_hash: str) -> Any:
+        deadline = time.monotonic() + self.receipt_wait
         delay = 0.005
         while True:
             receipt = registry.receipt(tx_hash)
@@ -533,6 +533,10 @@ def _chain_item(entry: Entry) -> tuple[Any, Any]:
     if entry.kind == "finalize":
         return run_id, _final(record)
     return run_id, str(record["reason"])[:500]
+
+
+def _one_line(exc: LedgerError) -> str:
+    return f"{exc.message} ({exc.hint})" if exc.hint else exc.message
 
 
 def _check_unchanged(path: Path, payload: dict[str, Any]) -> None:
@@ -633,7 +637,8 @@ class WorkerThread:
                 try:
                     result = self.worker.run_once()
                 except (LedgerError, OSError) as exc:  # stay alive; the journal is safe
-                    result = PassResult(waiting_on=f"outbox worker: {exc}")
+                    text = _one_line(exc) if isinstance(exc, LedgerError) else str(exc)
+                    result = PassResult(waiting_on=f"outbox worker: {text}")
                     self.worker.say(str(result.waiting_on))
                 with self.progress:
                     self.progress.notify_all()
