@@ -58,7 +58,7 @@ if TYPE_CHECKING:  # web3 loads when the worker first talks to the chain
     from ledger.chain.registry import Registry
 
 BATCH_LIMIT = 100  # records per transaction (a commitCheckpoints of 100 is ~0.6M gas)
-RECEIPT_WAIT = 60.0
+RECEIPT_WAIT = 2.0  # per pass; an unmined transaction is looked at again next pass
 _RETRYABLE = (ChainUnavailableError, RegistryNotDeployedError, StoreUnavailableError)
 _KIND_ORDER = ("start", "checkpoint", "finalize", "fail")
 
