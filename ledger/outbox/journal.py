@@ -209,12 +209,12 @@ class Journal:
         """Append one entry; returns its id. The training loop's whole cost."""
         now = time.time()
         text = json.dumps(payload, separators=(",", ":"), allow_nan=False)
-        with self._tx() as db:
-            cursor = db.execute(
-                "INSERT INTO entries (run_id, kind, step, payload, created_at, updated_at)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (run_id, kind, step, text, now, now),
-            )
+        # one statement in autocommit mode: its own transaction, one trip into SQLite
+        cursor = self._db().execute(
+            "INSERT INTO entries (run_id, kind, step, payload, created_at, updated_at)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (run_id, kind, step, text, now, now),
+        )
         return int(cursor.lastrowid or 0)
 
     # -- the worker's side ----------------------------------------------------
@@ -251,8 +251,17 @@ class Journal:
             raise RecordError(f"no outbox entry {entry_id} in {self.path}")
         return found[0]
 
-    def mark_stored(self, entry_id: int, record: dict[str, Any]) -> None:
-        self._update([entry_id], state="stored", record=json.dumps(record), error=None)
+    def mark_stored_many(self, records: Sequence[tuple[int, dict[str, Any]]]) -> None:
+        """Several entries stored, in one transaction."""
+        if not records:
+            return
+        now = time.time()
+        with self._tx() as db:
+            db.executemany(
+                "UPDATE entries SET state = 'stored', record = ?, error = NULL, updated_at = ?"
+                " WHERE id = ?",
+                [(json.dumps(record), now, i) for i, record in records],
+            )
 
     def mark_failed(self, entry_id: int, error: str) -> None:
         self._update([entry_id], state="failed", error=error[:2000])

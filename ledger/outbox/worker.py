@@ -30,6 +30,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -41,7 +42,6 @@ from ledger.errors import (
     ChainUnavailableError,
     ConfigError,
     InputError,
-    IntegrityError,
     LedgerError,
     NonceTooLowError,
     RegistryNotDeployedError,
@@ -58,6 +58,8 @@ if TYPE_CHECKING:  # web3 loads when the worker first talks to the chain
     from ledger.chain.registry import Registry
 
 BATCH_LIMIT = 100  # records per transaction (a commitCheckpoints of 100 is ~0.6M gas)
+STORE_LIMIT = 256  # entries stored per pass, so sending interleaves with storing
+STORE_THREADS = 8
 RECEIPT_WAIT = 2.0  # per pass; an unmined transaction is looked at again next pass
 _RETRYABLE = (ChainUnavailableError, RegistryNotDeployedError, StoreUnavailableError)
 _KIND_ORDER = ("start", "checkpoint", "finalize", "fail")
@@ -138,19 +140,38 @@ class Worker:
     # -- 1. store -----------------------------------------------------------------
 
     def _store_pending(self, result: PassResult) -> None:
-        for entry in self.journal.entries(states=["pending"]):
-            try:
-                record = self._build_record(entry)
-            except StoreUnavailableError:
-                raise
-            except (InputError, IntegrityError, StoreError) as exc:
-                self.journal.mark_failed(
-                    entry.id, f"{exc}" + (f" ({exc.hint})" if exc.hint else "")
-                )
-                result.failed += 1
-                continue
-            self.journal.mark_stored(entry.id, record)
-            result.stored += 1
+        """Store pending entries, up to STORE_LIMIT a pass, on STORE_THREADS threads
+        (file copies, fsyncs and hashing overlap); a finalize waits for the
+        checkpoints before it, whose records its Merkle root covers."""
+        pending = self.journal.entries(states=["pending"])[:STORE_LIMIT]
+        if pending:
+            self._store()  # opened once, before the threads share it
+        while pending:
+            cut = next((i for i, e in enumerate(pending) if e.kind == "finalize"), len(pending))
+            group = pending[: max(cut, 1)]
+            pending = pending[len(group) :]
+            with ThreadPoolExecutor(STORE_THREADS, thread_name_prefix="ledger-store") as pool:
+                outcomes = list(pool.map(self._try_record, group))
+            stored: list[tuple[int, dict[str, Any]]] = []
+            unavailable: StoreUnavailableError | None = None
+            for entry, outcome in zip(group, outcomes, strict=True):
+                if isinstance(outcome, StoreUnavailableError):
+                    unavailable = unavailable or outcome
+                elif isinstance(outcome, LedgerError):
+                    self.journal.mark_failed(entry.id, _one_line(outcome))
+                    result.failed += 1
+                else:
+                    stored.append((entry.id, outcome))
+            self.journal.mark_stored_many(stored)
+            result.stored += len(stored)
+            if unavailable is not None:
+                raise unavailable
+
+    def _try_record(self, entry: Entry) -> dict[str, Any] | LedgerError:
+        try:
+            return self._build_record(entry)
+        except (InputError, StoreError) as exc:
+            return exc
 
     def _build_record(self, entry: Entry) -> dict[str, Any]:
         from ledger.manifest import canonical_json
