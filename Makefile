@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 NODE_STAMP := node_modules/.package-lock.json
 
-.PHONY: setup demo test lint typecheck unit contracts clean bench-verify
+.PHONY: setup demo test lint typecheck unit contracts clean bench-verify bench-outbox bench-overhead ipfs-node
 
 setup: $(STAMP) $(NODE_STAMP)
 
@@ -29,8 +29,8 @@ $(NODE_STAMP): package.json package-lock.json
 demo: setup
 	$(PY) -m training.examples.demo
 
-## test: ruff, mypy and the whole test suite against a real Anvil
-test: setup lint typecheck
+## test: ruff, mypy and the whole test suite against a real Anvil and a real IPFS node
+test: setup ipfs-node lint typecheck
 	$(PY) -m pytest
 
 lint: setup
@@ -54,9 +54,38 @@ $(PEERS_STAMP):
 bench-verify: setup $(PEERS_STAMP)
 	$(PY) bench/verify.py $(BENCH_ARGS)
 
+## bench-outbox: what a checkpoint costs the training loop, and checkpoints confirmed per second
+bench-outbox: setup
+	PYTHONPATH=. $(PY) bench/outbox.py $(BENCH_ARGS)
+
+## bench-overhead: training wall time with the ledger hook and with MLflow, each over plain training
+# MLflow lives in its own virtualenv (with the same torch wheel), never in the project's.
+MLFLOW       := bench/.mlflow
+MLFLOW_STAMP := $(MLFLOW)/.installed-stamp
+
+$(MLFLOW_STAMP):
+	$(PYTHON) -m venv $(MLFLOW)
+	$(MLFLOW)/bin/python -m pip install --quiet torch==2.13.0
+	$(MLFLOW)/bin/python -m pip install --quiet mlflow==3.17.2
+	touch $@
+
+bench-overhead: setup $(MLFLOW_STAMP)
+	PYTHONPATH=. $(PY) bench/hook_overhead.py $(BENCH_ARGS)
+
 ## contracts: rebuild the committed registry artifact from contracts/
 contracts: setup
 	$(PY) -m ledger.chain.compiler
 
+## ipfs-node: the IPFS node the tests run (js-ipfs on Node 22, about 470 MB, 2 min the first time)
+# Its own npm project, so `make setup` and `make demo` do not pay for it.
+IPFS_NODE       := tools/ipfs-node
+IPFS_NODE_STAMP := $(IPFS_NODE)/node_modules/.package-lock.json
+
+ipfs-node: $(IPFS_NODE_STAMP)
+
+$(IPFS_NODE_STAMP): $(IPFS_NODE)/package.json $(IPFS_NODE)/package-lock.json
+	cd $(IPFS_NODE) && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
 clean:
-	rm -rf $(VENV) $(PEERS) node_modules demo-out .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(PEERS) $(MLFLOW) node_modules $(IPFS_NODE)/node_modules demo-out .pytest_cache .mypy_cache .ruff_cache

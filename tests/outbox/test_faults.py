@@ -26,6 +26,7 @@ from ledger.chain.registry import Registry
 from ledger.config import load_settings
 from ledger.outbox.journal import Journal
 from tests.conftest import free_port
+from tests.ipfs.node import IpfsNode
 
 ROOT = Path(__file__).resolve().parents[2]
 TRAIN = Path(__file__).with_name("train_slowly.py")
@@ -45,10 +46,10 @@ class Node:
         env.update(extra)
         return env
 
-    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    def cli(self, *args: str, check: bool = True, **env: str) -> subprocess.CompletedProcess[str]:
         done = subprocess.run(
             [sys.executable, "-m", "ledger", *args],
-            env=self.env(),
+            env=self.env(**env),
             capture_output=True,
             text=True,
             timeout=300,
@@ -151,8 +152,8 @@ def assert_once(node: Node, run_id: str, steps: int, *, final: bool = True) -> N
     assert node.journal.counts()["failed"] == 0
 
 
-def verify(node: Node, model: Path) -> dict[str, object]:
-    done = node.cli("verify", str(model), "--json", check=False)
+def verify(node: Node, model: Path, **env: str) -> dict[str, object]:
+    done = node.cli("verify", str(model), "--json", check=False, **env)
     report: dict[str, object] = json.loads(done.stdout)
     assert done.returncode == 0 and report["outcome"] == "verified", done.stdout + done.stderr
     return report
@@ -228,3 +229,24 @@ def test_anvil_restarted_empty_after_confirmation(node: Node, tmp_path: Path) ->
     verify(node, model)
     status = json.loads(node.cli("status", "--json").stdout)
     assert status["recommitted"] == 5
+
+
+def test_the_store_unavailable_for_a_while(node: Node, tmp_path: Path) -> None:
+    ipfs = IpfsNode(tmp_path / "ipfs")  # artifacts go to a real IPFS node
+    ipfs.start()
+    try:
+        model = tmp_path / "model.pt"
+        training = Training(node, model, epochs=12, pause=0.3, LEDGER_IPFS_API=ipfs.api)
+        training.wait_for("epoch 1")
+        wait_until(lambda: node.journal.counts()["confirmed"] >= 2, what="first confirmations")
+        ipfs.stop()
+        training.wait_for("epoch 6")  # training goes on while the store is gone
+        assert node.journal.counts()["pending"] > 0  # handed over, waiting for the store
+        ipfs.start()
+        training.wait_for("done", timeout=120)
+        err = training.finish()
+        assert "retrying in the background" in err and "Traceback" not in err
+        assert_once(node, run_id_of(training), steps=12)
+        verify(node, model, LEDGER_IPFS_API=ipfs.api)  # the run's documents come from IPFS
+    finally:
+        ipfs.stop()
