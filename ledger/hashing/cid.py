@@ -130,7 +130,7 @@ def file_cid(
                 root = hash_stream_parallel(
                     stream,
                     cid_version,
-                    workers=1,
+                    workers=1 if workers is None or workers >= 1 else workers,
                     read_block=chunks * DEFAULT_CHUNK_SIZE,
                     progress=progress,
                 )
