@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from eth_abi.abi import decode as abi_decode
+from eth_abi.abi import encode as abi_encode
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from eth_utils.address import to_checksum_address
@@ -85,6 +86,7 @@ class Registry(EventLookups):
         self.abi: list[dict[str, Any]] = artifact["abi"]
         self.contract = w3.eth.contract(address=self.address, abi=self.abi)
         self._errors = _error_selectors(self.abi)
+        self._functions = _function_types(self.abi)
         self._chain_id: int | None = None
 
     # -- construction ---------------------------------------------------------
@@ -176,32 +178,48 @@ class Registry(EventLookups):
 
     # -- the outbox's primitives: sign, save, broadcast, confirm ------------------
 
-    def batch_call(self, kind: str, items: Sequence[Any]) -> Any:
-        """The contract call committing ``items`` of one kind in one transaction.
+    def batch_call(self, kind: str, items: Sequence[Any]) -> bytes:
+        """Calldata committing ``items`` of one kind in one transaction.
 
         ``start``: (manifest digest, parents); ``checkpoint``: (run id, leaf);
         ``finalize``: (run id, FinalRecord); ``fail``: one (run id, reason).
+        Encoded with eth_abi directly: web3's contract-function path spends
+        about 4 ms per batch item normalising arguments.
         """
-        functions = self.contract.functions
         if kind == "start":
-            return functions.startRuns([(m, _parents(p)) for m, p in items])
+            return self.calldata("startRuns", [[(m, _parents(p)) for m, p in items]])
         if kind == "checkpoint":
-            return functions.commitCheckpoints([(r, _checkpoint(c)) for r, c in items])
+            return self.calldata("commitCheckpoints", [[(r, _checkpoint(c)) for r, c in items]])
         if kind == "finalize":
-            return functions.finalizeRuns([(r, f.as_tuple()) for r, f in items])
+            return self.calldata("finalizeRuns", [[(r, f.as_tuple()) for r, f in items]])
         if kind == "fail" and len(items) == 1:
             run_id, reason = items[0]
-            return functions.markFailed(run_id, reason)
+            return self.calldata("markFailed", [run_id, reason])
         raise ValueError(f"no batch call for {len(items)} {kind!r} items")
 
-    def prepare(self, fn: Any, *, nonce: int) -> PreparedTx:
+    def calldata(self, function: str, args: Sequence[Any]) -> bytes:
+        """The registry function's selector and ABI-encoded arguments."""
+        selector, types = self._functions[function]
+        return selector + abi_encode(types, list(args))
+
+    def prepare(self, data: bytes, *, nonce: int) -> PreparedTx:
         """Estimate gas (a refusal raises here, naming the contract's error) and sign."""
         account = self._signer()
+        eth = self.w3.eth
         try:
-            params: dict[str, Any] = {"from": account.address}
-            gas = fn.estimate_gas(params)
-            params.update(gas=int(gas * 1.2) + 10_000, nonce=nonce, chainId=self.chain_id)
-            signed = account.sign_transaction(fn.build_transaction(params))
+            call: dict[str, Any] = {"from": account.address, "to": self.address, "data": data}
+            gas = eth.estimate_gas(call)  # type: ignore[arg-type]
+            priority = int(eth.max_priority_fee)
+            base = int(eth.get_block("latest").get("baseFeePerGas", 0))
+            tx = {
+                **call,
+                "gas": int(gas * 1.2) + 10_000,
+                "nonce": nonce,
+                "chainId": self.chain_id,
+                "maxPriorityFeePerGas": priority,
+                "maxFeePerGas": 2 * base + priority,
+            }
+            signed = account.sign_transaction(tx)
         except ContractLogicError as exc:
             raise self._revert_error(exc) from exc
         except (Web3Exception, OSError) as exc:
@@ -511,6 +529,24 @@ def _error_selectors(abi: list[dict[str, Any]]) -> dict[bytes, tuple[str, list[s
         signature = f"{item['name']}({','.join(types)})"
         table[keccak(text=signature)[:4]] = (item["name"], types)
     return table
+
+
+def _function_types(abi: list[dict[str, Any]]) -> dict[str, tuple[bytes, list[str]]]:
+    """Each function's selector and canonical input types (tuples spelled out)."""
+    table: dict[str, tuple[bytes, list[str]]] = {}
+    for item in abi:
+        if item.get("type") == "function":
+            types = [_canonical_type(i) for i in item.get("inputs", [])]
+            table[item["name"]] = (keccak(text=f"{item['name']}({','.join(types)})")[:4], types)
+    return table
+
+
+def _canonical_type(param: dict[str, Any]) -> str:
+    kind = str(param["type"])
+    if kind.startswith("tuple"):
+        inner = ",".join(_canonical_type(c) for c in param["components"])
+        return f"({inner}){kind[len('tuple') :]}"
+    return kind
 
 
 def _show(value: object) -> str:
