@@ -244,6 +244,16 @@ class LedgerRun:
         return [Commit.of(e) for e in self.outbox.journal.entries(ids=self._entries)]
 
     @property
+    def manifest_cid(self) -> Cid | None:
+        """The CID of the run's manifest, once the worker has stored it."""
+        if self.outbox is None or self._run_id is None:
+            return None
+        for entry in self.outbox.journal.entries(run_id=self._run_id):
+            if entry.kind == "start" and entry.record is not None:
+                return Cid.parse(entry.record["manifest_cid"])
+        return None
+
+    @property
     def final(self) -> Commit | None:
         """The final weights' commit, once :meth:`finish` handed them over."""
         if self.outbox is None or self._final_entry is None:
