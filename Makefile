@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 NODE_STAMP := node_modules/.package-lock.json
 
-.PHONY: setup demo test lint typecheck unit contracts clean bench-verify ipfs-node
+.PHONY: setup demo test lint typecheck unit contracts clean bench-verify bench-outbox bench-overhead ipfs-node
 
 setup: $(STAMP) $(NODE_STAMP)
 
@@ -54,6 +54,24 @@ $(PEERS_STAMP):
 bench-verify: setup $(PEERS_STAMP)
 	$(PY) bench/verify.py $(BENCH_ARGS)
 
+## bench-outbox: what a checkpoint costs the training loop, and checkpoints confirmed per second
+bench-outbox: setup
+	PYTHONPATH=. $(PY) bench/outbox.py $(BENCH_ARGS)
+
+## bench-overhead: training wall time with the ledger hook and with MLflow, each over plain training
+# MLflow lives in its own virtualenv (with the same torch wheel), never in the project's.
+MLFLOW       := bench/.mlflow
+MLFLOW_STAMP := $(MLFLOW)/.installed-stamp
+
+$(MLFLOW_STAMP):
+	$(PYTHON) -m venv $(MLFLOW)
+	$(MLFLOW)/bin/python -m pip install --quiet torch==2.13.0
+	$(MLFLOW)/bin/python -m pip install --quiet mlflow==3.17.2
+	touch $@
+
+bench-overhead: setup $(MLFLOW_STAMP)
+	PYTHONPATH=. $(PY) bench/hook_overhead.py $(BENCH_ARGS)
+
 ## contracts: rebuild the committed registry artifact from contracts/
 contracts: setup
 	$(PY) -m ledger.chain.compiler
@@ -70,4 +88,4 @@ $(IPFS_NODE_STAMP): $(IPFS_NODE)/package.json $(IPFS_NODE)/package-lock.json
 	touch $@
 
 clean:
-	rm -rf $(VENV) $(PEERS) node_modules $(IPFS_NODE)/node_modules demo-out .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(PEERS) $(MLFLOW) node_modules $(IPFS_NODE)/node_modules demo-out .pytest_cache .mypy_cache .ruff_cache

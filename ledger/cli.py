@@ -23,7 +23,7 @@ from typing import Annotated, Any
 import typer
 
 from ledger.cli_store import store_app
-from ledger.errors import InputError, LedgerError
+from ledger.errors import InputError, LedgerError, RecordError
 
 app = typer.Typer(
     name="ledger",
@@ -392,6 +392,93 @@ def revoke(
     tx = Registry.connect(_settings(data_dir)).revoke_run(_run_id(run), reason)
     typer.echo(f"revoked in tx {tx.tx_hash} (block {tx.block_number})")
 
+
+# -- the outbox -----------------------------------------------------------------
+
+
+@app.command()
+def sync(
+    data_dir: DataDir = None,
+    timeout: Annotated[float, typer.Option(help="Give up after this many seconds.")] = 300.0,
+    retry_failed: Annotated[
+        bool, typer.Option("--retry-failed", help="Try failed records again.")
+    ] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Send whatever the outbox still holds; recommit records the chain lost."""
+    from ledger.outbox import Outbox
+
+    outbox = Outbox(_settings(data_dir))
+    result = outbox.sync(timeout, retry_failed=retry_failed)
+    counts = outbox.journal.counts()
+    still_open = counts["pending"] + counts["stored"] + counts["sent"]
+    if as_json:
+        _echo_json(
+            {
+                "stored": result.stored,
+                "confirmed": result.confirmed,
+                "recommitted": result.recommitted,
+                "failed": result.failed,
+                "open": still_open,
+                "waiting_on": result.waiting_on,
+                "journal": counts,
+            }
+        )
+    else:
+        typer.echo(
+            f"confirmed {result.confirmed}, recommitted {result.recommitted} "
+            f"(lost by the chain), failed {result.failed}, still open {still_open}"
+        )
+    if still_open:
+        raise RecordError(
+            f"{still_open} record(s) are still open"
+            + (f": {result.waiting_on}" if result.waiting_on else ""),
+            hint="run `ledger status` to see them; `ledger sync` again once the cause is fixed",
+        )
+    if result.failed:
+        raise RecordError(f"{result.failed} record(s) failed", hint="`ledger status` shows why")
+
+
+@app.command()
+def status(data_dir: DataDir = None, as_json: JsonFlag = False) -> None:
+    """Show the outbox: records pending, sent, confirmed and failed, per run."""
+    from ledger.outbox import Journal, journal_path
+
+    path = journal_path(_settings(data_dir))
+    if not path.exists():
+        if as_json:
+            _echo_json({"journal": None, "runs": [], "problems": []})
+        else:
+            typer.echo("the outbox is empty (nothing was recorded from this data directory)")
+        return
+    journal = Journal(path)
+    entries = journal.entries()
+    runs: dict[str, dict[str, int]] = {}
+    for entry in entries:
+        runs.setdefault(entry.run_id, {}).setdefault(entry.state, 0)
+        runs[entry.run_id][entry.state] += 1
+    problems = [e for e in entries if e.state == "failed" or (e.state != "confirmed" and e.error)]
+    if as_json:
+        _echo_json(
+            {
+                "journal": journal.counts(),
+                "runs": [{"run_id": r, "states": c} for r, c in runs.items()],
+                "problems": [e.as_dict() for e in problems],
+                "recommitted": sum(e.recommits for e in entries),
+            }
+        )
+        return
+    counts = journal.counts()
+    typer.echo("outbox: " + "  ".join(f"{state} {n}" for state, n in counts.items()))
+    for run_id, states in runs.items():
+        shown = ", ".join(f"{n} {state}" for state, n in sorted(states.items()))
+        typer.echo(f"  run {run_id}: {shown}")
+    for entry in problems:
+        what = f"{entry.kind}" + (f" step {entry.step}" if entry.step is not None else "")
+        typer.echo(
+            f"  {entry.state} #{entry.id} {what} of {entry.run_id[:10]}…"
+            f" ({entry.attempts} attempts): {entry.error}"
+        )
 
 from ledger._cli_runs import lineage, runs  # noqa: E402  (own module, registered here)
 

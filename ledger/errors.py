@@ -108,6 +108,10 @@ class ChainUnavailableError(ChainError, ConnectionError):
     http_status = 503
 
 
+class NonceTooLowError(ChainError):
+    """A transaction's nonce was already used by another transaction of its sender."""
+
+
 class RegistryNotDeployedError(ChainError):
     """No registry contract is at the configured address on this chain."""
 

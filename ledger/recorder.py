@@ -6,8 +6,10 @@ document that binds the step, the metrics and both weights identities; then it
 sends the registry transaction. The on-chain metrics digest therefore
 authenticates everything a verifier needs to explain a mismatch.
 
-This recorder commits synchronously; the durable outbox that takes the chain off
-the training loop's path wraps it (see docs/architecture.md).
+:class:`RunRecorder` commits synchronously, one transaction per record: for
+scripts and tests that want the receipt in hand. The training hook goes through
+the durable outbox instead (:mod:`ledger.outbox`), whose worker builds the same
+documents with :func:`store_weights`.
 """
 
 from __future__ import annotations
@@ -69,7 +71,9 @@ class RunRecorder:
         tensors: TensorDigest | None = None,
     ) -> WeightsCommit:
         run_id = self._require_running()
-        file_cid, tensors, metrics_cid = self._store_weights(weights, metrics, step, False, tensors)
+        file_cid, tensors, metrics_cid = store_weights(
+            self.store, self.run_id_hex, weights, metrics, step, tensors
+        )
         leaf = CheckpointLeaf(step, file_cid.digest, tensors.root, metrics_cid.digest)
         tx = self.registry.commit_checkpoint(run_id, leaf)
         self.checkpoints.append(leaf)
@@ -79,7 +83,9 @@ class RunRecorder:
         self, weights: Path, metrics: Mapping[str, Any], tensors: TensorDigest | None = None
     ) -> WeightsCommit:
         run_id = self._require_running()
-        file_cid, tensors, metrics_cid = self._store_weights(weights, metrics, None, True, tensors)
+        file_cid, tensors, metrics_cid = store_weights(
+            self.store, self.run_id_hex, weights, metrics, None, tensors
+        )
         record = FinalRecord(
             file_cid.digest,
             tensors.root,
@@ -97,32 +103,6 @@ class RunRecorder:
         self.status = "failed"
         return tx
 
-    def _store_weights(
-        self,
-        weights: Path,
-        metrics: Mapping[str, Any],
-        step: int | None,
-        final: bool,
-        tensors: TensorDigest | None,
-    ) -> tuple[Cid, TensorDigest, Cid]:
-        file_cid = self.store.put_file(Path(weights))
-        tensors = tensors or tensor_digest(weights)
-        index_cid = self.store.put_bytes(canonical_json(tensors.index(), what="tensor index"))
-        document = {
-            "schema": METRICS_SCHEMA,
-            "run_id": self.run_id_hex,
-            "step": step,
-            "final": final,
-            "metrics": dict(metrics),
-            "weights": {
-                "cid": str(file_cid),
-                "tensor_root": tensors.root.hex(),
-                "tensor_index": str(index_cid),
-            },
-        }
-        metrics_cid = self.store.put_bytes(canonical_json(document, what="metrics"))
-        return file_cid, tensors, metrics_cid
-
     def _require_run(self) -> bytes:
         if self.run_id is None:
             raise RecordError("the run was not started yet; call start() first")
@@ -133,3 +113,36 @@ class RunRecorder:
         if self.status != "running":
             raise RecordError(f"run 0x{run_id.hex()} is {self.status}; it takes no more records")
         return run_id
+
+
+def store_weights(
+    store: ArtifactStore,
+    run_id_hex: str,
+    weights: Path,
+    metrics: Mapping[str, Any],
+    step: int | None,
+    tensors: TensorDigest | None = None,
+) -> tuple[Cid, TensorDigest, Cid]:
+    """Store a weights file, its tensor index and its metrics document.
+
+    ``step`` None marks the final weights. Returns the file CID, the tensor
+    digest and the metrics document's CID (the on-chain metrics digest), which
+    binds the step, the metrics and both weights identities.
+    """
+    file_cid = store.put_file(Path(weights))
+    tensors = tensors or tensor_digest(weights)
+    index_cid = store.put_bytes(canonical_json(tensors.index(), what="tensor index"))
+    document = {
+        "schema": METRICS_SCHEMA,
+        "run_id": run_id_hex,
+        "step": step,
+        "final": step is None,
+        "metrics": dict(metrics),
+        "weights": {
+            "cid": str(file_cid),
+            "tensor_root": tensors.root.hex(),
+            "tensor_index": str(index_cid),
+        },
+    }
+    metrics_cid = store.put_bytes(canonical_json(document, what="metrics"))
+    return file_cid, tensors, metrics_cid

@@ -12,6 +12,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from ledger.chain.registry import RunStatus
+from ledger.config import Secret
 from ledger.errors import TransactionRevertedError
 from ledger.hashing.merkle import CheckpointLeaf, checkpoint_root
 from ledger.hashing.tensors import state_dict_digest, tensor_digest
@@ -326,12 +327,11 @@ def test_changed_or_missing_store_documents_are_a_mismatch(chain: Chain, tmp_pat
 
 def test_a_committer_who_lost_the_role_no_longer_verifies(chain: Chain, tmp_path: Path) -> None:
     chain.registry.grant_committer(chain.alice.address)
-    settings = chain.settings(tmp_path / "ledger")
+    settings = chain.settings(tmp_path / "ledger").with_overrides(
+        private_key=Secret("0x" + bytes(chain.alice.key).hex())
+    )
     model = Tiny()
-    alice = chain.as_(chain.alice)
-    with LedgerRun(
-        model, name="alice", config={}, out=tmp_path / "model.pt", settings=settings, registry=alice
-    ):
+    with LedgerRun(model, name="alice", config={}, out=tmp_path / "model.pt", settings=settings):
         pass
     v = verifier(chain, tmp_path)
     assert v.verify_file(tmp_path / "model.pt").outcome is Outcome.VERIFIED

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from ledger.chain.registry import Registry, Relation
+from ledger.chain.records import Relation
 from ledger.config import Settings
 from ledger.errors import RecordError
 from ledger.store import ArtifactStore
@@ -59,7 +59,6 @@ class LedgerTrainerCallback(TrainerCallback):
         sweep: str | None = None,
         trial: int | None = None,
         settings: Settings | None = None,
-        registry: Registry | None = None,
         store: ArtifactStore | None = None,
     ) -> None:
         self.folder = Path(out)
@@ -73,7 +72,6 @@ class LedgerTrainerCallback(TrainerCallback):
             "sweep": sweep,
             "trial": trial,
             "settings": settings,
-            "registry": registry,
             "store": store,
         }
         self._config = None if config is None else dict(config)

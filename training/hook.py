@@ -8,30 +8,34 @@
             run.epoch_end(epoch, {"val_loss": v})  # checkpoint every N epochs
 
 At start the run's manifest (config, code version, environment, data
-fingerprints, seed, parents) is committed; each checkpoint commits the weights
-file, its tensor root and the metrics; leaving the block writes the final model
-file (``out``; ``.pt`` via ``torch.save``, ``.safetensors`` via safetensors) and
-finalizes the run with the Merkle root of its checkpoints. An exception inside
-the block marks the run failed on chain and propagates unchanged.
+fingerprints, seed, parents) is handed to the durable outbox (:mod:`ledger.outbox`);
+each checkpoint writes the weights file and hands over its path and metrics;
+leaving the block writes the final model file (``out``; ``.pt`` via
+``torch.save``, ``.safetensors`` via safetensors), hands it over and waits,
+bounded by ``LEDGER_FLUSH_TIMEOUT``, for the run's records to be on chain. The
+training loop never waits on the chain or the store: a background worker
+hashes, stores and commits. An exception inside the block records the run as
+failed and propagates unchanged.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import torch
 
-from ledger.chain.registry import Registry, Relation
+from ledger.chain.records import Relation
 from ledger.config import Settings, load_settings
 from ledger.errors import LedgerError, RecordError
-from ledger.hashing.tensors import TensorDigest, state_dict_digest, tensor_digest
+from ledger.hashing.cid import Cid
 from ledger.manifest import build_manifest
-from ledger.recorder import RunRecorder, WeightsCommit
-from ledger.store import ArtifactStore, open_store
+from ledger.outbox import Entry, Outbox, flush_timeout
+from ledger.store import ArtifactStore
 from training._distributed import Role, rank_zero
 
 log = logging.getLogger("ledger.training")
@@ -49,13 +53,48 @@ def save_weights(state_dict: Mapping[str, torch.Tensor], path: Path) -> None:
         torch.save(tensors, path)
 
 
+@dataclass(frozen=True)
+class Commit:
+    """One weights file handed to the outbox, and what became of it.
+
+    ``state`` is the journal's (``pending`` … ``confirmed``); the identities
+    are filled in once the worker has stored the file.
+    """
+
+    entry_id: int
+    step: int | None
+    path: Path
+    state: str
+    file_cid: Cid | None = None
+    tensor_root: bytes | None = None
+    metrics_cid: Cid | None = None
+    tx_hash: str | None = None
+    block_number: int | None = None
+
+    @classmethod
+    def of(cls, entry: Entry) -> Commit:
+        record = entry.record or {}
+        return cls(
+            entry_id=entry.id,
+            step=entry.step,
+            path=Path(entry.payload.get("path", "")),
+            state=entry.state,
+            file_cid=Cid.parse(record["file_cid"]) if "file_cid" in record else None,
+            tensor_root=bytes.fromhex(record["tensor_root"]) if "tensor_root" in record else None,
+            metrics_cid=Cid.parse(record["metrics_cid"]) if "metrics_cid" in record else None,
+            tx_hash=entry.tx_hash,
+            block_number=entry.block_number,
+        )
+
+
 class LedgerRun:
     """Records one training run of ``model``; use as a context manager.
 
     ``sweep``/``trial`` group hyperparameter-search trials (the manifest's
     ``sweep`` key); ``save`` lets a framework write weights files itself (the
-    tensor root is then read from the written file). Under ``torch.distributed``
-    every rank enters the run and rank 0 alone records (training/_distributed.py).
+    worker reads the tensor root from the written file). Under
+    ``torch.distributed`` every rank enters the run and rank 0 alone records
+    (training/_distributed.py).
     """
 
     def __init__(
@@ -71,9 +110,9 @@ class LedgerRun:
         checkpoint_every: int = 1,
         checkpoint_dir: str | Path | None = None,
         settings: Settings | None = None,
-        registry: Registry | None = None,
         store: ArtifactStore | None = None,
         code_root: Path | None = None,
+        flush_timeout: float | None = None,
         sweep: str | None = None,
         trial: int | None = None,
         save: Callable[[Mapping[str, torch.Tensor], Path], None] | None = None,
@@ -94,17 +133,21 @@ class LedgerRun:
             else (self.out.parent / f"{self.out.stem}-checkpoints")
         )
         self._settings = settings
-        self._registry = registry
         self._store = store
         self._code_root = code_root
-        self.recorder: RunRecorder | None = None
+        self._flush_timeout = flush_timeout
+        self.outbox: Outbox | None = None
+        self._run_id: str | None = None
+        self.status = "new"
         self.last_metrics: dict[str, Any] = {}
-        self.commits: list[WeightsCommit] = []
-        self.final: WeightsCommit | None = None
+        self._entries: list[int] = []
+        self._final_entry: int | None = None
         self.sweep, self.trial = sweep, trial
-        self._saver = save  # a framework's own writer (training/lightning.py, training/hf.py)
+        self._save = save or save_weights  # a framework's own writer (lightning.py, hf.py)
         self._role: Role | None = None  # set on start (training/_distributed.py)
-        self._shared_run_id: str | None = None  # the run id, on ranks other than 0
+        # on ranks other than 0: what rank 0 recorded (see _follow_start/_follow_finish)
+        self._shared_commits: list[Commit] = []
+        self._shared_final: Commit | None = None
 
     # -- life cycle ---------------------------------------------------------------
 
@@ -119,26 +162,29 @@ class LedgerRun:
         tb: TracebackType | None,
     ) -> None:
         if exc is None:
-            if self.final is None:
+            if self.status == "running":
                 self.finish()
             return
-        if self.recorder is not None and self.recorder.status == "running":
+        if self.outbox is not None and self._run_id is not None and self.status == "running":
+            self.status = "failed"
             try:
-                self.recorder.fail(f"{type(exc).__name__}: {exc}")
+                self.outbox.fail(self._run_id, f"{type(exc).__name__}: {exc}")
+                self.flush()
             except LedgerError as fail_exc:  # keep the training error as the one raised
-                log.warning("could not mark run failed: %s", fail_exc)
+                log.warning("could not record the run as failed: %s", fail_exc)
 
     @property
     def run_id(self) -> str:
-        if self._shared_run_id is not None:
-            return self._shared_run_id
-        return self._require_recorder().run_id_hex
+        if self._run_id is None:
+            raise RecordError("the run is not started; use `with LedgerRun(...)` or call start()")
+        return self._run_id
 
-    @rank_zero(lambda run, run_id: setattr(run, "_shared_run_id", run_id))
+    @rank_zero(lambda run, run_id: run._follow_start(run_id))
     def start(self) -> str:
+        """Append the run's manifest to the outbox; returns the run id (no chain wait)."""
+        if self.status != "new":
+            raise RecordError(f"this LedgerRun was already started ({self.status})")
         settings = self._settings or load_settings()
-        registry = self._registry or Registry.connect(settings)
-        store = self._store or open_store(settings)
         manifest = build_manifest(
             name=self.name,
             config=self.config,
@@ -154,59 +200,103 @@ class LedgerRun:
             sweep=self.sweep,
             trial=self.trial,
         )
-        self.recorder = RunRecorder(registry, store)
-        self.recorder.start(manifest, self.parents)
-        log.info("ledger run %s started", self.recorder.run_id_hex)
-        return self.recorder.run_id_hex
+        self.outbox = Outbox.for_settings(settings, self._store)
+        self._run_id = self.outbox.start_run(manifest, self.parents)
+        self.status = "running"
+        log.info("ledger run %s started", self._run_id)
+        return self._run_id
 
-    def epoch_end(self, epoch: int, metrics: Mapping[str, Any]) -> WeightsCommit | None:
+    def epoch_end(self, epoch: int, metrics: Mapping[str, Any]) -> Commit | None:
         """Note an epoch's metrics; every ``checkpoint_every`` epochs commit a checkpoint."""
         self.last_metrics = dict(metrics)
         if (epoch + 1) % self.checkpoint_every:
             return None
         return self.checkpoint(epoch, metrics)
 
-    @rank_zero(lambda run, commit: run.commits.append(commit))
-    def checkpoint(self, step: int, metrics: Mapping[str, Any]) -> WeightsCommit:
-        """Write the model's weights to the checkpoint directory and commit them."""
-        recorder = self._require_recorder()
+    @rank_zero(lambda run, commit: run._shared_commits.append(commit))
+    def checkpoint(self, step: int, metrics: Mapping[str, Any]) -> Commit:
+        """Write the model's weights to the checkpoint directory and hand them over."""
+        outbox, run_id = self._require_running()
         path = self.checkpoint_dir / f"step-{step:06d}{self.out.suffix or '.pt'}"
-        tensors = self._save(path)
-        commit = recorder.checkpoint(step, path, metrics, tensors)
-        self.commits.append(commit)
-        return commit
+        self._save(self.model.state_dict(), path)
+        entry_id = outbox.checkpoint(run_id, step, path, metrics)
+        self._entries.append(entry_id)
+        return Commit(entry_id, step, path, "pending")
 
-    @rank_zero(lambda run, commit: setattr(run, "final", commit))
+    @rank_zero(lambda run, commit: run._follow_finish(commit))
     def finish(
         self,
         metrics: Mapping[str, Any] | None = None,
         state_dict: Mapping[str, torch.Tensor] | None = None,
-    ) -> WeightsCommit:
-        """Write the final model file (``out``) and finalize the run.
+    ) -> Commit:
+        """Write the final model file (``out``), hand it over, and wait (bounded) for
+        the run's records to be on chain.
 
         ``state_dict`` overrides the model's current weights (e.g. the best epoch's
         under early stopping).
         """
-        recorder = self._require_recorder()
-        tensors = self._save(self.out, state_dict)
-        self.final = recorder.finalize(self.out, dict(metrics or self.last_metrics), tensors)
-        log.info("ledger run %s finalized: %s", recorder.run_id_hex, self.final.file_cid)
-        return self.final
+        outbox, run_id = self._require_running()
+        self._save(state_dict if state_dict is not None else self.model.state_dict(), self.out)
+        self._final_entry = outbox.finalize(run_id, self.out, dict(metrics or self.last_metrics))
+        self.status = "finished"
+        self.flush()
+        final = self.final
+        assert final is not None
+        log.info("ledger run %s finished: %s (%s)", run_id, final.file_cid, final.state)
+        return final
 
-    def _save(
-        self, path: Path, state_dict: Mapping[str, torch.Tensor] | None = None
-    ) -> TensorDigest:
-        state = dict(state_dict if state_dict is not None else self.model.state_dict())
-        if self._saver is not None:  # the file may hold more or fewer tensors: digest it
-            self._saver(state, path)
-            return tensor_digest(path)
-        save_weights(state, path)
-        return state_dict_digest(state)
+    def flush(self, timeout: float | None = None) -> int:
+        """Wait up to ``timeout`` s (default ``LEDGER_FLUSH_TIMEOUT``) for this run's
+        records; returns how many are still open and says so on stderr."""
+        if self.outbox is None or self._run_id is None:
+            return 0
+        if timeout is None:
+            timeout = self._flush_timeout if self._flush_timeout is not None else flush_timeout()
+        remaining = self.outbox.flush(timeout, self._run_id)
+        if remaining:
+            self.outbox.worker.say(
+                f"run {self._run_id}: {remaining} record(s) not yet on chain after {timeout:g} s; "
+                "they are safe in the outbox (see `ledger status`, finish with `ledger sync`)"
+            )
+        return remaining
 
-    def _require_recorder(self) -> RunRecorder:
-        if self.recorder is None:
+    @property
+    def commits(self) -> list[Commit]:
+        """The checkpoints handed over so far, as the journal sees them now."""
+        if self.outbox is None:
+            return list(self._shared_commits)
+        return [Commit.of(e) for e in self.outbox.journal.entries(ids=self._entries)]
+
+    @property
+    def manifest_cid(self) -> Cid | None:
+        """The CID of the run's manifest, once the worker has stored it."""
+        if self.outbox is None or self._run_id is None:
+            return None
+        for entry in self.outbox.journal.entries(run_id=self._run_id):
+            if entry.kind == "start" and entry.record is not None:
+                return Cid.parse(entry.record["manifest_cid"])
+        return None
+
+    @property
+    def final(self) -> Commit | None:
+        """The final weights' commit, once :meth:`finish` handed them over."""
+        if self.outbox is None or self._final_entry is None:
+            return self._shared_final
+        return Commit.of(self.outbox.journal.entry(self._final_entry))
+
+    def _follow_start(self, run_id: str) -> None:
+        """On a rank other than 0: the run rank 0 started (no outbox here)."""
+        self._run_id, self.status = run_id, "running"
+
+    def _follow_finish(self, commit: Commit) -> None:
+        self._shared_final, self.status = commit, "finished"
+
+    def _require_running(self) -> tuple[Outbox, str]:
+        if self.outbox is None or self._run_id is None:
             raise RecordError("the run is not started; use `with LedgerRun(...)` or call start()")
-        return self.recorder
+        if self.status != "running":
+            raise RecordError(f"run {self._run_id} is {self.status}; it takes no more records")
+        return self.outbox, self._run_id
 
 
 def _run_id_bytes(value: str | bytes) -> bytes:

@@ -30,7 +30,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
-from ledger.chain.registry import Registry, Relation
+from ledger.chain.records import Relation
 from ledger.config import Settings
 from ledger.store import ArtifactStore
 from training.hook import LedgerRun, save_weights
@@ -53,7 +53,6 @@ class LedgerCallback(pl.Callback):
         sweep: str | None = None,
         trial: int | None = None,
         settings: Settings | None = None,
-        registry: Registry | None = None,
         store: ArtifactStore | None = None,
     ) -> None:
         super().__init__()
@@ -69,7 +68,6 @@ class LedgerCallback(pl.Callback):
             "sweep": sweep,
             "trial": trial,
             "settings": settings,
-            "registry": registry,
             "store": store,
         }
         self._config = None if config is None else dict(config)

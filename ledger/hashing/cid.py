@@ -32,13 +32,14 @@ import stat
 
 from ledger.errors import FileMissingError, InputError
 from ledger.hashing._engine import (
+    READ_BLOCK,
     Progress,
     default_workers,
     hash_file_mapped,
     hash_stream_parallel,
 )
 from ledger.hashing._multiformats import DAG_PB, RAW, Cid
-from ledger.hashing._unixfs import UnixFsHasher
+from ledger.hashing._unixfs import DEFAULT_CHUNK_SIZE, UnixFsHasher
 
 __all__ = [
     "CIDV0_SCHEME",
@@ -123,6 +124,15 @@ def file_cid(
             if mapped and info.st_size and workers != 1:
                 root = hash_file_mapped(
                     stream.fileno(), info.st_size, cid_version, workers=workers, progress=progress
+                )
+            elif info.st_size <= READ_BLOCK:  # one block: threads and an 8 MiB ring cost more
+                chunks = max(1, -(-info.st_size // DEFAULT_CHUNK_SIZE))
+                root = hash_stream_parallel(
+                    stream,
+                    cid_version,
+                    workers=1 if workers is None or workers >= 1 else workers,
+                    read_block=chunks * DEFAULT_CHUNK_SIZE,
+                    progress=progress,
                 )
             else:
                 root = hash_stream_parallel(stream, cid_version, workers=workers, progress=progress)

@@ -39,8 +39,8 @@ def test_verify_reads_the_run_documents_from_the_node(
             run.epoch_end(epoch, {"loss": float(loss.detach())})
     assert LocalStore(data_dir / "store").cids() == []  # everything went to the node
     node = IpfsStore(ipfs_node.api)
-    assert run.recorder is not None and run.recorder.manifest_cid is not None
-    assert node.has(run.recorder.manifest_cid)
+    assert run.manifest_cid is not None
+    assert node.has(run.manifest_cid)
 
     env = {"LEDGER_HOME": str(data_dir)}
     node_env = {**env, "LEDGER_IPFS_API": ipfs_node.api}

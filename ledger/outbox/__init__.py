@@ -1,0 +1,208 @@
+"""The durable outbox between training and the chain.
+
+The training hook hands each record to :class:`Outbox` — a manifest at start,
+a weights file path and its metrics per checkpoint and at the end — which
+appends it to the journal (:mod:`ledger.outbox.journal`, SQLite in WAL mode)
+and returns: that insert is all the training loop waits for. A worker
+(:mod:`ledger.outbox.worker`) on a daemon thread stores the artifacts, sends
+batched transactions and confirms them; one process per data directory sends at
+a time (a file lock), so one key's nonces never race. A run's id is derived
+locally (committer + manifest CID), so the hook knows it before the chain does.
+
+At exit the hook flushes with a bounded wait and says what remains; `ledger
+sync` finishes whatever a previous process left, and the next run's worker does
+the same on its own. `ledger status` shows the journal.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from ledger.chain.records import Relation, run_id_for
+from ledger.config import Settings
+from ledger.errors import ConfigError, InputError, RecordError
+from ledger.hashing.cid import bytes_cid
+from ledger.manifest import canonical_json
+from ledger.outbox.journal import Entry, Journal
+from ledger.outbox.worker import PassResult, Worker, WorkerLock, WorkerThread
+from ledger.store import ArtifactStore
+
+__all__ = ["Entry", "Journal", "Outbox", "PassResult", "flush_timeout", "journal_path"]
+
+_OPEN: dict[Path, Outbox] = {}
+_OPEN_LOCK = threading.Lock()
+
+
+def journal_path(settings: Settings) -> Path:
+    return settings.data_dir / "outbox.sqlite"
+
+
+def flush_timeout() -> float:
+    """Seconds a finishing run waits for its records (``LEDGER_FLUSH_TIMEOUT``, default 60)."""
+    text = os.environ.get("LEDGER_FLUSH_TIMEOUT", "60")
+    try:
+        return max(0.0, float(text))
+    except ValueError as exc:
+        raise ConfigError(f"LEDGER_FLUSH_TIMEOUT={text!r} is not a number of seconds") from exc
+
+
+class Outbox:
+    """The journal of one data directory, and its worker thread in this process."""
+
+    def __init__(
+        self, settings: Settings, store: ArtifactStore | None = None, *, background: bool = True
+    ) -> None:
+        self.settings = settings
+        self.background = background  # False: appends wait for `sync` or another process
+        self.journal = Journal(journal_path(settings))
+        self.worker = Worker(self.journal, settings, store=store)
+        self._thread: WorkerThread | None = None
+        self._committer: str | None = None
+
+    @classmethod
+    def for_settings(cls, settings: Settings, store: ArtifactStore | None = None) -> Outbox:
+        """The process's outbox for this data directory (one worker per journal)."""
+        key = journal_path(settings).resolve()
+        with _OPEN_LOCK:
+            found = _OPEN.get(key)
+            if found is None or found.settings != settings:
+                found = _OPEN[key] = cls(settings, store)
+            return found
+
+    # -- appending (the training loop's side) ------------------------------------
+
+    def committer(self) -> str:
+        """The address that signs this data directory's records (known offline)."""
+        if self._committer is None:
+            from ledger.chain.registry import load_account
+
+            chain_id = self.settings.chain_id
+            if chain_id is None:
+                from ledger.chain.registry import connect_web3
+
+                chain_id = int(connect_web3(self.settings.rpc_url).eth.chain_id)
+            self._committer = str(load_account(self.settings, chain_id).address)
+        return self._committer
+
+    def start_run(
+        self, manifest: Mapping[str, Any], parents: Sequence[tuple[bytes, Relation]] = ()
+    ) -> str:
+        """Append a run's start; returns its run id (``0x`` hex), derived locally."""
+        text = canonical_json(manifest, what="manifest")
+        committer = self.committer()
+        run_id = "0x" + run_id_for(committer, bytes_cid(text).digest).hex()
+        payload = {
+            "manifest": text.decode(),
+            "committer": committer,
+            "parents": [["0x" + p.hex(), int(r)] for p, r in parents],
+        }
+        self._append(run_id, "start", payload)
+        return run_id
+
+    def checkpoint(self, run_id: str, step: int, weights: Path, metrics: Mapping[str, Any]) -> int:
+        """Append a checkpoint's weights file and metrics; returns the entry id."""
+        return self._append(run_id, "checkpoint", _weights_payload(weights, metrics), step)
+
+    def finalize(self, run_id: str, weights: Path, metrics: Mapping[str, Any]) -> int:
+        return self._append(run_id, "finalize", _weights_payload(weights, metrics))
+
+    def fail(self, run_id: str, reason: str) -> int:
+        return self._append(run_id, "fail", {"reason": reason[:500]})
+
+    def _append(
+        self, run_id: str, kind: Any, payload: dict[str, Any], step: int | None = None
+    ) -> int:
+        entry_id = self.journal.append(run_id, kind, payload, step)
+        if self.background:
+            self.start_worker().wake()
+        return entry_id
+
+    # -- the worker ------------------------------------------------------------------
+
+    def start_worker(self) -> WorkerThread:
+        """The background worker of this process (started on first use)."""
+        if self._thread is None or not self._thread.alive:
+            if self._thread is None:
+                atexit.register(self._at_exit)
+            self._thread = WorkerThread(self.worker, WorkerLock(self.journal.path))
+            self._thread.start()
+        return self._thread
+
+    def flush(self, timeout: float, run_id: str | None = None) -> int:
+        """Wait up to ``timeout`` s until no entry (of ``run_id``) is open; returns
+        how many still are."""
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = self.journal.open_count(run_id)
+            left = deadline - time.monotonic()
+            if remaining == 0 or left <= 0:
+                return remaining
+            thread = self.start_worker()  # (re)started if it ended idle meanwhile
+            thread.wake()
+            with thread.progress:
+                thread.progress.wait(min(left, 0.2))
+
+    def _at_exit(self) -> None:
+        if not self.journal.open_count():
+            return
+        remaining = self.flush(flush_timeout())
+        if remaining:
+            self.worker.say(
+                f"{remaining} record(s) not yet on chain; they are kept in "
+                f"{self.journal.path} and `ledger sync` (or the next run) sends them"
+            )
+        if self._thread is not None:
+            self._thread.stop()
+
+    # -- `ledger sync` -----------------------------------------------------------------
+
+    def sync(self, timeout: float, *, retry_failed: bool = False) -> PassResult:
+        """Run the worker in the foreground until nothing moves or ``timeout`` passes."""
+        if self._thread is not None:
+            self._thread.stop()  # this process's own background worker hands over
+        lock = WorkerLock(self.journal.path)
+        if not lock.acquire(wait=False):
+            raise RecordError(
+                f"another process (pid {lock.holder()}) is sending this outbox's records",
+                hint="wait for it to finish, or run `ledger status` to watch it",
+            )
+        try:
+            if retry_failed:
+                self.journal.retry_failed()
+            self.worker.recheck()  # `ledger sync` always checks what the journal holds as done
+            deadline = time.monotonic() + timeout
+            total = PassResult()
+            while True:
+                result = self.worker.run_once()
+                for name in ("stored", "confirmed", "recommitted", "failed"):
+                    setattr(total, name, getattr(total, name) + getattr(result, name))
+                total.waiting_on = result.waiting_on
+                if not self.journal.open_count() or time.monotonic() > deadline:
+                    return total
+                if not result.moved:
+                    if result.waiting_on is None:
+                        return total
+                    time.sleep(0.5)
+        finally:
+            lock.release()
+
+
+def _weights_payload(weights: Path, metrics: Mapping[str, Any]) -> dict[str, Any]:
+    canonical_json({"metrics": dict(metrics)}, what="metrics")  # refuse bad metrics now
+    path = Path(weights).resolve()
+    try:
+        stat = path.stat()
+    except FileNotFoundError as exc:
+        raise InputError(f"weights file {path} does not exist") from exc
+    return {
+        "path": str(path),
+        "size": stat.st_size,
+        "mtime_ns": stat.st_mtime_ns,
+        "metrics": dict(metrics),
+    }

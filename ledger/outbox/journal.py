@@ -1,0 +1,372 @@
+"""The outbox journal: every record the hook hands over, on disk before it returns.
+
+One SQLite file per data directory (``<data dir>/outbox.sqlite``) in WAL mode.
+An entry moves through these states, each change one SQLite transaction:
+
+``pending``   appended by the hook: a manifest, or a weights file path with its
+              metrics (the training loop's only cost is this insert);
+``stored``    its artifacts are in the store and its chain record is computed;
+``sent``      a signed transaction carrying it is saved (``txs``) and broadcast;
+``confirmed`` the receipt is in, with block number and block hash;
+``failed``    refused for good (the reason is kept; ``ledger sync --retry-failed``
+              puts it back).
+
+The signed transaction is written before it is broadcast, so a process killed
+while a transaction is in flight leaves the exact bytes behind: the next worker
+rebroadcasts them (same nonce, same hash) instead of signing the records again,
+and a record can be mined at most once. ``synchronous=NORMAL`` in WAL mode
+survives a killed process (the case the outbox is for) without an fsync per
+append; an operating-system crash may lose the last appends, as it may lose the
+weights files written beside them.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from ledger.errors import RecordError
+
+Kind = Literal["start", "checkpoint", "finalize", "fail"]
+STATES = ("pending", "stored", "sent", "confirmed", "failed")
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS entries (
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id       TEXT NOT NULL,
+    kind         TEXT NOT NULL CHECK (kind IN ('start', 'checkpoint', 'finalize', 'fail')),
+    step         INTEGER,
+    state        TEXT NOT NULL DEFAULT 'pending'
+                 CHECK (state IN ('pending', 'stored', 'sent', 'confirmed', 'failed')),
+    payload      TEXT NOT NULL,
+    record       TEXT,
+    tx_hash      TEXT,
+    block_number INTEGER,
+    block_hash   TEXT,
+    chain_id     INTEGER,
+    registry     TEXT,
+    attempts     INTEGER NOT NULL DEFAULT 0,
+    recommits    INTEGER NOT NULL DEFAULT 0,
+    note         TEXT,
+    error        TEXT,
+    created_at   REAL NOT NULL,
+    updated_at   REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS entries_by_state ON entries (state, id);
+CREATE INDEX IF NOT EXISTS entries_by_run ON entries (run_id, id);
+CREATE TABLE IF NOT EXISTS txs (
+    tx_hash    TEXT PRIMARY KEY,
+    raw        BLOB NOT NULL,
+    sender     TEXT NOT NULL,
+    nonce      INTEGER NOT NULL,
+    chain_id   INTEGER NOT NULL,
+    created_at REAL NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One journal row, decoded."""
+
+    id: int
+    run_id: str
+    kind: Kind
+    step: int | None
+    state: str
+    payload: dict[str, Any]
+    record: dict[str, Any] | None
+    tx_hash: str | None
+    block_number: int | None
+    block_hash: str | None
+    chain_id: int | None
+    registry: str | None
+    attempts: int
+    recommits: int
+    note: str | None
+    error: str | None
+    created_at: float
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> Entry:
+        return cls(
+            id=row["id"],
+            run_id=row["run_id"],
+            kind=row["kind"],
+            step=row["step"],
+            state=row["state"],
+            payload=json.loads(row["payload"]),
+            record=json.loads(row["record"]) if row["record"] else None,
+            tx_hash=row["tx_hash"],
+            block_number=row["block_number"],
+            block_hash=row["block_hash"],
+            chain_id=row["chain_id"],
+            registry=row["registry"],
+            attempts=row["attempts"],
+            recommits=row["recommits"],
+            note=row["note"],
+            error=row["error"],
+            created_at=row["created_at"],
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "run_id": self.run_id,
+            "kind": self.kind,
+            "step": self.step,
+            "state": self.state,
+            "record": self.record,
+            "tx_hash": self.tx_hash,
+            "block_number": self.block_number,
+            "attempts": self.attempts,
+            "recommits": self.recommits,
+            "note": self.note,
+            "error": self.error,
+        }
+
+
+@dataclass(frozen=True)
+class SavedTx:
+    """A signed transaction as saved before broadcast."""
+
+    tx_hash: str
+    raw: bytes
+    sender: str
+    nonce: int
+    chain_id: int
+
+
+class Journal:
+    """The outbox file. Thread-safe: one connection per thread."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._local = threading.local()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db().executescript(_SCHEMA)  # idempotent; executescript commits itself
+        with self._tx() as db:
+            found = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+            if found is None:
+                db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+            elif int(found[0]) != SCHEMA_VERSION:
+                raise RecordError(
+                    f"{path} has outbox schema {found[0]}; this ledger reads {SCHEMA_VERSION}",
+                    hint="finish it with the ledger version that wrote it (`ledger sync`)",
+                )
+
+    # -- connections ----------------------------------------------------------
+
+    def _db(self) -> sqlite3.Connection:
+        db: sqlite3.Connection | None = getattr(self._local, "db", None)
+        if db is None:
+            try:
+                db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+                db.row_factory = sqlite3.Row
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=NORMAL")
+                db.execute("PRAGMA busy_timeout=30000")
+            except sqlite3.Error as exc:
+                raise RecordError(
+                    f"cannot open the outbox journal {self.path}: {exc}",
+                    hint="check that the data directory is writable",
+                ) from exc
+            self._local.db = db
+        return db
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction (``BEGIN IMMEDIATE``: writers queue, readers go on)."""
+        db = self._db()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    def close(self) -> None:
+        db: sqlite3.Connection | None = getattr(self._local, "db", None)
+        if db is not None:
+            db.close()
+            self._local.db = None
+
+    # -- the hook's side ------------------------------------------------------
+
+    def append(
+        self, run_id: str, kind: Kind, payload: dict[str, Any], step: int | None = None
+    ) -> int:
+        """Append one entry; returns its id. The training loop's whole cost."""
+        now = time.time()
+        text = json.dumps(payload, separators=(",", ":"), allow_nan=False)
+        # one statement in autocommit mode: its own transaction, one trip into SQLite
+        cursor = self._db().execute(
+            "INSERT INTO entries (run_id, kind, step, payload, created_at, updated_at)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (run_id, kind, step, text, now, now),
+        )
+        return int(cursor.lastrowid or 0)
+
+    # -- the worker's side ----------------------------------------------------
+
+    def entries(
+        self,
+        *,
+        states: Sequence[str] = (),
+        run_id: str | None = None,
+        ids: Sequence[int] = (),
+        tx_hash: str | None = None,
+    ) -> list[Entry]:
+        """Entries in append order, filtered by any of the given fields."""
+        clauses, args = [], []  # type: tuple[list[str], list[Any]]
+        if states:
+            clauses.append(f"state IN ({','.join('?' * len(states))})")
+            args.extend(states)
+        if run_id is not None:
+            clauses.append("run_id = ?")
+            args.append(run_id)
+        if ids:
+            clauses.append(f"id IN ({','.join('?' * len(ids))})")
+            args.extend(ids)
+        if tx_hash is not None:
+            clauses.append("tx_hash = ?")
+            args.append(tx_hash)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        rows = self._db().execute(f"SELECT * FROM entries {where} ORDER BY id", args)
+        return [Entry.from_row(row) for row in rows]
+
+    def entry(self, entry_id: int) -> Entry:
+        found = self.entries(ids=[entry_id])
+        if not found:
+            raise RecordError(f"no outbox entry {entry_id} in {self.path}")
+        return found[0]
+
+    def mark_stored_many(self, records: Sequence[tuple[int, dict[str, Any]]]) -> None:
+        """Several entries stored, in one transaction."""
+        if not records:
+            return
+        now = time.time()
+        with self._tx() as db:
+            db.executemany(
+                "UPDATE entries SET state = 'stored', record = ?, error = NULL, updated_at = ?"
+                " WHERE id = ?",
+                [(json.dumps(record), now, i) for i, record in records],
+            )
+
+    def mark_failed(self, entry_id: int, error: str) -> None:
+        self._update([entry_id], state="failed", error=error[:2000])
+
+    def note_attempt(self, entry_ids: Sequence[int], error: str) -> None:
+        """A retryable failure: count it and keep the message for ``ledger status``."""
+        with self._tx() as db:
+            db.executemany(
+                "UPDATE entries SET attempts = attempts + 1, error = ?, updated_at = ?"
+                " WHERE id = ?",
+                [(error[:2000], time.time(), i) for i in entry_ids],
+            )
+
+    def save_sent(self, entry_ids: Sequence[int], tx: SavedTx) -> None:
+        """Save a signed transaction and mark its entries sent, in one transaction."""
+        now = time.time()
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO txs VALUES (?, ?, ?, ?, ?, ?)",
+                (tx.tx_hash, tx.raw, tx.sender, tx.nonce, tx.chain_id, now),
+            )
+            db.executemany(
+                "UPDATE entries SET state = 'sent', tx_hash = ?, chain_id = ?, updated_at = ?"
+                " WHERE id = ?",
+                [(tx.tx_hash, tx.chain_id, now, i) for i in entry_ids],
+            )
+
+    def saved_tx(self, tx_hash: str) -> SavedTx | None:
+        row = self._db().execute("SELECT * FROM txs WHERE tx_hash = ?", (tx_hash,)).fetchone()
+        if row is None:
+            return None
+        return SavedTx(
+            row["tx_hash"], bytes(row["raw"]), row["sender"], row["nonce"], row["chain_id"]
+        )
+
+    def mark_confirmed(
+        self,
+        entry_ids: Sequence[int],
+        *,
+        block_number: int,
+        block_hash: str,
+        registry: str,
+        tx_hash: str | None = None,
+        note: str | None = None,
+    ) -> None:
+        now = time.time()
+        with self._tx() as db:
+            db.executemany(
+                "UPDATE entries SET state = 'confirmed', block_number = ?, block_hash = ?,"
+                " registry = ?, tx_hash = COALESCE(?, tx_hash), note = COALESCE(?, note),"
+                " error = NULL, updated_at = ? WHERE id = ?",
+                [(block_number, block_hash, registry, tx_hash, note, now, i) for i in entry_ids],
+            )
+
+    def requeue(
+        self, entry_ids: Sequence[int], *, recommit: bool, error: str | None = None
+    ) -> None:
+        """Back to ``stored``: the record is known, its transaction must be sent (again)."""
+        now = time.time()
+        with self._tx() as db:
+            db.executemany(
+                "UPDATE entries SET state = 'stored', tx_hash = NULL, block_number = NULL,"
+                " block_hash = NULL, recommits = recommits + ?, error = ?, updated_at = ?"
+                " WHERE id = ?",
+                [(1 if recommit else 0, error, now, i) for i in entry_ids],
+            )
+
+    def retry_failed(self) -> int:
+        """Failed entries back to where they can be tried again; returns how many."""
+        with self._tx() as db:
+            cursor = db.execute(
+                "UPDATE entries SET state = CASE WHEN record IS NULL THEN 'pending'"
+                " ELSE 'stored' END, error = NULL, updated_at = ? WHERE state = 'failed'",
+                (time.time(),),
+            )
+        return cursor.rowcount
+
+    def _update(self, entry_ids: Sequence[int], **fields: Any) -> None:
+        names = ", ".join(f"{name} = ?" for name in fields)
+        now = time.time()
+        with self._tx() as db:
+            db.executemany(
+                f"UPDATE entries SET {names}, updated_at = ? WHERE id = ?",
+                [(*fields.values(), now, i) for i in entry_ids],
+            )
+
+    # -- reports --------------------------------------------------------------
+
+    def counts(self, run_id: str | None = None) -> dict[str, int]:
+        """Entries per state (every state present, zero or not)."""
+        sql = "SELECT state, COUNT(*) FROM entries"
+        args: tuple[Any, ...] = ()
+        if run_id is not None:
+            sql, args = sql + " WHERE run_id = ?", (run_id,)
+        found = dict(self._db().execute(sql + " GROUP BY state", args).fetchall())
+        return {state: int(found.get(state, 0)) for state in STATES}
+
+    def open_count(self, run_id: str | None = None, upto: int | None = None) -> int:
+        """Entries not yet confirmed nor failed (optionally of one run, up to an id)."""
+        sql = "SELECT COUNT(*) FROM entries WHERE state IN ('pending', 'stored', 'sent')"
+        args: list[Any] = []
+        if run_id is not None:
+            sql += " AND run_id = ?"
+            args.append(run_id)
+        if upto is not None:
+            sql += " AND id <= ?"
+            args.append(upto)
+        return int(self._db().execute(sql, args).fetchone()[0])

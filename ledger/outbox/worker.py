@@ -1,0 +1,691 @@
+"""The outbox worker: from journal entries to confirmed records on chain.
+
+One pass (:meth:`Worker.run_once`) does, in order:
+
+1. **store** every ``pending`` entry: put its manifest, or its weights file,
+   tensor index and metrics document, in the store; the chain record it yields
+   is saved with the entry (``stored``);
+2. **reconcile** when the chain may have changed under the journal (first
+   contact, after an outage, a registry refusing a run the journal holds as
+   started): confirmed entries whose block hash is no longer the chain's are
+   looked up on chain, and recommitted when they are gone;
+3. **recover** ``sent`` entries: a mined transaction confirms them; an unmined
+   one is rebroadcast from the saved bytes (same nonce, so mined at most once);
+   one whose nonce was taken by another transaction is looked up and requeued;
+4. **send** the entries whose predecessors are all confirmed, batched per kind
+   (``startRuns``, ``commitCheckpoints``, ``finalizeRuns``, ``markFailed``),
+   saving each signed transaction before broadcasting it.
+
+A refusal meaning "already recorded with this content" confirms the entry; the
+same id with other content fails it for good. Unreachable chains and stores
+are retried with backoff; the user gets one line when that starts and one when
+it ends.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+from ledger.chain.records import FinalRecord, Relation, RunStatus, checksum_address
+from ledger.config import Settings
+from ledger.errors import (
+    ChainError,
+    ChainUnavailableError,
+    ConfigError,
+    InputError,
+    LedgerError,
+    NonceTooLowError,
+    RegistryNotDeployedError,
+    StoreError,
+    StoreUnavailableError,
+    TransactionRevertedError,
+)
+from ledger.hashing.cid import Cid
+from ledger.hashing.merkle import CheckpointLeaf, checkpoint_root
+from ledger.outbox.journal import Entry, Journal, SavedTx
+from ledger.store import ArtifactStore, open_store
+
+if TYPE_CHECKING:  # web3 loads when the worker first talks to the chain
+    from ledger.chain.registry import Registry
+
+BATCH_LIMIT = 100  # records per transaction (a commitCheckpoints of 100 is ~0.6M gas)
+STORE_LIMIT = 256  # entries stored per pass, so sending interleaves with storing
+STORE_THREADS = 8
+RECEIPT_WAIT = 2.0  # per pass; an unmined transaction is looked at again next pass
+_RETRYABLE = (ChainUnavailableError, RegistryNotDeployedError, StoreUnavailableError)
+_KIND_ORDER = ("start", "checkpoint", "finalize", "fail")
+
+
+def _stderr(line: str) -> None:
+    print(f"ledger: {line}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class PassResult:
+    """What one pass did."""
+
+    stored: int = 0
+    confirmed: int = 0
+    recommitted: int = 0
+    failed: int = 0
+    waiting_on: str | None = None  # why open entries could not move (chain/store down)
+
+    @property
+    def moved(self) -> bool:
+        return bool(self.stored or self.confirmed or self.recommitted or self.failed)
+
+
+@dataclass
+class Worker:
+    """Moves journal entries to the chain; see the module docstring."""
+
+    journal: Journal
+    settings: Settings
+    store: ArtifactStore | None = None
+    say: Callable[[str], None] = _stderr
+    totals: PassResult = field(default_factory=PassResult)
+    receipt_wait: float = RECEIPT_WAIT  # seconds; an unmined transaction stays ``sent``
+    _registry: Any = None
+    _reconcile: bool = True
+    _outage: str | None = None
+
+    def recheck(self) -> None:
+        """Check confirmed records against the chain on the next pass."""
+        self._reconcile = True
+
+    # -- one pass -----------------------------------------------------------------
+
+    def run_once(self) -> PassResult:
+        result = PassResult()
+        try:
+            self._store_pending(result)
+            registry = self._connect()
+            if self._reconcile:
+                self._reconcile_confirmed(registry, result)
+                self._reconcile = False
+            self._recover_sent(registry, result)
+            self._send_ready(registry, result)
+        except _RETRYABLE as exc:
+            result.waiting_on = _one_line(exc)
+            self._drop_connection()
+        except ConfigError as exc:
+            result.waiting_on = _one_line(exc)
+        self._report_outage(result)
+        for name in ("stored", "confirmed", "recommitted", "failed"):
+            setattr(self.totals, name, getattr(self.totals, name) + getattr(result, name))
+        return result
+
+    def _report_outage(self, result: PassResult) -> None:
+        open_entries = self.journal.open_count()
+        if result.waiting_on and open_entries:
+            if self._outage is None:
+                self.say(
+                    f"{result.waiting_on}; {open_entries} record(s) kept in the outbox, "
+                    "retrying in the background"
+                )
+            self._outage = result.waiting_on
+        elif self._outage is not None:
+            self.say("reachable again; sending the queued records")
+            self._outage = None
+
+    # -- 1. store -----------------------------------------------------------------
+
+    def _store_pending(self, result: PassResult) -> None:
+        """Store pending entries, up to STORE_LIMIT a pass, on STORE_THREADS threads
+        (file copies, fsyncs and hashing overlap); a finalize waits for the
+        checkpoints before it, whose records its Merkle root covers."""
+        pending = self.journal.entries(states=["pending"])[:STORE_LIMIT]
+        if pending:
+            self._store()  # opened once, before the threads share it
+        while pending:
+            cut = next((i for i, e in enumerate(pending) if e.kind == "finalize"), len(pending))
+            group = pending[: max(cut, 1)]
+            pending = pending[len(group) :]
+            with ThreadPoolExecutor(STORE_THREADS, thread_name_prefix="ledger-store") as pool:
+                outcomes = list(pool.map(self._try_record, group))
+            stored: list[tuple[int, dict[str, Any]]] = []
+            unavailable: StoreUnavailableError | None = None
+            for entry, outcome in zip(group, outcomes, strict=True):
+                if isinstance(outcome, StoreUnavailableError):
+                    unavailable = unavailable or outcome
+                elif isinstance(outcome, LedgerError):
+                    self.journal.mark_failed(entry.id, _one_line(outcome))
+                    result.failed += 1
+                else:
+                    stored.append((entry.id, outcome))
+            self.journal.mark_stored_many(stored)
+            result.stored += len(stored)
+            if unavailable is not None:
+                raise unavailable
+
+    def _try_record(self, entry: Entry) -> dict[str, Any] | LedgerError:
+        try:
+            return self._build_record(entry)
+        except (InputError, StoreError) as exc:
+            return exc
+
+    def _build_record(self, entry: Entry) -> dict[str, Any]:
+        from ledger.manifest import canonical_json
+        from ledger.recorder import store_weights
+
+        store = self._store()
+        payload = entry.payload
+        if entry.kind == "start":
+            manifest = payload["manifest"].encode()
+            cid = store.put_bytes(manifest)
+            return {"manifest_cid": str(cid), "manifest_digest": cid.digest.hex()}
+        if entry.kind == "fail":
+            return {"reason": payload["reason"]}
+        path = Path(payload["path"])
+        _check_unchanged(path, payload)
+        metrics = payload["metrics"]
+        canonical_json(metrics, what="metrics")
+        step = entry.step if entry.kind == "checkpoint" else None
+        weights, tensors, metrics_cid = store_weights(store, entry.run_id, path, metrics, step)
+        _check_unchanged(path, payload)  # not rewritten while it was being stored
+        record: dict[str, Any] = {
+            "step": step,
+            "file_cid": str(weights),
+            "tensor_root": tensors.root.hex(),
+            "metrics_cid": str(metrics_cid),
+        }
+        if entry.kind == "finalize":
+            leaves = [
+                _leaf(e.record)
+                for e in self.journal.entries(run_id=entry.run_id)
+                if e.kind == "checkpoint"
+                and e.record is not None
+                and e.state != "failed"
+                and e.id < entry.id
+            ]
+            record["checkpoint_root"] = checkpoint_root(leaves).hex()
+            record["checkpoint_count"] = len(leaves)
+        return record
+
+    def _store(self) -> ArtifactStore:
+        if self.store is None:
+            self.store = open_store(self.settings)
+        return self.store
+
+    # -- chain connection -----------------------------------------------------------
+
+    def _connect(self) -> Registry:
+        if self._registry is None:
+            from ledger.chain.registry import Registry
+
+            self._registry = Registry.connect(self.settings)
+        registry: Registry = self._registry
+        return registry
+
+    def _drop_connection(self) -> None:
+        if self._registry is not None:
+            self._reconcile = True  # the chain may have been reset while away
+        self._registry = None
+
+    # -- 2. reconcile ---------------------------------------------------------------
+
+    def _reconcile_confirmed(self, registry: Registry, result: PassResult) -> None:
+        confirmed = self.journal.entries(states=["confirmed"])
+        if not confirmed:
+            return
+        here = registry.address
+        suspects = [e for e in confirmed if e.registry != here]
+        canonical: dict[int, bool] = {}
+        numbers = {e.block_number for e in confirmed if e.registry == here}
+        for number in sorted((n for n in numbers if n is not None), reverse=True):
+            stored = {e.block_hash for e in confirmed if e.block_number == number}
+            canonical[number] = registry.block_hash(number) in stored and len(stored) == 1
+            if canonical[number]:
+                break  # an ancestor of a canonical block is canonical
+        suspects += [
+            e
+            for e in confirmed
+            if e.registry == here and e.block_number in canonical and not canonical[e.block_number]
+        ]
+        lost: list[int] = []
+        for entry in sorted(suspects, key=lambda e: e.id):
+            found = self._find_on_chain(registry, entry)
+            if found is None:
+                lost.append(entry.id)
+            else:
+                self._confirm(registry, [entry], found[0], found[1], note=entry.note)
+        if lost:
+            self.journal.requeue(lost, recommit=True)
+            result.recommitted += len(lost)
+            self.say(
+                f"{len(lost)} confirmed record(s) are no longer on chain (reset or rolled back); "
+                "recommitting them from the outbox"
+            )
+
+    def _find_on_chain(self, registry: Registry, entry: Entry) -> tuple[int, str] | None:
+        """(block number, tx hash) of the event that records ``entry``, if any."""
+        run_id = bytes.fromhex(entry.run_id[2:])
+        record = entry.record or {}
+        if entry.kind == "start":
+            events = registry.events("RunStarted", run_id)
+        elif entry.kind == "fail":
+            events = registry.events("RunFailed", run_id)
+        elif entry.kind == "checkpoint":
+            leaf = _leaf(record)
+            events = [
+                e
+                for e in registry.events("CheckpointCommitted", run_id)
+                if int(e["step"]) == leaf.step
+                and bytes(e["weightsDigest"]) == leaf.weights_digest
+                and bytes(e["tensorRoot"]) == leaf.tensor_root
+                and bytes(e["metricsDigest"]) == leaf.metrics_digest
+            ]
+        else:
+            final = _final(record)
+            events = [
+                e
+                for e in registry.events("RunFinalized", run_id)
+                if bytes(e["weightsDigest"]) == final.weights_digest
+                and bytes(e["metricsDigest"]) == final.metrics_digest
+                and bytes(e["checkpointRoot"]) == final.checkpoint_root
+            ]
+        if not events:
+            return None
+        return int(events[0]["blockNumber"]), str(events[0]["transactionHash"])
+
+    def _confirm(
+        self,
+        registry: Registry,
+        entries: Sequence[Entry],
+        block_number: int,
+        tx_hash: str,
+        *,
+        block_hash: str | None = None,
+        note: str | None = None,
+    ) -> None:
+        self.journal.mark_confirmed(
+            [e.id for e in entries],
+            block_number=block_number,
+            block_hash=block_hash or registry.block_hash(block_number) or "",
+            registry=registry.address,
+            tx_hash=tx_hash,
+            note=note,
+        )
+
+    # -- 3. recover sent ------------------------------------------------------------
+
+    def _recover_sent(self, registry: Registry, result: PassResult) -> None:
+        by_tx: dict[str, list[Entry]] = {}
+        for entry in self.journal.entries(states=["sent"]):
+            by_tx.setdefault(entry.tx_hash or "", []).append(entry)
+        for tx_hash, entries in by_tx.items():
+            saved = self.journal.saved_tx(tx_hash) if tx_hash else None
+            receipt = registry.receipt(tx_hash) if tx_hash else None
+            # still next in line: send the same bytes again (same nonce, same hash)
+            if (
+                receipt is None
+                and saved is not None
+                and saved.nonce == registry.mined_nonce(saved.sender)
+            ):
+                self._broadcast(registry, saved)
+                receipt = self._wait(registry, tx_hash)
+                if receipt is None:
+                    continue  # still not mined; the next pass looks again
+            if receipt is not None and receipt.ok:
+                self._confirm(
+                    registry, entries, receipt.block_number, tx_hash, block_hash=receipt.block_hash
+                )
+                result.confirmed += len(entries)
+                continue
+            # never mined (its nonce went to another transaction, or the chain was
+            # reset), or mined and reverted: whatever is on chain now decides
+            for entry in entries:
+                found = self._find_on_chain(registry, entry)
+                if found is not None:
+                    self._confirm(registry, [entry], *found)
+                    result.confirmed += 1
+                else:
+                    self.journal.requeue([entry.id], recommit=False)
+
+    # -- 4. send ----------------------------------------------------------------------
+
+    def _send_ready(self, registry: Registry, result: PassResult) -> None:
+        while True:
+            ready = self._ready()
+            if not ready:
+                return
+            kind = min((e.kind for e in ready), key=_KIND_ORDER.index)
+            batch = [e for e in ready if e.kind == kind][: 1 if kind == "fail" else BATCH_LIMIT]
+            before = result.confirmed + result.failed
+            self._send_batch(registry, kind, batch, result)
+            if result.confirmed + result.failed == before:
+                return  # nothing moved (e.g. a parent not on chain yet): next pass
+
+    def _ready(self) -> list[Entry]:
+        """Per run, the stored entries next in line: a start alone, or a run of
+        stored entries of one kind whose earlier entries are all confirmed.
+        A start waits while a parent run in the journal is not started yet."""
+        entries = self.journal.entries(states=["pending", "stored", "sent", "failed"])
+        starts_open = {e.run_id for e in entries if e.kind == "start" and e.state != "failed"}
+        failed_starts = {e.run_id for e in entries if e.kind == "start" and e.state == "failed"}
+        head_kind: dict[str, str | None] = {}  # run -> kind being taken, None once blocked
+        ready: list[Entry] = []
+        for entry in entries:
+            if entry.state == "failed":
+                continue
+            if entry.kind != "start" and entry.run_id in failed_starts:
+                self.journal.mark_failed(entry.id, f"the start of run {entry.run_id} failed")
+                continue
+            taking = head_kind.get(entry.run_id, "")
+            if taking is None or (taking and taking != entry.kind) or entry.state != "stored":
+                head_kind[entry.run_id] = None
+                continue
+            if entry.kind == "start":
+                head_kind[entry.run_id] = None  # nothing of a run goes with its start
+                parents = [p[0] for p in entry.payload.get("parents", [])]
+                if any(p in starts_open for p in parents):
+                    continue
+            else:
+                head_kind[entry.run_id] = entry.kind
+            ready.append(entry)
+        return ready
+
+    def _send_batch(
+        self, registry: Registry, kind: str, batch: list[Entry], result: PassResult
+    ) -> None:
+        while batch:
+            items = [_chain_item(e) for e in batch]
+            try:
+                prepared = registry.prepare(
+                    registry.batch_call(kind, items), nonce=self._next_nonce(registry)
+                )
+            except TransactionRevertedError as exc:
+                batch = self._refused(registry, kind, batch, exc, result)
+                continue
+            saved = SavedTx(
+                prepared.tx_hash, prepared.raw, prepared.sender, prepared.nonce, prepared.chain_id
+            )
+            self.journal.save_sent([e.id for e in batch], saved)
+            try:
+                self._broadcast(registry, saved)
+            except NonceTooLowError:
+                self.journal.requeue([e.id for e in batch], recommit=False)
+                continue
+            receipt = self._wait(registry, saved.tx_hash)
+            if receipt is None:
+                return  # stays sent; recovered next pass
+            if not receipt.ok:
+                self.journal.requeue(
+                    [e.id for e in batch],
+                    recommit=False,
+                    error=f"transaction {saved.tx_hash} reverted on chain",
+                )
+                return
+            self._confirm(
+                registry, batch, receipt.block_number, saved.tx_hash, block_hash=receipt.block_hash
+            )
+            result.confirmed += len(batch)
+            return
+
+    def _refused(
+        self,
+        registry: Registry,
+        kind: str,
+        batch: list[Entry],
+        exc: TransactionRevertedError,
+        result: PassResult,
+    ) -> list[Entry]:
+        """Settle the entries a refusal names; returns the rest of the batch to retry."""
+        name, args = exc.error_name, exc.error_args
+        named = bytes(args[0]) if args and isinstance(args[0], bytes) else None
+        hit = [e for e in batch if named is not None and e.run_id == "0x" + named.hex()]
+        rest = [e for e in batch if e not in hit]
+        if name == "RegistryUnknownParent":
+            for entry in batch:
+                if any(
+                    p[0] == "0x" + (named or b"").hex() for p in entry.payload.get("parents", [])
+                ):
+                    self.journal.note_attempt(
+                        [entry.id], f"{exc}: the parent run is not on chain yet"
+                    )
+                    rest = [e for e in rest if e.id != entry.id]
+            return rest if len(rest) < len(batch) else []
+        if name == "RegistryUnknownRun":
+            self._reconcile = True  # the journal holds the run as started: the chain lost it
+            return []
+        if not hit:
+            if len(batch) == 1:
+                self.journal.mark_failed(batch[0].id, str(exc))
+                result.failed += 1
+                return []
+            for entry in batch:  # isolate the refused one
+                self._send_batch(registry, kind, [entry], result)
+            return []
+        for entry in hit:
+            found = self._already_recorded(registry, entry, name)
+            if found is not None:
+                self._confirm(registry, [entry], *found, note="already on chain")
+                result.confirmed += 1
+            else:
+                self.journal.mark_failed(
+                    entry.id, f"{exc}; the chain holds other content under this run id"
+                )
+                result.failed += 1
+        return rest
+
+    def _already_recorded(
+        self, registry: Registry, entry: Entry, error_name: str
+    ) -> tuple[int, str] | None:
+        """Whether a refusal means "recorded already, with this content"."""
+        run_id = bytes.fromhex(entry.run_id[2:])
+        if entry.kind == "start" and error_name == "RegistryRunExists":
+            committer = entry.payload.get("committer", "")
+            if registry.get_run(run_id).committer != checksum_address(committer):
+                return None
+            return self._find_on_chain(registry, entry)
+        if error_name == "RegistryRunNotRunning":
+            status = registry.get_run(run_id).status
+            if entry.kind == "finalize" and status == RunStatus.FINALIZED:
+                return self._find_on_chain(registry, entry)
+            if entry.kind == "fail" and status == RunStatus.FAILED:
+                return self._find_on_chain(registry, entry)
+        return None
+
+    # -- transactions -----------------------------------------------------------------
+
+    @staticmethod
+    def _next_nonce(registry: Registry) -> int:
+        # asked each time (one cheap call): a rolled-back or reset chain rolls nonces
+        # back too, and this worker is the data directory's only sender
+        return registry.pending_nonce()
+
+    @staticmethod
+    def _broadcast(registry: Registry, saved: SavedTx) -> None:
+        registry.broadcast(saved.raw)
+
+    def _wait(self, registry: Registry, tx_hash: str) -> Any:
+        deadline = time.monotonic() + self.receipt_wait
+        delay = 0.005
+        while True:
+            receipt = registry.receipt(tx_hash)
+            if receipt is not None or time.monotonic() > deadline:
+                return receipt
+            time.sleep(delay)
+            delay = min(delay * 2, 0.25)
+
+
+# -- records as the chain takes them ----------------------------------------------------
+
+
+def _leaf(record: dict[str, Any] | None) -> CheckpointLeaf:
+    assert record is not None
+    return CheckpointLeaf(
+        int(record.get("step", 0)),
+        Cid.parse(record["file_cid"]).digest,
+        bytes.fromhex(record["tensor_root"]),
+        Cid.parse(record["metrics_cid"]).digest,
+    )
+
+
+def _final(record: dict[str, Any]) -> FinalRecord:
+    return FinalRecord(
+        Cid.parse(record["file_cid"]).digest,
+        bytes.fromhex(record["tensor_root"]),
+        Cid.parse(record["metrics_cid"]).digest,
+        bytes.fromhex(record["checkpoint_root"]),
+        int(record["checkpoint_count"]),
+    )
+
+
+def _chain_item(entry: Entry) -> tuple[Any, Any]:
+    record = entry.record or {}
+    run_id = bytes.fromhex(entry.run_id[2:])
+    if entry.kind == "start":
+        parents = [
+            (bytes.fromhex(p[2:]), Relation(int(r))) for p, r in entry.payload.get("parents", [])
+        ]
+        return bytes.fromhex(record["manifest_digest"]), parents
+    if entry.kind == "checkpoint":
+        return run_id, _leaf(record)
+    if entry.kind == "finalize":
+        return run_id, _final(record)
+    return run_id, str(record["reason"])[:500]
+
+
+def _one_line(exc: LedgerError) -> str:
+    return f"{exc.message} ({exc.hint})" if exc.hint else exc.message
+
+
+def _check_unchanged(path: Path, payload: dict[str, Any]) -> None:
+    try:
+        stat = path.stat()
+    except FileNotFoundError as exc:
+        raise InputError(
+            f"{path} was removed before the outbox stored it",
+            hint="keep checkpoint files until `ledger status` shows them confirmed",
+        ) from exc
+    if (stat.st_size, stat.st_mtime_ns) != (payload["size"], payload["mtime_ns"]):
+        raise InputError(
+            f"{path} changed after it was handed to the outbox (size or modification time)",
+            hint="write each checkpoint to a new file; ledger records what was handed over",
+        )
+
+
+# -- one worker per data directory ---------------------------------------------------------
+
+
+class WorkerLock:
+    """An exclusive lock on ``<journal>.lock``: one sending worker per journal.
+
+    The kernel drops it when its process dies, however it dies.
+    """
+
+    def __init__(self, journal_path: Path) -> None:
+        self.path = journal_path.with_suffix(".lock")
+        self._handle: IO[str] | None = None
+
+    def acquire(self, *, wait: bool) -> bool:
+        if self._handle is not None:
+            return True
+        handle = self.path.open("a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            handle.close()
+            return False
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        self._handle = handle
+        return True
+
+    def holder(self) -> str:
+        try:
+            return self.path.read_text().strip() or "?"
+        except OSError:
+            return "?"
+
+    def release(self) -> None:
+        if self._handle is not None:
+            fcntl.flock(self._handle, fcntl.LOCK_UN)
+            self._handle.close()
+            self._handle = None
+
+
+class WorkerThread:
+    """The worker on a daemon thread of the training process."""
+
+    def __init__(self, worker: Worker, lock: WorkerLock) -> None:
+        self.worker = worker
+        self.lock = lock
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="ledger-outbox", daemon=True)
+        self.progress = threading.Condition()
+
+    IDLE_EXIT = 5.0  # seconds with nothing open before the thread ends (restarted on append)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)  # the loop releases the lock as it ends
+
+    def _loop(self) -> None:
+        backoff = 0.25
+        idle_since = time.monotonic()
+        try:
+            while not self._stop.is_set():
+                if not self.lock.acquire(wait=False):
+                    self._wake.wait(1.0)  # another process's worker sends; take over if it dies
+                    self._wake.clear()
+                    continue
+                try:
+                    result = self.worker.run_once()
+                except (LedgerError, OSError) as exc:  # stay alive; the journal is safe
+                    text = _one_line(exc) if isinstance(exc, LedgerError) else str(exc)
+                    result = PassResult(waiting_on=f"outbox worker: {text}")
+                    self.worker.say(str(result.waiting_on))
+                with self.progress:
+                    self.progress.notify_all()
+                if result.waiting_on:
+                    self._wake.wait(backoff)
+                    backoff = min(backoff * 2, 15.0)
+                elif not result.moved:
+                    backoff = 0.25
+                    if self.worker.journal.open_count():
+                        idle_since = time.monotonic()
+                    elif time.monotonic() - idle_since > self.IDLE_EXIT:
+                        return
+                    self._wake.wait(0.5)
+                else:
+                    idle_since = time.monotonic()
+                self._wake.clear()
+        finally:
+            self.lock.release()
+            with self.progress:
+                self.progress.notify_all()
+
+
+__all__ = [
+    "ChainError",
+    "PassResult",
+    "Worker",
+    "WorkerLock",
+    "WorkerThread",
+]

@@ -1,0 +1,200 @@
+"""The outbox in one process, against the session's real Anvil.
+
+Workers are driven pass by pass (``run_once``) where a test needs to stop
+between steps; the background thread is what the hook uses.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from ledger.chain.anvil import rpc_call
+from ledger.config import Settings
+from ledger.errors import InputError
+from ledger.manifest import build_manifest
+from ledger.outbox import Outbox
+from ledger.outbox.journal import Journal
+from ledger.outbox.worker import Worker
+from ledger.store import LocalStore
+from ledger.verify import Outcome, Verifier
+from tests.conftest import Chain, free_port
+from training.hook import LedgerRun, save_weights
+
+
+def manifest(name: str) -> dict[str, object]:
+    return build_manifest(name=name, config={"lr": 0.1}, created_at=None)
+
+
+def weights(path: Path, seed: int) -> Path:
+    torch.manual_seed(seed)
+    save_weights({"w": torch.randn(4, 4), "b": torch.randn(4)}, path)
+    return path
+
+
+def worker(outbox: Outbox, **kw: object) -> Worker:
+    return Worker(outbox.journal, outbox.settings, say=lambda _line: None, **kw)  # type: ignore[arg-type]
+
+
+def on_chain(chain: Chain, name: str, run_id: str) -> list[dict[str, object]]:
+    return chain.registry.events(name, bytes.fromhex(run_id[2:]))
+
+
+def test_a_hooked_run_lands_once_with_every_checkpoint(chain: Chain, tmp_path: Path) -> None:
+    settings = chain.settings(tmp_path / "ledger")
+    model = torch.nn.Linear(3, 2)
+    with LedgerRun(model, name="once", config={}, out=tmp_path / "m.pt", settings=settings) as run:
+        for epoch in range(5):
+            run.epoch_end(epoch, {"loss": 1.0 / (epoch + 1)})
+    journal = run.outbox.journal  # type: ignore[union-attr]
+    assert journal.counts()["confirmed"] == 7 and journal.open_count() == 0
+    assert len(on_chain(chain, "RunStarted", run.run_id)) == 1
+    steps = [int(e["step"]) for e in on_chain(chain, "CheckpointCommitted", run.run_id)]  # type: ignore[call-overload]
+    assert steps == [0, 1, 2, 3, 4]
+    assert len(on_chain(chain, "RunFinalized", run.run_id)) == 1
+    final = run.final
+    assert final is not None and final.state == "confirmed" and final.file_cid is not None
+    report = Verifier(chain.registry, LocalStore(settings.store_dir)).verify_file(tmp_path / "m.pt")
+    assert report.outcome is Outcome.VERIFIED
+
+
+def test_checkpoints_are_batched(chain: Chain, tmp_path: Path) -> None:
+    outbox = Outbox(chain.settings(tmp_path / "ledger"))
+    run_id = outbox.start_run(manifest("batched"))
+    for step in range(150):
+        outbox.checkpoint(run_id, step, weights(tmp_path / f"c{step}.pt", step), {"step": step})
+    assert outbox.flush(120) == 0
+    entries = outbox.journal.entries(run_id=run_id)
+    assert {e.state for e in entries} == {"confirmed"}
+    txs = {e.tx_hash for e in entries if e.kind == "checkpoint"}
+    assert len(txs) < 150 / 5  # batched: far fewer transactions than checkpoints
+    logged = on_chain(chain, "CheckpointCommitted", run_id)
+    assert sorted(int(e["step"]) for e in logged) == list(range(150))  # type: ignore[call-overload]
+
+
+def test_a_start_already_on_chain_counts_as_done(chain: Chain, tmp_path: Path) -> None:
+    document = manifest("twice")
+    first = Outbox(chain.settings(tmp_path / "a"))
+    second = Outbox(chain.settings(tmp_path / "b"))
+    run_a = first.start_run(document)
+    assert first.flush(30) == 0
+    run_b = second.start_run(document)  # same committer, same manifest: same run id
+    assert run_a == run_b
+    assert second.flush(30) == 0
+    entry = second.journal.entries()[0]
+    assert (entry.state, entry.note) == ("confirmed", "already on chain")
+    assert len(on_chain(chain, "RunStarted", run_a)) == 1
+
+
+def test_other_content_under_a_finished_run_fails_for_good(chain: Chain, tmp_path: Path) -> None:
+    document = manifest("conflict")
+    first = Outbox(chain.settings(tmp_path / "a"))
+    run_id = first.start_run(document)
+    first.finalize(run_id, weights(tmp_path / "one.pt", 1), {"loss": 1})
+    assert first.flush(30) == 0
+    second = Outbox(chain.settings(tmp_path / "b"))
+    second.start_run(document)
+    second.finalize(run_id, weights(tmp_path / "two.pt", 2), {"loss": 2})
+    assert second.flush(30) == 0
+    failed = second.journal.entries(states=["failed"])
+    assert [e.kind for e in failed] == ["finalize"]
+    assert "other content" in (failed[0].error or "")
+    assert len(on_chain(chain, "RunFinalized", run_id)) == 1
+
+
+def test_records_wait_in_the_outbox_while_the_chain_is_down(chain: Chain, tmp_path: Path) -> None:
+    good = chain.settings(tmp_path / "ledger")
+    dead = Settings(**{**good.__dict__, "rpc_url": f"http://127.0.0.1:{free_port()}"})
+    lines: list[str] = []
+    offline = Outbox(dead)  # with its background worker, as the hook has it
+    offline.worker.say = lines.append
+    run_id = offline.start_run(manifest("offline"))  # the run id needs no chain
+    for step in range(3):
+        offline.checkpoint(run_id, step, weights(tmp_path / f"{step}.pt", step), {"s": step})
+    assert offline.flush(1.5) == 4
+    counts = offline.journal.counts()
+    assert counts["stored"] == 4  # artifacts stored, transactions not sent
+    assert len(lines) == 1 and "no chain answers" in lines[0]  # one line, not a traceback
+    offline.start_worker().stop()
+    result = Outbox(good).sync(60)
+    assert result.confirmed == 4 and offline.journal.open_count() == 0
+    assert len(on_chain(chain, "CheckpointCommitted", run_id)) == 3
+
+
+def test_a_transaction_in_flight_is_resent_not_signed_again(chain: Chain, tmp_path: Path) -> None:
+    outbox = Outbox(chain.settings(tmp_path / "ledger"), background=False)
+    run_id = outbox.start_run(manifest("in-flight"))
+    rpc_call(chain.rpc_url, "evm_setAutomine", [False])
+    try:
+        w = worker(outbox, receipt_wait=0.3)
+        w.run_once()
+        [entry] = outbox.journal.entries()
+        assert entry.state == "sent" and entry.tx_hash
+        saved = outbox.journal.saved_tx(entry.tx_hash)
+        assert saved is not None
+        rpc_call(chain.rpc_url, "anvil_dropAllTransactions")  # the node lost it
+    finally:
+        rpc_call(chain.rpc_url, "evm_setAutomine", [True])
+    worker(outbox).run_once()  # a new worker: rebroadcasts the saved bytes
+    [entry] = outbox.journal.entries()
+    assert entry.state == "confirmed" and entry.tx_hash == saved.tx_hash
+    assert len(on_chain(chain, "RunStarted", run_id)) == 1
+
+
+def test_a_mined_transaction_is_confirmed_from_its_receipt(chain: Chain, tmp_path: Path) -> None:
+    outbox = Outbox(chain.settings(tmp_path / "ledger"), background=False)
+    run_id = outbox.start_run(manifest("mined-later"))
+    outbox.checkpoint(run_id, 0, weights(tmp_path / "w.pt", 0), {"x": 1})
+    rpc_call(chain.rpc_url, "evm_setAutomine", [False])
+    try:
+        worker(outbox, receipt_wait=0.2).run_once()
+        assert [e.state for e in outbox.journal.entries()] == ["sent", "stored"]
+        rpc_call(chain.rpc_url, "evm_mine")
+    finally:
+        rpc_call(chain.rpc_url, "evm_setAutomine", [True])
+    assert outbox.sync(30).confirmed == 2
+    assert len(on_chain(chain, "RunStarted", run_id)) == 1
+    assert len(on_chain(chain, "CheckpointCommitted", run_id)) == 1
+
+
+def test_confirmed_records_lost_by_the_chain_are_recommitted(chain: Chain, tmp_path: Path) -> None:
+    outbox = Outbox(chain.settings(tmp_path / "ledger"), background=False)
+    snapshot = rpc_call(chain.rpc_url, "evm_snapshot")
+    run_id = outbox.start_run(manifest("rolled-back"))
+    outbox.finalize(run_id, weights(tmp_path / "f.pt", 3), {"loss": 0.5})
+    assert outbox.sync(30).confirmed == 2
+    rpc_call(chain.rpc_url, "evm_revert", [snapshot])  # the chain forgets both records
+    rpc_call(chain.rpc_url, "evm_mine")  # and moves on with other blocks
+    assert on_chain(chain, "RunStarted", run_id) == []
+    result = outbox.sync(30)
+    assert (result.recommitted, result.confirmed) == (2, 2)
+    assert len(on_chain(chain, "RunStarted", run_id)) == 1
+    assert len(on_chain(chain, "RunFinalized", run_id)) == 1
+    assert sum(e.recommits for e in outbox.journal.entries()) == 2
+
+
+def test_a_checkpoint_file_changed_before_storing_is_refused(chain: Chain, tmp_path: Path) -> None:
+    good = chain.settings(tmp_path / "ledger")
+    dead = Settings(**{**good.__dict__, "rpc_url": f"http://127.0.0.1:{free_port()}"})
+    outbox = Outbox(dead, background=False)
+    run_id = outbox.start_run(manifest("changed"))
+    path = weights(tmp_path / "c.pt", 0)
+    entry_id = outbox.checkpoint(run_id, 0, path, {"x": 1})
+    time.sleep(0.01)
+    weights(path, 1)  # rewritten in place before the worker stored it
+    w = worker(Outbox(good))
+    w.run_once()
+    entry = Journal(outbox.journal.path).entry(entry_id)
+    assert entry.state == "failed" and "changed after it was handed" in (entry.error or "")
+
+
+def test_bad_metrics_are_refused_at_the_call(chain: Chain, tmp_path: Path) -> None:
+    outbox = Outbox(chain.settings(tmp_path / "ledger"))
+    run_id = outbox.start_run(manifest("nan"))
+    with pytest.raises(InputError, match=r"metrics\.loss is nan"):
+        outbox.checkpoint(run_id, 0, weights(tmp_path / "w.pt", 0), {"loss": float("nan")})
+    assert outbox.flush(30) == 0
+    assert [e.kind for e in outbox.journal.entries()] == ["start"]
