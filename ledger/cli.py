@@ -22,6 +22,7 @@ from typing import Annotated, Any
 
 import typer
 
+from ledger.audit_cli import register as register_audit_commands
 from ledger.errors import InputError, LedgerError
 
 app = typer.Typer(
@@ -389,6 +390,9 @@ def revoke(
 
     tx = Registry.connect(_settings(data_dir)).revoke_run(_run_id(run), reason)
     typer.echo(f"revoked in tx {tx.tx_hash} (block {tx.block_number})")
+
+
+register_audit_commands(app)  # ledger index, ledger serve
 
 
 def main() -> None:

@@ -63,3 +63,26 @@ def engine(index_url: str) -> Iterator[Engine]:
 @pytest.fixture
 def indexer(settings: Settings, engine: Engine) -> Indexer:
     return build_indexer(settings, engine, confirmations=0)
+
+
+@pytest.fixture
+def make_client(settings: Settings, engine: Engine, indexer: Indexer) -> Iterator[object]:
+    """A TestClient factory over the app wired to the real chain, store and database."""
+    from fastapi.testclient import TestClient
+
+    from ledger.api.app import ApiConfig, create_app
+
+    clients: list[TestClient] = []
+
+    def make(**config: object) -> TestClient:
+        app = create_app(
+            settings, ApiConfig(follow=False).with_(**config), engine=engine, indexer=indexer
+        )
+        client = TestClient(app)
+        client.__enter__()
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.__exit__(None, None, None)
