@@ -110,7 +110,7 @@ const ledger = (() => {
 
   // -- run page ---------------------------------------------------------------------
 
-  function chart(name, points) {
+  function chart(name, points, axis) {
     const width = 320, height = 180, pad = 36;
     const xs = points.map((p) => p[0]), ys = points.map((p) => p[1]);
     const [x0, x1] = [Math.min(...xs), Math.max(...xs)];
@@ -119,14 +119,14 @@ const ledger = (() => {
     const sx = (x) => pad + (x1 === x0 ? 0.5 : (x - x0) / (x1 - x0)) * (width - 2 * pad);
     const sy = (y) => height - pad + -((y - y0) / (y1 - y0)) * (height - 2 * pad);
     const root = svg("svg", { width, height, viewBox: `0 0 ${width} ${height}`, "data-metric": name, role: "img" });
-    root.append(svg("title", {}, name + " over steps"));
+    root.append(svg("title", {}, name + " over " + axis + "s"));
     root.append(svg("line", { x1: pad, y1: height - pad, x2: width - pad, y2: height - pad, stroke: "#8c959f" }));
     root.append(svg("line", { x1: pad, y1: pad, x2: pad, y2: height - pad, stroke: "#8c959f" }));
     root.append(svg("text", { x: pad, y: 14 }, name));
     root.append(svg("text", { x: 2, y: pad + 4 }, y1.toPrecision(3)));
     root.append(svg("text", { x: 2, y: height - pad }, y0.toPrecision(3)));
-    root.append(svg("text", { x: pad, y: height - 12 }, "step " + x0));
-    root.append(svg("text", { x: width - pad - 40, y: height - 12 }, "step " + x1));
+    root.append(svg("text", { x: pad, y: height - 12 }, axis + " " + x0));
+    root.append(svg("text", { x: width - pad - 40, y: height - 12 }, axis + " " + x1));
     root.append(svg("polyline", {
       fill: "none", stroke: "#0969da", "stroke-width": 2,
       points: points.map((p) => `${sx(p[0]).toFixed(1)},${sy(p[1]).toFixed(1)}`).join(" "),
@@ -137,9 +137,10 @@ const ledger = (() => {
 
   function drawCharts(run) {
     const series = {};
+    const byEpoch = run.checkpoints.length > 0 && run.checkpoints.every((c) => c.metrics && typeof c.metrics.epoch === "number");
     for (const c of run.checkpoints) {
       if (!c.metrics) continue;
-      const x = typeof c.metrics.epoch === "number" ? c.metrics.epoch : c.step;
+      const x = byEpoch ? c.metrics.epoch : c.step;
       for (const [key, value] of Object.entries(c.metrics)) {
         if (key === "epoch" || typeof value !== "number") continue;
         (series[key] = series[key] || []).push([x, value]);
@@ -149,14 +150,14 @@ const ledger = (() => {
     box.replaceChildren();
     const names = Object.keys(series).sort();
     if (!names.length) box.append("No checkpoint metrics in the store.");
-    for (const name of names) box.append(chart(name, series[name].sort((a, b) => a[0] - b[0])));
+    for (const name of names) box.append(chart(name, series[name].sort((a, b) => a[0] - b[0]), byEpoch ? "epoch" : "step"));
   }
 
   function drawLineage(graph, current) {
     const byGeneration = {};
     for (const node of graph.nodes) (byGeneration[node.generation] = byGeneration[node.generation] || []).push(node);
     const generations = Object.keys(byGeneration).map(Number).sort((a, b) => a - b);
-    const colWidth = 190, rowHeight = 56, boxW = 160, boxH = 38;
+    const colWidth = 250, rowHeight = 56, boxW = 160, boxH = 38;
     const rows = Math.max(...generations.map((g) => byGeneration[g].length));
     const width = generations.length * colWidth + 20, height = rows * rowHeight + 20;
     const place = {};
@@ -168,7 +169,7 @@ const ledger = (() => {
       const a = place[edge.parent], b = place[edge.child];
       if (!a || !b) continue;
       root.append(svg("line", { x1: a.x + boxW, y1: a.y + boxH / 2, x2: b.x, y2: b.y + boxH / 2, stroke: "#57606a" }));
-      root.append(svg("text", { x: (a.x + boxW + b.x) / 2 - 20, y: (a.y + b.y) / 2 + boxH / 2 - 4 }, edge.relation));
+      root.append(svg("text", { x: (a.x + boxW + b.x) / 2, y: (a.y + b.y) / 2 + boxH / 2 - 5, "text-anchor": "middle" }, edge.relation));
     }
     for (const { x, y, node } of Object.values(place)) {
       const link = svg("a", { href: "/runs/" + node.run_id });
