@@ -98,6 +98,7 @@ def test_runs_table_run_chart_lineage_badges(
             page.fill("#filter", "name:tuned*")
             page.click("#filter-form button")
             expect(rows).to_have_count(1)
+            expect(page.locator(f'tr[data-run="{tuned.hex}"]')).to_have_count(1)
 
             page.goto(f"{server}/runs/{base.hex}")
             line = page.locator('#charts svg[data-metric="val_loss"] polyline')
