@@ -67,6 +67,7 @@ class PassResult:
     rolled_back_to: int | None = None
     documents: int = 0
     seconds: float = 0.0
+    events_seconds: float = 0.0  # reorg check + reading and writing events
 
 
 @dataclass
@@ -133,6 +134,7 @@ class Indexer:
                 if target >= start:
                     result.from_block, result.to_block = start, target
                     result.events = self._index_range(start, target)
+                result.events_seconds = time.perf_counter() - started
                 result.documents = self.load_documents()
             except SQLAlchemyError as exc:
                 self.status.last_error = f"index database: {exc.__class__.__name__}"

@@ -160,3 +160,28 @@ def test_a_chain_reset_empties_the_index(
     fresh = record_run(chain.registry, data_store, "fresh")
     indexer.run_once()
     assert set(_runs(engine)) == {fresh.hex}
+
+
+def test_fast_decoder_agrees_with_the_abi_codec(
+    chain: Chain, indexer: Indexer, data_store: LocalStore
+) -> None:
+    base = record_run(chain.registry, data_store, "base")
+    child = record_run(
+        chain.registry,
+        data_store,
+        "child",
+        parents=[(base.run_id, Relation.QUANTIZATION)],
+        finalize=False,
+    )
+    chain.registry.mark_failed(child.run_id, "diverged — ünïcode reason")
+    chain.as_(chain.admin).revoke_run(base.run_id, "x" * 100)
+    raw = indexer.rpc(
+        "eth_getLogs",
+        {"address": indexer.address, "fromBlock": hex(chain.deploy_block), "toBlock": "latest"},
+    )
+    decoded = [indexer.decoder.decode(entry) for entry in raw]
+    generic = [indexer.decoder.decode_generic(entry) for entry in raw]
+    assert decoded == generic
+    names = {d.name for d in decoded if d is not None}
+    assert names == {"RunStarted", "CheckpointCommitted", "RunFinalized", "RunFailed", "RunRevoked"}
+    assert None in decoded  # role events of the registry are not run events
