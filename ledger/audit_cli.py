@@ -88,6 +88,9 @@ def serve(
     no_index: Annotated[
         bool, typer.Option("--no-index", help="Serve only; another process runs `ledger index`.")
     ] = False,
+    workers: Annotated[
+        int, typer.Option(min=1, max=64, help="Server processes (this one indexes).")
+    ] = 1,
 ) -> None:
     """Serve the audit API and web page (and index in the background).
 
@@ -103,9 +106,42 @@ def serve(
     config = ApiConfig.from_env(index_url=index_url, follow=not no_index)
     engine = open_index(settings, index_url)
     indexer = None if no_index else build_indexer(settings, engine, confirmations=confirmations)
-    app = create_app(settings, config, engine=engine, indexer=indexer)
     typer.echo(f"ledger audit API on http://{host}:{port}/ (OpenAPI at /docs)")
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    if workers == 1:
+        app = create_app(settings, config, engine=engine, indexer=indexer)
+        uvicorn.run(app, host=host, port=port, log_level="warning")
+        return
+    _serve_workers(settings, index_url, indexer, host, port, workers)
+
+
+def _serve_workers(
+    settings: Any, index_url: str | None, indexer: Any, host: str, port: int, workers: int
+) -> None:
+    """Worker processes serve (their app built by ``app_from_env``); this one indexes."""
+    import os
+
+    import uvicorn
+
+    from ledger.index.service import BackgroundIndexer
+
+    os.environ["LEDGER_HOME"] = str(settings.data_dir)
+    if index_url:
+        os.environ["LEDGER_INDEX_URL"] = index_url
+    background = BackgroundIndexer(indexer) if indexer is not None else None
+    if background is not None:
+        background.start()
+    try:
+        uvicorn.run(
+            "ledger.api.app:app_from_env",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            log_level="warning",
+        )
+    finally:
+        if background is not None:
+            background.stop()
 
 
 def register(app: typer.Typer) -> None:

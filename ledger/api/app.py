@@ -136,3 +136,15 @@ def create_app(
     app.include_router(web.router)
     web.mount_static(app)
     return app
+
+
+def app_from_env() -> FastAPI:
+    """The app of one ``ledger serve --workers N`` worker process.
+
+    Settings come from the environment the parent process set (``LEDGER_HOME``,
+    ``LEDGER_INDEX_URL``, ``LEDGER_API_*``). Workers only serve: the parent
+    migrates the database and runs the one indexer.
+    """
+    from ledger.config import load_settings
+
+    return create_app(load_settings(), ApiConfig.from_env(follow=False))

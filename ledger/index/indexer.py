@@ -39,7 +39,14 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from ledger.chain.records import checksum_address
-from ledger.errors import ChainError, IndexUnavailableError, LedgerError, StoreError
+from ledger.errors import (
+    ArtifactNotFoundError,
+    ChainError,
+    IndexUnavailableError,
+    LedgerError,
+    StoreError,
+    StoreUnavailableError,
+)
 from ledger.index._chain import BatchRpc, Log, LogDecoder
 from ledger.index.models import Block, Event, Meta, Metric, Parent, Run, Weights
 from ledger.manifest import MANIFEST_SCHEMA
@@ -419,6 +426,10 @@ class Indexer:
             return "missing", None, None
         try:
             document = json.loads(self.store.get_bytes(cid))
+        except StoreUnavailableError:
+            raise  # the store is away: the run stays pending and is read on a later pass
+        except ArtifactNotFoundError:
+            return "missing", None, None
         except (StoreError, json.JSONDecodeError, UnicodeDecodeError):
             return "invalid", str(cid), None
         if not isinstance(document, dict):

@@ -9,9 +9,9 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 from typing import Any
 
+import pytest
 from typer.testing import CliRunner
 
 from ledger.cli import app
@@ -42,8 +42,9 @@ def _get(url: str) -> tuple[int, Any]:
         return error.code, json.loads(error.read())
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 def test_ledger_serve_indexes_in_the_background(
-    chain: Chain, settings: Settings, data_store: LocalStore, tmp_path: Path
+    chain: Chain, settings: Settings, data_store: LocalStore, workers: int
 ) -> None:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("LEDGER_")}
@@ -57,6 +58,8 @@ def test_ledger_serve_indexes_in_the_background(
             str(settings.data_dir),
             "--port",
             str(port),
+            "--workers",
+            str(workers),
         ],
         env=env,
         stdout=subprocess.PIPE,
