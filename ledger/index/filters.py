@@ -27,9 +27,8 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
-from sqlalchemy import and_, exists, false, not_, or_, select, true
+from sqlalchemy import and_, exists, not_, or_, select, true
 from sqlalchemy.sql.elements import ColumnElement
 
 from ledger.chain.records import checksum_address
@@ -296,12 +295,3 @@ def parse(text: str) -> ColumnElement[bool]:
 
 def combine(conditions: list[ColumnElement[bool]]) -> ColumnElement[bool]:
     return and_(true(), *conditions) if conditions else true()
-
-
-def nothing() -> ColumnElement[bool]:
-    return false()
-
-
-def describe() -> dict[str, Any]:
-    """The language's keys, for the OpenAPI description."""
-    return {"keys": list(KEYS), "statuses": list(STATUSES)}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import func, select
@@ -101,11 +102,9 @@ def test_resumes_across_passes_and_respects_confirmations(
 
 
 def test_missing_documents_are_read_once_they_arrive(
-    chain: Chain, indexer: Indexer, engine: Engine, tmp_path_factory: object
+    chain: Chain, indexer: Indexer, engine: Engine, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    import pytest
-
-    elsewhere = LocalStore(pytest.TempPathFactory.mktemp(tmp_path_factory, "other"))  # type: ignore[arg-type]
+    elsewhere = LocalStore(tmp_path_factory.mktemp("other"))
     run = record_run(chain.registry, elsewhere, "late", final={"val_loss": 0.2})
     indexer.run_once()
     assert _runs(engine)[run.hex].manifest_state == "missing"
