@@ -77,10 +77,10 @@ class Run(Base):
     manifest_digest: Mapped[str] = mapped_column(HEX32)
     status: Mapped[str] = mapped_column(String(16), index=True)
     revoked: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
-    started_block: Mapped[int] = mapped_column(BigInteger, index=True)
+    started_block: Mapped[int] = mapped_column(BigInteger)
     started_log: Mapped[int] = mapped_column(Integer)
     started_tx: Mapped[str] = mapped_column(HEX32)
-    started_at: Mapped[int] = mapped_column(BigInteger, index=True)
+    started_at: Mapped[int] = mapped_column(BigInteger)  # indexed with run_id below
     ended_block: Mapped[int | None] = mapped_column(BigInteger)
     ended_tx: Mapped[str | None] = mapped_column(HEX32)
     failed_reason: Mapped[str | None] = mapped_column(Text)

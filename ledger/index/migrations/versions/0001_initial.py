@@ -75,8 +75,6 @@ def upgrade() -> None:
         "committer",
         "status",
         "revoked",
-        "started_block",
-        "started_at",
         "manifest_state",
         "name",
         "sweep_id",
