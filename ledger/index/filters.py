@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import and_, exists, not_, or_, select, true
+from sqlalchemy import and_, not_, or_, select, true
 from sqlalchemy.sql.elements import ColumnElement
 
 from ledger.chain.records import checksum_address
@@ -119,9 +119,7 @@ def run_id_hex(value: str, where: str) -> str:
 
 def _parent(value: str, where: str) -> ColumnElement[bool]:
     parent = run_id_hex(value, where)
-    return exists(
-        select(Parent.child_id).where(Parent.child_id == Run.run_id, Parent.parent_id == parent)
-    )
+    return Run.run_id.in_(select(Parent.child_id).where(Parent.parent_id == parent))
 
 
 def timestamp(value: str, where: str) -> int:
@@ -184,12 +182,10 @@ def _metric(value: str, where: str) -> ColumnElement[bool]:
         "=": lambda v: column == v,
         "!=": lambda v: column != v,
     }
-    return exists(
-        select(Metric.run_id).where(
-            Metric.run_id == Run.run_id,
-            Metric.name == parsed.name,
-            compare[parsed.op](parsed.value),
-        )
+    # Uncorrelated: the database finds the matching runs once through
+    # ix_metrics_name_value instead of probing the metrics of every run it scans.
+    return Run.run_id.in_(
+        select(Metric.run_id).where(Metric.name == parsed.name, compare[parsed.op](parsed.value))
     )
 
 

@@ -174,6 +174,9 @@ class Indexer:
                     last_retry = time.monotonic()
             except LedgerError as exc:  # the chain or database is away: try again later
                 log.warning("index pass failed: %s", exc.message)
+            except SQLAlchemyError as exc:  # e.g. while retrying missing documents
+                self.status.last_error = f"index database: {exc.__class__.__name__}"
+                log.warning("index pass failed: %s", exc.__class__.__name__)
             stop.wait(interval)
 
     def last_block(self) -> int | None:
@@ -317,7 +320,7 @@ class Indexer:
         return count
 
     def _write_range(self, logs: list[Log], end: int) -> None:
-        wanted = {log.block_number for log in logs if log.name == "RunStarted"} | {end}
+        wanted = sorted({log.block_number for log in logs if log.name == "RunStarted"} | {end})
         headers = self.rpc.batch([("eth_getBlockByNumber", [hex(n), False]) for n in wanted])
         blocks: dict[int, tuple[str, int | None]] = {}
         for log_ in logs:

@@ -73,9 +73,9 @@ class Run(Base):
     __tablename__ = "runs"
 
     run_id: Mapped[str] = mapped_column(HEX32, primary_key=True)
-    committer: Mapped[str] = mapped_column(ADDRESS, index=True)
+    committer: Mapped[str] = mapped_column(ADDRESS)
     manifest_digest: Mapped[str] = mapped_column(HEX32)
-    status: Mapped[str] = mapped_column(String(16), index=True)
+    status: Mapped[str] = mapped_column(String(16))
     revoked: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
     started_block: Mapped[int] = mapped_column(BigInteger)
     started_log: Mapped[int] = mapped_column(Integer)
@@ -97,7 +97,7 @@ class Run(Base):
     manifest_state: Mapped[str] = mapped_column(String(8), default="pending", index=True)
     manifest_cid: Mapped[str | None] = mapped_column(String(120))
     name: Mapped[str | None] = mapped_column(String(200), index=True)
-    sweep_id: Mapped[str | None] = mapped_column(String(200), index=True)
+    sweep_id: Mapped[str | None] = mapped_column(String(200))
     sweep_trial: Mapped[int | None] = mapped_column(Integer)
     world_size: Mapped[int | None] = mapped_column(Integer)
     # from the final metrics document: pending (finalized, unread), loaded, missing, none
@@ -149,3 +149,7 @@ class Metric(Base):
 
 Index("ix_metrics_name_value", Metric.name, Metric.value)
 Index("ix_runs_started", Run.started_at, Run.run_id)
+# Equality filters that also serve the default order (newest first) without a sort.
+Index("ix_runs_status_started", Run.status, Run.started_at, Run.run_id)
+Index("ix_runs_committer_started", Run.committer, Run.started_at, Run.run_id)
+Index("ix_runs_sweep_started", Run.sweep_id, Run.started_at, Run.run_id)

@@ -72,16 +72,16 @@ def upgrade() -> None:
         sa.Column("metrics_state", sa.String(8), nullable=False),
     )
     for column in (
-        "committer",
-        "status",
         "revoked",
         "manifest_state",
         "name",
-        "sweep_id",
         "metrics_state",
     ):
         op.create_index(f"ix_runs_{column}", "runs", [column])
     op.create_index("ix_runs_started", "runs", ["started_at", "run_id"])
+    for column in ("status", "committer", "sweep_id"):
+        name = column.removesuffix("_id")
+        op.create_index(f"ix_runs_{name}_started", "runs", [column, "started_at", "run_id"])
     op.create_table(
         "parents",
         sa.Column(
