@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 NODE_STAMP := node_modules/.package-lock.json
 
-.PHONY: setup demo test lint typecheck unit contracts clean bench-verify browser bench-api
+.PHONY: setup demo test lint typecheck unit contracts clean bench-verify ipfs-node browser bench-api
 
 setup: $(STAMP) $(NODE_STAMP)
 
@@ -29,8 +29,8 @@ $(NODE_STAMP): package.json package-lock.json
 demo: setup
 	$(PY) -m training.examples.demo
 
-## test: ruff, mypy and the whole test suite against a real Anvil
-test: setup browser lint typecheck
+## test: ruff, mypy and the whole test suite against a real Anvil and a real IPFS node
+test: setup ipfs-node browser lint typecheck
 	$(PY) -m pytest
 
 lint: setup
@@ -58,8 +58,19 @@ bench-verify: setup $(PEERS_STAMP)
 contracts: setup
 	$(PY) -m ledger.chain.compiler
 
+## ipfs-node: the IPFS node the tests run (js-ipfs on Node 22, about 470 MB, 2 min the first time)
+# Its own npm project, so `make setup` and `make demo` do not pay for it.
+IPFS_NODE       := tools/ipfs-node
+IPFS_NODE_STAMP := $(IPFS_NODE)/node_modules/.package-lock.json
+
+ipfs-node: $(IPFS_NODE_STAMP)
+
+$(IPFS_NODE_STAMP): $(IPFS_NODE)/package.json $(IPFS_NODE)/package-lock.json
+	cd $(IPFS_NODE) && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
 clean:
-	rm -rf $(VENV) $(PEERS) node_modules demo-out .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(PEERS) node_modules $(IPFS_NODE)/node_modules demo-out .pytest_cache .mypy_cache .ruff_cache
 
 ## browser: Debian's chromium for the web page's browser test (nothing to do when present)
 # Playwright drives this system chromium; it never downloads a browser.

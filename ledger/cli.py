@@ -23,6 +23,7 @@ from typing import Annotated, Any
 import typer
 
 from ledger.audit_cli import register as register_audit_commands
+from ledger.cli_store import store_app
 from ledger.errors import InputError, LedgerError
 
 app = typer.Typer(
@@ -37,6 +38,7 @@ chain_app = typer.Typer(
     help="Run a local Anvil dev chain.", no_args_is_help=True, rich_markup_mode=None
 )
 app.add_typer(chain_app, name="chain")
+app.add_typer(store_app, name="store")
 
 DataDir = Annotated[
     Path | None,
@@ -200,12 +202,12 @@ def verify(
     with _progress(path, json_output=as_json) as progress, _BackgroundCid(path, progress) as cid:
         # The file is being hashed on other threads while the rest loads and connects.
         from ledger.chain.reader import RegistryReader
-        from ledger.store import LocalStore
+        from ledger.store import open_store
         from ledger.verify import Verifier
 
         settings = _settings(data_dir)
         registry = RegistryReader.connect(settings)
-        verifier = Verifier(registry, LocalStore(settings.store_dir))
+        verifier = Verifier(registry, open_store(settings))  # the IPFS node, if configured
         report = verifier.verify_file(path, expected_run=expected, known_cid=cid.result())
     if as_json:
         _echo_json(report.to_json())

@@ -10,6 +10,10 @@ config file ``<data dir>/config.json`` (written by ``ledger deploy``), defaults.
 ``LEDGER_PRIVATE_KEY``      hex private key of the committer
 ``LEDGER_KEYSTORE``         path of an encrypted JSON keystore (with
 ``LEDGER_KEYSTORE_PASSWORD``  its password)
+``LEDGER_IPFS_API``         RPC API of an IPFS node (``/ip4/127.0.0.1/tcp/5001/http``
+                            or ``http://host:5001``); artifacts go there
+                            instead of the embedded store (config key
+                            ``ipfs_api``)
 ==========================  =================================================
 
 Anvil's well-known first dev key is used only when no key is configured and the
@@ -22,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -64,6 +69,7 @@ class Settings:
     private_key: Secret | None = field(default=None, repr=False)
     keystore: Path | None = None
     keystore_password: Secret | None = field(default=None, repr=False)
+    ipfs_api: str | None = None
 
     @property
     def config_path(self) -> Path:
@@ -119,7 +125,23 @@ def load_settings(data_dir: Path | str | None = None, **overrides: Any) -> Setti
             Secret(env["LEDGER_KEYSTORE_PASSWORD"]) if "LEDGER_KEYSTORE_PASSWORD" in env else None
         ),
     )
+    settings = replace(settings, ipfs_api=_ipfs_api(env, file, base))
     return settings.with_overrides(**overrides)
+
+
+def _ipfs_api(env: Mapping[str, str], file: dict[str, Any], data_dir: Path) -> str | None:
+    """The IPFS node's API address, if one is configured (env wins over the file)."""
+    if env.get("LEDGER_IPFS_API"):
+        return env["LEDGER_IPFS_API"]
+    value = file.get("ipfs_api")
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise ConfigError(
+            f"field 'ipfs_api' in {data_dir / CONFIG_FILE} must be a string",
+            hint="e.g. \"/ip4/127.0.0.1/tcp/5001/http\" or \"http://127.0.0.1:5001\"",
+        )
+    return value
 
 
 def _int_or_none(value: Any, name: str, data_dir: Path) -> int | None:

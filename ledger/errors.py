@@ -84,6 +84,14 @@ class StoreUnavailableError(StoreError, ConnectionError):
     http_status = 503
 
 
+class StoreRefusedError(StoreError):
+    """The store (e.g. an IPFS node) answered a request with an error of its own."""
+
+    def __init__(self, message: str, *, node_message: str = "", hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.node_message = node_message
+
+
 # -- the chain ----------------------------------------------------------------
 
 

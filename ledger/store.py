@@ -6,6 +6,8 @@ changed byte on disk is an :class:`~ledger.errors.IntegrityError`, never a
 silent wrong answer. :class:`LocalStore` is the embedded default: one file per
 artifact in ``<data dir>/store``, written to a temporary file, fsynced and
 renamed into place, so a crash never leaves a partial artifact under a CID.
+:class:`~ledger.ipfs.IpfsStore` keeps artifacts in an IPFS node instead;
+:func:`open_store` picks one from the settings.
 """
 
 from __future__ import annotations
@@ -15,10 +17,13 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Protocol
+from typing import IO, TYPE_CHECKING, Protocol
 
-from ledger.errors import ArtifactNotFoundError, IntegrityError, StoreError
+from ledger.errors import ArtifactNotFoundError, InputError, IntegrityError, StoreError
 from ledger.hashing.cid import DAG_PB, RAW, Cid, bytes_cid, file_cid
+
+if TYPE_CHECKING:
+    from ledger.config import Settings
 
 
 class ArtifactStore(Protocol):
@@ -65,6 +70,21 @@ class LocalStore:
 
     def has(self, cid: Cid) -> bool:
         return self.path_for(cid).is_file()
+
+    def cids(self) -> list[Cid]:
+        """Every CID in the store, sorted (files that are not named by a CID are skipped)."""
+        folder = self.root / "blobs"
+        if not folder.is_dir():
+            return []
+        found: list[Cid] = []
+        for entry in folder.iterdir():
+            if entry.name.startswith(".") or not entry.is_file():
+                continue  # a write in progress (.incoming-*) or something else
+            try:
+                found.append(Cid.parse(entry.name))
+            except InputError:
+                continue
+        return sorted(found, key=str)
 
     def put_bytes(self, data: bytes) -> Cid:
         cid = bytes_cid(data)
@@ -126,6 +146,22 @@ class LocalStore:
             _fsync_dir(target.parent)
         except OSError as exc:
             raise StoreError(f"cannot write to the store at {self.root}: {exc}") from exc
+
+
+def open_store(settings: Settings) -> ArtifactStore:
+    """The store the settings name: the IPFS node at ``settings.ipfs_api`` if one is
+    configured (``LEDGER_IPFS_API`` or ``ipfs_api`` in config.json), else the
+    embedded :class:`LocalStore` in ``<data dir>/store``.
+
+    Opening never contacts the node (a bad address is a ConfigError at once);
+    each call does, and raises :class:`~ledger.errors.StoreUnavailableError`
+    while the node is down, which callers may retry.
+    """
+    if settings.ipfs_api:
+        from ledger.ipfs import IpfsStore
+
+        return IpfsStore(settings.ipfs_api)
+    return LocalStore(settings.store_dir)
 
 
 def _fsync_dir(path: Path) -> None:

@@ -31,7 +31,7 @@ from ledger.errors import LedgerError, RecordError
 from ledger.hashing.tensors import TensorDigest, state_dict_digest
 from ledger.manifest import build_manifest
 from ledger.recorder import RunRecorder, WeightsCommit
-from ledger.store import ArtifactStore, LocalStore
+from ledger.store import ArtifactStore, open_store
 
 log = logging.getLogger("ledger.training")
 
@@ -121,7 +121,7 @@ class LedgerRun:
     def start(self) -> str:
         settings = self._settings or load_settings()
         registry = self._registry or Registry.connect(settings)
-        store = self._store or LocalStore(settings.store_dir)
+        store = self._store or open_store(settings)
         manifest = build_manifest(
             name=self.name,
             config=self.config,

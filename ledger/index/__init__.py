@@ -19,14 +19,15 @@ from sqlalchemy.engine import Engine
 
 from ledger.config import DEV_CHAIN_ID, Settings
 from ledger.errors import ConfigError
-from ledger.store import ArtifactStore, LocalStore
+from ledger.store import ArtifactStore, open_store
 
 DEFAULT_CONFIRMATIONS = 12
 
 
 def artifact_store(settings: Settings) -> ArtifactStore:
-    """The store the index and the API read documents from (one place to switch it)."""
-    return LocalStore(settings.store_dir)
+    """The store the index and the API read documents from: the configured IPFS node,
+    else the embedded store (:func:`ledger.store.open_store`)."""
+    return open_store(settings)
 
 
 def open_index(settings: Settings, url: str | None = None) -> Engine:

@@ -1,0 +1,270 @@
+"""A small client for the Kubo RPC API (``/api/v0/...``), as much as the IPFS store needs.
+
+Why not ``ipfshttpclient``: its last release (0.7.0, 2021) refuses every daemon
+newer than 0.8 in ``connect()``, reads a whole ``cat`` answer into memory, and
+wraps transport failures in its own exception types built on ``requests``. The
+store needs exactly four commands (``add``, ``cat``, ``pin/add``, ``pin/ls``),
+streaming both ways, one timeout per socket operation and errors that name the
+node's address, which ``http.client`` gives in a page of code.
+
+Every command is a ``POST`` to ``/api/v0/<command>`` with its arguments in the
+query string; ``add`` sends the file as one ``multipart/form-data`` part with
+chunked transfer encoding, so a file of any size is streamed, never loaded.
+Transport failures (refused, reset, timed out, unknown host) become
+:class:`~ledger.errors.StoreUnavailableError`; an error answer from the node
+(``{"Message": ..., "Type": "error"}``) becomes :class:`~ledger.errors.StoreRefusedError`.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import secrets
+import urllib.parse
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from ledger.errors import ConfigError, StoreError, StoreRefusedError, StoreUnavailableError
+
+_API_PREFIX = "/api/v0/"
+_UNAVAILABLE_HINT = (
+    "start the IPFS node, or point LEDGER_IPFS_API (or ipfs_api in config.json) at one "
+    "that runs; artifacts can be pushed later with `ledger store push`"
+)
+
+
+@dataclass(frozen=True)
+class ApiAddress:
+    """Where the node's RPC API listens, parsed from a multiaddr or a URL."""
+
+    scheme: str
+    host: str
+    port: int
+    text: str
+    """The address as it was configured (shown in every message)."""
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port}"
+
+    def __str__(self) -> str:
+        return self.text if self.text == self.url else f"{self.text} ({self.url})"
+
+
+def parse_api_address(text: str) -> ApiAddress:
+    """``/ip4/127.0.0.1/tcp/5001/http`` (also ``/ip6``, ``/dns``, ``/dns4``, ``/dns6``,
+    ``/https``) or ``http://host:port``; anything else is a :class:`ConfigError`."""
+    value = text.strip()
+    try:
+        if value.startswith("/"):
+            return _parse_multiaddr(value)
+        return _parse_url(value)
+    except ValueError as exc:
+        raise ConfigError(
+            f"IPFS API address {text!r} cannot be used: {exc}",
+            hint="give a multiaddr like /ip4/127.0.0.1/tcp/5001/http or a URL like "
+            "http://127.0.0.1:5001 in LEDGER_IPFS_API or ipfs_api in config.json",
+        ) from None
+
+
+def _parse_multiaddr(value: str) -> ApiAddress:
+    parts = value.strip("/").split("/")
+    if len(parts) not in (4, 5) or parts[2] != "tcp":
+        raise ValueError("expected /<ip4|ip6|dns|dns4|dns6>/<host>/tcp/<port>[/http|/https]")
+    protocol, host, _, port_text = parts[:4]
+    if protocol not in ("ip4", "ip6", "dns", "dns4", "dns6"):
+        raise ValueError(f"unknown address protocol /{protocol}")
+    scheme = parts[4] if len(parts) == 5 else "http"
+    if scheme not in ("http", "https"):
+        raise ValueError(f"unknown transport /{scheme} (use /http or /https)")
+    return ApiAddress(scheme, host, _port(port_text), value)
+
+
+def _parse_url(value: str) -> ApiAddress:
+    url = urllib.parse.urlsplit(value)
+    if url.scheme not in ("http", "https") or not url.hostname:
+        raise ValueError("expected an http:// or https:// URL with a host")
+    if url.path not in ("", "/") or url.query:
+        raise ValueError("give the node's address only (no path such as /api/v0)")
+    try:
+        port = url.port
+    except ValueError as exc:
+        raise ValueError(str(exc)) from None
+    default = 443 if url.scheme == "https" else 5001
+    return ApiAddress(url.scheme, url.hostname, port or default, value)
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise ValueError(f"port {text!r} is not a number from 1 to 65535")
+    return int(text)
+
+
+Params = list[tuple[str, str]]
+
+
+class KuboRpc:
+    """Calls to one node's RPC API; a new connection per call (calls are few and long)."""
+
+    def __init__(self, address: ApiAddress, *, timeout: float) -> None:
+        self.address = address
+        self.timeout = timeout
+
+    def call(self, command: str, params: Params | None = None) -> Any:
+        """Run ``command`` and return its answer decoded from JSON (None if empty)."""
+        with self._request(command, params or []) as response:
+            body = self._read(response, command)
+        return _decode_json(body, command, self.address) if body.strip() else None
+
+    def upload(
+        self, command: str, params: Params, name: str, chunks: Iterable[bytes | memoryview]
+    ) -> list[Any]:
+        """Send ``chunks`` as one file part named ``name``; the answer's JSON lines."""
+        boundary = "ledger-" + secrets.token_hex(16)
+        quoted = urllib.parse.quote(name, safe="")
+        head = (
+            f"--{boundary}\r\n"
+            f'Content-Disposition: form-data; name="file"; filename="{quoted}"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n"
+        ).encode()
+        tail = f"\r\n--{boundary}--\r\n".encode()
+
+        def body() -> Iterator[bytes | memoryview]:
+            yield head
+            for chunk in chunks:
+                if chunk:  # an empty piece would end the chunked body early
+                    yield chunk
+            yield tail
+
+        headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+        with self._request(command, params, body(), headers) as response:
+            text = self._read(response, command)
+        return [
+            _decode_json(line, command, self.address) for line in text.splitlines() if line.strip()
+        ]
+
+    @contextmanager
+    def stream(self, command: str, params: Params) -> Iterator[Iterator[bytes]]:
+        """Run ``command`` and yield an iterator over its answer's bytes, as they come."""
+        with self._request(command, params) as response:
+            if response.status != 200:
+                self._read(response, command)  # raises with the node's message
+
+            def pieces() -> Iterator[bytes]:
+                while True:
+                    piece = self._guard(lambda: response.read1(1 << 20), command)
+                    if not piece:
+                        break
+                    yield piece
+                _raise_trailer_error(response, command, self.address)
+
+            yield pieces()
+
+    # -- internals ------------------------------------------------------------------
+
+    @contextmanager
+    def _request(
+        self,
+        command: str,
+        params: Params,
+        body: Iterable[bytes | memoryview] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Iterator[http.client.HTTPResponse]:
+        address = self.address
+        connection_type = (
+            http.client.HTTPSConnection if address.scheme == "https" else http.client.HTTPConnection
+        )
+        connection = connection_type(address.host, address.port, timeout=self.timeout)
+        path = _API_PREFIX + command + ("?" + urllib.parse.urlencode(params) if params else "")
+        try:
+
+            def send() -> http.client.HTTPResponse:
+                try:
+                    connection.request("POST", path, body=body, headers=headers or {})
+                except (BrokenPipeError, ConnectionResetError):
+                    if body is None:
+                        raise
+                    # A node that refuses an upload may answer and close before it has
+                    # read the body: its answer says why, so read it if it is there.
+                    return _early_answer(connection)
+                return connection.getresponse()
+
+            response = self._guard(send, command)
+            yield response
+        finally:
+            connection.close()
+
+    def _guard(self, action: Any, command: str) -> Any:
+        """Run ``action``; a transport failure becomes StoreUnavailableError."""
+        try:
+            return action()
+        except TimeoutError as exc:  # socket.timeout is TimeoutError
+            raise StoreUnavailableError(
+                f"the IPFS node at {self.address} did not answer `{command}` within "
+                f"{self.timeout:g} s",
+                hint=_UNAVAILABLE_HINT,
+            ) from exc
+        except (OSError, http.client.HTTPException) as exc:
+            reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+            raise StoreUnavailableError(
+                f"the IPFS node at {self.address} does not answer ({reason})",
+                hint=_UNAVAILABLE_HINT,
+            ) from exc
+
+    def _read(self, response: http.client.HTTPResponse, command: str) -> bytes:
+        body: bytes = self._guard(response.read, command)
+        if response.status != 200:
+            raise _node_error(body, response.status, command, self.address)
+        _raise_trailer_error(response, command, self.address)
+        if b'"Type":"error"' in body.replace(b" ", b""):
+            for line in body.splitlines():
+                document = _decode_json(line, command, self.address) if line.strip() else None
+                if isinstance(document, dict) and document.get("Type") == "error":
+                    raise _node_error(line, response.status, command, self.address)
+        return body
+
+
+def _early_answer(connection: http.client.HTTPConnection) -> http.client.HTTPResponse:
+    """The answer a node sent before closing on an upload; re-raises if there is none."""
+    try:
+        return connection.getresponse()
+    except (OSError, http.client.HTTPException):
+        raise ConnectionResetError("the node closed the connection during the upload") from None
+
+
+def _raise_trailer_error(
+    response: http.client.HTTPResponse, command: str, address: ApiAddress
+) -> None:
+    """Kubo reports an error that happens mid-stream in the X-Stream-Error header."""
+    error = response.getheader("X-Stream-Error")
+    if error:
+        raise StoreRefusedError(
+            f"the IPFS node at {address} failed `{command}`: {error}", node_message=error
+        )
+
+
+def _node_error(body: bytes, status: int, command: str, address: ApiAddress) -> StoreRefusedError:
+    try:
+        document = json.loads(body)
+        message = str(document.get("Message") or document) if isinstance(document, dict) else ""
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        message = ""
+    if not message:
+        message = body.decode("utf-8", "replace").strip()[:300] or f"HTTP {status}"
+    return StoreRefusedError(
+        f"the IPFS node at {address} refused `{command}`: {message}", node_message=message
+    )
+
+
+def _decode_json(body: bytes | str, command: str, address: ApiAddress) -> Any:
+    try:
+        return json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise StoreError(
+            f"the IPFS node at {address} answered `{command}` with something that is not JSON",
+            hint="check that the address is a Kubo RPC API (port 5001 by default), "
+            "not a gateway",
+        ) from exc
