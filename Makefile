@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 NODE_STAMP := node_modules/.package-lock.json
 
-.PHONY: setup demo test lint typecheck unit contracts clean bench-verify bench-outbox bench-overhead ipfs-node
+.PHONY: setup demo test lint typecheck unit contracts clean bench-verify bench-outbox bench-overhead ipfs-node browser bench-api
 
 setup: $(STAMP) $(NODE_STAMP)
 
@@ -30,7 +30,7 @@ demo: setup
 	$(PY) -m training.examples.demo
 
 ## test: ruff, mypy and the whole test suite against a real Anvil and a real IPFS node
-test: setup ipfs-node lint typecheck
+test: setup ipfs-node browser lint typecheck
 	$(PY) -m pytest
 
 lint: setup
@@ -89,3 +89,13 @@ $(IPFS_NODE_STAMP): $(IPFS_NODE)/package.json $(IPFS_NODE)/package-lock.json
 
 clean:
 	rm -rf $(VENV) $(PEERS) $(MLFLOW) node_modules $(IPFS_NODE)/node_modules demo-out .pytest_cache .mypy_cache .ruff_cache
+
+## browser: Debian's chromium for the web page's browser test (nothing to do when present)
+# Playwright drives this system chromium; it never downloads a browser.
+browser:
+	@test -x /usr/bin/chromium || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
+## bench-api: index 100,000 run events, then 50 clients for 60 s on the API (BENCH_ARGS=--quick)
+bench-api: setup
+	$(PY) bench/api_load.py $(BENCH_ARGS)

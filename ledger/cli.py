@@ -22,6 +22,7 @@ from typing import Annotated, Any
 
 import typer
 
+from ledger.audit_cli import register as register_audit_commands
 from ledger.cli_store import store_app
 from ledger.errors import InputError, LedgerError, RecordError
 
@@ -479,6 +480,8 @@ def status(data_dir: DataDir = None, as_json: JsonFlag = False) -> None:
             f"  {entry.state} #{entry.id} {what} of {entry.run_id[:10]}…"
             f" ({entry.attempts} attempts): {entry.error}"
         )
+
+register_audit_commands(app)  # ledger index, ledger serve
 
 from ledger._cli_runs import lineage, runs  # noqa: E402  (own module, registered here)
 

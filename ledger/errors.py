@@ -151,3 +151,30 @@ class VerificationError(LedgerError):
     """Verification could not be carried out at all (not: the file failed it)."""
 
     exit_code = 50
+
+
+# -- the audit index and API --------------------------------------------------
+
+
+class AuditIndexError(LedgerError):
+    """The audit index (SQL database) failed or cannot be used."""
+
+    exit_code = 60
+    http_status = 503
+
+
+class IndexUnavailableError(AuditIndexError, ConnectionError):
+    """The index database does not answer or cannot be migrated."""
+
+
+class NotFoundError(InputError, LookupError):
+    """The thing asked for (a run, a record) is not in the index."""
+
+    http_status = 404
+
+
+class AuthError(LedgerError):
+    """A request to the API lacks the bearer token it needs, or the token is wrong."""
+
+    exit_code = 11
+    http_status = 401

@@ -170,6 +170,32 @@ class Verifier:
                     )
         return self._conclude(record, expected_run, cid, tensors, report)
 
+    def verify_cid(self, cid: Cid, *, expected_run: bytes | None = None) -> VerifyReport:
+        """Check a file known only by its CID (e.g. an auditor's digest) against the chain."""
+        self._started.clear()
+        report = VerifyReport(path=str(cid), file_cid=str(cid))
+        record = _pick(self.registry.find_by_weights(cid.digest), expected_run)
+        if record is not None:
+            report.matched_by = "file"
+            report.add("record", True, f"file CID {cid} is recorded on chain")
+        elif expected_run is None:
+            report.add("record", False, f"file CID {cid} is not recorded")
+            return report
+        return self._conclude(record, expected_run, cid, None, report)
+
+    def verify_tensor_root(self, root: bytes, *, expected_run: bytes | None = None) -> VerifyReport:
+        """Check weights known only by their tensor root against the chain."""
+        self._started.clear()
+        report = VerifyReport(path=root.hex(), file_cid=None, tensor_root=root.hex())
+        record = _pick(self.registry.find_by_tensor_root(root), expected_run)
+        if record is not None:
+            report.matched_by = "tensors"
+            report.add("record", True, f"tensor root {root.hex()} is recorded on chain")
+        elif expected_run is None:
+            report.add("record", False, f"tensor root {root.hex()} is not recorded")
+            return report
+        return self._conclude(record, expected_run, None, None, report)
+
     def _verify_folder(self, folder: Path, expected_run: bytes | None) -> VerifyReport:
         report = VerifyReport(path=str(folder), file_cid=None)
         files, _ = weights_files(folder)

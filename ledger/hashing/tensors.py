@@ -401,7 +401,17 @@ def _torch_leaves(path: Path) -> Iterator[TensorLeaf]:
             hint="save plain state dicts (torch.save(model.state_dict(), ...)) or safetensors;"
             " a Lightning checkpoint loads when its hyper_parameters hold plain values",
         ) from exc
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
+    except (
+        RuntimeError,
+        EOFError,
+        OSError,
+        ValueError,
+        zipfile.BadZipFile,
+        IndexError,  # the weights-only unpickler on a few stray bytes
+        KeyError,
+        TypeError,
+        struct.error,
+    ) as exc:
         raise UnsupportedFormatError(
             f"{path}: not a readable torch weights file ({str(exc).splitlines()[0]})"
         ) from exc

@@ -1,0 +1,239 @@
+"""``/api/v1/runs``: list with filters, one run, lineage, taint."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query
+from sqlalchemy import select
+
+from ledger.api.deps import DbSession, State
+from ledger.api.problems import responses
+from ledger.api.routes._convert import chain_facts, document, summary, weights
+from ledger.api.schemas import (
+    RUN_ID,
+    LineageEdge,
+    LineageNode,
+    LineageOut,
+    ParentLink,
+    RunDetail,
+    RunPage,
+    TaintedRun,
+    TaintList,
+    TaintOut,
+)
+from ledger.index import filters, queries
+from ledger.index.models import Metric
+
+router = APIRouter(tags=["runs"])
+
+RunId = Annotated[
+    str, Path(max_length=80, description="0x-prefixed 32-byte run id", examples=[RUN_ID])
+]
+
+Q_HELP = (
+    "Filter expression: key:value terms (committer, status, revoked, name, sweep, parent, "
+    "started_after, started_before, metric) combined with AND (or juxtaposition), OR, NOT and "
+    'parentheses; quote values with spaces: name:"my model".'
+)
+
+
+@router.get(
+    "/runs",
+    response_model=RunPage,
+    summary="List runs",
+    responses=responses(401, 422, 503),
+)
+def list_runs(
+    session: DbSession,
+    q: Annotated[
+        str | None,
+        Query(
+            max_length=filters.MAX_QUERY,
+            description=Q_HELP,
+            openapi_examples={
+                "and-or-not": {
+                    "summary": "finalized, good loss or in a sweep, not revoked",
+                    "value": "status:finalized (metric:val_loss<0.1 OR sweep:lr-sweep) "
+                    "NOT revoked:true",
+                },
+                "children": {
+                    "summary": "fine-tunes of one run",
+                    "value": "parent:" + RUN_ID,
+                },
+            },
+        ),
+    ] = None,
+    committer: Annotated[
+        str | None, Query(max_length=64, examples=["0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266"])
+    ] = None,
+    status: Annotated[str | None, Query(max_length=16, examples=["finalized"])] = None,
+    revoked: Annotated[bool | None, Query()] = None,
+    name: Annotated[
+        str | None, Query(max_length=200, description="exact, or with * wildcards")
+    ] = None,
+    sweep: Annotated[str | None, Query(max_length=200)] = None,
+    parent: Annotated[
+        str | None, Query(max_length=66, description="a direct parent's run id")
+    ] = None,
+    started_after: Annotated[
+        str | None, Query(max_length=40, description="ISO 8601 or Unix seconds (inclusive)")
+    ] = None,
+    started_before: Annotated[
+        str | None, Query(max_length=40, description="ISO 8601 or Unix seconds (exclusive)")
+    ] = None,
+    metric: Annotated[
+        list[str] | None,
+        Query(
+            max_length=120,
+            description="final metric threshold, repeatable (ANDed)",
+            examples=[["val_loss<0.1"]],
+        ),
+    ] = None,
+    sort: Annotated[
+        str, Query(max_length=20, description="one of " + ", ".join(queries.SORTS))
+    ] = "-started_at",
+    cursor: Annotated[str | None, Query(max_length=600)] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    with_metrics: Annotated[
+        bool, Query(alias="metrics", description="include each run's final metrics")
+    ] = False,
+) -> RunPage:
+    """Runs matching every given filter (and the `q` expression), newest first by default.
+
+    Each plain parameter is the same filter as its `key:value` term in `q`; all
+    are ANDed. Pages are keyset-paginated: pass `next_cursor` back as `cursor`.
+    """
+    conditions = [filters.parse(q)] if q else []
+    for key, value in (
+        ("committer", committer),
+        ("status", status),
+        ("name", name),
+        ("sweep", sweep),
+        ("parent", parent),
+        ("started_after", started_after),
+        ("started_before", started_before),
+    ):
+        if value is not None:
+            conditions.append(filters.term(key, value, field=f"query.{key}"))
+    if revoked is not None:
+        conditions.append(filters.term("revoked", str(revoked).lower()))
+    for threshold in metric or []:
+        conditions.append(filters.term("metric", threshold, field="query.metric"))
+    page = queries.list_runs(
+        session, filters.combine(conditions), sort=sort, cursor=cursor, limit=limit
+    )
+    metrics: dict[str, dict[str, float]] = {}
+    if with_metrics and page.runs:
+        rows = session.execute(
+            select(Metric.run_id, Metric.name, Metric.value).where(
+                Metric.run_id.in_([r.run_id for r in page.runs])
+            )
+        )
+        for owner, metric_name, metric_value in rows:
+            metrics.setdefault(owner, {})[metric_name] = float(metric_value)
+    return RunPage(
+        runs=[summary(r, metrics.get(r.run_id, {}) if with_metrics else None) for r in page.runs],
+        next_cursor=page.next_cursor,
+    )
+
+
+@router.get(
+    "/runs/{run_id}",
+    response_model=RunDetail,
+    summary="One run: manifest, checkpoints, metrics, chain facts",
+    responses=responses(401, 404, 422, 503),
+)
+def get_run(run_id: RunId, session: DbSession, state: State) -> RunDetail:
+    """The run from the index, with its manifest and every checkpoint's metrics read
+    from the store (documents not in the store are null)."""
+    run = queries.get_run(session, run_id)
+    records = queries.weights_of(session, run.run_id)
+    converted = [weights(state.store, r) for r in records[:5000]]
+    manifest = document(state.store, run.manifest_digest)
+    return RunDetail(
+        **summary(run, queries.metrics_of(session, run.run_id)).model_dump(),
+        manifest_cid=run.manifest_cid,
+        manifest=manifest,
+        document_state=run.manifest_state,
+        parents=[
+            ParentLink(run_id=p.parent_id, relation=p.relation)
+            for p in queries.parents_of(session, [run.run_id])
+        ],
+        chain=chain_facts(run),
+        checkpoints=[w for w in converted if not w.is_final],
+        final=next((w for w in converted if w.is_final), None),
+    )
+
+
+@router.get(
+    "/runs/{run_id}/lineage",
+    response_model=LineageOut,
+    summary="Ancestors and descendants with relations",
+    responses=responses(401, 404, 422, 503),
+)
+def get_lineage(
+    run_id: RunId,
+    session: DbSession,
+    depth: Annotated[int, Query(ge=1, le=50, description="generations each way")] = 10,
+) -> LineageOut:
+    graph = queries.lineage(session, run_id, depth=depth)
+    root = queries.get_run(session, run_id).run_id
+    generations = {root: 0, **{k: -v for k, v in graph.ancestors.items()}, **graph.descendants}
+    known = queries.runs_by_id(session, generations)
+    return LineageOut(
+        run_id=root,
+        nodes=[
+            LineageNode(
+                run_id=rid,
+                name=known[rid].name if rid in known else None,
+                status=known[rid].status if rid in known else None,
+                revoked=known[rid].revoked if rid in known else None,
+                generation=generation,
+            )
+            for rid, generation in sorted(generations.items(), key=lambda kv: (kv[1], kv[0]))
+        ],
+        edges=[
+            LineageEdge(child=e.child, parent=e.parent, relation=e.relation) for e in graph.edges
+        ],
+        truncated=graph.truncated,
+    )
+
+
+@router.get(
+    "/runs/{run_id}/taint",
+    response_model=TaintOut,
+    summary="Whether a run or one of its ancestors is revoked",
+    responses=responses(401, 404, 422, 503),
+)
+def get_taint(run_id: RunId, session: DbSession) -> TaintOut:
+    sources = queries.revoked_ancestors(session, run_id)
+    return TaintOut(
+        run_id=queries.get_run(session, run_id).run_id,
+        tainted=bool(sources),
+        revoked_sources=sources,
+    )
+
+
+@router.get(
+    "/taint",
+    response_model=TaintList,
+    summary="Every run descending from a revoked run",
+    responses=responses(401, 503),
+)
+def list_tainted(
+    session: DbSession, limit: Annotated[int, Query(ge=1, le=10000)] = 1000
+) -> TaintList:
+    tainted, truncated = queries.tainted_runs(session, limit=limit)
+    known = queries.runs_by_id(session, tainted)
+    return TaintList(
+        runs=[
+            TaintedRun(
+                run_id=rid,
+                name=known[rid].name if rid in known else None,
+                revoked_ancestors=sorted(sources),
+            )
+            for rid, sources in sorted(tainted.items())
+        ][:limit],
+        truncated=truncated,
+    )

@@ -1,0 +1,115 @@
+"""``/api/v1/verify``: a file or a digest re-checked against the chain.
+
+The index is not consulted: the answer is the :class:`~ledger.verify.Verifier`'s,
+reading the registry over JSON-RPC and the documents from the store, exactly as
+``ledger verify`` does. An upload is streamed to a temporary file (never
+unpickled; tensors are read only as ``ledger verify`` reads them) and deleted.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, UploadFile
+from fastapi.concurrency import run_in_threadpool
+
+from ledger.api.deps import State
+from ledger.api.problems import responses
+from ledger.api.schemas import CheckOut, VerifyDigest, VerifyOut
+from ledger.errors import InputError
+from ledger.hashing.cid import Cid
+from ledger.index.filters import run_id_hex
+from ledger.verify import Verifier, VerifyReport
+
+router = APIRouter(tags=["verify"])
+CHUNK = 1 << 20
+
+
+class UploadTooLargeError(InputError):
+    """The uploaded file is larger than the API accepts."""
+
+    http_status = 413
+
+
+def _out(report: VerifyReport) -> VerifyOut:
+    return VerifyOut(
+        outcome=report.outcome.value,
+        file_cid=report.file_cid,
+        run_id=report.run_id,
+        matched_by=report.matched_by,
+        step=report.step,
+        is_final=report.is_final,
+        tensor_root=report.tensor_root,
+        checks=[CheckOut(name=c.name, ok=c.ok, detail=c.detail) for c in report.checks],
+    )
+
+
+def _expected(run: str | None) -> bytes | None:
+    return bytes.fromhex(run_id_hex(run, "run")[2:]) if run else None
+
+
+@router.post(
+    "/verify/digest",
+    response_model=VerifyOut,
+    summary="Verify a file CID, CID digest or tensor root against the chain",
+    responses=responses(401, 422, 502, 503),
+)
+def verify_digest(body: VerifyDigest, state: State) -> VerifyOut:
+    given = [k for k in ("cid", "digest", "tensor_root") if getattr(body, k)]
+    if len(given) != 1:
+        raise InputError(
+            "body: give exactly one of cid, digest, tensor_root",
+            hint='e.g. {"cid": "bafkrei..."}',
+        )
+    expected = _expected(body.run)
+    verifier = Verifier(state.reader(), state.store)
+    if body.cid:
+        report = verifier.verify_cid(Cid.parse(body.cid), expected_run=expected)
+    elif body.digest:
+        digest = bytes.fromhex(run_id_hex(body.digest, "body.digest")[2:])
+        report = verifier.verify_cid(Cid.from_digest(digest, 0x55), expected_run=expected)
+    else:
+        assert body.tensor_root is not None
+        root = bytes.fromhex(run_id_hex(body.tensor_root, "body.tensor_root")[2:])
+        report = verifier.verify_tensor_root(root, expected_run=expected)
+    return _out(report)
+
+
+@router.post(
+    "/verify",
+    response_model=VerifyOut,
+    summary="Upload a weights file and verify it against the chain",
+    responses=responses(401, 413, 422, 502, 503),
+)
+async def verify_upload(
+    state: State,
+    file: Annotated[UploadFile, File(description="the weights file (.pt, .safetensors, ...)")],
+    run: Annotated[str | None, Form(max_length=66, description="run it should belong to")] = None,
+) -> VerifyOut:
+    expected = _expected(run)
+    suffix = Path(file.filename or "upload").suffix[:16]
+    with tempfile.TemporaryDirectory(prefix="ledger-verify-") as folder:
+        target = Path(folder) / f"upload{suffix}"
+        size = 0
+        with open(target, "wb") as handle:
+            while chunk := await file.read(CHUNK):
+                size += len(chunk)
+                if size > state.max_upload:
+                    raise UploadTooLargeError(
+                        f"file: larger than the {state.max_upload} bytes this API accepts",
+                        hint="verify it locally with `ledger verify FILE`, or send its CID to "
+                        "/api/v1/verify/digest",
+                    )
+                handle.write(chunk)
+        if size == 0:
+            raise InputError("file: the upload is empty")
+        verifier = Verifier(state.reader(), state.store)
+
+        def check() -> VerifyReport:
+            return verifier.verify_file(target, expected_run=expected)
+
+        report = await run_in_threadpool(check)
+        report.path = file.filename or "upload"
+        return _out(report)

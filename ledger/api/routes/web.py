@@ -1,0 +1,32 @@
+"""The web page: static HTML + vanilla JS + inline SVG, served by the same app.
+
+``/`` is the runs table, ``/runs/{id}`` a run (metric curves, lineage graph,
+verification badge); both pages read the JSON API from the browser, so they
+show exactly what the API answers. No build step: the files in ``web/`` are
+served as they are.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import APIRouter, FastAPI
+from fastapi.responses import FileResponse
+from fastapi.staticfiles import StaticFiles
+
+WEB = Path(__file__).resolve().parent.parent / "web"
+router = APIRouter(include_in_schema=False)
+
+
+@router.get("/")
+def index_page() -> FileResponse:
+    return FileResponse(WEB / "index.html", media_type="text/html")
+
+
+@router.get("/runs/{run_id}")
+def run_page(run_id: str) -> FileResponse:
+    return FileResponse(WEB / "run.html", media_type="text/html")
+
+
+def mount_static(app: FastAPI) -> None:
+    app.mount("/static", StaticFiles(directory=WEB), name="static")

@@ -1,0 +1,225 @@
+"""The API's response documents (pydantic), with the examples OpenAPI shows."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+RUN_ID = "0x5f1c0b7bd4a1c5cf5e4a4d6f0e3a4b3c2d1e0f9a8b7c6d5e4f3a2b1c0d9e8f7a"
+ADDRESS = "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266"
+DIGEST = "0x9c1d2e3f4a5b6c7d8e9f0a1b2c3d4e5f6a7b8c9d0e1f2a3b4c5d6e7f8a9b0c1d"
+
+
+class RunSummary(BaseModel):
+    """A run as the index knows it."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "run_id": RUN_ID,
+                    "name": "price-forecast",
+                    "committer": ADDRESS,
+                    "status": "finalized",
+                    "revoked": False,
+                    "started_at": 1763900000,
+                    "started_block": 12,
+                    "sweep_id": "lr-sweep",
+                    "sweep_trial": 3,
+                    "world_size": 1,
+                    "checkpoint_count": 4,
+                    "metrics": {"val_loss": 0.08},
+                }
+            ]
+        }
+    )
+
+    run_id: str = Field(description="0x-prefixed 32-byte run id")
+    name: str | None = Field(description="name from the manifest (null until it is read)")
+    committer: str
+    status: str = Field(description="running | finalized | failed")
+    revoked: bool
+    started_at: int = Field(description="block time of RunStarted, Unix seconds")
+    started_block: int
+    sweep_id: str | None = None
+    sweep_trial: int | None = None
+    world_size: int | None = None
+    checkpoint_count: int
+    metrics: dict[str, float] | None = Field(
+        default=None, description="final numeric metrics, when asked for with metrics=true"
+    )
+
+
+class RunPage(BaseModel):
+    runs: list[RunSummary]
+    next_cursor: str | None = Field(
+        description="pass as cursor= for the next page; null at the end"
+    )
+
+
+class ParentLink(BaseModel):
+    run_id: str
+    relation: str = Field(examples=["fine-tune"])
+
+
+class ChainFacts(BaseModel):
+    committer: str
+    manifest_digest: str
+    started_block: int
+    started_tx: str
+    ended_block: int | None
+    ended_tx: str | None
+    failed_reason: str | None
+    revoked_block: int | None
+    revoked_tx: str | None
+    revoked_by: str | None
+    revoked_reason: str | None
+    checkpoint_root: str | None
+
+
+class WeightsOut(BaseModel):
+    step: int | None = Field(description="checkpoint step; null for the final weights")
+    is_final: bool
+    weights_digest: str
+    weights_cid: str | None = Field(description="the file CID, when its metrics document says")
+    tensor_root: str
+    metrics_digest: str
+    metrics: dict[str, Any] | None = Field(description="metrics from the store's document")
+    block: int
+    tx: str
+
+
+class RunDetail(RunSummary):
+    manifest_cid: str | None
+    manifest: dict[str, Any] | None = Field(description="the manifest from the store")
+    document_state: str = Field(description="loaded | pending | missing | invalid (manifest)")
+    parents: list[ParentLink]
+    chain: ChainFacts
+    checkpoints: list[WeightsOut]
+    final: WeightsOut | None
+
+
+class LineageNode(BaseModel):
+    run_id: str
+    name: str | None
+    status: str | None = Field(description="null when the run is not in the index")
+    revoked: bool | None
+    generation: int = Field(description="negative: ancestors, positive: descendants, 0: the run")
+
+
+class LineageEdge(BaseModel):
+    child: str
+    parent: str
+    relation: str
+
+
+class LineageOut(BaseModel):
+    run_id: str
+    nodes: list[LineageNode]
+    edges: list[LineageEdge]
+    truncated: bool
+
+
+class TaintOut(BaseModel):
+    run_id: str
+    tainted: bool = Field(description="the run or one of its ancestors is revoked")
+    revoked_sources: list[str] = Field(description="revoked runs among itself and its ancestors")
+
+
+class TaintedRun(BaseModel):
+    run_id: str
+    name: str | None
+    revoked_ancestors: list[str]
+
+
+class TaintList(BaseModel):
+    runs: list[TaintedRun]
+    truncated: bool
+
+
+class LookupRecord(BaseModel):
+    run_id: str
+    name: str | None
+    status: str | None
+    revoked: bool | None
+    is_final: bool
+    step: int | None
+    weights_digest: str
+    tensor_root: str
+    block: int
+    tx: str
+
+
+class LookupOut(BaseModel):
+    query: str
+    records: list[LookupRecord]
+
+
+class CheckOut(BaseModel):
+    name: str
+    ok: bool
+    detail: str
+
+
+class VerifyOut(BaseModel):
+    """The verifier's report, re-checked against the chain for this request."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "outcome": "verified",
+                    "run_id": RUN_ID,
+                    "file_cid": "bafkreia...",
+                    "matched_by": "file",
+                    "checks": [{"name": "record", "ok": True, "detail": "..."}],
+                }
+            ]
+        }
+    )
+
+    outcome: str = Field(description="verified | mismatch | unknown | revoked")
+    file_cid: str | None
+    run_id: str | None
+    matched_by: str | None
+    step: int | None
+    is_final: bool | None
+    tensor_root: str | None
+    checks: list[CheckOut]
+    source: str = Field(default="chain", description="always 'chain': never the index alone")
+
+
+class VerifyDigest(BaseModel):
+    """Exactly one of cid, digest, tensor_root."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"cid": "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku"}]
+        },
+    )
+
+    cid: str | None = Field(default=None, max_length=200, description="a file CID (v0 or v1)")
+    digest: str | None = Field(
+        default=None, max_length=66, description="0x sha2-256 digest of a file CID, as on chain"
+    )
+    tensor_root: str | None = Field(default=None, max_length=66)
+    run: str | None = Field(
+        default=None, max_length=66, description="run the file should belong to"
+    )
+
+
+class Health(BaseModel):
+    status: str = Field(examples=["ok"])
+
+
+class Readiness(BaseModel):
+    ready: bool
+    database: str
+    schema_revision: str | None
+    chain: str
+    chain_head: int | None
+    indexed_block: int | None
+    lag_blocks: int | None
+    indexer_error: str | None

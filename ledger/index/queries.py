@@ -1,0 +1,242 @@
+"""The index's read side: listing runs with keyset pagination, lineage, taint, lookups.
+
+Pagination is by keyset, not offset: the cursor carries the sort key and run id
+of the last row served, so a page costs the same however deep it is, and rows
+indexed meanwhile neither repeat nor shift the pages.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import and_, func, or_, select
+from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import ColumnElement
+
+from ledger.errors import InputError, NotFoundError
+from ledger.index.filters import run_id_hex
+from ledger.index.models import Metric, Parent, Run, Weights
+
+SORTS = ("started_at", "-started_at", "name", "-name", "committer", "-committer")
+MAX_LINEAGE = 2000
+
+
+def _sort_column(sort: str) -> Any:
+    key = sort.removeprefix("-")
+    if key == "started_at":
+        return Run.started_at
+    if key == "name":
+        return func.coalesce(Run.name, "")
+    return Run.committer
+
+
+def _encode_cursor(sort: str, key: Any, run_id: str) -> str:
+    raw = json.dumps([sort, key, run_id], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str, sort: str) -> tuple[Any, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        cursor_sort, key, run_id = json.loads(raw)
+    except (binascii.Error, ValueError, TypeError) as exc:
+        raise InputError(
+            "cursor: not a cursor this API handed out", hint="pass next_cursor of a page as is"
+        ) from exc
+    if cursor_sort != sort:
+        raise InputError(
+            f"cursor: it belongs to sort={cursor_sort!r}, not sort={sort!r}",
+            hint="keep the same sort while paging, or start again without a cursor",
+        )
+    if not isinstance(run_id, str) or not isinstance(key, (int, str)):
+        raise InputError("cursor: not a cursor this API handed out")
+    return key, run_id
+
+
+@dataclass(frozen=True)
+class Page:
+    runs: list[Run]
+    next_cursor: str | None
+
+
+def list_runs(
+    session: Session,
+    where: ColumnElement[bool],
+    *,
+    sort: str = "-started_at",
+    cursor: str | None = None,
+    limit: int = 50,
+) -> Page:
+    if sort not in SORTS:
+        raise InputError(f"sort: {sort!r} is not one of {', '.join(SORTS)}")
+    column = _sort_column(sort)
+    descending = sort.startswith("-")
+    query = select(Run).where(where)
+    if cursor:
+        key, last_id = _decode_cursor(cursor, sort)
+        if descending:
+            query = query.where(or_(column < key, and_(column == key, Run.run_id < last_id)))
+        else:
+            query = query.where(or_(column > key, and_(column == key, Run.run_id > last_id)))
+    order = (column.desc(), Run.run_id.desc()) if descending else (column.asc(), Run.run_id.asc())
+    rows = list(session.scalars(query.order_by(*order).limit(limit + 1)))
+    next_cursor = None
+    if len(rows) > limit:
+        rows = rows[:limit]
+        last = rows[-1]
+        key_value = {
+            "started_at": last.started_at,
+            "name": last.name or "",
+            "committer": last.committer,
+        }[sort.removeprefix("-")]
+        next_cursor = _encode_cursor(sort, key_value, last.run_id)
+    return Page(rows, next_cursor)
+
+
+def get_run(session: Session, run_id: str) -> Run:
+    run = session.get(Run, run_id_hex(run_id, "run_id"))
+    if run is None:
+        raise NotFoundError(
+            f"run {run_id} is not in the index",
+            hint="it may not be confirmed yet, or belong to another registry",
+        )
+    return run
+
+
+def parents_of(session: Session, run_ids: Sequence[str]) -> list[Parent]:
+    if not run_ids:
+        return []
+    query = select(Parent).where(Parent.child_id.in_(run_ids)).order_by(Parent.position)
+    return list(session.scalars(query))
+
+
+def children_of(session: Session, run_ids: Sequence[str]) -> list[Parent]:
+    if not run_ids:
+        return []
+    query = select(Parent).where(Parent.parent_id.in_(run_ids)).order_by(Parent.child_id)
+    return list(session.scalars(query))
+
+
+def weights_of(session: Session, run_id: str) -> list[Weights]:
+    query = (
+        select(Weights)
+        .where(Weights.run_id == run_id)
+        .order_by(Weights.block_number, Weights.log_index)
+    )
+    return list(session.scalars(query))
+
+
+def metrics_of(session: Session, run_id: str) -> dict[str, float]:
+    rows = session.execute(select(Metric.name, Metric.value).where(Metric.run_id == run_id))
+    return {str(name): float(value) for name, value in rows}
+
+
+@dataclass(frozen=True)
+class Edge:
+    child: str
+    parent: str
+    relation: str
+
+
+@dataclass(frozen=True)
+class Lineage:
+    ancestors: dict[str, int]  # run id -> generations up
+    descendants: dict[str, int]  # run id -> generations down
+    edges: list[Edge]
+    truncated: bool
+
+
+def lineage(session: Session, run_id: str, *, depth: int = 10) -> Lineage:
+    """Ancestors and descendants of a run up to ``depth`` generations, with the edges."""
+    root = get_run(session, run_id).run_id
+    edges: dict[tuple[str, str], Edge] = {}
+    ancestors = _walk(session, root, depth, up=True, edges=edges)
+    descendants = _walk(session, root, depth, up=False, edges=edges)
+    truncated = len(ancestors) + len(descendants) >= MAX_LINEAGE
+    return Lineage(ancestors, descendants, list(edges.values()), truncated)
+
+
+def _walk(
+    session: Session, root: str, depth: int, *, up: bool, edges: dict[tuple[str, str], Edge]
+) -> dict[str, int]:
+    found: dict[str, int] = {}
+    frontier = [root]
+    for generation in range(1, depth + 1):
+        if not frontier or len(found) >= MAX_LINEAGE:
+            break
+        links = parents_of(session, frontier) if up else children_of(session, frontier)
+        frontier = []
+        for link in links:
+            edges[(link.child_id, link.parent_id)] = Edge(
+                link.child_id, link.parent_id, link.relation
+            )
+            other = link.parent_id if up else link.child_id
+            if other != root and other not in found:
+                found[other] = generation
+                frontier.append(other)
+    return found
+
+
+def revoked_ancestors(session: Session, run_id: str) -> list[str]:
+    """The revoked runs among a run and all its ancestors (its taint), nearest first."""
+    root = get_run(session, run_id)
+    seen = {root.run_id}
+    queue = deque([root.run_id])
+    order = [root.run_id]
+    while queue and len(seen) < MAX_LINEAGE:
+        current = queue.popleft()
+        for link in parents_of(session, [current]):
+            if link.parent_id not in seen:
+                seen.add(link.parent_id)
+                queue.append(link.parent_id)
+                order.append(link.parent_id)
+    revoked = set(
+        session.scalars(select(Run.run_id).where(Run.run_id.in_(order), Run.revoked.is_(True)))
+    )
+    return [r for r in order if r in revoked]
+
+
+def tainted_runs(session: Session, *, limit: int = 1000) -> tuple[dict[str, set[str]], bool]:
+    """Every run descending from a revoked run, with the revoked runs it descends from."""
+    revoked = list(session.scalars(select(Run.run_id).where(Run.revoked.is_(True))))
+    tainted: dict[str, set[str]] = {}
+    for source in revoked:
+        frontier = [source]
+        seen = {source}
+        while frontier:
+            links = children_of(session, frontier)
+            frontier = []
+            for link in links:
+                if link.child_id in seen:
+                    continue
+                seen.add(link.child_id)
+                frontier.append(link.child_id)
+                tainted.setdefault(link.child_id, set()).add(source)
+                if len(tainted) > limit:
+                    return tainted, True
+    return tainted, False
+
+
+def runs_by_id(session: Session, run_ids: Iterable[str]) -> dict[str, Run]:
+    ids = list(set(run_ids))
+    found: dict[str, Run] = {}
+    for i in range(0, len(ids), 500):
+        for run in session.scalars(select(Run).where(Run.run_id.in_(ids[i : i + 500]))):
+            found[run.run_id] = run
+    return found
+
+
+def find_weights(session: Session, *, digest: str | None, tensor_root: str | None) -> list[Weights]:
+    """Weights records of a file CID digest or of a tensor root, oldest first."""
+    query = select(Weights)
+    if digest is not None:
+        query = query.where(Weights.weights_digest == digest)
+    if tensor_root is not None:
+        query = query.where(Weights.tensor_root == tensor_root)
+    return list(session.scalars(query.order_by(Weights.block_number, Weights.log_index).limit(500)))
