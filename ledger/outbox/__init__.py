@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ledger.chain.records import Relation, run_id_for
-from ledger.config import Settings
+from ledger.config import Settings, resolve_private_key
 from ledger.errors import ConfigError, InputError, RecordError
 from ledger.hashing.cid import bytes_cid
 from ledger.manifest import canonical_json
@@ -78,16 +78,27 @@ class Outbox:
     # -- appending (the training loop's side) ------------------------------------
 
     def committer(self) -> str:
-        """The address that signs this data directory's records (known offline)."""
+        """The address that signs this data directory's records (known offline).
+
+        Derived with eth_keys alone: importing web3 or eth_account costs the
+        training process 1-2 s of CPU at start; the worker loads them later.
+        """
         if self._committer is None:
-            from ledger.chain.registry import load_account
+            from eth_keys.datatypes import PrivateKey
 
             chain_id = self.settings.chain_id
             if chain_id is None:
                 from ledger.chain.registry import connect_web3
 
                 chain_id = int(connect_web3(self.settings.rpc_url).eth.chain_id)
-            self._committer = str(load_account(self.settings, chain_id).address)
+            secret = resolve_private_key(self.settings, chain_id).reveal()
+            try:
+                key = PrivateKey(bytes.fromhex(secret.removeprefix("0x")))
+            except (ValueError, TypeError) as exc:
+                raise ConfigError(
+                    "the configured private key is not a valid secp256k1 key"
+                ) from exc
+            self._committer = str(key.public_key.to_checksum_address())
         return self._committer
 
     def start_run(
