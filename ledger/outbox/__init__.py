@@ -149,15 +149,19 @@ class Outbox:
         """Wait up to ``timeout`` s until no entry (of ``run_id``) is open; returns
         how many still are."""
         deadline = time.monotonic() + timeout
-        while True:
-            remaining = self.journal.open_count(run_id)
-            left = deadline - time.monotonic()
-            if remaining == 0 or left <= 0:
-                return remaining
-            thread = self.start_worker()  # (re)started if it ended idle meanwhile
-            thread.wake()
-            with thread.progress:
-                thread.progress.wait(min(left, 0.2))
+        self.worker.urgent = True  # someone waits: no lingering for fuller batches
+        try:
+            while True:
+                remaining = self.journal.open_count(run_id)
+                left = deadline - time.monotonic()
+                if remaining == 0 or left <= 0:
+                    return remaining
+                thread = self.start_worker()  # (re)started if it ended idle meanwhile
+                thread.wake()
+                with thread.progress:
+                    thread.progress.wait(min(left, 0.2))
+        finally:
+            self.worker.urgent = False
 
     def _at_exit(self) -> None:
         if not self.journal.open_count():
@@ -187,6 +191,7 @@ class Outbox:
             if retry_failed:
                 self.journal.retry_failed()
             self.worker.recheck()  # `ledger sync` always checks what the journal holds as done
+            self.worker.urgent = True
             deadline = time.monotonic() + timeout
             total = PassResult()
             while True:

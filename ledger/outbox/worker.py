@@ -60,6 +60,7 @@ if TYPE_CHECKING:  # web3 loads when the worker first talks to the chain
 BATCH_LIMIT = 100  # records per transaction (a commitCheckpoints of 100 is ~0.6M gas)
 STORE_LIMIT = 256  # entries stored per pass, so sending interleaves with storing
 STORE_THREADS = 8
+LINGER = 2.0
 RECEIPT_WAIT = 2.0  # per pass; an unmined transaction is looked at again next pass
 _RETRYABLE = (ChainUnavailableError, RegistryNotDeployedError, StoreUnavailableError)
 _KIND_ORDER = ("start", "checkpoint", "finalize", "fail")
@@ -94,6 +95,8 @@ class Worker:
     say: Callable[[str], None] = _stderr
     totals: PassResult = field(default_factory=PassResult)
     receipt_wait: float = RECEIPT_WAIT  # seconds; an unmined transaction stays ``sent``
+    linger: float = LINGER  # seconds a checkpoint may wait for others to share its batch
+    urgent: bool = False  # set while someone waits (flush, sync): send at once
     _registry: Any = None
     _reconcile: bool = True
     _outage: str | None = None
@@ -354,16 +357,27 @@ class Worker:
     # -- 4. send ----------------------------------------------------------------------
 
     def _send_ready(self, registry: Registry, result: PassResult) -> None:
+        lingering: set[str] = set()
         while True:
-            ready = self._ready()
+            ready = [e for e in self._ready() if e.kind not in lingering]
             if not ready:
                 return
             kind = min((e.kind for e in ready), key=_KIND_ORDER.index)
             batch = [e for e in ready if e.kind == kind][: 1 if kind == "fail" else BATCH_LIMIT]
+            if kind == "checkpoint" and self._lingers(batch):
+                lingering.add(kind)  # let more checkpoints join this batch; others go on
+                continue
             before = result.confirmed + result.failed
             self._send_batch(registry, kind, batch, result)
             if result.confirmed + result.failed == before:
                 return  # nothing moved (e.g. a parent not on chain yet): next pass
+
+    def _lingers(self, batch: list[Entry]) -> bool:
+        """Whether a checkpoint batch should wait for more (fewer transactions, less
+        gas and less CPU beside training): not when full, urgent, or old enough."""
+        if self.urgent or len(batch) >= BATCH_LIMIT:
+            return False
+        return time.time() - min(e.created_at for e in batch) < self.linger
 
     def _ready(self) -> list[Entry]:
         """Per run, the stored entries next in line: a start alone, or a run of
