@@ -31,14 +31,13 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from ledger.chain.records import FinalRecord, Relation, RunStatus, checksum_address
 from ledger.config import Settings
 from ledger.errors import (
-    ChainError,
     ChainUnavailableError,
     ConfigError,
     InputError,
@@ -93,7 +92,6 @@ class Worker:
     settings: Settings
     store: ArtifactStore | None = None
     say: Callable[[str], None] = _stderr
-    totals: PassResult = field(default_factory=PassResult)
     receipt_wait: float = RECEIPT_WAIT  # seconds; an unmined transaction stays ``sent``
     linger: float = LINGER  # seconds a checkpoint may wait for others to share its batch
     urgent: bool = False  # set while someone waits (flush, sync): send at once
@@ -123,8 +121,6 @@ class Worker:
         except ConfigError as exc:
             result.waiting_on = _one_line(exc)
         self._report_outage(result)
-        for name in ("stored", "confirmed", "recommitted", "failed"):
-            setattr(self.totals, name, getattr(self.totals, name) + getattr(result, name))
         return result
 
     def _report_outage(self, result: PassResult) -> None:
@@ -334,7 +330,7 @@ class Worker:
                 and saved is not None
                 and saved.nonce == registry.mined_nonce(saved.sender)
             ):
-                self._broadcast(registry, saved)
+                registry.broadcast(saved.raw)
                 receipt = self._wait(registry, tx_hash)
                 if receipt is None:
                     continue  # still not mined; the next pass looks again
@@ -425,7 +421,7 @@ class Worker:
             )
             self.journal.save_sent([e.id for e in batch], saved)
             try:
-                self._broadcast(registry, saved)
+                registry.broadcast(saved.raw)
             except NonceTooLowError:
                 self.journal.requeue([e.id for e in batch], recommit=False)
                 continue
@@ -516,10 +512,6 @@ class Worker:
         # asked each time (one cheap call): a rolled-back or reset chain rolls nonces
         # back too, and this worker is the data directory's only sender
         return registry.pending_nonce()
-
-    @staticmethod
-    def _broadcast(registry: Registry, saved: SavedTx) -> None:
-        registry.broadcast(saved.raw)
 
     def _wait(self, registry: Registry, tx_hash: str) -> Any:
         deadline = time.monotonic() + self.receipt_wait
@@ -697,7 +689,6 @@ class WorkerThread:
 
 
 __all__ = [
-    "ChainError",
     "PassResult",
     "Worker",
     "WorkerLock",
