@@ -108,6 +108,15 @@ class ChainUnavailableError(ChainError, ConnectionError):
     http_status = 503
 
 
+class RpcError(ChainError):
+    """The node answered a JSON-RPC call with an error object (code, message, data)."""
+
+    def __init__(self, message: str, *, code: int | None = None, data: object = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.data = data
+
+
 class NonceTooLowError(ChainError):
     """A transaction's nonce was already used by another transaction of its sender."""
 

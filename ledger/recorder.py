@@ -17,15 +17,18 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ledger.chain.registry import FinalRecord, Registry, Relation, TxResult
+from ledger.chain.records import FinalRecord, Relation, TxResult
 from ledger.errors import RecordError
 from ledger.hashing.cid import Cid
 from ledger.hashing.merkle import CheckpointLeaf, checkpoint_root
 from ledger.hashing.tensors import TensorDigest, tensor_digest
 from ledger.manifest import METRICS_SCHEMA, canonical_json
 from ledger.store import ArtifactStore
+
+if TYPE_CHECKING:
+    from ledger.chain.registry import Registry
 
 
 @dataclass(frozen=True)

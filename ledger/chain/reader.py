@@ -30,7 +30,13 @@ from ledger.chain.records import (
     record_of,
 )
 from ledger.config import Settings
-from ledger.errors import ChainError, ChainUnavailableError, ConfigError, RegistryNotDeployedError
+from ledger.errors import (
+    ChainError,
+    ChainUnavailableError,
+    ConfigError,
+    RegistryNotDeployedError,
+    RpcError,
+)
 from ledger.hashing.merkle import CheckpointLeaf
 
 TIMEOUT = 10.0
@@ -73,7 +79,12 @@ class JsonRpc:
         if not isinstance(answer, dict):
             raise ChainError(f"{method} at {self.url}: the answer is not a JSON-RPC response")
         if "error" in answer:
-            raise ChainError(f"{method} failed at {self.url}: {answer['error']}")
+            error = answer["error"] if isinstance(answer["error"], dict) else {}
+            raise RpcError(
+                f"{method} failed at {self.url}: {error.get('message', answer['error'])}",
+                code=error.get("code"),
+                data=error.get("data"),
+            )
         return answer.get("result")
 
     def _post(self, body: bytes) -> bytes:

@@ -9,22 +9,17 @@ custom error and its arguments.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any, cast
 
 from eth_abi.abi import decode as abi_decode
-from eth_abi.abi import encode as abi_encode
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from eth_utils.address import to_checksum_address
 from eth_utils.crypto import keccak
-from hexbytes import HexBytes
 from web3 import Web3
 from web3.exceptions import (
-    BlockNotFound,
     ContractLogicError,
     TimeExhausted,
-    TransactionNotFound,
     Web3Exception,
 )
 
@@ -49,7 +44,6 @@ from ledger.errors import (
     ChainError,
     ChainUnavailableError,
     ConfigError,
-    NonceTooLowError,
     RegistryNotDeployedError,
     TransactionRevertedError,
 )
@@ -86,7 +80,6 @@ class Registry(EventLookups):
         self.abi: list[dict[str, Any]] = artifact["abi"]
         self.contract = w3.eth.contract(address=self.address, abi=self.abi)
         self._errors = _error_selectors(self.abi)
-        self._functions = _function_types(self.abi)
         self._chain_id: int | None = None
 
     # -- construction ---------------------------------------------------------
@@ -175,131 +168,6 @@ class Registry(EventLookups):
     def revoke_committer(self, account: str) -> TxResult:
         fn = self.contract.functions.revokeRole(COMMITTER_ROLE, to_checksum_address(account))
         return self._send(fn)[0]
-
-    # -- the outbox's primitives: sign, save, broadcast, confirm ------------------
-
-    def batch_call(self, kind: str, items: Sequence[Any]) -> bytes:
-        """Calldata committing ``items`` of one kind in one transaction.
-
-        ``start``: (manifest digest, parents); ``checkpoint``: (run id, leaf);
-        ``finalize``: (run id, FinalRecord); ``fail``: one (run id, reason).
-        Encoded with eth_abi directly: web3's contract-function path spends
-        about 4 ms per batch item normalising arguments.
-        """
-        if kind == "start":
-            return self.calldata("startRuns", [[(m, _parents(p)) for m, p in items]])
-        if kind == "checkpoint":
-            return self.calldata("commitCheckpoints", [[(r, _checkpoint(c)) for r, c in items]])
-        if kind == "finalize":
-            return self.calldata("finalizeRuns", [[(r, f.as_tuple()) for r, f in items]])
-        if kind == "fail" and len(items) == 1:
-            run_id, reason = items[0]
-            return self.calldata("markFailed", [run_id, reason])
-        raise ValueError(f"no batch call for {len(items)} {kind!r} items")
-
-    def calldata(self, function: str, args: Sequence[Any]) -> bytes:
-        """The registry function's selector and ABI-encoded arguments."""
-        selector, types = self._functions[function]
-        return selector + abi_encode(types, list(args))
-
-    def prepare(self, data: bytes, *, nonce: int) -> PreparedTx:
-        """Estimate gas (a refusal raises here, naming the contract's error) and sign."""
-        account = self._signer()
-        eth = self.w3.eth
-        try:
-            call: dict[str, Any] = {"from": account.address, "to": self.address, "data": data}
-            gas = eth.estimate_gas(call)  # type: ignore[arg-type]
-            priority = int(eth.max_priority_fee)
-            base = int(eth.get_block("latest").get("baseFeePerGas", 0))
-            tx = {
-                **call,
-                "gas": int(gas * 1.2) + 10_000,
-                "nonce": nonce,
-                "chainId": self.chain_id,
-                "maxPriorityFeePerGas": priority,
-                "maxFeePerGas": 2 * base + priority,
-            }
-            signed = account.sign_transaction(tx)
-        except ContractLogicError as exc:
-            raise self._revert_error(exc) from exc
-        except (Web3Exception, OSError) as exc:
-            raise ChainUnavailableError(f"cannot prepare a transaction: {exc}") from exc
-        return PreparedTx(
-            tx_hash="0x" + bytes(signed.hash).hex(),
-            raw=bytes(signed.raw_transaction),
-            sender=account.address,
-            nonce=nonce,
-            chain_id=self.chain_id,
-        )
-
-    def broadcast(self, raw: bytes) -> None:
-        """Send a signed transaction; one the node already holds counts as sent.
-
-        Raises :class:`NonceTooLowError` when its nonce is already used.
-        """
-        try:
-            self.w3.eth.send_raw_transaction(raw)
-        except (Web3Exception, OSError, ValueError) as exc:
-            text = str(exc).lower()
-            if "already known" in text or "already imported" in text:
-                return
-            if "nonce too low" in text or "nonce is too low" in text:
-                raise NonceTooLowError(f"nonce already used: {exc}") from exc
-            raise ChainUnavailableError(f"transaction failed to send: {exc}") from exc
-
-    def receipt(self, tx_hash: str) -> Receipt | None:
-        """The receipt of a transaction, or None while it is not mined (or unknown)."""
-        try:
-            found = self.w3.eth.get_transaction_receipt(HexBytes(tx_hash))
-        except TransactionNotFound:
-            return None
-        except (Web3Exception, OSError) as exc:
-            raise ChainUnavailableError(f"cannot read receipt {tx_hash}: {exc}") from exc
-        return Receipt(
-            tx_hash=tx_hash,
-            ok=found["status"] == 1,
-            block_number=int(found["blockNumber"]),
-            block_hash="0x" + bytes(found["blockHash"]).hex(),
-            gas_used=int(found["gasUsed"]),
-        )
-
-    def pending_nonce(self) -> int:
-        try:
-            return int(self.w3.eth.get_transaction_count(self._signer().address, "pending"))
-        except (Web3Exception, OSError) as exc:
-            raise ChainUnavailableError(f"cannot read the sender's nonce: {exc}") from exc
-
-    def mined_nonce(self, sender: str) -> int:
-        """How many transactions of ``sender`` are mined (its next nonce in a block)."""
-        try:
-            return int(self.w3.eth.get_transaction_count(to_checksum_address(sender), "latest"))
-        except (Web3Exception, OSError) as exc:
-            raise ChainUnavailableError(f"cannot read the sender's nonce: {exc}") from exc
-
-    def block_hash(self, number: int) -> str | None:
-        """The hash of block ``number`` on the chain now, or None beyond its head."""
-        try:
-            block = self.w3.eth.get_block(number)
-        except BlockNotFound:
-            return None
-        except (Web3Exception, OSError) as exc:
-            raise ChainUnavailableError(f"cannot read block {number}: {exc}") from exc
-        return "0x" + bytes(block["hash"]).hex()
-
-    def is_deployed(self) -> bool:
-        try:
-            return bool(self.w3.eth.get_code(self.address))
-        except (Web3Exception, OSError) as exc:
-            raise ChainUnavailableError(f"cannot read code at {self.address}: {exc}") from exc
-
-    @property
-    def chain_id(self) -> int:
-        if self._chain_id is None:
-            try:
-                self._chain_id = int(self.w3.eth.chain_id)
-            except (Web3Exception, OSError) as exc:
-                raise ChainUnavailableError(f"cannot read the chain id: {exc}") from exc
-        return self._chain_id
 
     # -- signed calls -----------------------------------------------------------
 
@@ -480,26 +348,6 @@ class Registry(EventLookups):
         )
 
 
-@dataclass(frozen=True)
-class PreparedTx:
-    """A signed transaction, ready to be saved and broadcast."""
-
-    tx_hash: str
-    raw: bytes
-    sender: str
-    nonce: int
-    chain_id: int
-
-
-@dataclass(frozen=True)
-class Receipt:
-    tx_hash: str
-    ok: bool
-    block_number: int
-    block_hash: str
-    gas_used: int
-
-
 def connect_web3(rpc_url: str) -> Web3:
     w3 = Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": 10}))
     try:
@@ -529,24 +377,6 @@ def _error_selectors(abi: list[dict[str, Any]]) -> dict[bytes, tuple[str, list[s
         signature = f"{item['name']}({','.join(types)})"
         table[keccak(text=signature)[:4]] = (item["name"], types)
     return table
-
-
-def _function_types(abi: list[dict[str, Any]]) -> dict[str, tuple[bytes, list[str]]]:
-    """Each function's selector and canonical input types (tuples spelled out)."""
-    table: dict[str, tuple[bytes, list[str]]] = {}
-    for item in abi:
-        if item.get("type") == "function":
-            types = [_canonical_type(i) for i in item.get("inputs", [])]
-            table[item["name"]] = (keccak(text=f"{item['name']}({','.join(types)})")[:4], types)
-    return table
-
-
-def _canonical_type(param: dict[str, Any]) -> str:
-    kind = str(param["type"])
-    if kind.startswith("tuple"):
-        inner = ",".join(_canonical_type(c) for c in param["components"])
-        return f"({inner}){kind[len('tuple') :]}"
-    return kind
 
 
 def _show(value: object) -> str:

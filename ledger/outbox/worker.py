@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from ledger.chain.records import FinalRecord, Relation, RunStatus, checksum_address
-from ledger.config import Settings
+from ledger.config import Secret, Settings
 from ledger.errors import (
     ChainUnavailableError,
     ConfigError,
@@ -53,8 +53,8 @@ from ledger.hashing.merkle import CheckpointLeaf, checkpoint_root
 from ledger.outbox.journal import Entry, Journal, SavedTx
 from ledger.store import ArtifactStore, open_store
 
-if TYPE_CHECKING:  # web3 loads when the worker first talks to the chain
-    from ledger.chain.registry import Registry
+if TYPE_CHECKING:
+    from ledger.chain.sender import RegistrySender as Registry
 
 BATCH_LIMIT = 100  # records per transaction (a commitCheckpoints of 100 is ~0.6M gas)
 STORE_LIMIT = 256  # entries stored per pass, so sending interleaves with storing
@@ -95,6 +95,7 @@ class Worker:
     receipt_wait: float = RECEIPT_WAIT  # seconds; an unmined transaction stays ``sent``
     linger: float = LINGER  # seconds a checkpoint may wait for others to share its batch
     urgent: bool = False  # set while someone waits (flush, sync): send at once
+    secret: Secret | None = None  # the signing key, when resolved already (else from settings)
     _registry: Any = None
     _reconcile: bool = True
     _outage: str | None = None
@@ -219,9 +220,9 @@ class Worker:
 
     def _connect(self) -> Registry:
         if self._registry is None:
-            from ledger.chain.registry import Registry
+            from ledger.chain.sender import RegistrySender
 
-            self._registry = Registry.connect(self.settings)
+            self._registry = RegistrySender.connect(self.settings, self.secret)
         registry: Registry = self._registry
         return registry
 
