@@ -22,15 +22,18 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ledger.chain.records import Relation, run_id_for
-from ledger.config import Settings, resolve_private_key
+from ledger.config import Secret, Settings, resolve_private_key
 from ledger.errors import ConfigError, InputError, RecordError
 from ledger.hashing.cid import bytes_cid
 from ledger.manifest import canonical_json
 from ledger.outbox.journal import Entry, Journal
 from ledger.outbox.worker import PassResult, Worker, WorkerLock, WorkerThread
+
+if TYPE_CHECKING:
+    from ledger.outbox.process import WorkerProcess
 from ledger.store import ArtifactStore
 
 __all__ = ["Entry", "Journal", "Outbox", "PassResult", "flush_timeout", "journal_path"]
@@ -41,6 +44,20 @@ _OPEN_LOCK = threading.Lock()
 
 def journal_path(settings: Settings) -> Path:
     return settings.data_dir / "outbox.sqlite"
+
+
+FLUSH_POLL = 0.01  # seconds between looks at the journal while a run waits for its records
+
+
+def worker_kind() -> str:
+    """Where the background worker runs (``LEDGER_OUTBOX_WORKER``): ``process``
+    (the default; its CPU and the GIL stay off the training loop) or ``thread``."""
+    kind = os.environ.get("LEDGER_OUTBOX_WORKER", "process")
+    if kind not in ("process", "thread"):
+        raise ConfigError(
+            f"LEDGER_OUTBOX_WORKER={kind!r} is not a worker kind", hint="use process or thread"
+        )
+    return kind
 
 
 def flush_timeout() -> float:
@@ -56,14 +73,22 @@ class Outbox:
     """The journal of one data directory, and its worker thread in this process."""
 
     def __init__(
-        self, settings: Settings, store: ArtifactStore | None = None, *, background: bool = True
+        self,
+        settings: Settings,
+        store: ArtifactStore | None = None,
+        *,
+        background: bool = True,
+        worker: str | None = None,
     ) -> None:
         self.settings = settings
         self.background = background  # False: appends wait for `sync` or another process
         self.journal = Journal(journal_path(settings))
         self.worker = Worker(self.journal, settings, store=store)
-        self._thread: WorkerThread | None = None
+        # a store object cannot cross to another process: its worker runs on a thread
+        self.worker_kind = worker or ("thread" if store is not None else worker_kind())
+        self._runner: WorkerThread | WorkerProcess | None = None
         self._committer: str | None = None
+        self._secret: Secret | None = None
 
     @classmethod
     def for_settings(cls, settings: Settings, store: ArtifactStore | None = None) -> Outbox:
@@ -80,25 +105,19 @@ class Outbox:
     def committer(self) -> str:
         """The address that signs this data directory's records (known offline).
 
-        Derived with eth_keys alone: importing web3 or eth_account costs the
-        training process 1-2 s of CPU at start; the worker loads them later.
+        Derived with libsecp256k1 alone: importing web3 or eth_account costs the
+        training process 1-2 s of CPU.
         """
         if self._committer is None:
-            from eth_keys.datatypes import PrivateKey
+            from ledger.chain.sender import address_of
 
             chain_id = self.settings.chain_id
             if chain_id is None:
-                from ledger.chain.registry import connect_web3
+                from ledger.chain.reader import JsonRpc
 
-                chain_id = int(connect_web3(self.settings.rpc_url).eth.chain_id)
-            secret = resolve_private_key(self.settings, chain_id).reveal()
-            try:
-                key = PrivateKey(bytes.fromhex(secret.removeprefix("0x")))
-            except (ValueError, TypeError) as exc:
-                raise ConfigError(
-                    "the configured private key is not a valid secp256k1 key"
-                ) from exc
-            self._committer = str(key.public_key.to_checksum_address())
+                chain_id = int(JsonRpc(self.settings.rpc_url)("eth_chainId"), 16)
+            self._secret = resolve_private_key(self.settings, chain_id)
+            self._committer = address_of(self._secret)
         return self._committer
 
     def start_run(
@@ -136,63 +155,79 @@ class Outbox:
 
     # -- the worker ------------------------------------------------------------------
 
-    def start_worker(self) -> WorkerThread:
-        """The background worker of this process (started on first use)."""
-        if self._thread is None or not self._thread.alive:
-            if self._thread is None:
+    def start_worker(self) -> WorkerThread | WorkerProcess:
+        """This process's background worker (started on first use, and again after
+        it ended idle): a child process, or a thread (see :func:`worker_kind`)."""
+        if self._runner is None or not self._runner.alive:
+            if self._runner is None:
                 atexit.register(self._at_exit)
-            self._thread = WorkerThread(self.worker, WorkerLock(self.journal.path))
-            self._thread.start()
-        return self._thread
+            if self.worker_kind == "process":
+                from ledger.outbox.process import WorkerProcess
+
+                self.committer()  # resolves the key the worker signs with
+                assert self._secret is not None
+                self._runner = WorkerProcess(self.settings, self._secret)
+            else:
+                self._runner = WorkerThread(self.worker, WorkerLock(self.journal.path))
+            self._runner.start()
+        return self._runner
 
     def flush(self, timeout: float, run_id: str | None = None) -> int:
         """Wait up to ``timeout`` s until no entry (of ``run_id``) is open; returns
         how many still are."""
         deadline = time.monotonic() + timeout
-        self.worker.urgent = True  # someone waits: no lingering for fuller batches
+        runner: WorkerThread | WorkerProcess | None = None
         try:
             while True:
                 remaining = self.journal.open_count(run_id)
                 left = deadline - time.monotonic()
                 if remaining == 0 or left <= 0:
                     return remaining
-                thread = self.start_worker()  # (re)started if it ended idle meanwhile
-                thread.wake()
-                with thread.progress:
-                    thread.progress.wait(min(left, 0.2))
+                if runner is None or not runner.alive:
+                    runner = self.start_worker()  # (re)started if it ended meanwhile
+                    runner.set_urgent(True)  # someone waits: no lingering for fuller batches
+                time.sleep(min(left, FLUSH_POLL))
         finally:
-            self.worker.urgent = False
+            if runner is not None:
+                runner.set_urgent(False)
 
     def _at_exit(self) -> None:
-        if not self.journal.open_count():
-            return
-        remaining = self.flush(flush_timeout())
-        if remaining:
-            self.worker.say(
-                f"{remaining} record(s) not yet on chain; they are kept in "
-                f"{self.journal.path} and `ledger sync` (or the next run) sends them"
-            )
-        if self._thread is not None:
-            self._thread.stop()
+        if self.journal.open_count():
+            remaining = self.flush(flush_timeout())
+            if remaining:
+                self.worker.say(
+                    f"{remaining} record(s) not yet on chain; they are kept in "
+                    f"{self.journal.path} and `ledger sync` (or the next run) sends them"
+                )
+        if self._runner is not None:
+            self._runner.stop()
 
     # -- `ledger sync` -----------------------------------------------------------------
 
     def sync(self, timeout: float, *, retry_failed: bool = False) -> PassResult:
         """Run the worker in the foreground until nothing moves or ``timeout`` passes."""
-        if self._thread is not None:
-            self._thread.stop()  # this process's own background worker hands over
+        deadline = time.monotonic() + timeout
+        if self._runner is not None:
+            self._runner.stop(timeout)  # this process's own background worker hands over
         lock = WorkerLock(self.journal.path)
         if not lock.acquire(wait=False):
-            raise RecordError(
-                f"another process (pid {lock.holder()}) is sending this outbox's records",
-                hint="wait for it to finish, or run `ledger status` to watch it",
+            self.worker.say(
+                f"another process's outbox worker (pid {lock.holder()}) is sending; "
+                "waiting for it to finish"
             )
+            while not lock.acquire(wait=False):
+                if time.monotonic() > deadline:
+                    raise RecordError(
+                        f"another process (pid {lock.holder()}) is still sending this "
+                        f"outbox's records after {timeout:g} s",
+                        hint="run `ledger status` to watch it, or `ledger sync` again later",
+                    )
+                time.sleep(0.1)
         try:
             if retry_failed:
                 self.journal.retry_failed()
             self.worker.recheck()  # `ledger sync` always checks what the journal holds as done
             self.worker.urgent = True
-            deadline = time.monotonic() + timeout
             total = PassResult()
             while True:
                 result = self.worker.run_once()

@@ -33,7 +33,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, Protocol
 
 from ledger.chain.records import FinalRecord, Relation, RunStatus, checksum_address
 from ledger.config import Secret, Settings
@@ -624,8 +624,70 @@ class WorkerLock:
             self._handle = None
 
 
+class Waker(Protocol):
+    """How a worker loop sleeps and learns that it should end."""
+
+    def wait(self, timeout: float) -> None:
+        """Sleep up to ``timeout`` s; return early when woken."""
+
+    @property
+    def stopping(self) -> bool:
+        """End now (the owner stops the loop)."""
+
+    @property
+    def alone(self) -> bool:
+        """Nobody appends through this worker any more: finish what moves, then end."""
+
+
+IDLE_EXIT = 5.0  # seconds with nothing open before a worker ends (restarted on append)
+
+
+def serve(worker: Worker, lock: WorkerLock, waker: Waker) -> None:
+    """Run passes until stopped, idle for IDLE_EXIT s, or alone with nothing moving.
+
+    One data directory has one sending worker (``lock``); another waits and takes
+    over if that one ends. Errors never end the loop: the journal is safe, and the
+    next pass retries with backoff (up to 15 s).
+    """
+    backoff = 0.25
+    idle_since = time.monotonic()
+    try:
+        while not waker.stopping:
+            if not lock.acquire(wait=False):
+                if waker.alone:
+                    return  # the other worker sends what is open
+                waker.wait(1.0)  # another process's worker sends; take over if it ends
+                continue
+            if waker.alone:
+                worker.urgent = True  # nobody will add to a lingering batch now
+            try:
+                result = worker.run_once()
+            except (LedgerError, OSError) as exc:  # stay alive; the journal is safe
+                text = _one_line(exc) if isinstance(exc, LedgerError) else str(exc)
+                result = PassResult(waiting_on=f"outbox worker: {text}")
+                worker.say(str(result.waiting_on))
+            open_now = worker.journal.open_count()
+            if waker.alone and (not open_now or not result.moved):
+                return  # the journal keeps the rest for `ledger sync` or the next run
+            if result.waiting_on:
+                waker.wait(backoff)
+                backoff = min(backoff * 2, 15.0)
+            elif not result.moved:
+                backoff = 0.25
+                if open_now:
+                    idle_since = time.monotonic()
+                elif time.monotonic() - idle_since > IDLE_EXIT:
+                    return
+                waker.wait(0.5)  # appends wake it sooner; other processes' are polled
+            else:
+                idle_since = time.monotonic()
+    finally:
+        lock.release()
+
+
 class WorkerThread:
-    """The worker on a daemon thread of the training process."""
+    """The worker on a daemon thread of this process (``LEDGER_OUTBOX_WORKER=thread``,
+    or an outbox given a store object that cannot cross to another process)."""
 
     def __init__(self, worker: Worker, lock: WorkerLock) -> None:
         self.worker = worker
@@ -633,9 +695,6 @@ class WorkerThread:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="ledger-outbox", daemon=True)
-        self.progress = threading.Condition()
-
-    IDLE_EXIT = 5.0  # seconds with nothing open before the thread ends (restarted on append)
 
     def start(self) -> None:
         self._thread.start()
@@ -647,46 +706,29 @@ class WorkerThread:
     def wake(self) -> None:
         self._wake.set()
 
+    def set_urgent(self, urgent: bool) -> None:
+        self.worker.urgent = urgent
+        self._wake.set()
+
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
         self._wake.set()
         if self._thread.is_alive():
             self._thread.join(timeout)  # the loop releases the lock as it ends
 
+    # the Waker side, for serve()
+    def wait(self, timeout: float) -> None:
+        self._wake.wait(timeout)
+        self._wake.clear()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    alone = False  # the thread ends with its process
+
     def _loop(self) -> None:
-        backoff = 0.25
-        idle_since = time.monotonic()
-        try:
-            while not self._stop.is_set():
-                if not self.lock.acquire(wait=False):
-                    self._wake.wait(1.0)  # another process's worker sends; take over if it dies
-                    self._wake.clear()
-                    continue
-                try:
-                    result = self.worker.run_once()
-                except (LedgerError, OSError) as exc:  # stay alive; the journal is safe
-                    text = _one_line(exc) if isinstance(exc, LedgerError) else str(exc)
-                    result = PassResult(waiting_on=f"outbox worker: {text}")
-                    self.worker.say(str(result.waiting_on))
-                with self.progress:
-                    self.progress.notify_all()
-                if result.waiting_on:
-                    self._wake.wait(backoff)
-                    backoff = min(backoff * 2, 15.0)
-                elif not result.moved:
-                    backoff = 0.25
-                    if self.worker.journal.open_count():
-                        idle_since = time.monotonic()
-                    elif time.monotonic() - idle_since > self.IDLE_EXIT:
-                        return
-                    self._wake.wait(0.5)
-                else:
-                    idle_since = time.monotonic()
-                self._wake.clear()
-        finally:
-            self.lock.release()
-            with self.progress:
-                self.progress.notify_all()
+        serve(self.worker, self.lock, self)
 
 
 __all__ = [
@@ -694,4 +736,5 @@ __all__ = [
     "Worker",
     "WorkerLock",
     "WorkerThread",
+    "serve",
 ]

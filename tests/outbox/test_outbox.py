@@ -109,7 +109,7 @@ def test_records_wait_in_the_outbox_while_the_chain_is_down(chain: Chain, tmp_pa
     good = chain.settings(tmp_path / "ledger")
     dead = Settings(**{**good.__dict__, "rpc_url": f"http://127.0.0.1:{free_port()}"})
     lines: list[str] = []
-    offline = Outbox(dead)  # with its background worker, as the hook has it
+    offline = Outbox(dead, worker="thread")  # lines said in this process, to count them
     offline.worker.say = lines.append
     run_id = offline.start_run(manifest("offline"))  # the run id needs no chain
     for step in range(3):
