@@ -100,6 +100,7 @@ class Training:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            start_new_session=True,  # its own process group, as a terminal's job has
         )
         self.lines: list[str] = []
 
@@ -250,3 +251,37 @@ def test_the_store_unavailable_for_a_while(node: Node, tmp_path: Path) -> None:
         verify(node, model, LEDGER_IPFS_API=ipfs.api)  # the run's documents come from IPFS
     finally:
         ipfs.stop()
+
+
+def test_the_worker_finishes_what_a_killed_training_handed_over(node: Node, tmp_path: Path) -> None:
+    training = Training(node, tmp_path / "model.pt", epochs=8, pause=1.0)
+    training.wait_for("epoch 1")
+    worker_pid = int((node.home / "outbox.lock").read_text())
+    assert worker_pid != training.proc.pid  # the sender is a process of its own
+    training.kill()  # SIGKILL: no exit handler runs, nothing more is appended
+    handed = [e for e in node.journal.entries() if e.kind == "checkpoint"]
+    # the orphaned worker sends what it was given, by itself, then ends
+    wait_until(lambda: node.journal.open_count() == 0, timeout=30, what="the orphan's sends")
+    wait_until(lambda: not _alive(worker_pid), timeout=30, what="the worker to end")
+    assert_once(node, run_id_of(training), steps=len(handed), final=False)
+
+
+def test_ctrl_c_records_the_run_as_failed(node: Node, tmp_path: Path) -> None:
+    training = Training(node, tmp_path / "model.pt", epochs=30, pause=0.2)
+    training.wait_for("epoch 1")
+    os.killpg(training.proc.pid, signal.SIGINT)  # the whole foreground job, as Ctrl-C does
+    _, err = training.proc.communicate(timeout=120)
+    assert "KeyboardInterrupt" in err and training.proc.returncode != 0
+    run_id = bytes.fromhex(run_id_of(training)[2:])
+    [failed] = node.registry().events("RunFailed", run_id)  # the worker outlived the signal
+    assert "KeyboardInterrupt" in str(failed["reason"])
+    assert node.journal.open_count() == 0
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie left for its new parent to reap counts as ended)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state != "Z"
