@@ -414,3 +414,14 @@ def test_created_at_defaults_to_an_utc_timestamp_with_microseconds(tmp_path: Pat
     assert text.endswith("+00:00")
     assert len(text.split("T")[1].split("+")[0]) == len("07:08:09.123456")
     assert datetime.fromisoformat(text).utcoffset() == timedelta(0)
+
+
+def test_the_package_list_equals_the_full_metadata_parse() -> None:
+    from importlib import metadata
+
+    from ledger.manifest import installed_packages
+
+    parsed = sorted(
+        f"{(d.metadata['Name'] or '').lower()}=={d.version}" for d in metadata.distributions()
+    )
+    assert installed_packages() == parsed and len(parsed) > 20

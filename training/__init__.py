@@ -5,7 +5,7 @@ its checkpoints and its final weights through :mod:`ledger.recorder`.
 Examples live in :mod:`training.examples`.
 """
 
-from ledger.chain.registry import Relation
+from ledger.chain.records import Relation
 from training.hook import LedgerRun, save_weights
 
 __all__ = ["LedgerRun", "Relation", "save_weights"]
