@@ -175,6 +175,9 @@ class Journal:
                 db.execute("PRAGMA journal_mode=WAL")
                 db.execute("PRAGMA synchronous=NORMAL")
                 db.execute("PRAGMA busy_timeout=30000")
+                # no connection copies the WAL back on commit (a copy and an fsync
+                # inside some unlucky append); the worker does it between passes
+                db.execute("PRAGMA wal_autocheckpoint=0")
             except sqlite3.Error as exc:
                 raise RecordError(
                     f"cannot open the outbox journal {self.path}: {exc}",
@@ -200,6 +203,10 @@ class Journal:
         if db is not None:
             db.close()
             self._local.db = None
+
+    def checkpoint_wal(self) -> None:
+        """Copy the WAL's pages into the database file, without waiting on anyone."""
+        self._db().execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     # -- the hook's side ------------------------------------------------------
 

@@ -121,6 +121,8 @@ class Worker:
             self._drop_connection()
         except ConfigError as exc:
             result.waiting_on = _one_line(exc)
+        if result.moved:
+            self.journal.checkpoint_wal()
         self._report_outage(result)
         return result
 
