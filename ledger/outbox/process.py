@@ -16,7 +16,8 @@ and one pipe (the child's stdin):
 The child stays in the training process's process group, so a job scheduler
 that stops the group stops it too; it ignores SIGINT, so Ctrl-C in a terminal
 interrupts training (which records the run as failed) without killing the
-sender of that record. Its one-line warnings go to the training process's
+sender of that record. It runs at a lower CPU priority (nice +10) than
+training. Its one-line warnings go to the training process's
 stderr. It ends after 5 s with nothing open and is started again on the next
 append.
 """
@@ -36,6 +37,9 @@ from typing import IO, Any
 from ledger.config import Secret, Settings
 
 _PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # where `ledger` is importable from
+# The worker yields the CPU to training whenever both want it: its work can wait
+# (the journal holds it), training's cannot. A run's end waits on an idle CPU.
+WORKER_NICE = 10
 
 
 class WorkerProcess:
@@ -154,6 +158,7 @@ def _first_line(fd: int) -> bytes:
 def main() -> None:
     """Entry point of the worker process (``python -m ledger.outbox.process``)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    os.nice(WORKER_NICE)
     from ledger.outbox import journal_path
     from ledger.outbox.journal import Journal
     from ledger.outbox.worker import Worker, WorkerLock, serve
