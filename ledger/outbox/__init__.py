@@ -4,9 +4,10 @@ The training hook hands each record to :class:`Outbox` — a manifest at start,
 a weights file path and its metrics per checkpoint and at the end — which
 appends it to the journal (:mod:`ledger.outbox.journal`, SQLite in WAL mode)
 and returns: that insert is all the training loop waits for. A worker
-(:mod:`ledger.outbox.worker`) on a daemon thread stores the artifacts, sends
-batched transactions and confirms them; one process per data directory sends at
-a time (a file lock), so one key's nonces never race. A run's id is derived
+(:mod:`ledger.outbox.worker`) in a child process (:mod:`ledger.outbox.process`;
+or on a daemon thread, ``LEDGER_OUTBOX_WORKER=thread``) stores the artifacts,
+sends batched transactions and confirms them; one worker per data directory
+sends at a time (a file lock), so one key's nonces never race. A run's id is derived
 locally (committer + manifest CID), so the hook knows it before the chain does.
 
 At exit the hook flushes with a bounded wait and says what remains; `ledger
