@@ -5,13 +5,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 from eth_account import Account
 
 from ledger.chain.records import Relation, run_id_for
-from ledger.chain.sender import RegistrySender, Signer, address_of, rlp_encode
+from ledger.chain.sender import Receipt, RegistrySender, Signer, address_of, rlp_encode
 from ledger.config import ANVIL_DEV_KEY, Secret
 from ledger.errors import ConfigError, NonceTooLowError, TransactionRevertedError
 from ledger.hashing.merkle import CheckpointLeaf
@@ -22,6 +23,21 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def sender(chain: Chain, tmp_path: Path, key: str = ANVIL_DEV_KEY) -> RegistrySender:
     return RegistrySender.connect(chain.settings(tmp_path / "ledger"), Secret(key))
+
+
+def mined(client: RegistrySender, tx_hash: str) -> Receipt:
+    """The receipt, polled: Anvil answers the broadcast before the receipt exists."""
+    deadline = time.monotonic() + 30
+    while (receipt := client.receipt(tx_hash)) is None:
+        assert time.monotonic() < deadline, f"{tx_hash} not mined"
+        time.sleep(0.02)
+    return receipt
+
+
+def send(client: RegistrySender, data: bytes) -> Receipt:
+    prepared = client.prepare(data, nonce=client.pending_nonce())
+    client.broadcast(prepared.raw)
+    return mined(client, prepared.tx_hash)
 
 
 def test_rlp_matches_the_yellow_paper_examples() -> None:
@@ -66,19 +82,14 @@ def test_batches_land_and_refusals_name_the_contract_error(chain: Chain, tmp_pat
     client = sender(chain, tmp_path)
     digest = bytes(range(32))
     data = client.batch_call("start", [(digest, [])])
-    prepared = client.prepare(data, nonce=client.pending_nonce())
-    client.broadcast(prepared.raw)
-    receipt = client.receipt(prepared.tx_hash)
-    assert receipt is not None and receipt.ok
+    receipt = send(client, data)
+    assert receipt.ok
     assert client.block_hash(receipt.block_number) == receipt.block_hash
     assert client.block_hash(receipt.block_number + 1000) is None
     run_id = run_id_for(client.signer.address, digest)
     assert [e["runId"] for e in client.events("RunStarted", run_id)] == [run_id]
     leaf = CheckpointLeaf(3, bytes([1]) * 32, bytes([2]) * 32, bytes([3]) * 32)
-    done = client.prepare(
-        client.batch_call("checkpoint", [(run_id, leaf)]), nonce=client.pending_nonce()
-    )
-    client.broadcast(done.raw)
+    send(client, client.batch_call("checkpoint", [(run_id, leaf)]))
     assert [int(e["step"]) for e in chain.registry.events("CheckpointCommitted", run_id)] == [3]
     with pytest.raises(TransactionRevertedError) as refused:  # the same start again
         client.prepare(data, nonce=client.pending_nonce())
@@ -94,9 +105,7 @@ def test_a_parent_relation_goes_through(chain: Chain, tmp_path: Path) -> None:
     parent_digest, child_digest = bytes([9]) * 32, bytes([8]) * 32
     parent = run_id_for(client.signer.address, parent_digest)
     for item in [(parent_digest, []), (child_digest, [(parent, Relation.FINE_TUNE)])]:
-        client.broadcast(
-            client.prepare(client.batch_call("start", [item]), nonce=client.pending_nonce()).raw
-        )
+        assert send(client, client.batch_call("start", [item])).ok
     child = run_id_for(client.signer.address, child_digest)
     [started] = chain.registry.events("RunStarted", child)
     assert started["committer"] == client.signer.address
