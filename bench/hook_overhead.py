@@ -16,7 +16,7 @@ process, interleaved over several repeats (medians reported):
 Printed: ``ledger / plain`` (goal at most 1.02) and ``mlflow / plain`` measured
 the same way, then one JSON line of the figures.
 
-Run: ``make bench-overhead`` (``BENCH_ARGS="--epochs 20 --repeats 3"``)
+Run: ``make bench-overhead`` (``BENCH_ARGS="--epochs 20 --repeats 5"``)
 """
 
 from __future__ import annotations
@@ -129,7 +129,7 @@ def spawn(python: Path | str, name: str, epochs: int, home: Path, env: dict[str,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--variant", help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -141,6 +141,7 @@ def main() -> None:
     from ledger.chain.anvil import AnvilProcess
     from tests.conftest import free_port
 
+    load_before = os.getloadavg()[0]  # beside the figures: other work on the cores skews them
     with tempfile.TemporaryDirectory(prefix="ledger-bench-overhead-") as tmp:
         anvil = AnvilProcess(Path(tmp) / "chain", port=free_port())
         anvil.start(persist=False)
@@ -165,10 +166,15 @@ def main() -> None:
         finally:
             anvil.stop()
     med = {k: statistics.median(v) for k, v in times.items()}
+    for name, values in times.items():
+        shown = " ".join(f"{v:.2f}" for v in values)
+        print(f"{name:>16}: {shown} s (median {med[name]:.2f})")
     figures: dict[str, object] = {
         "epochs": args.epochs,
         "repeats": args.repeats,
+        "load_average": [load_before, os.getloadavg()[0]],
         "seconds": med,
+        "all_seconds": times,
         "ledger_ratio": med["ledger"] / med["plain"],
         "goal": GOAL,
     }
