@@ -32,7 +32,7 @@ class EarlyCid:
         from ledger.hashing.cid import file_cid
 
         try:
-            self._result = file_cid(self.path, mapped=True)
+            self._result = file_cid(self.path)
         except BaseException as exc:  # noqa: BLE001  handed to the caller of result()
             self._error = exc
         finally:

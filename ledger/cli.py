@@ -152,7 +152,7 @@ def cid(
     from ledger.hashing.cid import file_cid
 
     with _progress(path, json_output=False) as progress:
-        result = file_cid(path, cid_version=cid_version, progress=progress, mapped=True)
+        result = file_cid(path, cid_version=cid_version, progress=progress)
     typer.echo(str(result))
 
 
@@ -246,7 +246,7 @@ class _BackgroundCid:
             if self._progress is not None:
                 self._progress(done)
 
-        return file_cid(self._path, progress=progress, mapped=True)
+        return file_cid(self._path, progress=progress)
 
     def __enter__(self) -> _BackgroundCid:
         from ledger import _early

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from ledger.errors import InputError
-from ledger.hashing._engine import hash_stream_parallel
+from ledger.hashing._engine import hash_file_parallel, hash_stream_parallel
 from ledger.hashing._unixfs import DEFAULT_CHUNK_SIZE, UnixFsHasher
 from ledger.hashing.cid import file_cid
 from ledger.progress import PROGRESS_THRESHOLD, wants_progress
@@ -162,20 +162,37 @@ def test_a_progress_bar_only_for_large_files_on_a_terminal_without_json() -> Non
 
 
 @pytest.mark.parametrize("cid_version", [0, 1])
-def test_the_mapped_path_agrees_across_map_windows(fifty_mib: Path, cid_version: int) -> None:
-    # 50 MiB spans two 32 MiB map windows, the second one short.
+@pytest.mark.parametrize(("workers", "read_chunks"), [(2, 32), (3, 1), (2, 7), (8, 175)])
+def test_positional_reads_agree_across_blocks(
+    fifty_mib: Path, cid_version: int, workers: int, read_chunks: int
+) -> None:
+    # 50 MiB + 3 bytes in blocks of 1 to 175 chunks: whole blocks, a short last one.
     expected = file_cid(fifty_mib, cid_version=cid_version, workers=1)
-    assert file_cid(fifty_mib, cid_version=cid_version, mapped=True) == expected
+    with open(fifty_mib, "rb", buffering=0) as handle:
+        root = hash_file_parallel(
+            handle.fileno(),
+            50 * MiB + 3,
+            cid_version,
+            workers=workers,
+            read_block=read_chunks * DEFAULT_CHUNK_SIZE,
+        )
+    assert root.cid == expected
+    assert root.filesize == 50 * MiB + 3
 
 
-@pytest.mark.parametrize("size", [1, DEFAULT_CHUNK_SIZE - 1, DEFAULT_CHUNK_SIZE, 3 * MiB + 5])
-def test_the_mapped_path_agrees_on_small_files(tmp_path: Path, size: int) -> None:
+@pytest.mark.parametrize("size", [0, 1, DEFAULT_CHUNK_SIZE - 1, DEFAULT_CHUNK_SIZE, 3 * MiB + 5])
+def test_positional_reads_agree_on_small_files(tmp_path: Path, size: int) -> None:
     path = tmp_path / "blob"
     write_streaming(path, patterned(size))
-    assert file_cid(path, mapped=True) == file_cid(path, workers=1)
+    with open(path, "rb", buffering=0) as handle:
+        root = hash_file_parallel(handle.fileno(), size, 1, workers=2)
+    assert root.cid == file_cid(path, workers=1)
 
 
-def test_the_mapped_path_reports_progress_of_every_byte(fifty_mib: Path) -> None:
-    seen: list[int] = []
-    file_cid(fifty_mib, mapped=True, progress=seen.append)
-    assert sum(seen) == 50 * MiB + 3
+def test_a_file_shorter_than_its_size_is_an_error_not_a_wrong_cid(fifty_mib: Path) -> None:
+    # as if the file shrank between the size check and the reads
+    with (
+        open(fifty_mib, "rb", buffering=0) as handle,
+        pytest.raises(InputError, match="shrank"),
+    ):
+        hash_file_parallel(handle.fileno(), 60 * MiB, 1, workers=2)

@@ -1,16 +1,18 @@
 """The file hashing engine: UnixFS leaves hashed on every core, the file read once.
 
-One thread reads the file in large blocks (:data:`READ_BLOCK` bytes, a whole
-number of chunks) into a small ring of reused buffers; a pool of worker threads
-hashes the chunks of each block into leaf links (:func:`leaf_link`); the calling
-thread hands the links, in file order, to a :class:`UnixFsHasher`, which builds
-the tree. ``hashlib`` releases the GIL while it hashes a large buffer and
-``readinto`` releases it while it reads, so reading and hashing overlap and the
-workers run in parallel. Memory is bounded by the ring of buffers:
-``2 * workers + 1`` blocks, at most :data:`MAX_RING` (96 MiB), whatever the
-file size. With ``workers=1`` the same blocks are hashed
-on the calling thread, with no pool: the reference path that tests compare
-against.
+Two entry points build the same tree from the same leaves (:func:`leaf_link`),
+handed in file order to a :class:`UnixFsHasher`:
+
+* :func:`hash_file_parallel`, for regular files (what :func:`ledger.hashing.cid.file_cid`
+  uses): each worker thread reads its own blocks of :data:`READ_BLOCK` bytes with
+  positional reads into a buffer it reuses, and hashes their chunks. ``preadv`` and
+  ``hashlib`` both release the GIL, so the page-cache copy and the hashing run on
+  every core at once. Memory is one block per worker.
+* :func:`hash_stream_parallel`, for anything with ``readinto`` (pipes included):
+  one thread reads into a small ring of reused buffers (``2 * workers + 1``
+  blocks, at most :data:`MAX_RING`) and a pool hashes them. With ``workers=1``
+  the same blocks are hashed on the calling thread, with no pool: the
+  single-threaded reference path that tests compare against.
 
 The result does not depend on the number of workers or the block size: the
 tree only sees the leaves, in order.
@@ -19,6 +21,7 @@ tree only sees the leaves, in order.
 from __future__ import annotations
 
 import os
+import threading
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -59,6 +62,15 @@ def _hash_block(block: memoryview, cid_version: int, chunk_size: int) -> list[Li
     ]
 
 
+def _block_size(read_block: int | None, chunk_size: int) -> int:
+    block = read_block or max(chunk_size, READ_BLOCK // chunk_size * chunk_size)
+    if block % chunk_size:
+        raise InputError(
+            f"read_block ({block}) must be a multiple of the chunk size ({chunk_size})"
+        )
+    return block
+
+
 def _read_full(stream: ReadsInto, buffer: bytearray) -> int:
     """Fill ``buffer`` from ``stream``; fewer bytes only at the end of the file."""
     view = memoryview(buffer)
@@ -88,11 +100,7 @@ def hash_stream_parallel(
     workers = default_workers() if workers is None else workers
     if workers < 1:
         raise InputError(f"workers must be at least 1, got {workers}")
-    block_size = read_block or max(chunk_size, READ_BLOCK // chunk_size * chunk_size)
-    if block_size % chunk_size:
-        raise InputError(
-            f"read_block ({block_size}) must be a multiple of the chunk size ({chunk_size})"
-        )
+    block_size = _block_size(read_block, chunk_size)
     hasher = UnixFsHasher(cid_version, chunk_size)
     if workers == 1:
         buffer = bytearray(block_size)
@@ -145,71 +153,90 @@ def hash_stream_parallel(
     return hasher.finalize_link()
 
 
-MAP_WINDOW = 4 * READ_BLOCK
-"""Bytes mapped at a time (32 MiB) by :func:`hash_file_mapped`."""
-
-MAPPED_WINDOWS = 2
-"""Windows mapped at once: one being hashed while the next is queued."""
+AHEAD_PER_WORKER = 3
+"""Blocks queued per worker by :func:`hash_file_parallel`, so no worker waits for work."""
 
 
-def hash_file_mapped(
+class _Truncated(Exception):
+    """A positional read hit the end of the file before the size seen at the start."""
+
+
+def hash_file_parallel(
     fd: int,
     size: int,
     cid_version: int = 1,
     *,
     workers: int | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
+    read_block: int | None = None,
     progress: Progress | None = None,
 ) -> Link:
-    """The root link of a file hashed straight from its page-cache pages.
+    """The root link of the first ``size`` bytes of the regular file open as ``fd``.
 
-    The file is mapped :data:`MAP_WINDOW` bytes at a time (at most
-    :data:`MAPPED_WINDOWS` windows, so resident memory stays bounded) and the
-    workers hash the mapped chunks in place: no copy into buffers, which on a
-    small machine costs as much CPU as a hash pass. Only for files nobody
-    truncates meanwhile: touching a page past a new end of file is a SIGBUS, so
-    the library's own writers use :func:`hash_stream_parallel` instead.
+    Every worker thread reads its own blocks with positional reads
+    (``os.preadv``, which releases the GIL) into a buffer it reuses, and hashes
+    them: both the page-cache copy and the hashing are spread over the cores,
+    and no thread waits on a single reader. The calling thread hands the links
+    to the tree in file order. Memory is one block per worker plus a few links
+    per queued block, whatever the file size. A file that shrinks while it is
+    read raises :class:`~ledger.errors.InputError` (positional reads cannot
+    fault, unlike a memory map).
     """
-    import mmap
-
-    # prefault each window in one go: far cheaper than a fault per page
-    flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
     workers = default_workers() if workers is None else workers
-    window = max(chunk_size, MAP_WINDOW // chunk_size * chunk_size)
-    if window % mmap.ALLOCATIONGRANULARITY:
-        raise InputError(f"map window {window} is not a multiple of the page size")
+    if workers < 1:
+        raise InputError(f"workers must be at least 1, got {workers}")
+    block = _block_size(read_block, chunk_size)
     hasher = UnixFsHasher(cid_version, chunk_size)
-    pending: deque[tuple[mmap.mmap, memoryview, list[Future[list[Link]]], int]] = deque()
+    local = threading.local()
 
-    def collect() -> None:
-        mapped, view, tasks, length = pending.popleft()
-        for task in tasks:
-            for link in task.result():
-                hasher.add_leaf(link)
-        view.release()
-        mapped.close()
-        if progress is not None:
-            progress(length)
+    def read_and_hash(offset: int, length: int) -> list[Link]:
+        buffer: bytearray | None = getattr(local, "buffer", None)
+        if buffer is None:
+            buffer = local.buffer = bytearray(block)
+        with memoryview(buffer) as view:
+            done = 0
+            while done < length:
+                with view[done:length] as rest:
+                    got = _pread_into(fd, rest, offset + done)
+                if not got:
+                    raise _Truncated
+                done += got
+            with view[:length] as filled:
+                return _hash_block(filled, cid_version, chunk_size)
 
-    block = READ_BLOCK // chunk_size * chunk_size or chunk_size
+    blocks = ((offset, min(block, size - offset)) for offset in range(0, size, block))
+    pending: deque[tuple[Future[list[Link]], int]] = deque()
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ledger-hash") as pool:
         try:
-            for offset in range(0, size, window):
-                length = min(window, size - offset)
-                mapped = mmap.mmap(fd, length, flags=flags, offset=offset, prot=mmap.PROT_READ)
-                view = memoryview(mapped)
-                tasks = [
-                    pool.submit(_hash_block, view[start : start + block], cid_version, chunk_size)
-                    for start in range(0, length, block)
-                ]
-                pending.append((mapped, view, tasks, length))
-                while len(pending) > MAPPED_WINDOWS:
-                    collect()
+            for offset, length in blocks:
+                pending.append((pool.submit(read_and_hash, offset, length), length))
+                if len(pending) >= AHEAD_PER_WORKER * workers:
+                    _collect(pending, hasher, progress)
             while pending:
-                collect()
-        except BaseException:
-            for _, _, tasks, _ in pending:
-                for task in tasks:
-                    task.cancel()
-            raise
+                _collect(pending, hasher, progress)
+        except _Truncated:
+            raise InputError("the file shrank while it was being hashed; try again") from None
+        finally:
+            for future, _ in pending:
+                future.cancel()
     return hasher.finalize_link()
+
+
+def _collect(
+    pending: deque[tuple[Future[list[Link]], int]],
+    hasher: UnixFsHasher,
+    progress: Progress | None,
+) -> None:
+    future, length = pending.popleft()
+    for link in future.result():
+        hasher.add_leaf(link)
+    if progress is not None:
+        progress(length)
+
+
+def _pread_into(fd: int, buffer: memoryview, offset: int) -> int:
+    if hasattr(os, "preadv"):
+        return os.preadv(fd, [buffer], offset)
+    data = os.pread(fd, len(buffer), offset)  # no preadv (e.g. Windows): one copy more
+    buffer[: len(data)] = data
+    return len(data)

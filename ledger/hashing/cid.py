@@ -17,9 +17,9 @@ settings it uses with a scheme string stored beside every CID:
 These functions compute the very same blocks Kubo (formerly go-ipfs) would
 build, byte for byte, and hash them with sha2-256, but store nothing and talk
 to no IPFS node. They treat the file as opaque bytes: nothing is unpickled,
-parsed or executed. :func:`file_cid` streams the file through the engine in
-:mod:`ledger.hashing._engine`: large reads into a few reused buffers, chunks
-hashed on every core, memory bounded whatever the file size; ``workers=1``
+parsed or executed. :func:`file_cid` hashes the file with the engine in
+:mod:`ledger.hashing._engine`: every core reads and hashes its own blocks into a
+reused buffer, memory bounded whatever the file size; ``workers=1``
 gives the single-threaded path, with the same result. The result
 is checked against public test vectors from Kubo and other IPFS projects in
 ``tests/test_cid_vectors.py``.
@@ -35,7 +35,7 @@ from ledger.hashing._engine import (
     READ_BLOCK,
     Progress,
     default_workers,
-    hash_file_mapped,
+    hash_file_parallel,
     hash_stream_parallel,
 )
 from ledger.hashing._multiformats import DAG_PB, RAW, Cid
@@ -87,18 +87,13 @@ def file_cid(
     cid_version: int = 1,
     workers: int | None = None,
     progress: Progress | None = None,
-    mapped: bool = False,
 ) -> Cid:
     """The CID ``ipfs add --only-hash`` would give the regular file at ``path``.
 
-    ``mapped=True`` hashes the file's pages in place (memory-mapped, a window at
-    a time) instead of copying them into buffers: markedly faster on small
-    machines, but only for files no one truncates meanwhile (the read-only
-    commands use it; writers of the store do not).
-
-    Chunks are hashed on ``workers`` threads (default: one per core; ``1``
-    hashes on the calling thread). ``progress``, if given, is called on the
-    calling thread with the number of bytes hashed since its last call.
+    Blocks are read and hashed on ``workers`` threads (default: one per core;
+    ``1`` reads and hashes on the calling thread, the reference path).
+    ``progress``, if given, is called on the calling thread with the number
+    of bytes hashed since its last call.
 
     Raises :class:`~ledger.errors.FileMissingError` if ``path`` does not exist or
     is not a regular file (e.g. a directory), and
@@ -121,12 +116,9 @@ def file_cid(
         with open(path, "rb", buffering=0) as stream:
             if hasattr(os, "posix_fadvise"):
                 os.posix_fadvise(stream.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
-            if mapped and info.st_size and workers != 1:
-                root = hash_file_mapped(
-                    stream.fileno(), info.st_size, cid_version, workers=workers, progress=progress
-                )
-            elif info.st_size <= READ_BLOCK:  # one block: threads and an 8 MiB ring cost more
-                chunks = max(1, -(-info.st_size // DEFAULT_CHUNK_SIZE))
+            if workers == 1 or info.st_size <= READ_BLOCK:
+                # the reference path; for one block, threads and a full-size buffer cost more
+                chunks = max(1, -(-min(info.st_size, READ_BLOCK) // DEFAULT_CHUNK_SIZE))
                 root = hash_stream_parallel(
                     stream,
                     cid_version,
@@ -135,7 +127,9 @@ def file_cid(
                     progress=progress,
                 )
             else:
-                root = hash_stream_parallel(stream, cid_version, workers=workers, progress=progress)
+                root = hash_file_parallel(
+                    stream.fileno(), info.st_size, cid_version, workers=workers, progress=progress
+                )
             if os.fstat(stream.fileno()).st_size != info.st_size:
                 raise InputError(f"{shown!r} changed size while it was being hashed; try again")
     except FileNotFoundError:
