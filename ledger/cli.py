@@ -4,8 +4,9 @@ Heavy modules (web3, torch, rich) are imported inside the commands that need
 them, so ``ledger --help`` and ``ledger cid`` start fast; help is plain text
 (typer's rich help would import rich and markdown-it on every start).
 ``ledger verify`` reads the chain through the web3-free
-:class:`~ledger.chain.reader.RegistryReader` and reads tensors (and so imports
-torch) only when the file's CID is not on record. Errors from the
+:class:`~ledger.chain.reader.RegistryReader` and reads tensors only when the
+file's CID is not on record (importing torch only for files the torch-free
+reader leaves to it). Errors from the
 :mod:`ledger.errors` tree become one red line and the error's exit code; no
 traceback unless ``LEDGER_DEBUG=1``.
 """

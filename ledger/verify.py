@@ -11,8 +11,9 @@ revoked      5    the run, or one of its ancestors, was revoked
 ==========  ====  ==========================================================
 
 The file's CID is computed without interpreting the file. Only when the CID is
-unknown are its tensors read (``.safetensors`` parsed directly; torch files with
-``weights_only=True``), to find the record by tensor root, which survives
+unknown are its tensors read (``.safetensors`` parsed directly; ``torch.save``
+files by an opcode reader that never runs the pickle, torch with
+``weights_only=True`` for the rest), to find the record by tensor root, which survives
 re-saving under another name or format.
 
 A Hugging Face model folder (``model.safetensors``, or shards with

@@ -107,13 +107,31 @@ def test_verify_of_a_recorded_file_never_imports_torch(chain: Chain, tmp_path: P
     assert recorded.returncode == 0, recorded.stderr
     assert json.loads(recorded.stdout)["matched_by"] == "file"
     assert "torch not imported" in recorded.stderr
-    # control: a re-saved copy is found by tensor root, which needs torch to read
+
+
+def test_verify_by_tensor_root_of_a_plain_state_dict_never_imports_torch(
+    chain: Chain, tmp_path: Path
+) -> None:
+    train(chain, tmp_path)
+    env = chain_env(chain, tmp_path / "ledger")
     state = torch.load(tmp_path / "model.pt", weights_only=True)
+    # a re-saved copy: another file (its CID is not on record), the same tensors
     torch.save(state, tmp_path / "copy.pt")
     copy = verify_instrumented(tmp_path / "copy.pt", env)
     assert copy.returncode == 0, copy.stderr
-    assert json.loads(copy.stdout)["matched_by"] == "tensors"
-    assert "torch imported" in copy.stderr
+    report = json.loads(copy.stdout)
+    assert (report["outcome"], report["matched_by"]) == ("verified", "tensors")
+    assert "torch not imported" in copy.stderr
+    # control: a transposed view holds the same values but is not contiguous, which
+    # only torch reads; the same record is found, and this time torch was imported
+    name = next(n for n, t in state.items() if t.dim() == 2)
+    state[name] = state[name].t().contiguous().t()
+    assert not state[name].is_contiguous()
+    torch.save(state, tmp_path / "strided.pt")
+    strided = verify_instrumented(tmp_path / "strided.pt", env)
+    assert strided.returncode == 0, strided.stderr
+    assert json.loads(strided.stdout)["tensor_root"] == report["tensor_root"]
+    assert "torch imported" in strided.stderr
 
 
 def test_verify_a_model_folder(chain: Chain, tmp_path: Path) -> None:

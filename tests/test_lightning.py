@@ -14,6 +14,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from ledger.chain.reader import JsonRpc, RegistryReader
 from ledger.chain.registry import RunStatus
+from ledger.hashing._torchfile import read_tensors
+from ledger.hashing.tensors import state_dict_digest, tensor_digest
 from ledger.store import LocalStore, find_by_digest
 from tests.conftest import Chain, free_port
 from tests.test_cli import chain_env, ledger
@@ -84,6 +86,11 @@ def test_a_fit_is_recorded_and_its_ckpt_verifies(chain: Chain, tmp_path: Path) -
     ckpt = torch.load(tmp_path / "final.ckpt", weights_only=True)
     assert "state_dict" in ckpt and "optimizer_states" in ckpt  # a real Lightning checkpoint
     assert ckpt["hyper_parameters"]["width"] == 8
+    # the torch-free reader understands a real Lightning checkpoint, without torch's help
+    tensors = read_tensors(tmp_path / "final.ckpt")
+    assert tensors is not None
+    assert {name for name, *_ in tensors} == set(ckpt["state_dict"])
+    assert tensor_digest(tmp_path / "final.ckpt").root == state_dict_digest(ckpt["state_dict"]).root
 
     env = chain_env(chain, tmp_path / "ledger")
     out = ledger("verify", str(tmp_path / "final.ckpt"), "--json", env=env)

@@ -197,7 +197,7 @@ def hash_file_parallel(
             done = 0
             while done < length:
                 with view[done:length] as rest:
-                    got = _pread_into(fd, rest, offset + done)
+                    got = pread_into(fd, rest, offset + done)
                 if not got:
                     raise _Truncated
                 done += got
@@ -234,7 +234,8 @@ def _collect(
         progress(length)
 
 
-def _pread_into(fd: int, buffer: memoryview, offset: int) -> int:
+def pread_into(fd: int, buffer: memoryview, offset: int) -> int:
+    """Read into ``buffer`` from ``offset`` of ``fd`` (the GIL released); bytes read."""
     if hasattr(os, "preadv"):
         return os.preadv(fd, [buffer], offset)
     data = os.pread(fd, len(buffer), offset)  # no preadv (e.g. Windows): one copy more

@@ -16,8 +16,12 @@ can be explained tensor by tensor (:func:`diff_tensors`).
 
 Readers. ``.safetensors`` files are parsed here from their JSON header (no
 torch, no code). Torch files (``.pt``, ``.pth``, ``.bin``, Lightning ``.ckpt``)
-are opened with ``torch.load(weights_only=True, mmap=True)``, which refuses
-pickled code; the state dict is the file itself when it maps names to tensors,
+written by ``torch.save`` are read by :mod:`ledger.hashing._torchfile` without
+torch and without unpickling (the pickle's opcodes are interpreted, never run);
+whatever that reader does not fully understand (legacy files, other globals,
+non-contiguous or big-endian tensors) is opened with
+``torch.load(weights_only=True, mmap=True)``, which refuses pickled code. Either
+way the leaves are the same, and the state dict is the file itself when it maps names to tensors,
 else the one under ``state_dict`` (Lightning, whose checkpoint also carries
 ``epoch``, ``global_step``, ``optimizer_states``, ``lr_schedulers``,
 ``hyper_parameters``...), ``model_state_dict`` or ``model``. A Hugging Face
@@ -384,7 +388,31 @@ def _safetensors_leaves(path: Path) -> Iterator[TensorLeaf]:
                 yield TensorLeaf(name, dtype, shape, data)
 
 
+NO_STATE_DICT_HINT = "ledger hashes state dicts: {name: tensor}, optionally under 'state_dict'"
+
+
 def _torch_leaves(path: Path) -> Iterator[TensorLeaf]:
+    """A torch file's leaves: read without torch when :mod:`._torchfile` understands
+    the file (what ``torch.save`` writes for state dicts and checkpoints), else
+    through ``torch.load(weights_only=True)``."""
+    from ledger.hashing._torchfile import CannotRead, read_tensors
+
+    try:
+        tensors = read_tensors(path)
+    except CannotRead:
+        return _torch_load_leaves(path)
+    if tensors is None:
+        raise _no_state_dict(path)
+    return (TensorLeaf(*tensor) for tensor in tensors)
+
+
+def _no_state_dict(path: Path) -> UnsupportedFormatError:
+    return UnsupportedFormatError(
+        f"{path}: holds no state dict of tensors", hint=NO_STATE_DICT_HINT
+    )
+
+
+def _torch_load_leaves(path: Path) -> Iterator[TensorLeaf]:
     import pickle
 
     import torch
@@ -417,10 +445,7 @@ def _torch_leaves(path: Path) -> Iterator[TensorLeaf]:
         ) from exc
     state = _find_state_dict(obj)
     if state is None:
-        raise UnsupportedFormatError(
-            f"{path}: holds no state dict of tensors",
-            hint="ledger hashes state dicts: {name: tensor}, optionally under 'state_dict'",
-        )
+        raise _no_state_dict(path)
     for name, tensor in state.items():
         yield _leaf_of_tensor(name, tensor)
 
