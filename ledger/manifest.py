@@ -13,12 +13,9 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import platform
-import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +57,8 @@ def _check_finite(value: Any, path: str) -> None:
 
 def code_version(root: Path | None = None) -> dict[str, Any]:
     """Git commit of ``root`` (default: cwd) and a digest of uncommitted changes."""
+    import subprocess  # here, not at the top: `ledger verify` imports this module
+
     cwd = str(root or Path.cwd())
 
     def git(*args: str) -> bytes | None:
@@ -108,6 +107,9 @@ def _file_sha256(path: Path) -> bytes:
 
 def environment() -> dict[str, Any]:
     """Interpreter, platform, torch/CUDA versions and a digest of installed packages."""
+    import platform  # here, not at the top: `ledger verify` imports this module
+    from importlib import metadata
+
     packages = sorted(
         f"{(d.metadata['Name'] or '').lower()}=={d.version}" for d in metadata.distributions()
     )
