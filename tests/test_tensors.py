@@ -229,10 +229,8 @@ def test_a_shape_change_with_equal_bytes_is_a_change() -> None:
 # -- safetensors are read without torch ---------------------------------------------
 
 
-def test_safetensors_reading_does_not_import_torch(tmp_path: Path) -> None:
-    sd = make_state_dict()
-    path = tmp_path / "w.safetensors"
-    save_file(sd, str(path))
+def root_without_importing_torch(path: Path) -> str:
+    """``tensor_digest(path)`` in a fresh process that fails if torch gets imported."""
     code = (
         "import sys\n"
         "from ledger.hashing.tensors import tensor_digest\n"
@@ -244,7 +242,14 @@ def test_safetensors_reading_does_not_import_torch(tmp_path: Path) -> None:
         [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == state_dict_digest(sd).root.hex()
+    return result.stdout.strip()
+
+
+def test_safetensors_reading_does_not_import_torch(tmp_path: Path) -> None:
+    sd = make_state_dict()
+    path = tmp_path / "w.safetensors"
+    save_file(sd, str(path))
+    assert root_without_importing_torch(path) == state_dict_digest(sd).root.hex()
 
 
 # -- damaged and foreign files ------------------------------------------------------
