@@ -364,6 +364,24 @@ def _torch_save_legacy(obj: Any, path: Path) -> None:
     torch.save(obj, path, _use_new_zipfile_serialization=False)
 
 
+def save_evil(
+    tmp_path: Path,
+    payload: type[OpensFile] | type[RunsShell],
+    *,
+    wrap: bool,
+    saver: Callable[[Any, Path], None] = _torch_save,
+) -> tuple[Path, Path]:
+    """A weights file whose unpickling would create a marker file: (file, marker)."""
+    marker = tmp_path / "pwned"
+    evil: Any = payload(marker)
+    if wrap:
+        evil = {"weight": torch.zeros(2), "bias": evil}
+    path = tmp_path / "evil.pt"
+    saver(evil, path)
+    assert not marker.exists()
+    return path, marker
+
+
 def _load_unsafely(saver: Callable[[Any, Path], None], path: Path) -> None:
     """What ledger must never do: a full unpickle (used only to prove the payload works)."""
     if saver is _pickle_dump:
@@ -385,13 +403,7 @@ def test_an_evil_pickle_is_refused_and_never_runs(
     wrap: bool,
     saver: Callable[[Any, Path], None],
 ) -> None:
-    marker = tmp_path / "pwned"
-    evil: Any = payload(marker)
-    if wrap:
-        evil = {"weight": torch.zeros(2), "bias": evil}
-    path = tmp_path / "evil.pt"
-    saver(evil, path)
-    assert not marker.exists()
+    path, marker = save_evil(tmp_path, payload, wrap=wrap, saver=saver)
 
     with pytest.raises(UnsupportedFormatError) as info:
         tensor_digest(path)

@@ -32,6 +32,7 @@ from tests.test_tensors import (
     lightning_checkpoint,
     make_state_dict,
     root_without_importing_torch,
+    save_evil,
 )
 
 
@@ -252,12 +253,7 @@ def test_anything_else_in_the_pickle_is_refused(pickled: bytes, reason: str) -> 
 def test_a_reduce_payload_is_refused_and_never_runs(
     tmp_path: Path, payload: type[OpensFile] | type[RunsShell], wrap: bool
 ) -> None:
-    marker = tmp_path / "pwned"
-    evil: Any = payload(marker)
-    if wrap:
-        evil = {"weight": torch.zeros(2), "bias": evil}
-    path = tmp_path / "evil.pt"
-    torch.save(evil, path)
+    path, marker = save_evil(tmp_path, payload, wrap=wrap)
     with pytest.raises(CannotRead, match="does not know"):
         read_tensors(path)
     assert not marker.exists()
