@@ -12,10 +12,17 @@ the same run and on the same file:
 * one pass of ``hashlib.sha256`` over the file, in this process (no start-up);
 * coreutils ``sha256sum`` as a subprocess.
 
-The page cache cannot be dropped without root, so the file is read once
-before timing and every figure is a warm-cache figure (the file in RAM): the
-comparison is of CPU work, not of the disk. Each command runs ``--repeat``
-times, interleaved, after one unmeasured warm-up; ratios use the medians.
+Cache state, the same for every command. By default (``--cache warm``) the
+file is read once before timing and every figure is a warm-cache figure (the
+file in RAM): the comparison is of CPU work, not of the disk. ``--cache cold``
+evicts the file's pages (``posix_fadvise(DONTNEED)``, this file only, nothing
+else on the machine) before every measured command, so each one reads it from
+the disk. Each command runs ``--repeat`` times, interleaved, after one
+unmeasured warm-up; ratios use the medians. The load average is printed beside
+every round (the machine is shared; a busy machine hurts the parallel
+``ledger verify`` more than the one-core baselines), and the CPU seconds
+(user + system) of ``ledger verify`` are given too: they depend far less on
+the load than wall time does.
 Peak RSS of ``ledger verify`` is taken by GNU ``time``. Also measured: ``ledger
 --help`` start-up and the engine alone (in process), single-threaded and on
 every core.
@@ -32,6 +39,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import mmap
 import os
 import shutil
 import socket
@@ -63,6 +71,7 @@ GOAL_HELP_S = 0.3
 class Timing:
     name: str
     times: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)
     peak_rss_kib: int = 0
 
     @property
@@ -74,8 +83,11 @@ class Timing:
         return min(self.times)
 
 
-def run_measured(argv: Sequence[str], env: dict[str, str] | None = None) -> tuple[float, int, str]:
-    """Wall time, peak RSS (KiB) and stdout of one subprocess; fails on a non-zero exit.
+def run_measured(
+    argv: Sequence[str], env: dict[str, str] | None = None
+) -> tuple[float, int, str, float]:
+    """Wall time, peak RSS (KiB), stdout and CPU seconds of one subprocess; fails on a
+    non-zero exit.
 
     The peak RSS is taken by GNU time, a small process: a child forked from
     this (large) Python process would report this process's RSS as its peak.
@@ -87,7 +99,7 @@ def run_measured(argv: Sequence[str], env: dict[str, str] | None = None) -> tupl
     ):
         start = time.perf_counter()
         result = subprocess.run(
-            ["/usr/bin/time", "-f", "%M", "-o", rss.name, *argv],
+            ["/usr/bin/time", "-f", "%M %U %S", "-o", rss.name, *argv],
             stdout=out,
             stderr=err,
             env=env,
@@ -100,14 +112,17 @@ def run_measured(argv: Sequence[str], env: dict[str, str] | None = None) -> tupl
         if result.returncode != 0:
             message = err.read().decode(errors="replace")
             raise SystemExit(f"{' '.join(argv)} exited {result.returncode}:\n{stdout}\n{message}")
-        peak = int(rss.read().split()[-1])
-    return elapsed, peak, stdout
+        peak, user, system = rss.read().split()[-3:]
+    return elapsed, int(peak), stdout, float(user) + float(system)
 
 
 def sha256_one_pass(path: Path) -> float:
+    """One pass of hashlib over the file, at its best: large reads into a
+    page-aligned buffer (a malloc'd one can make the kernel's copy several
+    times slower, see ``ledger.hashing._engine.page_buffer``)."""
     start = time.perf_counter()
     digest = hashlib.sha256()
-    buffer = bytearray(8 * MiB)
+    buffer = mmap.mmap(-1, 8 * MiB)
     view = memoryview(buffer)
     with open(path, "rb", buffering=0) as handle:
         while n := handle.readinto(buffer):
@@ -190,12 +205,33 @@ def help_startup(repeat: int = 7) -> float:
     return statistics.median(run_measured([ledger, "--help"])[0] for _ in range(repeat))
 
 
+def load_average() -> float:
+    with open("/proc/loadavg") as handle:
+        return float(handle.read().split()[0])
+
+
+def evict(path: Path) -> None:
+    """Drop ``path``'s pages from the page cache (this file only)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--size-gib", type=float, default=1.0, help="model size (default 1)")
     parser.add_argument("--big", action="store_true", help="a 4 GiB model (same as --size-gib 4)")
     parser.add_argument("--repeat", type=int, default=3, help="timed runs per command")
     parser.add_argument("--workdir", type=Path, default=None, help="where to build the model")
+    parser.add_argument(
+        "--cache",
+        choices=("warm", "cold"),
+        default="warm",
+        help="warm: the file in RAM for every command (default); cold: evicted before each",
+    )
     args = parser.parse_args(argv)
     size = int((4.0 if args.big else args.size_gib) * GiB)
 
@@ -229,11 +265,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         import compileall
 
         compileall.compile_dir(str(REPO / "ledger"), quiet=1)
-        print("warming the page cache (figures are warm-cache) ...", flush=True)
+        print(f"cache: {args.cache} (the same for every command)", flush=True)
         sha256_one_pass(model)
-        commands: dict[str, Callable[[], tuple[float, int]]] = {
+        commands: dict[str, Callable[[], tuple[float, int, float]]] = {
             "ledger_verify": lambda: _subprocess(ledger_verify, env, expect="verified"),
-            "sha256_hashlib": lambda: (sha256_one_pass(model), 0),
+            "sha256_hashlib": lambda: (sha256_one_pass(model), 0, 0.0),
             "sha256sum": lambda: _subprocess(["sha256sum", str(model)], None),
         }
         if ms_verify is not None:
@@ -241,11 +277,23 @@ def main(argv: Sequence[str] | None = None) -> None:
         timings = {name: Timing(name) for name in commands}
         for command in commands.values():
             command()  # warm-up, unmeasured
-        for _ in range(args.repeat):
+        loads: list[float] = []
+        for round_number in range(args.repeat):
+            loads.append(load_average())
             for name, command in commands.items():
-                elapsed, rss = command()
+                if args.cache == "cold":
+                    evict(model)
+                elapsed, rss, cpu = command()
                 timings[name].times.append(elapsed)
+                timings[name].cpu.append(cpu)
                 timings[name].peak_rss_kib = max(timings[name].peak_rss_kib, rss)
+            loads.append(load_average())
+            print(
+                f"round {round_number + 1}: "
+                + ", ".join(f"{n} {t.times[-1]:.3f} s" for n, t in timings.items())
+                + f"  (load average {loads[-1]:.2f})",
+                flush=True,
+            )
 
         engine = {}
         for label, workers in (("engine_single_thread", 1), ("engine_parallel", None)):
@@ -264,7 +312,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     figures: dict[str, Any] = {
         "size_bytes": size,
         "cores": default_workers(),
-        "cache": "warm",
+        "cache": args.cache,
+        "load_average": {"min": min(loads), "max": max(loads)},
+        "ledger_verify_cpu_s": round(statistics.median(timings["ledger_verify"].cpu), 3),
         "repeat": args.repeat,
         "median_s": {n: round(t.median, 3) for n, t in timings.items()},
         "best_s": {n: round(t.best, 3) for n, t in timings.items()},
@@ -287,7 +337,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         "bench_wall_s": round(time.perf_counter() - started, 1),
     }
     print()
-    print(f"{'command':24s} {'median s':>9s} {'best s':>8s}   (warm cache, {args.repeat} runs)")
+    print(
+        f"{'command':24s} {'median s':>9s} {'best s':>8s}   ({args.cache} cache,"
+        f" {args.repeat} runs, load average {min(loads):.2f}-{max(loads):.2f},"
+        f" {default_workers()} cores)"
+    )
     for name, timing in timings.items():
         print(f"{name:24s} {timing.median:9.3f} {timing.best:8.3f}")
     print(f"ledger verify / sha256 (hashlib, one pass) = {figures['ratio_vs_sha256_hashlib']:.2f}"
@@ -296,6 +350,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"ledger verify / model_signing verify      = {figures['ratio_vs_model_signing']:.2f}"
               f"  (goal <= {GOAL_VS_MODEL_SIGNING})")  # fmt: skip
     print(f"ledger verify / sha256sum                 = {figures['ratio_vs_sha256sum']:.2f}")
+    print(f"ledger verify CPU (user + system), median  = {figures['ledger_verify_cpu_s']:.3f} s")
     print(f"ledger verify peak RSS {figures['ledger_verify_peak_rss_mib']} MiB; "
           f"engine alone: {figures['engine_single_thread_s']} s on 1 thread, "
           f"{figures['engine_parallel_s']} s on {figures['cores']}")  # fmt: skip
@@ -305,11 +360,11 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 def _subprocess(
     argv: Sequence[str], env: dict[str, str] | None, expect: str | None = None
-) -> tuple[float, int]:
-    elapsed, rss, stdout = run_measured(argv, env)
+) -> tuple[float, int, float]:
+    elapsed, rss, stdout, cpu = run_measured(argv, env)
     if expect is not None and json.loads(stdout)["outcome"] != expect:
         raise SystemExit(f"{argv[0]} did not say {expect}: {stdout}")
-    return elapsed, rss
+    return elapsed, rss, cpu
 
 
 if __name__ == "__main__":

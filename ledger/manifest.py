@@ -13,12 +13,9 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import platform
-import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +57,8 @@ def _check_finite(value: Any, path: str) -> None:
 
 def code_version(root: Path | None = None) -> dict[str, Any]:
     """Git commit of ``root`` (default: cwd) and a digest of uncommitted changes."""
+    import subprocess  # here, not at the top: `ledger verify` imports this module
+
     cwd = str(root or Path.cwd())
 
     def git(*args: str) -> bytes | None:
@@ -113,6 +112,8 @@ def installed_packages() -> list[str]:
     e-mail parse of ~120 files costs a third of a second, on the training
     process's start.
     """
+    from importlib import metadata  # here, not at the top: `ledger verify` imports this module
+
     found = []
     for dist in metadata.distributions():
         text = dist.read_text("METADATA") or dist.read_text("PKG-INFO") or ""
@@ -129,6 +130,8 @@ def installed_packages() -> list[str]:
 
 def environment() -> dict[str, Any]:
     """Interpreter, platform, torch/CUDA versions and a digest of installed packages."""
+    import platform  # here, not at the top: `ledger verify` imports this module
+
     packages = installed_packages()
     env: dict[str, Any] = {
         "python": platform.python_version(),

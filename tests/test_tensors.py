@@ -229,10 +229,8 @@ def test_a_shape_change_with_equal_bytes_is_a_change() -> None:
 # -- safetensors are read without torch ---------------------------------------------
 
 
-def test_safetensors_reading_does_not_import_torch(tmp_path: Path) -> None:
-    sd = make_state_dict()
-    path = tmp_path / "w.safetensors"
-    save_file(sd, str(path))
+def root_without_importing_torch(path: Path) -> str:
+    """``tensor_digest(path)`` in a fresh process that fails if torch gets imported."""
     code = (
         "import sys\n"
         "from ledger.hashing.tensors import tensor_digest\n"
@@ -244,7 +242,14 @@ def test_safetensors_reading_does_not_import_torch(tmp_path: Path) -> None:
         [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == state_dict_digest(sd).root.hex()
+    return result.stdout.strip()
+
+
+def test_safetensors_reading_does_not_import_torch(tmp_path: Path) -> None:
+    sd = make_state_dict()
+    path = tmp_path / "w.safetensors"
+    save_file(sd, str(path))
+    assert root_without_importing_torch(path) == state_dict_digest(sd).root.hex()
 
 
 # -- damaged and foreign files ------------------------------------------------------
@@ -359,6 +364,24 @@ def _torch_save_legacy(obj: Any, path: Path) -> None:
     torch.save(obj, path, _use_new_zipfile_serialization=False)
 
 
+def save_evil(
+    tmp_path: Path,
+    payload: type[OpensFile] | type[RunsShell],
+    *,
+    wrap: bool,
+    saver: Callable[[Any, Path], None] = _torch_save,
+) -> tuple[Path, Path]:
+    """A weights file whose unpickling would create a marker file: (file, marker)."""
+    marker = tmp_path / "pwned"
+    evil: Any = payload(marker)
+    if wrap:
+        evil = {"weight": torch.zeros(2), "bias": evil}
+    path = tmp_path / "evil.pt"
+    saver(evil, path)
+    assert not marker.exists()
+    return path, marker
+
+
 def _load_unsafely(saver: Callable[[Any, Path], None], path: Path) -> None:
     """What ledger must never do: a full unpickle (used only to prove the payload works)."""
     if saver is _pickle_dump:
@@ -380,13 +403,7 @@ def test_an_evil_pickle_is_refused_and_never_runs(
     wrap: bool,
     saver: Callable[[Any, Path], None],
 ) -> None:
-    marker = tmp_path / "pwned"
-    evil: Any = payload(marker)
-    if wrap:
-        evil = {"weight": torch.zeros(2), "bias": evil}
-    path = tmp_path / "evil.pt"
-    saver(evil, path)
-    assert not marker.exists()
+    path, marker = save_evil(tmp_path, payload, wrap=wrap, saver=saver)
 
     with pytest.raises(UnsupportedFormatError) as info:
         tensor_digest(path)

@@ -9,8 +9,6 @@ to torch (``CannotRead``) rather than guess; and it must never run the pickle.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -28,9 +26,14 @@ from ledger.hashing.tensors import (
     state_dict_digest,
     tensor_digest,
 )
-from tests.test_tensors import OpensFile, RunsShell, lightning_checkpoint, make_state_dict
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from tests.test_tensors import (
+    OpensFile,
+    RunsShell,
+    lightning_checkpoint,
+    make_state_dict,
+    root_without_importing_torch,
+    save_evil,
+)
 
 
 def without_torch(path: Path) -> TensorDigest:
@@ -250,12 +253,7 @@ def test_anything_else_in_the_pickle_is_refused(pickled: bytes, reason: str) -> 
 def test_a_reduce_payload_is_refused_and_never_runs(
     tmp_path: Path, payload: type[OpensFile] | type[RunsShell], wrap: bool
 ) -> None:
-    marker = tmp_path / "pwned"
-    evil: Any = payload(marker)
-    if wrap:
-        evil = {"weight": torch.zeros(2), "bias": evil}
-    path = tmp_path / "evil.pt"
-    torch.save(evil, path)
+    path, marker = save_evil(tmp_path, payload, wrap=wrap)
     with pytest.raises(CannotRead, match="does not know"):
         read_tensors(path)
     assert not marker.exists()
@@ -281,15 +279,4 @@ def test_tensor_digest_of_a_torch_file_does_not_import_torch(tmp_path: Path) -> 
     path = tmp_path / "checkpoint.ckpt"
     state = make_state_dict()
     torch.save(lightning_checkpoint(state), path)
-    code = (
-        "import sys\n"
-        "from ledger.hashing.tensors import tensor_digest\n"
-        f"digest = tensor_digest({str(path)!r})\n"
-        "assert 'torch' not in sys.modules, 'torch was imported'\n"
-        "print(digest.root.hex())\n"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == state_dict_digest(state).root.hex()
+    assert root_without_importing_torch(path) == state_dict_digest(state).root.hex()

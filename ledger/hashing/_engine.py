@@ -20,6 +20,7 @@ tree only sees the leaves, in order.
 
 from __future__ import annotations
 
+import mmap
 import os
 import threading
 from collections import deque
@@ -71,7 +72,18 @@ def _block_size(read_block: int | None, chunk_size: int) -> int:
     return block
 
 
-def _read_full(stream: ReadsInto, buffer: bytearray) -> int:
+def page_buffer(size: int) -> mmap.mmap:
+    """A writable buffer of ``size`` bytes that starts on a page boundary.
+
+    Read buffers are page-aligned on purpose: the kernel copies page-cache pages
+    into a buffer that starts mid-page (as a large ``bytearray`` from ``malloc``
+    does, 16 bytes past a page) up to five times slower on the AMD cores of this
+    project's machines (1 GiB: 0.5 s of system time instead of 0.1 s).
+    """
+    return mmap.mmap(-1, max(size, 1))
+
+
+def _read_full(stream: ReadsInto, buffer: mmap.mmap) -> int:
     """Fill ``buffer`` from ``stream``; fewer bytes only at the end of the file."""
     view = memoryview(buffer)
     filled = 0
@@ -103,7 +115,7 @@ def hash_stream_parallel(
     block_size = _block_size(read_block, chunk_size)
     hasher = UnixFsHasher(cid_version, chunk_size)
     if workers == 1:
-        buffer = bytearray(block_size)
+        buffer = page_buffer(block_size)
         view = memoryview(buffer)
         while filled := _read_full(stream, buffer):
             for link in _hash_block(view[:filled], cid_version, chunk_size):
@@ -113,9 +125,9 @@ def hash_stream_parallel(
         return hasher.finalize_link()
 
     ring = min(2 * workers + 1, MAX_RING)
-    free: list[bytearray] = []
+    free: list[mmap.mmap] = []
     allocated = 0
-    pending: deque[tuple[Future[list[Link]], bytearray, int]] = deque()
+    pending: deque[tuple[Future[list[Link]], mmap.mmap, int]] = deque()
 
     def collect() -> None:
         future, buffer, filled = pending.popleft()
@@ -129,7 +141,7 @@ def hash_stream_parallel(
         try:
             while True:
                 if not free and allocated < ring:
-                    free.append(bytearray(block_size))
+                    free.append(page_buffer(block_size))
                     allocated += 1
                 if not free:
                     collect()
@@ -190,9 +202,9 @@ def hash_file_parallel(
     local = threading.local()
 
     def read_and_hash(offset: int, length: int) -> list[Link]:
-        buffer: bytearray | None = getattr(local, "buffer", None)
+        buffer: mmap.mmap | None = getattr(local, "buffer", None)
         if buffer is None:
-            buffer = local.buffer = bytearray(block)
+            buffer = local.buffer = page_buffer(block)
         with memoryview(buffer) as view:
             done = 0
             while done < length:

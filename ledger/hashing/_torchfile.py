@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ledger.hashing._engine import default_workers, pread_into
+from ledger.hashing._engine import default_workers, page_buffer, pread_into
 
 __all__ = ["CannotRead", "TensorRef", "find_state_dict", "interpret", "read_tensors"]
 
@@ -400,7 +400,7 @@ READ_PIECE = 8 * 1024 * 1024
 def _digest(fd: int, start: int, length: int) -> bytes:
     """sha256 of ``length`` bytes of ``fd`` from ``start``, read in pieces (no whole copy)."""
     digest = hashlib.sha256()
-    buffer = bytearray(min(length, READ_PIECE))
+    buffer = page_buffer(min(length, READ_PIECE))
     with memoryview(buffer) as view:
         done = 0
         while done < length:
