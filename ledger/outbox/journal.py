@@ -204,9 +204,17 @@ class Journal:
             db.close()
             self._local.db = None
 
+    WAL_LIMIT = 4 << 20  # bytes of WAL before the worker copies it back (SQLite's default)
+
     def checkpoint_wal(self) -> None:
-        """Copy the WAL's pages into the database file, without waiting on anyone."""
-        self._db().execute("PRAGMA wal_checkpoint(PASSIVE)")
+        """Copy the WAL's pages into the database file once it has grown past
+        WAL_LIMIT, without waiting on anyone (its fsyncs stay off the appends)."""
+        try:
+            size = self.path.with_name(self.path.name + "-wal").stat().st_size
+        except FileNotFoundError:
+            return
+        if size > self.WAL_LIMIT:
+            self._db().execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     # -- the hook's side ------------------------------------------------------
 

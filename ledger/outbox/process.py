@@ -7,8 +7,10 @@ and one pipe (the child's stdin):
 
 - the first line carries the settings and the resolved signing key as JSON (the
   key never appears in the command line or the environment);
-- then single bytes: ``w`` an entry was appended, ``u`` someone waits (send at
-  once, no lingering for fuller batches), ``n`` nobody waits any more;
+- then single bytes: ``u`` someone waits (send at once, no lingering for fuller
+  batches), ``n`` nobody waits any more. Appends send nothing: the worker looks
+  at the journal every half second, so a few checkpoints share one pass (one
+  burst of CPU beside training instead of one per checkpoint);
 - end of file means the training process is gone (it exited, or was killed):
   the worker finishes what still moves and ends, leaving the rest in the
   journal for ``ledger sync`` or the next run.
@@ -76,7 +78,7 @@ class WorkerProcess:
         return self._proc.pid if self._proc is not None else None
 
     def wake(self) -> None:
-        self._send(b"w")
+        """Nothing to do: the worker polls the journal (see the module docstring)."""
 
     def set_urgent(self, urgent: bool) -> None:
         self._send(b"u" if urgent else b"n")
@@ -97,7 +99,7 @@ class WorkerProcess:
         stdin = self._proc.stdin if self._proc is not None else None
         if stdin is None or stdin.closed:
             return
-        # a full pipe holds wake-ups already; a closed one means the worker ended
+        # a full pipe holds commands already; a closed one means the worker ended
         # (the next append starts another)
         with contextlib.suppress(OSError):
             os.write(stdin.fileno(), command)
