@@ -48,7 +48,7 @@ from ledger.errors import (
     StoreUnavailableError,
 )
 from ledger.index._chain import BatchRpc, Log, LogDecoder
-from ledger.index.models import Block, Event, Meta, Metric, Parent, Run, Weights
+from ledger.index.models import Block, Event, IndexState, Meta, Metric, Parent, Run, Weights
 from ledger.manifest import MANIFEST_SCHEMA
 from ledger.store import ArtifactStore, find_by_digest
 
@@ -61,6 +61,7 @@ PARENTS = cast(Table, Parent.__table__)
 WEIGHTS = cast(Table, Weights.__table__)
 METRICS = cast(Table, Metric.__table__)
 META = cast(Table, Meta.__table__)
+STATE = cast(Table, IndexState.__table__)
 IN_CHUNK = 500
 
 
@@ -203,6 +204,7 @@ class Indexer:
                 self._rollback(connection, -1)
             connection.execute(delete(META))
             connection.execute(insert(META), [{"key": k, "value": v} for k, v in wanted.items()])
+            _bump(connection)
 
     # -- reorgs -------------------------------------------------------------------
 
@@ -225,6 +227,7 @@ class Indexer:
         log.warning("block %s changed on chain: rolling back to block %s", top.number, keep)
         with self.engine.begin() as connection:
             self._rollback(connection, keep)
+            _bump(connection)
         self.status.rollbacks += 1
         return keep
 
@@ -353,6 +356,8 @@ class Indexer:
                 [{"number": n, "hash": h, "timestamp": ts} for n, (h, ts) in blocks.items()],
             )
             _apply(connection, logs, timestamps)
+            if logs:  # a range without events changes no answer (only the blocks read)
+                _bump(connection)
 
     # -- documents ------------------------------------------------------------------
 
@@ -405,21 +410,24 @@ class Indexer:
                         .values(metrics_state=_b("v_state")),
                         metric_states,
                     )
+                _bump(connection)
             done += len(manifest_rows) + len(metric_states)
 
     def retry_missing(self) -> None:
         """Documents that were not in the store are looked for again on the next pass."""
         with self.engine.begin() as connection:
-            connection.execute(
+            changed = connection.execute(
                 update(RUNS)
                 .where(RUNS.c.manifest_state == "missing")
                 .values(manifest_state="pending")
-            )
-            connection.execute(
+            ).rowcount
+            changed += connection.execute(
                 update(RUNS)
                 .where(RUNS.c.metrics_state == "missing")
                 .values(metrics_state="pending")
-            )
+            ).rowcount
+            if changed:
+                _bump(connection)
 
     def _document(self, digest_hex: str | None) -> tuple[str, str | None, dict[str, Any] | None]:
         """(state, cid, document) of a stored JSON document named by its digest."""
@@ -487,6 +495,13 @@ _MANIFEST_FIELDS = (
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and abs(value) < 2**31
+
+
+def _bump(connection: Connection) -> None:
+    """The index changed: a new generation (in the same transaction as the change)."""
+    connection.execute(
+        update(STATE).where(STATE.c.id == 1).values(generation=STATE.c.generation + 1)
+    )
 
 
 def _b(name: str) -> Any:
