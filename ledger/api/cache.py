@@ -10,7 +10,8 @@ answers from memory only when its copy was made at that same generation. So a
 cached answer never outlives a new block with registry events, a rollback or
 a document the indexer has read: the first request after the commit is
 answered by the route again. The generation is read before the route runs, so
-a copy can only be newer than its key, never older.
+a copy can only be newer than its key, never older. Requests for a question
+that is being answered wait for that answer instead of asking the database too.
 
 Only ``200`` answers are kept (problems are always answered afresh), and only
 for requests that pass the bearer check when a token is configured. Every kept
@@ -34,6 +35,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import QueuePool, StaticPool
 
+from ledger.api.deps import token_matches
 from ledger.config import Secret
 
 Scope = MutableMapping[str, Any]
@@ -243,6 +245,4 @@ def _matches(if_none_match: bytes, etag: bytes) -> bool:
 
 
 def _authorized(headers: dict[bytes, bytes], token: Secret) -> bool:
-    from ledger.api.deps import token_matches
-
     return token_matches(headers.get(b"authorization", b"").decode("latin-1"), token)
