@@ -9,7 +9,7 @@ without a token the API is open, as fits the local default (127.0.0.1).
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -18,6 +18,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from sqlalchemy.engine import Engine
 
 from ledger.api import problems
+from ledger.api.cache import DEFAULT_ENTRIES, IndexGeneration, ResponseCache
 from ledger.api.deps import ApiState, require_token
 from ledger.api.routes import health, lookup, runs, verify, web
 from ledger.config import Secret, Settings
@@ -32,11 +33,13 @@ DEFAULT_MAX_UPLOAD = 4 << 30
 @dataclass(frozen=True)
 class ApiConfig:
     """How the API is exposed. ``from_env`` reads ``LEDGER_API_TOKEN``,
-    ``LEDGER_API_CORS`` (comma-separated origins) and ``LEDGER_API_MAX_UPLOAD`` (bytes)."""
+    ``LEDGER_API_CORS`` (comma-separated origins), ``LEDGER_API_MAX_UPLOAD`` (bytes) and
+    ``LEDGER_API_CACHE`` (answers kept per server process, 0: no cache)."""
 
     token: Secret | None = field(default=None, repr=False)
     cors_origins: tuple[str, ...] = ()
     max_upload: int = DEFAULT_MAX_UPLOAD
+    cache_entries: int = DEFAULT_ENTRIES
     index_url: str | None = None
     follow: bool = True
     interval: float = 1.0
@@ -52,22 +55,28 @@ class ApiConfig:
                 "print(secrets.token_urlsafe(32))'`",
             )
         origins = tuple(o.strip() for o in env.get("LEDGER_API_CORS", "").split(",") if o.strip())
-        upload_text = env.get("LEDGER_API_MAX_UPLOAD")
-        max_upload = DEFAULT_MAX_UPLOAD
-        if upload_text:
-            try:
-                max_upload = int(upload_text)
-            except ValueError as exc:
-                raise ConfigError(
-                    f"LEDGER_API_MAX_UPLOAD={upload_text!r} is not a byte count"
-                ) from exc
-        config = cls(Secret(token) if token else None, origins, max_upload)
+        max_upload = _count(env, "LEDGER_API_MAX_UPLOAD", DEFAULT_MAX_UPLOAD, "a byte count")
+        cache = _count(env, "LEDGER_API_CACHE", DEFAULT_ENTRIES, "a number of answers")
+        config = cls(Secret(token) if token else None, origins, max_upload, cache)
         return config.with_(**overrides)
 
     def with_(self, **changes: object) -> ApiConfig:
         from dataclasses import replace
 
         return replace(self, **{k: v for k, v in changes.items() if v is not None})  # type: ignore[arg-type]
+
+
+def _count(env: Mapping[str, str], name: str, default: int, what: str) -> int:
+    text = env.get(name)
+    if not text:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise ConfigError(f"{name}={text!r} is not {what} (a whole number >= 0)")
+    return value
 
 
 def create_app(
@@ -94,6 +103,7 @@ def create_app(
         finally:
             if "bg" in holder:
                 holder.pop("bg").stop()
+            generation.close()
 
     app = FastAPI(
         title="ledger audit API",
@@ -105,6 +115,7 @@ def create_app(
             "`application/problem+json`. Runs filters: see `q` on `GET /api/v1/runs`."
         ),
         lifespan=lifespan,
+        telemetry={"tracing": False, "metrics": False, "logs": False},
         openapi_tags=[
             {"name": "runs", "description": "Runs, lineage and taint from the index"},
             {"name": "lookup", "description": "Find records by file CID or tensor root"},
@@ -121,7 +132,14 @@ def create_app(
         indexer=indexer,
     )
     problems.install(app)
-    if config.cors_origins:
+    generation = IndexGeneration(app.state.ledger.engine)
+    app.add_middleware(
+        ResponseCache,
+        generation=generation,
+        token=config.token,
+        entries=config.cache_entries,
+    )
+    if config.cors_origins:  # outside the cache: its headers go on cached answers too
         app.add_middleware(
             CORSMiddleware,
             allow_origins=list(config.cors_origins),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
@@ -37,7 +38,8 @@ class ApiState:
         return self._reader
 
 
-def get_state(request: Request) -> ApiState:
+async def get_state(request: Request) -> ApiState:
+    # async: FastAPI would run a plain function on a worker thread, for a lookup
     state: ApiState = request.app.state.ledger
     return state
 
@@ -45,29 +47,42 @@ def get_state(request: Request) -> ApiState:
 State = Annotated[ApiState, Depends(get_state)]
 
 
-def get_session(state: State) -> Iterator[Session]:
-    session = Session(state.engine)
+@contextmanager
+def read_index(state: ApiState) -> Iterator[Session]:
+    """A session for one route's reads, opened and closed inside the route.
+
+    Not a ``yield`` dependency: that would keep the pooled connection until the
+    answer has been sent, and under load the routes waiting for a connection
+    would hold every worker thread the answers still need.
+    """
     try:
-        yield session
+        with Session(state.engine) as session:
+            yield session
     except SQLAlchemyError as exc:
         raise IndexUnavailableError(
             f"the index database failed: {exc.__class__.__name__}",
             hint="check that the database is up; /readyz says more",
         ) from exc
-    finally:
-        session.close()
 
 
-DbSession = Annotated[Session, Depends(get_session)]
+def token_matches(header: str, token: Secret) -> bool:
+    """Whether an ``Authorization`` header carries ``token`` as a bearer token."""
+    scheme, _, given = header.partition(" ")
+    return (
+        scheme.lower() == "bearer"
+        and bool(given)
+        and hmac.compare_digest(given.strip().encode(), token.reveal().encode())
+    )
 
 
-def require_token(request: Request, state: State) -> None:
+async def require_token(request: Request, state: State) -> None:
     """With a configured token, every API request must carry ``Authorization: Bearer``."""
     if state.token is None:
         return
     header = request.headers.get("authorization", "")
+    if token_matches(header, state.token):
+        return
     scheme, _, given = header.partition(" ")
     if scheme.lower() != "bearer" or not given:
         raise AuthError("this API needs a bearer token", hint="send Authorization: Bearer <token>")
-    if not hmac.compare_digest(given.strip().encode(), state.token.reveal().encode()):
-        raise AuthError("the bearer token is not the configured one")
+    raise AuthError("the bearer token is not the configured one")

@@ -52,6 +52,8 @@ def open_engine(url: str) -> Engine:
         if url in ("sqlite://", "sqlite:///:memory:"):
             kwargs["poolclass"] = StaticPool
         else:
+            # as for PostgreSQL: connections kept (and their page caches warm) under load
+            kwargs.update(pool_size=20, max_overflow=20)
             path = Path(url.split("///", 1)[1]) if "///" in url else None
             if path is not None:
                 path.parent.mkdir(parents=True, exist_ok=True)

@@ -30,9 +30,10 @@ import logging
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import Table, bindparam, delete, func, insert, select, update
 from sqlalchemy.engine import Connection, Engine
@@ -48,9 +49,9 @@ from ledger.errors import (
     StoreUnavailableError,
 )
 from ledger.index._chain import BatchRpc, Log, LogDecoder
-from ledger.index.models import Block, Event, Meta, Metric, Parent, Run, Weights
+from ledger.index.models import Block, Event, IndexState, Meta, Metric, Parent, Run, Weights
 from ledger.manifest import MANIFEST_SCHEMA
-from ledger.store import ArtifactStore, find_by_digest
+from ledger.store import ArtifactStore, LocalStore, find_by_digest
 
 log = logging.getLogger("ledger.index")
 
@@ -61,7 +62,10 @@ PARENTS = cast(Table, Parent.__table__)
 WEIGHTS = cast(Table, Weights.__table__)
 METRICS = cast(Table, Metric.__table__)
 META = cast(Table, Meta.__table__)
+STATE = cast(Table, IndexState.__table__)
 IN_CHUNK = 500
+DOCUMENT_THREADS = 8
+_T = TypeVar("_T")
 
 
 @dataclass
@@ -203,6 +207,7 @@ class Indexer:
                 self._rollback(connection, -1)
             connection.execute(delete(META))
             connection.execute(insert(META), [{"key": k, "value": v} for k, v in wanted.items()])
+            _bump(connection)
 
     # -- reorgs -------------------------------------------------------------------
 
@@ -225,6 +230,7 @@ class Indexer:
         log.warning("block %s changed on chain: rolling back to block %s", top.number, keep)
         with self.engine.begin() as connection:
             self._rollback(connection, keep)
+            _bump(connection)
         self.status.rollbacks += 1
         return keep
 
@@ -353,6 +359,8 @@ class Indexer:
                 [{"number": n, "hash": h, "timestamp": ts} for n, (h, ts) in blocks.items()],
             )
             _apply(connection, logs, timestamps)
+            if logs:  # a range without events changes no answer (only the blocks read)
+                _bump(connection)
 
     # -- documents ------------------------------------------------------------------
 
@@ -373,53 +381,50 @@ class Indexer:
                 ).all()
             if not manifests and not metrics:
                 return done
+            # An IPFS node's reads wait on the network: several at a time. The embedded
+            # store's are Python work (CIDs, re-hashing): threads would only queue.
+            threads = 1 if isinstance(self.store, LocalStore) else DOCUMENT_THREADS
+            manifest_fields = _on_threads(
+                self._manifest_fields, [r.manifest_digest for r in manifests], threads
+            )
+            metric_values = _on_threads(
+                self._metrics, [r.final_metrics_digest for r in metrics], threads
+            )
             manifest_rows = [
-                {
-                    "b_run_id": r.run_id,
-                    **{"v_" + k: v for k, v in self._manifest_fields(r.manifest_digest).items()},
-                }
-                for r in manifests
+                {**fields, "run_id": r.run_id}
+                for r, fields in zip(manifests, manifest_fields, strict=True)
             ]
             metric_states: list[dict[str, Any]] = []
             metric_rows: list[dict[str, Any]] = []
-            for r in metrics:
-                state, values = self._metrics(r.final_metrics_digest)
-                metric_states.append({"b_run_id": r.run_id, "v_state": state})
+            for r, (state, values) in zip(metrics, metric_values, strict=True):
+                metric_states.append({"metrics_state": state, "run_id": r.run_id})
                 metric_rows += [{"run_id": r.run_id, "name": k, "value": v} for k, v in values]
             with self.engine.begin() as connection:
-                if manifest_rows:
-                    connection.execute(
-                        update(RUNS)
-                        .where(RUNS.c.run_id == _b("b_run_id"))
-                        .values({c: _b("v_" + c) for c in _MANIFEST_FIELDS}),
-                        manifest_rows,
-                    )
+                _update(connection, RUNS, "run_id", manifest_rows)
                 if metric_states:
-                    runs = [m["b_run_id"] for m in metric_states]
+                    runs = [m["run_id"] for m in metric_states]
                     for chunk in _chunks(runs, IN_CHUNK):
                         connection.execute(delete(METRICS).where(METRICS.c.run_id.in_(chunk)))
                     _insert(connection, METRICS, metric_rows)
-                    connection.execute(
-                        update(RUNS)
-                        .where(RUNS.c.run_id == _b("b_run_id"))
-                        .values(metrics_state=_b("v_state")),
-                        metric_states,
-                    )
+                    _update(connection, RUNS, "run_id", metric_states)
+                _bump(connection)
             done += len(manifest_rows) + len(metric_states)
 
     def retry_missing(self) -> None:
         """Documents that were not in the store are looked for again on the next pass."""
         with self.engine.begin() as connection:
-            connection.execute(
+            changed = connection.execute(
                 update(RUNS)
                 .where(RUNS.c.manifest_state == "missing")
                 .values(manifest_state="pending")
-            )
-            connection.execute(
+            ).rowcount
+            changed += connection.execute(
                 update(RUNS)
                 .where(RUNS.c.metrics_state == "missing")
                 .values(metrics_state="pending")
-            )
+            ).rowcount
+            if changed:
+                _bump(connection)
 
     def _document(self, digest_hex: str | None) -> tuple[str, str | None, dict[str, Any] | None]:
         """(state, cid, document) of a stored JSON document named by its digest."""
@@ -489,6 +494,13 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and abs(value) < 2**31
 
 
+def _bump(connection: Connection) -> None:
+    """The index changed: a new generation (in the same transaction as the change)."""
+    connection.execute(
+        update(STATE).where(STATE.c.id == 1).values(generation=STATE.c.generation + 1)
+    )
+
+
 def _b(name: str) -> Any:
     return bindparam(name)
 
@@ -511,6 +523,33 @@ def _insert(connection: Connection, table: Table, rows: list[dict[str, Any]]) ->
         f"VALUES ({', '.join([mark] * len(columns))})"
     )
     connection.exec_driver_sql(statement, [tuple(row[c] for c in columns) for row in rows])
+
+
+def _on_threads(read: Callable[[str], _T], digests: list[str], threads: int) -> list[_T]:
+    """``read`` of every digest, in order, on ``threads`` threads each taking a slice."""
+    if threads == 1 or len(digests) < 2 * threads:
+        return [read(d) for d in digests]
+    size = -(-len(digests) // threads)
+    slices = [digests[i : i + size] for i in range(0, len(digests), size)]
+    with ThreadPoolExecutor(threads, thread_name_prefix="ledger-doc") as pool:
+        return [r for part in pool.map(lambda ds: [read(d) for d in ds], slices) for r in part]
+
+
+def _update(connection: Connection, table: Table, key: str, rows: list[dict[str, Any]]) -> None:
+    """``UPDATE ... WHERE key = ?`` of many rows through the driver (see :func:`_insert`);
+    every row has the same columns, ``key`` among them."""
+    if not rows:
+        return
+    columns = [c for c in rows[0] if c != key]
+    quote = connection.dialect.identifier_preparer.quote
+    mark = "?" if connection.dialect.paramstyle == "qmark" else "%s"
+    statement = (
+        f"UPDATE {quote(table.name)} SET {', '.join(f'{quote(c)} = {mark}' for c in columns)} "
+        f"WHERE {quote(key)} = {mark}"
+    )
+    connection.exec_driver_sql(
+        statement, [(*(row[c] for c in columns), row[key]) for row in rows]
+    )
 
 
 def _chunks(items: Sequence[str], size: int) -> Iterable[Sequence[str]]:
@@ -638,13 +677,6 @@ def _apply(connection: Connection, logs: list[Log], timestamps: Mapping[int, int
     for changes in (endings, revocations):
         by_shape: dict[tuple[str, ...], list[dict[str, Any]]] = defaultdict(list)
         for run_id, values in changes.items():
-            by_shape[tuple(sorted(values))].append(
-                {"b_run_id": run_id, **{"v_" + k: v for k, v in values.items()}}
-            )
-        for shape, rows in by_shape.items():
-            connection.execute(
-                update(RUNS)
-                .where(RUNS.c.run_id == _b("b_run_id"))
-                .values({c: _b("v_" + c) for c in shape}),
-                rows,
-            )
+            by_shape[tuple(sorted(values))].append({**values, "run_id": run_id})
+        for rows in by_shape.values():
+            _update(connection, RUNS, "run_id", rows)

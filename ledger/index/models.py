@@ -44,6 +44,16 @@ class Meta(Base):
     value: Mapped[str] = mapped_column(Text)
 
 
+class IndexState(Base):
+    """One row: ``generation`` goes up in every transaction that changes what the index
+    says (events, a rollback, documents), so a reader can tell a cached answer is stale."""
+
+    __tablename__ = "index_state"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    generation: Mapped[int] = mapped_column(BigInteger)
+
+
 class Block(Base):
     """A block the indexer read up to or found events in, with the hash it had then."""
 

@@ -146,6 +146,7 @@ class Edge:
 
 @dataclass(frozen=True)
 class Lineage:
+    root: str
     ancestors: dict[str, int]  # run id -> generations up
     descendants: dict[str, int]  # run id -> generations down
     edges: list[Edge]
@@ -159,7 +160,7 @@ def lineage(session: Session, run_id: str, *, depth: int = 10) -> Lineage:
     ancestors = _walk(session, root, depth, up=True, edges=edges)
     descendants = _walk(session, root, depth, up=False, edges=edges)
     truncated = len(ancestors) + len(descendants) >= MAX_LINEAGE
-    return Lineage(ancestors, descendants, list(edges.values()), truncated)
+    return Lineage(root, ancestors, descendants, list(edges.values()), truncated)
 
 
 def _walk(

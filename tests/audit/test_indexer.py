@@ -184,3 +184,15 @@ def test_fast_decoder_agrees_with_the_abi_codec(
     names = {d.name for d in decoded if d is not None}
     assert names == {"RunStarted", "CheckpointCommitted", "RunFinalized", "RunFailed", "RunRevoked"}
     assert None in decoded  # role events of the registry are not run events
+
+
+def test_documents_read_on_threads_keep_their_order() -> None:
+    from ledger.index.indexer import _on_threads
+
+    digests = [f"0x{i:064x}" for i in range(101)]  # slices of 26, 26, 26 and 23
+
+    def read(digest: str) -> str:
+        return digest[::-1]
+
+    assert _on_threads(read, digests, 4) == [d[::-1] for d in digests]
+    assert _on_threads(read, digests[:3], 4) == [d[::-1] for d in digests[:3]]

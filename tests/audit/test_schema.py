@@ -54,8 +54,10 @@ def api_schema(chain: Chain, settings: Settings, data_store: LocalStore, indexer
 
 
 def test_api_conforms_to_its_schema(api_schema: Any) -> None:
-    # Driven by hand over every operation (schemathesis' pytest plugin does not load
-    # under pytest 9): each gets MAX_EXAMPLES generated requests, derandomized.
+    # schemathesis' own strategies and checks, driven through its Python API over every
+    # operation: its pytest plugin (schema.parametrize) fails under pytest 9.2 with
+    # AttributeError: 'Function' object has no attribute '_nodeid', so it is switched off
+    # (-p no:schemathesis). Each operation gets MAX_EXAMPLES requests, derandomized.
     operations = [result.ok() for result in api_schema.get_all_operations()]
     assert len(operations) >= 8
     for operation in operations:

@@ -5,10 +5,19 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from fastapi.responses import Response
+from pydantic import BaseModel
+
 from ledger.api.schemas import ChainFacts, RunSummary, WeightsOut
-from ledger.errors import StoreError
+from ledger.errors import StoreError, StoreUnavailableError
 from ledger.index.models import Run, Weights
 from ledger.store import ArtifactStore, find_by_digest
+
+
+def answer(model: BaseModel, headers: dict[str, str] | None = None) -> Response:
+    """``model`` as JSON. Routes return this rather than the model: FastAPI would
+    validate the model a second time, on another worker thread, to serialise it."""
+    return Response(model.model_dump_json(), media_type="application/json", headers=headers)
 
 
 def summary(run: Run, metrics: dict[str, float] | None = None) -> RunSummary:
@@ -45,22 +54,36 @@ def chain_facts(run: Run) -> ChainFacts:
     )
 
 
-def document(store: ArtifactStore, digest_hex: str | None) -> dict[str, Any] | None:
-    """A JSON document from the store by its on-chain digest (None when absent or bad)."""
-    if not digest_hex:
-        return None
-    cid = find_by_digest(store, bytes.fromhex(digest_hex[2:]))
-    if cid is None:
-        return None
-    try:
-        value = json.loads(store.get_bytes(cid))
-    except (StoreError, json.JSONDecodeError, UnicodeDecodeError):
-        return None
-    return value if isinstance(value, dict) else None
+class Documents:
+    """Reads a route's JSON documents from the store by their on-chain digests, and
+    notes when the store was away (that answer is then not cached: ``no-store``)."""
+
+    def __init__(self, store: ArtifactStore) -> None:
+        self.store = store
+        self.store_away = False
+
+    def get(self, digest_hex: str | None) -> dict[str, Any] | None:
+        """The document (None when absent, unreadable or not a JSON object)."""
+        if not digest_hex:
+            return None
+        try:
+            cid = find_by_digest(self.store, bytes.fromhex(digest_hex[2:]))
+            if cid is None:
+                return None
+            value = json.loads(self.store.get_bytes(cid))
+        except StoreUnavailableError:
+            self.store_away = True
+            return None
+        except (StoreError, json.JSONDecodeError, UnicodeDecodeError):
+            return None
+        return value if isinstance(value, dict) else None
+
+    def headers(self) -> dict[str, str] | None:
+        return {"cache-control": "no-store"} if self.store_away else None
 
 
-def weights(store: ArtifactStore, record: Weights) -> WeightsOut:
-    doc = document(store, record.metrics_digest)
+def weights(documents: Documents, record: Weights) -> WeightsOut:
+    doc = documents.get(record.metrics_digest)
     metrics = doc.get("metrics") if doc else None
     named = (doc or {}).get("weights") or {}
     cid = named.get("cid") if isinstance(named, dict) else None

@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query
+from fastapi.responses import Response
 
-from ledger.api.deps import DbSession
+from ledger.api.deps import State, read_index
 from ledger.api.problems import responses
+from ledger.api.routes._convert import answer
 from ledger.api.schemas import LookupOut, LookupRecord
 from ledger.errors import InputError
 from ledger.hashing.cid import Cid
@@ -24,7 +26,7 @@ router = APIRouter(tags=["lookup"])
     responses=responses(401, 422, 503),
 )
 def lookup(
-    session: DbSession,
+    state: State,
     cid: Annotated[
         str | None,
         Query(
@@ -37,7 +39,7 @@ def lookup(
         str | None, Query(max_length=66, description="0x sha2-256 digest of a CID, as on chain")
     ] = None,
     tensor_root: Annotated[str | None, Query(max_length=66, description="0x tensor root")] = None,
-) -> LookupOut:
+) -> Response:
     """Exactly one of `cid`, `digest`, `tensor_root`. Answers from the index; use
     `/api/v1/verify` for a check against the chain."""
     given = [
@@ -49,20 +51,17 @@ def lookup(
             hint="e.g. /api/v1/lookup?cid=bafkrei...",
         )
     key, value = given[0]
+    digest = tensor_root = None
     if key == "cid":
-        found = queries.find_weights(
-            session, digest="0x" + Cid.parse(value).digest.hex(), tensor_root=None
-        )
+        digest = "0x" + Cid.parse(value).digest.hex()
     elif key == "digest":
-        found = queries.find_weights(
-            session, digest=run_id_hex(value, "query.digest"), tensor_root=None
-        )
+        digest = run_id_hex(value, "query.digest")
     else:
-        found = queries.find_weights(
-            session, digest=None, tensor_root=run_id_hex(value, "query.tensor_root")
-        )
-    runs = queries.runs_by_id(session, [w.run_id for w in found])
-    return LookupOut(
+        tensor_root = run_id_hex(value, "query.tensor_root")
+    with read_index(state) as session:
+        found = queries.find_weights(session, digest=digest, tensor_root=tensor_root)
+        runs = queries.runs_by_id(session, [w.run_id for w in found])
+    out = LookupOut(
         query=f"{key}={value}",
         records=[
             LookupRecord(
@@ -80,3 +79,4 @@ def lookup(
             for w in found
         ],
     )
+    return answer(out)

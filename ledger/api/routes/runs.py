@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query
+from fastapi.responses import Response
 from sqlalchemy import select
 
-from ledger.api.deps import DbSession, State
+from ledger.api.deps import State, read_index
 from ledger.api.problems import responses
-from ledger.api.routes._convert import chain_facts, document, summary, weights
+from ledger.api.routes._convert import Documents, answer, chain_facts, summary, weights
 from ledger.api.schemas import (
     RUN_ID,
     LineageEdge,
@@ -23,6 +24,7 @@ from ledger.api.schemas import (
     TaintOut,
 )
 from ledger.index import filters, queries
+from ledger.index.filters import run_id_hex
 from ledger.index.models import Metric
 
 router = APIRouter(tags=["runs"])
@@ -45,7 +47,7 @@ Q_HELP = (
     responses=responses(401, 422, 503),
 )
 def list_runs(
-    session: DbSession,
+    state: State,
     q: Annotated[
         str | None,
         Query(
@@ -98,7 +100,7 @@ def list_runs(
     with_metrics: Annotated[
         bool, Query(alias="metrics", description="include each run's final metrics")
     ] = False,
-) -> RunPage:
+) -> Response:
     """Runs matching every given filter (and the `q` expression), newest first by default.
 
     Each plain parameter is the same filter as its `key:value` term in `q`; all
@@ -120,22 +122,27 @@ def list_runs(
         conditions.append(filters.term("revoked", str(revoked).lower()))
     for threshold in metric or []:
         conditions.append(filters.term("metric", threshold, field="query.metric"))
-    page = queries.list_runs(
-        session, filters.combine(conditions), sort=sort, cursor=cursor, limit=limit
-    )
-    metrics: dict[str, dict[str, float]] = {}
-    if with_metrics and page.runs:
-        rows = session.execute(
-            select(Metric.run_id, Metric.name, Metric.value).where(
-                Metric.run_id.in_([r.run_id for r in page.runs])
-            )
+    with read_index(state) as session:
+        page = queries.list_runs(
+            session, filters.combine(conditions), sort=sort, cursor=cursor, limit=limit
         )
-        for owner, metric_name, metric_value in rows:
-            metrics.setdefault(owner, {})[metric_name] = float(metric_value)
-    return RunPage(
-        runs=[summary(r, metrics.get(r.run_id, {}) if with_metrics else None) for r in page.runs],
-        next_cursor=page.next_cursor,
-    )
+        metrics: dict[str, dict[str, float]] = {}
+        if with_metrics and page.runs:
+            rows = session.execute(
+                select(Metric.run_id, Metric.name, Metric.value).where(
+                    Metric.run_id.in_([r.run_id for r in page.runs])
+                )
+            )
+            for owner, metric_name, metric_value in rows:
+                metrics.setdefault(owner, {})[metric_name] = float(metric_value)
+        out = RunPage(
+            runs=[
+                summary(r, metrics.get(r.run_id, {}) if with_metrics else None)
+                for r in page.runs
+            ],
+            next_cursor=page.next_cursor,
+        )
+    return answer(out)
 
 
 @router.get(
@@ -144,25 +151,29 @@ def list_runs(
     summary="One run: manifest, checkpoints, metrics, chain facts",
     responses=responses(401, 404, 422, 503),
 )
-def get_run(run_id: RunId, session: DbSession, state: State) -> RunDetail:
+def get_run(run_id: RunId, state: State) -> Response:
     """The run from the index, with its manifest and every checkpoint's metrics read
     from the store (documents not in the store are null)."""
-    run = queries.get_run(session, run_id)
-    records = queries.weights_of(session, run.run_id)
-    converted = [weights(state.store, r) for r in records[:5000]]
-    manifest = document(state.store, run.manifest_digest)
-    return RunDetail(
-        **summary(run, queries.metrics_of(session, run.run_id)).model_dump(),
-        manifest_cid=run.manifest_cid,
-        manifest=manifest,
-        document_state=run.manifest_state,
-        parents=[
-            ParentLink(run_id=p.parent_id, relation=p.relation)
-            for p in queries.parents_of(session, [run.run_id])
-        ],
-        chain=chain_facts(run),
-        checkpoints=[w for w in converted if not w.is_final],
-        final=next((w for w in converted if w.is_final), None),
+    with read_index(state) as session:
+        run = queries.get_run(session, run_id)
+        records = queries.weights_of(session, run.run_id)[:5000]
+        metrics = queries.metrics_of(session, run.run_id)
+        parents = queries.parents_of(session, [run.run_id])
+    documents = Documents(state.store)
+    converted = [weights(documents, r) for r in records]
+    manifest = documents.get(run.manifest_digest)
+    return answer(
+        RunDetail(
+            **summary(run, metrics).model_dump(),
+            manifest_cid=run.manifest_cid,
+            manifest=manifest,
+            document_state=run.manifest_state,
+            parents=[ParentLink(run_id=p.parent_id, relation=p.relation) for p in parents],
+            chain=chain_facts(run),
+            checkpoints=[w for w in converted if not w.is_final],
+            final=next((w for w in converted if w.is_final), None),
+        ),
+        documents.headers(),
     )
 
 
@@ -174,14 +185,19 @@ def get_run(run_id: RunId, session: DbSession, state: State) -> RunDetail:
 )
 def get_lineage(
     run_id: RunId,
-    session: DbSession,
+    state: State,
     depth: Annotated[int, Query(ge=1, le=50, description="generations each way")] = 10,
-) -> LineageOut:
-    graph = queries.lineage(session, run_id, depth=depth)
-    root = queries.get_run(session, run_id).run_id
-    generations = {root: 0, **{k: -v for k, v in graph.ancestors.items()}, **graph.descendants}
-    known = queries.runs_by_id(session, generations)
-    return LineageOut(
+) -> Response:
+    with read_index(state) as session:
+        graph = queries.lineage(session, run_id, depth=depth)
+        generations = {
+            graph.root: 0,
+            **{k: -v for k, v in graph.ancestors.items()},
+            **graph.descendants,
+        }
+        known = queries.runs_by_id(session, generations)
+    root = graph.root
+    out = LineageOut(
         run_id=root,
         nodes=[
             LineageNode(
@@ -198,6 +214,7 @@ def get_lineage(
         ],
         truncated=graph.truncated,
     )
+    return answer(out)
 
 
 @router.get(
@@ -206,13 +223,13 @@ def get_lineage(
     summary="Whether a run or one of its ancestors is revoked",
     responses=responses(401, 404, 422, 503),
 )
-def get_taint(run_id: RunId, session: DbSession) -> TaintOut:
-    sources = queries.revoked_ancestors(session, run_id)
-    return TaintOut(
-        run_id=queries.get_run(session, run_id).run_id,
-        tainted=bool(sources),
-        revoked_sources=sources,
+def get_taint(run_id: RunId, state: State) -> Response:
+    with read_index(state) as session:
+        sources = queries.revoked_ancestors(session, run_id)
+    out = TaintOut(
+        run_id=run_id_hex(run_id, "run_id"), tainted=bool(sources), revoked_sources=sources
     )
+    return answer(out)
 
 
 @router.get(
@@ -222,11 +239,12 @@ def get_taint(run_id: RunId, session: DbSession) -> TaintOut:
     responses=responses(401, 503),
 )
 def list_tainted(
-    session: DbSession, limit: Annotated[int, Query(ge=1, le=10000)] = 1000
-) -> TaintList:
-    tainted, truncated = queries.tainted_runs(session, limit=limit)
-    known = queries.runs_by_id(session, tainted)
-    return TaintList(
+    state: State, limit: Annotated[int, Query(ge=1, le=10000)] = 1000
+) -> Response:
+    with read_index(state) as session:
+        tainted, truncated = queries.tainted_runs(session, limit=limit)
+        known = queries.runs_by_id(session, tainted)
+    out = TaintList(
         runs=[
             TaintedRun(
                 run_id=rid,
@@ -237,3 +255,4 @@ def list_tainted(
         ][:limit],
         truncated=truncated,
     )
+    return answer(out)
