@@ -36,8 +36,10 @@ MLFLOW_PYTHON = ROOT / "bench" / ".mlflow" / "bin" / "python"
 GOAL = 1.02
 
 
-def train(epochs: int, on_epoch: object = None) -> None:
-    """The shared workload; ``on_epoch(epoch, model, metrics)`` after each epoch."""
+def train(epochs: int, on_epoch: object = None, on_start: object = None) -> None:
+    """The shared workload; ``on_start(model)`` before the first epoch (where a
+    ``with LedgerRun(model, ...)`` block begins in real use), ``on_epoch(epoch,
+    model, metrics)`` after each epoch."""
     import torch
     from torch import nn
 
@@ -48,6 +50,8 @@ def train(epochs: int, on_epoch: object = None) -> None:
         nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 1)
     )
     optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
+    if on_start is not None:
+        on_start(model)  # type: ignore[operator]
     for epoch in range(epochs):
         order = torch.randperm(len(x))
         total = 0.0
@@ -94,15 +98,16 @@ def variant(name: str, epochs: int, out: Path) -> float:
         t0 = time.perf_counter()
         holder: dict[str, LedgerRun] = {}
 
+        def start(model: torch.nn.Module) -> None:
+            holder["run"] = LedgerRun(
+                model, name="overhead", config={"epochs": epochs}, out=model_out
+            )
+            holder["run"].start()
+
         def commit(epoch: int, model: torch.nn.Module, metrics: dict[str, float]) -> None:
-            if "run" not in holder:
-                holder["run"] = LedgerRun(
-                    model, name="overhead", config={"epochs": epochs}, out=model_out
-                )
-                holder["run"].start()
             holder["run"].epoch_end(epoch, metrics)
 
-        train(epochs, commit)
+        train(epochs, commit, start)
         holder["run"].finish()
         elapsed = time.perf_counter() - t0
         final = holder["run"].final
