@@ -54,9 +54,10 @@ class WorkerProcess:
 
     def start(self) -> None:
         env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (str(_PACKAGE_ROOT), env.get("PYTHONPATH", "")) if p
-        )
+        if not _installed():  # a checkout on sys.path: the child needs it too
+            env["PYTHONPATH"] = os.pathsep.join(
+                p for p in (str(_PACKAGE_ROOT), env.get("PYTHONPATH", "")) if p
+            )
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "ledger.outbox.process"],
             stdin=subprocess.PIPE,
@@ -103,6 +104,15 @@ class WorkerProcess:
         # (the next append starts another)
         with contextlib.suppress(OSError):
             os.write(stdin.fileno(), command)
+
+
+def _installed() -> bool:
+    """Whether ``ledger`` lives in a site directory, which any interpreter of this
+    environment finds (putting one on PYTHONPATH would shadow the standard library)."""
+    import site
+
+    sites = [*site.getsitepackages(), site.getusersitepackages()]
+    return any(Path(p).resolve() == _PACKAGE_ROOT for p in sites)
 
 
 def _settings_line(settings: Settings, secret: Secret) -> bytes:
