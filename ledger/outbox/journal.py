@@ -63,6 +63,7 @@ CREATE TABLE IF NOT EXISTS entries (
 );
 CREATE INDEX IF NOT EXISTS entries_by_state ON entries (state, id);
 CREATE INDEX IF NOT EXISTS entries_by_run ON entries (run_id, id);
+CREATE INDEX IF NOT EXISTS entries_by_block ON entries (state, registry, block_number);
 CREATE TABLE IF NOT EXISTS txs (
     tx_hash    TEXT PRIMARY KEY,
     raw        BLOB NOT NULL,
@@ -258,6 +259,36 @@ class Journal:
             args.append(tx_hash)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         rows = self._db().execute(f"SELECT * FROM entries {where} ORDER BY id", args)
+        return [Entry.from_row(row) for row in rows]
+
+    def confirmed_blocks(self, registry: str) -> Iterator[tuple[int, set[str]]]:
+        """Blocks holding confirmed entries of ``registry``, newest first, each with
+        the block hashes its entries recorded; read lazily, so a walk that stops at
+        the first canonical block reads one or two index entries, not the history."""
+        numbers = self._db().execute(
+            "SELECT DISTINCT block_number FROM entries WHERE state = 'confirmed'"
+            " AND registry = ? AND block_number IS NOT NULL ORDER BY block_number DESC",
+            (registry,),
+        )
+        try:
+            for (number,) in numbers:
+                hashes = self._db().execute(
+                    "SELECT DISTINCT block_hash FROM entries WHERE state = 'confirmed'"
+                    " AND registry = ? AND block_number = ?",
+                    (registry, number),
+                )
+                yield int(number), {str(h) for (h,) in hashes}
+        finally:
+            numbers.close()  # ends the read a stopped walk leaves open
+
+    def confirmed_elsewhere(self, registry: str, blocks: Sequence[int]) -> list[Entry]:
+        """Confirmed entries of another registry, or of ``registry`` in ``blocks``."""
+        marks = ",".join("?" * len(blocks)) or "NULL"
+        rows = self._db().execute(
+            "SELECT * FROM entries WHERE state = 'confirmed' AND (registry IS NOT ?"
+            f" OR block_number IN ({marks})) ORDER BY id",
+            (registry, *blocks),
+        )
         return [Entry.from_row(row) for row in rows]
 
     def entry(self, entry_id: int) -> Entry:

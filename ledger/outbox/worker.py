@@ -236,23 +236,13 @@ class Worker:
     # -- 2. reconcile ---------------------------------------------------------------
 
     def _reconcile_confirmed(self, registry: Registry, result: PassResult) -> None:
-        confirmed = self.journal.entries(states=["confirmed"])
-        if not confirmed:
-            return
         here = registry.address
-        suspects = [e for e in confirmed if e.registry != here]
-        canonical: dict[int, bool] = {}
-        numbers = {e.block_number for e in confirmed if e.registry == here}
-        for number in sorted((n for n in numbers if n is not None), reverse=True):
-            stored = {e.block_hash for e in confirmed if e.block_number == number}
-            canonical[number] = registry.block_hash(number) in stored and len(stored) == 1
-            if canonical[number]:
+        stale: list[int] = []
+        for number, hashes in self.journal.confirmed_blocks(here):
+            if hashes == {registry.block_hash(number)}:
                 break  # an ancestor of a canonical block is canonical
-        suspects += [
-            e
-            for e in confirmed
-            if e.registry == here and e.block_number in canonical and not canonical[e.block_number]
-        ]
+            stale.append(number)
+        suspects = self.journal.confirmed_elsewhere(here, stale)
         lost: list[int] = []
         for entry in sorted(suspects, key=lambda e: e.id):
             found = self._find_on_chain(registry, entry)
