@@ -26,7 +26,7 @@ from typing import Any
 from ledger.chain import _abi
 from ledger.chain.compiler import load_artifact
 from ledger.chain.reader import JsonRpc, RegistryReader
-from ledger.chain.records import FinalRecord, Relation, checksum_address
+from ledger.chain.records import checksum_address
 from ledger.config import Secret, Settings, resolve_private_key
 from ledger.errors import (
     ChainError,
@@ -270,11 +270,9 @@ def _leaf(leaf: CheckpointLeaf) -> tuple[int, bytes, bytes, bytes]:
 
 
 __all__ = [
-    "FinalRecord",
     "PreparedTx",
     "Receipt",
     "RegistrySender",
-    "Relation",
     "Signer",
     "address_of",
     "rlp_encode",
