@@ -68,10 +68,10 @@ def lineage(
     as_json: JsonFlag = False,
 ) -> None:
     """Print a run's ancestors and descendants with relations, status and revocations."""
-    from ledger.cli import _run_id
+    from ledger._cli_verify import parse_run_id
     from ledger.runs import lineage_lines
 
-    tree = _catalog(data_dir).lineage(_run_id(run))
+    tree = _catalog(data_dir).lineage(parse_run_id(run))
     if as_json:
         _echo_json(tree)
         return

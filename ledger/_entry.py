@@ -1,4 +1,13 @@
-"""The ``ledger`` console script: starts early work, then runs the CLI."""
+"""The ``ledger`` console script: starts early work, then runs the CLI.
+
+``ledger verify FILE`` starts hashing the file at once (:mod:`ledger._early`).
+With plain arguments (see :func:`ledger._early.plain_verify_arguments`) it then
+runs the verify command directly, without loading typer and click while the
+file is hashed: the function the typer command calls, so the same report and
+exit codes, and errors reported by :func:`ledger.cli.report_error`, as
+:func:`ledger.cli.main` reports them. Anything else goes through the full
+command line.
+"""
 
 from __future__ import annotations
 
@@ -7,26 +16,49 @@ import sys
 
 
 def main() -> None:
-    from ledger import _early
-
     argv = sys.argv[1:]
-    _early.start(argv)
-    from ledger.cli import main as cli_main
-
     if argv[:1] != ["verify"]:
+        from ledger.cli import main as cli_main
+
         cli_main()
         return
     # `verify` only reads. Once its report is out, end the process without the
     # interpreter's teardown (module and thread clean-up: a few hundredths of a
     # second, a measurable share of verifying a large file).
     try:
-        cli_main()
-        code = 0
+        code = verify(argv)
     except SystemExit as exc:
         code = _exit_status(exc.code)
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+def verify(argv: list[str]) -> int:
+    """Run ``ledger verify`` (``argv`` without the program name); returns the exit code."""
+    from ledger import _early
+
+    _early.start(argv)
+    args = _early.plain_verify_arguments(argv) if _early.started() else None
+    if args is None:
+        from ledger.cli import main as cli_main
+
+        cli_main()
+        return 0
+    from ledger._cli_verify import verify_command
+    from ledger.errors import LedgerError
+
+    try:
+        return verify_command(args.path, run=args.run, data_dir=args.data_dir, as_json=args.as_json)
+    except LedgerError as exc:
+        if os.environ.get("LEDGER_DEBUG"):
+            raise
+        from ledger.cli import report_error
+
+        return report_error(exc)
+    except KeyboardInterrupt:
+        print("\nAborted!", file=sys.stderr)  # what click says on Ctrl-C
+        return 1
 
 
 def _exit_status(code: object) -> int:

@@ -16,13 +16,12 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
+from ledger._cli_verify import parse_run_id, progress_bar
 from ledger.audit_cli import register as register_audit_commands
 from ledger.cli_store import store_app
 from ledger.errors import InputError, LedgerError, RecordError
@@ -56,19 +55,6 @@ def _settings(data_dir: Path | None, **overrides: Any) -> Any:
 
 def _echo_json(document: Any) -> None:
     typer.echo(json.dumps(document, indent=2, sort_keys=True))
-
-
-def _run_id(text: str) -> bytes:
-    raw = text.strip().removeprefix("0x")
-    try:
-        value = bytes.fromhex(raw)
-    except ValueError:
-        value = b""
-    if len(value) != 32:
-        raise InputError(
-            f"run id {text!r} is not 32 bytes of hex", hint="e.g. 0x12ab... (64 hex digits)"
-        )
-    return value
 
 
 # -- chain ----------------------------------------------------------------------
@@ -152,22 +138,9 @@ def cid(
     """Print the file's CID as `ipfs add -Q --only-hash` would (CIDv1 raw leaves by default)."""
     from ledger.hashing.cid import file_cid
 
-    with _progress(path, json_output=False) as progress:
+    with progress_bar(path, json_output=False) as progress:
         result = file_cid(path, cid_version=cid_version, progress=progress)
     typer.echo(str(result))
-
-
-@contextmanager
-def _progress(path: Path, *, json_output: bool) -> Iterator[Any]:
-    """A callback that draws a hashing bar on stdout, or None when no bar is wanted."""
-    from ledger.progress import file_size, hashing_progress, wants_progress
-
-    size = file_size(path)
-    if not wants_progress(size, json_output=json_output, stream=sys.stdout):
-        yield None
-        return
-    with hashing_progress(path, size, sys.stdout) as progress:
-        yield progress
 
 
 @app.command()
@@ -199,100 +172,9 @@ def verify(
     as_json: JsonFlag = False,
 ) -> None:
     """Re-check a model file: exit 0 verified, 3 mismatch, 4 unknown, 5 revoked."""
-    expected = _run_id(run) if run else None
-    with _progress(path, json_output=as_json) as progress, _BackgroundCid(path, progress) as cid:
-        # The file is being hashed on other threads while the rest loads and connects.
-        from ledger.chain.reader import RegistryReader
-        from ledger.store import open_store
-        from ledger.verify import Verifier
+    from ledger._cli_verify import verify_command
 
-        settings = _settings(data_dir)
-        registry = RegistryReader.connect(settings)
-        verifier = Verifier(registry, open_store(settings))  # the IPFS node, if configured
-        report = verifier.verify_file(path, expected_run=expected, known_cid=cid.result())
-    if as_json:
-        _echo_json(report.to_json())
-    else:
-        _print_report(report)
-    raise typer.Exit(report.outcome.exit_code)
-
-
-class _Abandoned(Exception):
-    """Stops a background hash whose result nobody will read."""
-
-
-class _BackgroundCid:
-    """The file CID of ``path``, computed on a background thread from ``__enter__`` on.
-
-    Leaving the block early (an error elsewhere) stops the hash at its next
-    block instead of waiting for the whole file. A folder has no CID: None.
-    """
-
-    def __init__(self, path: Path, progress: Any) -> None:
-        import threading
-        from concurrent.futures import ThreadPoolExecutor
-
-        self._path = path
-        self._progress = progress
-        self._abandon = threading.Event()
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-cid")
-        self._future: Any = None
-
-    def _hash(self) -> Any:
-        from ledger.hashing.cid import file_cid
-
-        def progress(done: int) -> None:
-            if self._abandon.is_set():
-                raise _Abandoned
-            if self._progress is not None:
-                self._progress(done)
-
-        return file_cid(self._path, progress=progress)
-
-    def __enter__(self) -> _BackgroundCid:
-        from ledger import _early
-
-        early = _early.take(self._path)
-        if early is not None:
-            self._future = early  # already hashing since the process started
-        elif not self._path.is_dir():
-            self._future = self._pool.submit(self._hash)
-        return self
-
-    def result(self) -> Any:
-        return None if self._future is None else self._future.result()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._abandon.set()
-        self._pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _print_report(report: Any) -> None:
-    from rich.console import Console
-
-    console = Console(highlight=False, soft_wrap=True)
-    colour = {"verified": "green", "mismatch": "red", "unknown": "yellow", "revoked": "red"}
-    if report.is_folder:
-        files = ", ".join(report.files or [])
-        console.print(
-            f"[bold]{report.path}[/bold]  model folder ({files}): no file CID, "
-            "looked up by tensor root"
-        )
-    else:
-        console.print(f"[bold]{report.path}[/bold]  CID {report.file_cid}")
-    for check in report.checks:
-        mark = "[green]✓[/green]" if check.ok else "[red]✗[/red]"
-        console.print(f"  {mark} {check.name}: {check.detail}")
-    where = ""
-    if report.run_id:
-        what = (
-            "final weights"
-            if report.is_final
-            else (f"checkpoint step {report.step}" if report.step is not None else "")
-        )
-        where = f" — run {report.run_id}" + (f", {what}" if what else "")
-    outcome = report.outcome.value
-    console.print(f"[bold {colour[outcome]}]{outcome.upper()}[/]{where}")
+    raise typer.Exit(verify_command(path, run=run, data_dir=data_dir, as_json=as_json))
 
 
 # -- runs -----------------------------------------------------------------------
@@ -304,7 +186,7 @@ def show(run: Annotated[str, typer.Argument(help="Run id.")], data_dir: DataDir 
     from ledger.chain.registry import Registry
 
     registry = Registry.connect(_settings(data_dir), signer=False)
-    run_id = _run_id(run)
+    run_id = parse_run_id(run)
     record = registry.get_run(run_id)
     started = registry.events("RunStarted", run_id)
     final = registry.final_record(run_id)
@@ -345,7 +227,7 @@ def proof(
     from ledger.hashing.merkle import MerkleTree
 
     registry = Registry.connect(_settings(data_dir), signer=False)
-    run_id = _run_id(run)
+    run_id = parse_run_id(run)
     final = registry.final_record(run_id)
     if final is None or final.final is None:
         raise InputError(
@@ -391,7 +273,7 @@ def revoke(
     """Revoke a run (its committer or an admin may); its descendants become tainted."""
     from ledger.chain.registry import Registry
 
-    tx = Registry.connect(_settings(data_dir)).revoke_run(_run_id(run), reason)
+    tx = Registry.connect(_settings(data_dir)).revoke_run(parse_run_id(run), reason)
     typer.echo(f"revoked in tx {tx.tx_hash} (block {tx.block_number})")
 
 
@@ -460,10 +342,14 @@ def status(data_dir: DataDir = None, as_json: JsonFlag = False) -> None:
         runs.setdefault(entry.run_id, {}).setdefault(entry.state, 0)
         runs[entry.run_id][entry.state] += 1
     problems = [e for e in entries if e.state == "failed" or (e.state != "confirmed" and e.error)]
+    from ledger.outbox.worker import WorkerLock
+
+    worker = WorkerLock(path).running()  # a training's worker, or a resident one
     if as_json:
         _echo_json(
             {
                 "journal": journal.counts(),
+                "worker": {"pid": worker} if worker is not None else None,
                 "runs": [{"run_id": r, "states": c} for r, c in runs.items()],
                 "problems": [e.as_dict() for e in problems],
                 "recommitted": sum(e.recommits for e in entries),
@@ -472,6 +358,12 @@ def status(data_dir: DataDir = None, as_json: JsonFlag = False) -> None:
         return
     counts = journal.counts()
     typer.echo("outbox: " + "  ".join(f"{state} {n}" for state, n in counts.items()))
+    typer.echo(
+        f"worker: pid {worker} (its messages, when no run is attached: "
+        f"{path.parent / 'outbox.log'})"
+        if worker is not None
+        else "worker: none running (the next run, or `ledger sync`, starts one)"
+    )
     for run_id, states in runs.items():
         shown = ", ".join(f"{n} {state}" for state, n in sorted(states.items()))
         typer.echo(f"  run {run_id}: {shown}")
@@ -497,8 +389,13 @@ def main() -> None:
     except LedgerError as exc:
         if os.environ.get("LEDGER_DEBUG"):
             raise
-        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-        sys.exit(exc.exit_code)
+        sys.exit(report_error(exc))
+
+
+def report_error(exc: LedgerError) -> int:
+    """Say what went wrong in one red line on stderr; returns the error's exit code."""
+    typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+    return exc.exit_code
 
 
 if __name__ == "__main__":

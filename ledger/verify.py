@@ -27,7 +27,7 @@ import enum
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ledger.chain.records import (
     RegistryView,
@@ -41,16 +41,11 @@ from ledger.chain.records import (
 from ledger.errors import FileMissingError, LedgerError, StoreError, UnsupportedFormatError
 from ledger.hashing.cid import Cid, Progress, file_cid
 from ledger.hashing.merkle import MerkleTree
-from ledger.hashing.tensors import (
-    TensorDiff,
-    TensorDigest,
-    container_problem,
-    diff_tensors,
-    tensor_digest,
-    weights_files,
-)
 from ledger.manifest import canonical_json
 from ledger.store import ArtifactStore, find_by_digest
+
+if TYPE_CHECKING:  # the tensor readers load when a file's CID is not on record
+    from ledger.hashing.tensors import TensorDiff, TensorDigest
 
 
 class Outcome(enum.StrEnum):
@@ -158,6 +153,8 @@ class Verifier:
                 report.tensor_root = tensors.root.hex()
                 record = _pick(self.registry.find_by_tensor_root(tensors.root), expected_run)
                 if record is not None:
+                    from ledger.hashing.tensors import container_problem
+
                     report.matched_by = "tensors"
                     report.add("record", True, f"tensor root {tensors.root.hex()} is recorded")
                     problem = container_problem(path)
@@ -198,6 +195,8 @@ class Verifier:
         return self._conclude(record, expected_run, None, None, report)
 
     def _verify_folder(self, folder: Path, expected_run: bytes | None) -> VerifyReport:
+        from ledger.hashing.tensors import container_problem, weights_files
+
         report = VerifyReport(path=str(folder), file_cid=None)
         files, _ = weights_files(folder)
         report.files = [p.name for p in files]
@@ -496,6 +495,8 @@ class Verifier:
     # -- tensors --------------------------------------------------------------------
 
     def _read_tensors(self, path: Path, report: VerifyReport) -> TensorDigest | None:
+        from ledger.hashing.tensors import tensor_digest
+
         try:
             return tensor_digest(path)
         except (UnsupportedFormatError, FileMissingError) as exc:
@@ -530,6 +531,8 @@ class Verifier:
         index = self._document_quiet(Cid.parse(str(index_cid)).digest)
         if index is None:
             return
+        from ledger.hashing.tensors import diff_tensors
+
         diff = diff_tensors(index, tensors)
         report.tensor_diff = diff
         parts = [

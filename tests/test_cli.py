@@ -134,6 +134,74 @@ def test_verify_by_tensor_root_of_a_plain_state_dict_never_imports_torch(
     assert "torch imported" in strided.stderr
 
 
+# `ledger verify` as the console script runs it (plain arguments: no typer), and as the
+# typer command; each reports whether typer was loaded.
+DIRECT_DRIVER = """
+import sys
+from ledger._entry import verify
+code = verify(sys.argv[1:])
+print("typer imported" if "typer" in sys.modules else "typer not imported", file=sys.stderr)
+sys.exit(code)
+"""
+TYPER_DRIVER = """
+import sys
+from ledger.cli import main
+sys.argv[0] = "ledger"
+try:
+    main()
+except SystemExit as exc:
+    code = exc.code
+print("typer imported" if "typer" in sys.modules else "typer not imported", file=sys.stderr)
+sys.exit(code)
+"""
+
+
+def run_driver(
+    driver: str, args: list[str], env: dict[str, str]
+) -> subprocess.CompletedProcess[str]:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("LEDGER_")}
+    full_env.update(env)
+    return subprocess.run(
+        [sys.executable, "-c", driver, *args],
+        env=full_env,
+        text=True,
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_verify_without_the_parser_answers_as_the_typer_command(
+    chain: Chain, tmp_path: Path
+) -> None:
+    run = train(chain, tmp_path)
+    env = chain_env(chain, tmp_path / "ledger")
+    state = torch.load(tmp_path / "model.pt", weights_only=True)
+    state["fc1.bias"][0] += 1
+    torch.save(state, tmp_path / "other.pt")
+    model, other = str(tmp_path / "model.pt"), str(tmp_path / "other.pt")
+    home = env["LEDGER_HOME"]
+    cases = {
+        "verified": ([model, "--json"], 0),
+        "verified, text": ([model], 0),
+        "verified, options first": (["--run", run.run_id, "--data-dir", home, model], 0),
+        "unknown": ([other, "--json"], 4),
+        "mismatch": ([other, f"--run={run.run_id}", "--json"], 3),
+        "bad run id": ([model, "--run", "0x1234"], 11),
+    }
+    for name, (args, code) in cases.items():
+        direct = run_driver(DIRECT_DRIVER, ["verify", *args], env)
+        typer_ = run_driver(TYPER_DRIVER, ["verify", *args], env)
+        assert (direct.returncode, typer_.returncode) == (code, code), (name, direct.stderr)
+        assert direct.stdout == typer_.stdout, name
+        assert direct.stderr.replace("typer not imported", "typer imported") == typer_.stderr, name
+        if code != 11:  # an error is reported by the CLI's own function, typer and all
+            assert "typer not imported" in direct.stderr.splitlines()[-1], name
+    # a misspelt option is the parser's to explain: the same usage error either way
+    direct = run_driver(DIRECT_DRIVER, ["verify", model, "--jsn"], env)
+    assert direct.returncode == 2 and "No such option" in direct.stderr
+
+
 def test_verify_a_model_folder(chain: Chain, tmp_path: Path) -> None:
     from safetensors.torch import save_file
 

@@ -64,3 +64,43 @@ def test_an_early_hash_of_another_path_is_not_used(tmp_path: Path) -> None:
     model.write_bytes(b"w")
     _early.start(["verify", str(model), "--json"])
     assert _early.take(tmp_path / "other.pt") is None
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["verify", "m.pt"], ("m.pt", None, None, False)),
+        (["verify", "m.pt", "--json"], ("m.pt", None, None, True)),
+        (["verify", "--json", "--run", "0xab", "m.pt"], ("m.pt", "0xab", None, True)),
+        (["verify", "m.pt", "--data-dir", "d", "--run=0xab"], ("m.pt", "0xab", "d", False)),
+        (["verify", "m.pt", "--run", ""], ("m.pt", "", None, False)),
+    ],
+)
+def test_plain_verify_arguments_are_read_without_a_parser(
+    argv: list[str], expected: tuple[str, str | None, str | None, bool]
+) -> None:
+    args = _early.plain_verify_arguments(argv)
+    assert args is not None
+    path, run, data_dir, as_json = expected
+    assert args.path == Path(path) and args.run == run and args.as_json is as_json
+    assert args.data_dir == (Path(data_dir) if data_dir is not None else None)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["cid", "m.pt"],
+        ["verify"],
+        ["verify", "--help"],
+        ["verify", "m.pt", "--help"],
+        ["verify", "m.pt", "other.pt"],
+        ["verify", "m.pt", "--jsn"],  # misspelt: the parser explains it
+        ["verify", "m.pt", "--run"],  # no value
+        ["verify", "m.pt", "--run", "--json"],
+        ["verify", "--", "m.pt"],
+        ["verify", "-j", "m.pt"],
+        ["verify", ""],
+    ],
+)
+def test_anything_else_is_left_to_the_parser(argv: list[str]) -> None:
+    assert _early.plain_verify_arguments(argv) is None
