@@ -112,14 +112,33 @@ def test_reader_refuses_a_missing_registry_and_a_wrong_chain(chain: Chain, tmp_p
         RegistryReader.connect(wrong)
 
 
-def test_the_verify_path_imports_neither_web3_nor_torch() -> None:
+def assert_loads_none(imports: str, heavy: set[str]) -> None:
+    """In a fresh interpreter, ``import {imports}`` loads none of ``heavy``."""
     code = (
         "import sys\n"
-        "import ledger.cli, ledger.verify, ledger.chain.reader, ledger.store\n"
-        "heavy = sorted({'web3', 'eth_account', 'torch', 'rich'} & set(sys.modules))\n"
-        "assert not heavy, heavy\n"
+        f"import {imports}\n"
+        f"found = sorted({set(heavy)!r} & set(sys.modules))\n"
+        "assert not found, found\n"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_the_verify_path_imports_neither_web3_nor_torch() -> None:
+    assert_loads_none(
+        "ledger.cli, ledger.verify, ledger.chain.reader, ledger.store",
+        {"web3", "eth_account", "torch", "rich"},
+    )
+
+
+def test_verify_without_the_parser_loads_no_cli_framework_nor_http_client() -> None:
+    """What ``ledger verify FILE`` loads while the file is hashed: no typer, click or rich,
+    and HTTP on a socket (``http.client`` would bring ``email`` and ``ssl``)."""
+    assert_loads_none(
+        "ledger._entry, ledger._early, ledger._cli_verify, ledger.config, ledger.verify, "
+        "ledger.chain.reader, ledger.store, ledger.hashing.cid",
+        {"typer", "click", "rich", "http.client", "ssl", "email", "concurrent.futures"}
+        | {"web3", "torch", "zipfile"},
+    )

@@ -10,6 +10,7 @@ ABI Specification").
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -37,11 +38,17 @@ def signature(item: Param) -> str:
 
 
 def selector(item: Param) -> bytes:
-    return keccak256(signature(item).encode())[:4]
+    return _signature_hash(signature(item))[:4]
 
 
 def topic(item: Param) -> bytes:
-    return keccak256(signature(item).encode())
+    return _signature_hash(signature(item))
+
+
+@functools.cache
+def _signature_hash(text: str) -> bytes:
+    """keccak256 of a signature; a client asks for the same few again and again."""
+    return keccak256(text.encode())
 
 
 def encode_static(kind: str, value: Any) -> bytes:

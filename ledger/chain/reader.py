@@ -2,8 +2,8 @@
 
 Importing web3 costs more than a second of CPU, more than hashing a gigabyte
 on two cores. Verification only reads (``eth_call``, ``eth_getLogs``), so it
-uses this client instead: the standard library's HTTP, the committed ABI and
-:mod:`ledger.chain._abi`. It satisfies
+uses this client instead: HTTP on a socket (:mod:`ledger.chain._http`), the
+committed ABI and :mod:`ledger.chain._abi`. It satisfies
 :class:`~ledger.chain.records.RegistryView`, like the web3
 :class:`~ledger.chain.registry.Registry` (which signs and sends transactions),
 and answers the same; a test compares the two on a real chain.
@@ -11,7 +11,6 @@ and answers the same; a test compares the two on a real chain.
 
 from __future__ import annotations
 
-import http.client
 import json
 import threading
 import urllib.parse
@@ -19,6 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ledger.chain import _abi
+from ledger.chain._http import PlainHttp, TlsHttp
 from ledger.chain.compiler import load_artifact
 from ledger.chain.records import (
     COMMITTER_ROLE,
@@ -46,7 +46,8 @@ class JsonRpc:
     """Blocking JSON-RPC over HTTP(S), on one kept-alive connection.
 
     ``ledger verify`` makes about ten calls; opening a connection for each
-    (as ``urllib`` does) costs more than the calls themselves.
+    (as ``urllib`` does) costs more than the calls themselves. The HTTP is
+    :mod:`ledger.chain._http`'s (``http.client`` only for ``https://``).
     """
 
     def __init__(self, url: str, timeout: float = TIMEOUT) -> None:
@@ -59,7 +60,7 @@ class JsonRpc:
         self._https = parts.scheme == "https"
         self._host, self._port = parts.hostname, parts.port
         self._path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        self._conn: http.client.HTTPConnection | None = None
+        self._conn: PlainHttp | TlsHttp | None = None
         self._lock = threading.Lock()
 
     def __call__(self, method: str, *params: object) -> Any:
@@ -70,7 +71,7 @@ class JsonRpc:
             ).encode()
             try:
                 answer = json.loads(self._post(body))
-            except (OSError, http.client.HTTPException, json.JSONDecodeError, ValueError) as exc:
+            except (OSError, ValueError) as exc:  # JSONDecodeError is a ValueError
                 self._close()
                 raise ChainUnavailableError(
                     f"no chain answers at {self.url} ({method}: {exc})",
@@ -91,25 +92,23 @@ class JsonRpc:
         for attempt in (1, 2):  # a kept-alive connection the server closed: reopen once
             conn = self._connection()
             try:
-                conn.request("POST", self._path, body, {"Content-Type": "application/json"})
-                response = conn.getresponse()
-                data = response.read()
-            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+                response = conn.post(self._path, body, "application/json")
+            except (ConnectionResetError, BrokenPipeError):
                 self._close()
                 if attempt == 2:
                     raise
                 continue
-            if response.status != 200:
-                raise ValueError(f"HTTP {response.status} {response.reason}")
             if response.will_close:
                 self._close()
-            return data
+            if response.status != 200:
+                raise ValueError(f"HTTP {response.status} {response.reason}")
+            return response.body
         raise AssertionError("unreachable")
 
-    def _connection(self) -> http.client.HTTPConnection:
+    def _connection(self) -> PlainHttp | TlsHttp:
         if self._conn is None:
-            kind = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
-            self._conn = kind(self._host, self._port, timeout=self.timeout)
+            kind = TlsHttp if self._https else PlainHttp
+            self._conn = kind(self._host, self._port, self.timeout)
         return self._conn
 
     def _close(self) -> None:
