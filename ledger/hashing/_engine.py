@@ -25,11 +25,13 @@ import os
 import threading
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from ledger.errors import InputError
 from ledger.hashing._unixfs import DEFAULT_CHUNK_SIZE, Link, UnixFsHasher, leaf_link
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future
 
 READ_BLOCK = 32 * DEFAULT_CHUNK_SIZE
 """Bytes read at a time (8 MiB): large reads, and enough chunks per task to keep
@@ -124,6 +126,8 @@ def hash_stream_parallel(
                 progress(filled)
         return hasher.finalize_link()
 
+    from concurrent.futures import ThreadPoolExecutor
+
     ring = min(2 * workers + 1, MAX_RING)
     free: list[mmap.mmap] = []
     allocated = 0
@@ -185,65 +189,92 @@ def hash_file_parallel(
 ) -> Link:
     """The root link of the first ``size`` bytes of the regular file open as ``fd``.
 
-    Every worker thread reads its own blocks with positional reads
+    Every worker thread takes the next block, reads it with positional reads
     (``os.preadv``, which releases the GIL) into a buffer it reuses, and hashes
-    them: both the page-cache copy and the hashing are spread over the cores,
-    and no thread waits on a single reader. The calling thread hands the links
-    to the tree in file order. Memory is one block per worker plus a few links
-    per queued block, whatever the file size. A file that shrinks while it is
-    read raises :class:`~ledger.errors.InputError` (positional reads cannot
-    fault, unlike a memory map).
+    it: both the page-cache copy and the hashing are spread over the cores, and
+    no thread waits on a single reader. The calling thread hands the links to
+    the tree in file order; workers stay at most :data:`AHEAD_PER_WORKER`
+    blocks each ahead of it. Memory is one block per worker plus a few links
+    per block done ahead, whatever the file size. A file that shrinks while it
+    is read raises :class:`~ledger.errors.InputError` (positional reads cannot
+    fault, unlike a memory map). Plain threads, not an executor:
+    ``concurrent.futures`` would load ``logging`` before the first block is
+    read, at the start of every ``ledger verify``.
     """
     workers = default_workers() if workers is None else workers
     if workers < 1:
         raise InputError(f"workers must be at least 1, got {workers}")
     block = _block_size(read_block, chunk_size)
     hasher = UnixFsHasher(cid_version, chunk_size)
-    local = threading.local()
+    blocks = -(-size // block)
+    ahead = AHEAD_PER_WORKER * workers
+    done: dict[int, list[Link] | BaseException] = {}
+    state = threading.Condition()
+    handed_out = 0  # blocks given to workers
+    collected = 0  # blocks whose links went to the tree
+    stop = False
 
-    def read_and_hash(offset: int, length: int) -> list[Link]:
-        buffer: mmap.mmap | None = getattr(local, "buffer", None)
-        if buffer is None:
-            buffer = local.buffer = page_buffer(block)
-        with memoryview(buffer) as view:
-            done = 0
-            while done < length:
-                with view[done:length] as rest:
-                    got = pread_into(fd, rest, offset + done)
-                if not got:
-                    raise _Truncated
-                done += got
-            with view[:length] as filled:
-                return _hash_block(filled, cid_version, chunk_size)
+    def read_and_hash(view: memoryview, offset: int, length: int) -> list[Link]:
+        filled = 0
+        while filled < length:
+            with view[filled:length] as rest:
+                got = pread_into(fd, rest, offset + filled)
+            if not got:
+                raise _Truncated
+            filled += got
+        with view[:length] as data:
+            return _hash_block(data, cid_version, chunk_size)
 
-    blocks = ((offset, min(block, size - offset)) for offset in range(0, size, block))
-    pending: deque[tuple[Future[list[Link]], int]] = deque()
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ledger-hash") as pool:
-        try:
-            for offset, length in blocks:
-                pending.append((pool.submit(read_and_hash, offset, length), length))
-                if len(pending) >= AHEAD_PER_WORKER * workers:
-                    _collect(pending, hasher, progress)
-            while pending:
-                _collect(pending, hasher, progress)
-        except _Truncated:
-            raise InputError("the file shrank while it was being hashed; try again") from None
-        finally:
-            for future, _ in pending:
-                future.cancel()
+    def work() -> None:
+        nonlocal handed_out
+        with memoryview(page_buffer(block)) as view:
+            while True:
+                with state:
+                    while not stop and handed_out < blocks and handed_out >= collected + ahead:
+                        state.wait()
+                    if stop or handed_out >= blocks:
+                        return
+                    index = handed_out
+                    handed_out += 1
+                offset = index * block
+                result: list[Link] | BaseException
+                try:
+                    result = read_and_hash(view, offset, min(block, size - offset))
+                except BaseException as exc:  # noqa: BLE001  raised on the calling thread
+                    result = exc
+                with state:
+                    done[index] = result
+                    state.notify_all()
+
+    threads = [
+        threading.Thread(target=work, name=f"ledger-hash-{n}", daemon=True)
+        for n in range(min(workers, blocks))
+    ]
+    for thread in threads:
+        thread.start()
+    try:
+        for index in range(blocks):
+            with state:
+                while index not in done:
+                    state.wait()
+                result = done.pop(index)
+                collected = index + 1
+                state.notify_all()
+            if isinstance(result, BaseException):
+                raise result
+            for link in result:
+                hasher.add_leaf(link)
+            if progress is not None:
+                progress(min(block, size - index * block))
+    except _Truncated:
+        raise InputError("the file shrank while it was being hashed; try again") from None
+    finally:
+        with state:
+            stop = True
+            state.notify_all()
+        for thread in threads:
+            thread.join()
     return hasher.finalize_link()
-
-
-def _collect(
-    pending: deque[tuple[Future[list[Link]], int]],
-    hasher: UnixFsHasher,
-    progress: Progress | None,
-) -> None:
-    future, length = pending.popleft()
-    for link in future.result():
-        hasher.add_leaf(link)
-    if progress is not None:
-        progress(length)
 
 
 def pread_into(fd: int, buffer: memoryview, offset: int) -> int:
