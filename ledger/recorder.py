@@ -118,6 +118,10 @@ class RunRecorder:
         return run_id
 
 
+READ_WHOLE = 16 << 20
+"""Weights files up to this size are read into memory once and hashed from there."""
+
+
 def store_weights(
     store: ArtifactStore,
     run_id_hex: str,
@@ -132,8 +136,15 @@ def store_weights(
     digest and the metrics document's CID (the on-chain metrics digest), which
     binds the step, the metrics and both weights identities.
     """
-    file_cid = store.put_file(Path(weights))
-    tensors = tensors or tensor_digest(weights)
+    path = Path(weights)
+    if tensors is None and path.is_file() and path.stat().st_size <= READ_WHOLE:
+        # one read serves the file CID, the stored copy and the tensor leaves
+        data = path.read_bytes()
+        file_cid = store.put_bytes(data)
+        tensors = tensor_digest(path, data=data)
+    else:
+        file_cid = store.put_file(path)
+        tensors = tensors or tensor_digest(path)
     index_cid = store.put_bytes(canonical_json(tensors.index(), what="tensor index"))
     document = {
         "schema": METRICS_SCHEMA,

@@ -51,6 +51,7 @@ def assert_same_leaves(path: Path) -> TensorDigest:
     assert ours.leaves == theirs.leaves  # name, dtype, shape and data digest, one by one
     assert ours.root == theirs.root
     assert tensor_digest(path) == ours
+    assert tensor_digest(path, data=path.read_bytes()) == ours  # the outbox worker's way
     return ours
 
 
@@ -257,8 +258,12 @@ def test_a_reduce_payload_is_refused_and_never_runs(
     with pytest.raises(CannotRead, match="does not know"):
         read_tensors(path)
     assert not marker.exists()
+    with pytest.raises(CannotRead, match="does not know"):
+        read_tensors(path, data=path.read_bytes())
     with pytest.raises(UnsupportedFormatError, match="refused to load"):
         tensor_digest(path)  # torch's weights-only loader refuses it too
+    with pytest.raises(UnsupportedFormatError, match="refused to load"):
+        tensor_digest(path, data=path.read_bytes())
     assert not marker.exists()
     torch.load(path, weights_only=False)  # control: the payload is live
     assert marker.exists()
@@ -280,3 +285,20 @@ def test_tensor_digest_of_a_torch_file_does_not_import_torch(tmp_path: Path) -> 
     state = make_state_dict()
     torch.save(lightning_checkpoint(state), path)
     assert root_without_importing_torch(path) == state_dict_digest(state).root.hex()
+
+
+def test_checkpoints_of_one_model_share_the_pickle_but_not_their_digests(tmp_path: Path) -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2))
+    roots = []
+    for step in range(3):
+        with torch.no_grad():
+            model[0].weight[0, 0] += 1.0  # one element changes between checkpoints
+        path = tmp_path / f"step-{step}.pt"
+        torch.save(model.state_dict(), path)
+        roots.append(tensor_digest(path, data=path.read_bytes()))
+        assert roots[-1] == with_torch(path)
+    first, second = (zipfile.ZipFile(tmp_path / f"step-{i}.pt") for i in range(2))
+    pickled = [z.read(n) for z in (first, second) for n in z.namelist() if n.endswith("data.pkl")]
+    assert pickled[0] == pickled[1]  # what the worker interprets once per run
+    assert len({r.root for r in roots}) == 3
+    assert [leaf.name for leaf in roots[1].leaves if leaf not in roots[0].leaves] == ["0.weight"]

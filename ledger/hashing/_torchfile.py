@@ -26,13 +26,17 @@ the same outcome either way, only faster and without importing torch.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import io
 import math
 import os
 import pickletools
 import struct
 import sys
+import types
 import zipfile
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -348,10 +352,11 @@ class _Member:
 class TorchZip:
     """The members of a ``torch.save`` zip that matter, located but not read."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, data: bytes | None = None) -> None:
         self.path = path
+        self.data = data  # the file's bytes, when the caller holds them already
         try:
-            with zipfile.ZipFile(path) as archive:
+            with zipfile.ZipFile(path if data is None else io.BytesIO(data)) as archive:
                 infos = archive.infolist()
                 names = [info.filename for info in infos]
                 if not infos or len(set(names)) != len(names):
@@ -381,9 +386,12 @@ class TorchZip:
         info = self._infos.get(f"data/{key}")
         if info is None:
             raise CannotRead(f"storage {key} is missing")
-        with open(self.path, "rb") as handle:
-            handle.seek(info.header_offset)
-            header = handle.read(_LOCAL_HEADER.size)
+        if self.data is not None:
+            header = self.data[info.header_offset : info.header_offset + _LOCAL_HEADER.size]
+        else:
+            with open(self.path, "rb") as handle:
+                handle.seek(info.header_offset)
+                header = handle.read(_LOCAL_HEADER.size)
         if len(header) != _LOCAL_HEADER.size:
             raise CannotRead(f"storage {key}: truncated local header")
         fields = _LOCAL_HEADER.unpack(header)
@@ -414,6 +422,13 @@ def _digest(fd: int, start: int, length: int) -> bytes:
     return digest.digest()
 
 
+def _digest_view(view: memoryview, start: int, length: int) -> bytes:
+    with view[start : start + length] as piece:
+        if len(piece) != length:
+            raise CannotRead("the file ends inside a tensor")
+        return hashlib.sha256(piece).digest()
+
+
 def _span(archive: TorchZip, name: str, tensor: TensorRef) -> tuple[int, int]:
     """The file offset and length of ``tensor``'s row-major bytes."""
     numel = math.prod(tensor.shape)
@@ -431,22 +446,44 @@ def _span(archive: TorchZip, name: str, tensor: TensorRef) -> tuple[int, int]:
     return member.start + start, length
 
 
-def read_tensors(path: Path, *, workers: int | None = None) -> list[Tensor] | None:
+@functools.lru_cache(maxsize=8)
+def _state_of(pickled: bytes) -> Mapping[str, TensorRef] | None:
+    """:func:`find_state_dict` of :func:`interpret`, kept for the last few pickles.
+
+    A run's state-dict checkpoints share one ``data.pkl`` byte for byte (names,
+    shapes and storage keys do not change between epochs; the tensor bytes live
+    in other members), so the outbox worker interprets it once per run, not once
+    per checkpoint. Keyed by the exact bytes; shared, hence read-only.
+    """
+    found = find_state_dict(interpret(pickled))
+    return None if found is None else types.MappingProxyType(found)
+
+
+def read_tensors(
+    path: Path, *, workers: int | None = None, data: bytes | None = None
+) -> list[Tensor] | None:
     """The tensors of the state dict in the ``torch.save`` zip at ``path``, without torch.
 
     None when the file is fully understood and holds no state dict. Raises
     :class:`CannotRead` whenever torch has to decide. Large files are hashed
-    a tensor per worker thread (default: one per core).
+    a tensor per worker thread (default: one per core). ``data``, if given, is
+    the file's content, read by the caller already: nothing is read again.
     """
-    if not zipfile.is_zipfile(path):
+    if not zipfile.is_zipfile(path if data is None else io.BytesIO(data)):
         raise CannotRead("not a zip archive (a legacy torch file?)")
-    archive = TorchZip(path)
+    archive = TorchZip(path, data)
     if archive.byteorder != "little" or sys.byteorder != "little":
         raise CannotRead(f"byte order {archive.byteorder} on a {sys.byteorder}-endian machine")
-    state = find_state_dict(interpret(archive.pickled))
+    state = _state_of(archive.pickled)
     if state is None:
         return None
     spans = [_span(archive, name, tensor) for name, tensor in state.items()]
+    if data is not None:
+        with memoryview(data) as view:
+            return [
+                (name, tensor.dtype, tensor.shape, _digest_view(view, start, length))
+                for (name, tensor), (start, length) in zip(state.items(), spans, strict=True)
+            ]
     workers = default_workers() if workers is None else workers
     parallel = workers > 1 and len(spans) > 1 and sum(n for _, n in spans) > 4 * READ_PIECE
     fd = os.open(path, os.O_RDONLY)

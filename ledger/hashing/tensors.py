@@ -38,7 +38,6 @@ import hashlib
 import json
 import mmap
 import struct
-import zipfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -168,6 +167,8 @@ def container_problem(path: Path | str) -> str | None:
     belong to no tensor and no structure (appended data, gaps) does not, since
     those bytes could carry anything.
     """
+    import zipfile  # here: `ledger verify` of a recorded file never needs it
+
     path = Path(path)
     if is_safetensors(path):
         return _safetensors_problem(path)
@@ -199,6 +200,8 @@ _ZIP_END = struct.Struct("<IHHHHIIH")
 
 
 def _zip_problem(path: Path) -> str | None:
+    import zipfile
+
     file_size = path.stat().st_size
     with zipfile.ZipFile(path) as archive, open(path, "rb") as handle:
         cursor = 0
@@ -254,9 +257,16 @@ HF_LAYOUTS = (
 """Hugging Face weights files, in the order ``transformers`` prefers them."""
 
 
-def tensor_digest(path: Path | str) -> TensorDigest:
-    """The tensor root of a weights file or of a Hugging Face model folder."""
+def tensor_digest(path: Path | str, *, data: bytes | None = None) -> TensorDigest:
+    """The tensor root of a weights file or of a Hugging Face model folder.
+
+    ``data``, if given, is the content of the file at ``path``, already read by
+    the caller (the outbox worker reads a checkpoint once for its CID and its
+    tensors): a ``torch.save`` file is then hashed from it without reading again.
+    """
     path = Path(path)
+    if data is not None and not is_safetensors(path):
+        return digest_leaves(_torch_leaves(path, data))
     if path.is_dir():
         return digest_leaves(_folder_leaves(path))
     if not path.is_file():
@@ -391,14 +401,14 @@ def _safetensors_leaves(path: Path) -> Iterator[TensorLeaf]:
 NO_STATE_DICT_HINT = "ledger hashes state dicts: {name: tensor}, optionally under 'state_dict'"
 
 
-def _torch_leaves(path: Path) -> Iterator[TensorLeaf]:
+def _torch_leaves(path: Path, data: bytes | None = None) -> Iterator[TensorLeaf]:
     """A torch file's leaves: read without torch when :mod:`._torchfile` understands
     the file (what ``torch.save`` writes for state dicts and checkpoints), else
     through ``torch.load(weights_only=True)``."""
     from ledger.hashing._torchfile import CannotRead, read_tensors
 
     try:
-        tensors = read_tensors(path)
+        tensors = read_tensors(path, data=data)
     except CannotRead:
         return _torch_load_leaves(path)
     if tensors is None:
@@ -414,6 +424,7 @@ def _no_state_dict(path: Path) -> UnsupportedFormatError:
 
 def _torch_load_leaves(path: Path) -> Iterator[TensorLeaf]:
     import pickle
+    import zipfile
 
     import torch
 
