@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 from dataclasses import dataclass
 
 from ledger.errors import InputError
@@ -161,6 +162,11 @@ class Cid:
         return Cid(version=1, codec=self.codec, digest=self.digest)
 
     def __str__(self) -> str:
+        return self._text
+
+    @functools.cached_property
+    def _text(self) -> str:
+        # kept on the instance: the outbox and the indexer name the same CID often
         if self.version == 0:
             return base58_encode(self.multihash)
         return "b" + base32_encode(self.to_bytes())
@@ -173,6 +179,12 @@ class Cid:
         """Parse ``Qm...`` (v0), ``b...`` (base32 v1) or ``z...`` (base58btc v1)."""
         if not isinstance(text, str):
             raise InputError(f"a CID must be given as text, got {type(text).__name__}; {_ACCEPTED}")
+        if cls is Cid:
+            return _parse_cached(text)
+        return cls._parse(text)
+
+    @classmethod
+    def _parse(cls, text: str) -> Cid:
         try:
             if len(text) == 46 and text.startswith("Qm"):
                 raw = base58_decode(text)
@@ -209,3 +221,9 @@ class Cid:
         if len(digest) != SHA2_256_LENGTH:
             raise ValueError("multihash digest has the wrong length")
         return cls(version=1, codec=codec, digest=digest)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_cached(text: str) -> Cid:
+    """:meth:`Cid.parse` of the CIDs read most (records in the journal and the index)."""
+    return Cid._parse(text)
