@@ -12,10 +12,10 @@ renamed into place, so a crash never leaves a partial artifact under a CID.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
-import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Protocol
 
@@ -65,9 +65,10 @@ class LocalStore:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         self._blobs = str(self.root / "blobs")
+        self._deferred: set[Path] | None = None  # folders to fsync (see synced_together)
 
     def path_for(self, cid: Cid) -> Path:
-        return self.root / "blobs" / str(cid)
+        return Path(f"{self._blobs}{os.sep}{cid}")
 
     def has(self, cid: Cid) -> bool:
         # plain strings: the indexer asks this of tens of thousands of digests per pass
@@ -130,24 +131,54 @@ class LocalStore:
             )
         return data
 
-    def _write_atomically(self, target: Path, write: Callable[[IO[bytes]], object]) -> None:
-        target.parent.mkdir(parents=True, exist_ok=True)
+    @contextlib.contextmanager
+    def synced_together(self) -> Iterator[None]:
+        """Writes inside the block sync their folder once, as the block ends.
+
+        Each artifact file is still fsynced before it is renamed into place; the
+        folder entries (the renames) are made durable by one fsync of the folder
+        when the block ends, not one per artifact. Whoever records that the
+        artifacts are stored must do so after the block.
+        """
+        outer = self._deferred is not None
+        if not outer:
+            self._deferred = set()
         try:
-            with tempfile.NamedTemporaryFile(
-                dir=target.parent, prefix=".incoming-", delete=False
-            ) as handle:
-                tmp = Path(handle.name)
-                try:
+            yield
+        finally:
+            if not outer:
+                folders, self._deferred = self._deferred or set(), None
+                for folder in sorted(folders):
+                    _fsync_dir(folder)
+
+    def _write_atomically(self, target: Path, write: Callable[[IO[bytes]], object]) -> None:
+        folder = target.parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            tmp = folder / f".incoming-{os.getpid()}-{os.urandom(6).hex()}"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                with open(fd, "wb") as handle:
                     write(handle)
                     handle.flush()
-                    os.fsync(handle.fileno())
-                except BaseException:
-                    tmp.unlink(missing_ok=True)
-                    raise
+                    os.fsync(fd)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
             os.replace(tmp, target)
-            _fsync_dir(target.parent)
+            if self._deferred is not None:
+                self._deferred.add(folder)
+            else:
+                _fsync_dir(folder)
         except OSError as exc:
             raise StoreError(f"cannot write to the store at {self.root}: {exc}") from exc
+
+
+def synced_together(store: ArtifactStore) -> contextlib.AbstractContextManager[None]:
+    """``store.synced_together()`` where the store batches its folder syncs
+    (:class:`LocalStore`), else nothing."""
+    batch = getattr(store, "synced_together", None)
+    return batch() if batch is not None else contextlib.nullcontext()
 
 
 def open_store(settings: Settings) -> ArtifactStore:

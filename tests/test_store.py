@@ -280,3 +280,26 @@ def test_find_by_digest_finds_raw_leaf_and_dag_pb_cids(tmp_path: Path) -> None:
     assert find_by_digest(store, big.digest) == big
     assert find_by_digest(store, bytes(32)) is None
     assert find_by_digest(store, bytes_cid(b"not stored").digest) is None
+
+
+def test_writes_in_a_batch_sync_their_folder_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synced: list[Path] = []
+    real = ledger.store._fsync_dir
+    monkeypatch.setattr(ledger.store, "_fsync_dir", lambda p: (synced.append(p), real(p)))
+    store = LocalStore(tmp_path / "store")
+    store.put_bytes(b"alone")
+    assert len(synced) == 1  # outside a batch: each artifact syncs its folder
+    with ledger.store.synced_together(store):
+        cids = [store.put_bytes(b"artifact %d" % i) for i in range(5)]
+        with store.synced_together():  # nested: the outer block syncs
+            cids.append(store.put_bytes(b"inner"))
+        assert len(synced) == 1  # not yet
+    assert synced[1:] == [store.root / "blobs"]  # once, for the six
+    assert [store.get_bytes(c) for c in cids[:2]] == [b"artifact 0", b"artifact 1"]
+    with pytest.raises(RuntimeError), store.synced_together():
+        store.put_bytes(b"kept")
+        raise RuntimeError("the caller fails after a write")
+    assert len(synced) == 3  # what was written is still made durable
+    assert not [p for p in (store.root / "blobs").iterdir() if p.name.startswith(".")]
