@@ -11,6 +11,7 @@ relation, distributed set-up, and the names of the digest schemes used for it.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 import sys
@@ -33,7 +34,19 @@ DIGEST_SCHEMES = {"file": CIDV1_SCHEME, "tensors": TENSORS_SCHEME, "documents": 
 
 
 def canonical_json(document: Mapping[str, Any], *, what: str = "document") -> bytes:
-    """RFC 8785 bytes of ``document``; non-finite numbers are refused by path."""
+    """RFC 8785 bytes of ``document``; non-finite numbers are refused by path.
+
+    Documents without floats (tensor indexes, most manifests' inner parts) are
+    written by the standard library's C encoder, which gives the very same
+    bytes for them (see :func:`_plain`); the rest go through ``rfc8785``.
+    """
+    if _plain(document):
+        try:
+            return json.dumps(
+                document, sort_keys=True, separators=(",", ":"), ensure_ascii=False
+            ).encode()
+        except UnicodeEncodeError:
+            pass  # a lone surrogate: the library below names the problem
     _check_finite(document, what)
     try:
         return bytes(rfc8785.dumps(document))
@@ -42,6 +55,35 @@ def canonical_json(document: Mapping[str, Any], *, what: str = "document") -> by
             f"{what} cannot be written as canonical JSON: {exc}",
             hint="use only strings, numbers, booleans, null, lists and string-keyed dicts",
         ) from exc
+
+
+_SAFE_INTEGER = 2**53  # RFC 8785 numbers are IEEE doubles: integers below this are exact
+_BMP_END = "\U00010000"
+
+
+def _plain(value: Any) -> bool:
+    """Whether ``json.dumps(sort_keys=True, separators=(",", ":"), ensure_ascii=False)``
+    writes ``value`` exactly as RFC 8785 does.
+
+    It does for strings (both escape only ``"``, ``\\`` and control characters,
+    with the same short forms and lowercase ``\\u00xx``), safe integers, booleans,
+    null, lists, and dicts whose keys lie in the Basic Multilingual Plane (where
+    sorting by code point equals RFC 8785's sorting by UTF-16 code unit).
+    Floats (ECMAScript number formatting) and anything else are not plain.
+    """
+    kind = type(value)
+    if kind is str:
+        return True
+    if kind is dict:
+        for key, item in value.items():
+            if type(key) is not str or (key and max(key) >= _BMP_END) or not _plain(item):
+                return False
+        return True
+    if kind is list or kind is tuple:
+        return all(_plain(item) for item in value)
+    if kind is int:
+        return bool(-_SAFE_INTEGER < value < _SAFE_INTEGER)
+    return value is None or value is True or value is False
 
 
 def _check_finite(value: Any, path: str) -> None:
@@ -105,13 +147,68 @@ def _file_sha256(path: Path) -> bytes:
     return hasher.digest()
 
 
-def installed_packages() -> list[str]:
+def installed_packages(cache_dir: Path | None = None) -> list[str]:
     """``name==version`` of every installed distribution, names lowercased, sorted.
 
     Read from the metadata files' header lines: the standard library's full
     e-mail parse of ~120 files costs a third of a second, on the training
-    process's start.
+    process's start. With ``cache_dir`` the list is kept there, keyed by what
+    an install, upgrade or removal changes: the names and modification times of
+    the metadata folders on ``sys.path`` (their names carry the versions). A
+    run start then lists those folders instead of reading every metadata file.
     """
+    key = _packages_key() if cache_dir is not None else None
+    cache = cache_dir / "packages.json" if cache_dir is not None else None
+    if cache is not None:
+        try:
+            kept = json.loads(cache.read_bytes())
+            if kept.get("key") == key and isinstance(kept.get("packages"), list):
+                return [str(p) for p in kept["packages"]]
+        except (OSError, ValueError, AttributeError):
+            pass  # absent or unreadable: read the metadata and write it anew
+    found = _read_packages()
+    if cache is not None:
+        try:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache.with_name(f".packages-{os.getpid()}.json")
+            tmp.write_text(json.dumps({"key": key, "packages": found}))
+            os.replace(tmp, cache)
+        except OSError:
+            pass  # a read-only data directory only loses the shortcut
+    return found
+
+
+def _packages_key() -> str:
+    """A digest of every metadata folder on ``sys.path``: name and mtime."""
+    hasher = hashlib.sha256(sys.prefix.encode())
+    for folder in sys.path:
+        try:
+            entries = sorted(os.scandir(folder or "."), key=lambda e: e.name)
+        except OSError:
+            continue  # not a directory (a zip, or gone)
+        hasher.update(b"\x00d" + os.fsencode(folder))
+        for entry in entries:
+            if entry.name.endswith((".dist-info", ".egg-info")):
+                try:
+                    mtime = entry.stat().st_mtime_ns
+                    if "-" not in entry.name:  # no version in the name (a develop egg-info):
+                        mtime = max(mtime, _metadata_mtime(entry.path))  # rewritten in place
+                except OSError:
+                    mtime = -1
+                hasher.update(b"\x00" + os.fsencode(entry.name) + b"@%d" % mtime)
+    return hasher.hexdigest()
+
+
+def _metadata_mtime(folder: str) -> int:
+    for name in ("METADATA", "PKG-INFO"):
+        try:
+            return os.stat(os.path.join(folder, name)).st_mtime_ns
+        except FileNotFoundError:
+            continue
+    return -1
+
+
+def _read_packages() -> list[str]:
     from importlib import metadata  # here, not at the top: `ledger verify` imports this module
 
     found = []
@@ -128,11 +225,12 @@ def installed_packages() -> list[str]:
     return sorted(found)
 
 
-def environment() -> dict[str, Any]:
-    """Interpreter, platform, torch/CUDA versions and a digest of installed packages."""
+def environment(cache_dir: Path | None = None) -> dict[str, Any]:
+    """Interpreter, platform, torch/CUDA versions and a digest of installed packages
+    (the list kept in ``cache_dir``, see :func:`installed_packages`)."""
     import platform  # here, not at the top: `ledger verify` imports this module
 
-    packages = installed_packages()
+    packages = installed_packages(cache_dir)
     env: dict[str, Any] = {
         "python": platform.python_version(),
         "implementation": sys.implementation.name,
@@ -200,8 +298,12 @@ def build_manifest(
     backend: str | None = None,
     sweep: str | None = None,
     trial: int | None = None,
+    cache_dir: Path | None = None,
 ) -> dict[str, Any]:
     """A manifest document; ``data`` values are fingerprinted unless already dicts.
+
+    ``cache_dir`` keeps the installed-package list between runs (the data
+    directory's ``cache`` folder, for the training hook).
 
     ``backend`` names the ``torch.distributed`` backend when ``world_size`` > 1.
     ``sweep`` groups hyperparameter-search trials: the manifest then carries
@@ -224,7 +326,7 @@ def build_manifest(
         "created_at": (created_at or datetime.now(UTC)).isoformat(timespec="microseconds"),
         "config": dict(config),
         "code": code_version(code_root),
-        "environment": environment(),
+        "environment": environment(cache_dir),
         "data": fingerprints,
         # canonical JSON numbers are IEEE doubles: larger seeds are kept exactly as text
         "seed": seed if seed is None or abs(seed) < 2**53 else str(seed),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
+import shutil
 import subprocess
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -425,3 +426,35 @@ def test_the_package_list_equals_the_full_metadata_parse() -> None:
         f"{(d.metadata['Name'] or '').lower()}=={d.version}" for d in metadata.distributions()
     )
     assert installed_packages() == parsed and len(parsed) > 20
+
+
+def test_the_kept_package_list_follows_installs_upgrades_and_removals(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ledger.manifest import installed_packages
+
+    site = tmp_path / "site"
+
+    def install(version: str) -> Path:
+        folder = site / f"fakepkg-{version}.dist-info"
+        folder.mkdir(parents=True)
+        metadata = f"Metadata-Version: 2.1\nName: FakePkg\nVersion: {version}\n"
+        (folder / "METADATA").write_text(metadata)
+        return folder
+
+    first = install("1.0")
+    monkeypatch.syspath_prepend(str(site))
+    cache = tmp_path / "cache"
+    assert "fakepkg==1.0" in installed_packages(cache)
+    assert (cache / "packages.json").is_file()
+    assert installed_packages(cache) == installed_packages()  # kept == read afresh
+
+    shutil.rmtree(first)  # an upgrade: the old metadata folder goes, a new one comes
+    install("2.0")
+    listed = installed_packages(cache)
+    assert "fakepkg==2.0" in listed and "fakepkg==1.0" not in listed
+
+    (cache / "packages.json").write_text("{not json")  # a damaged cache is rebuilt
+    assert installed_packages(cache) == listed
+    shutil.rmtree(site / "fakepkg-2.0.dist-info")  # a removal
+    assert not any(p.startswith("fakepkg==") for p in installed_packages(cache))

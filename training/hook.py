@@ -199,6 +199,7 @@ class LedgerRun:
             backend=self._role.backend if self._role and self._role.distributed else None,
             sweep=self.sweep,
             trial=self.trial,
+            cache_dir=settings.data_dir / "cache",
         )
         self.outbox = Outbox.for_settings(settings, self._store)
         self._run_id = self.outbox.start_run(manifest, self.parents)
