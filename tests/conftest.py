@@ -7,6 +7,7 @@ other's runs. Nothing here mocks the chain or the store.
 
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,6 +23,10 @@ from ledger.chain.anvil import AnvilProcess, rpc_call
 from ledger.chain.registry import Registry, connect_web3
 from ledger.config import ANVIL_DEV_KEY, Settings, save_deployment
 from ledger.store import LocalStore
+
+# Outbox workers of in-process tests end with the test session, not a minute later
+# (tests/outbox/test_resident.py covers the resident worker).
+os.environ.setdefault("LEDGER_OUTBOX_KEEP", "0")
 
 # Anvil's 2nd and 3rd well-known dev keys (public; funded on every Anvil).
 OTHER_KEYS = (

@@ -235,6 +235,22 @@ class Journal:
 
     # -- the worker's side ----------------------------------------------------
 
+    def run_committers(self, run_ids: set[str]) -> dict[str, str]:
+        """The committer each run's start entry names (runs without one are left out)."""
+        if not run_ids:
+            return {}
+        marks = ",".join("?" * len(run_ids))
+        rows = self._db().execute(
+            f"SELECT run_id, payload FROM entries WHERE kind = 'start' AND run_id IN ({marks})",
+            sorted(run_ids),
+        )
+        found = {}
+        for run_id, payload in rows:
+            committer = json.loads(payload).get("committer")
+            if isinstance(committer, str):
+                found[str(run_id)] = committer
+        return found
+
     def entries(
         self,
         *,
@@ -405,13 +421,19 @@ class Journal:
         found = dict(self._db().execute(sql + " GROUP BY state", args).fetchall())
         return {state: int(found.get(state, 0)) for state in STATES}
 
-    def open_count(self, run_id: str | None = None, upto: int | None = None) -> int:
-        """Entries not yet confirmed nor failed (optionally of one run, up to an id)."""
+    def open_count(
+        self, run_id: str | Sequence[str] | None = None, upto: int | None = None
+    ) -> int:
+        """Entries not yet confirmed nor failed (optionally of one run or of some
+        runs, up to an id)."""
         sql = "SELECT COUNT(*) FROM entries WHERE state IN ('pending', 'stored', 'sent')"
         args: list[Any] = []
-        if run_id is not None:
+        if isinstance(run_id, str):
             sql += " AND run_id = ?"
             args.append(run_id)
+        elif run_id is not None:
+            sql += f" AND run_id IN ({','.join('?' * len(run_id))})"
+            args.extend(run_id)
         if upto is not None:
             sql += " AND id <= ?"
             args.append(upto)

@@ -24,8 +24,10 @@ it ends.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
+import socket
 import sys
 import threading
 import time
@@ -51,7 +53,7 @@ from ledger.errors import (
 from ledger.hashing.cid import Cid
 from ledger.hashing.merkle import CheckpointLeaf, checkpoint_root
 from ledger.outbox.journal import Entry, Journal, SavedTx
-from ledger.store import ArtifactStore, open_store
+from ledger.store import ArtifactStore, open_store, synced_together
 
 if TYPE_CHECKING:
     from ledger.chain.sender import RegistrySender as Registry
@@ -59,6 +61,7 @@ if TYPE_CHECKING:
 BATCH_LIMIT = 100  # records per transaction (a commitCheckpoints of 100 is ~0.6M gas)
 STORE_LIMIT = 256  # entries stored per pass, so sending interleaves with storing
 STORE_THREADS = 8
+STORE_INLINE = 16 << 20  # bytes of weights a pass stores on its own thread, without a pool
 LINGER = 2.0
 RECEIPT_WAIT = 2.0  # per pass; an unmined transaction is looked at again next pass
 _RETRYABLE = (ChainUnavailableError, RegistryNotDeployedError, StoreUnavailableError)
@@ -66,7 +69,9 @@ _KIND_ORDER = ("start", "checkpoint", "finalize", "fail")
 
 
 def _stderr(line: str) -> None:
-    print(f"ledger: {line}", file=sys.stderr, flush=True)
+    # a closed pipe (``| head``) or no stderr loses the line; the journal still says it all
+    with contextlib.suppress(OSError, AttributeError, ValueError):
+        print(f"ledger: {line}", file=sys.stderr, flush=True)
 
 
 @dataclass
@@ -143,8 +148,9 @@ class Worker:
 
     def _store_pending(self, result: PassResult) -> None:
         """Store pending entries, up to STORE_LIMIT a pass, on STORE_THREADS threads
-        (file copies, fsyncs and hashing overlap); a finalize waits for the
-        checkpoints before it, whose records its Merkle root covers."""
+        (file copies, fsyncs and hashing overlap) unless they are small; a
+        finalize waits for the checkpoints before it, whose records its Merkle
+        root covers."""
         pending = self.journal.entries(states=["pending"])[:STORE_LIMIT]
         if pending:
             self._store()  # opened once, before the threads share it
@@ -152,8 +158,12 @@ class Worker:
             cut = next((i for i, e in enumerate(pending) if e.kind == "finalize"), len(pending))
             group = pending[: max(cut, 1)]
             pending = pending[len(group) :]
-            with ThreadPoolExecutor(STORE_THREADS, thread_name_prefix="ledger-store") as pool:
-                outcomes = list(pool.map(self._try_record, group))
+            with synced_together(self._store()):  # the store's folder: one fsync a group
+                if sum(int(e.payload.get("size", 0)) for e in group) <= STORE_INLINE:
+                    outcomes = [self._try_record(e) for e in group]  # threads would cost more
+                else:
+                    with ThreadPoolExecutor(STORE_THREADS, thread_name_prefix="ledger-store") as p:
+                        outcomes = list(p.map(self._try_record, group))
             stored: list[tuple[int, dict[str, Any]]] = []
             unavailable: StoreUnavailableError | None = None
             for entry, outcome in zip(group, outcomes, strict=True):
@@ -348,7 +358,7 @@ class Worker:
     def _send_ready(self, registry: Registry, result: PassResult) -> None:
         lingering: set[str] = set()
         while True:
-            ready = [e for e in self._ready() if e.kind not in lingering]
+            ready = [e for e in self._own(self._ready(), registry) if e.kind not in lingering]
             if not ready:
                 return
             kind = min((e.kind for e in ready), key=_KIND_ORDER.index)
@@ -360,6 +370,18 @@ class Worker:
             self._send_batch(registry, kind, batch, result)
             if result.confirmed + result.failed == before:
                 return  # nothing moved (e.g. a parent not on chain yet): next pass
+
+    def _own(self, ready: list[Entry], registry: Registry) -> list[Entry]:
+        """The entries of runs this worker's key started (or will start).
+
+        A run's id is derived from its committer, and the registry takes a run's
+        records from its committer alone: another key's worker (a resident one
+        of other settings, ``ledger sync`` with another key) leaves them in the
+        journal for a worker with that key.
+        """
+        committers = self.journal.run_committers({e.run_id for e in ready})
+        mine = registry.signer.address.lower()
+        return [e for e in ready if committers.get(e.run_id, mine).lower() == mine]
 
     def _lingers(self, batch: list[Entry]) -> bool:
         """Whether a checkpoint batch should wait for more (fewer transactions, less
@@ -583,8 +605,9 @@ class WorkerLock:
     The kernel drops it when its process dies, however it dies.
     """
 
-    def __init__(self, journal_path: Path) -> None:
+    def __init__(self, journal_path: Path, note: str = "") -> None:
         self.path = journal_path.with_suffix(".lock")
+        self.note = note  # written under the pid: how to reach the holder (process.py)
         self._handle: IO[str] | None = None
 
     def acquire(self, *, wait: bool) -> bool:
@@ -598,16 +621,64 @@ class WorkerLock:
             return False
         handle.seek(0)
         handle.truncate()
-        handle.write(str(os.getpid()))
+        handle.write(f"{os.getpid()}\n{self.note}" if self.note else str(os.getpid()))
         handle.flush()
         self._handle = handle
         return True
 
     def holder(self) -> str:
+        """The holder's pid (as written; ``?`` when unknown)."""
+        return self._content()[0] or "?"
+
+    def running(self) -> int | None:
+        """The pid of the process holding the lock now, if any (Linux, read from
+        ``/proc/locks`` without touching the lock; None elsewhere)."""
         try:
-            return self.path.read_text().strip() or "?"
+            inode = self.path.stat().st_ino
+            lines = Path("/proc/locks").read_text().splitlines()
         except OSError:
-            return "?"
+            return None
+        for line in lines:
+            fields = line.split()
+            # "1: FLOCK  ADVISORY  WRITE 1234 fd:01:5678 0 EOF"
+            if (
+                len(fields) >= 6
+                and fields[1:4:2] == ["FLOCK", "WRITE"]
+                and fields[5].rsplit(":", 1)[-1] == str(inode)
+            ):
+                return int(fields[4])
+        return None
+
+    def retire_holder(self) -> bool:
+        """Ask the holder, if it is a resident worker (its note names its socket,
+        ledger/outbox/process.py) of other settings than ours, to step aside; it
+        does once nobody is attached to it. Whether it was asked."""
+        try:
+            name = bytes.fromhex(self.holder_note()).decode()
+        except (ValueError, UnicodeDecodeError):
+            return False
+        if not name.startswith("\0ledger-outbox-") or self.holder_note() == self.note:
+            return False  # not a resident worker, or one of our own settings
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(0.5)
+        try:
+            sock.connect(name)
+            sock.sendall(b"q")
+        except OSError:
+            return False
+        finally:
+            sock.close()
+        return True
+
+    def holder_note(self) -> str:
+        return self._content()[1]
+
+    def _content(self) -> tuple[str, str]:
+        try:
+            pid, _, note = self.path.read_text().strip().partition("\n")
+        except OSError:
+            return "", ""
+        return pid.strip(), note.strip()
 
     def release(self) -> None:
         if self._handle is not None:
@@ -634,20 +705,28 @@ class Waker(Protocol):
 IDLE_EXIT = 5.0  # seconds with nothing open before a worker ends (restarted on append)
 
 
-def serve(worker: Worker, lock: WorkerLock, waker: Waker) -> None:
+def serve(worker: Worker, lock: WorkerLock, waker: Waker, *, keep: float = 0.0) -> None:
     """Run passes until stopped, idle for IDLE_EXIT s, or alone with nothing moving.
 
     One data directory has one sending worker (``lock``); another waits and takes
     over if that one ends. Errors never end the loop: the journal is safe, and the
-    next pass retries with backoff (up to 15 s).
+    next pass retries with backoff (up to 15 s). ``keep`` > 0 makes a resident
+    worker: alone, it stays until nothing has moved for ``keep`` s (the next
+    run of the data directory finds it running), and that is also how long it
+    stays idle while someone is attached.
     """
     backoff = 0.25
     idle_since = time.monotonic()
+    still_since = idle_since  # the last pass that moved something
+    was_alone = waker.alone
+    asked = False  # whether a resident holder of the lock was asked to step aside
     try:
         while not waker.stopping:
             if not lock.acquire(wait=False):
                 if waker.alone:
                     return  # the other worker sends what is open
+                if not asked:
+                    asked = lock.retire_holder()  # a resident worker of other settings
                 waker.wait(1.0)  # another process's worker sends; take over if it ends
                 continue
             if waker.alone:
@@ -659,20 +738,26 @@ def serve(worker: Worker, lock: WorkerLock, waker: Waker) -> None:
                 result = PassResult(waiting_on=f"outbox worker: {text}")
                 worker.say(str(result.waiting_on))
             open_now = worker.journal.open_count()
-            if waker.alone and (not open_now or not result.moved):
+            now = time.monotonic()
+            if result.moved or (not was_alone and waker.alone):
+                still_since = now  # (a resident worker's wait starts when it is left alone)
+            was_alone = waker.alone
+            if waker.alone and not keep and (not open_now or not result.moved):
                 return  # the journal keeps the rest for `ledger sync` or the next run
+            if waker.alone and keep and not result.moved and now - still_since > keep:
+                return  # resident, and nobody came: the next run starts another
             if result.waiting_on:
                 waker.wait(backoff)
                 backoff = min(backoff * 2, 15.0)
             elif not result.moved:
                 backoff = 0.25
                 if open_now:
-                    idle_since = time.monotonic()
-                elif time.monotonic() - idle_since > IDLE_EXIT:
+                    idle_since = now
+                elif now - idle_since > max(keep, IDLE_EXIT):
                     return
                 waker.wait(0.5)  # appends wake it sooner; other processes' are polled
             else:
-                idle_since = time.monotonic()
+                idle_since = now
     finally:
         lock.release()
 

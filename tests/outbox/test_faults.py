@@ -42,6 +42,7 @@ class Node:
     def env(self, **extra: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("LEDGER_")}
         env.update(LEDGER_HOME=str(self.home), LEDGER_RPC_URL=self.anvil.rpc_url)
+        env["LEDGER_OUTBOX_KEEP"] = "0"  # each worker ends with its process (test_resident.py)
         env["PYTHONPATH"] = str(ROOT)
         env.update(extra)
         return env
@@ -256,7 +257,7 @@ def test_the_store_unavailable_for_a_while(node: Node, tmp_path: Path) -> None:
 def test_the_worker_finishes_what_a_killed_training_handed_over(node: Node, tmp_path: Path) -> None:
     training = Training(node, tmp_path / "model.pt", epochs=8, pause=1.0)
     training.wait_for("epoch 1")
-    worker_pid = int((node.home / "outbox.lock").read_text())
+    worker_pid = int((node.home / "outbox.lock").read_text().split()[0])
     assert worker_pid != training.proc.pid  # the sender is a process of its own
     training.kill()  # SIGKILL: no exit handler runs, nothing more is appended
     handed = [e for e in node.journal.entries() if e.kind == "checkpoint"]

@@ -198,3 +198,23 @@ def test_bad_metrics_are_refused_at_the_call(chain: Chain, tmp_path: Path) -> No
         outbox.checkpoint(run_id, 0, weights(tmp_path / "w.pt", 0), {"loss": float("nan")})
     assert outbox.flush(30) == 0
     assert [e.kind for e in outbox.journal.entries()] == ["start"]
+
+
+def test_a_worker_leaves_the_runs_of_another_key_alone(chain: Chain, tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from ledger.config import Secret
+    from tests.conftest import OTHER_KEYS
+
+    settings = chain.settings(tmp_path / "ledger")
+    theirs = Outbox(replace(settings, private_key=Secret(OTHER_KEYS[1])), background=False)
+    mine = Outbox(settings, background=False)
+    their_run = theirs.start_run(manifest("their key"))
+    my_run = mine.start_run(manifest("my key"))
+    # one data directory; this worker signs with the default key only
+    result = worker(mine).run_once()
+    assert result.confirmed == 1
+    assert mine.journal.entries(run_id=my_run)[0].state == "confirmed"
+    assert mine.journal.entries(run_id=their_run)[0].state == "stored"  # left for its key
+    assert not on_chain(chain, "RunStarted", their_run)
+    assert mine.journal.entries(run_id=their_run)[0].tx_hash is None  # never signed by us
