@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 from pathlib import Path
@@ -24,35 +25,53 @@ from training.hook import LedgerRun
 EPOCHS = 3
 
 
-def _worker(rank: int, world_size: int, port: int, settings: Settings, out: Path) -> None:
+def _train(settings: Settings, out: Path, rank: int) -> dict[str, object]:
+    torch.manual_seed(0)
+    model = Tiny()
+    ddp = DistributedDataParallel(model)
+    optimiser = torch.optim.SGD(ddp.parameters(), lr=0.1)
+    generator = torch.Generator().manual_seed(100 + rank)  # each rank its own shard
+    x, y = torch.randn(32, 8, generator=generator), torch.randn(32, 1, generator=generator)
+    with LedgerRun(
+        model, name="ddp", config={"lr": 0.1}, out=out / "model.pt", settings=settings
+    ) as run:
+        for epoch in range(EPOCHS):
+            optimiser.zero_grad()
+            loss = nn.functional.mse_loss(ddp(x), y)
+            loss.backward()
+            optimiser.step()
+            run.epoch_end(epoch, {"loss": float(loss.detach())})
+    return {
+        "run_id": run.run_id,
+        "commits": [c.step for c in run.commits],
+        "final_cid": str(run.final.file_cid) if run.final else None,
+        "recorded_here": run.outbox is not None,
+    }
+
+
+def _join(rank: int, world_size: int, port: int) -> None:
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(port)
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
+
+
+def _leave() -> None:
+    # DDP's module and reducer hold the process group and sit in reference cycles:
+    # collected at interpreter exit, gloo's threads are torn down too late and the
+    # rank can abort ("terminate called without an active exception"). Collect
+    # them before the group is destroyed.
+    gc.collect()
+    dist.destroy_process_group()
+
+
+def _worker(rank: int, world_size: int, port: int, settings: Settings, out: Path) -> None:
+    _join(rank, world_size, port)
     try:
-        torch.manual_seed(0)
-        model = Tiny()
-        ddp = DistributedDataParallel(model)
-        optimiser = torch.optim.SGD(ddp.parameters(), lr=0.1)
-        generator = torch.Generator().manual_seed(100 + rank)  # each rank its own shard
-        x, y = torch.randn(32, 8, generator=generator), torch.randn(32, 1, generator=generator)
-        with LedgerRun(
-            model, name="ddp", config={"lr": 0.1}, out=out / "model.pt", settings=settings
-        ) as run:
-            for epoch in range(EPOCHS):
-                optimiser.zero_grad()
-                loss = nn.functional.mse_loss(ddp(x), y)
-                loss.backward()
-                optimiser.step()
-                run.epoch_end(epoch, {"loss": float(loss.detach())})
-        report = {
-            "run_id": run.run_id,
-            "commits": [c.step for c in run.commits],
-            "final_cid": str(run.final.file_cid) if run.final else None,
-            "recorded_here": run.outbox is not None,
-        }
+        report = _train(settings, out, rank)
         (out / f"rank{rank}.json").write_text(json.dumps(report))
+        dist.barrier()  # neither rank closes its connections while the other still uses them
     finally:
-        dist.destroy_process_group()
+        _leave()
 
 
 def test_a_ddp_job_is_one_run_committed_by_rank_zero(chain: Chain, tmp_path: Path) -> None:
@@ -89,9 +108,7 @@ def test_a_ddp_job_is_one_run_committed_by_rank_zero(chain: Chain, tmp_path: Pat
 
 
 def _failing_worker(rank: int, world_size: int, port: int, settings: Settings, out: Path) -> None:
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
-    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    _join(rank, world_size, port)
     try:
         config = {"lr": float("nan")}  # rank 0 refuses to write this manifest
         run = LedgerRun(Tiny(), name="ddp", config=config, out=out / "model.pt", settings=settings)
@@ -101,8 +118,9 @@ def _failing_worker(rank: int, world_size: int, port: int, settings: Settings, o
         except LedgerError as exc:
             outcome = {"error": type(exc).__name__, "message": exc.message}
         (out / f"rank{rank}.json").write_text(json.dumps(outcome))
+        dist.barrier()
     finally:
-        dist.destroy_process_group()
+        _leave()
 
 
 def test_when_rank_zero_cannot_record_every_rank_raises(chain: Chain, tmp_path: Path) -> None:
