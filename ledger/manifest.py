@@ -15,7 +15,7 @@ import json
 import math
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -112,9 +112,16 @@ def code_version(root: Path | None = None) -> dict[str, Any]:
             return None
         return out.stdout
 
-    commit = git("rev-parse", "HEAD")
-    if commit is None:
+    # One call tells the commit and whether anything differs from it (a run start
+    # pays for every process it spawns); only a dirty tree is asked for its diff.
+    status = git("--no-optional-locks", "status", "--porcelain=v2", "--branch", "-uall", "-z")
+    fields = (status or b"").split(b"\x00")
+    oid = next((f[13:] for f in fields if f.startswith(b"# branch.oid ")), b"(initial)")
+    if status is None or oid == b"(initial)":
         return {"vcs": None}
+    if not any(f and not f.startswith(b"#") for f in fields):
+        return {"vcs": "git", "commit": oid.decode(), "dirty": False, "uncommitted_sha256": None}
+    commit = oid
     diff = git("diff", "HEAD", "--binary") or b""
     untracked = [
         n
@@ -157,25 +164,31 @@ def installed_packages(cache_dir: Path | None = None) -> list[str]:
     the metadata folders on ``sys.path`` (their names carry the versions). A
     run start then lists those folders instead of reading every metadata file.
     """
-    key = _packages_key() if cache_dir is not None else None
-    cache = cache_dir / "packages.json" if cache_dir is not None else None
-    if cache is not None:
-        try:
-            kept = json.loads(cache.read_bytes())
-            if kept.get("key") == key and isinstance(kept.get("packages"), list):
-                return [str(p) for p in kept["packages"]]
-        except (OSError, ValueError, AttributeError):
-            pass  # absent or unreadable: read the metadata and write it anew
-    found = _read_packages()
-    if cache is not None:
-        try:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache.with_name(f".packages-{os.getpid()}.json")
-            tmp.write_text(json.dumps({"key": key, "packages": found}))
-            os.replace(tmp, cache)
-        except OSError:
-            pass  # a read-only data directory only loses the shortcut
-    return found
+    if cache_dir is None:
+        return _read_packages()
+    found = _cached(cache_dir / "packages.json", _packages_key(), _read_packages)
+    return [str(p) for p in found] if isinstance(found, list) else _read_packages()
+
+
+def _cached(cache: Path, key: str, compute: Callable[[], Any]) -> Any:
+    """``compute()``, kept in the JSON file ``cache`` under ``key``: read back while
+    the key is the same, computed and written anew when it differs, is absent or
+    the file is damaged. A read-only data directory only loses the shortcut."""
+    try:
+        kept = json.loads(cache.read_bytes())
+        if isinstance(kept, dict) and kept.get("key") == key and "value" in kept:
+            return kept["value"]
+    except (OSError, ValueError):
+        pass
+    value = compute()
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_name(f".{cache.stem}-{os.getpid()}.json")
+        tmp.write_text(json.dumps({"key": key, "value": value}))
+        os.replace(tmp, cache)
+    except OSError:
+        pass
+    return value
 
 
 def _packages_key() -> str:
@@ -234,7 +247,7 @@ def environment(cache_dir: Path | None = None) -> dict[str, Any]:
     env: dict[str, Any] = {
         "python": platform.python_version(),
         "implementation": sys.implementation.name,
-        "platform": platform.platform(),
+        "platform": _platform_text(cache_dir),
         "machine": platform.machine(),
         "packages_sha256": hashlib.sha256("\n".join(packages).encode()).hexdigest(),
         "packages_count": len(packages),
@@ -244,6 +257,26 @@ def environment(cache_dir: Path | None = None) -> dict[str, Any]:
         env["torch"] = str(torch.__version__)
         env["cuda"] = torch.version.cuda
     return env
+
+
+def _platform_text(cache_dir: Path | None) -> str:
+    """``platform.platform()``, kept in ``cache_dir``: on Linux it runs ``uname -p``
+    in a subprocess and scans the interpreter binary for its C library version,
+    several milliseconds at every run start. Keyed by the kernel's uname (without
+    the host name) and the interpreter binary's path and modification time."""
+    import platform
+
+    if cache_dir is None:
+        return platform.platform()
+    uname = os.uname()
+    try:
+        binary = os.path.realpath(sys.executable)
+        stamp = os.stat(binary).st_mtime_ns
+    except OSError:
+        return platform.platform()
+    key = json.dumps([uname.sysname, uname.release, uname.version, uname.machine, binary, stamp])
+    found = _cached(cache_dir / "platform.json", key, platform.platform)
+    return found if isinstance(found, str) else platform.platform()
 
 
 def fingerprint(value: Any) -> dict[str, Any]:

@@ -458,3 +458,22 @@ def test_the_kept_package_list_follows_installs_upgrades_and_removals(
     assert installed_packages(cache) == listed
     shutil.rmtree(site / "fakepkg-2.0.dist-info")  # a removal
     assert not any(p.startswith("fakepkg==") for p in installed_packages(cache))
+
+
+def test_the_platform_text_is_kept_and_recomputed_when_its_key_changes(tmp_path: Path) -> None:
+    from ledger.manifest import _platform_text, environment
+
+    cache = tmp_path / "cache"
+    assert _platform_text(cache) == platform.platform()
+    kept = json.loads((cache / "platform.json").read_text())
+    assert kept["value"] == platform.platform()
+
+    # what is read back is the kept text while the key holds ...
+    (cache / "platform.json").write_text(json.dumps({**kept, "value": "kept-text"}))
+    assert environment(cache)["platform"] == "kept-text"
+    # ... and computed anew when the key differs (another kernel or interpreter)
+    (cache / "platform.json").write_text(json.dumps({"key": "another", "value": "stale"}))
+    assert _platform_text(cache) == platform.platform()
+    (cache / "platform.json").write_text("{not json")  # a damaged cache is rebuilt
+    assert _platform_text(cache) == platform.platform()
+    assert json.loads((cache / "platform.json").read_text())["value"] == platform.platform()
