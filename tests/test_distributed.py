@@ -10,7 +10,6 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ledger.chain.reader import JsonRpc, RegistryReader
@@ -19,7 +18,7 @@ from ledger.config import Settings
 from ledger.errors import LedgerError
 from ledger.store import LocalStore, find_by_digest
 from tests.conftest import Chain, free_port
-from tests.test_flow import Tiny
+from tests.test_flow import Tiny, fit
 from training.hook import LedgerRun
 
 EPOCHS = 3
@@ -35,12 +34,7 @@ def _train(settings: Settings, out: Path, rank: int) -> dict[str, object]:
     with LedgerRun(
         model, name="ddp", config={"lr": 0.1}, out=out / "model.pt", settings=settings
     ) as run:
-        for epoch in range(EPOCHS):
-            optimiser.zero_grad()
-            loss = nn.functional.mse_loss(ddp(x), y)
-            loss.backward()
-            optimiser.step()
-            run.epoch_end(epoch, {"loss": float(loss.detach())})
+        fit(run, ddp, optimiser, x, y, EPOCHS)
     return {
         "run_id": run.run_id,
         "commits": [c.step for c in run.commits],

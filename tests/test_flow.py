@@ -59,13 +59,25 @@ def train(
         parents=parents or [],
         settings=chain.settings(tmp_path / "ledger"),
     ) as run:
-        for epoch in range(epochs):
-            optimiser.zero_grad()
-            loss = nn.functional.mse_loss(model(x), y)
-            loss.backward()
-            optimiser.step()
-            run.epoch_end(epoch, {"loss": float(loss.detach())})
+        fit(run, model, optimiser, x, y, epochs)
     return run
+
+
+def fit(
+    run: LedgerRun,
+    forward: nn.Module,
+    optimiser: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    epochs: int,
+) -> None:
+    """Full-batch epochs, each ending with ``run.epoch_end`` and its loss."""
+    for epoch in range(epochs):
+        optimiser.zero_grad()
+        loss = nn.functional.mse_loss(forward(x), y)
+        loss.backward()
+        optimiser.step()
+        run.epoch_end(epoch, {"loss": float(loss.detach())})
 
 
 def verifier(chain: Chain, tmp_path: Path) -> Verifier:
