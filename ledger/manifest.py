@@ -121,7 +121,6 @@ def code_version(root: Path | None = None) -> dict[str, Any]:
         return {"vcs": None}
     if not any(f and not f.startswith(b"#") for f in fields):
         return {"vcs": "git", "commit": oid.decode(), "dirty": False, "uncommitted_sha256": None}
-    commit = oid
     diff = git("diff", "HEAD", "--binary") or b""
     untracked = [
         n
@@ -137,7 +136,7 @@ def code_version(root: Path | None = None) -> dict[str, Any]:
         digest = hasher.hexdigest()
     return {
         "vcs": "git",
-        "commit": commit.decode().strip(),
+        "commit": oid.decode(),
         "dirty": dirty,
         "uncommitted_sha256": digest,
     }

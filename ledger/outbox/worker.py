@@ -651,11 +651,12 @@ class WorkerLock:
         """Ask the holder, if it is a resident worker (its note names its socket,
         ledger/outbox/process.py) of other settings than ours, to step aside; it
         does once nobody is attached to it. Whether it was asked."""
+        note = self.holder_note()
         try:
-            name = bytes.fromhex(self.holder_note()).decode()
+            name = bytes.fromhex(note).decode()
         except (ValueError, UnicodeDecodeError):
             return False
-        if not name.startswith("\0ledger-outbox-") or self.holder_note() == self.note:
+        if not name.startswith("\0ledger-outbox-") or note == self.note:
             return False  # not a resident worker, or one of our own settings
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(0.5)
