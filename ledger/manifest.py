@@ -99,6 +99,13 @@ def _check_finite(value: Any, path: str) -> None:
 
 def code_version(root: Path | None = None) -> dict[str, Any]:
     """Git commit of ``root`` (default: cwd) and a digest of uncommitted changes."""
+    return start_code_version(root)()
+
+
+def start_code_version(root: Path | None = None) -> Callable[[], dict[str, Any]]:
+    """Ask git about ``root`` and return at once; the function returned waits for
+    the answer and gives :func:`code_version`'s. A run's start does its other
+    work while git runs."""
     import subprocess  # here, not at the top: `ledger verify` imports this module
 
     cwd = str(root or Path.cwd())
@@ -114,7 +121,31 @@ def code_version(root: Path | None = None) -> dict[str, Any]:
 
     # One call tells the commit and whether anything differs from it (a run start
     # pays for every process it spawns); only a dirty tree is asked for its diff.
-    status = git("--no-optional-locks", "status", "--porcelain=v2", "--branch", "-uall", "-z")
+    command = ["git", "--no-optional-locks", "status", "--porcelain=v2", "--branch", "-uall", "-z"]
+    try:
+        probe: subprocess.Popen[bytes] | None = subprocess.Popen(
+            command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+        )
+    except OSError:  # no git here
+        probe = None
+
+    def answer() -> dict[str, Any]:
+        status = None
+        if probe is not None:
+            try:
+                out, _ = probe.communicate(timeout=30)
+                status = out if probe.returncode == 0 else None
+            except subprocess.SubprocessError:
+                probe.kill()
+                probe.communicate()
+        return _code_fields(status, git, cwd)
+
+    return answer
+
+
+def _code_fields(
+    status: bytes | None, git: Callable[..., bytes | None], cwd: str
+) -> dict[str, Any]:
     fields = (status or b"").split(b"\x00")
     oid = next((f[13:] for f in fields if f.startswith(b"# branch.oid ")), b"(initial)")
     if status is None or oid == b"(initial)":
@@ -331,8 +362,12 @@ def build_manifest(
     sweep: str | None = None,
     trial: int | None = None,
     cache_dir: Path | None = None,
+    code: Callable[[], Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """A manifest document; ``data`` values are fingerprinted unless already dicts.
+
+    ``code`` gives the code version when git was asked already
+    (:func:`start_code_version`); else ``code_root`` is asked.
 
     ``cache_dir`` keeps the installed-package list between runs (the data
     directory's ``cache`` folder, for the training hook).
@@ -352,13 +387,14 @@ def build_manifest(
         key: value if isinstance(value, Mapping) else fingerprint(value)
         for key, value in (data or {}).items()
     }
+    env = environment(cache_dir)  # before waiting for git's answer, which may still run
     manifest: dict[str, Any] = {
         "schema": MANIFEST_SCHEMA,
         "name": name,
         "created_at": (created_at or datetime.now(UTC)).isoformat(timespec="microseconds"),
         "config": dict(config),
-        "code": code_version(code_root),
-        "environment": environment(cache_dir),
+        "code": dict(code()) if code is not None else code_version(code_root),
+        "environment": env,
         "data": fingerprints,
         # canonical JSON numbers are IEEE doubles: larger seeds are kept exactly as text
         "seed": seed if seed is None or abs(seed) < 2**53 else str(seed),

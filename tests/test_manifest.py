@@ -30,6 +30,7 @@ from ledger.manifest import (
     code_version,
     environment,
     fingerprint,
+    start_code_version,
 )
 
 FIXED_TIME = datetime(2024, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)
@@ -367,6 +368,20 @@ def test_build_manifest_records_a_dirty_tree(repo: Path) -> None:
     manifest = build_manifest(name="r", config={}, code_root=repo, created_at=FIXED_TIME)
     assert manifest["code"]["dirty"] is True
     assert manifest["code"]["uncommitted_sha256"] == code_version(repo)["uncommitted_sha256"]
+
+
+def test_git_asked_ahead_gives_the_same_code_version(repo: Path, tmp_path: Path) -> None:
+    """The hook starts git before its other start-up work (start_code_version);
+    the manifest's code field is the one code_version gives, clean or dirty,
+    and outside a repository."""
+    clean = start_code_version(repo)
+    assert build_manifest(name="r", config={}, code=clean)["code"] == code_version(repo)
+    (repo / "train.py").write_text("lr = 0.9\n")
+    dirty = build_manifest(name="r", config={}, code=start_code_version(repo))["code"]
+    assert dirty["dirty"] is True and dirty == code_version(repo)
+    outside = tmp_path / "plain"
+    outside.mkdir()
+    assert start_code_version(outside)() == {"vcs": None}
 
 
 def test_build_manifest_outside_a_repository(tmp_path: Path) -> None:

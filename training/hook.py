@@ -33,7 +33,7 @@ from ledger.chain.records import Relation
 from ledger.config import Settings, load_settings
 from ledger.errors import LedgerError, RecordError
 from ledger.hashing.cid import Cid
-from ledger.manifest import build_manifest
+from ledger.manifest import build_manifest, start_code_version
 from ledger.outbox import Entry, Outbox, flush_timeout
 from ledger.store import ArtifactStore
 from training._distributed import Role, rank_zero
@@ -185,6 +185,13 @@ class LedgerRun:
         if self.status != "new":
             raise RecordError(f"this LedgerRun was already started ({self.status})")
         settings = self._settings or load_settings()
+        code = start_code_version(self._code_root)  # git runs while the key is read
+        try:
+            self.outbox = Outbox.for_settings(settings, self._store)
+            self.outbox.committer()
+        except BaseException:
+            code()  # git's answer is waited for, not left behind
+            raise
         manifest = build_manifest(
             name=self.name,
             config=self.config,
@@ -200,8 +207,8 @@ class LedgerRun:
             sweep=self.sweep,
             trial=self.trial,
             cache_dir=settings.data_dir / "cache",
+            code=code,
         )
-        self.outbox = Outbox.for_settings(settings, self._store)
         self._run_id = self.outbox.start_run(manifest, self.parents)
         self.status = "running"
         log.info("ledger run %s started", self._run_id)
