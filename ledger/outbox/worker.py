@@ -61,7 +61,7 @@ if TYPE_CHECKING:
 BATCH_LIMIT = 100  # records per transaction (a commitCheckpoints of 100 is ~0.6M gas)
 STORE_LIMIT = 256  # entries stored per pass, so sending interleaves with storing
 STORE_THREADS = 8
-STORE_INLINE = 16 << 20  # bytes of weights a pass stores on its own thread, without a pool
+STORE_INLINE = 16 << 20  # bytes of weights a pass beside training stores without a pool
 LINGER = 2.0
 RECEIPT_WAIT = 2.0  # per pass; an unmined transaction is looked at again next pass
 _RETRYABLE = (ChainUnavailableError, RegistryNotDeployedError, StoreUnavailableError)
@@ -147,37 +147,62 @@ class Worker:
     # -- 1. store -----------------------------------------------------------------
 
     def _store_pending(self, result: PassResult) -> None:
-        """Store pending entries, up to STORE_LIMIT a pass, on STORE_THREADS threads
-        (file copies, fsyncs and hashing overlap) unless they are small; a
-        finalize waits for the checkpoints before it, whose records its Merkle
-        root covers."""
+        """Store pending entries, up to STORE_LIMIT a pass: on one thread while
+        training runs beside (threads would cost it more CPU than they save), on
+        STORE_THREADS when someone waits or the files are large (copies, fsyncs
+        and hashing overlap).
+
+        A finalize is stored with the checkpoints before it; the Merkle root of
+        their records is added once they are all stored (it stays pending while
+        one of them does).
+        """
         pending = self.journal.entries(states=["pending"])[:STORE_LIMIT]
-        if pending:
-            self._store()  # opened once, before the threads share it
-        while pending:
-            cut = next((i for i, e in enumerate(pending) if e.kind == "finalize"), len(pending))
-            group = pending[: max(cut, 1)]
-            pending = pending[len(group) :]
-            with synced_together(self._store()):  # the store's folder: one fsync a group
-                if sum(int(e.payload.get("size", 0)) for e in group) <= STORE_INLINE:
-                    outcomes = [self._try_record(e) for e in group]  # threads would cost more
-                else:
-                    with ThreadPoolExecutor(STORE_THREADS, thread_name_prefix="ledger-store") as p:
-                        outcomes = list(p.map(self._try_record, group))
-            stored: list[tuple[int, dict[str, Any]]] = []
-            unavailable: StoreUnavailableError | None = None
-            for entry, outcome in zip(group, outcomes, strict=True):
-                if isinstance(outcome, StoreUnavailableError):
-                    unavailable = unavailable or outcome
-                elif isinstance(outcome, LedgerError):
-                    self.journal.mark_failed(entry.id, _one_line(outcome))
-                    result.failed += 1
-                else:
-                    stored.append((entry.id, outcome))
-            self.journal.mark_stored_many(stored)
-            result.stored += len(stored)
-            if unavailable is not None:
-                raise unavailable
+        if not pending:
+            return
+        store = self._store()  # opened once, before the threads share it
+        with synced_together(store):  # the store's folder: one fsync a pass
+            if len(pending) > 1 and (
+                self.urgent or sum(int(e.payload.get("size", 0)) for e in pending) > STORE_INLINE
+            ):
+                with ThreadPoolExecutor(STORE_THREADS, thread_name_prefix="ledger-store") as pool:
+                    outcomes = list(pool.map(self._try_record, pending))
+            else:
+                outcomes = [self._try_record(e) for e in pending]
+        stored: list[tuple[int, dict[str, Any]]] = []
+        finals: list[tuple[Entry, dict[str, Any]]] = []
+        unavailable: StoreUnavailableError | None = None
+        for entry, outcome in zip(pending, outcomes, strict=True):
+            if isinstance(outcome, StoreUnavailableError):
+                unavailable = unavailable or outcome
+            elif isinstance(outcome, LedgerError):
+                self.journal.mark_failed(entry.id, _one_line(outcome))
+                result.failed += 1
+            elif entry.kind == "finalize":
+                finals.append((entry, outcome))
+            else:
+                stored.append((entry.id, outcome))
+        self.journal.mark_stored_many(stored)
+        result.stored += len(stored)
+        rooted = [(e.id, r) for e, r in finals if self._add_checkpoint_root(e, r)]
+        self.journal.mark_stored_many(rooted)
+        result.stored += len(rooted)
+        if unavailable is not None:
+            raise unavailable
+
+    def _add_checkpoint_root(self, final: Entry, record: dict[str, Any]) -> bool:
+        """Add the root of the run's checkpoint records before ``final`` to its
+        record; False while one of those checkpoints is not stored yet."""
+        earlier = [
+            e
+            for e in self.journal.entries(run_id=final.run_id)
+            if e.kind == "checkpoint" and e.id < final.id and e.state != "failed"
+        ]
+        if any(e.record is None for e in earlier):
+            return False  # stored again next pass, when they are (the store keeps one copy)
+        leaves = [_leaf(e.record) for e in earlier]
+        record["checkpoint_root"] = checkpoint_root(leaves).hex()
+        record["checkpoint_count"] = len(leaves)
+        return True
 
     def _try_record(self, entry: Entry) -> dict[str, Any] | LedgerError:
         try:
@@ -186,6 +211,8 @@ class Worker:
             return exc
 
     def _build_record(self, entry: Entry) -> dict[str, Any]:
+        """Store what ``entry`` names; returns its chain record (a finalize's
+        without the checkpoint root: see :meth:`_add_checkpoint_root`)."""
         from ledger.recorder import store_weights
 
         store = self._store()
@@ -202,24 +229,12 @@ class Worker:
         step = entry.step if entry.kind == "checkpoint" else None
         weights, tensors, metrics_cid = store_weights(store, entry.run_id, path, metrics, step)
         _check_unchanged(path, payload)  # not rewritten while it was being stored
-        record: dict[str, Any] = {
+        return {
             "step": step,
             "file_cid": str(weights),
             "tensor_root": tensors.root.hex(),
             "metrics_cid": str(metrics_cid),
         }
-        if entry.kind == "finalize":
-            leaves = [
-                _leaf(e.record)
-                for e in self.journal.entries(run_id=entry.run_id)
-                if e.kind == "checkpoint"
-                and e.record is not None
-                and e.state != "failed"
-                and e.id < entry.id
-            ]
-            record["checkpoint_root"] = checkpoint_root(leaves).hex()
-            record["checkpoint_count"] = len(leaves)
-        return record
 
     def _store(self) -> ArtifactStore:
         if self.store is None:

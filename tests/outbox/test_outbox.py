@@ -15,10 +15,11 @@ import torch
 from ledger.chain.anvil import rpc_call
 from ledger.config import Settings
 from ledger.errors import InputError
+from ledger.hashing.merkle import checkpoint_root
 from ledger.manifest import build_manifest
 from ledger.outbox import Outbox
 from ledger.outbox.journal import Journal
-from ledger.outbox.worker import Worker
+from ledger.outbox.worker import Worker, _leaf
 from ledger.store import LocalStore
 from ledger.verify import Outcome, Verifier
 from tests.conftest import Chain, free_port
@@ -218,3 +219,49 @@ def test_a_worker_leaves_the_runs_of_another_key_alone(chain: Chain, tmp_path: P
     assert mine.journal.entries(run_id=their_run)[0].state == "stored"  # left for its key
     assert not on_chain(chain, "RunStarted", their_run)
     assert mine.journal.entries(run_id=their_run)[0].tx_hash is None  # never signed by us
+
+
+def test_a_finalize_is_stored_with_its_checkpoints_and_roots_them(
+    chain: Chain, tmp_path: Path
+) -> None:
+    """One pass stores a run's checkpoints and its final weights together; the
+    final record's root covers the checkpoints stored, not the one refused."""
+    good = chain.settings(tmp_path / "ledger")
+    dead = Settings(**{**good.__dict__, "rpc_url": f"http://127.0.0.1:{free_port()}"})
+    outbox = Outbox(dead, background=False)  # appends only: one pass below stores them all
+    run_id = outbox.start_run(manifest("together"))
+    for step in range(3):
+        outbox.checkpoint(run_id, step, weights(tmp_path / f"c{step}.pt", step), {"s": step})
+    final_id = outbox.finalize(run_id, weights(tmp_path / "f.pt", 9), {"s": 9})
+    time.sleep(0.01)
+    weights(tmp_path / "c1.pt", 5)  # step 1 rewritten before it was stored: refused
+    w = worker(Outbox(good), urgent=True)  # someone waits: the pass stores on threads
+    w.run_once()
+    entries = {e.id: e for e in Journal(outbox.journal.path).entries()}
+    final = entries[final_id]
+    checkpoints = [e for e in entries.values() if e.kind == "checkpoint"]
+    assert [e.state for e in checkpoints] == ["confirmed", "failed", "confirmed"]
+    assert final.state == "confirmed" and final.record is not None
+    kept = [_leaf(e.record) for e in checkpoints if e.state != "failed"]
+    assert final.record["checkpoint_count"] == 2
+    assert final.record["checkpoint_root"] == checkpoint_root(kept).hex()
+    [event] = on_chain(chain, "RunFinalized", run_id)
+    assert bytes(event["checkpointRoot"]).hex() == final.record["checkpoint_root"]  # type: ignore[arg-type]
+
+
+def test_a_finalize_waits_while_an_earlier_checkpoint_is_unstored(
+    chain: Chain, tmp_path: Path
+) -> None:
+    """A finalize whose earlier checkpoint has no record yet (its store failed in
+    the same pass) is not rooted; it is once the checkpoint is stored."""
+    outbox = Outbox(chain.settings(tmp_path / "ledger"), background=False)
+    run_id = outbox.start_run(manifest("later-root"))
+    outbox.checkpoint(run_id, 0, weights(tmp_path / "c0.pt", 0), {"s": 0})
+    final_id = outbox.finalize(run_id, weights(tmp_path / "f.pt", 1), {"s": 1})
+    w = worker(outbox, urgent=True)
+    final = outbox.journal.entry(final_id)
+    assert w._add_checkpoint_root(final, {}) is False  # the checkpoint has no record yet
+    w.run_once()
+    entry = outbox.journal.entry(final_id)
+    assert entry.state == "confirmed" and entry.record is not None
+    assert entry.record["checkpoint_count"] == 1
