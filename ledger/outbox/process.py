@@ -7,10 +7,11 @@ and one pipe (the child's stdin):
 
 - the first line carries the settings and the resolved signing key as JSON (the
   key never appears in the command line or the environment);
-- then single bytes: ``u`` someone waits (send at once, no lingering for fuller
-  batches), ``n`` nobody waits any more. Appends send nothing: the worker looks
-  at the journal every half second, so a few checkpoints share one pass (one
-  burst of CPU beside training instead of one per checkpoint);
+- then single bytes: ``w`` an entry was appended (store it now: what is stored
+  while training runs is not left for the run's end to wait on), ``u`` someone
+  waits (send at once, no lingering for fuller batches), ``n`` nobody waits any
+  more. The worker also looks at the journal every half second, for what other
+  processes append;
 - end of file means the training process is gone (it exited, or was killed):
   the worker finishes what still moves and ends, leaving the rest in the
   journal for ``ledger sync`` or the next run.
@@ -111,9 +112,7 @@ def socket_name(settings: Settings, committer: str) -> str | None:
 def _version() -> list[int]:
     """When the outbox's modules were last written (an upgrade in place rewrites them)."""
     here = Path(__file__).parent
-    return [
-        (here / name).stat().st_mtime_ns for name in ("process.py", "worker.py", "journal.py")
-    ]
+    return [(here / name).stat().st_mtime_ns for name in ("process.py", "worker.py", "journal.py")]
 
 
 class AttachedWorker:
@@ -164,7 +163,7 @@ class AttachedWorker:
         """Nothing to start: the worker runs already."""
 
     def wake(self) -> None:
-        """Nothing to do: the worker polls the journal."""
+        self._send(b"w")
 
     def set_urgent(self, urgent: bool) -> None:
         self._send(b"u" if urgent else b"n")
@@ -229,7 +228,7 @@ class WorkerProcess:
         return self._proc.pid if self._proc is not None else None
 
     def wake(self) -> None:
-        """Nothing to do: the worker polls the journal (see the module docstring)."""
+        self._send(b"w")
 
     def set_urgent(self, urgent: bool) -> None:
         self._send(b"u" if urgent else b"n")
@@ -297,9 +296,7 @@ class _Channels:
     one still attached is the worker's fd 2, else ``outbox.log``.
     """
 
-    def __init__(
-        self, pipe: IO[bytes], name: str | None, log: Path, on_urgent: Any
-    ) -> None:
+    def __init__(self, pipe: IO[bytes], name: str | None, log: Path, on_urgent: Any) -> None:
         self._pipe: int | None = pipe.fileno()
         self._on_urgent = on_urgent
         self._log = log
@@ -401,7 +398,7 @@ class _Channels:
         self._route_stderr()
 
     def _commands(self, source: Any, data: bytes) -> None:
-        for command in data:
+        for command in data:  # ``w`` only wakes the loop: select() returned already
             if command in b"un":
                 self._waiting[source] = command == ord("u")
                 self._on_urgent(any(self._waiting.values()))

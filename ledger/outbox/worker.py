@@ -761,7 +761,7 @@ def serve(worker: Worker, lock: WorkerLock, waker: Waker, *, keep: float = 0.0) 
             if waker.alone and keep and not result.moved and now - still_since > keep:
                 return  # resident, and nobody came: the next run starts another
             if result.waiting_on:
-                waker.wait(backoff)
+                _back_off(worker, waker, backoff)
                 backoff = min(backoff * 2, 15.0)
             elif not result.moved:
                 backoff = 0.25
@@ -774,6 +774,16 @@ def serve(worker: Worker, lock: WorkerLock, waker: Waker, *, keep: float = 0.0) 
                 idle_since = now
     finally:
         lock.release()
+
+
+def _back_off(worker: Worker, waker: Waker, seconds: float) -> None:
+    """Wait out a retry delay. Appends wake the worker but do not shorten it;
+    a stop does, and so does any wake while someone waits for the records."""
+    until = time.monotonic() + seconds
+    while (left := until - time.monotonic()) > 0 and not waker.stopping:
+        waker.wait(left)
+        if worker.urgent:
+            return
 
 
 class WorkerThread:

@@ -6,6 +6,7 @@ between steps; the background thread is what the hook uses.
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from ledger.hashing.merkle import checkpoint_root
 from ledger.manifest import build_manifest
 from ledger.outbox import Outbox
 from ledger.outbox.journal import Journal
-from ledger.outbox.worker import Worker, _leaf
+from ledger.outbox.worker import Worker, WorkerLock, WorkerThread, _back_off, _leaf
 from ledger.store import LocalStore
 from ledger.verify import Outcome, Verifier
 from tests.conftest import Chain, free_port
@@ -265,3 +266,26 @@ def test_a_finalize_waits_while_an_earlier_checkpoint_is_unstored(
     entry = outbox.journal.entry(final_id)
     assert entry.state == "confirmed" and entry.record is not None
     assert entry.record["checkpoint_count"] == 1
+
+
+def test_appends_do_not_cut_a_retry_delay_short(tmp_path: Path) -> None:
+    """While the chain or store is away, each append wakes the worker; the retry
+    delay still holds (no pass per checkpoint against a dead node), and ends
+    early only for a stop or someone waiting."""
+    journal = Journal(tmp_path / "outbox.sqlite")
+    settings = Settings(data_dir=tmp_path, rpc_url="http://127.0.0.1:1")
+    w = Worker(journal, settings, say=lambda _line: None)
+    waker = WorkerThread(w, WorkerLock(journal.path))
+    done = threading.Event()
+
+    def delay() -> None:
+        _back_off(w, waker, 60.0)
+        done.set()
+
+    threading.Thread(target=delay, daemon=True).start()
+    for _ in range(20):
+        waker.wake()  # as twenty appends do
+        time.sleep(0.005)
+    assert not done.wait(0.2)  # still waiting out the delay
+    waker.set_urgent(True)  # a run's end waits for its records: look again now
+    assert done.wait(10)
