@@ -423,9 +423,10 @@ class Worker:
         while batch:
             items = [_chain_item(e) for e in batch]
             try:
-                prepared = registry.prepare(
-                    registry.batch_call(kind, items), nonce=self._next_nonce(registry)
-                )
+                # no nonce given: the pending one is asked each time, with the gas estimate
+                # and fees (one request); a rolled-back or reset chain rolls nonces back
+                # too, and this worker is the data directory's only sender
+                prepared = registry.prepare(registry.batch_call(kind, items))
             except TransactionRevertedError as exc:
                 batch = self._refused(registry, kind, batch, exc, result)
                 continue
@@ -519,12 +520,6 @@ class Worker:
         return None
 
     # -- transactions -----------------------------------------------------------------
-
-    @staticmethod
-    def _next_nonce(registry: Registry) -> int:
-        # asked each time (one cheap call): a rolled-back or reset chain rolls nonces
-        # back too, and this worker is the data directory's only sender
-        return registry.pending_nonce()
 
     def _wait(self, registry: Registry, tx_hash: str) -> Any:
         deadline = time.monotonic() + self.receipt_wait
