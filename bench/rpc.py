@@ -19,7 +19,7 @@ start of preparation to the receipt, the CPU time per transaction of Anvil and
 of this process, and how often the receipt was there at a look straight after
 the broadcast. Ends with one JSON line of the figures.
 
-Run: ``PYTHONPATH=. .venv/bin/python bench/rpc.py --txs 200``
+Run: ``make bench-rpc`` (or ``PYTHONPATH=. .venv/bin/python bench/rpc.py --txs 200``)
 """
 
 from __future__ import annotations
