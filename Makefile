@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 NODE_STAMP := node_modules/.package-lock.json
 
-.PHONY: setup demo test lint typecheck unit contracts clean bench-verify bench-outbox bench-overhead ipfs-node browser bench-api bytecode
+.PHONY: setup demo test lint typecheck unit contracts clean bench-verify bench-outbox bench-rpc bench-overhead ipfs-node browser bench-api bytecode
 
 setup: $(STAMP) $(NODE_STAMP)
 
@@ -63,6 +63,10 @@ bench-verify: setup $(PEERS_STAMP) bytecode
 ## bench-outbox: what a checkpoint costs the training loop, and checkpoints confirmed per second
 bench-outbox: setup bytecode
 	PYTHONPATH=. $(PY) bench/outbox.py $(BENCH_ARGS)
+
+## bench-rpc: JSON-RPC requests and wall time of one outbox transaction, before and after batching
+bench-rpc: setup bytecode
+	PYTHONPATH=. $(PY) bench/rpc.py $(BENCH_ARGS)
 
 ## bench-overhead: training wall time with the ledger hook and with MLflow, each over plain training
 # MLflow lives in its own virtualenv (with the same torch wheel), never in the project's.

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import threading
 import urllib.parse
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from ledger.chain import _abi
@@ -42,12 +42,41 @@ from ledger.hashing.merkle import CheckpointLeaf
 TIMEOUT = 10.0
 
 
+class BatchAnswers:
+    """The answers to :meth:`JsonRpc.batch`, in call order.
+
+    ``answers[i]`` is the result of call ``i``, or raises the
+    :class:`~ledger.errors.RpcError` the node answered it with (iterating
+    raises at the first such call).
+    """
+
+    def __init__(self, answers: list[tuple[Any, RpcError | None]]) -> None:
+        self._answers = answers
+
+    def __len__(self) -> int:
+        return len(self._answers)
+
+    def __iter__(self) -> Iterator[Any]:
+        return (self[n] for n in range(len(self)))
+
+    def __getitem__(self, index: int) -> Any:
+        result, error = self._answers[index]
+        if error is not None:
+            raise error.with_traceback(None)
+        return result
+
+    def error(self, index: int) -> RpcError | None:
+        """The error call ``index`` was answered with, or None if it succeeded."""
+        return self._answers[index][1]
+
+
 class JsonRpc:
     """Blocking JSON-RPC over HTTP(S), on one kept-alive connection.
 
     ``ledger verify`` makes about ten calls; opening a connection for each
-    (as ``urllib`` does) costs more than the calls themselves. The HTTP is
-    :mod:`ledger.chain._http`'s (``http.client`` only for ``https://``).
+    (as ``urllib`` does) costs more than the calls themselves. Calls that do
+    not depend on each other can share one request (:meth:`batch`). The HTTP
+    is :mod:`ledger.chain._http`'s (``http.client`` only for ``https://``).
     """
 
     def __init__(self, url: str, timeout: float = TIMEOUT) -> None:
@@ -66,27 +95,69 @@ class JsonRpc:
     def __call__(self, method: str, *params: object) -> Any:
         with self._lock:
             self._id += 1
-            body = json.dumps(
-                {"jsonrpc": "2.0", "id": self._id, "method": method, "params": params}
-            ).encode()
-            try:
-                answer = json.loads(self._post(body))
-            except (OSError, ValueError) as exc:  # JSONDecodeError is a ValueError
-                self._close()
-                raise ChainUnavailableError(
-                    f"no chain answers at {self.url} ({method}: {exc})",
-                    hint="start one with `ledger chain up`, or set LEDGER_RPC_URL",
-                ) from exc
+            request = {"jsonrpc": "2.0", "id": self._id, "method": method, "params": params}
+            answer = self._exchange(request, method)
         if not isinstance(answer, dict):
             raise ChainError(f"{method} at {self.url}: the answer is not a JSON-RPC response")
         if "error" in answer:
-            error = answer["error"] if isinstance(answer["error"], dict) else {}
-            raise RpcError(
-                f"{method} failed at {self.url}: {error.get('message', answer['error'])}",
-                code=error.get("code"),
-                data=error.get("data"),
-            )
+            raise self._error(method, answer["error"])
         return answer.get("result")
+
+    def batch(self, calls: Sequence[tuple[str, Sequence[object]]]) -> BatchAnswers:
+        """Several calls in one request (a JSON-RPC 2.0 batch): one round trip.
+
+        ``calls`` are ``(method, params)`` pairs; the answers come back in call
+        order, matched by id (a node may answer a batch in any order). A call
+        the node refused is an :class:`~ledger.errors.RpcError` raised when its
+        answer is read, the one :meth:`__call__` would raise; the others stay
+        readable. A transport failure raises :class:`ChainUnavailableError` for
+        the whole batch, as a single call does.
+        """
+        if not calls:
+            return BatchAnswers([])
+        methods = ", ".join(dict.fromkeys(method for method, _ in calls))
+        with self._lock:
+            first = self._id + 1
+            self._id += len(calls)
+            request = [
+                {"jsonrpc": "2.0", "id": first + n, "method": method, "params": list(params)}
+                for n, (method, params) in enumerate(calls)
+            ]
+            answer = self._exchange(request, methods)
+        if isinstance(answer, dict) and "error" in answer:  # the batch itself was refused
+            raise self._error(methods, answer["error"])
+        if not isinstance(answer, list):
+            raise ChainError(f"{methods} at {self.url}: the answer is not a JSON-RPC batch")
+        by_id = {item.get("id"): item for item in answer if isinstance(item, dict)}
+        answers: list[tuple[Any, RpcError | None]] = []
+        for n, (method, _) in enumerate(calls):
+            item = by_id.get(first + n)
+            if item is None:
+                raise ChainError(f"{method} at {self.url}: no answer to it in the batch")
+            if "error" in item:
+                answers.append((None, self._error(method, item["error"])))
+            else:
+                answers.append((item.get("result"), None))
+        return BatchAnswers(answers)
+
+    def _exchange(self, request: object, what: str) -> Any:
+        """Post ``request`` and parse the answer; the caller holds the lock."""
+        try:
+            return json.loads(self._post(json.dumps(request).encode()))
+        except (OSError, ValueError) as exc:  # JSONDecodeError is a ValueError
+            self._close()
+            raise ChainUnavailableError(
+                f"no chain answers at {self.url} ({what}: {exc})",
+                hint="start one with `ledger chain up`, or set LEDGER_RPC_URL",
+            ) from exc
+
+    def _error(self, method: str, error: object) -> RpcError:
+        fields = error if isinstance(error, dict) else {}
+        return RpcError(
+            f"{method} failed at {self.url}: {fields.get('message', error)}",
+            code=fields.get("code"),
+            data=fields.get("data"),
+        )
 
     def _post(self, body: bytes) -> bytes:
         for attempt in (1, 2):  # a kept-alive connection the server closed: reopen once

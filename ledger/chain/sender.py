@@ -12,6 +12,7 @@ more:
   ``coincurve`` (low-s, recoverable signatures);
 - gas estimated first, so a refusal surfaces before anything is signed, as a
   :class:`~ledger.errors.TransactionRevertedError` naming the contract's error;
+  the estimate, fees and nonce come in one batch request (one round trip);
 - raw broadcast, receipts, nonces and block hashes for the journal.
 
 A test signs the same transactions with eth_account and compares the bytes.
@@ -154,15 +155,29 @@ class RegistrySender(RegistryReader):
 
     # -- sign, broadcast, confirm -----------------------------------------------------
 
-    def prepare(self, data: bytes, *, nonce: int) -> PreparedTx:
-        """Estimate gas (a refusal raises here, naming the contract's error) and sign."""
+    def prepare(self, data: bytes, *, nonce: int | None = None) -> PreparedTx:
+        """Estimate gas (a refusal raises here, naming the contract's error) and sign.
+
+        The estimate, the priority fee, the latest block's base fee and, without
+        ``nonce``, the sender's pending nonce are asked in one batch request.
+        """
         call = {"from": self.signer.address, "to": self.address, "data": "0x" + data.hex()}
-        try:
-            gas = int(self.rpc("eth_estimateGas", call), 16)
-        except RpcError as exc:
-            raise self._revert_error(exc) from exc
-        priority = int(self.rpc("eth_maxPriorityFeePerGas"), 16)
-        block = self.rpc("eth_getBlockByNumber", "latest", False) or {}
+        calls: list[tuple[str, Sequence[object]]] = [
+            ("eth_estimateGas", [call]),
+            ("eth_maxPriorityFeePerGas", []),
+            ("eth_getBlockByNumber", ["latest", False]),
+        ]
+        if nonce is None:
+            calls.append(("eth_getTransactionCount", [self.signer.address, "pending"]))
+        answers = self.rpc.batch(calls)
+        refusal = answers.error(0)
+        if refusal is not None:
+            raise self._revert_error(refusal) from refusal
+        gas = int(answers[0], 16)
+        priority = int(answers[1], 16)
+        block = answers[2] or {}
+        if nonce is None:
+            nonce = int(answers[3], 16)
         base = int(block.get("baseFeePerGas", "0x0"), 16)
         fields = {
             "gas": int(gas * GAS_MARGIN) + 10_000,

@@ -1,6 +1,6 @@
-"""What the indexer reads from the chain: batched JSON-RPC and registry logs decoded
-without web3 (per-log web3 decoding is far slower than the 5,000 events/s the
-indexer aims for).
+"""What the indexer reads from the chain: registry logs decoded without web3
+(per-log web3 decoding is far slower than the 5,000 events/s the indexer aims
+for). Block headers come in JSON-RPC batches (:meth:`~ledger.chain.reader.JsonRpc.batch`).
 
 Decoded events are plain JSON values (bytes as ``0x`` hex, relations by name),
 so they can be stored as they are and replayed after a reorg.
@@ -9,54 +9,16 @@ so they can be stored as they are and replayed after a reorg.
 from __future__ import annotations
 
 import functools
-import json
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from ledger.chain import _abi
 from ledger.chain.compiler import load_artifact
-from ledger.chain.reader import JsonRpc
 from ledger.chain.records import Relation, checksum_address
-from ledger.errors import ChainError, ChainUnavailableError
+from ledger.errors import ChainError
 
 EVENT_NAMES = ("RunStarted", "CheckpointCommitted", "RunFinalized", "RunFailed", "RunRevoked")
-
-
-class BatchRpc(JsonRpc):
-    """:class:`JsonRpc` plus JSON-RPC batches (one HTTP round trip for many calls)."""
-
-    def batch(self, calls: Sequence[tuple[str, Sequence[object]]]) -> list[Any]:
-        if not calls:
-            return []
-        body = [
-            {"jsonrpc": "2.0", "id": i, "method": method, "params": list(params)}
-            for i, (method, params) in enumerate(calls)
-        ]
-        request = urllib.request.Request(
-            self.url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                answers = json.loads(response.read())
-        except (urllib.error.URLError, OSError, json.JSONDecodeError, ValueError) as exc:
-            raise ChainUnavailableError(
-                f"no chain answers at {self.url} (batch of {len(calls)}: {exc})",
-                hint="start one with `ledger chain up`, or set LEDGER_RPC_URL",
-            ) from exc
-        if not isinstance(answers, list):
-            raise ChainError(f"{self.url} answered a batch with {type(answers).__name__}")
-        by_id = {a.get("id"): a for a in answers if isinstance(a, dict)}
-        results = []
-        for i, (method, _) in enumerate(calls):
-            answer = by_id.get(i)
-            if answer is None or "error" in answer:
-                detail = answer.get("error") if answer else "no answer"
-                raise ChainError(f"{method} failed at {self.url}: {detail}")
-            results.append(answer.get("result"))
-        return results
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,7 @@ from sqlalchemy import Table, bindparam, delete, func, insert, select, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from ledger.chain.reader import JsonRpc
 from ledger.chain.records import checksum_address
 from ledger.errors import (
     ArtifactNotFoundError,
@@ -48,7 +49,7 @@ from ledger.errors import (
     StoreError,
     StoreUnavailableError,
 )
-from ledger.index._chain import BatchRpc, Log, LogDecoder
+from ledger.index._chain import Log, LogDecoder
 from ledger.index.models import Block, Event, IndexState, Meta, Metric, Parent, Run, Weights
 from ledger.manifest import MANIFEST_SCHEMA
 from ledger.store import ArtifactStore, LocalStore, find_by_digest
@@ -107,7 +108,7 @@ class Indexer:
     def __init__(
         self,
         engine: Engine,
-        rpc: BatchRpc,
+        rpc: JsonRpc,
         address: str,
         store: ArtifactStore,
         *,

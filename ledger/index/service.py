@@ -7,11 +7,11 @@ import threading
 
 from sqlalchemy.engine import Engine
 
+from ledger.chain.reader import JsonRpc
 from ledger.chain.records import checksum_address
 from ledger.config import Settings
 from ledger.errors import ConfigError
 from ledger.index import artifact_store, confirmations_for
-from ledger.index._chain import BatchRpc
 from ledger.index.indexer import Indexer
 
 
@@ -30,7 +30,7 @@ def build_indexer(
         raise ConfigError(
             f"registry address {settings.registry_address!r} is not an address"
         ) from exc
-    rpc = BatchRpc(settings.rpc_url)
+    rpc = JsonRpc(settings.rpc_url)
     chain_id = settings.chain_id if settings.chain_id is not None else int(rpc("eth_chainId"), 16)
     return Indexer(
         engine,

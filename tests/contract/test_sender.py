@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 from eth_account import Account
 
+from ledger.chain.reader import JsonRpc
 from ledger.chain.records import Relation, run_id_for
 from ledger.chain.sender import Receipt, RegistrySender, Signer, address_of, rlp_encode
 from ledger.config import ANVIL_DEV_KEY, Secret
-from ledger.errors import ConfigError, NonceTooLowError, TransactionRevertedError
+from ledger.errors import ConfigError, NonceTooLowError, RpcError, TransactionRevertedError
 from ledger.hashing.merkle import CheckpointLeaf
 from tests.conftest import OTHER_KEYS, Chain
 
@@ -23,6 +24,16 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def sender(chain: Chain, tmp_path: Path, key: str = ANVIL_DEV_KEY) -> RegistrySender:
     return RegistrySender.connect(chain.settings(tmp_path / "ledger"), Secret(key))
+
+
+class CountingRpc(JsonRpc):
+    """The real client, counting the HTTP requests it makes."""
+
+    requests = 0
+
+    def _post(self, body: bytes) -> bytes:
+        self.requests += 1
+        return super()._post(body)
 
 
 def mined(client: RegistrySender, tx_hash: str) -> Receipt:
@@ -98,6 +109,58 @@ def test_batches_land_and_refusals_name_the_contract_error(chain: Chain, tmp_pat
     with pytest.raises(NonceTooLowError):
         client.broadcast(client.prepare(client.batch_call("fail", [(run_id, "x")]), nonce=0).raw)
     assert client.mined_nonce(client.signer.address) == client.pending_nonce()
+
+
+def test_a_batch_on_anvil_answers_each_call_or_its_error(chain: Chain, tmp_path: Path) -> None:
+    client = sender(chain, tmp_path)
+    digest = bytes([7]) * 32
+    data = client.batch_call("start", [(digest, [])])
+    send(client, data)
+    again = {"from": client.signer.address, "to": client.address, "data": "0x" + data.hex()}
+    answers = client.rpc.batch(
+        [
+            ("eth_chainId", []),
+            ("eth_estimateGas", [again]),  # refused: RegistryRunExists(run id)
+            ("eth_getTransactionCount", [client.signer.address, "pending"]),
+            ("eth_noSuchMethod", []),
+            ("eth_getBlockByNumber", ["latest", False]),
+        ]
+    )
+    assert int(answers[0], 16) == 31337
+    assert int(answers[2], 16) == client.pending_nonce()
+    assert answers[4]["hash"] == client.block_hash(int(answers[4]["number"], 16))
+    with pytest.raises(RpcError) as single:
+        client.rpc("eth_estimateGas", again)
+    with pytest.raises(RpcError) as batched:
+        answers[1]
+    run_id = run_id_for(client.signer.address, digest)
+    assert isinstance(batched.value.data, str) and batched.value.data.endswith(run_id.hex())
+    assert (batched.value.code, batched.value.data) == (single.value.code, single.value.data)
+    assert str(batched.value) == str(single.value)
+    unknown = answers.error(3)
+    assert unknown is not None and unknown.code == -32601
+
+
+def test_prepare_asks_nonce_gas_and_fees_in_one_request(chain: Chain, tmp_path: Path) -> None:
+    connected = sender(chain, tmp_path)
+    rpc = CountingRpc(chain.rpc_url)
+    client = RegistrySender(rpc, connected.address, connected.signer, connected.chain_id)
+    first = client.batch_call("start", [(bytes([5]) * 32, [])])
+    nonce = client.pending_nonce()
+    rpc.requests = 0
+    prepared = client.prepare(first)
+    assert rpc.requests == 1 and prepared.nonce == nonce
+    client.broadcast(prepared.raw)
+    assert mined(client, prepared.tx_hash).ok
+    other = client.batch_call("start", [(bytes([6]) * 32, [])])
+    assert client.prepare(other).nonce == nonce + 1  # asked again: the pending nonce moved on
+    rpc.requests = 0
+    assert client.prepare(other, nonce=41).nonce == 41  # a nonce given is used as it is
+    assert rpc.requests == 1
+    rpc.requests = 0
+    with pytest.raises(TransactionRevertedError) as refused:  # the same start again
+        client.prepare(first)
+    assert rpc.requests == 1 and refused.value.error_name == "RegistryRunExists"
 
 
 def test_a_parent_relation_goes_through(chain: Chain, tmp_path: Path) -> None:
