@@ -85,7 +85,7 @@ def train(
             loss = nn.functional.mse_loss(model(x[idx]), y[idx])
             loss.backward()
             optimiser.step()
-            total += float(loss) * len(idx)
+            total += loss.item() * len(idx)
         if on_epoch is not None:
             on_epoch(epoch, model, {"train_loss": total / len(x)})  # type: ignore[operator]
 
