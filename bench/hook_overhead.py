@@ -84,6 +84,13 @@ beside the two-thread training loop delayed it by one); ``ledger_ratio_accounted
 is 1 + that over plain's median time: an estimate, free of wall-time noise, to
 set beside the measured ``ledger_delta_ms_paired`` and ``ledger_ratio_paired``.
 
+``all_cpu_seconds`` is the CPU time of each variant's own process over its
+timed span (all its threads; ``time.process_time``), and
+``*_cpu_ratio_paired`` (with ``_ci95``) the median of its paired ratios: the
+training process's own work, without the waits and without the worker's and
+Anvil's CPU (those are above). It varies less than wall time, though a busy
+machine raises it too (the training threads spin while they wait for each other).
+
 **Sizes.** ``--samples`` takes a comma list of data set sizes (default
 ``DEFAULT_SAMPLES``, 8,192); every size is a bench of its own (its own data
 directory, so its own first run starts a worker) on one Anvil. 8,192 samples
@@ -235,16 +242,21 @@ def variant(name: str, epochs: int, out: Path, samples: int, anvil_pid: int | No
         def save(epoch: int, model: torch.nn.Module, metrics: dict[str, float]) -> None:
             timed(lambda: torch.save(model.state_dict(), out / f"step-{epoch:06d}.pt"))
 
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         run_train(epochs, save)
-        seconds = time.perf_counter() - t0
-        return {"seconds": seconds, "save_ms": 1e3 * sum(saves), "saves": len(saves)}
+        seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+        return {
+            "seconds": seconds,
+            "cpu_seconds": cpu,
+            "save_ms": 1e3 * sum(saves),
+            "saves": len(saves),
+        }
     if name == "mlflow":
         os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"  # the issue asks for the file store
         import mlflow
 
         mlflow.set_tracking_uri((out / "mlruns").as_uri())
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         with mlflow.start_run():
             mlflow.log_params({"epochs": epochs, "lr": 1e-3})
 
@@ -255,8 +267,13 @@ def variant(name: str, epochs: int, out: Path, samples: int, anvil_pid: int | No
                 mlflow.log_artifact(str(path))
 
             run_train(epochs, log)
-        seconds = time.perf_counter() - t0
-        return {"seconds": seconds, "save_ms": 1e3 * sum(saves), "saves": len(saves)}
+        seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+        return {
+            "seconds": seconds,
+            "cpu_seconds": cpu,
+            "save_ms": 1e3 * sum(saves),
+            "saves": len(saves),
+        }
     if name == "ledger":
         from training.hook import LedgerRun, save_weights
 
@@ -266,7 +283,7 @@ def variant(name: str, epochs: int, out: Path, samples: int, anvil_pid: int | No
         model_out = out / "model.pt"
         spans: dict[str, float] = {"start": 0.0, "epoch_end": 0.0, "finish": 0.0}
         holder: dict[str, Any] = {}
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
 
         def start(model: torch.nn.Module) -> None:
             t = time.perf_counter()
@@ -290,7 +307,7 @@ def variant(name: str, epochs: int, out: Path, samples: int, anvil_pid: int | No
         run.finish()
         spans["finish"] = time.perf_counter() - t
         after = [cpu_ticks(p) if p else None for p in (worker, anvil_pid)]
-        seconds = time.perf_counter() - t0
+        seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
         final = run.final
         if final is None or final.state != "confirmed":
             raise SystemExit(f"the final record is not confirmed: {final}")
@@ -300,6 +317,7 @@ def variant(name: str, epochs: int, out: Path, samples: int, anvil_pid: int | No
         ]
         return {
             "seconds": seconds,
+            "cpu_seconds": cpu,
             "save_ms": 1e3 * sum(saves[:-1]),  # the checkpoints' writes (epoch_end)
             "saves": len(saves) - 1,
             "finish_save_ms": 1e3 * saves[-1],  # the final model file (finish)
@@ -405,6 +423,7 @@ def figures_of(
         "load_average": load,
         "seconds": med,
         "all_seconds": times,
+        "all_cpu_seconds": {k: [r["cpu_seconds"] for r in v] for k, v in runs.items()},
         "first_run_ratio": times["ledger"][0] / times["plain"][0],
         "goal": GOAL,
     }
@@ -420,6 +439,11 @@ def figures_of(
         figures[f"{name}_ratios"] = ratios
         figures[f"{name}_delta_ms_paired"] = statistics.median(deltas)
         figures[f"{name}_delta_ms_paired_ci95"] = median_ci(deltas)
+        cpu_ratios = [
+            a["cpu_seconds"] / b["cpu_seconds"] for a, b in zip(runs[name], runs[base], strict=True)
+        ]
+        figures[f"{name}_cpu_ratio_paired"] = statistics.median(cpu_ratios)
+        figures[f"{name}_cpu_ratio_paired_ci95"] = median_ci(cpu_ratios)
 
     ledger = runs["ledger"]
     hook: dict[str, list[float]] = {
@@ -508,6 +532,11 @@ def report(figures: dict[str, Any], args: argparse.Namespace) -> None:
         f"{ci_text(figures['ledger_delta_ms_paired_ci95'], 0)} ms"
     )
     print(
+        "training process CPU, ledger / plain (median of pairs): "
+        f"{figures['ledger_cpu_ratio_paired']:.3f} "
+        f"{ci_text(figures['ledger_cpu_ratio_paired_ci95'])}"
+    )
+    print(
         f"first ledger run (starts the worker) / first plain run: {figures['first_run_ratio']:.3f}"
     )
     if "mlflow" in med:
@@ -521,6 +550,11 @@ def report(figures: dict[str, Any], args: argparse.Namespace) -> None:
             f"{ci_text(figures['mlflow_ratio_paired_ci95'])}; paired difference "
             f"{figures['mlflow_delta_ms_paired']:.0f} ms, 95 % CI "
             f"{ci_text(figures['mlflow_delta_ms_paired_ci95'], 0)} ms"
+        )
+        print(
+            "training process CPU, mlflow / plain (median of pairs): "
+            f"{figures['mlflow_cpu_ratio_paired']:.3f} "
+            f"{ci_text(figures['mlflow_cpu_ratio_paired_ci95'])}"
         )
     else:
         print("mlflow: not measured (run `make bench-overhead` to build bench/.mlflow)")
@@ -557,8 +591,9 @@ def report(figures: dict[str, Any], args: argparse.Namespace) -> None:
 def summary(results: list[dict[str, Any]]) -> None:
     print("\nsummary (ratios: median of paired ratios [95 % CI]; the rest: ms per run)")
     print(
-        f"{'samples':>8} {'plain s':>7} {'ledger/plain':>22} {'mlflow/plain':>22} {'delta':>6} "
-        f"{'in-hook':>7} {'writes':>6} {'plain':>6} {'worker':>6} {'anvil':>6} {'acc.':>6}"
+        f"{'samples':>8} {'plain s':>7} {'ledger/plain':>22} {'mlflow/plain':>22} {'cpu':>5} "
+        f"{'delta':>6} {'acc.':>5} {'in-hook':>7} {'writes':>6} {'plain':>5} {'worker':>6} "
+        f"{'anvil':>5}"
     )
     for f in results:
         ledger = f"{f['ledger_ratio_paired']:.3f} {ci_text(f['ledger_ratio_paired_ci95'])}"
@@ -570,16 +605,18 @@ def summary(results: list[dict[str, Any]]) -> None:
         hook, cpu = f["hook_median"], f["cpu"]
         print(
             f"{f['samples']:>8} {f['seconds']['plain']:>7.2f} {ledger:>22} {mlflow:>22} "
-            f"{f['ledger_delta_ms_paired']:>6.0f} {hook['in_process_ms']:>7.1f} "
+            f"{f['ledger_cpu_ratio_paired']:>5.3f} {f['ledger_delta_ms_paired']:>6.0f} "
+            f"{f['ledger_accounted_ms']:>5.0f} {hook['in_process_ms']:>7.1f} "
             f"{hook['checkpoint_save_ms'] + hook['finish_save_ms']:>6.1f} "
-            f"{hook['plain_save_ms']:>6.1f} {1e3 * cpu['worker_s']['ledger_resident']:>6.0f} "
-            f"{1e3 * cpu['anvil_s']['ledger_resident']:>6.0f} {f['ledger_accounted_ms']:>6.0f}"
+            f"{hook['plain_save_ms']:>5.1f} {1e3 * cpu['worker_s']['ledger_resident']:>6.0f} "
+            f"{1e3 * cpu['anvil_s']['ledger_resident']:>5.0f}"
         )
     print(
-        "delta: ledger - plain, median of the pairs; in-hook: start + epoch_end + finish less "
-        "the writes (medians); writes: the ledger run's weights files, plain: the plain "
-        "run's torch.save; worker, anvil: CPU per ledger run after the first; acc.: "
-        "in-hook + writes - plain + worker and Anvil CPU outside finish"
+        "cpu: the training process's CPU, ledger / plain (median of pairs); delta: ledger - "
+        "plain wall time (median of pairs); acc.: the sum of the parts (in-hook + writes - "
+        "plain + worker and Anvil CPU outside finish); in-hook: start + epoch_end + finish "
+        "less the writes (medians); writes: the ledger run's weights files; plain: the plain "
+        "run's torch.save; worker, anvil: CPU per ledger run after the first"
     )
 
 
