@@ -65,6 +65,10 @@ noise (``hook`` in the JSON: one value per ledger run; printed as medians):
 - ``in_process_ms``: start + checkpoint overhead + finish, less the final
   write: the time the training process spends in the hook beyond writing files.
 
+``hook_median`` holds their medians over the ledger runs, ``checkpoints`` how
+many checkpoints a run takes, ``worker_pids`` the worker processes seen (one
+unless the worker ended between runs).
+
 And the CPU used beside training (``cpu`` in the JSON), read from
 ``/proc/<pid>/stat`` (utime + stime) of the outbox worker (found by its command
 line, ``ledger.outbox.process``, and its ``LEDGER_HOME``) and of Anvil, before
@@ -88,15 +92,16 @@ set beside the measured ``ledger_delta_ms_paired`` and ``ledger_ratio_paired``.
 timed span (all its threads; ``time.process_time``), and
 ``*_cpu_ratio_paired`` (with ``_ci95``) the median of its paired ratios: the
 training process's own work, without the waits and without the worker's and
-Anvil's CPU (those are above). It varies less than wall time, though a busy
-machine raises it too (the training threads spin while they wait for each other).
+Anvil's CPU (those are above). It is no steadier than wall time: the training
+threads spin while they wait for each other, so a slow run also burns more CPU.
 
 **Sizes.** ``--samples`` takes a comma list of data set sizes (default
 ``DEFAULT_SAMPLES``, 8,192); every size is a bench of its own (its own data
 directory, so its own first run starts a worker) on one Anvil. 8,192 samples
 give about 0.15 s per epoch on 2 cores (a checkpoint every 0.15 s); 32,768
 about 0.4 s. The fixed cost of a run (its start and its end) and the few
-milliseconds per checkpoint weigh less as epochs grow.
+milliseconds per checkpoint weigh less as epochs grow. ``--repeats`` must be 2
+or more.
 
 **Output.** Per size: every run's time, the ratios and intervals, and where the
 time goes; then a summary table of all sizes; then, as the last line, one JSON
