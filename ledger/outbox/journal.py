@@ -412,6 +412,15 @@ class Journal:
 
     # -- reports --------------------------------------------------------------
 
+    def stored_by_kind(self) -> dict[str, tuple[int, float]]:
+        """Per kind, how many entries are ``stored`` and when the oldest was
+        appended: one aggregate, no entry read (the worker asks it every pass)."""
+        rows = self._db().execute(
+            "SELECT kind, COUNT(*), MIN(created_at) FROM entries WHERE state = 'stored'"
+            " GROUP BY kind"
+        )
+        return {str(kind): (int(count), float(oldest)) for kind, count, oldest in rows}
+
     def counts(self, run_id: str | None = None) -> dict[str, int]:
         """Entries per state (every state present, zero or not)."""
         sql = "SELECT state, COUNT(*) FROM entries"

@@ -372,6 +372,8 @@ class Worker:
     # -- 4. send ----------------------------------------------------------------------
 
     def _send_ready(self, registry: Registry, result: PassResult) -> None:
+        if self._only_lingering():
+            return
         lingering: set[str] = set()
         while True:
             ready = [e for e in self._own(self._ready(), registry) if e.kind not in lingering]
@@ -398,6 +400,16 @@ class Worker:
         committers = self.journal.run_committers({e.run_id for e in ready})
         mine = registry.signer.address.lower()
         return [e for e in ready if committers.get(e.run_id, mine).lower() == mine]
+
+    def _only_lingering(self) -> bool:
+        """Whether all there is to send is checkpoints still waiting for others to
+        share their transaction: a pass beside training (one per checkpoint) then
+        reads no entry."""
+        stored = self.journal.stored_by_kind()
+        if self.urgent or set(stored) - {"checkpoint"}:
+            return False
+        count, oldest = stored.get("checkpoint", (0, 0.0))
+        return count < BATCH_LIMIT and (count == 0 or time.time() - oldest < self.linger)
 
     def _lingers(self, batch: list[Entry]) -> bool:
         """Whether a checkpoint batch should wait for more (fewer transactions, less
