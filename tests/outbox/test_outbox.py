@@ -289,3 +289,33 @@ def test_appends_do_not_cut_a_retry_delay_short(tmp_path: Path) -> None:
     assert not done.wait(0.2)  # still waiting out the delay
     waker.set_urgent(True)  # a run's end waits for its records: look again now
     assert done.wait(10)
+
+
+def test_the_wal_is_copied_back_once_per_growth_not_on_every_pass(tmp_path: Path) -> None:
+    """A checkpoint leaves the WAL file its size (the next write starts it over):
+    it is checkpointed again only once it grew past that, not on every pass."""
+    journal = Journal(tmp_path / "outbox.sqlite")
+    journal.WAL_LIMIT = 32 << 10
+    checkpoints: list[str] = []
+    journal._db().set_trace_callback(
+        lambda sql: checkpoints.append(sql) if "wal_checkpoint" in sql else None
+    )
+    wal = tmp_path / "outbox.sqlite-wal"
+
+    def grow(entries: int) -> None:
+        for _ in range(entries):
+            journal.append("0x" + "11" * 32, "fail", {"reason": "x" * 500})
+
+    grow(200)
+    assert wal.stat().st_size > journal.WAL_LIMIT
+    journal.checkpoint_wal()
+    journal.checkpoint_wal()
+    assert len(checkpoints) == 1
+    size = wal.stat().st_size
+    grow(10)  # written from the WAL's first page again: the file keeps its size
+    journal.checkpoint_wal()
+    assert wal.stat().st_size == size and len(checkpoints) == 1
+    while wal.stat().st_size <= size:
+        grow(50)
+    journal.checkpoint_wal()
+    assert len(checkpoints) == 2
