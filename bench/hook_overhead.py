@@ -244,13 +244,8 @@ def variant(name: str, epochs: int, out: Path, samples: int, anvil_pid: int | No
         write()
         saves.append(time.perf_counter() - t)
 
-    if name.startswith("plain"):
-
-        def save(epoch: int, model: torch.nn.Module, metrics: dict[str, float]) -> None:
-            timed(lambda: torch.save(model.state_dict(), out / f"step-{epoch:06d}.pt"))
-
-        t0, c0 = time.perf_counter(), time.process_time()
-        run_train(epochs, save)
+    def measured(t0: float, c0: float) -> dict[str, Any]:
+        """The span since (t0, c0), wall and CPU, and the writes in it."""
         seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
         return {
             "seconds": seconds,
@@ -258,6 +253,15 @@ def variant(name: str, epochs: int, out: Path, samples: int, anvil_pid: int | No
             "save_ms": 1e3 * sum(saves),
             "saves": len(saves),
         }
+
+    if name.startswith("plain"):
+
+        def save(epoch: int, model: torch.nn.Module, metrics: dict[str, float]) -> None:
+            timed(lambda: torch.save(model.state_dict(), out / f"step-{epoch:06d}.pt"))
+
+        t0, c0 = time.perf_counter(), time.process_time()
+        run_train(epochs, save)
+        return measured(t0, c0)
     if name == "mlflow":
         os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"  # the issue asks for the file store
         import mlflow
@@ -274,13 +278,7 @@ def variant(name: str, epochs: int, out: Path, samples: int, anvil_pid: int | No
                 mlflow.log_artifact(str(path))
 
             run_train(epochs, log)
-        seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
-        return {
-            "seconds": seconds,
-            "cpu_seconds": cpu,
-            "save_ms": 1e3 * sum(saves),
-            "saves": len(saves),
-        }
+        return measured(t0, c0)
     if name == "ledger":
         from training.hook import LedgerRun, save_weights
 
