@@ -100,7 +100,7 @@ threads spin while they wait for each other, so a slow run also burns more CPU.
 own data directory, so its own first run starts a worker) on one Anvil. 8,192
 samples give about 0.1 s per epoch on 2 cores (a checkpoint every 0.1 s: a
 stress case, where the checkpoint writes alone are 1 % of the run); 32,768
-about 0.3 s. The fixed cost of a run (its start and its end, about 25 ms) and
+about 0.25 s. The fixed cost of a run (its start and its end, about 25 ms) and
 the worker's few milliseconds of CPU per checkpoint weigh less as epochs grow.
 The goal is read at both; the bench prints, per size, whether the interval of
 the paired ratio lies below it. ``--repeats`` must be 2 or more.
