@@ -409,14 +409,18 @@ class Worker:
         if self.urgent or set(stored) - {"checkpoint"}:
             return False
         count, oldest = stored.get("checkpoint", (0, 0.0))
-        return count < BATCH_LIMIT and (count == 0 or time.time() - oldest < self.linger)
+        return count == 0 or self._waits_for_more(count, oldest)
 
     def _lingers(self, batch: list[Entry]) -> bool:
-        """Whether a checkpoint batch should wait for more (fewer transactions, less
-        gas and less CPU beside training): not when full, urgent, or old enough."""
-        if self.urgent or len(batch) >= BATCH_LIMIT:
+        return self._waits_for_more(len(batch), min(e.created_at for e in batch))
+
+    def _waits_for_more(self, count: int, oldest: float) -> bool:
+        """Whether ``count`` checkpoints, the oldest appended at ``oldest``, should
+        wait for more to share their transaction (fewer transactions, less gas and
+        less CPU beside training): not when full, urgent, or old enough."""
+        if self.urgent or count >= BATCH_LIMIT:
             return False
-        return time.time() - min(e.created_at for e in batch) < self.linger
+        return time.time() - oldest < self.linger
 
     def _ready(self) -> list[Entry]:
         """Per run, the stored entries next in line: a start alone, or a run of
