@@ -17,7 +17,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -25,6 +25,9 @@ from ledger._cli_verify import parse_run_id, progress_bar
 from ledger.audit_cli import register as register_audit_commands
 from ledger.cli_store import store_app
 from ledger.errors import InputError, LedgerError, RecordError
+
+if TYPE_CHECKING:
+    from ledger.outbox import Outbox
 
 app = typer.Typer(
     name="ledger",
@@ -296,6 +299,8 @@ def sync(
     result = outbox.sync(timeout, retry_failed=retry_failed)
     counts = outbox.journal.counts()
     still_open = counts["pending"] + counts["stored"] + counts["sent"]
+    # records of runs another key started: only a worker with that key may send them
+    other_keys = _open_for_other_keys(outbox) if still_open else {}
     if as_json:
         _echo_json(
             {
@@ -305,6 +310,7 @@ def sync(
                 "failed": result.failed,
                 "open": still_open,
                 "waiting_on": result.waiting_on,
+                "waiting_for_keys": other_keys,
                 "journal": counts,
             }
         )
@@ -312,6 +318,14 @@ def sync(
         typer.echo(
             f"confirmed {result.confirmed}, recommitted {result.recommitted} "
             f"(lost by the chain), failed {result.failed}, still open {still_open}"
+        )
+    if still_open and other_keys:
+        theirs = ", ".join(f"{n} for {key}" for key, n in sorted(other_keys.items()))
+        raise RecordError(
+            f"{still_open} record(s) are still open, {sum(other_keys.values())} of them of runs "
+            f"another key started, which wait for a worker with that key ({theirs})",
+            hint="run `ledger sync` with that key (LEDGER_PRIVATE_KEY, or LEDGER_KEYSTORE "
+            "and LEDGER_KEYSTORE_PASSWORD)",
         )
     if still_open:
         raise RecordError(
@@ -321,6 +335,19 @@ def sync(
         )
     if result.failed:
         raise RecordError(f"{result.failed} record(s) failed", hint="`ledger status` shows why")
+
+
+def _open_for_other_keys(outbox: Outbox) -> dict[str, int]:
+    """Open records per committer, of runs a key other than this data directory's
+    started (only a worker with that key may send them)."""
+    by_key = outbox.journal.open_by_committer()
+    if not set(by_key) - {""}:
+        return {}
+    try:
+        mine = outbox.committer().lower()
+    except LedgerError:  # no key, or the chain id unknown offline: nothing to compare
+        return {}
+    return {key: n for key, n in by_key.items() if key and key != mine}
 
 
 @app.command()

@@ -430,6 +430,20 @@ class Journal:
         )
         return {str(kind): (int(count), float(oldest)) for kind, count, oldest in rows}
 
+    def open_by_committer(self) -> dict[str, int]:
+        """Open entries (pending, stored, sent) per the committer their run's start
+        names, lower-case (``""`` for runs whose start is not in this journal)."""
+        rows = self._db().execute(
+            "SELECT run_id, COUNT(*) FROM entries WHERE state IN ('pending', 'stored', 'sent')"
+            " GROUP BY run_id"
+        ).fetchall()
+        committers = self.run_committers({str(run_id) for run_id, _ in rows})
+        found: dict[str, int] = {}
+        for run_id, count in rows:
+            key = committers.get(str(run_id), "").lower()
+            found[key] = found.get(key, 0) + int(count)
+        return found
+
     def counts(self, run_id: str | None = None) -> dict[str, int]:
         """Entries per state (every state present, zero or not)."""
         sql = "SELECT state, COUNT(*) FROM entries"

@@ -197,6 +197,14 @@ def test_a_run_does_not_wait_at_exit_for_another_keys_records(
     # and this process's exit did not wait on it (nor say it was left behind)
     assert "not yet on chain" not in err
     assert node.journal.entries(run_id=their_run)[0].state in ("pending", "stored")
+    # `ledger sync` with this data directory's key cannot send it, and names the key it needs
+    theirs_address = Account.from_key(OTHER_KEYS[1]).address.lower()
+    mine = node.cli("sync", check=False)
+    assert mine.returncode != 0
+    assert f"1 for {theirs_address}" in mine.stderr
+    assert "LEDGER_PRIVATE_KEY" in mine.stderr, mine.stderr
+    as_json = node.cli("sync", "--json", check=False)
+    assert json.loads(as_json.stdout)["waiting_for_keys"] == {theirs_address: 1}
     synced = json.loads(node.cli("sync", "--json", LEDGER_PRIVATE_KEY=OTHER_KEYS[1]).stdout)
     assert synced["open"] == 0  # `ledger sync` with that key sends it
     assert_once(node, run_id_of(training), steps=2)
