@@ -1,7 +1,7 @@
 """What recording a run costs training: ledger's hook against MLflow's logging.
 
 A small MLP (64 -> 256 -> 256 -> 1) is trained on a synthetic regression task
-for N epochs with a checkpoint every epoch, in four variants, each in a fresh
+for N epochs with a checkpoint every epoch, in five variants, each in a fresh
 process, over several repeats:
 
 - ``plain``: the training loop alone, writing its checkpoint each epoch with
@@ -9,6 +9,13 @@ process, over several repeats:
 - ``ledger``: the same loop inside ``LedgerRun`` (``epoch_end`` writes the
   weights file, hands it to the outbox; the run's end, ``finish()``, writes the
   final model file and waits for the chain, and is inside the timed span);
+- ``floor``: the plain loop, each checkpoint file (and a final model file)
+  handed to a helper process (nice +10, as the outbox worker; started before
+  the timed span) that reads it, SHA-256s it and keeps a copy durably
+  (fsynced, renamed, its folder fsynced); the run's end waits for the last.
+  No chain, journal, CID or tensor digest: what keeping every checkpoint
+  durably costs training at least, on the same cores, so that ledger's cost
+  can be split into what any such tool pays and what is ledger's own;
 - ``plain-mlflow-env`` and ``mlflow``: the plain loop and the loop with MLflow
   (``mlflow.log_metrics`` per epoch and the checkpoint file logged with
   ``mlflow.log_artifact``, local file store) in MLflow's own virtualenv
@@ -20,10 +27,11 @@ checkpoint every epoch"); the ratios are what tracking adds to that. Each
 variant's time is the wall time of its training loop (after its imports).
 
 **Order and pairing.** Each repeat runs the variants in the order plain,
-ledger, plain-mlflow-env, mlflow, and the next repeat in the reverse order
-(ABBA), so a load that drifts over the bench favours neither side of a pair.
-Each ledger run is paired with the plain run of its repeat, which runs just
-before or just after it; likewise mlflow with plain-mlflow-env.
+ledger, floor, plain-mlflow-env, mlflow, and the next repeat in the reverse
+order (ABBA), so a load that drifts over the bench favours neither side of a
+pair. Each ledger run is paired with the plain run of its repeat, which runs
+just before or just after it; floor with the same plain run; mlflow with
+plain-mlflow-env.
 
 **Ratios** (goal: ledger at most 1.02; MLflow's measured the same way beside it):
 
@@ -105,6 +113,13 @@ the worker's few milliseconds of CPU per checkpoint weigh less as epochs grow.
 The goal is read at both; the bench prints, per size, whether the interval of
 the paired ratio lies below it. ``--repeats`` must be 2 or more.
 
+**Threads.** By default torch trains on one thread per core, so on 2 cores
+every millisecond of CPU the worker and Anvil use is taken from training.
+``--threads 1`` trains every variant on one thread (``torch.set_num_threads``,
+``torch_threads`` in the JSON), leaving a core to them, as on a machine with
+more cores than training threads: what is left is the time spent inside the
+hook. (One thread trains slower; pick ``--samples`` for the epoch length.)
+
 **Output.** Per size: every run's time, the ratios and intervals, and where the
 time goes; then a summary table of all sizes; then, as the last line, one JSON
 object. Its top level holds the first size's figures under the keys of
@@ -137,8 +152,10 @@ GOAL = 1.02
 DEFAULT_SAMPLES = "8192,32768"  # the --samples default: a comma list
 RESAMPLES = 10_000  # bootstrap resamples for the confidence intervals
 SEED = 20_240_601  # the bootstrap's fixed seed: the same figures give the same interval
-ORDER = ["plain", "ledger", "plain-mlflow-env", "mlflow"]  # reversed every other repeat
-PAIRS = {"ledger": "plain", "mlflow": "plain-mlflow-env"}
+ORDER = ["plain", "ledger", "floor", "plain-mlflow-env", "mlflow"]  # reversed every other repeat
+PAIRS = {"ledger": "plain", "floor": "plain", "mlflow": "plain-mlflow-env"}
+THREADS_ENV = "BENCH_TORCH_THREADS"  # --threads, passed to each variant's process
+FLOOR_NICE = 10  # the floor's helper runs at the outbox worker's priority
 KEEP = "600"  # LEDGER_OUTBOX_KEEP: the worker stays resident between the ledger runs
 TICK = os.sysconf("SC_CLK_TCK")  # /proc/<pid>/stat counts CPU time in these
 
@@ -226,6 +243,37 @@ def cpu_between(before: Snapshot, after: Snapshot, kind: str) -> float:
     return sum(t - before[kind].get(key, 0) for key, t in after[kind].items()) / TICK
 
 
+# -- the floor: the least a durable record of each checkpoint costs --------------------
+
+
+def floor_helper(folder: Path) -> None:
+    """The ``floor`` variant's helper process: for each path read from stdin, read
+    the file, SHA-256 it, and keep a copy named by the digest (written to a
+    temporary file, fsynced, renamed, the folder fsynced); ``kept`` once stdin
+    closes. No chain, journal, CID, tensor digest or metrics document: a floor
+    under any tool that keeps every checkpoint durably, beside the same training."""
+    import hashlib
+
+    os.nice(FLOOR_NICE)
+    folder.mkdir(parents=True, exist_ok=True)
+    print("ready", flush=True)
+    for line in sys.stdin:
+        data = Path(line.rstrip("\n")).read_bytes()
+        target = folder / hashlib.sha256(data).hexdigest()
+        tmp = folder / f".incoming-{target.name}"
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    print("kept", flush=True)
+
+
 # -- one variant, in its own process -----------------------------------------------------
 
 
@@ -235,6 +283,9 @@ def variant(name: str, epochs: int, out: Path, samples: int, anvil_pid: int | No
     import functools
 
     import torch  # imported before timing, as in every variant
+
+    if threads := int(os.environ.get(THREADS_ENV, "0")):
+        torch.set_num_threads(threads)
 
     run_train = functools.partial(train, samples=samples)
     saves: list[float] = []  # seconds of each weights-file write, in order
@@ -261,6 +312,38 @@ def variant(name: str, epochs: int, out: Path, samples: int, anvil_pid: int | No
 
         t0, c0 = time.perf_counter(), time.process_time()
         run_train(epochs, save)
+        return measured(t0, c0)
+    if name == "floor":
+        # the helper starts before the timed span, as a resident worker would be running
+        helper = subprocess.Popen(
+            [sys.executable, __file__, "--floor-helper", str(out / "kept")],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert helper.stdin is not None and helper.stdout is not None
+        if helper.stdout.readline() != "ready\n":
+            raise SystemExit("the floor helper did not start")
+
+        def hand_over(path: Path) -> None:
+            helper.stdin.write(f"{path}\n")  # type: ignore[union-attr]
+            helper.stdin.flush()  # type: ignore[union-attr]
+
+        def keep(epoch: int, model: torch.nn.Module, metrics: dict[str, float]) -> None:
+            path = out / f"step-{epoch:06d}.pt"
+            timed(lambda: torch.save(model.state_dict(), path))
+            hand_over(path)
+
+        models: list[torch.nn.Module] = []
+        t0, c0 = time.perf_counter(), time.process_time()
+        run_train(epochs, keep, models.append)
+        # the run's end, as ledger's finish(): the final model file, then wait for all
+        final = out / "model.pt"
+        timed(lambda: torch.save(models[0].state_dict(), final))
+        hand_over(final)
+        helper.stdin.close()
+        if helper.stdout.readline() != "kept\n" or helper.wait() != 0:
+            raise SystemExit("the floor helper failed")
         return measured(t0, c0)
     if name == "mlflow":
         os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"  # the issue asks for the file store
@@ -348,6 +431,8 @@ def spawn(
     """Run a variant in a fresh process; its figures, and the CPU the worker and
     Anvil used meanwhile."""
     command = [str(python), __file__, "--variant", name, "--epochs", str(args.epochs)]
+    if args.threads:
+        env = {**env, THREADS_ENV: str(args.threads)}
     command += ["--samples", str(samples), "--anvil-pid", str(anvil_pid or 0)]
     with tempfile.TemporaryDirectory(prefix=f"overhead-{name}-") as out:
         before = snapshot(home, anvil_pid)
@@ -516,7 +601,8 @@ def report(figures: dict[str, Any], args: argparse.Namespace) -> None:
     times, med = figures["all_seconds"], figures["seconds"]
     load = figures["load_average"]
     print(
-        f"\n== {figures['samples']} samples, {args.epochs} epochs, {args.repeats} repeats "
+        f"\n== {figures['samples']} samples, {args.epochs} epochs, {args.repeats} repeats, "
+        f"torch threads {args.threads or 'default'} "
         f"(load average {load[0]:.2f} -> {load[1]:.2f})"
     )
     for name, values in times.items():
@@ -540,6 +626,14 @@ def report(figures: dict[str, Any], args: argparse.Namespace) -> None:
     verdict = "met" if high <= GOAL else "missed" if low > GOAL else "not resolved"
     figures["goal_verdict"] = verdict
     print(f"goal (ledger <= {GOAL}): {verdict} (the interval {ci_text((low, high))})")
+    if "floor_ratio_paired" in figures:
+        print(
+            f"floor (each file SHA-256'd and copied durably by a helper; no chain) paired ratio "
+            f"{figures['floor_ratio_paired']:.3f}, 95 % CI "
+            f"{ci_text(figures['floor_ratio_paired_ci95'])}; paired difference "
+            f"{figures['floor_delta_ms_paired']:.0f} ms, 95 % CI "
+            f"{ci_text(figures['floor_delta_ms_paired_ci95'], 0)} ms"
+        )
     print(
         "training process CPU, ledger / plain (median of pairs): "
         f"{figures['ledger_cpu_ratio_paired']:.3f} "
@@ -600,7 +694,8 @@ def report(figures: dict[str, Any], args: argparse.Namespace) -> None:
 def summary(results: list[dict[str, Any]]) -> None:
     print("\nsummary (ratios: median of paired ratios [95 % CI]; the rest: ms per run)")
     print(
-        f"{'samples':>8} {'plain s':>7} {'ledger/plain':>22} {'mlflow/plain':>22} {'cpu':>5} "
+        f"{'samples':>8} {'plain s':>7} {'ledger/plain':>22} {'floor/plain':>22} "
+        f"{'mlflow/plain':>22} {'cpu':>5} "
         f"{'delta':>6} {'acc.':>5} {'in-hook':>7} {'writes':>6} {'plain':>5} {'worker':>6} "
         f"{'anvil':>5}"
     )
@@ -611,9 +706,15 @@ def summary(results: list[dict[str, Any]]) -> None:
             if "mlflow_ratio_paired" in f
             else "-"
         )
+        floor = (
+            f"{f['floor_ratio_paired']:.3f} {ci_text(f['floor_ratio_paired_ci95'])}"
+            if "floor_ratio_paired" in f
+            else "-"
+        )
         hook, cpu = f["hook_median"], f["cpu"]
         print(
-            f"{f['samples']:>8} {f['seconds']['plain']:>7.2f} {ledger:>22} {mlflow:>22} "
+            f"{f['samples']:>8} {f['seconds']['plain']:>7.2f} {ledger:>22} {floor:>22} "
+            f"{mlflow:>22} "
             f"{f['ledger_cpu_ratio_paired']:>5.3f} {f['ledger_delta_ms_paired']:>6.0f} "
             f"{f['ledger_accounted_ms']:>5.0f} {hook['in_process_ms']:>7.1f} "
             f"{hook['checkpoint_save_ms'] + hook['finish_save_ms']:>6.1f} "
@@ -641,6 +742,13 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch threads of every variant (default: torch's, one per core); "
+        "1 on 2 cores leaves a core to the worker, as on a machine with cores to spare",
+    )
+    parser.add_argument(
         "--samples",
         type=sizes,
         default=sizes(DEFAULT_SAMPLES),
@@ -649,7 +757,11 @@ def main() -> None:
     parser.add_argument("--variant", help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--anvil-pid", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--floor-helper", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.floor_helper:
+        floor_helper(args.floor_helper)
+        return
     if args.repeats < 2 and not args.variant:
         parser.error("--repeats must be 2 or more (the first ledger run is reported apart)")
     if args.variant:
@@ -666,7 +778,7 @@ def main() -> None:
     from tests.conftest import free_port
 
     load_before = os.getloadavg()[0]  # beside the figures: other work on the cores skews them
-    variants = ORDER if MLFLOW_PYTHON.exists() else ORDER[:2]
+    variants = ORDER if MLFLOW_PYTHON.exists() else ORDER[:3]
     results = []
     with tempfile.TemporaryDirectory(prefix="ledger-bench-overhead-") as tmp:
         anvil = AnvilProcess(Path(tmp) / "chain", port=free_port())
@@ -688,6 +800,7 @@ def main() -> None:
         {
             "epochs": args.epochs,
             "repeats": args.repeats,
+            "torch_threads": args.threads or None,
             "sizes": args.samples,
             "load_average": [load_before, os.getloadavg()[0]],
             "resamples": RESAMPLES,
