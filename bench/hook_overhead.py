@@ -321,13 +321,14 @@ def variant(name: str, epochs: int, out: Path, samples: int, anvil_pid: int | No
             stdout=subprocess.PIPE,
             text=True,
         )
-        assert helper.stdin is not None and helper.stdout is not None
-        if helper.stdout.readline() != "ready\n":
+        to_helper, from_helper = helper.stdin, helper.stdout
+        assert to_helper is not None and from_helper is not None
+        if from_helper.readline() != "ready\n":
             raise SystemExit("the floor helper did not start")
 
         def hand_over(path: Path) -> None:
-            helper.stdin.write(f"{path}\n")  # type: ignore[union-attr]
-            helper.stdin.flush()  # type: ignore[union-attr]
+            to_helper.write(f"{path}\n")
+            to_helper.flush()
 
         def keep(epoch: int, model: torch.nn.Module, metrics: dict[str, float]) -> None:
             path = out / f"step-{epoch:06d}.pt"
@@ -341,8 +342,8 @@ def variant(name: str, epochs: int, out: Path, samples: int, anvil_pid: int | No
         final = out / "model.pt"
         timed(lambda: torch.save(models[0].state_dict(), final))
         hand_over(final)
-        helper.stdin.close()
-        if helper.stdout.readline() != "kept\n" or helper.wait() != 0:
+        to_helper.close()
+        if from_helper.readline() != "kept\n" or helper.wait() != 0:
             raise SystemExit("the floor helper failed")
         return measured(t0, c0)
     if name == "mlflow":
@@ -597,6 +598,16 @@ def ci_text(interval: Sequence[float], digits: int = 3) -> str:
     return f"[{interval[0]:.{digits}f}, {interval[1]:.{digits}f}]"
 
 
+def paired_text(figures: dict[str, Any], name: str) -> str:
+    """A variant's paired ratio and paired difference, each with its interval."""
+    return (
+        f"paired ratio {figures[f'{name}_ratio_paired']:.3f}, 95 % CI "
+        f"{ci_text(figures[f'{name}_ratio_paired_ci95'])}; paired difference "
+        f"{figures[f'{name}_delta_ms_paired']:.0f} ms, 95 % CI "
+        f"{ci_text(figures[f'{name}_delta_ms_paired_ci95'], 0)} ms"
+    )
+
+
 def report(figures: dict[str, Any], args: argparse.Namespace) -> None:
     times, med = figures["all_seconds"], figures["seconds"]
     load = figures["load_average"]
@@ -616,23 +627,15 @@ def report(figures: dict[str, Any], args: argparse.Namespace) -> None:
         f"best ledger run / best plain run: {figures['ledger_ratio_best']:.3f}; "
         f"median of paired ratios: {figures['ledger_ratio_paired']:.3f}"
     )
-    print(
-        f"ledger paired ratio {figures['ledger_ratio_paired']:.3f}, 95 % CI "
-        f"{ci_text(figures['ledger_ratio_paired_ci95'])}; paired difference "
-        f"{figures['ledger_delta_ms_paired']:.0f} ms, 95 % CI "
-        f"{ci_text(figures['ledger_delta_ms_paired_ci95'], 0)} ms"
-    )
+    print(f"ledger {paired_text(figures, 'ledger')}")
     low, high = figures["ledger_ratio_paired_ci95"]
     verdict = "met" if high <= GOAL else "missed" if low > GOAL else "not resolved"
     figures["goal_verdict"] = verdict
     print(f"goal (ledger <= {GOAL}): {verdict} (the interval {ci_text((low, high))})")
     if "floor_ratio_paired" in figures:
         print(
-            f"floor (each file SHA-256'd and copied durably by a helper; no chain) paired ratio "
-            f"{figures['floor_ratio_paired']:.3f}, 95 % CI "
-            f"{ci_text(figures['floor_ratio_paired_ci95'])}; paired difference "
-            f"{figures['floor_delta_ms_paired']:.0f} ms, 95 % CI "
-            f"{ci_text(figures['floor_delta_ms_paired_ci95'], 0)} ms"
+            "floor (each file SHA-256'd and copied durably by a helper; no chain) "
+            + paired_text(figures, "floor")
         )
     print(
         "training process CPU, ledger / plain (median of pairs): "
@@ -648,12 +651,7 @@ def report(figures: dict[str, Any], args: argparse.Namespace) -> None:
             f"ratio {figures['mlflow_ratio']:.3f} (best runs: {figures['mlflow_ratio_best']:.3f}; "
             f"paired: {figures['mlflow_ratio_paired']:.3f})"
         )
-        print(
-            f"mlflow paired ratio {figures['mlflow_ratio_paired']:.3f}, 95 % CI "
-            f"{ci_text(figures['mlflow_ratio_paired_ci95'])}; paired difference "
-            f"{figures['mlflow_delta_ms_paired']:.0f} ms, 95 % CI "
-            f"{ci_text(figures['mlflow_delta_ms_paired_ci95'], 0)} ms"
-        )
+        print(f"mlflow {paired_text(figures, 'mlflow')}")
         print(
             "training process CPU, mlflow / plain (median of pairs): "
             f"{figures['mlflow_cpu_ratio_paired']:.3f} "

@@ -319,7 +319,7 @@ def sync(
             f"confirmed {result.confirmed}, recommitted {result.recommitted} "
             f"(lost by the chain), failed {result.failed}, still open {still_open}"
         )
-    if still_open and other_keys:
+    if other_keys:
         theirs = ", ".join(f"{n} for {key}" for key, n in sorted(other_keys.items()))
         raise RecordError(
             f"{still_open} record(s) are still open, {sum(other_keys.values())} of them of runs "
