@@ -27,14 +27,14 @@ $(NODE_STAMP): package.json package-lock.json
 
 ## demo: train the price-forecast example with the hook on a local chain, then verify its model
 demo: setup
-	$(PY) -m training.examples.demo
+	$(PY) -m examples.demo
 
 ## test: ruff, mypy and the whole test suite against a real Anvil and a real IPFS node
 test: setup ipfs-node browser lint typecheck
 	$(PY) -m pytest
 
 lint: setup
-	$(VENV)/bin/ruff check ledger training tests bench
+	$(VENV)/bin/ruff check ledger training tests bench examples
 
 typecheck: setup
 	$(VENV)/bin/mypy
@@ -43,7 +43,7 @@ typecheck: setup
 # (pip compiles what it installs; an editable checkout compiles on first import,
 # and not at all where PYTHONDONTWRITEBYTECODE is set, as it is in many images).
 bytecode: setup
-	$(PY) -m compileall -q ledger training
+	$(PY) -m compileall -q ledger
 
 ## bench-verify: time `ledger verify` against model_signing, hashlib and sha256sum (BENCH_ARGS=--big for 4 GiB)
 # The peers live in their own virtualenv, never in the project's dependencies.

@@ -49,7 +49,7 @@ from ledger.chain.records import FinalRecord, Relation
 from ledger.chain.registry import Registry, connect_web3, load_account
 from ledger.config import Settings, save_deployment
 from ledger.hashing.merkle import CheckpointLeaf, checkpoint_root
-from ledger.manifest import MANIFEST_SCHEMA, METRICS_SCHEMA, canonical_json
+from ledger.record.manifest import MANIFEST_SCHEMA, METRICS_SCHEMA, canonical_json
 from ledger.store import LocalStore
 
 BATCH = 400

@@ -79,7 +79,7 @@ unless the worker ended between runs).
 
 And the CPU used beside training (``cpu`` in the JSON), read from
 ``/proc/<pid>/stat`` (utime + stime) of the outbox worker (found by its command
-line, ``ledger.outbox.process``, and its ``LEDGER_HOME``) and of Anvil, before
+line, ``ledger.record.outbox.process``, and its ``LEDGER_HOME``) and of Anvil, before
 and after each variant's process. The clock tick is 10 ms, so they are summed
 over the runs of a variant and given as per-run averages: ``worker_s`` and
 ``anvil_s`` per variant (a resident worker polls the journal during the plain
@@ -213,7 +213,7 @@ def worker_pids(home: Path) -> list[int]:
         if not entry.isdigit():
             continue
         try:
-            if b"ledger.outbox.process" not in Path(f"/proc/{entry}/cmdline").read_bytes():
+            if b"ledger.record.outbox.process" not in Path(f"/proc/{entry}/cmdline").read_bytes():
                 continue
             environ = Path(f"/proc/{entry}/environ").read_bytes().split(b"\0")
         except OSError:
@@ -364,7 +364,7 @@ def variant(name: str, epochs: int, out: Path, samples: int, anvil_pid: int | No
             run_train(epochs, log)
         return measured(t0, c0)
     if name == "ledger":
-        from training.hook import LedgerRun, save_weights
+        from ledger.training.hook import LedgerRun, save_weights
 
         def save(state_dict: Mapping[str, torch.Tensor], path: Path) -> None:
             timed(lambda: save_weights(state_dict, path))
@@ -772,8 +772,7 @@ def main() -> None:
         )
         return
 
-    from ledger.chain.anvil import AnvilProcess
-    from tests.conftest import free_port
+    from ledger.chain.anvil import AnvilProcess, free_port
 
     load_before = os.getloadavg()[0]  # beside the figures: other work on the cores skews them
     variants = ORDER if MLFLOW_PYTHON.exists() else ORDER[:3]

@@ -31,13 +31,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ledger.chain.anvil import AnvilProcess
+from ledger.chain.anvil import AnvilProcess, free_port
 from ledger.chain.registry import Registry, connect_web3
 from ledger.config import ANVIL_DEV_KEY, Settings, save_deployment
 from ledger.hashing.merkle import CheckpointLeaf
-from ledger.manifest import build_manifest
-from ledger.outbox import Outbox
-from tests.conftest import free_port
+from ledger.record.manifest import build_manifest
+from ledger.record.outbox import Outbox
 
 GOAL_APPEND_MS = 1.0
 GOAL_PER_SECOND = 100.0

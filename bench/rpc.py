@@ -8,7 +8,7 @@ broadcast and the receipt poll, two ways, alternating:
   looked at straight away and after 1, 2, 4 ... ms (the worker until now);
 - **after**: :meth:`~ledger.chain.sender.RegistrySender.prepare` (one batch
   request) and the worker's receipt poll
-  (:func:`ledger.outbox.worker.wait_for_receipt`).
+  (:func:`ledger.record.outbox.worker.wait_for_receipt`).
 
 Anvil 1.7's automine takes longer per block as the chain grows (about 0.5 ms
 after the broadcast on a fresh chain, several ms after a few thousand blocks),
@@ -36,14 +36,13 @@ from pathlib import Path
 
 from eth_account import Account
 
-from ledger.chain.anvil import AnvilProcess
+from ledger.chain.anvil import AnvilProcess, free_port
 from ledger.chain.reader import JsonRpc
 from ledger.chain.registry import Registry, connect_web3
 from ledger.chain.sender import GAS_MARGIN, Receipt, RegistrySender, Signer
 from ledger.config import ANVIL_DEV_KEY, Secret
-from ledger.hashing._keccak import keccak256
-from ledger.outbox.worker import wait_for_receipt
-from tests.conftest import free_port
+from ledger.hashing.keccak import keccak256
+from ledger.record.outbox.worker import wait_for_receipt
 
 WARMUP = 20
 

@@ -1,5 +1,5 @@
 """``python -m ledger`` runs the CLI."""
 
-from ledger._entry import main
+from ledger.cli.main import main
 
 main()

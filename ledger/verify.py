@@ -41,7 +41,7 @@ from ledger.chain.records import (
 from ledger.errors import FileMissingError, LedgerError, StoreError, UnsupportedFormatError
 from ledger.hashing.cid import Cid, Progress, file_cid
 from ledger.hashing.merkle import MerkleTree
-from ledger.manifest import canonical_json
+from ledger.record.manifest import canonical_json
 from ledger.store import ArtifactStore, find_by_digest
 
 if TYPE_CHECKING:  # the tensor readers load when a file's CID is not on record
@@ -334,7 +334,7 @@ class Verifier:
         if manifest is not None:
             report.add(
                 f"{label} manifest schema",
-                manifest.get("schema") == "ledger.manifest/v1",
+                manifest.get("schema") == "ledger.record.manifest/v1",
                 f"manifest schema {manifest.get('schema')!r}",
             )
         committer_ok = self.registry.is_committer(run.committer)

@@ -8,7 +8,6 @@ other's runs. Nothing here mocks the chain or the store.
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,10 +18,13 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from web3 import Web3
 
-from ledger.chain.anvil import AnvilProcess, rpc_call
+from ledger.chain.anvil import AnvilProcess, free_port, rpc_call
 from ledger.chain.registry import Registry, connect_web3
 from ledger.config import ANVIL_DEV_KEY, Settings, save_deployment
 from ledger.store import LocalStore
+
+# The index and API fixtures (an index database per test on SQLite and PostgreSQL).
+pytest_plugins = ["tests.index_fixtures"]
 
 # Outbox workers of in-process tests end with the test session, not a minute later
 # (tests/outbox/test_resident.py covers the resident worker).
@@ -33,12 +35,6 @@ OTHER_KEYS = (
     "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d",
     "0x5de4111afa1a4b94908f83103eb1f1706367c2e68ca870fc3fb9a804cdab365a",
 )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

@@ -1,11 +1,11 @@
 """Training integrations for ledger: adopt provenance in a training loop.
 
 :class:`LedgerRun` wraps a plain PyTorch loop; it commits the run's manifest,
-its checkpoints and its final weights through :mod:`ledger.recorder`.
-Examples live in :mod:`training.examples`.
+its checkpoints and its final weights through :mod:`ledger.record.artifacts`.
+Examples live in :mod:`examples`.
 """
 
 from ledger.chain.records import Relation
-from training.hook import LedgerRun, save_weights
+from ledger.training.hook import LedgerRun, save_weights
 
 __all__ = ["LedgerRun", "Relation", "save_weights"]

@@ -1,7 +1,7 @@
 """One distributed job, one run: rank 0 records, the other ranks follow.
 
 Under ``torch.distributed`` (DDP) every rank runs the same training loop and so
-enters the same :class:`~training.hook.LedgerRun`. Only rank 0 writes files and
+enters the same :class:`~ledger.training.hook.LedgerRun`. Only rank 0 writes files and
 sends transactions; a method marked :func:`rank_zero` runs its body on rank 0
 and hands its result to the other ranks with one ``broadcast_object_list``, so
 every rank sees the same run id and the same commits and no rank other than 0

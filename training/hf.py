@@ -4,7 +4,7 @@
 
     trainer = Trainer(model, args, train_dataset=ds, callbacks=[LedgerTrainerCallback(name="m")])
 
-A thin layer over :class:`~training.hook.LedgerRun`, which does all the
+A thin layer over :class:`~ledger.training.hook.LedgerRun`, which does all the
 recording. ``on_train_begin`` starts the run (config from ``config=``, else the
 training arguments and the model's config); ``on_log`` and ``on_evaluate``
 collect the latest scalar metrics; ``on_save`` commits a checkpoint of the
@@ -17,7 +17,7 @@ weights at ``state.global_step`` (so checkpoints follow the Trainer's own
 The Trainer has no exception hook: to mark a crashed ``trainer.train()`` failed
 on chain, run it inside the callback, ``with callback: trainer.train()``.
 Under DDP every process runs the callback and rank 0 records (see
-:mod:`training._distributed`).
+:mod:`ledger.training._distributed`).
 
 Install with ``pip install 'ledger[hf]'``.
 """
@@ -37,7 +37,7 @@ from ledger.chain.records import Relation
 from ledger.config import Settings
 from ledger.errors import RecordError
 from ledger.store import ArtifactStore
-from training.hook import LedgerRun, save_weights
+from ledger.training.hook import LedgerRun, save_weights
 
 WEIGHTS_NAME = "model.safetensors"
 

@@ -8,7 +8,7 @@
             run.epoch_end(epoch, {"val_loss": v})  # checkpoint every N epochs
 
 At start the run's manifest (config, code version, environment, data
-fingerprints, seed, parents) is handed to the durable outbox (:mod:`ledger.outbox`);
+fingerprints, seed, parents) is handed to the durable outbox (:mod:`ledger.record.outbox`);
 each checkpoint writes the weights file and hands over its path and metrics;
 leaving the block writes the final model file (``out``; ``.pt`` via
 ``torch.save``, ``.safetensors`` via safetensors), hands it over and waits,
@@ -33,10 +33,10 @@ from ledger.chain.records import Relation
 from ledger.config import Settings, load_settings
 from ledger.errors import LedgerError, RecordError
 from ledger.hashing.cid import Cid
-from ledger.manifest import build_manifest, start_code_version
-from ledger.outbox import Entry, Outbox, flush_timeout
+from ledger.record.manifest import build_manifest, start_code_version
+from ledger.record.outbox import Entry, Outbox, flush_timeout
 from ledger.store import ArtifactStore
-from training._distributed import Role, rank_zero
+from ledger.training._distributed import Role, rank_zero
 
 log = logging.getLogger("ledger.training")
 

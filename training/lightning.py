@@ -4,7 +4,7 @@
 
     trainer = L.Trainer(max_epochs=5, callbacks=[LedgerCallback(name="my-model")])
 
-A thin layer over :class:`~training.hook.LedgerRun`, which does all the
+A thin layer over :class:`~ledger.training.hook.LedgerRun`, which does all the
 recording: ``on_fit_start`` starts the run (config from ``config=`` or the
 module's ``hparams``), ``on_train_epoch_end`` (which Lightning calls after the
 epoch's validation) hands the logged metrics to :meth:`LedgerRun.epoch_end`
@@ -16,7 +16,7 @@ The final file is a full Lightning checkpoint written by
 reads its ``state_dict``; its hyperparameters must be plain values so that it
 loads with ``weights_only=True``), else the module's state dict (``.pt`` or
 ``.safetensors``). Under DDP every rank runs the callback and rank 0 records
-(see :mod:`training._distributed`).
+(see :mod:`ledger.training._distributed`).
 
 Install with ``pip install 'ledger[lightning]'``.
 """
@@ -33,7 +33,7 @@ import torch
 from ledger.chain.records import Relation
 from ledger.config import Settings
 from ledger.store import ArtifactStore
-from training.hook import LedgerRun, save_weights
+from ledger.training.hook import LedgerRun, save_weights
 
 
 class LedgerCallback(pl.Callback):

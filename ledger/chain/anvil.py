@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import time
 import urllib.error
@@ -25,6 +26,13 @@ from pathlib import Path
 from ledger.errors import ChainError, ChainUnavailableError, ConfigError
 
 STATE_INTERVAL_S = 1
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (for a throw-away chain)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def find_anvil() -> Path:

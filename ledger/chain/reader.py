@@ -2,8 +2,8 @@
 
 Importing web3 costs more than a second of CPU, more than hashing a gigabyte
 on two cores. Verification only reads (``eth_call``, ``eth_getLogs``), so it
-uses this client instead: HTTP on a socket (:mod:`ledger.chain._http`), the
-committed ABI and :mod:`ledger.chain._abi`. It satisfies
+uses this client instead: HTTP on a socket (:mod:`ledger.chain.rpc`), the
+committed ABI and :mod:`ledger.chain.abi`. It satisfies
 :class:`~ledger.chain.records.RegistryView`, like the web3
 :class:`~ledger.chain.registry.Registry` (which signs and sends transactions),
 and answers the same; a test compares the two on a real chain.
@@ -17,8 +17,7 @@ import urllib.parse
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from ledger.chain import _abi
-from ledger.chain._http import PlainHttp, TlsHttp
+from ledger.chain import abi
 from ledger.chain.compiler import load_artifact
 from ledger.chain.records import (
     COMMITTER_ROLE,
@@ -29,6 +28,7 @@ from ledger.chain.records import (
     checksum_address,
     record_of,
 )
+from ledger.chain.rpc import PlainHttp, TlsHttp
 from ledger.config import Settings
 from ledger.errors import (
     ChainError,
@@ -76,7 +76,7 @@ class JsonRpc:
     ``ledger verify`` makes about ten calls; opening a connection for each
     (as ``urllib`` does) costs more than the calls themselves. Calls that do
     not depend on each other can share one request (:meth:`batch`). The HTTP
-    is :mod:`ledger.chain._http`'s (``http.client`` only for ``https://``).
+    is :mod:`ledger.chain.rpc`'s (``http.client`` only for ``https://``).
     """
 
     def __init__(self, url: str, timeout: float = TIMEOUT) -> None:
@@ -192,12 +192,12 @@ class RegistryReader(EventLookups):
     """Read-only views and events of one deployed registry."""
 
     def __init__(self, rpc: JsonRpc, address: str, deploy_block: int = 0) -> None:
-        abi: list[dict[str, Any]] = load_artifact()["abi"]
+        entries: list[dict[str, Any]] = load_artifact()["abi"]
         self.rpc = rpc
         self.address = checksum_address(address)
         self.deploy_block = deploy_block
-        self._functions = {i["name"]: i for i in abi if i.get("type") == "function"}
-        self._events = {i["name"]: i for i in abi if i.get("type") == "event"}
+        self._functions = {i["name"]: i for i in entries if i.get("type") == "function"}
+        self._events = {i["name"]: i for i in entries if i.get("type") == "event"}
 
     @classmethod
     def connect(cls, settings: Settings) -> RegistryReader:
@@ -233,10 +233,10 @@ class RegistryReader(EventLookups):
 
     def _call(self, name: str, *args: Any) -> list[Any]:
         function = self._functions[name]
-        data = "0x" + _abi.encode_call(function, args).hex()
+        data = "0x" + abi.encode_call(function, args).hex()
         result = self.rpc("eth_call", {"to": self.address, "data": data}, "latest")
         try:
-            return _abi.decode_params(function["outputs"], bytes.fromhex(str(result)[2:]))
+            return abi.decode_params(function["outputs"], bytes.fromhex(str(result)[2:]))
         except ValueError as exc:
             raise ChainError(f"{name} at {self.address} answered undecodable data: {exc}") from exc
 
@@ -268,17 +268,17 @@ class RegistryReader(EventLookups):
     # -- events -----------------------------------------------------------------
 
     def events(self, name: str, run_id: bytes) -> list[dict[str, Any]]:
-        topic = "0x" + _abi.topic(self._events[name]).hex()
+        topic = "0x" + abi.topic(self._events[name]).hex()
         return [event for _, event in self._logs([topic, "0x" + run_id.hex()])]
 
     def all_events(self, name: str) -> list[dict[str, Any]]:
         """Every event ``name`` of the registry, oldest first (one ``eth_getLogs``)."""
-        topic = "0x" + _abi.topic(self._events[name]).hex()
+        topic = "0x" + abi.topic(self._events[name]).hex()
         return [event for _, event in self._logs([topic])]
 
     def _find_weights(self, value: bytes, *, topic_index: int) -> list[WeightsRecord]:
         names = ("CheckpointCommitted", "RunFinalized")
-        topics: list[Any] = [["0x" + _abi.topic(self._events[n]).hex() for n in names]]
+        topics: list[Any] = [["0x" + abi.topic(self._events[n]).hex() for n in names]]
         topics += [None] * (topic_index - 1) + ["0x" + value.hex()]
         return [record_of(name, event) for name, event in self._logs(topics)]
 
@@ -293,7 +293,7 @@ class RegistryReader(EventLookups):
                 "topics": topics,
             },
         )
-        by_topic = {"0x" + _abi.topic(e).hex(): e for e in self._events.values()}
+        by_topic = {"0x" + abi.topic(e).hex(): e for e in self._events.values()}
         decoded = []
         for log in logs or []:
             event = by_topic.get(str(log["topics"][0]))
@@ -311,12 +311,12 @@ class RegistryReader(EventLookups):
             values = dict(
                 zip(
                     (str(p["name"]) for p in plain),
-                    _abi.decode_params(plain, bytes.fromhex(str(log["data"])[2:])),
+                    abi.decode_params(plain, bytes.fromhex(str(log["data"])[2:])),
                     strict=True,
                 )
             )
             for param, word in zip(indexed, topics, strict=True):
-                values[str(param["name"])] = _abi.decode_params([param], word)[0]
+                values[str(param["name"])] = abi.decode_params([param], word)[0]
             return {
                 **{str(p["name"]): values[str(p["name"])] for p in inputs},
                 "blockNumber": int(log["blockNumber"], 16),

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from ledger.hashing._keccak import keccak256
+from ledger.hashing.keccak import keccak256
 from ledger.hashing.merkle import CheckpointLeaf
 
 ZERO32 = b"\x00" * 32

@@ -6,7 +6,7 @@ normalise arguments. This client extends the read-only
 :class:`~ledger.chain.reader.RegistryReader` with what sending needs and nothing
 more:
 
-- calldata from the committed ABI (:mod:`ledger.chain._abi`);
+- calldata from the committed ABI (:mod:`ledger.chain.abi`);
 - EIP-1559 (type 2) transactions, RLP-encoded here (Ethereum yellow paper,
   appendix B; EIP-2718, EIP-1559), signed with libsecp256k1 through
   ``coincurve`` (low-s, recoverable signatures);
@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ledger.chain import _abi
+from ledger.chain import abi
 from ledger.chain.compiler import load_artifact
 from ledger.chain.reader import JsonRpc, RegistryReader
 from ledger.chain.records import checksum_address
@@ -37,7 +37,7 @@ from ledger.errors import (
     RpcError,
     TransactionRevertedError,
 )
-from ledger.hashing._keccak import keccak256
+from ledger.hashing.keccak import keccak256
 from ledger.hashing.merkle import CheckpointLeaf
 
 GAS_MARGIN = 1.2  # over the estimate, plus a fixed 10k: storage costs can shift by a block
@@ -118,7 +118,7 @@ class RegistrySender(RegistryReader):
         self.signer = signer
         self.chain_id = chain_id
         self._errors = {
-            _abi.selector(item): item for item in load_artifact()["abi"] if item["type"] == "error"
+            abi.selector(item): item for item in load_artifact()["abi"] if item["type"] == "error"
         }
 
     @classmethod
@@ -151,7 +151,7 @@ class RegistrySender(RegistryReader):
         raise ValueError(f"no batch call for {len(items)} {kind!r} items")
 
     def _calldata(self, function: str, args: Sequence[Any]) -> bytes:
-        return _abi.encode_call(self._functions[function], args)
+        return abi.encode_call(self._functions[function], args)
 
     # -- sign, broadcast, confirm -----------------------------------------------------
 
@@ -241,7 +241,7 @@ class RegistrySender(RegistryReader):
                 f"the registry refused: {exc.message}", error_name="Unknown"
             )
         try:
-            args = tuple(_abi.decode_params(error["inputs"], bytes.fromhex(data[10:])))
+            args = tuple(abi.decode_params(error["inputs"], bytes.fromhex(data[10:])))
         except ValueError as decode:
             raise ChainError(f"cannot decode the registry's refusal {data}: {decode}") from exc
         shown = ", ".join("0x" + a.hex() if isinstance(a, bytes) else str(a) for a in args)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ledger.hashing._keccak import keccak256 as keccak
+from ledger.hashing.keccak import keccak256 as keccak
 
 
 @dataclass(frozen=True)

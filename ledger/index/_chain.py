@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ledger.chain import _abi
+from ledger.chain import abi
 from ledger.chain.compiler import load_artifact
 from ledger.chain.records import Relation, checksum_address
 from ledger.errors import ChainError
@@ -48,14 +48,14 @@ class LogDecoder:
     """Decodes the registry's five run events from raw ``eth_getLogs`` entries."""
 
     def __init__(self) -> None:
-        abi: list[dict[str, Any]] = load_artifact()["abi"]
-        events = {i["name"]: i for i in abi if i.get("type") == "event"}
+        entries: list[dict[str, Any]] = load_artifact()["abi"]
+        events = {i["name"]: i for i in entries if i.get("type") == "event"}
         self._by_topic: dict[str, tuple[str, list[Any], list[Any]]] = {}
         for name in EVENT_NAMES:
             event = events[name]
             indexed = [p for p in event["inputs"] if p.get("indexed")]
             plain = [p for p in event["inputs"] if not p.get("indexed")]
-            self._by_topic["0x" + _abi.topic(event).hex()] = (name, indexed, plain)
+            self._by_topic["0x" + abi.topic(event).hex()] = (name, indexed, plain)
         self._names = {topic: spec[0] for topic, spec in self._by_topic.items()}
 
     @property
@@ -94,10 +94,10 @@ class LogDecoder:
         if spec is None:
             return None
         name, indexed, plain = spec
-        values = _abi.decode_params(plain, bytes.fromhex(str(raw["data"])[2:]))
+        values = abi.decode_params(plain, bytes.fromhex(str(raw["data"])[2:]))
         args = {str(p["name"]): v for p, v in zip(plain, values, strict=True)}
         for param, word in zip(indexed, topics[1:], strict=True):
-            args[str(param["name"])] = _abi.decode_params([param], bytes.fromhex(str(word)[2:]))[0]
+            args[str(param["name"])] = abi.decode_params([param], bytes.fromhex(str(word)[2:]))[0]
         if name == "RunStarted":
             args["parents"] = [
                 {"runId": p["runId"], "relation": _relation(int(p["relation"]))}

@@ -51,7 +51,7 @@ from ledger.errors import (
 )
 from ledger.index._chain import Log, LogDecoder
 from ledger.index.models import Block, Event, IndexState, Meta, Metric, Parent, Run, Weights
-from ledger.manifest import MANIFEST_SCHEMA
+from ledger.record.manifest import MANIFEST_SCHEMA
 from ledger.store import ArtifactStore, LocalStore, find_by_digest
 
 log = logging.getLogger("ledger.index")

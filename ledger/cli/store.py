@@ -1,0 +1,168 @@
+"""``ledger store``: move artifacts between the embedded store and an IPFS node.
+
+``push`` copies every artifact of ``<data dir>/store`` to the configured IPFS
+node. It asks the node once for its pins and skips what is already pinned, so
+an interrupted push is resumed by running it again; every copy is checked (the
+node's CID must equal the file's name in the store, see
+:class:`~ledger.store.ipfs.IpfsStore`). ``get`` fetches one artifact from the
+configured store and re-hashes it before writing it anywhere.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from ledger.errors import ConfigError, InputError, IntegrityError, StoreError
+
+store_app = typer.Typer(
+    help="Move artifacts between the embedded store and an IPFS node.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+
+DataDir = Annotated[
+    Path | None,
+    typer.Option("--data-dir", envvar="LEDGER_HOME", help="Data directory [default: .ledger]"),
+]
+Api = Annotated[
+    str | None,
+    typer.Option(
+        "--api",
+        envvar="LEDGER_IPFS_API",
+        help="IPFS node RPC API, e.g. /ip4/127.0.0.1/tcp/5001/http [default: ipfs_api in "
+        "config.json]",
+    ),
+]
+
+
+@dataclass
+class PushSummary:
+    """What a push did; failures name the artifact and the reason."""
+
+    copied: int = 0
+    copied_bytes: int = 0
+    skipped: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+
+def _settings(data_dir: Path | None, api: str | None) -> Any:
+    from ledger.config import load_settings
+
+    return load_settings(data_dir, ipfs_api=api)
+
+
+@store_app.command("push")
+def push(data_dir: DataDir = None, api: Api = None) -> None:
+    """Copy every artifact of the local store to the IPFS node (skips what it pins)."""
+    from ledger.store import LocalStore
+    from ledger.store.ipfs import IpfsStore
+
+    settings = _settings(data_dir, api)
+    if not settings.ipfs_api:
+        raise ConfigError(
+            "no IPFS node is configured to push to",
+            hint="pass --api /ip4/127.0.0.1/tcp/5001/http, set LEDGER_IPFS_API, "
+            'or add "ipfs_api" to config.json in the data directory',
+        )
+    local = LocalStore(settings.store_dir)
+    node = IpfsStore(settings.ipfs_api)
+    cids = local.cids()
+    pinned = node.pinned() if cids else set()
+    todo = [cid for cid in cids if cid not in pinned]
+    summary = PushSummary(skipped=len(cids) - len(todo))
+    total = sum(local.path_for(cid).stat().st_size for cid in todo)
+    with _transfer_bar(total, len(todo)) as advance:
+        for cid in todo:
+            path = local.path_for(cid)
+            try:
+                node.put_file(path, expected=cid, progress=advance)
+            except IntegrityError as exc:  # one bad file; the others still go
+                summary.failed.append((str(cid), exc.message))
+                continue
+            summary.copied += 1
+            summary.copied_bytes += path.stat().st_size
+    for name, reason in summary.failed:
+        typer.secho(f"failed {name}: {reason}", fg=typer.colors.RED, err=True)
+    typer.echo(
+        f"pushed {summary.copied} artifacts ({_size(summary.copied_bytes)}), "
+        f"{summary.skipped} already pinned, {len(summary.failed)} failed, "
+        f"to the IPFS node at {node.address}"
+    )
+    if summary.failed:
+        raise StoreError(
+            f"{len(summary.failed)} of {len(cids)} artifacts were not pushed",
+            hint="their local copies do not match their CIDs; restore them, then push again",
+        )
+
+
+@store_app.command("get")
+def get(
+    cid: Annotated[str, typer.Argument(help="CID of the artifact.")],
+    output: Annotated[
+        Path | None,
+        typer.Option("-o", "--output", help="Write it to this file [default: stdout]."),
+    ] = None,
+    data_dir: DataDir = None,
+    api: Api = None,
+) -> None:
+    """Fetch an artifact from the configured store, re-checked against its CID."""
+    from ledger.hashing.cid import Cid
+    from ledger.store import open_store
+    from ledger.store.ipfs import IpfsStore
+
+    wanted = Cid.parse(cid.strip())
+    store = open_store(_settings(data_dir, api))
+    if output is not None and isinstance(store, IpfsStore):
+        store.get_file(wanted, output)  # streamed to disk, renamed into place once checked
+    else:
+        data = store.get_bytes(wanted)
+        if output is None:
+            sys.stdout.buffer.write(data)
+            sys.stdout.buffer.flush()
+            return
+        _write(output, data)
+    typer.echo(f"{wanted} verified, written to {output}", err=True)
+
+
+def _write(path: Path, data: bytes) -> None:
+    try:
+        path.write_bytes(data)
+    except OSError as exc:
+        raise InputError(f"cannot write {path}: {exc.strerror or exc}") from exc
+
+
+@contextmanager
+def _transfer_bar(total: int, count: int) -> Iterator[Any]:
+    """A bytes bar on a terminal; otherwise no callback (the summary line says it all)."""
+    if count == 0 or not sys.stdout.isatty():
+        yield None
+        return
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+    with Progress(
+        TextColumn(f"pushing {count} artifacts"),
+        BarColumn(),
+        DownloadColumn(binary_units=True),
+        TransferSpeedColumn(),
+        transient=True,
+    ) as bar:
+        task = bar.add_task("push", total=total)
+        yield lambda done: bar.advance(task, done)
+
+
+def _size(count: int) -> str:
+    if count < 1024:
+        return f"{count} B"
+    value = float(count)
+    for unit in ("KiB", "MiB", "GiB"):
+        value /= 1024
+        if value < 1024 or unit == "GiB":
+            break
+    return f"{value:.1f} {unit}"

@@ -1,0 +1,866 @@
+"""The outbox worker: from journal entries to confirmed records on chain.
+
+One pass (:meth:`Worker.run_once`) does, in order:
+
+1. **store** every ``pending`` entry: put its manifest, or its weights file,
+   tensor index and metrics document, in the store; the chain record it yields
+   is saved with the entry (``stored``);
+2. **reconcile** when the chain may have changed under the journal (first
+   contact, after an outage, a registry refusing a run the journal holds as
+   started): confirmed entries whose block hash is no longer the chain's are
+   looked up on chain, and recommitted when they are gone;
+3. **recover** ``sent`` entries: a mined transaction confirms them; an unmined
+   one is rebroadcast from the saved bytes (same nonce, so mined at most once);
+   one whose nonce was taken by another transaction is looked up and requeued;
+4. **send** the entries whose predecessors are all confirmed, batched per kind
+   (``startRuns``, ``commitCheckpoints``, ``finalizeRuns``, ``markFailed``),
+   saving each signed transaction before broadcasting it.
+
+A refusal meaning "already recorded with this content" confirms the entry; the
+same id with other content fails it for good. Unreachable chains and stores
+are retried with backoff; the user gets one line when that starts and one when
+it ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, Protocol
+
+from ledger.chain.records import FinalRecord, Relation, RunStatus, checksum_address
+from ledger.config import Secret, Settings
+from ledger.errors import (
+    ChainUnavailableError,
+    ConfigError,
+    InputError,
+    LedgerError,
+    NonceTooLowError,
+    RegistryNotDeployedError,
+    StoreError,
+    StoreUnavailableError,
+    TransactionRevertedError,
+)
+from ledger.hashing.cid import Cid
+from ledger.hashing.merkle import CheckpointLeaf, checkpoint_root
+from ledger.record.outbox.journal import Entry, Journal, SavedTx
+from ledger.store import ArtifactStore, open_store, synced_together
+
+if TYPE_CHECKING:
+    from ledger.chain.sender import Receipt
+    from ledger.chain.sender import RegistrySender as Registry
+
+BATCH_LIMIT = 100  # records per transaction (a commitCheckpoints of 100 is ~0.6M gas)
+STORE_LIMIT = 256  # entries stored per pass, so sending interleaves with storing
+STORE_THREADS = 8
+STORE_INLINE = 16 << 20  # bytes of weights a pass beside training stores without a pool
+LINGER = 2.0
+RECEIPT_WAIT = 2.0  # per pass; an unmined transaction is looked at again next pass
+FIRST_RECEIPT_LOOK = 0.00025  # s after the broadcast: an automining Anvil has the receipt
+# in about 0.5 ms on a young chain (a few ms after thousands of blocks), almost never at once
+_RETRYABLE = (ChainUnavailableError, RegistryNotDeployedError, StoreUnavailableError)
+_KIND_ORDER = ("start", "checkpoint", "finalize", "fail")
+
+
+def _stderr(line: str) -> None:
+    # a closed pipe (``| head``) or no stderr loses the line; the journal still says it all
+    with contextlib.suppress(OSError, AttributeError, ValueError):
+        print(f"ledger: {line}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class PassResult:
+    """What one pass did."""
+
+    stored: int = 0
+    confirmed: int = 0
+    recommitted: int = 0
+    failed: int = 0
+    waiting_on: str | None = None  # why open entries could not move (chain/store down)
+
+    @property
+    def moved(self) -> bool:
+        return bool(self.stored or self.confirmed or self.recommitted or self.failed)
+
+
+@dataclass
+class Worker:
+    """Moves journal entries to the chain; see the module docstring."""
+
+    journal: Journal
+    settings: Settings
+    store: ArtifactStore | None = None
+    say: Callable[[str], None] = _stderr
+    receipt_wait: float = RECEIPT_WAIT  # seconds; an unmined transaction stays ``sent``
+    linger: float = LINGER  # seconds a checkpoint may wait for others to share its batch
+    urgent: bool = False  # set while someone waits (flush, sync): send at once
+    secret: Secret | None = None  # the signing key, when resolved already (else from settings)
+    _registry: Any = None
+    _reconcile: bool = True
+    _outage: str | None = None
+
+    def recheck(self) -> None:
+        """Check confirmed records against the chain on the next pass."""
+        self._reconcile = True
+
+    # -- one pass -----------------------------------------------------------------
+
+    def run_once(self) -> PassResult:
+        result = PassResult()
+        try:
+            self._store_pending(result)
+            registry = self._connect()
+            if self._reconcile:
+                self._reconcile_confirmed(registry, result)
+                self._reconcile = False
+            self._recover_sent(registry, result)
+            self._send_ready(registry, result)
+        except _RETRYABLE as exc:
+            result.waiting_on = _one_line(exc)
+            self._drop_connection()
+        except ConfigError as exc:
+            result.waiting_on = _one_line(exc)
+        if result.moved:
+            self.journal.checkpoint_wal()
+        self._report_outage(result)
+        return result
+
+    def _report_outage(self, result: PassResult) -> None:
+        open_entries = self.journal.open_count()
+        if result.waiting_on and open_entries:
+            if self._outage is None:
+                self.say(
+                    f"{result.waiting_on}; {open_entries} record(s) kept in the outbox, "
+                    "retrying in the background"
+                )
+            self._outage = result.waiting_on
+        elif self._outage is not None:
+            self.say("reachable again; sending the queued records")
+            self._outage = None
+
+    # -- 1. store -----------------------------------------------------------------
+
+    def _store_pending(self, result: PassResult) -> None:
+        """Store pending entries, up to STORE_LIMIT a pass: on one thread while
+        training runs beside (threads would cost it more CPU than they save), on
+        STORE_THREADS when someone waits or the files are large (copies, fsyncs
+        and hashing overlap).
+
+        A finalize is stored with the checkpoints before it; the Merkle root of
+        their records is added once they are all stored (it stays pending while
+        one of them does).
+        """
+        pending = self.journal.entries(states=["pending"])[:STORE_LIMIT]
+        if not pending:
+            return
+        store = self._store()  # opened once, before the threads share it
+        with synced_together(store):  # the store's folder: one fsync a pass
+            if len(pending) > 1 and (
+                self.urgent or sum(int(e.payload.get("size", 0)) for e in pending) > STORE_INLINE
+            ):
+                with ThreadPoolExecutor(STORE_THREADS, thread_name_prefix="ledger-store") as pool:
+                    outcomes = list(pool.map(self._try_record, pending))
+            else:
+                outcomes = [self._try_record(e) for e in pending]
+        stored: list[tuple[int, dict[str, Any]]] = []
+        finals: list[tuple[Entry, dict[str, Any]]] = []
+        unavailable: StoreUnavailableError | None = None
+        for entry, outcome in zip(pending, outcomes, strict=True):
+            if isinstance(outcome, StoreUnavailableError):
+                unavailable = unavailable or outcome
+            elif isinstance(outcome, LedgerError):
+                self.journal.mark_failed(entry.id, _one_line(outcome))
+                result.failed += 1
+            elif entry.kind == "finalize":
+                finals.append((entry, outcome))
+            else:
+                stored.append((entry.id, outcome))
+        self.journal.mark_stored_many(stored)
+        result.stored += len(stored)
+        rooted = [(e.id, r) for e, r in finals if self._add_checkpoint_root(e, r)]
+        self.journal.mark_stored_many(rooted)
+        result.stored += len(rooted)
+        if unavailable is not None:
+            raise unavailable
+
+    def _add_checkpoint_root(self, final: Entry, record: dict[str, Any]) -> bool:
+        """Add the root of the run's checkpoint records before ``final`` to its
+        record; False while one of those checkpoints is not stored yet."""
+        earlier = [
+            e
+            for e in self.journal.entries(run_id=final.run_id)
+            if e.kind == "checkpoint" and e.id < final.id and e.state != "failed"
+        ]
+        if any(e.record is None for e in earlier):
+            return False  # stored again next pass, when they are (the store keeps one copy)
+        leaves = [_leaf(e.record) for e in earlier]
+        record["checkpoint_root"] = checkpoint_root(leaves).hex()
+        record["checkpoint_count"] = len(leaves)
+        return True
+
+    def _try_record(self, entry: Entry) -> dict[str, Any] | LedgerError:
+        try:
+            return self._build_record(entry)
+        except (InputError, StoreError) as exc:
+            return exc
+
+    def _build_record(self, entry: Entry) -> dict[str, Any]:
+        """Store what ``entry`` names; returns its chain record (a finalize's
+        without the checkpoint root: see :meth:`_add_checkpoint_root`)."""
+        from ledger.record.artifacts import store_weights
+
+        store = self._store()
+        payload = entry.payload
+        if entry.kind == "start":
+            manifest = payload["manifest"].encode()
+            cid = store.put_bytes(manifest)
+            return {"manifest_cid": str(cid), "manifest_digest": cid.digest.hex()}
+        if entry.kind == "fail":
+            return {"reason": payload["reason"]}
+        path = Path(payload["path"])
+        _check_unchanged(path, payload)
+        metrics = payload["metrics"]  # checked at append; store_weights writes them canonically
+        step = entry.step if entry.kind == "checkpoint" else None
+        weights, tensors, metrics_cid = store_weights(store, entry.run_id, path, metrics, step)
+        _check_unchanged(path, payload)  # not rewritten while it was being stored
+        return {
+            "step": step,
+            "file_cid": str(weights),
+            "tensor_root": tensors.root.hex(),
+            "metrics_cid": str(metrics_cid),
+        }
+
+    def _store(self) -> ArtifactStore:
+        if self.store is None:
+            self.store = open_store(self.settings)
+        return self.store
+
+    # -- chain connection -----------------------------------------------------------
+
+    def _connect(self) -> Registry:
+        if self._registry is None:
+            from ledger.chain.sender import RegistrySender
+
+            self._registry = RegistrySender.connect(self.settings, self.secret)
+        registry: Registry = self._registry
+        return registry
+
+    def _drop_connection(self) -> None:
+        if self._registry is not None:
+            self._reconcile = True  # the chain may have been reset while away
+        self._registry = None
+
+    # -- 2. reconcile ---------------------------------------------------------------
+
+    def _reconcile_confirmed(self, registry: Registry, result: PassResult) -> None:
+        here = registry.address
+        stale: list[int] = []
+        for number, hashes in self.journal.confirmed_blocks(here):
+            if hashes == {registry.block_hash(number)}:
+                break  # an ancestor of a canonical block is canonical
+            stale.append(number)
+        suspects = self.journal.confirmed_elsewhere(here, stale)
+        lost: list[int] = []
+        for entry in sorted(suspects, key=lambda e: e.id):
+            found = self._find_on_chain(registry, entry)
+            if found is None:
+                lost.append(entry.id)
+            else:
+                self._confirm(registry, [entry], found[0], found[1], note=entry.note)
+        if lost:
+            self.journal.requeue(lost, recommit=True)
+            result.recommitted += len(lost)
+            self.say(
+                f"{len(lost)} confirmed record(s) are no longer on chain (reset or rolled back); "
+                "recommitting them from the outbox"
+            )
+
+    def _find_on_chain(self, registry: Registry, entry: Entry) -> tuple[int, str] | None:
+        """(block number, tx hash) of the event that records ``entry``, if any."""
+        run_id = bytes.fromhex(entry.run_id[2:])
+        record = entry.record or {}
+        if entry.kind == "start":
+            events = registry.events("RunStarted", run_id)
+        elif entry.kind == "fail":
+            events = registry.events("RunFailed", run_id)
+        elif entry.kind == "checkpoint":
+            leaf = _leaf(record)
+            events = [
+                e
+                for e in registry.events("CheckpointCommitted", run_id)
+                if int(e["step"]) == leaf.step
+                and bytes(e["weightsDigest"]) == leaf.weights_digest
+                and bytes(e["tensorRoot"]) == leaf.tensor_root
+                and bytes(e["metricsDigest"]) == leaf.metrics_digest
+            ]
+        else:
+            final = _final(record)
+            events = [
+                e
+                for e in registry.events("RunFinalized", run_id)
+                if bytes(e["weightsDigest"]) == final.weights_digest
+                and bytes(e["metricsDigest"]) == final.metrics_digest
+                and bytes(e["checkpointRoot"]) == final.checkpoint_root
+            ]
+        if not events:
+            return None
+        return int(events[0]["blockNumber"]), str(events[0]["transactionHash"])
+
+    def _confirm(
+        self,
+        registry: Registry,
+        entries: Sequence[Entry],
+        block_number: int,
+        tx_hash: str,
+        *,
+        block_hash: str | None = None,
+        note: str | None = None,
+    ) -> None:
+        self.journal.mark_confirmed(
+            [e.id for e in entries],
+            block_number=block_number,
+            block_hash=block_hash or registry.block_hash(block_number) or "",
+            registry=registry.address,
+            tx_hash=tx_hash,
+            note=note,
+        )
+
+    # -- 3. recover sent ------------------------------------------------------------
+
+    def _recover_sent(self, registry: Registry, result: PassResult) -> None:
+        by_tx: dict[str, list[Entry]] = {}
+        for entry in self.journal.entries(states=["sent"]):
+            by_tx.setdefault(entry.tx_hash or "", []).append(entry)
+        for tx_hash, entries in by_tx.items():
+            saved = self.journal.saved_tx(tx_hash) if tx_hash else None
+            receipt = registry.receipt(tx_hash) if tx_hash else None
+            # still next in line: send the same bytes again (same nonce, same hash)
+            if (
+                receipt is None
+                and saved is not None
+                and saved.nonce == registry.mined_nonce(saved.sender)
+            ):
+                registry.broadcast(saved.raw)
+                receipt = self._wait(registry, tx_hash)
+                if receipt is None:
+                    continue  # still not mined; the next pass looks again
+            if receipt is not None and receipt.ok:
+                self._confirm(
+                    registry, entries, receipt.block_number, tx_hash, block_hash=receipt.block_hash
+                )
+                result.confirmed += len(entries)
+                continue
+            # never mined (its nonce went to another transaction, or the chain was
+            # reset), or mined and reverted: whatever is on chain now decides
+            for entry in entries:
+                found = self._find_on_chain(registry, entry)
+                if found is not None:
+                    self._confirm(registry, [entry], *found)
+                    result.confirmed += 1
+                else:
+                    self.journal.requeue([entry.id], recommit=False)
+
+    # -- 4. send ----------------------------------------------------------------------
+
+    def _send_ready(self, registry: Registry, result: PassResult) -> None:
+        if self._only_lingering():
+            return
+        lingering: set[str] = set()
+        while True:
+            ready = [e for e in self._own(self._ready(), registry) if e.kind not in lingering]
+            if not ready:
+                return
+            kind = min((e.kind for e in ready), key=_KIND_ORDER.index)
+            batch = [e for e in ready if e.kind == kind][: 1 if kind == "fail" else BATCH_LIMIT]
+            if kind == "checkpoint" and self._lingers(batch):
+                lingering.add(kind)  # let more checkpoints join this batch; others go on
+                continue
+            before = result.confirmed + result.failed
+            self._send_batch(registry, kind, batch, result)
+            if result.confirmed + result.failed == before:
+                return  # nothing moved (e.g. a parent not on chain yet): next pass
+
+    def _own(self, ready: list[Entry], registry: Registry) -> list[Entry]:
+        """The entries of runs this worker's key started (or will start).
+
+        A run's id is derived from its committer, and the registry takes a run's
+        records from its committer alone: another key's worker (a resident one
+        of other settings, ``ledger sync`` with another key) leaves them in the
+        journal for a worker with that key.
+        """
+        committers = self.journal.run_committers({e.run_id for e in ready})
+        mine = registry.signer.address.lower()
+        return [e for e in ready if committers.get(e.run_id, mine).lower() == mine]
+
+    def _only_lingering(self) -> bool:
+        """Whether all there is to send is checkpoints still waiting for others to
+        share their transaction: a pass beside training (one per checkpoint) then
+        reads no entry."""
+        stored = self.journal.stored_by_kind()
+        if self.urgent or set(stored) - {"checkpoint"}:
+            return False
+        count, oldest = stored.get("checkpoint", (0, 0.0))
+        return count == 0 or self._waits_for_more(count, oldest)
+
+    def _lingers(self, batch: list[Entry]) -> bool:
+        return self._waits_for_more(len(batch), min(e.created_at for e in batch))
+
+    def _waits_for_more(self, count: int, oldest: float) -> bool:
+        """Whether ``count`` checkpoints, the oldest appended at ``oldest``, should
+        wait for more to share their transaction (fewer transactions, less gas and
+        less CPU beside training): not when full, urgent, or old enough."""
+        if self.urgent or count >= BATCH_LIMIT:
+            return False
+        return time.time() - oldest < self.linger
+
+    def _ready(self) -> list[Entry]:
+        """Per run, the stored entries next in line: a start alone, or a run of
+        stored entries of one kind whose earlier entries are all confirmed.
+        A start waits while a parent run in the journal is not started yet."""
+        entries = self.journal.entries(states=["pending", "stored", "sent", "failed"])
+        starts_open = {e.run_id for e in entries if e.kind == "start" and e.state != "failed"}
+        failed_starts = {e.run_id for e in entries if e.kind == "start" and e.state == "failed"}
+        head_kind: dict[str, str | None] = {}  # run -> kind being taken, None once blocked
+        ready: list[Entry] = []
+        for entry in entries:
+            if entry.state == "failed":
+                continue
+            if entry.kind != "start" and entry.run_id in failed_starts:
+                self.journal.mark_failed(entry.id, f"the start of run {entry.run_id} failed")
+                continue
+            taking = head_kind.get(entry.run_id, "")
+            if taking is None or (taking and taking != entry.kind) or entry.state != "stored":
+                head_kind[entry.run_id] = None
+                continue
+            if entry.kind == "start":
+                head_kind[entry.run_id] = None  # nothing of a run goes with its start
+                parents = [p[0] for p in entry.payload.get("parents", [])]
+                if any(p in starts_open for p in parents):
+                    continue
+            else:
+                head_kind[entry.run_id] = entry.kind
+            ready.append(entry)
+        return ready
+
+    def _send_batch(
+        self, registry: Registry, kind: str, batch: list[Entry], result: PassResult
+    ) -> None:
+        while batch:
+            items = [_chain_item(e) for e in batch]
+            try:
+                # no nonce given: the pending one is asked each time, with the gas estimate
+                # and fees (one request); a rolled-back or reset chain rolls nonces back
+                # too, and this worker is the data directory's only sender
+                prepared = registry.prepare(registry.batch_call(kind, items))
+            except TransactionRevertedError as exc:
+                batch = self._refused(registry, kind, batch, exc, result)
+                continue
+            saved = SavedTx(
+                prepared.tx_hash, prepared.raw, prepared.sender, prepared.nonce, prepared.chain_id
+            )
+            self.journal.save_sent([e.id for e in batch], saved)
+            try:
+                registry.broadcast(saved.raw)
+            except NonceTooLowError:
+                self.journal.requeue([e.id for e in batch], recommit=False)
+                continue
+            receipt = self._wait(registry, saved.tx_hash)
+            if receipt is None:
+                return  # stays sent; recovered next pass
+            if not receipt.ok:
+                self.journal.requeue(
+                    [e.id for e in batch],
+                    recommit=False,
+                    error=f"transaction {saved.tx_hash} reverted on chain",
+                )
+                return
+            self._confirm(
+                registry, batch, receipt.block_number, saved.tx_hash, block_hash=receipt.block_hash
+            )
+            result.confirmed += len(batch)
+            return
+
+    def _refused(
+        self,
+        registry: Registry,
+        kind: str,
+        batch: list[Entry],
+        exc: TransactionRevertedError,
+        result: PassResult,
+    ) -> list[Entry]:
+        """Settle the entries a refusal names; returns the rest of the batch to retry."""
+        name, args = exc.error_name, exc.error_args
+        named = bytes(args[0]) if args and isinstance(args[0], bytes) else None
+        hit = [e for e in batch if named is not None and e.run_id == "0x" + named.hex()]
+        rest = [e for e in batch if e not in hit]
+        if name == "RegistryUnknownParent":
+            for entry in batch:
+                if any(
+                    p[0] == "0x" + (named or b"").hex() for p in entry.payload.get("parents", [])
+                ):
+                    self.journal.note_attempt(
+                        [entry.id], f"{exc}: the parent run is not on chain yet"
+                    )
+                    rest = [e for e in rest if e.id != entry.id]
+            return rest if len(rest) < len(batch) else []
+        if name == "RegistryUnknownRun":
+            self._reconcile = True  # the journal holds the run as started: the chain lost it
+            return []
+        if not hit:
+            if len(batch) == 1:
+                self.journal.mark_failed(batch[0].id, str(exc))
+                result.failed += 1
+                return []
+            for entry in batch:  # isolate the refused one
+                self._send_batch(registry, kind, [entry], result)
+            return []
+        for entry in hit:
+            found = self._already_recorded(registry, entry, name)
+            if found is not None:
+                self._confirm(registry, [entry], *found, note="already on chain")
+                result.confirmed += 1
+            else:
+                self.journal.mark_failed(
+                    entry.id, f"{exc}; the chain holds other content under this run id"
+                )
+                result.failed += 1
+        return rest
+
+    def _already_recorded(
+        self, registry: Registry, entry: Entry, error_name: str
+    ) -> tuple[int, str] | None:
+        """Whether a refusal means "recorded already, with this content"."""
+        run_id = bytes.fromhex(entry.run_id[2:])
+        if entry.kind == "start" and error_name == "RegistryRunExists":
+            committer = entry.payload.get("committer", "")
+            if registry.get_run(run_id).committer != checksum_address(committer):
+                return None
+            return self._find_on_chain(registry, entry)
+        if error_name == "RegistryRunNotRunning":
+            status = registry.get_run(run_id).status
+            if entry.kind == "finalize" and status == RunStatus.FINALIZED:
+                return self._find_on_chain(registry, entry)
+            if entry.kind == "fail" and status == RunStatus.FAILED:
+                return self._find_on_chain(registry, entry)
+        return None
+
+    # -- transactions -----------------------------------------------------------------
+
+    def _wait(self, registry: Registry, tx_hash: str) -> Receipt | None:
+        return wait_for_receipt(registry, tx_hash, self.receipt_wait)
+
+
+def wait_for_receipt(registry: Registry, tx_hash: str, timeout: float) -> Receipt | None:
+    """The receipt of a broadcast transaction, or None if it is not mined within
+    ``timeout`` seconds: first looked at after ``FIRST_RECEIPT_LOOK``, then after
+    twice as long each time (at most a quarter of a second)."""
+    deadline = time.monotonic() + timeout
+    delay = FIRST_RECEIPT_LOOK
+    while True:
+        time.sleep(delay)
+        receipt = registry.receipt(tx_hash)
+        if receipt is not None or time.monotonic() > deadline:
+            return receipt
+        delay = min(delay * 2, 0.25)
+
+
+# -- records as the chain takes them ----------------------------------------------------
+
+
+def _leaf(record: dict[str, Any] | None) -> CheckpointLeaf:
+    assert record is not None
+    return CheckpointLeaf(
+        int(record.get("step", 0)),
+        Cid.parse(record["file_cid"]).digest,
+        bytes.fromhex(record["tensor_root"]),
+        Cid.parse(record["metrics_cid"]).digest,
+    )
+
+
+def _final(record: dict[str, Any]) -> FinalRecord:
+    return FinalRecord(
+        Cid.parse(record["file_cid"]).digest,
+        bytes.fromhex(record["tensor_root"]),
+        Cid.parse(record["metrics_cid"]).digest,
+        bytes.fromhex(record["checkpoint_root"]),
+        int(record["checkpoint_count"]),
+    )
+
+
+def _chain_item(entry: Entry) -> tuple[Any, Any]:
+    record = entry.record or {}
+    run_id = bytes.fromhex(entry.run_id[2:])
+    if entry.kind == "start":
+        parents = [
+            (bytes.fromhex(p[2:]), Relation(int(r))) for p, r in entry.payload.get("parents", [])
+        ]
+        return bytes.fromhex(record["manifest_digest"]), parents
+    if entry.kind == "checkpoint":
+        return run_id, _leaf(record)
+    if entry.kind == "finalize":
+        return run_id, _final(record)
+    return run_id, str(record["reason"])[:500]
+
+
+def _one_line(exc: LedgerError) -> str:
+    return f"{exc.message} ({exc.hint})" if exc.hint else exc.message
+
+
+def _check_unchanged(path: Path, payload: dict[str, Any]) -> None:
+    try:
+        stat = path.stat()
+    except FileNotFoundError as exc:
+        raise InputError(
+            f"{path} was removed before the outbox stored it",
+            hint="keep checkpoint files until `ledger status` shows them confirmed",
+        ) from exc
+    if (stat.st_size, stat.st_mtime_ns) != (payload["size"], payload["mtime_ns"]):
+        raise InputError(
+            f"{path} changed after it was handed to the outbox (size or modification time)",
+            hint="write each checkpoint to a new file; ledger records what was handed over",
+        )
+
+
+# -- one worker per data directory ---------------------------------------------------------
+
+
+class WorkerLock:
+    """An exclusive lock on ``<journal>.lock``: one sending worker per journal.
+
+    The kernel drops it when its process dies, however it dies.
+    """
+
+    def __init__(self, journal_path: Path, note: str = "") -> None:
+        self.path = journal_path.with_suffix(".lock")
+        self.note = note  # written under the pid: how to reach the holder (process.py)
+        self._handle: IO[str] | None = None
+
+    def acquire(self, *, wait: bool) -> bool:
+        if self._handle is not None:
+            return True
+        handle = self.path.open("a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            handle.close()
+            return False
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n{self.note}" if self.note else str(os.getpid()))
+        handle.flush()
+        self._handle = handle
+        return True
+
+    def holder(self) -> str:
+        """The holder's pid (as written; ``?`` when unknown)."""
+        return self._content()[0] or "?"
+
+    def running(self) -> int | None:
+        """The pid of the process holding the lock now, if any (Linux, read from
+        ``/proc/locks`` without touching the lock; None elsewhere)."""
+        try:
+            inode = self.path.stat().st_ino
+            lines = Path("/proc/locks").read_text().splitlines()
+        except OSError:
+            return None
+        for line in lines:
+            fields = line.split()
+            # "1: FLOCK  ADVISORY  WRITE 1234 fd:01:5678 0 EOF"
+            if (
+                len(fields) >= 6
+                and fields[1:4:2] == ["FLOCK", "WRITE"]
+                and fields[5].rsplit(":", 1)[-1] == str(inode)
+            ):
+                return int(fields[4])
+        return None
+
+    def retire_holder(self) -> bool:
+        """Ask the holder, if it is a resident worker (its note names its socket,
+        ledger/outbox/process.py) of other settings than ours, to step aside; it
+        does once nobody is attached to it. Whether it was asked."""
+        note = self.holder_note()
+        try:
+            name = bytes.fromhex(note).decode()
+        except (ValueError, UnicodeDecodeError):
+            return False
+        if not name.startswith("\0ledger-outbox-") or note == self.note:
+            return False  # not a resident worker, or one of our own settings
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(0.5)
+        try:
+            sock.connect(name)
+            sock.sendall(b"q")
+        except OSError:
+            return False
+        finally:
+            sock.close()
+        return True
+
+    def holder_note(self) -> str:
+        return self._content()[1]
+
+    def _content(self) -> tuple[str, str]:
+        try:
+            pid, _, note = self.path.read_text().strip().partition("\n")
+        except OSError:
+            return "", ""
+        return pid.strip(), note.strip()
+
+    def release(self) -> None:
+        if self._handle is not None:
+            fcntl.flock(self._handle, fcntl.LOCK_UN)
+            self._handle.close()
+            self._handle = None
+
+
+class Waker(Protocol):
+    """How a worker loop sleeps and learns that it should end."""
+
+    def wait(self, timeout: float) -> None:
+        """Sleep up to ``timeout`` s; return early when woken."""
+
+    @property
+    def stopping(self) -> bool:
+        """End now (the owner stops the loop)."""
+
+    @property
+    def alone(self) -> bool:
+        """Nobody appends through this worker any more: finish what moves, then end."""
+
+
+IDLE_EXIT = 5.0  # seconds with nothing open before a worker ends (restarted on append)
+
+
+def serve(worker: Worker, lock: WorkerLock, waker: Waker, *, keep: float = 0.0) -> None:
+    """Run passes until stopped, idle for IDLE_EXIT s, or alone with nothing moving.
+
+    One data directory has one sending worker (``lock``); another waits and takes
+    over if that one ends. Errors never end the loop: the journal is safe, and the
+    next pass retries with backoff (up to 15 s). ``keep`` > 0 makes a resident
+    worker: alone, it stays until nothing has moved for ``keep`` s (the next
+    run of the data directory finds it running), and that is also how long it
+    stays idle while someone is attached.
+    """
+    backoff = 0.25
+    idle_since = time.monotonic()
+    still_since = idle_since  # the last pass that moved something
+    was_alone = waker.alone
+    asked = False  # whether a resident holder of the lock was asked to step aside
+    try:
+        while not waker.stopping:
+            if not lock.acquire(wait=False):
+                if waker.alone:
+                    return  # the other worker sends what is open
+                if not asked:
+                    asked = lock.retire_holder()  # a resident worker of other settings
+                waker.wait(1.0)  # another process's worker sends; take over if it ends
+                continue
+            if waker.alone:
+                worker.urgent = True  # nobody will add to a lingering batch now
+            try:
+                result = worker.run_once()
+            except (LedgerError, OSError) as exc:  # stay alive; the journal is safe
+                text = _one_line(exc) if isinstance(exc, LedgerError) else str(exc)
+                result = PassResult(waiting_on=f"outbox worker: {text}")
+                worker.say(str(result.waiting_on))
+            open_now = worker.journal.open_count()
+            now = time.monotonic()
+            if result.moved or (not was_alone and waker.alone):
+                still_since = now  # (a resident worker's wait starts when it is left alone)
+            was_alone = waker.alone
+            if waker.alone and not keep and (not open_now or not result.moved):
+                return  # the journal keeps the rest for `ledger sync` or the next run
+            if waker.alone and keep and not result.moved and now - still_since > keep:
+                return  # resident, and nobody came: the next run starts another
+            if result.waiting_on:
+                _back_off(worker, waker, backoff)
+                backoff = min(backoff * 2, 15.0)
+            elif not result.moved:
+                backoff = 0.25
+                if open_now:
+                    idle_since = now
+                elif now - idle_since > max(keep, IDLE_EXIT):
+                    return
+                waker.wait(0.5)  # appends wake it sooner; other processes' are polled
+            else:
+                idle_since = now
+                if not worker.urgent and result.stored < STORE_LIMIT:
+                    # beside training, one pass per wake: the next append wakes it
+                    # again (a pass that finds nothing costs about 0.3 ms of CPU)
+                    waker.wait(0.5)
+    finally:
+        lock.release()
+
+
+def _back_off(worker: Worker, waker: Waker, seconds: float) -> None:
+    """Wait out a retry delay. Appends wake the worker but do not shorten it;
+    a stop does, and so does any wake while someone waits for the records."""
+    until = time.monotonic() + seconds
+    while (left := until - time.monotonic()) > 0 and not waker.stopping:
+        waker.wait(left)
+        if worker.urgent:
+            return
+
+
+class WorkerThread:
+    """The worker on a daemon thread of this process (``LEDGER_OUTBOX_WORKER=thread``,
+    or an outbox given a store object that cannot cross to another process)."""
+
+    def __init__(self, worker: Worker, lock: WorkerLock) -> None:
+        self.worker = worker
+        self.lock = lock
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="ledger-outbox", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def set_urgent(self, urgent: bool) -> None:
+        self.worker.urgent = urgent
+        self._wake.set()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)  # the loop releases the lock as it ends
+
+    # the Waker side, for serve()
+    def wait(self, timeout: float) -> None:
+        self._wake.wait(timeout)
+        self._wake.clear()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    alone = False  # the thread ends with its process
+
+    def _loop(self) -> None:
+        serve(self.worker, self.lock, self)
+
+
+__all__ = [
+    "PassResult",
+    "Worker",
+    "WorkerLock",
+    "WorkerThread",
+    "serve",
+]

@@ -1,0 +1,122 @@
+"""The web page in a real browser: Debian's chromium, headless, driven by Playwright.
+
+``make test`` installs chromium first (``make browser``); Playwright never
+downloads a browser of its own.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ledger.chain.records import Relation
+from ledger.config import Settings
+from ledger.index.indexer import Indexer
+from ledger.store import LocalStore
+from tests.conftest import Chain, free_port
+from tests.runs import record_run
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+pytestmark = pytest.mark.skipif(
+    not Path(CHROMIUM).exists() and not os.environ.get("CI"),
+    reason="needs Debian's chromium: run `make browser` (make test does)",
+)
+
+
+@pytest.fixture
+def index_url(tmp_path: Path) -> str:  # the page is tested on SQLite only
+    return f"sqlite:///{tmp_path / 'index.sqlite'}"
+
+
+@pytest.fixture
+def server(settings: Settings, indexer: Indexer) -> Iterator[str]:
+    import uvicorn
+
+    from ledger.api.app import ApiConfig, create_app
+
+    app = create_app(settings, ApiConfig(follow=False), engine=indexer.engine, indexer=indexer)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+def test_runs_table_run_chart_lineage_badges(
+    chain: Chain, data_store: LocalStore, indexer: Indexer, server: str
+) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    assert shutil.which("chromium") or Path(CHROMIUM).exists(), "chromium is not installed"
+    curve = [
+        {"val_loss": 0.9, "epoch": 0},
+        {"val_loss": 0.6, "epoch": 1},
+        {"val_loss": 0.4, "epoch": 2},
+    ]
+    base = record_run(chain.registry, data_store, "base-model", curve=curve)
+    tuned = record_run(
+        chain.registry, data_store, "tuned-model", parents=[(base.run_id, Relation.FINE_TUNE)]
+    )
+    bad = record_run(chain.registry, data_store, "leaky-model")
+    chain.registry.revoke_run(bad.run_id, "trained on test data")
+    indexer.run_once()
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        try:
+            page = browser.new_page()
+            page.goto(server + "/")
+            rows = page.locator("#runs tbody tr")
+            expect(rows).to_have_count(3)
+            expect(page.locator("#runs")).to_contain_text("base-model")
+            expect(page.locator(f'tr[data-run="{bad.hex}"]')).to_have_class("revoked")
+            expect(page.locator(f'tr[data-run="{bad.hex}"] .badge.revoked')).to_have_text("revoked")
+            expect(page.locator(f'tr[data-run="{base.hex}"] .badge.revoked')).to_have_count(0)
+
+            page.fill("#filter", "name:tuned*")
+            page.click("#filter-form button")
+            expect(rows).to_have_count(1)
+            expect(page.locator(f'tr[data-run="{tuned.hex}"]')).to_have_count(1)
+
+            page.goto(f"{server}/runs/{base.hex}")
+            line = page.locator('#charts svg[data-metric="val_loss"] polyline')
+            expect(line).to_have_count(1)
+            points = (line.get_attribute("points") or "").split()
+            assert len(points) == 3  # one point per checkpoint epoch
+            ys = [float(p.split(",")[1]) for p in points]
+            assert (
+                ys[0] < ys[1] < ys[2]
+            )  # falling loss: each point lower on screen (SVG y grows down)
+            expect(page.locator("#verify")).to_have_text("VERIFIED (re-checked on chain)")
+            expect(page.locator("#lineage-graph")).to_contain_text("tuned-model")
+            expect(page.locator("#lineage-graph")).to_contain_text("fine-tune")
+            expect(page.locator("#revoked .badge.revoked")).to_have_count(0)
+
+            page.goto(f"{server}/runs/{bad.hex}")
+            expect(page.locator("#revoked .badge.revoked")).to_have_text("revoked")
+            expect(page.locator("#revoked")).to_contain_text("trained on test data")
+            expect(page.locator("#verify")).to_have_text("REVOKED (re-checked on chain)")
+        finally:
+            browser.close()

@@ -1,0 +1,125 @@
+"""``ledger store push`` and ``ledger store get``, run as real processes against a real node."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from ledger.hashing.cid import Cid, bytes_cid
+from ledger.store import LocalStore
+from tests.conftest import free_port
+from tests.store.ipfs.node import IpfsNode
+from tests.store.ipfs.test_ipfs_store import pinned_on, upload
+
+
+def ledger(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("LEDGER_")}
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "ledger", *args],
+        env=full_env,
+        capture_output=True,
+        timeout=300,
+        check=False,
+    )
+
+
+def local_store(data_dir: Path, sizes: list[int]) -> tuple[LocalStore, list[Cid]]:
+    store = LocalStore(data_dir / "store")
+    return store, [store.put_bytes(os.urandom(size)) for size in sizes]
+
+
+def test_push_copies_everything_then_nothing(ipfs_node: IpfsNode, tmp_path: Path) -> None:
+    data_dir = tmp_path / "ledger"
+    store, cids = local_store(data_dir, [10, 300_000, 3_000_000])
+    env = {"LEDGER_IPFS_API": ipfs_node.api}
+
+    first = ledger("store", "push", "--data-dir", str(data_dir), env=env)
+    assert first.returncode == 0, first.stderr
+    assert b"pushed 3 artifacts" in first.stdout and b"0 already pinned" in first.stdout
+    assert all(pinned_on(ipfs_node, cid) for cid in cids)
+
+    # Resumable: what the node pins is skipped; a new artifact alone is copied.
+    cids.append(store.put_bytes(os.urandom(1000)))
+    second = ledger("store", "push", "--data-dir", str(data_dir), env=env)
+    assert second.returncode == 0, second.stderr
+    assert b"pushed 1 artifacts" in second.stdout and b"3 already pinned" in second.stdout
+    third = ledger("store", "push", "--data-dir", str(data_dir), "--api", ipfs_node.url)
+    assert third.returncode == 0, third.stderr
+    assert b"pushed 0 artifacts" in third.stdout and b"4 already pinned" in third.stdout
+
+
+def test_push_refuses_a_damaged_copy_and_pushes_the_rest(
+    ipfs_node: IpfsNode, tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "ledger"
+    store, (good, bad) = local_store(data_dir, [400_000, 500_000])
+    path = store.path_for(bad)
+    damaged = bytearray(path.read_bytes())
+    damaged[7] ^= 0xFF
+    path.write_bytes(bytes(damaged))
+
+    out = ledger("store", "push", "--data-dir", str(data_dir), "--api", ipfs_node.api)
+    assert out.returncode == 20
+    assert f"failed {bad}".encode() in out.stderr and b"Traceback" not in out.stderr
+    assert b"pushed 1 artifacts" in out.stdout and b"1 failed" in out.stdout
+    assert pinned_on(ipfs_node, good)
+    assert not pinned_on(ipfs_node, bad)
+    assert not pinned_on(ipfs_node, bytes_cid(bytes(damaged)))
+
+
+def test_push_needs_a_node(tmp_path: Path) -> None:
+    local_store(tmp_path, [10])
+    unconfigured = ledger("store", "push", "--data-dir", str(tmp_path))
+    assert unconfigured.returncode == 10 and b"LEDGER_IPFS_API" in unconfigured.stderr
+    api = f"/ip4/127.0.0.1/tcp/{free_port()}/http"
+    down = ledger("store", "push", "--data-dir", str(tmp_path), "--api", api)
+    assert down.returncode == 20
+    assert api.encode() in down.stderr and b"does not answer" in down.stderr
+
+
+def test_get_fetches_and_rechecks(ipfs_node: IpfsNode, tmp_path: Path) -> None:
+    data = os.urandom(700_000)
+    env = {"LEDGER_IPFS_API": ipfs_node.api}
+    data_dir = tmp_path / "ledger"  # an empty local store: the node is asked
+    cid = Cid.parse(json.loads(upload(ipfs_node, data, _kubo_v1()))["Hash"])
+    assert cid == bytes_cid(data)
+
+    out = tmp_path / "out.bin"
+    to_file = ledger("store", "get", str(cid), "-o", str(out), "--data-dir", str(data_dir), env=env)
+    assert to_file.returncode == 0, to_file.stderr
+    assert out.read_bytes() == data and b"verified" in to_file.stderr
+    to_stdout = ledger("store", "get", str(cid), "--data-dir", str(data_dir), env=env)
+    assert to_stdout.returncode == 0 and to_stdout.stdout == data
+
+    # One chunk imported as a dag-pb leaf: the node's bytes do not give this CID.
+    other = Cid.parse(json.loads(upload(ipfs_node, data[:1000], _dag_pb_leaves()))["Hash"])
+    refused = tmp_path / "refused.bin"
+    bad = ledger("store", "get", str(other), "-o", str(refused), env=env)
+    assert bad.returncode == 20 and str(other).encode() in bad.stderr
+    assert not refused.exists()
+
+    not_a_cid = ledger("store", "get", "bafy-not-a-cid", env=env)
+    assert not_a_cid.returncode == 11
+
+
+def test_get_reads_the_embedded_store_when_no_node_is_configured(tmp_path: Path) -> None:
+    _, (cid,) = local_store(tmp_path, [12345])
+    out = ledger("store", "get", str(cid), "--data-dir", str(tmp_path))
+    assert out.returncode == 0 and bytes_cid(out.stdout) == cid
+
+
+def _kubo_v1() -> dict[str, str]:
+    return {
+        "cid-version": "1",
+        "raw-leaves": "true",
+        "chunker": "size-262144",
+        "cid-base": "base32",
+    }
+
+
+def _dag_pb_leaves() -> dict[str, str]:
+    return {"cid-version": "1", "raw-leaves": "false", "cid-base": "base32"}
