@@ -1,7 +1,6 @@
 """``ledger index`` and ``ledger serve``: the audit flow's commands.
 
-Registered on the main app by :func:`register` (one line in :mod:`ledger.cli.app`);
-everything heavy (SQLAlchemy, FastAPI, uvicorn) is imported inside the commands.
+Everything heavy (SQLAlchemy, FastAPI, uvicorn) is imported inside the commands.
 """
 
 from __future__ import annotations
@@ -12,10 +11,9 @@ from typing import Annotated, Any
 
 import typer
 
-DataDir = Annotated[
-    Path | None,
-    typer.Option("--data-dir", envvar="LEDGER_HOME", help="Data directory [default: .ledger]"),
-]
+from ledger.cli.options import DATA_DIR, PORT, load_settings
+
+app = typer.Typer()
 IndexUrl = Annotated[
     str | None,
     typer.Option(
@@ -34,14 +32,9 @@ Confirmations = Annotated[
 ]
 
 
-def _settings(data_dir: Path | None) -> Any:
-    from ledger.config import load_settings
-
-    return load_settings(data_dir)
-
-
+@app.command()
 def index(
-    data_dir: DataDir = None,
+    data_dir: Annotated[Path | None, DATA_DIR.typer()] = None,
     index_url: IndexUrl = None,
     confirmations: Confirmations = None,
     follow: Annotated[bool, typer.Option("--follow", help="Keep following new blocks.")] = False,
@@ -53,7 +46,7 @@ def index(
     from ledger.index import open_index
     from ledger.index.service import build_indexer
 
-    settings = _settings(data_dir)
+    settings = load_settings(data_dir)
     engine = open_index(settings, index_url)
     indexer = build_indexer(settings, engine, confirmations=confirmations)
     if follow:
@@ -79,11 +72,12 @@ def index(
     )
 
 
+@app.command()
 def serve(
-    data_dir: DataDir = None,
+    data_dir: Annotated[Path | None, DATA_DIR.typer()] = None,
     index_url: IndexUrl = None,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port.", min=1, max=65535)] = 8000,
+    port: Annotated[int, PORT.typer(help="Port.", min=1, max=65535)] = 8000,
     confirmations: Confirmations = None,
     no_index: Annotated[
         bool, typer.Option("--no-index", help="Serve only; another process runs `ledger index`.")
@@ -102,7 +96,7 @@ def serve(
     from ledger.index import open_index
     from ledger.index.service import build_indexer
 
-    settings = _settings(data_dir)
+    settings = load_settings(data_dir)
     config = ApiConfig.from_env(index_url=index_url, follow=not no_index)
     engine = open_index(settings, index_url)
     indexer = None if no_index else build_indexer(settings, engine, confirmations=confirmations)
@@ -142,8 +136,3 @@ def _serve_workers(
     finally:
         if background is not None:
             background.stop()
-
-
-def register(app: typer.Typer) -> None:
-    app.command()(index)
-    app.command()(serve)

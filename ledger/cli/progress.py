@@ -1,22 +1,35 @@
 """A progress bar for hashing large files, shown only to a person at a terminal.
 
-:func:`wants_progress` decides; :func:`hashing_progress` draws (with rich,
-imported only when a bar is actually shown) and hands back the callback that
-:func:`ledger.hashing.cid.file_cid` calls with the bytes it hashed.
+:func:`progress_bar` is what the commands use: the callback that
+:func:`ledger.hashing.cid.file_cid` calls with the bytes it hashed, or None
+when no bar is wanted. :func:`wants_progress` decides; :func:`hashing_progress`
+draws (with rich, imported only when a bar is actually shown).
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from ledger.hashing.cid import Progress
 
 PROGRESS_THRESHOLD = 256 * 1024 * 1024
 """Files larger than this (256 MiB) get a progress bar."""
+
+
+@contextmanager
+def progress_bar(path: Path, *, json_output: bool) -> Iterator[Any]:
+    """A callback that draws a hashing bar on stdout, or None when no bar is wanted."""
+    size = file_size(path)
+    if not wants_progress(size, json_output=json_output, stream=sys.stdout):
+        yield None
+        return
+    with hashing_progress(path, size, sys.stdout) as progress:
+        yield progress
 
 
 def wants_progress(size: int, *, json_output: bool, stream: TextIO) -> bool:

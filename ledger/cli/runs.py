@@ -1,48 +1,144 @@
-"""``ledger runs`` and ``ledger lineage``: the registry's runs, read from its events
-and the store (:mod:`ledger.catalog`). Registered on the main app by :mod:`ledger.cli.app`."""
+"""``ledger show``, ``proof``, ``revoke``, ``runs`` and ``lineage``: recorded runs.
+
+``show``, ``proof`` and ``revoke`` talk to the registry; ``runs`` and ``lineage``
+read its events and the store (:mod:`ledger.catalog`).
+"""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-DataDir = Annotated[
-    Path | None,
-    typer.Option("--data-dir", envvar="LEDGER_HOME", help="Data directory [default: .ledger]"),
-]
-JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON document.")]
+from ledger.cli.options import DATA_DIR, JSON, RUN_ID, load_settings, parse_run_id, print_json
+from ledger.errors import InputError
+
+app = typer.Typer()
 
 
 def _catalog(data_dir: Path | None) -> Any:
     from ledger.catalog import RunCatalog
     from ledger.chain.reader import RegistryReader
-    from ledger.config import load_settings
     from ledger.store import open_store
 
     settings = load_settings(data_dir)
     return RunCatalog.load(RegistryReader.connect(settings), open_store(settings))
 
 
-def _echo_json(document: Any) -> None:
-    typer.echo(json.dumps(document, indent=2, sort_keys=True))
+@app.command()
+def show(
+    run: Annotated[str, RUN_ID.typer()], data_dir: Annotated[Path | None, DATA_DIR.typer()] = None
+) -> None:
+    """Print a run's on-chain record (storage and events) as JSON."""
+    from ledger.chain.registry import Registry
+
+    registry = Registry.connect(load_settings(data_dir), signer=False)
+    run_id = parse_run_id(run)
+    record = registry.get_run(run_id)
+    started = registry.events("RunStarted", run_id)
+    final = registry.final_record(run_id)
+    print_json(
+        {
+            "run_id": "0x" + record.run_id.hex(),
+            "committer": record.committer,
+            "started_at": record.started_at,
+            "status": record.status.name.lower(),
+            "revoked": record.revoked,
+            "manifest_digest": bytes(started[0]["manifestDigest"]).hex() if started else None,
+            "parents": [
+                {"run_id": "0x" + bytes(p["runId"]).hex(), "relation": int(p["relation"])}
+                for p in (started[0]["parents"] if started else [])
+            ],
+            "checkpoints": len(registry.checkpoints(run_id)),
+            "final": None
+            if final is None or final.final is None
+            else {
+                "weights_digest": final.weights_digest.hex(),
+                "tensor_root": final.tensor_root.hex(),
+                "metrics_digest": final.metrics_digest.hex(),
+                "checkpoint_root": final.final.checkpoint_root.hex(),
+                "commitment": record.final_commitment.hex(),
+            },
+        }
+    )
 
 
+@app.command()
+def proof(
+    run: Annotated[str, RUN_ID.typer()],
+    step: Annotated[int, typer.Argument(help="Checkpoint step.", min=0)],
+    data_dir: Annotated[Path | None, DATA_DIR.typer()] = None,
+) -> None:
+    """Print a Merkle inclusion proof of a checkpoint in its run's checkpoint root."""
+    from ledger.chain.registry import Registry, record_leaf
+    from ledger.hashing.merkle import MerkleTree
+
+    registry = Registry.connect(load_settings(data_dir), signer=False)
+    run_id = parse_run_id(run)
+    final = registry.final_record(run_id)
+    if final is None or final.final is None:
+        raise InputError(
+            f"run {run} is not finalized, so it has no checkpoint root yet",
+            hint="proofs exist once the run's final record commits to its checkpoints",
+        )
+    leaves = [record_leaf(r) for r in registry.checkpoints(run_id)]
+    matches = [leaf for leaf in leaves if leaf.step == step]
+    if not matches:
+        steps = ", ".join(str(leaf.step) for leaf in leaves) or "none"
+        raise InputError(f"run {run} has no checkpoint at step {step} (steps: {steps})")
+    tree = MerkleTree([leaf.hash for leaf in leaves])
+    proofs = []
+    for leaf in matches:
+        path = tree.proof(leaf.hash)
+        proofs.append(
+            {
+                "step": leaf.step,
+                "weights_digest": leaf.weights_digest.hex(),
+                "tensor_root": leaf.tensor_root.hex(),
+                "metrics_digest": leaf.metrics_digest.hex(),
+                "leaf": "0x" + leaf.hash.hex(),
+                "proof": ["0x" + node.hex() for node in path],
+                "verified_by_registry": registry.verify_checkpoint(run_id, final.final, leaf, path),
+            }
+        )
+    print_json(
+        {
+            "run_id": "0x" + run_id.hex(),
+            "checkpoint_root": "0x" + final.final.checkpoint_root.hex(),
+            "root_matches": tree.root == final.final.checkpoint_root,
+            "checkpoints": proofs,
+        }
+    )
+
+
+@app.command()
+def revoke(
+    run: Annotated[str, RUN_ID.typer()],
+    reason: Annotated[str, typer.Option(help="Why the run is revoked (recorded on chain).")],
+    data_dir: Annotated[Path | None, DATA_DIR.typer()] = None,
+) -> None:
+    """Revoke a run (its committer or an admin may); its descendants become tainted."""
+    from ledger.chain.registry import Registry
+
+    tx = Registry.connect(load_settings(data_dir)).revoke_run(parse_run_id(run), reason)
+    typer.echo(f"revoked in tx {tx.tx_hash} (block {tx.block_number})")
+
+
+@app.command()
 def runs(
     sweep: Annotated[str | None, typer.Option(help="Only the trials of this sweep id.")] = None,
     sort: Annotated[
         str | None, typer.Option(help="Order by this metric (e.g. val_loss), lowest first.")
     ] = None,
     descending: Annotated[bool, typer.Option("--desc", help="Highest first.")] = False,
-    data_dir: DataDir = None,
-    as_json: JsonFlag = False,
+    data_dir: Annotated[Path | None, DATA_DIR.typer()] = None,
+    as_json: Annotated[bool, JSON.typer()] = False,
 ) -> None:
     """List recorded runs (of a sweep), oldest first or by a metric."""
     chosen = _catalog(data_dir).select(sweep=sweep, sort=sort, descending=descending)
     if as_json:
-        _echo_json([r.to_json() for r in chosen])
+        print_json([r.to_json() for r in chosen])
         return
     if not chosen:
         typer.echo("no runs" + (f" in sweep {sweep!r}" if sweep else ""))
@@ -62,18 +158,18 @@ def runs(
         typer.echo("  ".join(cells))
 
 
+@app.command()
 def lineage(
-    run: Annotated[str, typer.Argument(help="Run id.")],
-    data_dir: DataDir = None,
-    as_json: JsonFlag = False,
+    run: Annotated[str, RUN_ID.typer()],
+    data_dir: Annotated[Path | None, DATA_DIR.typer()] = None,
+    as_json: Annotated[bool, JSON.typer()] = False,
 ) -> None:
     """Print a run's ancestors and descendants with relations, status and revocations."""
     from ledger.catalog import lineage_lines
-    from ledger.cli.verify import parse_run_id
 
     tree = _catalog(data_dir).lineage(parse_run_id(run))
     if as_json:
-        _echo_json(tree)
+        print_json(tree)
         return
     for line in lineage_lines(tree):
         typer.echo(line)

@@ -19,18 +19,16 @@ from typing import Annotated, Any
 
 import typer
 
+from ledger.cli.options import DATA_DIR, load_settings
 from ledger.errors import ConfigError, InputError, IntegrityError, StoreError
 
-store_app = typer.Typer(
+app = typer.Typer(
+    name="store",
     help="Move artifacts between the embedded store and an IPFS node.",
     no_args_is_help=True,
     rich_markup_mode=None,
 )
 
-DataDir = Annotated[
-    Path | None,
-    typer.Option("--data-dir", envvar="LEDGER_HOME", help="Data directory [default: .ledger]"),
-]
 Api = Annotated[
     str | None,
     typer.Option(
@@ -52,19 +50,13 @@ class PushSummary:
     failed: list[tuple[str, str]] = field(default_factory=list)
 
 
-def _settings(data_dir: Path | None, api: str | None) -> Any:
-    from ledger.config import load_settings
-
-    return load_settings(data_dir, ipfs_api=api)
-
-
-@store_app.command("push")
-def push(data_dir: DataDir = None, api: Api = None) -> None:
+@app.command("push")
+def push(data_dir: Annotated[Path | None, DATA_DIR.typer()] = None, api: Api = None) -> None:
     """Copy every artifact of the local store to the IPFS node (skips what it pins)."""
     from ledger.store import LocalStore
     from ledger.store.ipfs import IpfsStore
 
-    settings = _settings(data_dir, api)
+    settings = load_settings(data_dir, ipfs_api=api)
     if not settings.ipfs_api:
         raise ConfigError(
             "no IPFS node is configured to push to",
@@ -102,14 +94,14 @@ def push(data_dir: DataDir = None, api: Api = None) -> None:
         )
 
 
-@store_app.command("get")
+@app.command("get")
 def get(
     cid: Annotated[str, typer.Argument(help="CID of the artifact.")],
     output: Annotated[
         Path | None,
         typer.Option("-o", "--output", help="Write it to this file [default: stdout]."),
     ] = None,
-    data_dir: DataDir = None,
+    data_dir: Annotated[Path | None, DATA_DIR.typer()] = None,
     api: Api = None,
 ) -> None:
     """Fetch an artifact from the configured store, re-checked against its CID."""
@@ -118,7 +110,7 @@ def get(
     from ledger.store.ipfs import IpfsStore
 
     wanted = Cid.parse(cid.strip())
-    store = open_store(_settings(data_dir, api))
+    store = open_store(load_settings(data_dir, ipfs_api=api))
     if output is not None and isinstance(store, IpfsStore):
         store.get_file(wanted, output)  # streamed to disk, renamed into place once checked
     else:

@@ -1,155 +1,62 @@
-"""``ledger verify``: the command's one implementation, free of the CLI framework.
+"""``ledger verify``, ``ledger cid`` and ``ledger tensors``: the commands that read a model file.
 
-:mod:`ledger.cli.app` registers :func:`verify_command` as the typer command, and the
-console script (:mod:`ledger.cli.main`) calls it directly when the arguments are
-plain enough to need no parser: the same code, the same report and exit code,
-without loading typer and click while the file is being hashed. It never turns
-errors into exit codes; both callers leave that to :func:`ledger.cli.main`.
+``verify`` does its work in :func:`ledger.cli.check.check_file`, which the
+console script also calls without typer when the arguments are plain (its
+options are :data:`ledger.cli.options.VERIFY_OPTIONS`, the table both read).
 """
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Annotated
 
-from ledger.errors import InputError
+import typer
+
+from ledger.cli.options import DATA_DIR, JSON, VERIFY_PATH, VERIFY_RUN, print_json
+from ledger.cli.progress import progress_bar
+
+app = typer.Typer()
 
 
-def verify_command(path: Path, *, run: str | None, data_dir: Path | None, as_json: bool) -> int:
-    """Re-check ``path``, print the report (JSON or text); returns the exit code."""
-    expected = parse_run_id(run) if run else None
-    with progress_bar(path, json_output=as_json) as progress, _BackgroundCid(path, progress) as cid:
-        # The file is being hashed on other threads while the rest loads and connects.
-        from ledger.chain.reader import RegistryReader
-        from ledger.config import load_settings
-        from ledger.store import open_store
-        from ledger.verify import Verifier
+@app.command()
+def cid(
+    path: Annotated[Path, typer.Argument(help="File to hash.")],
+    cid_version: Annotated[int, typer.Option("--cid-version", min=0, max=1)] = 1,
+) -> None:
+    """Print the file's CID as `ipfs add -Q --only-hash` would (CIDv1 raw leaves by default)."""
+    from ledger.hashing.cid import file_cid
 
-        settings = load_settings(data_dir)
-        registry = RegistryReader.connect(settings)
-        verifier = Verifier(registry, open_store(settings))  # the IPFS node, if configured
-        report = verifier.verify_file(path, expected_run=expected, known_cid=cid.result())
+    with progress_bar(path, json_output=False) as progress:
+        result = file_cid(path, cid_version=cid_version, progress=progress)
+    typer.echo(str(result))
+
+
+@app.command()
+def tensors(
+    path: Annotated[
+        Path,
+        typer.Argument(help="Weights file (.pt, .pth, .ckpt, .bin, .safetensors) or HF folder."),
+    ],
+    as_json: Annotated[bool, JSON.typer()] = False,
+) -> None:
+    """Print the tensor root of weights (file or model folder); --json: every tensor's digest."""
+    from ledger.hashing.tensors import tensor_digest
+
+    digest = tensor_digest(path)
     if as_json:
-        print_json(report.to_json())
+        print_json(digest.index())
     else:
-        _print_report(report)
-    return int(report.outcome.exit_code)
+        typer.echo(f"{digest.scheme}:{digest.root.hex()}  ({len(digest.leaves)} tensors)")
 
 
-def parse_run_id(text: str) -> bytes:
-    """A run id given on the command line (``0x`` and 64 hex digits) as 32 bytes."""
-    raw = text.strip().removeprefix("0x")
-    try:
-        value = bytes.fromhex(raw)
-    except ValueError:
-        value = b""
-    if len(value) != 32:
-        raise InputError(
-            f"run id {text!r} is not 32 bytes of hex", hint="e.g. 0x12ab... (64 hex digits)"
-        )
-    return value
+@app.command()
+def verify(
+    path: Annotated[Path, VERIFY_PATH.typer()],
+    run: Annotated[str | None, VERIFY_RUN.typer()] = None,
+    data_dir: Annotated[Path | None, DATA_DIR.typer()] = None,
+    as_json: Annotated[bool, JSON.typer()] = False,
+) -> None:
+    """Re-check a model file: exit 0 verified, 3 mismatch, 4 unknown, 5 revoked."""
+    from ledger.cli.check import check_file
 
-
-def print_json(document: Any) -> None:
-    """One JSON document on stdout, as every ``--json`` command prints it."""
-    import json
-
-    sys.stdout.write(json.dumps(document, indent=2, sort_keys=True) + "\n")
-    sys.stdout.flush()
-
-
-@contextmanager
-def progress_bar(path: Path, *, json_output: bool) -> Iterator[Any]:
-    """A callback that draws a hashing bar on stdout, or None when no bar is wanted."""
-    from ledger.cli.progress import file_size, hashing_progress, wants_progress
-
-    size = file_size(path)
-    if not wants_progress(size, json_output=json_output, stream=sys.stdout):
-        yield None
-        return
-    with hashing_progress(path, size, sys.stdout) as progress:
-        yield progress
-
-
-class _Abandoned(Exception):
-    """Stops a background hash whose result nobody will read."""
-
-
-class _BackgroundCid:
-    """The file CID of ``path``, computed on a background thread from ``__enter__`` on.
-
-    Leaving the block early (an error elsewhere) stops the hash at its next
-    block instead of waiting for the whole file. A folder has no CID: None.
-    """
-
-    def __init__(self, path: Path, progress: Any) -> None:
-        import threading
-
-        self._path = path
-        self._progress = progress
-        self._abandon = threading.Event()
-        self._pool: Any = None
-        self._future: Any = None
-
-    def _hash(self) -> Any:
-        from ledger.hashing.cid import file_cid
-
-        def progress(done: int) -> None:
-            if self._abandon.is_set():
-                raise _Abandoned
-            if self._progress is not None:
-                self._progress(done)
-
-        return file_cid(self._path, progress=progress)
-
-    def __enter__(self) -> _BackgroundCid:
-        from ledger.cli import _early
-
-        early = _early.take(self._path)
-        if early is not None:
-            self._future = early  # already hashing since the process started
-        elif not self._path.is_dir():
-            from concurrent.futures import ThreadPoolExecutor
-
-            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-cid")
-            self._future = self._pool.submit(self._hash)
-        return self
-
-    def result(self) -> Any:
-        return None if self._future is None else self._future.result()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._abandon.set()
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _print_report(report: Any) -> None:
-    from rich.console import Console
-
-    console = Console(highlight=False, soft_wrap=True)
-    colour = {"verified": "green", "mismatch": "red", "unknown": "yellow", "revoked": "red"}
-    if report.is_folder:
-        files = ", ".join(report.files or [])
-        console.print(
-            f"[bold]{report.path}[/bold]  model folder ({files}): no file CID, "
-            "looked up by tensor root"
-        )
-    else:
-        console.print(f"[bold]{report.path}[/bold]  CID {report.file_cid}")
-    for check in report.checks:
-        mark = "[green]✓[/green]" if check.ok else "[red]✗[/red]"
-        console.print(f"  {mark} {check.name}: {check.detail}")
-    where = ""
-    if report.run_id:
-        what = (
-            "final weights"
-            if report.is_final
-            else (f"checkpoint step {report.step}" if report.step is not None else "")
-        )
-        where = f" — run {report.run_id}" + (f", {what}" if what else "")
-    outcome = report.outcome.value
-    console.print(f"[bold {colour[outcome]}]{outcome.upper()}[/]{where}")
+    raise typer.Exit(check_file(path, run=run, data_dir=data_dir, as_json=as_json))

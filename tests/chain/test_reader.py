@@ -137,7 +137,7 @@ def test_verify_without_the_parser_loads_no_cli_framework_nor_http_client() -> N
     """What ``ledger verify FILE`` loads while the file is hashed: no typer, click or rich,
     and HTTP on a socket (``http.client`` would bring ``email`` and ``ssl``)."""
     assert_loads_none(
-        "ledger.cli.main, ledger.cli._early, ledger.cli.verify, ledger.config, ledger.verify, "
+        "ledger.cli.main, ledger.cli._early, ledger.cli.check, ledger.config, ledger.verify, "
         "ledger.chain.reader, ledger.store, ledger.hashing.cid",
         {"typer", "click", "rich", "http.client", "ssl", "email", "concurrent.futures"}
         | {"web3", "torch", "zipfile"},

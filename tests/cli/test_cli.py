@@ -145,10 +145,10 @@ sys.exit(code)
 """
 TYPER_DRIVER = """
 import sys
-from ledger.cli.app import main
+from ledger.cli.main import run_app
 sys.argv[0] = "ledger"
 try:
-    main()
+    run_app(sys.argv[1:])
 except SystemExit as exc:
     code = exc.code
 print("typer imported" if "typer" in sys.modules else "typer not imported", file=sys.stderr)

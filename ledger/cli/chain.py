@@ -1,0 +1,87 @@
+"""``ledger chain up|down|status`` (a local Anvil dev chain) and ``ledger deploy``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from ledger.cli.options import DATA_DIR, JSON, PORT, load_settings, print_json
+
+app = typer.Typer()
+chain_app = typer.Typer(
+    name="chain", help="Run a local Anvil dev chain.", no_args_is_help=True, rich_markup_mode=None
+)
+app.add_typer(chain_app)
+
+
+def _anvil(data_dir: Path | None, port: int) -> Any:
+    from ledger.chain.anvil import AnvilProcess
+
+    return AnvilProcess(load_settings(data_dir).chain_dir, port=port)
+
+
+@chain_app.command("up")
+def chain_up(
+    data_dir: Annotated[Path | None, DATA_DIR.typer()] = None,
+    port: Annotated[int, PORT.typer()] = 8545,
+) -> None:
+    """Start a local Anvil with persistent state in the data directory."""
+    anvil = _anvil(data_dir, port)
+    pid = anvil.start()
+    typer.echo(f"anvil running at {anvil.rpc_url} (pid {pid}, state in {anvil.state_file})")
+
+
+@chain_app.command("down")
+def chain_down(
+    data_dir: Annotated[Path | None, DATA_DIR.typer()] = None,
+    port: Annotated[int, PORT.typer()] = 8545,
+) -> None:
+    """Stop the local Anvil cleanly (its state is saved)."""
+    anvil = _anvil(data_dir, port)
+    typer.echo("anvil stopped" if anvil.stop() else "anvil was not running")
+
+
+@chain_app.command("status")
+def chain_status(
+    data_dir: Annotated[Path | None, DATA_DIR.typer()] = None,
+    port: Annotated[int, PORT.typer()] = 8545,
+    as_json: Annotated[bool, JSON.typer()] = False,
+) -> None:
+    """Show whether the local chain answers, its chain id and block height."""
+    status = _anvil(data_dir, port).status()
+    if as_json:
+        print_json(status.__dict__)
+    elif status.running:
+        typer.echo(
+            f"running at {status.rpc_url}: chain id {status.chain_id}, "
+            f"block {status.block_number}, pid {status.pid}"
+        )
+    else:
+        typer.echo(f"not running at {status.rpc_url}")
+    if not status.running:
+        raise typer.Exit(1)
+
+
+@app.command()
+def deploy(
+    data_dir: Annotated[Path | None, DATA_DIR.typer()] = None,
+    rpc_url: Annotated[str | None, typer.Option(envvar="LEDGER_RPC_URL")] = None,
+) -> None:
+    """Deploy the registry and record its address in the data directory's config."""
+    from ledger.chain.registry import Registry, connect_web3, load_account
+    from ledger.config import save_deployment
+
+    settings = load_settings(data_dir, rpc_url=rpc_url)
+    w3 = connect_web3(settings.rpc_url)
+    chain_id = w3.eth.chain_id
+    account = load_account(settings, chain_id)
+    registry, tx = Registry.deploy(w3, account)
+    path = save_deployment(
+        settings, address=registry.address, chain_id=chain_id, block=tx.block_number
+    )
+    typer.echo(
+        f"registry {registry.address} on chain {chain_id} (block {tx.block_number}, "
+        f"gas {tx.gas_used}); admin and committer {account.address}; saved to {path}"
+    )

@@ -1,0 +1,119 @@
+"""``ledger verify``'s one implementation, free of the CLI framework.
+
+The typer command (:mod:`ledger.cli.verify`) calls :func:`check_file`, and so
+does the console script (:mod:`ledger.cli.main`) when the arguments are plain
+enough to need no parser: the same code, the same report and exit code,
+without loading typer and click while the file is being hashed. It never turns
+errors into exit codes; both callers leave that to
+:func:`ledger.cli.main.report_error`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ledger.cli.options import parse_run_id, print_json
+from ledger.cli.progress import progress_bar
+
+
+def check_file(path: Path, *, run: str | None, data_dir: Path | None, as_json: bool) -> int:
+    """Re-check ``path``, print the report (JSON or text); returns the exit code."""
+    expected = parse_run_id(run) if run else None
+    with progress_bar(path, json_output=as_json) as progress, _BackgroundCid(path, progress) as cid:
+        # The file is being hashed on other threads while the rest loads and connects.
+        from ledger.chain.reader import RegistryReader
+        from ledger.config import load_settings
+        from ledger.store import open_store
+        from ledger.verify import Verifier
+
+        settings = load_settings(data_dir)
+        registry = RegistryReader.connect(settings)
+        verifier = Verifier(registry, open_store(settings))  # the IPFS node, if configured
+        report = verifier.verify_file(path, expected_run=expected, known_cid=cid.result())
+    if as_json:
+        print_json(report.to_json())
+    else:
+        _print_report(report)
+    return int(report.outcome.exit_code)
+
+
+class _Abandoned(Exception):
+    """Stops a background hash whose result nobody will read."""
+
+
+class _BackgroundCid:
+    """The file CID of ``path``, computed on a background thread from ``__enter__`` on.
+
+    Leaving the block early (an error elsewhere) stops the hash at its next
+    block instead of waiting for the whole file. A folder has no CID: None.
+    """
+
+    def __init__(self, path: Path, progress: Any) -> None:
+        import threading
+
+        self._path = path
+        self._progress = progress
+        self._abandon = threading.Event()
+        self._pool: Any = None
+        self._future: Any = None
+
+    def _hash(self) -> Any:
+        from ledger.hashing.cid import file_cid
+
+        def progress(done: int) -> None:
+            if self._abandon.is_set():
+                raise _Abandoned
+            if self._progress is not None:
+                self._progress(done)
+
+        return file_cid(self._path, progress=progress)
+
+    def __enter__(self) -> _BackgroundCid:
+        from ledger.cli import _early
+
+        early = _early.take(self._path)
+        if early is not None:
+            self._future = early  # already hashing since the process started
+        elif not self._path.is_dir():
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-cid")
+            self._future = self._pool.submit(self._hash)
+        return self
+
+    def result(self) -> Any:
+        return None if self._future is None else self._future.result()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._abandon.set()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _print_report(report: Any) -> None:
+    from rich.console import Console
+
+    console = Console(highlight=False, soft_wrap=True)
+    colour = {"verified": "green", "mismatch": "red", "unknown": "yellow", "revoked": "red"}
+    if report.is_folder:
+        files = ", ".join(report.files or [])
+        console.print(
+            f"[bold]{report.path}[/bold]  model folder ({files}): no file CID, "
+            "looked up by tensor root"
+        )
+    else:
+        console.print(f"[bold]{report.path}[/bold]  CID {report.file_cid}")
+    for check in report.checks:
+        mark = "[green]✓[/green]" if check.ok else "[red]✗[/red]"
+        console.print(f"  {mark} {check.name}: {check.detail}")
+    where = ""
+    if report.run_id:
+        what = (
+            "final weights"
+            if report.is_final
+            else (f"checkpoint step {report.step}" if report.step is not None else "")
+        )
+        where = f" — run {report.run_id}" + (f", {what}" if what else "")
+    outcome = report.outcome.value
+    console.print(f"[bold {colour[outcome]}]{outcome.upper()}[/]{where}")
