@@ -6,7 +6,9 @@ second; hashing a large file takes longer, and the two can overlap.
 with no progress bar to draw, hashes it on a daemon thread (so an early exit
 never waits for it); :func:`take` hands the running hash to the command.
 :func:`plain_verify_arguments` reads arguments simple enough to need no parser,
-so the console script can skip the command-line framework altogether.
+so the console script can skip the command-line framework altogether; it knows
+verify's options from :data:`ledger.cli.options.VERIFY_OPTIONS`, the table the
+typer command is built from, and leaves anything else to typer.
 
 While the hash runs, the interpreter hands the GIL over every 0.1 ms instead
 of every 5 ms. The hashing threads need the GIL only for a moment per 256 KiB
@@ -25,7 +27,10 @@ import threading
 from pathlib import Path
 from typing import Any, NamedTuple
 
-_VALUE_OPTIONS = {"--run", "--data-dir"}
+from ledger.cli.options import DATA_DIR, JSON, VERIFY_OPTIONS, VERIFY_RUN, Option
+
+_OPTIONS: dict[str, Option] = {flag: option for option in VERIFY_OPTIONS for flag in option.flags}
+"""Every flag of ``ledger verify``, and the option it names."""
 
 SWITCH_INTERVAL = 0.0001
 """Seconds between forced GIL hand-overs while the early hash runs (Python's default: 0.005)."""
@@ -70,7 +75,7 @@ def start(argv: list[str]) -> None:
     global _early
     if not argv or argv[0] != "verify" or "--help" in argv:
         return
-    if "--json" not in argv and sys.stdout.isatty():
+    if not set(JSON.flags) & set(argv) and sys.stdout.isatty():
         return  # the command draws a progress bar while it hashes
     path = _first_argument(argv[1:])
     if path is None or not os.path.isfile(path):
@@ -97,7 +102,7 @@ def _first_argument(args: list[str]) -> str | None:
     for arg in args:
         if skip:
             skip = False
-        elif arg in _VALUE_OPTIONS:
+        elif arg in _OPTIONS and _OPTIONS[arg].takes_value:
             skip = True
         elif not arg.startswith("-"):
             return arg
@@ -116,38 +121,41 @@ class VerifyArguments(NamedTuple):
 def plain_verify_arguments(argv: list[str]) -> VerifyArguments | None:
     """The arguments of ``verify`` when every one is plain, else None (the parser decides).
 
-    Plain: one path that does not start with ``-``, and only ``--json``,
-    ``--run VALUE`` and ``--data-dir VALUE`` (or ``--option=VALUE``), values
-    not starting with ``-``. Anything else, ``--help`` and a misspelt option
-    included, goes to the full command line, which explains usage errors.
+    Plain: one path that does not start with ``-``, and only the options of
+    :data:`~ledger.cli.options.VERIFY_OPTIONS`, written out in full: a flag
+    alone, an option with a value as ``--option VALUE`` or ``--option=VALUE``,
+    the value not starting with ``-``. Anything else, ``--help`` and a misspelt
+    option included, goes to the full command line, which explains usage errors.
     ``--data-dir`` left out means ``LEDGER_HOME``, as for the full command line.
     """
     if argv[:1] != ["verify"]:
         return None
     paths: list[str] = []
-    values: dict[str, str] = {}
-    as_json = False
+    given: dict[Option, str | bool] = {}
     args = iter(argv[1:])
     for arg in args:
         name, equals, value = arg.partition("=")
-        if arg == "--json":
-            as_json = True
-        elif name in _VALUE_OPTIONS:
+        option = _OPTIONS.get(name)
+        if option is not None and not option.takes_value:
+            if equals:
+                return None  # e.g. --json=1: the parser's to explain
+            given[option] = True
+        elif option is not None:
             if not equals:
                 value = next(args, "-")
             if value.startswith("-"):
                 return None
-            values[name] = value
+            given[option] = value
         elif arg.startswith("-") or not arg:
             return None
         else:
             paths.append(arg)
     if len(paths) != 1:
         return None
-    data_dir = values.get("--data-dir")
+    run, data_dir = given.get(VERIFY_RUN), given.get(DATA_DIR)
     return VerifyArguments(
         path=Path(paths[0]),
-        run=values.get("--run"),
-        data_dir=Path(data_dir) if data_dir is not None else None,
-        as_json=as_json,
+        run=run if isinstance(run, str) else None,
+        data_dir=Path(data_dir) if isinstance(data_dir, str) else None,
+        as_json=given.get(JSON, False) is True,
     )

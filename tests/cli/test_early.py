@@ -5,9 +5,11 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+import click
 import pytest
 
 from ledger.cli import _early
+from ledger.cli.options import VERIFY_OPTIONS
 from ledger.hashing.cid import file_cid
 
 
@@ -104,3 +106,66 @@ def test_plain_verify_arguments_are_read_without_a_parser(
 )
 def test_anything_else_is_left_to_the_parser(argv: list[str]) -> None:
     assert _early.plain_verify_arguments(argv) is None
+
+
+# -- one table of options: the early path reads what typer reads ---------------------------
+
+
+def typer_verify() -> click.Command:
+    """``ledger verify`` as typer builds it for click."""
+    from typer.main import get_command
+
+    from ledger.cli.app import app
+
+    group = get_command(app)
+    assert isinstance(group, click.Group)
+    return group.commands["verify"]
+
+
+def test_the_early_path_and_typer_accept_exactly_the_same_option_names() -> None:
+    typer_options = {
+        name: param.is_flag
+        for param in typer_verify().params
+        if isinstance(param, click.Option)
+        for name in param.opts + param.secondary_opts
+    }
+    early_options = {
+        name: not option.takes_value for option in VERIFY_OPTIONS for name in option.flags
+    }
+    assert typer_options == early_options  # the names, and which of them are flags
+    assert {"--run", "--data-dir", "--json"} <= set(early_options)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["m.pt"],
+        ["m.pt", "--json"],
+        ["--json", "--run", "0xab", "m.pt"],
+        ["m.pt", "--data-dir", "d", "--run=0xab"],
+        ["--data-dir=d", "m.pt", "--json", "--run", ""],
+    ],
+)
+def test_the_early_path_reads_plain_arguments_as_typer_does(
+    args: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("LEDGER_HOME", raising=False)
+    early = _early.plain_verify_arguments(["verify", *args])
+    assert early is not None
+    parsed = typer_verify().make_context("verify", list(args)).params
+    # click hands typer strings, which typer then turns into Paths
+    assert parsed == {
+        "path": str(early.path),
+        "run": early.run,
+        "data_dir": None if early.data_dir is None else str(early.data_dir),
+        "as_json": early.as_json,
+    }
+
+
+def test_every_option_typer_accepts_is_read_early() -> None:
+    for param in typer_verify().params:
+        if not isinstance(param, click.Option):
+            continue
+        for name in param.opts:
+            argv = ["verify", "m.pt", name] + ([] if param.is_flag else ["value"])
+            assert _early.plain_verify_arguments(argv) is not None, name
