@@ -3,8 +3,13 @@
 Every error that ledger raises on purpose derives from :class:`LedgerError` and
 carries a message written for the user: what went wrong, where (file, field,
 address), and what to do about it. Only the CLI turns these into exit codes
-(:attr:`LedgerError.exit_code`) and only the API into HTTP statuses
-(:attr:`LedgerError.http_status`).
+(:attr:`LedgerError.exit_code`, in :func:`ledger.cli.main.report_error`) and
+only the API into HTTP statuses (:attr:`LedgerError.http_status`).
+
+``ledger verify`` has no error class of its own: its outcomes are exit codes
+(0 verified, 3 mismatch, 4 unknown, 5 revoked, see :class:`ledger.verify.Outcome`),
+and what stops it from checking at all is one of the kinds below (a bad file
+is an :class:`InputError`, an unreachable chain a :class:`ChainError`...).
 
 Some classes also subclass a builtin (``FileNotFoundError``, ``ValueError``)
 so that callers that already catch those keep working.
@@ -147,19 +152,13 @@ class CompilerError(LedgerError):
     exit_code = 31
 
 
-# -- recording and verification -----------------------------------------------
+# -- recording ------------------------------------------------------------------
 
 
 class RecordError(LedgerError):
     """A run could not be recorded (e.g. used after it ended)."""
 
     exit_code = 40
-
-
-class VerificationError(LedgerError):
-    """Verification could not be carried out at all (not: the file failed it)."""
-
-    exit_code = 50
 
 
 # -- the audit index and API --------------------------------------------------

@@ -51,6 +51,43 @@ def test_a_missing_file_is_a_clear_input_error(tmp_path: Path) -> None:
     assert "nope.pt" in out.stderr and "Traceback" not in out.stderr
 
 
+def test_ledger_debug_shows_the_traceback_instead_of_the_one_line(tmp_path: Path) -> None:
+    missing = str(tmp_path / "nope.pt")
+    debug = ledger("cid", missing, env={"LEDGER_DEBUG": "1"})
+    assert debug.returncode == 1
+    assert "Traceback" in debug.stderr and "FileMissingError" in debug.stderr
+    # `ledger verify` of a file, without typer, reports the same way (no registry here: 10)
+    model = tmp_path / "model.pt"
+    model.write_bytes(b"x")
+    env = {"LEDGER_HOME": str(tmp_path / "empty")}
+    out = ledger("verify", str(model), env=env)
+    assert out.returncode == 10 and out.stderr.startswith("error: ")
+    assert "ledger deploy" in out.stderr and "Traceback" not in out.stderr
+    debug = ledger("verify", str(model), env={**env, "LEDGER_DEBUG": "1"})
+    assert debug.returncode == 1 and "Traceback" in debug.stderr and "ConfigError" in debug.stderr
+
+
+def test_exit_codes_by_kind_of_error() -> None:
+    """The table the docs give: one exit code per kind, on the error classes."""
+    import ledger.errors as errors
+
+    codes = {
+        name: cls.exit_code
+        for name, cls in vars(errors).items()
+        if isinstance(cls, type) and issubclass(cls, errors.LedgerError)
+    }
+    api_only = ("LedgerError", "AuthError")  # the root is never raised; AuthError is HTTP 401
+    kinds = {code for name, code in codes.items() if name not in api_only}
+    assert kinds == {10, 11, 20, 30, 31, 40, 60}
+    assert (codes["ConfigError"], codes["InputError"], codes["StoreError"]) == (10, 11, 20)
+    assert (codes["ChainError"], codes["CompilerError"], codes["RecordError"]) == (30, 31, 40)
+    assert codes["AuditIndexError"] == 60
+    # subclasses keep their kind's code
+    assert codes["FileMissingError"] == codes["NotFoundError"] == 11
+    assert codes["IntegrityError"] == codes["StoreUnavailableError"] == 20
+    assert codes["ChainUnavailableError"] == codes["TransactionRevertedError"] == 30
+
+
 def test_verify_exit_codes_and_json(chain: Chain, tmp_path: Path) -> None:
     run = train(chain, tmp_path)
     env = chain_env(chain, tmp_path / "ledger")
