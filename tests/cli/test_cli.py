@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from ledger.hashing.cid import file_cid
+from ledger.hashing.tensors import state_dict_digest
 from tests.conftest import Chain, free_port
-from tests.hashing.test_tensors import save_sharded
+from tests.hashing.test_tensors import make_state_dict, save_sharded
 from tests.training.test_flow import train
 
 
@@ -43,6 +44,16 @@ def test_cid_prints_what_ipfs_add_would(tmp_path: Path, version: int) -> None:
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == str(file_cid(path, cid_version=version))
     assert out.stdout.startswith("Qm" if version == 0 else "bafy")
+
+
+def test_tensors_command_reads_a_folder(tmp_path: Path) -> None:
+    sd = make_state_dict()
+    save_sharded(sd, tmp_path / "model", shards=2)
+    result = ledger("tensors", str(tmp_path / "model"), "--json")
+    assert result.returncode == 0, result.stderr
+    index = json.loads(result.stdout)
+    assert index["root"] == state_dict_digest(sd).root.hex()
+    assert set(index["tensors"]) == set(sd)
 
 
 def test_a_missing_file_is_a_clear_input_error(tmp_path: Path) -> None:

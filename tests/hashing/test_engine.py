@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from ledger.cli.progress import PROGRESS_THRESHOLD, wants_progress
 from ledger.errors import InputError
 from ledger.hashing._engine import hash_file_parallel, hash_stream_parallel
 from ledger.hashing._unixfs import DEFAULT_CHUNK_SIZE, UnixFsHasher
@@ -137,28 +136,6 @@ def test_empty_file_and_bad_settings(tmp_path: Path) -> None:
         hash_stream_parallel(stream, 1, read_block=DEFAULT_CHUNK_SIZE + 1)
     with pytest.raises(InputError, match="cid_version"):
         file_cid(empty, cid_version=2)
-
-
-# -- the progress bar's decision ------------------------------------------------------
-
-
-class Terminal(io.StringIO):
-    def isatty(self) -> bool:
-        return True
-
-
-class Closed(io.StringIO):
-    def isatty(self) -> bool:
-        raise ValueError("I/O operation on closed file")
-
-
-def test_a_progress_bar_only_for_large_files_on_a_terminal_without_json() -> None:
-    big = PROGRESS_THRESHOLD + 1
-    assert wants_progress(big, json_output=False, stream=Terminal())
-    assert not wants_progress(big, json_output=True, stream=Terminal())  # --json
-    assert not wants_progress(big, json_output=False, stream=io.StringIO())  # not a TTY
-    assert not wants_progress(PROGRESS_THRESHOLD, json_output=False, stream=Terminal())
-    assert not wants_progress(big, json_output=False, stream=Closed())
 
 
 @pytest.mark.parametrize("cid_version", [0, 1])

@@ -607,19 +607,3 @@ def test_a_folder_without_weights_says_what_it_looked_for(tmp_path: Path) -> Non
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(FileMissingError, match=r"model\.safetensors\.index\.json"):
         tensor_digest(tmp_path)
-
-
-def test_tensors_command_reads_a_folder(tmp_path: Path) -> None:
-    sd = make_state_dict()
-    save_sharded(sd, tmp_path / "model", shards=2)
-    result = subprocess.run(
-        [sys.executable, "-m", "ledger", "tensors", str(tmp_path / "model"), "--json"],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr
-    index = json.loads(result.stdout)
-    assert index["root"] == state_dict_digest(sd).root.hex()
-    assert set(index["tensors"]) == set(sd)
