@@ -127,6 +127,14 @@ def test_the_wheel_is_ledger_provenance_without_torch_and_with_its_files(wheel: 
     training = {n for n in names if n.startswith("ledger/training/")}
     assert {"ledger/training/__init__.py", "ledger/training/hook.py"} <= training
     assert all(n.endswith(".py") for n in training)
+    sources = {
+        (Path(folder) / name).relative_to(ROOT).as_posix()
+        for folder, _, files in os.walk(ROOT / "ledger", followlinks=True)  # ledger/training
+        for name in files
+        if name.endswith(".py")
+    }
+    assert "ledger/training/hook.py" in sources
+    assert sources - set(names) == set(), "a package missing from [tool.setuptools] packages"
     assert artifact["abi"] and artifact["bytecode"]
     assert "ledger/py.typed" in names
     top = {n.split("/")[0] for n in names}
