@@ -16,12 +16,12 @@ from ledger.config import Secret
 from ledger.errors import TransactionRevertedError
 from ledger.hashing.merkle import CheckpointLeaf, checkpoint_root
 from ledger.hashing.tensors import state_dict_digest, tensor_digest
-from ledger.record.artifacts import RunRecorder
 from ledger.store import LocalStore, find_by_digest
 from ledger.training.hook import LedgerRun
 from ledger.verify import Outcome, Verifier, VerifyReport
 from tests.conftest import Chain
 from tests.hashing.test_tensors import lightning_checkpoint, save_sharded
+from tests.recorder import RunRecorder
 
 
 class Tiny(nn.Module):
