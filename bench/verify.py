@@ -157,9 +157,9 @@ def record(model: Path, tensors: Any, data_dir: Path, rpc_url: str) -> str:
 
     from ledger.chain.registry import Registry, connect_web3
     from ledger.config import ANVIL_DEV_KEY, Settings, save_deployment
-    from ledger.record.artifacts import RunRecorder
     from ledger.record.manifest import build_manifest
     from ledger.store import LocalStore
+    from tests.recorder import RunRecorder
 
     w3 = connect_web3(rpc_url)
     account = cast(LocalAccount, Account.from_key(ANVIL_DEV_KEY))

@@ -334,7 +334,7 @@ class Verifier:
         if manifest is not None:
             report.add(
                 f"{label} manifest schema",
-                manifest.get("schema") == "ledger.record.manifest/v1",
+                manifest.get("schema") == "ledger.manifest/v1",
                 f"manifest schema {manifest.get('schema')!r}",
             )
         committer_ok = self.registry.is_committer(run.committer)

@@ -1,4 +1,4 @@
-"""The content-addressed local store (``ledger.store``).
+"""The content-addressed local store (``ledger.store.local``).
 
 Every test builds its own :class:`LocalStore` in ``tmp_path``; nothing talks to a
 chain or to IPFS. CIDs are checked against :mod:`ledger.hashing.cid`, which is in
@@ -13,6 +13,7 @@ from typing import IO
 
 import pytest
 
+import ledger.store
 import ledger.store.local
 from ledger.errors import (
     ArtifactNotFoundError,
@@ -246,7 +247,8 @@ def test_a_source_that_changes_while_copied_is_refused(
     def copy_other_bytes(src: IO[bytes], target: IO[bytes], length: int = 0) -> None:
         target.write(b"content changed under our feet")
 
-    monkeypatch.setattr(ledger.store.local, "shutil", types.SimpleNamespace(copyfileobj=copy_other_bytes))
+    swapping = types.SimpleNamespace(copyfileobj=copy_other_bytes)
+    monkeypatch.setattr(ledger.store.local, "shutil", swapping)
     store = LocalStore(tmp_path / "store")
     with pytest.raises(StoreError, match="changed while it was being stored"):
         store.put_file(source)
