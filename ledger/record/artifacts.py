@@ -28,7 +28,7 @@ from ledger.record.manifest import METRICS_SCHEMA, canonical_json
 from ledger.store import ArtifactStore
 
 if TYPE_CHECKING:
-    from ledger.chain.registry import Registry
+    from ledger.chain.admin import RegistryAdmin as Registry
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,9 @@ from eth_utils.crypto import keccak
 from web3.logs import DISCARD
 
 from ledger.chain.records import ZERO32
-from ledger.chain.registry import (
+from ledger.errors import TransactionRevertedError
+from ledger.hashing.merkle import CheckpointLeaf, checkpoint_root
+from tests.chain.web3_registry import (
     ADMIN_ROLE,
     COMMITTER_ROLE,
     FinalRecord,
@@ -37,8 +39,6 @@ from ledger.chain.registry import (
     TxResult,
     WeightsRecord,
 )
-from ledger.errors import TransactionRevertedError
-from ledger.hashing.merkle import CheckpointLeaf, checkpoint_root
 from tests.conftest import Chain
 
 pytestmark = pytest.mark.integration
