@@ -189,7 +189,7 @@ def resolve_private_key(settings: Settings, chain_id: int) -> Secret:
 
 
 def _decrypt_keystore(path: Path, password: Secret | None) -> Secret:
-    from eth_keyfile import decode_keyfile_json
+    from eth_keyfile.keyfile import decode_keyfile_json
 
     if password is None:
         raise ConfigError(f"keystore {path} needs a password", hint="set LEDGER_KEYSTORE_PASSWORD")

@@ -17,7 +17,6 @@ No web3: a test checks every write against an independent web3.py client.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import astuple
 from typing import Any
@@ -41,7 +40,6 @@ from ledger.hashing.keccak import keccak256
 from ledger.hashing.merkle import CheckpointLeaf
 
 RECEIPT_TIMEOUT = 60.0
-POLL_S = 0.05
 
 _DOMAIN_TYPE = keccak256(
     b"EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)"
@@ -189,11 +187,9 @@ class RegistryAdmin(RegistrySender):
         """Broadcast a signed transaction and wait until it is mined."""
         tx_hash = to_hex(keccak256(raw))
         self.broadcast(raw)
-        deadline = time.monotonic() + timeout
-        while (receipt := self.receipt(tx_hash)) is None:
-            if time.monotonic() > deadline:
-                raise ChainError(f"no receipt within {timeout:.0f} s for transaction {tx_hash}")
-            time.sleep(POLL_S)
+        receipt = self.wait_for_receipt(tx_hash, timeout)
+        if receipt is None:
+            raise ChainError(f"no receipt within {timeout:.0f} s for transaction {tx_hash}")
         if not receipt.ok:
             raise ChainError(f"transaction {tx_hash} reverted on chain")
         return receipt
