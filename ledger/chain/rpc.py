@@ -240,9 +240,7 @@ class PlainHttp:
         self.timeout = timeout
         self._sock: socket.socket | None = None
         self._file: Any = None
-        self._host_header = (f"[{host}]" if ":" in host else host) + (
-            f":{port}" if port else ""
-        )
+        self._host_header = (f"[{host}]" if ":" in host else host) + (f":{port}" if port else "")
 
     def post(self, path: str, body: bytes, content_type: str) -> Response:
         fresh = self._sock is None

@@ -163,9 +163,7 @@ class RegistrySender(RegistryReader):
 
     # -- sign, broadcast, confirm -----------------------------------------------------
 
-    def prepare(
-        self, data: bytes, *, nonce: int | None = None, create: bool = False
-    ) -> PreparedTx:
+    def prepare(self, data: bytes, *, nonce: int | None = None, create: bool = False) -> PreparedTx:
         """Estimate gas (a refusal raises here, naming the contract's error) and sign.
 
         The estimate, the priority fee, the latest block's base fee and, without
