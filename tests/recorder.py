@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from ledger.chain.records import FinalRecord, Relation, TxResult
-from ledger.chain.registry import Registry
 from ledger.errors import RecordError
 from ledger.hashing.cid import Cid
 from ledger.hashing.merkle import CheckpointLeaf, checkpoint_root
@@ -22,6 +21,7 @@ from ledger.hashing.tensors import TensorDigest
 from ledger.record.artifacts import store_weights
 from ledger.record.manifest import canonical_json
 from ledger.store import ArtifactStore
+from tests.chain.web3_registry import Registry
 
 
 @dataclass(frozen=True)

@@ -11,19 +11,17 @@ on PATH (Foundry's ``foundryup`` installs it), else the one npm installed from
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from ledger.errors import ChainError, ChainUnavailableError, ConfigError
+from ledger.chain.rpc import JsonRpc, as_int
+from ledger.errors import ChainError, ConfigError
 
 STATE_INTERVAL_S = 1
 
@@ -84,19 +82,13 @@ def _checkout() -> Path | None:
 def rpc_call(
     url: str, method: str, params: list[object] | None = None, timeout: float = 2.0
 ) -> object:
-    """One JSON-RPC call without web3 (cheap enough for health checks)."""
-    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": params or []})
-    request = urllib.request.Request(
-        url, data=body.encode(), headers={"Content-Type": "application/json"}
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            answer = json.loads(response.read())
-    except (urllib.error.URLError, OSError, json.JSONDecodeError) as exc:
-        raise ChainUnavailableError(f"no JSON-RPC answer at {url}: {exc}") from exc
-    if "error" in answer:
-        raise ChainError(f"{method} failed at {url}: {answer['error']}")
-    return answer.get("result")
+    """One JSON-RPC call on a connection of its own (health checks, ``evm_*`` controls).
+
+    Raises :class:`~ledger.errors.ChainUnavailableError` when nothing answers and
+    :class:`~ledger.errors.RpcError` when the node refuses the call.
+    """
+    with JsonRpc(url, timeout) as rpc:
+        return rpc(method, *(params or []))
 
 
 @dataclass(frozen=True)
@@ -219,8 +211,8 @@ class AnvilProcess:
             running=True,
             pid=pid,
             rpc_url=self.rpc_url,
-            chain_id=int(str(chain_id), 16),
-            block_number=int(str(block), 16),
+            chain_id=as_int(chain_id),
+            block_number=as_int(block),
         )
 
 

@@ -113,20 +113,18 @@ def deploy(
     rpc_url: Annotated[str | None, typer.Option(envvar="LEDGER_RPC_URL")] = None,
 ) -> None:
     """Deploy the registry and record its address in the data directory's config."""
-    from ledger.chain.registry import Registry, connect_web3, load_account
+    from ledger.chain.admin import deploy_registry
     from ledger.config import save_deployment
 
     settings = _settings(data_dir, rpc_url=rpc_url)
-    w3 = connect_web3(settings.rpc_url)
-    chain_id = w3.eth.chain_id
-    account = load_account(settings, chain_id)
-    registry, tx = Registry.deploy(w3, account)
+    registry, tx = deploy_registry(settings)
+    chain_id = registry.chain_id
     path = save_deployment(
         settings, address=registry.address, chain_id=chain_id, block=tx.block_number
     )
     typer.echo(
         f"registry {registry.address} on chain {chain_id} (block {tx.block_number}, "
-        f"gas {tx.gas_used}); admin and committer {account.address}; saved to {path}"
+        f"gas {tx.gas_used}); admin and committer {registry.signer.address}; saved to {path}"
     )
 
 
@@ -186,9 +184,9 @@ def verify(
 @app.command()
 def show(run: Annotated[str, typer.Argument(help="Run id.")], data_dir: DataDir = None) -> None:
     """Print a run's on-chain record (storage and events) as JSON."""
-    from ledger.chain.registry import Registry
+    from ledger.chain.reader import RegistryReader
 
-    registry = Registry.connect(_settings(data_dir), signer=False)
+    registry = RegistryReader.connect(_settings(data_dir))
     run_id = parse_run_id(run)
     record = registry.get_run(run_id)
     started = registry.events("RunStarted", run_id)
@@ -226,10 +224,11 @@ def proof(
     data_dir: DataDir = None,
 ) -> None:
     """Print a Merkle inclusion proof of a checkpoint in its run's checkpoint root."""
-    from ledger.chain.registry import Registry, record_leaf
+    from ledger.chain.reader import RegistryReader
+    from ledger.chain.records import record_leaf
     from ledger.hashing.merkle import MerkleTree
 
-    registry = Registry.connect(_settings(data_dir), signer=False)
+    registry = RegistryReader.connect(_settings(data_dir))
     run_id = parse_run_id(run)
     final = registry.final_record(run_id)
     if final is None or final.final is None:
@@ -274,9 +273,9 @@ def revoke(
     data_dir: DataDir = None,
 ) -> None:
     """Revoke a run (its committer or an admin may); its descendants become tainted."""
-    from ledger.chain.registry import Registry
+    from ledger.chain.admin import RegistryAdmin
 
-    tx = Registry.connect(_settings(data_dir)).revoke_run(parse_run_id(run), reason)
+    tx = RegistryAdmin.connect(_settings(data_dir)).revoke_run(parse_run_id(run), reason)
     typer.echo(f"revoked in tx {tx.tx_hash} (block {tx.block_number})")
 
 

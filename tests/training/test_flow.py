@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from ledger.chain.registry import RunStatus
+from ledger.chain.records import RunStatus
 from ledger.config import Secret
 from ledger.errors import TransactionRevertedError
 from ledger.hashing.merkle import CheckpointLeaf, checkpoint_root

@@ -131,7 +131,7 @@ class Outbox:
 
             chain_id = self.settings.chain_id
             if chain_id is None:
-                from ledger.chain.reader import JsonRpc
+                from ledger.chain.rpc import JsonRpc
 
                 chain_id = int(JsonRpc(self.settings.rpc_url)("eth_chainId"), 16)
             self._secret = resolve_private_key(self.settings, chain_id)

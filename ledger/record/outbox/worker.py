@@ -66,8 +66,6 @@ STORE_THREADS = 8
 STORE_INLINE = 16 << 20  # bytes of weights a pass beside training stores without a pool
 LINGER = 2.0
 RECEIPT_WAIT = 2.0  # per pass; an unmined transaction is looked at again next pass
-FIRST_RECEIPT_LOOK = 0.00025  # s after the broadcast: an automining Anvil has the receipt
-# in about 0.5 ms on a young chain (a few ms after thousands of blocks), almost never at once
 _RETRYABLE = (ChainUnavailableError, RegistryNotDeployedError, StoreUnavailableError)
 _KIND_ORDER = ("start", "checkpoint", "finalize", "fail")
 
@@ -562,16 +560,8 @@ class Worker:
 
 def wait_for_receipt(registry: Registry, tx_hash: str, timeout: float) -> Receipt | None:
     """The receipt of a broadcast transaction, or None if it is not mined within
-    ``timeout`` seconds: first looked at after ``FIRST_RECEIPT_LOOK``, then after
-    twice as long each time (at most a quarter of a second)."""
-    deadline = time.monotonic() + timeout
-    delay = FIRST_RECEIPT_LOOK
-    while True:
-        time.sleep(delay)
-        receipt = registry.receipt(tx_hash)
-        if receipt is not None or time.monotonic() > deadline:
-            return receipt
-        delay = min(delay * 2, 0.25)
+    ``timeout`` seconds (:meth:`~ledger.chain.sender.RegistrySender.wait_for_receipt`)."""
+    return registry.wait_for_receipt(tx_hash, timeout)
 
 
 # -- records as the chain takes them ----------------------------------------------------

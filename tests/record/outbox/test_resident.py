@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from eth_account import Account
 
-from ledger.chain.registry import Registry
 from ledger.config import load_settings
+from tests.chain.web3_registry import Registry
 from tests.conftest import OTHER_KEYS
 from tests.record.outbox.test_faults import (
     Node,
