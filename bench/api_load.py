@@ -44,9 +44,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ledger.chain.admin import RegistryAdmin, deploy_registry
 from ledger.chain.anvil import AnvilProcess
-from ledger.chain.records import FinalRecord, Relation
-from ledger.chain.registry import Registry, connect_web3, load_account
+from ledger.chain.records import FinalRecord, Relation, run_id_for
 from ledger.config import Settings, save_deployment
 from ledger.hashing.merkle import CheckpointLeaf, checkpoint_root
 from ledger.record.manifest import MANIFEST_SCHEMA, METRICS_SCHEMA, canonical_json
@@ -63,7 +63,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def synthesize(registry: Registry, store: LocalStore, runs: int, documented: int) -> dict[str, Any]:
+def synthesize(
+    registry: RegistryAdmin, store: LocalStore, runs: int, documented: int
+) -> dict[str, Any]:
     """Records ``runs`` runs (start, one checkpoint, finalize) in batches; returns samples."""
     started = time.perf_counter()
     run_ids: list[bytes] = []
@@ -81,14 +83,13 @@ def synthesize(registry: Registry, store: LocalStore, runs: int, documented: int
             digests.append(store.put_bytes(canonical_json(manifest)).digest)
         else:
             digests.append(os.urandom(32))
-    assert registry.account is not None
-    committer = registry.account.address
+    committer = registry.signer.address
     for at in range(0, runs, BATCH):
         requests: list[tuple[bytes, list[tuple[bytes, Relation]]]] = []
         for i in range(at, min(at + BATCH, runs)):
             parents = []
             if i % 10 == 5:  # a fine-tune of the run just before it (same batch)
-                parent = registry.run_id_for(committer, digests[i - 1])
+                parent = run_id_for(committer, digests[i - 1])
                 parents = [(parent, Relation.FINE_TUNE)]
             requests.append((digests[i], parents))
         ids, _ = registry.start_runs(requests)
@@ -132,9 +133,10 @@ def synthesize(registry: Registry, store: LocalStore, runs: int, documented: int
 
 def fetch_floor(rpc_url: str, address: str, start: int) -> tuple[int, float]:
     """The bare eth_getLogs fetch of every registry log (the indexer's floor)."""
-    from ledger.index._chain import BatchRpc, LogDecoder
+    from ledger.chain.abi import LogDecoder
+    from ledger.chain.rpc import JsonRpc
 
-    rpc = BatchRpc(rpc_url, timeout=300)
+    rpc = JsonRpc(rpc_url, timeout=300)
     began = time.perf_counter()
     logs = rpc(
         "eth_getLogs",
@@ -342,12 +344,9 @@ def main() -> None:
         server = None
         try:
             settings = Settings(data_dir=root / "data", rpc_url=anvil.rpc_url)
-            w3 = connect_web3(anvil.rpc_url)
-            account = load_account(settings, w3.eth.chain_id)
-            registry, tx = Registry.deploy(w3, account)
-            save_deployment(
-                settings, address=registry.address, chain_id=w3.eth.chain_id, block=tx.block_number
-            )
+            registry, tx = deploy_registry(settings)
+            chain_id, block = registry.chain_id, tx.block_number
+            save_deployment(settings, address=registry.address, chain_id=chain_id, block=block)
             store = LocalStore(settings.store_dir)
             print(
                 f"synthesizing {runs * 3} events ({runs} runs) in batches of {BATCH} ...",

@@ -16,14 +16,13 @@ import os
 import socket
 import tempfile
 from pathlib import Path
-from typing import cast
 
-from eth_account import Account
-from eth_account.signers.local import LocalAccount
-
+from ledger.chain.admin import RegistryAdmin
 from ledger.chain.anvil import AnvilProcess
-from ledger.chain.registry import FinalRecord, Registry, Relation, connect_web3
-from ledger.config import ANVIL_DEV_KEY
+from ledger.chain.records import FinalRecord, Relation, run_id_for
+from ledger.chain.rpc import JsonRpc
+from ledger.chain.sender import Signer
+from ledger.config import ANVIL_DEV_KEY, Secret
 from ledger.hashing.merkle import CheckpointLeaf, checkpoint_root
 
 GOALS = {
@@ -43,7 +42,7 @@ def leaf(step: int) -> CheckpointLeaf:
     return CheckpointLeaf(step, digest(), digest(), digest())
 
 
-def measure(registry: Registry, relayer: Registry) -> dict[str, int]:
+def measure(registry: RegistryAdmin, relayer: RegistryAdmin) -> dict[str, int]:
     figures: dict[str, int] = {}
     run_id, start = registry.start_run(digest())
     leaves = [leaf(0), leaf(1)]
@@ -64,10 +63,10 @@ def measure(registry: Registry, relayer: Registry) -> dict[str, int]:
         revoke_run=revoked.gas_used,
     )
 
-    signer = cast(LocalAccount, registry.account)
+    signer = registry.signer
     manifest = digest()
     signed_start = relayer.submit_signed(registry.sign_call(signer, "startRun", manifest, []))
-    signed_id = Registry.run_id_for(signer.address, manifest)
+    signed_id = run_id_for(signer.address, manifest)
     signed_checkpoint = relayer.submit_signed(
         registry.sign_call(signer, "commitCheckpoint", signed_id, _tuple(leaf(0)))
     )
@@ -99,11 +98,10 @@ def main() -> None:
         anvil = AnvilProcess(Path(tmp), port=port)
         anvil.start(persist=False)
         try:
-            w3 = connect_web3(anvil.rpc_url)
-            account = cast(LocalAccount, Account.from_key(ANVIL_DEV_KEY))
-            registry, deployed = Registry.deploy(w3, account)
-            relayer = Registry(
-                w3, registry.address, cast(LocalAccount, Account.from_key(RELAYER_KEY))
+            rpc = JsonRpc(anvil.rpc_url)
+            registry, deployed = RegistryAdmin.deploy(rpc, Signer(Secret(ANVIL_DEV_KEY)))
+            relayer = RegistryAdmin(
+                rpc, registry.address, Signer(Secret(RELAYER_KEY)), registry.chain_id
             )
             figures = {"deploy": deployed.gas_used, **measure(registry, relayer)}
         finally:

@@ -31,9 +31,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ledger.chain.admin import RegistryAdmin
 from ledger.chain.anvil import AnvilProcess, free_port
-from ledger.chain.registry import Registry, connect_web3
-from ledger.config import ANVIL_DEV_KEY, Settings, save_deployment
+from ledger.chain.rpc import JsonRpc
+from ledger.chain.sender import Signer
+from ledger.config import ANVIL_DEV_KEY, Secret, Settings, save_deployment
 from ledger.hashing.merkle import CheckpointLeaf
 from ledger.record.manifest import build_manifest
 from ledger.record.outbox import Outbox
@@ -79,16 +81,12 @@ def main() -> None:
 
 
 def measure(root: Path, rpc_url: str, count: int, baseline: int) -> dict[str, float]:
-    w3 = connect_web3(rpc_url)
-    from eth_account import Account
-
-    registry, tx = Registry.deploy(w3, Account.from_key(ANVIL_DEV_KEY))
+    registry, tx = RegistryAdmin.deploy(JsonRpc(rpc_url), Signer(Secret(ANVIL_DEV_KEY)))
+    chain_id = registry.chain_id
     settings = Settings(data_dir=root / "ledger", rpc_url=rpc_url)
-    save_deployment(
-        settings, address=registry.address, chain_id=w3.eth.chain_id, block=tx.block_number
-    )
+    save_deployment(settings, address=registry.address, chain_id=chain_id, block=tx.block_number)
     settings = settings.with_overrides(
-        registry_address=registry.address, chain_id=w3.eth.chain_id, deploy_block=tx.block_number
+        registry_address=registry.address, chain_id=chain_id, deploy_block=tx.block_number
     )
 
     # the checkpoint files, written first (timing torch.save as the baseline)

@@ -34,11 +34,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from eth_account import Account
-
+from ledger.chain.admin import RegistryAdmin
 from ledger.chain.anvil import AnvilProcess, free_port
-from ledger.chain.reader import JsonRpc
-from ledger.chain.registry import Registry, connect_web3
+from ledger.chain.rpc import JsonRpc
 from ledger.chain.sender import GAS_MARGIN, Receipt, RegistrySender, Signer
 from ledger.config import ANVIL_DEV_KEY, Secret
 from ledger.hashing.keccak import keccak256
@@ -102,7 +100,7 @@ def after(client: RegistrySender, data: bytes) -> None:
 
 
 def measure(rpc_url: str, anvil_pid: int, txs: int) -> dict[str, float]:
-    registry, _ = Registry.deploy(connect_web3(rpc_url), Account.from_key(ANVIL_DEV_KEY))
+    registry, _ = RegistryAdmin.deploy(JsonRpc(rpc_url), Signer(Secret(ANVIL_DEV_KEY)))
     rpc = CountingRpc(rpc_url)
     client = RegistrySender(rpc, registry.address, Signer(Secret(ANVIL_DEV_KEY)), 31337)
     ways: dict[str, Callable[[RegistrySender, bytes], None]] = {"before": before, "after": after}

@@ -51,7 +51,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -152,26 +152,33 @@ def build_model(path: Path, size: int) -> Any:
 
 def record(model: Path, tensors: Any, data_dir: Path, rpc_url: str) -> str:
     """Deploy a registry, record ``model`` as a run's final weights; returns the run id."""
-    from eth_account import Account
-    from eth_account.signers.local import LocalAccount
-
-    from ledger.chain.registry import Registry, connect_web3
-    from ledger.config import ANVIL_DEV_KEY, Settings, save_deployment
-    from ledger.record.artifacts import RunRecorder
-    from ledger.record.manifest import build_manifest
+    from ledger.chain.admin import RegistryAdmin
+    from ledger.chain.records import FinalRecord
+    from ledger.chain.rpc import JsonRpc
+    from ledger.chain.sender import Signer
+    from ledger.config import ANVIL_DEV_KEY, Secret, Settings, save_deployment
+    from ledger.hashing.merkle import checkpoint_root
+    from ledger.record.artifacts import store_weights
+    from ledger.record.manifest import build_manifest, canonical_json
     from ledger.store import LocalStore
 
-    w3 = connect_web3(rpc_url)
-    account = cast(LocalAccount, Account.from_key(ANVIL_DEV_KEY))
-    registry, deployed = Registry.deploy(w3, account)
+    registry, deployed = RegistryAdmin.deploy(JsonRpc(rpc_url), Signer(Secret(ANVIL_DEV_KEY)))
     settings = Settings(data_dir=data_dir, rpc_url=rpc_url)
     save_deployment(
-        settings, address=registry.address, chain_id=w3.eth.chain_id, block=deployed.block_number
+        settings, address=registry.address, chain_id=registry.chain_id, block=deployed.block_number
     )
-    recorder = RunRecorder(registry, LocalStore(data_dir / "store"))
-    recorder.start(build_manifest(name="bench-verify", config={"size": model.stat().st_size}))
-    recorder.finalize(model, {"loss": 0.0}, tensors=tensors)
-    return recorder.run_id_hex
+    store = LocalStore(data_dir / "store")
+    manifest = build_manifest(name="bench-verify", config={"size": model.stat().st_size})
+    manifest_cid = store.put_bytes(canonical_json(manifest, what="manifest"))
+    run_id, _ = registry.start_run(manifest_cid.digest)
+    run_id_hex = "0x" + run_id.hex()
+    file_cid, digest, metrics_cid = store_weights(
+        store, run_id_hex, model, {"loss": 0.0}, None, tensors
+    )
+    no_checkpoints = checkpoint_root([])
+    record = FinalRecord(file_cid.digest, digest.root, metrics_cid.digest, no_checkpoints, 0)
+    registry.finalize_run(run_id, record)
+    return run_id_hex
 
 
 def sign_with_model_signing(model: Path, work: Path) -> list[str] | None:

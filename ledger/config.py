@@ -189,13 +189,13 @@ def resolve_private_key(settings: Settings, chain_id: int) -> Secret:
 
 
 def _decrypt_keystore(path: Path, password: Secret | None) -> Secret:
-    from eth_account import Account
+    from eth_keyfile.keyfile import decode_keyfile_json
 
     if password is None:
         raise ConfigError(f"keystore {path} needs a password", hint="set LEDGER_KEYSTORE_PASSWORD")
     try:
         encrypted = json.loads(path.read_text())
-        key = Account.decrypt(encrypted, password.reveal())
+        key = decode_keyfile_json(encrypted, password.reveal().encode())
     except FileNotFoundError as exc:
         raise ConfigError(f"keystore file {path} does not exist") from exc
     except (ValueError, json.JSONDecodeError) as exc:

@@ -153,18 +153,25 @@ class Verifier:
                 report.tensor_root = tensors.root.hex()
                 record = _pick(self.registry.find_by_tensor_root(tensors.root), expected_run)
                 if record is not None:
-                    from ledger.hashing.tensors import container_problem
+                    from ledger.hashing.tensors import audit_container
 
                     report.matched_by = "tensors"
                     report.add("record", True, f"tensor root {tensors.root.hex()} is recorded")
-                    problem = container_problem(path)
+                    audit = audit_container(path)
+                    also = (
+                        "; it also holds training state the tensor root does not cover: "
+                        + ", ".join(audit.training_state)
+                        if audit.training_state
+                        else ""
+                    )
                     report.add(
                         "container",
-                        problem is None,
+                        not audit.problems,
                         f"the file differs from the committed file (CID {cid} is not recorded)"
-                        " but holds identical tensors"
-                        if problem is None
-                        else f"identical tensors, but the container is not clean: {problem}",
+                        f" but holds identical tensors{also}"
+                        if not audit.problems
+                        else "identical tensors, but the container is not clean: "
+                        + "; ".join(audit.problems),
                     )
         return self._conclude(record, expected_run, cid, tensors, report)
 
@@ -334,7 +341,7 @@ class Verifier:
         if manifest is not None:
             report.add(
                 f"{label} manifest schema",
-                manifest.get("schema") == "ledger.record.manifest/v1",
+                manifest.get("schema") == "ledger.manifest/v1",
                 f"manifest schema {manifest.get('schema')!r}",
             )
         committer_ok = self.registry.is_committer(run.committer)

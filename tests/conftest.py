@@ -19,9 +19,9 @@ from eth_account.signers.local import LocalAccount
 from web3 import Web3
 
 from ledger.chain.anvil import AnvilProcess, free_port, rpc_call
-from ledger.chain.registry import Registry, connect_web3
 from ledger.config import ANVIL_DEV_KEY, Settings, save_deployment
 from ledger.store import LocalStore
+from tests.chain.web3_registry import Registry, connect_web3
 
 # The index and API fixtures (an index database per test on SQLite and PostgreSQL).
 pytest_plugins = ["tests.index_fixtures"]

@@ -1,7 +1,8 @@
 """Training integrations for ledger: adopt provenance in a training loop.
 
-:class:`LedgerRun` wraps a plain PyTorch loop; it commits the run's manifest,
-its checkpoints and its final weights through :mod:`ledger.record.artifacts`.
+:class:`LedgerRun` wraps a plain PyTorch loop; it hands the run's manifest,
+its checkpoints and its final weights to the durable outbox
+(:mod:`ledger.record.outbox`), whose worker stores and commits them.
 Examples live in :mod:`examples`.
 """
 

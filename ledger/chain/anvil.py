@@ -3,27 +3,25 @@
 The chain keeps its state in ``<data dir>/chain/state.json``: Anvil dumps it
 every second (``--state-interval 1``) and on SIGTERM, and loads it at start, so
 a crash loses at most about a second of blocks. ``ledger chain down`` sends
-SIGTERM for a clean dump. The binary is ``anvil`` on PATH when present, else the
-one npm installed from ``@foundry-rs/anvil-linux-amd64`` (``LEDGER_ANVIL``
-overrides both).
+SIGTERM for a clean dump. The binary is ``LEDGER_ANVIL`` when set, else ``anvil``
+on PATH (Foundry's ``foundryup`` installs it), else the one npm installed from
+``@foundry-rs/anvil-linux-amd64`` (``npm ci`` in a checkout); see :func:`find_anvil`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from ledger.errors import ChainError, ChainUnavailableError, ConfigError
+from ledger.chain.rpc import JsonRpc, as_int
+from ledger.errors import ChainError, ConfigError
 
 STATE_INTERVAL_S = 1
 
@@ -36,40 +34,61 @@ def free_port() -> int:
 
 
 def find_anvil() -> Path:
-    """The anvil binary to run."""
+    """The anvil binary to run: ``LEDGER_ANVIL``, else ``anvil`` on PATH, else the
+    first ``node_modules/.bin/anvil`` in the working folder, its parents or this
+    checkout (where ``npm ci`` installs the pinned one)."""
     explicit = os.environ.get("LEDGER_ANVIL")
     if explicit:
-        return Path(explicit)
+        found = shutil.which(explicit)
+        if found is None:
+            raise ConfigError(
+                f"LEDGER_ANVIL is {explicit!r}, which is not an executable file",
+                hint="point it at an anvil binary, or unset it to look on PATH",
+            )
+        return Path(found)
     on_path = shutil.which("anvil")
     if on_path:
         return Path(on_path)
-    here = Path(__file__).resolve().parents[2]
-    for root in (Path.cwd(), *Path.cwd().parents, here):
+    checkout = _checkout()
+    roots = (Path.cwd(), *Path.cwd().parents, *([checkout] if checkout else []))
+    for root in roots:
         candidate = root / "node_modules" / ".bin" / "anvil"
         if candidate.exists():
             return candidate
+    ways = [f"run `npm ci` in the ledger checkout {checkout}"] if checkout else []
+    ways += [
+        "set LEDGER_ANVIL to an anvil binary",
+        "install Foundry's anvil on PATH (`foundryup`, see https://getfoundry.sh)",
+        "`npm install @foundry-rs/anvil-linux-amd64` (or the package for your platform)"
+        " in this folder",
+    ]
     raise ConfigError(
-        "no anvil binary found (not on PATH, not in node_modules/.bin)",
-        hint="run `npm ci` in the ledger checkout, or set LEDGER_ANVIL to its path",
+        "no anvil binary found: LEDGER_ANVIL is unset, none is on PATH,"
+        " none in node_modules/.bin here or above",
+        hint="; or ".join(ways),
     )
+
+
+def _checkout() -> Path | None:
+    """The ledger source checkout this module runs from, if it is one (not an install)."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        package = (root / "package.json").read_text()
+    except OSError:
+        return None
+    return root if "@foundry-rs/anvil" in package else None
 
 
 def rpc_call(
     url: str, method: str, params: list[object] | None = None, timeout: float = 2.0
 ) -> object:
-    """One JSON-RPC call without web3 (cheap enough for health checks)."""
-    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": params or []})
-    request = urllib.request.Request(
-        url, data=body.encode(), headers={"Content-Type": "application/json"}
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            answer = json.loads(response.read())
-    except (urllib.error.URLError, OSError, json.JSONDecodeError) as exc:
-        raise ChainUnavailableError(f"no JSON-RPC answer at {url}: {exc}") from exc
-    if "error" in answer:
-        raise ChainError(f"{method} failed at {url}: {answer['error']}")
-    return answer.get("result")
+    """One JSON-RPC call on a connection of its own (health checks, ``evm_*`` controls).
+
+    Raises :class:`~ledger.errors.ChainUnavailableError` when nothing answers and
+    :class:`~ledger.errors.RpcError` when the node refuses the call.
+    """
+    with JsonRpc(url, timeout) as rpc:
+        return rpc(method, *(params or []))
 
 
 @dataclass(frozen=True)
@@ -192,8 +211,8 @@ class AnvilProcess:
             running=True,
             pid=pid,
             rpc_url=self.rpc_url,
-            chain_id=int(str(chain_id), 16),
-            block_number=int(str(block), 16),
+            chain_id=as_int(chain_id),
+            block_number=as_int(block),
         )
 
 

@@ -2,9 +2,8 @@
 
 Kept free of web3 so that read-only code (the verifier, :mod:`ledger.chain.reader`)
 starts fast: the dataclasses, the run id derivation and the
-:class:`RegistryView` protocol that both :class:`~ledger.chain.registry.Registry`
-(web3, can sign) and :class:`~ledger.chain.reader.RegistryReader` (plain
-JSON-RPC, read-only) satisfy.
+:class:`RegistryView` protocol that :class:`~ledger.chain.reader.RegistryReader`
+(and so the sender and admin clients built on it) satisfies.
 """
 
 from __future__ import annotations

@@ -1,28 +1,222 @@
-"""HTTP/1.1 POST on one kept-alive connection, for the JSON-RPC client.
+"""The one JSON-RPC transport of ledger: every call to a chain node goes through here.
 
-``http.client`` imports ``email`` (for its header parser) and ``ssl`` at once:
-about 40 ms of CPU at every start of ``ledger verify``, competing with the hash
-of the file for the cores. A JSON-RPC call needs far less: send one request,
-read a status line, headers and a body framed by ``Content-Length``, by
-chunked transfer coding, or by the end of the connection (RFC 9112).
-:class:`PlainHttp` does that on a socket for ``http://`` URLs;
-:class:`TlsHttp` hands ``https://`` URLs to ``http.client``, imported only then.
+:class:`JsonRpc` sends calls (alone or in batches) on one kept-alive HTTP
+connection, maps a failed transport to
+:class:`~ledger.errors.ChainUnavailableError` and a node's error object to
+:class:`~ledger.errors.RpcError`; :func:`as_int`, :func:`as_bytes` and
+:func:`to_hex` convert JSON-RPC quantities and data.
+
+The HTTP layer is its own. ``http.client`` imports ``email`` (for its header
+parser) and ``ssl`` at once: about 40 ms of CPU at every start of ``ledger
+verify``, competing with the hash of the file for the cores. A JSON-RPC call
+needs far less: send one request, read a status line, headers and a body framed
+by ``Content-Length``, by chunked transfer coding, or by the end of the
+connection (RFC 9112). :class:`PlainHttp` does that on a socket for ``http://``
+URLs; :class:`TlsHttp` hands ``https://`` URLs to ``http.client``, imported only
+then.
 
 Both raise :class:`OSError` when the connection fails and :class:`ValueError`
 when the answer is not HTTP, and :class:`ServerClosed` (a
 ``ConnectionResetError``) when a kept-alive connection was closed by the server
-before it answered, which the caller may retry once on a new connection.
+before it answered, which :class:`JsonRpc` retries once on a new connection.
 """
 
 from __future__ import annotations
 
+import json
 import socket
+import threading
+import urllib.parse
+from collections.abc import Iterator, Sequence
 from typing import Any, NamedTuple
+
+from ledger.errors import ChainError, ChainUnavailableError, ConfigError, RpcError
 
 MAX_LINE = 65536
 """Longest status or header line accepted."""
 
 MAX_HEADERS = 100
+
+UNAVAILABLE_HINT = "start one with `ledger chain up`, or set LEDGER_RPC_URL"
+
+
+def as_int(value: object) -> int:
+    """A JSON-RPC quantity (``"0x1a"``) as an int."""
+    return int(str(value), 16)
+
+
+def as_bytes(value: object) -> bytes:
+    """JSON-RPC data (``"0x..."``: hashes, topics, call results) as bytes."""
+    return bytes.fromhex(str(value).removeprefix("0x"))
+
+
+def to_hex(raw: bytes) -> str:
+    """Bytes as JSON-RPC data (``0x`` and lower-case hex)."""
+    return "0x" + raw.hex()
+
+
+TIMEOUT = 10.0
+
+
+class BatchAnswers:
+    """The answers to :meth:`JsonRpc.batch`, in call order.
+
+    ``answers[i]`` is the result of call ``i``, or raises the
+    :class:`~ledger.errors.RpcError` the node answered it with (iterating
+    raises at the first such call).
+    """
+
+    def __init__(self, answers: list[tuple[Any, RpcError | None]]) -> None:
+        self._answers = answers
+
+    def __len__(self) -> int:
+        return len(self._answers)
+
+    def __iter__(self) -> Iterator[Any]:
+        return (self[n] for n in range(len(self)))
+
+    def __getitem__(self, index: int) -> Any:
+        result, error = self._answers[index]
+        if error is not None:
+            raise error.with_traceback(None)
+        return result
+
+    def error(self, index: int) -> RpcError | None:
+        """The error call ``index`` was answered with, or None if it succeeded."""
+        return self._answers[index][1]
+
+
+class JsonRpc:
+    """Blocking JSON-RPC over HTTP(S), on one kept-alive connection.
+
+    ``ledger verify`` makes about ten calls; opening a connection for each
+    (as ``urllib`` does) costs more than the calls themselves. Calls that do
+    not depend on each other can share one request (:meth:`batch`). The HTTP
+    is this module's (``http.client`` only for ``https://``).
+    """
+
+    def __init__(self, url: str, timeout: float = TIMEOUT) -> None:
+        self.url = url
+        self.timeout = timeout
+        self._id = 0
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(f"RPC URL {url!r} is not an http(s) URL")
+        self._https = parts.scheme == "https"
+        self._host, self._port = parts.hostname, parts.port
+        self._path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        self._conn: PlainHttp | TlsHttp | None = None
+        self._lock = threading.Lock()
+
+    def __call__(self, method: str, *params: object) -> Any:
+        with self._lock:
+            self._id += 1
+            request = {"jsonrpc": "2.0", "id": self._id, "method": method, "params": params}
+            answer = self._exchange(request, method)
+        if not isinstance(answer, dict):
+            raise ChainError(f"{method} at {self.url}: the answer is not a JSON-RPC response")
+        if "error" in answer:
+            raise self._error(method, answer["error"])
+        return answer.get("result")
+
+    def batch(self, calls: Sequence[tuple[str, Sequence[object]]]) -> BatchAnswers:
+        """Several calls in one request (a JSON-RPC 2.0 batch): one round trip.
+
+        ``calls`` are ``(method, params)`` pairs; the answers come back in call
+        order, matched by id (a node may answer a batch in any order). A call
+        the node refused is an :class:`~ledger.errors.RpcError` raised when its
+        answer is read, the one :meth:`__call__` would raise; the others stay
+        readable. A transport failure raises :class:`ChainUnavailableError` for
+        the whole batch, as a single call does.
+        """
+        if not calls:
+            return BatchAnswers([])
+        methods = ", ".join(dict.fromkeys(method for method, _ in calls))
+        with self._lock:
+            first = self._id + 1
+            self._id += len(calls)
+            request = [
+                {"jsonrpc": "2.0", "id": first + n, "method": method, "params": list(params)}
+                for n, (method, params) in enumerate(calls)
+            ]
+            answer = self._exchange(request, methods)
+        if isinstance(answer, dict) and "error" in answer:  # the batch itself was refused
+            raise self._error(methods, answer["error"])
+        if not isinstance(answer, list):
+            raise ChainError(f"{methods} at {self.url}: the answer is not a JSON-RPC batch")
+        by_id = {item.get("id"): item for item in answer if isinstance(item, dict)}
+        answers: list[tuple[Any, RpcError | None]] = []
+        for n, (method, _) in enumerate(calls):
+            item = by_id.get(first + n)
+            if item is None:
+                raise ChainError(f"{method} at {self.url}: no answer to it in the batch")
+            if "error" in item:
+                answers.append((None, self._error(method, item["error"])))
+            else:
+                answers.append((item.get("result"), None))
+        return BatchAnswers(answers)
+
+    def _exchange(self, request: object, what: str) -> Any:
+        """Post ``request`` and parse the answer; the caller holds the lock."""
+        try:
+            return json.loads(self._post(json.dumps(request).encode()))
+        except (OSError, ValueError) as exc:  # JSONDecodeError is a ValueError
+            self._close()
+            raise ChainUnavailableError(
+                f"no chain answers at {self.url} ({what}: {exc})", hint=UNAVAILABLE_HINT
+            ) from exc
+
+    def _error(self, method: str, error: object) -> RpcError:
+        fields = error if isinstance(error, dict) else {}
+        return RpcError(
+            f"{method} failed at {self.url}: {fields.get('message', error)}",
+            code=fields.get("code"),
+            data=fields.get("data"),
+        )
+
+    def _post(self, body: bytes) -> bytes:
+        for attempt in (1, 2):  # a kept-alive connection the server closed: reopen once
+            conn = self._connection()
+            try:
+                response = conn.post(self._path, body, "application/json")
+            except (ConnectionResetError, BrokenPipeError):
+                self._close()
+                if attempt == 2:
+                    raise
+                continue
+            if response.will_close:
+                self._close()
+            if response.status != 200:
+                raise ValueError(f"HTTP {response.status} {response.reason}")
+            return response.body
+        raise AssertionError("unreachable")
+
+    def _connection(self) -> PlainHttp | TlsHttp:
+        if self._conn is None:
+            kind = TlsHttp if self._https else PlainHttp
+            self._conn = kind(self._host, self._port, self.timeout)
+        return self._conn
+
+    def _close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def chain_id(self) -> int:
+        """The node's chain id: the first call of every client, so it fails fast
+        (:class:`ChainUnavailableError`) when nothing answers."""
+        return as_int(self("eth_chainId"))
+
+    def close(self) -> None:
+        """Close the kept-alive connection (the next call opens a new one)."""
+        with self._lock:
+            self._close()
+
+    def __enter__(self) -> JsonRpc:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class ServerClosed(ConnectionResetError):
@@ -46,9 +240,7 @@ class PlainHttp:
         self.timeout = timeout
         self._sock: socket.socket | None = None
         self._file: Any = None
-        self._host_header = (f"[{host}]" if ":" in host else host) + (
-            f":{port}" if port else ""
-        )
+        self._host_header = (f"[{host}]" if ":" in host else host) + (f":{port}" if port else "")
 
     def post(self, path: str, body: bytes, content_type: str) -> Response:
         fresh = self._sock is None

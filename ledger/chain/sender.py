@@ -6,13 +6,14 @@ normalise arguments. This client extends the read-only
 :class:`~ledger.chain.reader.RegistryReader` with what sending needs and nothing
 more:
 
-- calldata from the committed ABI (:mod:`ledger.chain.abi`);
+- calldata from the committed ABI (:class:`~ledger.chain.abi.RegistryAbi`);
 - EIP-1559 (type 2) transactions, RLP-encoded here (Ethereum yellow paper,
   appendix B; EIP-2718, EIP-1559), signed with libsecp256k1 through
   ``coincurve`` (low-s, recoverable signatures);
 - gas estimated first, so a refusal surfaces before anything is signed, as a
-  :class:`~ledger.errors.TransactionRevertedError` naming the contract's error;
-  the estimate, fees and nonce come in one batch request (one round trip);
+  :class:`~ledger.errors.TransactionRevertedError` naming the contract's error
+  (decoded by :meth:`~ledger.chain.abi.RegistryAbi.refusal`); the estimate, fees
+  and nonce come in one batch request (one round trip);
 - raw broadcast, receipts, nonces and block hashes for the journal.
 
 A test signs the same transactions with eth_account and compares the bytes.
@@ -20,17 +21,16 @@ A test signs the same transactions with eth_account and compares the bytes.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ledger.chain import abi
-from ledger.chain.compiler import load_artifact
-from ledger.chain.reader import JsonRpc, RegistryReader
+from ledger.chain.reader import RegistryReader
 from ledger.chain.records import checksum_address
+from ledger.chain.rpc import JsonRpc, as_bytes, as_int, to_hex
 from ledger.config import Secret, Settings, resolve_private_key
 from ledger.errors import (
-    ChainError,
     ChainUnavailableError,
     ConfigError,
     NonceTooLowError,
@@ -41,6 +41,8 @@ from ledger.hashing.keccak import keccak256
 from ledger.hashing.merkle import CheckpointLeaf
 
 GAS_MARGIN = 1.2  # over the estimate, plus a fixed 10k: storage costs can shift by a block
+FIRST_RECEIPT_LOOK = 0.00025  # s after the broadcast: an automining Anvil has the receipt
+# in about 0.5 ms on a young chain (a few ms after thousands of blocks), almost never at once
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,8 @@ class Receipt:
     block_number: int
     block_hash: str
     gas_used: int
+    contract_address: str | None = None
+    """The contract a deployment created (None for calls)."""
 
 
 class Signer:
@@ -83,16 +87,17 @@ class Signer:
         return f"Signer({self.address})"
 
     def sign_1559(
-        self, chain_id: int, nonce: int, fields: dict[str, int], to: str, data: bytes
+        self, chain_id: int, nonce: int, fields: dict[str, int], to: str | None, data: bytes
     ) -> bytes:
-        """The raw bytes of a signed EIP-1559 call of ``to`` (no value, no access list)."""
+        """The raw bytes of a signed EIP-1559 call of ``to`` (no value, no access list);
+        ``to`` None creates a contract whose init code is ``data``."""
         body: list[Any] = [
             chain_id,
             nonce,
             fields["maxPriorityFeePerGas"],
             fields["maxFeePerGas"],
             fields["gas"],
-            bytes.fromhex(to[2:]),
+            b"" if to is None else as_bytes(to),
             0,
             data,
             [],
@@ -101,6 +106,12 @@ class Signer:
         signature = self._key.sign_recoverable(digest, hasher=None)  # r || s || recovery id
         r, s, parity = signature[:32], signature[32:64], signature[64]
         return b"\x02" + rlp_encode([*body, parity, _int(r), _int(s)])
+
+    def sign_digest(self, digest: bytes) -> bytes:
+        """The 65-byte ``r || s || v`` signature (``v`` 27 or 28) of a 32-byte digest,
+        as ``ecrecover`` and OpenZeppelin's ``ECDSA.recover`` take it."""
+        signature = self._key.sign_recoverable(digest, hasher=None)
+        return signature[:64] + bytes([27 + signature[64]])
 
 
 def address_of(secret: Secret) -> str:
@@ -117,16 +128,13 @@ class RegistrySender(RegistryReader):
         super().__init__(rpc, address, deploy_block)
         self.signer = signer
         self.chain_id = chain_id
-        self._errors = {
-            abi.selector(item): item for item in load_artifact()["abi"] if item["type"] == "error"
-        }
 
     @classmethod
     def connect(cls, settings: Settings, secret: Secret | None = None) -> RegistrySender:
         """The registry named by the settings, signing with ``secret`` (else the
         configured key, resolved for the chain's id)."""
         reader = RegistryReader.connect(settings)
-        chain_id = int(reader.rpc("eth_chainId"), 16)
+        chain_id = reader.rpc.chain_id()
         key = secret if secret is not None else resolve_private_key(settings, chain_id)
         return cls(reader.rpc, reader.address, Signer(key), chain_id, reader.deploy_block)
 
@@ -151,17 +159,21 @@ class RegistrySender(RegistryReader):
         raise ValueError(f"no batch call for {len(items)} {kind!r} items")
 
     def _calldata(self, function: str, args: Sequence[Any]) -> bytes:
-        return abi.encode_call(self._functions[function], args)
+        return self.abi.call(function, args)
 
     # -- sign, broadcast, confirm -----------------------------------------------------
 
-    def prepare(self, data: bytes, *, nonce: int | None = None) -> PreparedTx:
+    def prepare(self, data: bytes, *, nonce: int | None = None, create: bool = False) -> PreparedTx:
         """Estimate gas (a refusal raises here, naming the contract's error) and sign.
 
         The estimate, the priority fee, the latest block's base fee and, without
         ``nonce``, the sender's pending nonce are asked in one batch request.
+        ``create``: ``data`` is the init code of a new contract, not a registry call.
         """
-        call = {"from": self.signer.address, "to": self.address, "data": "0x" + data.hex()}
+        to = None if create else self.address
+        call = {"from": self.signer.address, "data": to_hex(data)}
+        if to is not None:
+            call["to"] = to
         calls: list[tuple[str, Sequence[object]]] = [
             ("eth_estimateGas", [call]),
             ("eth_maxPriorityFeePerGas", []),
@@ -173,20 +185,20 @@ class RegistrySender(RegistryReader):
         refusal = answers.error(0)
         if refusal is not None:
             raise self._revert_error(refusal) from refusal
-        gas = int(answers[0], 16)
-        priority = int(answers[1], 16)
+        gas = as_int(answers[0])
+        priority = as_int(answers[1])
         block = answers[2] or {}
         if nonce is None:
-            nonce = int(answers[3], 16)
-        base = int(block.get("baseFeePerGas", "0x0"), 16)
+            nonce = as_int(answers[3])
+        base = as_int(block.get("baseFeePerGas", "0x0"))
         fields = {
             "gas": int(gas * GAS_MARGIN) + 10_000,
             "maxPriorityFeePerGas": priority,
             "maxFeePerGas": 2 * base + priority,
         }
-        raw = self.signer.sign_1559(self.chain_id, nonce, fields, self.address, data)
+        raw = self.signer.sign_1559(self.chain_id, nonce, fields, to, data)
         return PreparedTx(
-            tx_hash="0x" + keccak256(raw).hex(),
+            tx_hash=to_hex(keccak256(raw)),
             raw=raw,
             sender=self.signer.address,
             nonce=nonce,
@@ -199,7 +211,7 @@ class RegistrySender(RegistryReader):
         Raises :class:`NonceTooLowError` when its nonce is already used.
         """
         try:
-            self.rpc("eth_sendRawTransaction", "0x" + raw.hex())
+            self.rpc("eth_sendRawTransaction", to_hex(raw))
         except RpcError as exc:
             text = str(exc).lower()
             if "already known" in text or "already imported" in text:
@@ -213,20 +225,35 @@ class RegistrySender(RegistryReader):
         found = self.rpc("eth_getTransactionReceipt", tx_hash)
         if not found or found.get("blockNumber") is None:
             return None
+        created = found.get("contractAddress")
         return Receipt(
             tx_hash=tx_hash,
-            ok=int(found["status"], 16) == 1,
-            block_number=int(found["blockNumber"], 16),
+            ok=as_int(found["status"]) == 1,
+            block_number=as_int(found["blockNumber"]),
             block_hash=str(found["blockHash"]),
-            gas_used=int(found["gasUsed"], 16),
+            gas_used=as_int(found["gasUsed"]),
+            contract_address=checksum_address(str(created)) if created else None,
         )
 
+    def wait_for_receipt(self, tx_hash: str, timeout: float) -> Receipt | None:
+        """The receipt of a broadcast transaction, or None if it is not mined within
+        ``timeout`` seconds: first looked at after ``FIRST_RECEIPT_LOOK``, then after
+        twice as long each time (at most a quarter of a second)."""
+        deadline = time.monotonic() + timeout
+        delay = FIRST_RECEIPT_LOOK
+        while True:
+            time.sleep(delay)
+            receipt = self.receipt(tx_hash)
+            if receipt is not None or time.monotonic() > deadline:
+                return receipt
+            delay = min(delay * 2, 0.25)
+
     def pending_nonce(self) -> int:
-        return int(self.rpc("eth_getTransactionCount", self.signer.address, "pending"), 16)
+        return as_int(self.rpc("eth_getTransactionCount", self.signer.address, "pending"))
 
     def mined_nonce(self, sender: str) -> int:
         """How many transactions of ``sender`` are mined (its next nonce in a block)."""
-        return int(self.rpc("eth_getTransactionCount", checksum_address(sender), "latest"), 16)
+        return as_int(self.rpc("eth_getTransactionCount", checksum_address(sender), "latest"))
 
     def block_hash(self, number: int) -> str | None:
         """The hash of block ``number`` on the chain now, or None beyond its head."""
@@ -234,20 +261,7 @@ class RegistrySender(RegistryReader):
         return str(block["hash"]) if block else None
 
     def _revert_error(self, exc: RpcError) -> TransactionRevertedError:
-        data = exc.data if isinstance(exc.data, str) else ""
-        error = self._errors.get(bytes.fromhex(data[2:10])) if len(data) >= 10 else None
-        if error is None:
-            return TransactionRevertedError(
-                f"the registry refused: {exc.message}", error_name="Unknown"
-            )
-        try:
-            args = tuple(abi.decode_params(error["inputs"], bytes.fromhex(data[10:])))
-        except ValueError as decode:
-            raise ChainError(f"cannot decode the registry's refusal {data}: {decode}") from exc
-        shown = ", ".join("0x" + a.hex() if isinstance(a, bytes) else str(a) for a in args)
-        return TransactionRevertedError(
-            f"the registry refused: {error['name']}({shown})", error_name=error["name"], args=args
-        )
+        return self.abi.refusal(exc.message, exc.data)
 
 
 # -- RLP (yellow paper, appendix B) ----------------------------------------------------

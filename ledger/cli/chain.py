@@ -70,18 +70,16 @@ def deploy(
     rpc_url: Annotated[str | None, typer.Option(envvar="LEDGER_RPC_URL")] = None,
 ) -> None:
     """Deploy the registry and record its address in the data directory's config."""
-    from ledger.chain.registry import Registry, connect_web3, load_account
+    from ledger.chain.admin import deploy_registry
     from ledger.config import save_deployment
 
     settings = load_settings(data_dir, rpc_url=rpc_url)
-    w3 = connect_web3(settings.rpc_url)
-    chain_id = w3.eth.chain_id
-    account = load_account(settings, chain_id)
-    registry, tx = Registry.deploy(w3, account)
+    registry, tx = deploy_registry(settings)
+    chain_id = registry.chain_id
     path = save_deployment(
         settings, address=registry.address, chain_id=chain_id, block=tx.block_number
     )
     typer.echo(
         f"registry {registry.address} on chain {chain_id} (block {tx.block_number}, "
-        f"gas {tx.gas_used}); admin and committer {account.address}; saved to {path}"
+        f"gas {tx.gas_used}); admin and committer {registry.signer.address}; saved to {path}"
     )

@@ -105,7 +105,7 @@ def status(
         runs.setdefault(entry.run_id, {}).setdefault(entry.state, 0)
         runs[entry.run_id][entry.state] += 1
     problems = [e for e in entries if e.state == "failed" or (e.state != "confirmed" and e.error)]
-    from ledger.record.outbox.worker import WorkerLock
+    from ledger.record.outbox.lock import WorkerLock
 
     worker = WorkerLock(path).running()  # a training's worker, or a resident one
     if as_json:

@@ -31,9 +31,9 @@ def show(
     run: Annotated[str, RUN_ID.typer()], data_dir: Annotated[Path | None, DATA_DIR.typer()] = None
 ) -> None:
     """Print a run's on-chain record (storage and events) as JSON."""
-    from ledger.chain.registry import Registry
+    from ledger.chain.reader import RegistryReader
 
-    registry = Registry.connect(load_settings(data_dir), signer=False)
+    registry = RegistryReader.connect(load_settings(data_dir))
     run_id = parse_run_id(run)
     record = registry.get_run(run_id)
     started = registry.events("RunStarted", run_id)
@@ -71,10 +71,11 @@ def proof(
     data_dir: Annotated[Path | None, DATA_DIR.typer()] = None,
 ) -> None:
     """Print a Merkle inclusion proof of a checkpoint in its run's checkpoint root."""
-    from ledger.chain.registry import Registry, record_leaf
+    from ledger.chain.reader import RegistryReader
+    from ledger.chain.records import record_leaf
     from ledger.hashing.merkle import MerkleTree
 
-    registry = Registry.connect(load_settings(data_dir), signer=False)
+    registry = RegistryReader.connect(load_settings(data_dir))
     run_id = parse_run_id(run)
     final = registry.final_record(run_id)
     if final is None or final.final is None:
@@ -119,9 +120,9 @@ def revoke(
     data_dir: Annotated[Path | None, DATA_DIR.typer()] = None,
 ) -> None:
     """Revoke a run (its committer or an admin may); its descendants become tainted."""
-    from ledger.chain.registry import Registry
+    from ledger.chain.admin import RegistryAdmin
 
-    tx = Registry.connect(load_settings(data_dir)).revoke_run(parse_run_id(run), reason)
+    tx = RegistryAdmin.connect(load_settings(data_dir)).revoke_run(parse_run_id(run), reason)
     typer.echo(f"revoked in tx {tx.tx_hash} (block {tx.block_number})")
 
 

@@ -32,6 +32,7 @@ import io
 import math
 import os
 import pickletools
+import re
 import struct
 import sys
 import types
@@ -44,7 +45,15 @@ from typing import Any
 
 from ledger.hashing._engine import default_workers, page_buffer, pread_into
 
-__all__ = ["CannotRead", "TensorRef", "find_state_dict", "interpret", "read_tensors"]
+__all__ = [
+    "Broken",
+    "CannotRead",
+    "TensorRef",
+    "audit",
+    "find_state_dict",
+    "interpret",
+    "read_tensors",
+]
 
 Tensor = tuple[str, str, tuple[int, ...], bytes]
 """One tensor of a state dict: name, safetensors dtype, shape, sha256 of its bytes."""
@@ -52,6 +61,20 @@ Tensor = tuple[str, str, tuple[int, ...], bytes]
 
 class CannotRead(Exception):
     """The file is not (only) what this reader understands; torch must decide."""
+
+
+class Broken(CannotRead):
+    """The file is malformed or hostile in a way torch would not read either (a
+    truncated or runaway pickle, a storage shorter than it claims, a compressed
+    or ambiguous zip): the caller reports it and does not hand it to torch."""
+
+
+MAX_PICKLE_BYTES = 32 * 1024 * 1024
+"""Largest ``data.pkl`` read (a state dict costs ~150 bytes of pickle per tensor)."""
+MAX_OPCODES = 2_000_000
+"""Most pickle opcodes interpreted: bounds the objects built from a small hostile file."""
+MAX_MEMBERS = 250_000
+"""Most zip members opened: bounds the directory Python's zipfile holds in memory."""
 
 
 # storage classes of torch.save (the legacy typed ones) -> (safetensors dtype, item size)
@@ -146,7 +169,7 @@ def _storage(pid: Any) -> _Storage:
         and isinstance(pid[4], int)
         and pid[4] >= 0
     ):
-        raise CannotRead(f"unexpected persistent id {pid!r}")
+        raise CannotRead(f"unexpected persistent id (a {type(pid).__name__})")
     kind = pid[1].name
     dtype, itemsize = _UNTYPED if kind == "UntypedStorage" else _STORAGES.get(kind, ("", 0))
     if not itemsize or pid[1].module not in ("torch", "torch.storage"):
@@ -216,10 +239,22 @@ def interpret(pickled: bytes) -> Any:
 
     Only decodes opcodes; raises :class:`CannotRead` for any opcode, global or
     call outside what ``torch.save`` writes for state dicts and checkpoints
-    (pickle protocol 2). The opcodes and globals taken are a subset of those
-    torch's weights-only unpickler takes, so whatever is read here torch would
-    read too.
+    (pickle protocol 2), and :class:`Broken` for a pickle that is truncated,
+    malformed or longer than :data:`MAX_OPCODES`. The opcodes and globals taken
+    are a subset of those torch's weights-only unpickler takes, so whatever is
+    read here torch would read too.
     """
+    return _interpret(pickled).value
+
+
+@dataclass(frozen=True)
+class _Pickle:
+    value: Any
+    storages: Mapping[str, _Storage]  # every storage the pickle names, wherever
+    end: int  # offset just past STOP: bytes from here on are not part of the pickle
+
+
+def _interpret(pickled: bytes) -> _Pickle:
     stack: list[Any] = []
     marks: list[list[Any]] = []
     memo: dict[int, Any] = {}
@@ -228,12 +263,14 @@ def interpret(pickled: bytes) -> Any:
     def pop_mark() -> list[Any]:
         nonlocal stack
         if not marks:
-            raise CannotRead("unbalanced MARK")
+            raise Broken("unbalanced MARK")
         items, stack = stack, marks.pop()
         return items
 
     try:
-        for opcode, decoded, _ in pickletools.genops(pickled):
+        for count, (opcode, decoded, position) in enumerate(pickletools.genops(pickled)):
+            if count >= MAX_OPCODES:
+                raise Broken(f"the pickle runs past {MAX_OPCODES} opcodes")
             arg: Any = decoded
             name = opcode.name
             if name == "PROTO":
@@ -241,8 +278,8 @@ def interpret(pickled: bytes) -> Any:
                     raise CannotRead(f"pickle protocol {arg}")
             elif name == "STOP":
                 if len(stack) != 1 or marks:
-                    raise CannotRead("the pickle stops with a malformed stack")
-                return stack[0]
+                    raise Broken("the pickle stops with a malformed stack")
+                return _Pickle(stack[0], storages, int(position or 0) + 1)
             elif name == "MARK":
                 marks.append(stack)
                 stack = []
@@ -264,7 +301,7 @@ def interpret(pickled: bytes) -> Any:
                 size = int(name[-1])
                 items = stack[-size:]
                 if len(items) != size:
-                    raise CannotRead(f"{name} on a short stack")
+                    raise Broken(f"{name} on a short stack")
                 del stack[-size:]
                 stack.append(tuple(items))
             elif name == "TUPLE":
@@ -306,8 +343,13 @@ def interpret(pickled: bytes) -> Any:
     except CannotRead:
         raise
     except (ValueError, IndexError, KeyError, TypeError, struct.error) as exc:
-        raise CannotRead(f"malformed pickle ({exc})") from exc
-    raise CannotRead("the pickle has no STOP")
+        raise Broken(f"malformed or truncated pickle ({_first_line(exc)})") from exc
+    raise Broken("the pickle has no STOP (truncated)")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc)
+    return (text.splitlines() or [type(exc).__name__])[0][:200]
 
 
 def _list(target: Any) -> list[Any]:
@@ -355,29 +397,57 @@ class TorchZip:
     def __init__(self, path: Path, data: bytes | None = None) -> None:
         self.path = path
         self.data = data  # the file's bytes, when the caller holds them already
+        _check_directory_size(path, data)
         try:
             with zipfile.ZipFile(path if data is None else io.BytesIO(data)) as archive:
                 infos = archive.infolist()
                 names = [info.filename for info in infos]
-                if not infos or len(set(names)) != len(names):
-                    raise CannotRead("an empty archive, or one with a name twice")
-                top, slash, _ = names[0].partition("/")
-                if not slash or any(not n.startswith(top + "/") for n in names):
-                    raise CannotRead("the archive has no single top folder")
+                if not infos:
+                    raise Broken("an empty zip archive, not a torch.save file")
+                if len(set(names)) != len(names):
+                    twice = next(n for n in names if names.count(n) > 1)
+                    raise Broken(f"the zip names member {twice!r} twice (readers disagree on it)")
+                compressed = next((i for i in infos if i.compress_type != zipfile.ZIP_STORED), None)
+                if compressed is not None:
+                    raise Broken(
+                        f"member {compressed.filename!r} is compressed; torch.save stores every"
+                        " member as is (compressed members are not inflated)"
+                    )
+                top = names[0].partition("/")[0]
                 self._prefix = top + "/"
+                if not any(n == self._prefix + "data.pkl" for n in names):
+                    raise Broken("a zip archive without data.pkl: not a torch.save file")
+                if any(not n.startswith(self._prefix) for n in names):
+                    raise CannotRead("the archive has no single top folder")
                 self._infos = {n[len(self._prefix) :]: i for n, i in zip(names, infos, strict=True)}
-                if any(i.compress_type != zipfile.ZIP_STORED for i in infos):
-                    raise CannotRead("a compressed member (torch.save stores them all)")
-                pickle_info = self._infos.get("data.pkl")
-                if pickle_info is None:
-                    raise CannotRead("no data.pkl")
+                pickle_info = self._infos["data.pkl"]
+                if pickle_info.file_size > MAX_PICKLE_BYTES:
+                    raise Broken(
+                        f"data.pkl is {pickle_info.file_size} bytes, more than the"
+                        f" {MAX_PICKLE_BYTES >> 20} MiB a state dict's pickle needs"
+                    )
                 self.pickled = archive.read(pickle_info)
                 order = self._infos.get("byteorder")
+                if order is not None and order.file_size > 16:
+                    raise Broken("the byteorder member is not 'little' or 'big'")
                 # without the record torch assumes this machine's byte order
                 self.byteorder = archive.read(order).decode("ascii") if order else sys.byteorder
         except (zipfile.BadZipFile, OSError, UnicodeDecodeError, EOFError) as exc:
-            raise CannotRead(f"not a readable zip archive ({exc})") from exc
+            raise Broken(f"not a readable zip archive ({_first_line(exc)})") from exc
         self._members: dict[str, _Member] = {}
+
+    @property
+    def names(self) -> list[str]:
+        """Every member's name inside the top folder."""
+        return list(self._infos)
+
+    def read_small(self, name: str, limit: int = 256) -> bytes | None:
+        """A small member's bytes (None when larger than ``limit``)."""
+        info = self._infos[name]
+        if info.file_size > limit:
+            return None
+        with zipfile.ZipFile(self.path if self.data is None else io.BytesIO(self.data)) as archive:
+            return archive.read(info)
 
     def storage(self, key: str) -> _Member:
         """Where storage ``key``'s bytes sit in the file (stored members only)."""
@@ -385,7 +455,7 @@ class TorchZip:
             return self._members[key]
         info = self._infos.get(f"data/{key}")
         if info is None:
-            raise CannotRead(f"storage {key} is missing")
+            raise Broken(f"storage {key} is named by the pickle but has no member")
         if self.data is not None:
             header = self.data[info.header_offset : info.header_offset + _LOCAL_HEADER.size]
         else:
@@ -393,13 +463,46 @@ class TorchZip:
                 handle.seek(info.header_offset)
                 header = handle.read(_LOCAL_HEADER.size)
         if len(header) != _LOCAL_HEADER.size:
-            raise CannotRead(f"storage {key}: truncated local header")
+            raise Broken(f"storage {key}: truncated local header")
         fields = _LOCAL_HEADER.unpack(header)
         if fields[0] != _LOCAL_SIGNATURE:
-            raise CannotRead(f"storage {key}: bad local header")
+            raise Broken(f"storage {key}: bad local header")
         start = info.header_offset + _LOCAL_HEADER.size + fields[9] + fields[10]
         member = self._members[key] = _Member(start, info.file_size)
         return member
+
+
+_END = struct.Struct("<IHHHHIIH")
+
+
+def _check_directory_size(path: Path, data: bytes | None) -> None:
+    """Refuses a zip whose end record declares more than :data:`MAX_MEMBERS` members,
+    before Python's zipfile builds an object for each."""
+    if data is not None:
+        tail = data[-(_END.size + 0xFFFF) :]
+    else:
+        with open(path, "rb") as handle:
+            size = handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, size - _END.size - 0xFFFF))
+            tail = handle.read()
+    at = tail.rfind(b"PK\x05\x06")
+    if at < 0 or at + _END.size > len(tail):
+        return  # zipfile will say what is wrong
+    entries = _END.unpack_from(tail, at)[4]
+    if entries == 0xFFFF:  # zip64: the count is in the zip64 record
+        locator = tail[at - 20 : at]
+        if locator[:4] == b"PK\x06\x07":
+            (record_at,) = struct.unpack("<Q", locator[8:16])
+            if data is not None:
+                record = data[record_at : record_at + 56]
+            else:
+                with open(path, "rb") as handle:
+                    handle.seek(record_at)
+                    record = handle.read(56)
+            if len(record) == 56:
+                (entries,) = struct.unpack("<Q", record[32:40])
+    if entries > MAX_MEMBERS:
+        raise Broken(f"the zip declares {entries} members, more than {MAX_MEMBERS}")
 
 
 READ_PIECE = 8 * 1024 * 1024
@@ -415,7 +518,7 @@ def _digest(fd: int, start: int, length: int) -> bytes:
             with view[: min(len(buffer), length - done)] as piece:
                 got = pread_into(fd, piece, start + done)
                 if not got:
-                    raise CannotRead("the file ends inside a tensor")
+                    raise Broken("the file ends inside a tensor")
                 with piece[:got] as filled:
                     digest.update(filled)
             done += got
@@ -425,7 +528,7 @@ def _digest(fd: int, start: int, length: int) -> bytes:
 def _digest_view(view: memoryview, start: int, length: int) -> bytes:
     with view[start : start + length] as piece:
         if len(piece) != length:
-            raise CannotRead("the file ends inside a tensor")
+            raise Broken("the file ends inside a tensor")
         return hashlib.sha256(piece).digest()
 
 
@@ -441,8 +544,13 @@ def _span(archive: TorchZip, name: str, tensor: TensorRef) -> tuple[int, int]:
     start = tensor.offset * tensor.itemsize
     length = numel * tensor.itemsize
     member = archive.storage(tensor.storage.key)
-    if length and start + length > min(member.size, tensor.storage.nbytes):
-        raise CannotRead(f"tensor {name!r} reaches past its storage")
+    if member.size < tensor.storage.nbytes:
+        raise Broken(
+            f"storage {tensor.storage.key} declares {tensor.storage.nbytes} bytes but its"
+            f" member holds {member.size} (truncated or forged)"
+        )
+    if length and start + length > tensor.storage.nbytes:
+        raise Broken(f"tensor {name!r} reaches past its storage")
     return member.start + start, length
 
 
@@ -499,3 +607,184 @@ def read_tensors(
         (name, tensor.dtype, tensor.shape, digest)
         for (name, tensor), digest in zip(state.items(), digests, strict=True)
     ]
+
+
+# -- accounting for every member, byte and entry ---------------------------------------
+
+TRAINING_STATE = frozenset(
+    {
+        # Lightning
+        "optimizer_states",
+        "lr_schedulers",
+        "callbacks",
+        "loops",
+        "native_amp_scaling_state",
+        "amp_scaling_state",
+        # common training loops
+        "optimizer",
+        "optimizer_state_dict",
+        "optimizers",
+        "scheduler",
+        "scheduler_state_dict",
+        "lr_scheduler",
+        "scaler",
+        "grad_scaler",
+        "rng_state",
+        "rng_states",
+        "torch_rng_state",
+        "cuda_rng_state",
+    }
+)
+"""Top-level checkpoint keys whose tensors are training state, not model weights."""
+
+RAW_DATA_LIMIT = 64 * 1024
+"""Bytes or text beside the state dict beyond this size are a payload, not metadata."""
+
+_SMALL_MEMBERS = {
+    "byteorder": rb"little|big",
+    "version": rb"\d{1,8}\n?",
+    ".data/version": rb"\d{1,8}\n?",
+    ".format_version": rb"\d{1,8}\n?",
+    ".storage_alignment": rb"\d{1,8}\n?",
+    ".data/serialization_id": rb"[0-9A-Za-z]{1,64}",
+}
+
+
+@dataclass(frozen=True)
+class Audit:
+    """What a ``torch.save`` zip holds beyond its state dict's tensors.
+
+    ``problems`` name members, bytes or entries that belong to no tensor of the
+    state dict and to no training state; ``training_state`` lists the other
+    entries of a checkpoint (key, and how many tensors it holds).
+    """
+
+    problems: tuple[str, ...]
+    training_state: tuple[str, ...]
+
+
+def _contents(value: Any) -> tuple[list[TensorRef], int]:
+    """The tensors in ``value`` (any depth, no recursion) and its largest bytes/str."""
+    tensors: list[TensorRef] = []
+    largest = 0
+    seen: set[int] = set()
+    todo = [value]
+    while todo:
+        item = todo.pop()
+        if isinstance(item, TensorRef):
+            tensors.append(item)
+        elif isinstance(item, bytes | str):
+            largest = max(largest, len(item))
+        elif isinstance(item, dict | list | tuple) and id(item) not in seen:
+            seen.add(id(item))
+            if isinstance(item, dict):  # keys and values: no temporary tuples, whose ids recur
+                todo.extend(item.keys())
+                todo.extend(item.values())
+            else:
+                todo.extend(item)
+    return tensors, largest
+
+
+def _byte_range(tensor: TensorRef) -> tuple[int, int] | None:
+    """The bytes of its storage that ``tensor`` covers; None when not one dense range."""
+    numel = math.prod(tensor.shape)
+    if not numel:
+        return (0, 0)
+    dims = sorted(
+        (stride, size)
+        for size, stride in zip(tensor.shape, tensor.stride, strict=True)
+        if size != 1
+    )
+    expected = 1
+    for stride, size in dims:  # dense in some order: a permutation of row-major strides
+        if stride != expected:
+            return None
+        expected *= size
+    return tensor.offset * tensor.itemsize, (tensor.offset + numel) * tensor.itemsize
+
+
+def audit(path: Path) -> Audit:
+    """Every member, pickle byte, storage byte and entry of the ``torch.save`` zip at
+    ``path`` accounted for: the state dict's tensors, a checkpoint's training state
+    (:data:`TRAINING_STATE`) and small metadata; anything else is a problem."""
+    try:
+        archive = TorchZip(path)
+        parsed = _interpret(archive.pickled)
+    except CannotRead as exc:
+        return Audit((f"its contents cannot be accounted for byte by byte ({exc})",), ())
+    problems: list[str] = []
+    listed: list[str] = []
+    if parsed.end != len(archive.pickled):
+        problems.append(f"{len(archive.pickled) - parsed.end} bytes follow the pickle's STOP")
+    covering: list[TensorRef] = []
+    obj = parsed.value
+    seen: set[int] = set()
+    while isinstance(obj, dict) and id(obj) not in seen:
+        seen.add(id(obj))
+        if obj and all(isinstance(k, str) and isinstance(v, TensorRef) for k, v in obj.items()):
+            covering.extend(obj.values())
+            break
+        key = next((k for k in ("state_dict", "model_state_dict", "model") if k in obj), None)
+        for other, value in obj.items():
+            if other == key:
+                continue
+            tensors, largest = _contents(value)
+            label = repr(other) if isinstance(other, str) else f"a {type(other).__name__} key"
+            if tensors and other in TRAINING_STATE:
+                covering.extend(tensors)
+                listed.append(f"{other} ({len(tensors)} tensors)")
+            elif tensors:
+                problems.append(
+                    f"entry {label} holds {len(tensors)} tensor(s) outside the state dict"
+                )
+            elif largest > RAW_DATA_LIMIT:
+                problems.append(f"entry {label} holds {largest} bytes of raw data")
+            else:
+                listed.append(str(other) if isinstance(other, str) else label)
+        if key is None:
+            return Audit(("it holds no state dict",), ())
+        obj = obj[key]
+    else:
+        return Audit(("it holds no state dict",), ())
+    ranges: dict[str, list[tuple[int, int]]] = {}
+    for tensor in covering:
+        span = _byte_range(tensor)
+        if span is None:
+            problems.append(f"a tensor of storage {tensor.storage.key} is not dense in its storage")
+        else:
+            ranges.setdefault(tensor.storage.key, []).append(span)
+    for key, storage in parsed.storages.items():
+        try:
+            member = archive.storage(key)
+        except CannotRead as exc:
+            problems.append(str(exc))
+            continue
+        if member.size != storage.nbytes:
+            problems.append(
+                f"member data/{key} holds {member.size} bytes, its storage {storage.nbytes}"
+            )
+        spans = sorted(ranges.get(key, []))
+        if not spans:
+            problems.append(
+                f"storage data/{key} ({member.size} bytes) is not part of the state dict"
+            )
+            continue
+        covered, end = 0, 0
+        for start, stop in spans:
+            covered += max(0, stop - max(start, end))
+            end = max(end, stop)
+        if covered < member.size:
+            problems.append(
+                f"storage data/{key} holds {member.size - covered} bytes outside any tensor"
+            )
+    for name in archive.names:
+        pattern = _SMALL_MEMBERS.get(name)
+        if name == "data.pkl" or (name.startswith("data/") and name[5:] in parsed.storages):
+            continue
+        if pattern is None:
+            problems.append(f"member {name!r} belongs to no tensor")
+            continue
+        content = archive.read_small(name)
+        if content is None or not re.fullmatch(pattern, content):
+            problems.append(f"member {name!r} holds unexpected content")
+    return Audit(tuple(problems), tuple(listed))

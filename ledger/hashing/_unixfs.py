@@ -32,9 +32,8 @@ level, the up to 174 links still waiting for their parent.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import BinaryIO
 
 from ledger.errors import InputError
 from ledger.hashing._multiformats import DAG_PB, RAW, Cid, varint_encode
@@ -241,34 +240,3 @@ class UnixFsHasher:
                     self._levels.append([])
                 self._push(level + 1, node_link(pending, self.cid_version))
             level += 1
-
-
-def hash_chunks(
-    chunks: Iterable[Chunk],
-    cid_version: int = 1,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
-    *,
-    max_links: int = DEFAULT_MAX_LINKS,
-) -> Cid:
-    """CID of the concatenation of ``chunks`` (any sizes; re-chunked internally)."""
-    hasher = UnixFsHasher(cid_version, chunk_size, max_links=max_links)
-    for chunk in chunks:
-        hasher.update(chunk)
-    return hasher.finalize()
-
-
-def hash_stream(
-    stream: BinaryIO,
-    cid_version: int = 1,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
-    *,
-    max_links: int = DEFAULT_MAX_LINKS,
-) -> Cid:
-    """CID of everything ``stream`` yields, read ``chunk_size`` bytes at a time."""
-    hasher = UnixFsHasher(cid_version, chunk_size, max_links=max_links)
-    while True:
-        block = stream.read(chunk_size)
-        if not block:
-            break
-        hasher.update(block)
-    return hasher.finalize()

@@ -22,7 +22,7 @@ parsed or executed. :func:`file_cid` hashes the file with the engine in
 reused buffer, memory bounded whatever the file size; ``workers=1``
 gives the single-threaded path, with the same result. The result
 is checked against public test vectors from Kubo and other IPFS projects in
-``tests/test_cid_vectors.py``.
+``tests/hashing/test_cid_vectors.py``.
 """
 
 from __future__ import annotations
@@ -45,9 +45,11 @@ __all__ = [
     "CIDV0_SCHEME",
     "CIDV1_SCHEME",
     "DAG_PB",
+    "DEFAULT_CHUNK_SIZE",
     "RAW",
     "Cid",
     "Progress",
+    "UnixFsHasher",
     "bytes_cid",
     "default_workers",
     "file_cid",

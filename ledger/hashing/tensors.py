@@ -35,8 +35,11 @@ the folder (config, tokenizer) are not part of the tensor root.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
-import mmap
+import math
+import os
+import re
 import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -160,43 +163,110 @@ def diff_tensors(recorded: dict[str, Any], actual: TensorDigest) -> TensorDiff:
 # -- container layout -----------------------------------------------------------
 
 
-def container_problem(path: Path | str) -> str | None:
-    """Why ``path`` is not a clean container, or None when every byte is accounted for.
+@dataclass(frozen=True)
+class ContainerAudit:
+    """What a weights file holds besides the tensors of its tensor root.
 
-    Identical tensors in a different container verify; but a file with bytes that
-    belong to no tensor and no structure (appended data, gaps) does not, since
-    those bytes could carry anything.
+    ``problems`` name bytes, members or entries that belong to no tensor (each
+    one is a reason not to verify by tensor root); ``training_state`` lists a
+    checkpoint's other entries (optimizer and scheduler states, callbacks,
+    counters), which a tensor root does not cover but which are no model weights.
+    """
+
+    problems: tuple[str, ...] = ()
+    training_state: tuple[str, ...] = ()
+
+
+def audit_container(path: Path | str) -> ContainerAudit:
+    """Accounts for every byte and entry of the weights file at ``path``.
+
+    Identical tensors in another container verify; but bytes or entries that
+    belong to no tensor of the state dict could carry anything (other weights a
+    loader reads instead), so they are problems, named. What "accounted for"
+    means per container:
+
+    * ``.safetensors``: the 8-byte length, the JSON header (``__metadata__`` of
+      strings allowed, padding by spaces), then tensor data back to back, each
+      tensor's range exactly ``dtype`` size x its shape, no gap, overlap or tail.
+    * ``torch.save`` zip: members ``data.pkl``, ``data/<key>`` for each storage
+      the pickle names, and torch's small records (``byteorder``, ``version``,
+      ``.format_version``, ``.storage_alignment``, ``.data/serialization_id``,
+      each checked to hold what torch writes); no other member; nothing after
+      the pickle's STOP; every storage byte inside a tensor of the state dict
+      or of the checkpoint's training state; the zip itself without gaps,
+      prefix, suffix, comment, or local extra fields other than torch's padding
+      and zip64 sizes. Beside the state dict, entries that hold tensors must be
+      training state (``optimizer_states``, ``lr_schedulers``, ``callbacks``...
+      see ``_torchfile.TRAINING_STATE``), listed; entries holding tensors under
+      any other key (``model`` beside ``state_dict``, ``ema``...) or more than
+      64 KiB of bytes or text are problems; small values (epoch, step,
+      hyper-parameters) are listed.
+    * anything else (a legacy torch file, one only torch reads): a problem, as
+      its bytes cannot be accounted for.
     """
     import zipfile  # here: `ledger verify` of a recorded file never needs it
 
     path = Path(path)
     if is_safetensors(path):
-        return _safetensors_problem(path)
+        try:
+            problem = _safetensors_problem(path)
+        except InputError as exc:
+            problem = exc.message
+        return ContainerAudit((problem,) if problem else ())
     if zipfile.is_zipfile(path):
-        return _zip_problem(path)
-    return "legacy (non-zip) torch file: its layout cannot be checked byte for byte"
+        from ledger.hashing._torchfile import audit
+
+        found = audit(path)
+        layout = _zip_problem(path)
+        problems = found.problems if layout is None else (layout, *found.problems)
+        return ContainerAudit(problems, found.training_state)
+    return ContainerAudit(
+        ("legacy (non-zip) torch file: its layout cannot be checked byte for byte",)
+    )
+
+
+def container_problem(path: Path | str) -> str | None:
+    """Why ``path`` is not a clean container (every problem of :func:`audit_container`),
+    or None when every byte and entry is accounted for."""
+    problems = audit_container(path).problems
+    return "; ".join(problems) if problems else None
 
 
 def _safetensors_problem(path: Path) -> str | None:
-    with open(path, "rb") as handle:
-        (size,) = struct.unpack("<Q", handle.read(8))
-        header = json.loads(handle.read(size))
-    spans = sorted(
-        (int(v["data_offsets"][0]), int(v["data_offsets"][1]))
-        for k, v in header.items()
-        if k != "__metadata__"
-    )
+    header, body_start = _safetensors_header(path)
+    spans = sorted(_safetensors_entry(path, name, info)[2] for name, info in header.items())
     end = 0
     for start, stop in spans:
         if start != end:
-            return f"tensor data has a gap or overlap at body offset {end}"
+            kind = "a gap" if start > end else "an overlap"
+            return f"tensor data has {kind} at body offset {min(start, end)}"
         end = stop
-    extra = path.stat().st_size - (8 + size + end)
+    extra = path.stat().st_size - (body_start + end)
     return f"{extra} bytes after the last tensor" if extra else None
 
 
 _ZIP_LOCAL = struct.Struct("<IHHHHHIIIHH")
 _ZIP_END = struct.Struct("<IHHHHIIH")
+
+
+def _extra_problem(extra: bytes) -> str | None:
+    """Why a local header's extra field could carry data: only torch's alignment
+    padding (``FB``, then ``Z`` bytes) and zip64 sizes are accounted for."""
+    at = 0
+    while at < len(extra):
+        if at + 4 > len(extra):
+            return "a malformed extra field"
+        kind, size = struct.unpack_from("<HH", extra, at)
+        body = extra[at + 4 : at + 4 + size]
+        if len(body) != size:
+            return "a malformed extra field"
+        if kind == 0x4246:  # "FB": torch's padding to align the member's data
+            if body.strip(b"Z"):
+                return "its padding extra field holds data"
+        elif kind != 0x0001 or size > 28:  # zip64 sizes and offsets
+            return f"an extra field of kind 0x{kind:04x} ({size} bytes)"
+        at += 4 + size
+    return None
 
 
 def _zip_problem(path: Path) -> str | None:
@@ -210,6 +280,12 @@ def _zip_problem(path: Path) -> str | None:
                 return f"{info.header_offset - cursor} unaccounted bytes before {info.filename}"
             handle.seek(cursor)
             fields = _ZIP_LOCAL.unpack(handle.read(_ZIP_LOCAL.size))
+            handle.seek(cursor + _ZIP_LOCAL.size + fields[9])
+            extra = _extra_problem(handle.read(fields[10]))
+            if extra is not None:
+                return f"{info.filename}: {extra}"
+            if info.comment:
+                return f"{info.filename}: the zip directory gives it a comment"
             cursor += _ZIP_LOCAL.size + fields[9] + fields[10] + info.compress_size
             if info.flag_bits & 0x08:  # a data descriptor follows the data
                 zip64 = 0xFFFFFFFF in (fields[7], fields[8])
@@ -219,6 +295,8 @@ def _zip_problem(path: Path) -> str | None:
         directory: int = archive.start_dir
         if directory != cursor:
             return f"{directory - cursor} unaccounted bytes before the zip directory"
+        if archive.comment:
+            return "the zip archive carries a comment"
         end_at = file_size - _ZIP_END.size
         handle.seek(end_at)
         end = _ZIP_END.unpack(handle.read(_ZIP_END.size))
@@ -361,41 +439,125 @@ def state_dict_digest(state_dict: dict[str, Any]) -> TensorDigest:
     return digest_leaves(_leaf_of_tensor(name, t) for name, t in state_dict.items())
 
 
-def _safetensors_leaves(path: Path) -> Iterator[TensorLeaf]:
+MAX_SAFETENSORS_HEADER = 8 * 1024 * 1024
+"""Largest safetensors JSON header read (~60,000 tensors): parsing it stays well
+inside the memory ``ledger verify`` may use, whatever the file declares."""
+
+_ITEM_SIZES = {
+    "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1,
+    "U64": 8, "U32": 4, "U16": 2, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1,
+    "C64": 8,
+}  # fmt: skip
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_JSON_INNERMOST = re.compile(rb"[\[{][^\[\]{}]*[\]}]")
+
+
+def _safetensors_header(path: Path) -> tuple[dict[str, Any], int]:
+    """The JSON header of a safetensors file (``__metadata__`` left out, checked to
+    map strings to strings) and where the tensor data starts. Bounded: the header
+    is at most :data:`MAX_SAFETENSORS_HEADER` bytes and three levels deep (as every
+    safetensors header is) before it is parsed; a name given twice is refused."""
     with open(path, "rb") as handle:
         head = handle.read(8)
         if len(head) < 8:
             raise UnsupportedFormatError(f"{path}: too short to be a safetensors file")
         (size,) = struct.unpack("<Q", head)
-        if size > 100 * 1024 * 1024:
+        if size > MAX_SAFETENSORS_HEADER:
             raise UnsupportedFormatError(
                 f"{path}: safetensors header of {size} bytes is implausible"
+                f" (ledger reads headers up to {MAX_SAFETENSORS_HEADER >> 20} MiB)"
             )
-        try:
-            header = json.loads(handle.read(size))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise UnsupportedFormatError(f"{path}: safetensors header is not JSON: {exc}") from exc
-        if not isinstance(header, dict):
-            raise UnsupportedFormatError(f"{path}: safetensors header is not a JSON object")
-        body_start = 8 + size
-        file_size = path.stat().st_size
-        with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-            for name, info in header.items():
-                if name == "__metadata__":
-                    continue
-                try:
-                    start, end = (int(x) for x in info["data_offsets"])
-                    dtype, shape = str(info["dtype"]), tuple(int(d) for d in info["shape"])
-                except (KeyError, TypeError, ValueError) as exc:
-                    raise UnsupportedFormatError(
-                        f"{path}: tensor {name!r} has a malformed header entry"
-                    ) from exc
-                if not 0 <= start <= end or body_start + end > file_size:
-                    raise UnsupportedFormatError(
-                        f"{path}: tensor {name!r} points past the end of the file (truncated?)"
-                    )
-                data = hashlib.sha256(mapped[body_start + start : body_start + end]).digest()
-                yield TensorLeaf(name, dtype, shape, data)
+        raw = handle.read(size)
+    if len(raw) != size:
+        raise UnsupportedFormatError(f"{path}: the file ends inside its safetensors header")
+    skeleton = _JSON_STRING.sub(b'""', raw)
+    for _ in range(3):  # the header, a tensor's entry, its shape: three levels
+        skeleton = _JSON_INNERMOST.sub(b"0", skeleton)
+    if b"[" in skeleton or b"{" in skeleton:
+        raise UnsupportedFormatError(
+            f"{path}: safetensors header is nested deeper than a safetensors header is"
+        )
+
+    def unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        names = [name for name, _ in pairs]
+        if len(set(names)) != len(names):
+            twice = next(n for n in names if names.count(n) > 1)
+            raise UnsupportedFormatError(f"{path}: the safetensors header names {twice!r} twice")
+        return dict(pairs)
+
+    try:
+        header = json.loads(raw, object_pairs_hook=unique)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UnsupportedFormatError(f"{path}: safetensors header is not JSON: {reason}") from exc
+    if not isinstance(header, dict):
+        raise UnsupportedFormatError(f"{path}: safetensors header is not a JSON object")
+    metadata = header.pop("__metadata__", {})
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise UnsupportedFormatError(
+            f"{path}: safetensors __metadata__ must map strings to strings"
+        )
+    return header, 8 + size
+
+
+def _safetensors_entry(
+    path: Path, name: str, info: Any
+) -> tuple[str, tuple[int, ...], tuple[int, int]]:
+    """One header entry, checked: dtype, shape, and a data range of exactly the
+    tensor's size."""
+    try:
+        start, end = (int(x) for x in info["data_offsets"])
+        dtype, shape = str(info["dtype"]), tuple(int(d) for d in info["shape"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UnsupportedFormatError(
+            f"{path}: tensor {name!r} has a malformed header entry"
+        ) from exc
+    itemsize = _ITEM_SIZES.get(dtype)
+    if itemsize is None:
+        raise UnsupportedFormatError(f"{path}: tensor {name!r} has unknown dtype {dtype!r}")
+    if any(d < 0 for d in shape) or not 0 <= start <= end:
+        raise UnsupportedFormatError(f"{path}: tensor {name!r} has a malformed header entry")
+    if end - start != math.prod(shape) * itemsize:
+        raise UnsupportedFormatError(
+            f"{path}: tensor {name!r} spans {end - start} bytes, but its dtype and shape"
+            f" {list(shape)} need {math.prod(shape) * itemsize}"
+        )
+    return dtype, shape, (start, end)
+
+
+def _safetensors_leaves(path: Path) -> Iterator[TensorLeaf]:
+    from ledger.hashing._engine import page_buffer, pread_into
+
+    header, body_start = _safetensors_header(path)
+    file_size = path.stat().st_size
+    entries = [(name, *_safetensors_entry(path, name, info)) for name, info in header.items()]
+    for name, _, _, (_start, end) in entries:
+        if body_start + end > file_size:
+            raise UnsupportedFormatError(
+                f"{path}: tensor {name!r} points past the end of the file (truncated?)"
+            )
+    buffer = page_buffer(READ_PIECE)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        with memoryview(buffer) as view:
+            for name, dtype, shape, (start, end) in entries:
+                digest = hashlib.sha256()
+                at = body_start + start
+                while at < body_start + end:
+                    with view[: min(READ_PIECE, body_start + end - at)] as piece:
+                        got = pread_into(fd, piece, at)
+                        if not got:
+                            raise UnsupportedFormatError(f"{path}: the file ends inside {name!r}")
+                        with piece[:got] as filled:
+                            digest.update(filled)
+                    at += got
+                yield TensorLeaf(name, dtype, shape, digest.digest())
+    finally:
+        os.close(fd)
+        buffer.close()
+
+
+READ_PIECE = 8 * 1024 * 1024
 
 
 NO_STATE_DICT_HINT = "ledger hashes state dicts: {name: tensor}, optionally under 'state_dict'"
@@ -405,15 +567,68 @@ def _torch_leaves(path: Path, data: bytes | None = None) -> Iterator[TensorLeaf]
     """A torch file's leaves: read without torch when :mod:`._torchfile` understands
     the file (what ``torch.save`` writes for state dicts and checkpoints), else
     through ``torch.load(weights_only=True)``."""
-    from ledger.hashing._torchfile import CannotRead, read_tensors
+    from ledger.hashing._torchfile import Broken, CannotRead, read_tensors
 
     try:
         tensors = read_tensors(path, data=data)
+    except Broken as exc:
+        raise UnsupportedFormatError(f"{path}: {exc}") from exc
     except CannotRead:
+        _check_torch_can_decide(path, data)
         return _torch_load_leaves(path)
     if tensors is None:
         raise _no_state_dict(path)
     return (TensorLeaf(*tensor) for tensor in tensors)
+
+
+LEGACY_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19."
+"""How a legacy (pre-zip) ``torch.save`` file starts: its magic number, pickled."""
+
+REFUSED_HINT = (
+    "save plain state dicts (torch.save(model.state_dict(), ...)) or safetensors;"
+    " a Lightning checkpoint loads when its hyper_parameters hold plain values"
+)
+
+
+def _check_torch_can_decide(path: Path, data: bytes | None) -> None:
+    """Before handing a file the torch-free reader declined to ``torch.load``: a
+    file that is neither a zip nor a legacy torch file is answered here, without
+    torch (whose weights-only loader would call random bytes a pickle needing
+    code, and offer ``weights_only=False``)."""
+    import zipfile
+
+    from ledger.hashing._torchfile import MAX_PICKLE_BYTES, Broken, CannotRead, interpret
+
+    if zipfile.is_zipfile(path if data is None else io.BytesIO(data)):
+        return
+    if data is None:
+        with open(path, "rb") as handle:
+            pickled = handle.read(MAX_PICKLE_BYTES + 1)
+    else:
+        pickled = data[: MAX_PICKLE_BYTES + 1]
+    if pickled.startswith(LEGACY_MAGIC):
+        return
+    if not pickled:
+        raise UnsupportedFormatError(f"{path}: an empty file, not torch weights")
+    if len(pickled) < 2 or pickled[0] != 0x80 or not 2 <= pickled[1] <= 5:
+        raise UnsupportedFormatError(
+            f"{path}: not torch weights: neither a torch.save zip archive nor a pickle",
+            hint=NO_STATE_DICT_HINT,
+        )
+    try:
+        interpret(pickled)
+    except Broken as exc:
+        raise UnsupportedFormatError(f"{path}: not torch weights: {exc}") from exc
+    except CannotRead as exc:
+        raise UnsupportedFormatError(
+            f"{path}: refused to load: a bare pickle that needs code to unpickle, which ledger"
+            f" never runs ({exc})",
+            hint=REFUSED_HINT,
+        ) from exc
+    raise UnsupportedFormatError(
+        f"{path}: a bare pickle, not a torch.save file (no torch magic number)",
+        hint=NO_STATE_DICT_HINT,
+    )
 
 
 def _no_state_dict(path: Path) -> UnsupportedFormatError:
@@ -437,8 +652,7 @@ def _torch_load_leaves(path: Path) -> Iterator[TensorLeaf]:
         raise UnsupportedFormatError(
             f"{path}: refused to load: it needs code to unpickle, which ledger never runs "
             f"({str(exc).splitlines()[0]})",
-            hint="save plain state dicts (torch.save(model.state_dict(), ...)) or safetensors;"
-            " a Lightning checkpoint loads when its hyper_parameters hold plain values",
+            hint=REFUSED_HINT,
         ) from exc
     except (
         RuntimeError,

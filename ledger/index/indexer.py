@@ -39,8 +39,9 @@ from sqlalchemy import Table, bindparam, delete, func, insert, select, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from ledger.chain.reader import JsonRpc
+from ledger.chain.abi import Log, LogDecoder
 from ledger.chain.records import checksum_address
+from ledger.chain.rpc import JsonRpc
 from ledger.errors import (
     ArtifactNotFoundError,
     ChainError,
@@ -49,7 +50,6 @@ from ledger.errors import (
     StoreError,
     StoreUnavailableError,
 )
-from ledger.index._chain import Log, LogDecoder
 from ledger.index.models import Block, Event, IndexState, Meta, Metric, Parent, Run, Weights
 from ledger.record.manifest import MANIFEST_SCHEMA
 from ledger.store import ArtifactStore, LocalStore, find_by_digest

@@ -7,8 +7,8 @@ import threading
 
 from sqlalchemy.engine import Engine
 
-from ledger.chain.reader import JsonRpc
 from ledger.chain.records import checksum_address
+from ledger.chain.rpc import JsonRpc
 from ledger.config import Settings
 from ledger.errors import ConfigError
 from ledger.index import artifact_store, confirmations_for

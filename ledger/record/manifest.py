@@ -26,7 +26,7 @@ from ledger.errors import InputError
 from ledger.hashing.cid import CIDV1_SCHEME, file_cid
 from ledger.hashing.tensors import TENSORS_SCHEME
 
-MANIFEST_SCHEMA = "ledger.record.manifest/v1"
+MANIFEST_SCHEMA = "ledger.manifest/v1"
 METRICS_SCHEMA = "ledger.metrics/v1"
 DOCUMENT_SCHEME = "jcs-rfc8785"
 

@@ -33,7 +33,7 @@ __all__ = [
 
 
 class ArtifactStore(Protocol):
-    """What the recorder and the verifier need of a store."""
+    """What the outbox worker, the verifier and the index need of a store."""
 
     def put_bytes(self, data: bytes) -> Cid:
         """Store ``data``; returns its CIDv1."""

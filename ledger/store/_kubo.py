@@ -3,9 +3,10 @@
 Why not ``ipfshttpclient``: its last release (0.7.0, 2021) refuses every daemon
 newer than 0.8 in ``connect()``, reads a whole ``cat`` answer into memory, and
 wraps transport failures in its own exception types built on ``requests``. The
-store needs exactly four commands (``add``, ``cat``, ``pin/add``, ``pin/ls``),
-streaming both ways, one timeout per socket operation and errors that name the
-node's address, which ``http.client`` gives in a page of code.
+store needs six commands (``add``, ``cat``, ``block/stat``, ``pin/add``,
+``pin/ls``, ``version``), streaming both ways, one timeout per socket operation
+and errors that name the node's address, which ``http.client`` gives in a page
+of code.
 
 Every command is a ``POST`` to ``/api/v0/<command>`` with its arguments in the
 query string; ``add`` sends the file as one ``multipart/form-data`` part with

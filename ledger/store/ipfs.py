@@ -38,8 +38,7 @@ from ledger.errors import (
     StoreError,
     StoreRefusedError,
 )
-from ledger.hashing._unixfs import DEFAULT_CHUNK_SIZE, UnixFsHasher
-from ledger.hashing.cid import CIDV1_SCHEME, Cid
+from ledger.hashing.cid import CIDV1_SCHEME, DEFAULT_CHUNK_SIZE, Cid, UnixFsHasher
 from ledger.store._kubo import ApiAddress, KuboRpc, parse_api_address
 
 DEFAULT_TIMEOUT = 60.0

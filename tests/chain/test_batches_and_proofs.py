@@ -15,14 +15,6 @@ from typing import Any
 import pytest
 
 from ledger.chain.records import ZERO32
-from ledger.chain.registry import (
-    COMMITTER_ROLE,
-    FinalRecord,
-    Registry,
-    Relation,
-    RunStatus,
-    record_leaf,
-)
 from ledger.hashing.merkle import CheckpointLeaf, MerkleTree, checkpoint_root, verify_proof
 from tests.chain.test_registry import (
     MAX_UINT64,
@@ -37,6 +29,14 @@ from tests.chain.test_registry import (
     send_unchecked,
     started,
     with_committer,
+)
+from tests.chain.web3_registry import (
+    COMMITTER_ROLE,
+    FinalRecord,
+    Registry,
+    Relation,
+    RunStatus,
+    record_leaf,
 )
 from tests.conftest import Chain
 

@@ -1,7 +1,8 @@
 """Contract tests of ProvenanceRegistry 2.0.0 against the real Anvil of the test session.
 
 Every test uses the ``chain`` fixture (state reverted after each test) and drives
-the deployed contract through the typed client :class:`ledger.chain.registry.Registry`,
+the deployed contract through :class:`tests.chain.web3_registry.Registry` (web3.py,
+an independent client),
 or through its web3 contract object where the client has no wrapper. Refusals are
 asserted by the custom error's name and arguments; events are read back from the
 transaction receipt, whose every log must be an event of the expected kind emitted
@@ -27,7 +28,9 @@ from eth_utils.crypto import keccak
 from web3.logs import DISCARD
 
 from ledger.chain.records import ZERO32
-from ledger.chain.registry import (
+from ledger.errors import TransactionRevertedError
+from ledger.hashing.merkle import CheckpointLeaf, checkpoint_root
+from tests.chain.web3_registry import (
     ADMIN_ROLE,
     COMMITTER_ROLE,
     FinalRecord,
@@ -37,8 +40,6 @@ from ledger.chain.registry import (
     TxResult,
     WeightsRecord,
 )
-from ledger.errors import TransactionRevertedError
-from ledger.hashing.merkle import CheckpointLeaf, checkpoint_root
 from tests.conftest import Chain
 
 pytestmark = pytest.mark.integration

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from ledger.chain import rpc as _http
-from ledger.chain.reader import JsonRpc
+from ledger.chain.rpc import JsonRpc
 from ledger.errors import ChainError, ChainUnavailableError, RpcError
 from tests.conftest import free_port
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from eth_account import Account
 
-from ledger.chain.reader import JsonRpc
 from ledger.chain.records import Relation, run_id_for
+from ledger.chain.rpc import JsonRpc
 from ledger.chain.sender import Receipt, RegistrySender, Signer, address_of, rlp_encode
 from ledger.config import ANVIL_DEV_KEY, Secret
 from ledger.errors import ConfigError, NonceTooLowError, RpcError, TransactionRevertedError

@@ -21,14 +21,6 @@ from eth_account.signers.local import LocalAccount
 from eth_utils.crypto import keccak
 
 from ledger.chain.anvil import rpc_call
-from ledger.chain.registry import (
-    ADMIN_ROLE,
-    COMMITTER_ROLE,
-    Registry,
-    RunStatus,
-    SignedCall,
-    TxResult,
-)
 from ledger.hashing.merkle import CheckpointLeaf
 from tests.chain.test_registry import (
     ZERO_ADDRESS,
@@ -42,6 +34,14 @@ from tests.chain.test_registry import (
     sole_event,
     started,
     with_committer,
+)
+from tests.chain.web3_registry import (
+    ADMIN_ROLE,
+    COMMITTER_ROLE,
+    Registry,
+    RunStatus,
+    SignedCall,
+    TxResult,
 )
 from tests.conftest import Chain
 

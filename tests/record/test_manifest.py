@@ -326,7 +326,7 @@ def test_build_manifest_describes_the_whole_run(repo: Path, tmp_path: Path) -> N
         extra={"note": "hi"},
         created_at=FIXED_TIME,
     )
-    assert manifest["schema"] == MANIFEST_SCHEMA == "ledger.record.manifest/v1"
+    assert manifest["schema"] == MANIFEST_SCHEMA == "ledger.manifest/v1"
     assert manifest["name"] == "price-forecast"
     assert manifest["created_at"] == "2024-05-06T07:08:09.123456+00:00"
     assert manifest["config"] == {"lr": 0.001, "epochs": 3, "layers": [16, 8]}

@@ -1,4 +1,4 @@
-"""The content-addressed local store (``ledger.store``).
+"""The content-addressed local store (``ledger.store.local``).
 
 Every test builds its own :class:`LocalStore` in ``tmp_path``; nothing talks to a
 chain or to IPFS. CIDs are checked against :mod:`ledger.hashing.cid`, which is in
@@ -14,6 +14,7 @@ from typing import IO
 import pytest
 
 import ledger.store
+import ledger.store.local
 from ledger.errors import (
     ArtifactNotFoundError,
     IntegrityError,
@@ -188,7 +189,7 @@ def test_put_file_failing_midway_leaves_nothing_under_the_cid(
     store.put_bytes(b"an earlier artifact")  # the blob directory already exists
     before = blobs(store)
     written: list[int] = []
-    monkeypatch.setattr(ledger.store, "shutil", _failing_copy(written))
+    monkeypatch.setattr(ledger.store.local, "shutil", _failing_copy(written))
 
     with pytest.raises(StoreError) as info:
         store.put_file(source)
@@ -211,7 +212,7 @@ def test_put_file_works_again_after_a_failed_attempt(
     source.write_bytes(pattern(50_000, seed=5))
     store = LocalStore(tmp_path / "store")
     with monkeypatch.context() as patch:
-        patch.setattr(ledger.store, "shutil", _failing_copy([]))
+        patch.setattr(ledger.store.local, "shutil", _failing_copy([]))
         with pytest.raises(StoreError):
             store.put_file(source)
     cid = store.put_file(source)
@@ -229,7 +230,7 @@ def test_put_bytes_failing_before_the_rename_leaves_nothing(
         calls.append(fd)
         raise OSError(5, "Input/output error")
 
-    monkeypatch.setattr(ledger.store.os, "fsync", failing_fsync)
+    monkeypatch.setattr(ledger.store.local.os, "fsync", failing_fsync)
     with pytest.raises(StoreError, match="Input/output error"):
         store.put_bytes(b"payload that never lands")
     assert calls  # the failure happened inside the write
@@ -246,7 +247,8 @@ def test_a_source_that_changes_while_copied_is_refused(
     def copy_other_bytes(src: IO[bytes], target: IO[bytes], length: int = 0) -> None:
         target.write(b"content changed under our feet")
 
-    monkeypatch.setattr(ledger.store, "shutil", types.SimpleNamespace(copyfileobj=copy_other_bytes))
+    swapping = types.SimpleNamespace(copyfileobj=copy_other_bytes)
+    monkeypatch.setattr(ledger.store.local, "shutil", swapping)
     store = LocalStore(tmp_path / "store")
     with pytest.raises(StoreError, match="changed while it was being stored"):
         store.put_file(source)
@@ -286,8 +288,8 @@ def test_writes_in_a_batch_sync_their_folder_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     synced: list[Path] = []
-    real = ledger.store._fsync_dir
-    monkeypatch.setattr(ledger.store, "_fsync_dir", lambda p: (synced.append(p), real(p)))
+    real = ledger.store.local._fsync_dir
+    monkeypatch.setattr(ledger.store.local, "_fsync_dir", lambda p: (synced.append(p), real(p)))
     store = LocalStore(tmp_path / "store")
     store.put_bytes(b"alone")
     assert len(synced) == 1  # outside a batch: each artifact syncs its folder

@@ -12,8 +12,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
-from ledger.chain.reader import JsonRpc, RegistryReader
-from ledger.chain.registry import RunStatus
+from ledger.chain.reader import RegistryReader
+from ledger.chain.records import RunStatus
+from ledger.chain.rpc import JsonRpc
 from ledger.config import Settings
 from ledger.errors import LedgerError
 from ledger.store import LocalStore, find_by_digest

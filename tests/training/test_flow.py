@@ -11,17 +11,17 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from ledger.chain.registry import RunStatus
+from ledger.chain.records import RunStatus
 from ledger.config import Secret
 from ledger.errors import TransactionRevertedError
 from ledger.hashing.merkle import CheckpointLeaf, checkpoint_root
 from ledger.hashing.tensors import state_dict_digest, tensor_digest
-from ledger.record.artifacts import RunRecorder
 from ledger.store import LocalStore, find_by_digest
 from ledger.training.hook import LedgerRun
 from ledger.verify import Outcome, Verifier, VerifyReport
 from tests.conftest import Chain
 from tests.hashing.test_tensors import lightning_checkpoint, save_sharded
+from tests.recorder import RunRecorder
 
 
 class Tiny(nn.Module):
@@ -355,7 +355,7 @@ def test_a_committer_who_lost_the_role_no_longer_verifies(chain: Chain, tmp_path
 
 def test_a_retried_start_is_refused_not_duplicated(chain: Chain, tmp_path: Path) -> None:
     store = LocalStore(tmp_path / "store")
-    manifest = {"schema": "ledger.record.manifest/v1", "name": "same", "created_at": "fixed"}
+    manifest = {"schema": "ledger.manifest/v1", "name": "same", "created_at": "fixed"}
     first = RunRecorder(chain.registry, store)
     run_id = first.start(manifest)
     with pytest.raises(TransactionRevertedError) as info:

@@ -20,7 +20,7 @@ from transformers import (
     TrainingArguments,
 )
 
-from ledger.chain.registry import RunStatus
+from ledger.chain.records import RunStatus
 from ledger.hashing.tensors import tensor_digest
 from ledger.training.hf import LedgerTrainerCallback
 from tests.cli.test_cli import chain_env, ledger

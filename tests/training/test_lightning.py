@@ -12,8 +12,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from ledger.chain.reader import JsonRpc, RegistryReader
-from ledger.chain.registry import RunStatus
+from ledger.chain.reader import RegistryReader
+from ledger.chain.records import RunStatus
+from ledger.chain.rpc import JsonRpc
 from ledger.hashing._torchfile import read_tensors
 from ledger.hashing.tensors import state_dict_digest, tensor_digest
 from ledger.store import LocalStore, find_by_digest

@@ -19,8 +19,9 @@ from examples.lineage import (
     quantized_state_dict,
 )
 from examples.price_forecast import Config
-from ledger.chain.reader import JsonRpc, RegistryReader
-from ledger.chain.registry import Relation
+from ledger.chain.reader import RegistryReader
+from ledger.chain.records import Relation
+from ledger.chain.rpc import JsonRpc
 from ledger.hashing.cid import Cid
 from ledger.store import LocalStore, find_by_digest
 from ledger.verify import Outcome, Verifier

@@ -2,13 +2,22 @@
 
 The training hook hands each record to :class:`Outbox` — a manifest at start,
 a weights file path and its metrics per checkpoint and at the end — which
-appends it to the journal (:mod:`ledger.record.outbox.journal`, SQLite in WAL mode)
-and returns: that insert is all the training loop waits for. A worker
-(:mod:`ledger.record.outbox.worker`) in a child process (:mod:`ledger.record.outbox.process`;
-or on a daemon thread, ``LEDGER_OUTBOX_WORKER=thread``) stores the artifacts,
-sends batched transactions and confirms them; one worker per data directory
-sends at a time (a file lock), so one key's nonces never race. A run's id is derived
-locally (committer + manifest CID), so the hook knows it before the chain does.
+appends it to the journal and returns: that insert is all the training loop
+waits for. A background worker stores the artifacts, sends batched transactions
+and confirms them. A run's id is derived locally (committer + manifest CID), so
+the hook knows it before the chain does. One module per job:
+
+- :mod:`~ledger.record.outbox.journal`: the journal, SQLite in WAL mode, and
+  its entries' states;
+- :mod:`~ledger.record.outbox.worker`: the worker's passes (store, reconcile,
+  recover, send);
+- :mod:`~ledger.record.outbox.lock`: one sending worker per data directory (a
+  file lock), so one key's nonces never race;
+- :mod:`~ledger.record.outbox.serve`: the loop that runs the passes, its
+  wake-ups and back-off, and the worker on a thread
+  (``LEDGER_OUTBOX_WORKER=thread``);
+- :mod:`~ledger.record.outbox.process`: the worker in a child process (the
+  default), and the socket the next run attaches to while it stays resident.
 
 At exit the hook flushes with a bounded wait and says what remains; `ledger
 sync` finishes whatever a previous process left, and the next run's worker does
@@ -31,7 +40,9 @@ from ledger.errors import ConfigError, InputError, RecordError
 from ledger.hashing.cid import bytes_cid
 from ledger.record.manifest import canonical_json
 from ledger.record.outbox.journal import Entry, Journal
-from ledger.record.outbox.worker import PassResult, Worker, WorkerLock, WorkerThread
+from ledger.record.outbox.lock import WorkerLock
+from ledger.record.outbox.serve import WorkerThread
+from ledger.record.outbox.worker import PassResult, Worker
 
 if TYPE_CHECKING:
     from ledger.record.outbox.process import AttachedWorker, WorkerProcess
@@ -74,7 +85,9 @@ def flush_timeout() -> float:
 
 
 class Outbox:
-    """The journal of one data directory, and its worker thread in this process."""
+    """The journal of one data directory, and this process's handle on the worker
+    that sends its records (a child process, a resident worker it attached to,
+    or a thread: see :meth:`start_worker`)."""
 
     def __init__(
         self,
@@ -118,7 +131,7 @@ class Outbox:
 
             chain_id = self.settings.chain_id
             if chain_id is None:
-                from ledger.chain.reader import JsonRpc
+                from ledger.chain.rpc import JsonRpc
 
                 chain_id = int(JsonRpc(self.settings.rpc_url)("eth_chainId"), 16)
             self._secret = resolve_private_key(self.settings, chain_id)

@@ -111,8 +111,7 @@ def socket_name(settings: Settings, committer: str) -> str | None:
 
 def _version() -> list[int]:
     """When the outbox's modules were last written (an upgrade in place rewrites them)."""
-    here = Path(__file__).parent
-    return [(here / name).stat().st_mtime_ns for name in ("process.py", "worker.py", "journal.py")]
+    return [path.stat().st_mtime_ns for path in sorted(Path(__file__).parent.glob("*.py"))]
 
 
 class AttachedWorker:
@@ -289,7 +288,7 @@ def _settings_line(settings: Settings, secret: Secret, *, name: str | None, keep
 
 
 class _Channels:
-    """What the worker process listens to, as :func:`ledger.record.outbox.worker.serve`
+    """What the worker process listens to, as :func:`ledger.record.outbox.serve.serve`
     waits on it: its parent's pipe, and the socket other runs attach through.
 
     Each attached process (the parent included) may give a stderr; the latest
@@ -445,7 +444,9 @@ def main() -> None:
     os.nice(WORKER_NICE)
     from ledger.record.outbox import journal_path
     from ledger.record.outbox.journal import Journal
-    from ledger.record.outbox.worker import Worker, WorkerLock, serve
+    from ledger.record.outbox.lock import WorkerLock
+    from ledger.record.outbox.serve import serve
+    from ledger.record.outbox.worker import Worker
 
     fields = json.loads(_first_line(sys.stdin.fileno()) or b"null")
     if not isinstance(fields, dict):

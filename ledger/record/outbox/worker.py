@@ -20,22 +20,23 @@ A refusal meaning "already recorded with this content" confirms the entry; the
 same id with other content fails it for good. Unreachable chains and stores
 are retried with backoff; the user gets one line when that starts and one when
 it ends.
+
+This module is the passes alone: :func:`ledger.record.outbox.serve.serve` runs
+them in a loop (on a thread, or in the worker process of
+:mod:`ledger.record.outbox.process`), holding the data directory's
+:class:`~ledger.record.outbox.lock.WorkerLock`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import os
-import socket
 import sys
-import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from ledger.chain.records import FinalRecord, Relation, RunStatus, checksum_address
 from ledger.config import Secret, Settings
@@ -65,8 +66,6 @@ STORE_THREADS = 8
 STORE_INLINE = 16 << 20  # bytes of weights a pass beside training stores without a pool
 LINGER = 2.0
 RECEIPT_WAIT = 2.0  # per pass; an unmined transaction is looked at again next pass
-FIRST_RECEIPT_LOOK = 0.00025  # s after the broadcast: an automining Anvil has the receipt
-# in about 0.5 ms on a young chain (a few ms after thousands of blocks), almost never at once
 _RETRYABLE = (ChainUnavailableError, RegistryNotDeployedError, StoreUnavailableError)
 _KIND_ORDER = ("start", "checkpoint", "finalize", "fail")
 
@@ -125,10 +124,10 @@ class Worker:
             self._recover_sent(registry, result)
             self._send_ready(registry, result)
         except _RETRYABLE as exc:
-            result.waiting_on = _one_line(exc)
+            result.waiting_on = one_line(exc)
             self._drop_connection()
         except ConfigError as exc:
-            result.waiting_on = _one_line(exc)
+            result.waiting_on = one_line(exc)
         if result.moved:
             self.journal.checkpoint_wal()
         self._report_outage(result)
@@ -178,7 +177,7 @@ class Worker:
             if isinstance(outcome, StoreUnavailableError):
                 unavailable = unavailable or outcome
             elif isinstance(outcome, LedgerError):
-                self.journal.mark_failed(entry.id, _one_line(outcome))
+                self.journal.mark_failed(entry.id, one_line(outcome))
                 result.failed += 1
             elif entry.kind == "finalize":
                 finals.append((entry, outcome))
@@ -561,16 +560,8 @@ class Worker:
 
 def wait_for_receipt(registry: Registry, tx_hash: str, timeout: float) -> Receipt | None:
     """The receipt of a broadcast transaction, or None if it is not mined within
-    ``timeout`` seconds: first looked at after ``FIRST_RECEIPT_LOOK``, then after
-    twice as long each time (at most a quarter of a second)."""
-    deadline = time.monotonic() + timeout
-    delay = FIRST_RECEIPT_LOOK
-    while True:
-        time.sleep(delay)
-        receipt = registry.receipt(tx_hash)
-        if receipt is not None or time.monotonic() > deadline:
-            return receipt
-        delay = min(delay * 2, 0.25)
+    ``timeout`` seconds (:meth:`~ledger.chain.sender.RegistrySender.wait_for_receipt`)."""
+    return registry.wait_for_receipt(tx_hash, timeout)
 
 
 # -- records as the chain takes them ----------------------------------------------------
@@ -611,7 +602,8 @@ def _chain_item(entry: Entry) -> tuple[Any, Any]:
     return run_id, str(record["reason"])[:500]
 
 
-def _one_line(exc: LedgerError) -> str:
+def one_line(exc: LedgerError) -> str:
+    """An error as one line of text: its message, and its hint in parentheses."""
     return f"{exc.message} ({exc.hint})" if exc.hint else exc.message
 
 
@@ -630,237 +622,4 @@ def _check_unchanged(path: Path, payload: dict[str, Any]) -> None:
         )
 
 
-# -- one worker per data directory ---------------------------------------------------------
-
-
-class WorkerLock:
-    """An exclusive lock on ``<journal>.lock``: one sending worker per journal.
-
-    The kernel drops it when its process dies, however it dies.
-    """
-
-    def __init__(self, journal_path: Path, note: str = "") -> None:
-        self.path = journal_path.with_suffix(".lock")
-        self.note = note  # written under the pid: how to reach the holder (process.py)
-        self._handle: IO[str] | None = None
-
-    def acquire(self, *, wait: bool) -> bool:
-        if self._handle is not None:
-            return True
-        handle = self.path.open("a+")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
-            handle.close()
-            return False
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"{os.getpid()}\n{self.note}" if self.note else str(os.getpid()))
-        handle.flush()
-        self._handle = handle
-        return True
-
-    def holder(self) -> str:
-        """The holder's pid (as written; ``?`` when unknown)."""
-        return self._content()[0] or "?"
-
-    def running(self) -> int | None:
-        """The pid of the process holding the lock now, if any (Linux, read from
-        ``/proc/locks`` without touching the lock; None elsewhere)."""
-        try:
-            inode = self.path.stat().st_ino
-            lines = Path("/proc/locks").read_text().splitlines()
-        except OSError:
-            return None
-        for line in lines:
-            fields = line.split()
-            # "1: FLOCK  ADVISORY  WRITE 1234 fd:01:5678 0 EOF"
-            if (
-                len(fields) >= 6
-                and fields[1:4:2] == ["FLOCK", "WRITE"]
-                and fields[5].rsplit(":", 1)[-1] == str(inode)
-            ):
-                return int(fields[4])
-        return None
-
-    def retire_holder(self) -> bool:
-        """Ask the holder, if it is a resident worker (its note names its socket,
-        ledger/outbox/process.py) of other settings than ours, to step aside; it
-        does once nobody is attached to it. Whether it was asked."""
-        note = self.holder_note()
-        try:
-            name = bytes.fromhex(note).decode()
-        except (ValueError, UnicodeDecodeError):
-            return False
-        if not name.startswith("\0ledger-outbox-") or note == self.note:
-            return False  # not a resident worker, or one of our own settings
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(0.5)
-        try:
-            sock.connect(name)
-            sock.sendall(b"q")
-        except OSError:
-            return False
-        finally:
-            sock.close()
-        return True
-
-    def holder_note(self) -> str:
-        return self._content()[1]
-
-    def _content(self) -> tuple[str, str]:
-        try:
-            pid, _, note = self.path.read_text().strip().partition("\n")
-        except OSError:
-            return "", ""
-        return pid.strip(), note.strip()
-
-    def release(self) -> None:
-        if self._handle is not None:
-            fcntl.flock(self._handle, fcntl.LOCK_UN)
-            self._handle.close()
-            self._handle = None
-
-
-class Waker(Protocol):
-    """How a worker loop sleeps and learns that it should end."""
-
-    def wait(self, timeout: float) -> None:
-        """Sleep up to ``timeout`` s; return early when woken."""
-
-    @property
-    def stopping(self) -> bool:
-        """End now (the owner stops the loop)."""
-
-    @property
-    def alone(self) -> bool:
-        """Nobody appends through this worker any more: finish what moves, then end."""
-
-
-IDLE_EXIT = 5.0  # seconds with nothing open before a worker ends (restarted on append)
-
-
-def serve(worker: Worker, lock: WorkerLock, waker: Waker, *, keep: float = 0.0) -> None:
-    """Run passes until stopped, idle for IDLE_EXIT s, or alone with nothing moving.
-
-    One data directory has one sending worker (``lock``); another waits and takes
-    over if that one ends. Errors never end the loop: the journal is safe, and the
-    next pass retries with backoff (up to 15 s). ``keep`` > 0 makes a resident
-    worker: alone, it stays until nothing has moved for ``keep`` s (the next
-    run of the data directory finds it running), and that is also how long it
-    stays idle while someone is attached.
-    """
-    backoff = 0.25
-    idle_since = time.monotonic()
-    still_since = idle_since  # the last pass that moved something
-    was_alone = waker.alone
-    asked = False  # whether a resident holder of the lock was asked to step aside
-    try:
-        while not waker.stopping:
-            if not lock.acquire(wait=False):
-                if waker.alone:
-                    return  # the other worker sends what is open
-                if not asked:
-                    asked = lock.retire_holder()  # a resident worker of other settings
-                waker.wait(1.0)  # another process's worker sends; take over if it ends
-                continue
-            if waker.alone:
-                worker.urgent = True  # nobody will add to a lingering batch now
-            try:
-                result = worker.run_once()
-            except (LedgerError, OSError) as exc:  # stay alive; the journal is safe
-                text = _one_line(exc) if isinstance(exc, LedgerError) else str(exc)
-                result = PassResult(waiting_on=f"outbox worker: {text}")
-                worker.say(str(result.waiting_on))
-            open_now = worker.journal.open_count()
-            now = time.monotonic()
-            if result.moved or (not was_alone and waker.alone):
-                still_since = now  # (a resident worker's wait starts when it is left alone)
-            was_alone = waker.alone
-            if waker.alone and not keep and (not open_now or not result.moved):
-                return  # the journal keeps the rest for `ledger sync` or the next run
-            if waker.alone and keep and not result.moved and now - still_since > keep:
-                return  # resident, and nobody came: the next run starts another
-            if result.waiting_on:
-                _back_off(worker, waker, backoff)
-                backoff = min(backoff * 2, 15.0)
-            elif not result.moved:
-                backoff = 0.25
-                if open_now:
-                    idle_since = now
-                elif now - idle_since > max(keep, IDLE_EXIT):
-                    return
-                waker.wait(0.5)  # appends wake it sooner; other processes' are polled
-            else:
-                idle_since = now
-                if not worker.urgent and result.stored < STORE_LIMIT:
-                    # beside training, one pass per wake: the next append wakes it
-                    # again (a pass that finds nothing costs about 0.3 ms of CPU)
-                    waker.wait(0.5)
-    finally:
-        lock.release()
-
-
-def _back_off(worker: Worker, waker: Waker, seconds: float) -> None:
-    """Wait out a retry delay. Appends wake the worker but do not shorten it;
-    a stop does, and so does any wake while someone waits for the records."""
-    until = time.monotonic() + seconds
-    while (left := until - time.monotonic()) > 0 and not waker.stopping:
-        waker.wait(left)
-        if worker.urgent:
-            return
-
-
-class WorkerThread:
-    """The worker on a daemon thread of this process (``LEDGER_OUTBOX_WORKER=thread``,
-    or an outbox given a store object that cannot cross to another process)."""
-
-    def __init__(self, worker: Worker, lock: WorkerLock) -> None:
-        self.worker = worker
-        self.lock = lock
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="ledger-outbox", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    @property
-    def alive(self) -> bool:
-        return self._thread.is_alive()
-
-    def wake(self) -> None:
-        self._wake.set()
-
-    def set_urgent(self, urgent: bool) -> None:
-        self.worker.urgent = urgent
-        self._wake.set()
-
-    def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout)  # the loop releases the lock as it ends
-
-    # the Waker side, for serve()
-    def wait(self, timeout: float) -> None:
-        self._wake.wait(timeout)
-        self._wake.clear()
-
-    @property
-    def stopping(self) -> bool:
-        return self._stop.is_set()
-
-    alone = False  # the thread ends with its process
-
-    def _loop(self) -> None:
-        serve(self.worker, self.lock, self)
-
-
-__all__ = [
-    "PassResult",
-    "Worker",
-    "WorkerLock",
-    "WorkerThread",
-    "serve",
-]
+__all__ = ["PassResult", "Worker", "one_line", "wait_for_receipt"]

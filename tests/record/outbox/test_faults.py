@@ -22,9 +22,9 @@ from pathlib import Path
 import pytest
 
 from ledger.chain.anvil import AnvilProcess, rpc_call
-from ledger.chain.registry import Registry
 from ledger.config import load_settings
 from ledger.record.outbox.journal import Journal
+from tests.chain.web3_registry import Registry
 from tests.conftest import free_port
 from tests.store.ipfs.node import IpfsNode
 

@@ -1,7 +1,7 @@
 """The outbox in one process, against the session's real Anvil.
 
 Workers are driven pass by pass (``run_once``) where a test needs to stop
-between steps; the background thread is what the hook uses.
+between steps; the background worker is what the hook uses.
 """
 
 from __future__ import annotations
@@ -20,7 +20,9 @@ from ledger.hashing.merkle import checkpoint_root
 from ledger.record.manifest import build_manifest
 from ledger.record.outbox import Outbox
 from ledger.record.outbox.journal import Journal
-from ledger.record.outbox.worker import Worker, WorkerLock, WorkerThread, _back_off, _leaf
+from ledger.record.outbox.lock import WorkerLock
+from ledger.record.outbox.serve import WorkerThread, _back_off
+from ledger.record.outbox.worker import Worker, _leaf
 from ledger.store import LocalStore
 from ledger.training.hook import LedgerRun, save_weights
 from ledger.verify import Outcome, Verifier

@@ -1,4 +1,11 @@
-"""Typed client of the on-chain ProvenanceRegistry (web3.py 8).
+"""An independent client of the on-chain ProvenanceRegistry, on web3.py 8: the tests' oracle.
+
+ledger talks to the chain through its own transport, ABI codec and signer
+(:mod:`ledger.chain.rpc`, :mod:`ledger.chain.abi`, :mod:`ledger.chain.sender`,
+:mod:`ledger.chain.admin`); this client shares none of that code (web3, eth_abi,
+eth_account instead), so where the tests compare the two, or record with one
+and read with the other, a mistake in either shows. The ``chain`` fixture
+deploys the registry with it.
 
 Transactions are signed locally with the committer's key and sent raw; gas is
 estimated first, so a refusal surfaces before anything is sent, as a
