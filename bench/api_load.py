@@ -45,11 +45,12 @@ from pathlib import Path
 from typing import Any
 
 from ledger.chain.anvil import AnvilProcess
-from ledger.chain.records import FinalRecord, Relation
+from ledger.chain.records import FinalRecord
 from ledger.chain.registry import Registry, connect_web3, load_account
 from ledger.config import Settings, save_deployment
+from ledger.documents import MANIFEST_SCHEMA, METRICS_SCHEMA, canonical_json
 from ledger.hashing.merkle import CheckpointLeaf, checkpoint_root
-from ledger.record.manifest import MANIFEST_SCHEMA, METRICS_SCHEMA, canonical_json
+from ledger.ids import Relation
 from ledger.store import LocalStore
 
 BATCH = 400

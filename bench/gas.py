@@ -22,9 +22,10 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 
 from ledger.chain.anvil import AnvilProcess
-from ledger.chain.registry import FinalRecord, Registry, Relation, connect_web3
+from ledger.chain.registry import FinalRecord, Registry, connect_web3
 from ledger.config import ANVIL_DEV_KEY
 from ledger.hashing.merkle import CheckpointLeaf, checkpoint_root
+from ledger.ids import Relation
 
 GOALS = {
     "start_plus_finalize": 120_000,

@@ -18,8 +18,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ledger.chain.records import Relation, RunStatus, checksum_address
+from ledger.chain.records import RunStatus, checksum_address
 from ledger.errors import InputError, StoreError
+from ledger.ids import Relation
 from ledger.store import ArtifactStore, find_by_digest
 
 

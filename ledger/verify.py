@@ -31,17 +31,17 @@ from typing import TYPE_CHECKING, Any
 
 from ledger.chain.records import (
     RegistryView,
-    Relation,
     RunRecord,
     RunStatus,
     WeightsRecord,
     record_leaf,
     run_id_for,
 )
+from ledger.documents import canonical_json
 from ledger.errors import FileMissingError, LedgerError, StoreError, UnsupportedFormatError
 from ledger.hashing.cid import Cid, Progress, file_cid
 from ledger.hashing.merkle import MerkleTree
-from ledger.record.manifest import canonical_json
+from ledger.ids import Relation
 from ledger.store import ArtifactStore, find_by_digest
 
 if TYPE_CHECKING:  # the tensor readers load when a file's CID is not on record

@@ -29,10 +29,10 @@ from typing import Any
 
 import torch
 
-from ledger.chain.records import Relation
 from ledger.config import Settings, load_settings
 from ledger.errors import LedgerError, RecordError
 from ledger.hashing.cid import Cid
+from ledger.ids import Relation
 from ledger.record.manifest import build_manifest, start_code_version
 from ledger.record.outbox import Entry, Outbox, flush_timeout
 from ledger.store import ArtifactStore

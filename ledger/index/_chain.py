@@ -15,8 +15,9 @@ from typing import Any
 
 from ledger.chain import abi
 from ledger.chain.compiler import load_artifact
-from ledger.chain.records import Relation, checksum_address
+from ledger.chain.records import checksum_address
 from ledger.errors import ChainError
+from ledger.ids import Relation
 
 EVENT_NAMES = ("RunStarted", "CheckpointCommitted", "RunFinalized", "RunFailed", "RunRevoked")
 

@@ -41,6 +41,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from ledger.chain.reader import JsonRpc
 from ledger.chain.records import checksum_address
+from ledger.documents import MANIFEST_SCHEMA
 from ledger.errors import (
     ArtifactNotFoundError,
     ChainError,
@@ -51,7 +52,6 @@ from ledger.errors import (
 )
 from ledger.index._chain import Log, LogDecoder
 from ledger.index.models import Block, Event, IndexState, Meta, Metric, Parent, Run, Weights
-from ledger.record.manifest import MANIFEST_SCHEMA
 from ledger.store import ArtifactStore, LocalStore, find_by_digest
 
 log = logging.getLogger("ledger.index")

@@ -19,12 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ledger.chain.records import FinalRecord, Relation, TxResult
+from ledger.chain.records import FinalRecord, TxResult
+from ledger.documents import METRICS_SCHEMA, canonical_json
 from ledger.errors import RecordError
 from ledger.hashing.cid import Cid
 from ledger.hashing.merkle import CheckpointLeaf, checkpoint_root
 from ledger.hashing.tensors import TensorDigest, tensor_digest
-from ledger.record.manifest import METRICS_SCHEMA, canonical_json
+from ledger.ids import Relation
 from ledger.store import ArtifactStore
 
 if TYPE_CHECKING:

@@ -19,11 +19,11 @@ from ledger.chain.registry import (
     COMMITTER_ROLE,
     FinalRecord,
     Registry,
-    Relation,
     RunStatus,
     record_leaf,
 )
 from ledger.hashing.merkle import CheckpointLeaf, MerkleTree, checkpoint_root, verify_proof
+from ledger.ids import Relation
 from tests.chain.test_registry import (
     MAX_UINT64,
     block_time,

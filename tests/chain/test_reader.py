@@ -13,10 +13,11 @@ import pytest
 
 from ledger.chain.reader import RegistryReader
 from ledger.chain.records import checksum_address, run_id_for
-from ledger.chain.registry import FinalRecord, Registry, Relation
+from ledger.chain.registry import FinalRecord, Registry
 from ledger.config import Settings
 from ledger.errors import ConfigError, RegistryNotDeployedError
 from ledger.hashing.merkle import CheckpointLeaf, MerkleTree, checkpoint_root
+from ledger.ids import Relation
 from tests.conftest import Chain
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

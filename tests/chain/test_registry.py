@@ -32,13 +32,13 @@ from ledger.chain.registry import (
     COMMITTER_ROLE,
     FinalRecord,
     Registry,
-    Relation,
     RunStatus,
     TxResult,
     WeightsRecord,
 )
 from ledger.errors import TransactionRevertedError
 from ledger.hashing.merkle import CheckpointLeaf, checkpoint_root
+from ledger.ids import Relation
 from tests.conftest import Chain
 
 pytestmark = pytest.mark.integration

@@ -9,7 +9,7 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 
 from ledger.chain.anvil import rpc_call
-from ledger.chain.records import Relation
+from ledger.ids import Relation
 from ledger.index.db import current_revision, head_revision
 from ledger.index.indexer import Indexer
 from ledger.index.models import Base, Metric, Parent, Run, Weights

@@ -355,7 +355,7 @@ def test_a_committer_who_lost_the_role_no_longer_verifies(chain: Chain, tmp_path
 
 def test_a_retried_start_is_refused_not_duplicated(chain: Chain, tmp_path: Path) -> None:
     store = LocalStore(tmp_path / "store")
-    manifest = {"schema": "ledger.record.manifest/v1", "name": "same", "created_at": "fixed"}
+    manifest = {"schema": "ledger.manifest/v1", "name": "same", "created_at": "fixed"}
     first = RunRecorder(chain.registry, store)
     run_id = first.start(manifest)
     with pytest.raises(TransactionRevertedError) as info:

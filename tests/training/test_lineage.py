@@ -20,8 +20,8 @@ from examples.lineage import (
 )
 from examples.price_forecast import Config
 from ledger.chain.reader import JsonRpc, RegistryReader
-from ledger.chain.registry import Relation
 from ledger.hashing.cid import Cid
+from ledger.ids import Relation
 from ledger.store import LocalStore, find_by_digest
 from ledger.verify import Outcome, Verifier
 from tests.cli.test_cli import chain_env, ledger

@@ -25,11 +25,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ledger.chain.records import Relation, run_id_for
+from ledger.chain.records import run_id_for
 from ledger.config import Secret, Settings, resolve_private_key
+from ledger.documents import canonical_json
 from ledger.errors import ConfigError, InputError, RecordError
 from ledger.hashing.cid import bytes_cid
-from ledger.record.manifest import canonical_json
+from ledger.ids import Relation
 from ledger.record.outbox.journal import Entry, Journal
 from ledger.record.outbox.worker import PassResult, Worker, WorkerLock, WorkerThread
 

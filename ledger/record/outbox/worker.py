@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Protocol
 
-from ledger.chain.records import FinalRecord, Relation, RunStatus, checksum_address
+from ledger.chain.records import FinalRecord, RunStatus, checksum_address
 from ledger.config import Secret, Settings
 from ledger.errors import (
     ChainUnavailableError,
@@ -52,6 +52,7 @@ from ledger.errors import (
 )
 from ledger.hashing.cid import Cid
 from ledger.hashing.merkle import CheckpointLeaf, checkpoint_root
+from ledger.ids import Relation
 from ledger.record.outbox.journal import Entry, Journal, SavedTx
 from ledger.store import ArtifactStore, open_store, synced_together
 

@@ -187,7 +187,7 @@ def test_a_run_does_not_wait_at_exit_for_another_keys_records(
     theirs = Outbox(
         replace(load_settings(node.home), private_key=Secret(OTHER_KEYS[1])), background=False
     )
-    their_run = theirs.start_run({"schema": "ledger.record.manifest/v1", "name": "theirs"})
+    their_run = theirs.start_run({"schema": "ledger.manifest/v1", "name": "theirs"})
     training = Training(
         node, tmp_path / "mine.pt", epochs=2, pause=0.05, LEDGER_FLUSH_TIMEOUT="20"
     )
