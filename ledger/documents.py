@@ -9,6 +9,7 @@ the document, with one answer for each way that can fail.
 
 from __future__ import annotations
 
+import enum
 import json
 import math
 from collections.abc import Mapping
@@ -34,19 +35,18 @@ TENSOR_INDEX_SCHEME = TENSORS_SCHEME  # a tensor index names its digest scheme, 
 DOCUMENT_SCHEME = "jcs-rfc8785"
 
 
-@dataclass(frozen=True)
-class Kind:
-    """What a stored document must say it is: ``field`` (``schema``, or
-    ``scheme`` for a tensor index) equal to ``value``; ``name`` for messages."""
+class DocumentKind(enum.Enum):
+    """What a stored document must say it is: :attr:`field` (``schema``, or
+    ``scheme`` for a tensor index) equal to :attr:`expected`; :attr:`what` for messages."""
 
-    name: str
-    field: str
-    value: str
+    MANIFEST = ("manifest", "schema", MANIFEST_SCHEMA)
+    METRICS = ("metrics document", "schema", METRICS_SCHEMA)
+    TENSOR_INDEX = ("tensor index", "scheme", TENSOR_INDEX_SCHEME)
 
-
-MANIFEST = Kind("manifest", "schema", MANIFEST_SCHEMA)
-METRICS = Kind("metrics document", "schema", METRICS_SCHEMA)
-TENSOR_INDEX = Kind("tensor index", "scheme", TENSOR_INDEX_SCHEME)
+    def __init__(self, what: str, field: str, expected: str) -> None:
+        self.what = what
+        self.field = field
+        self.expected = expected
 
 
 def canonical_json(document: Mapping[str, Any], *, what: str = "document") -> bytes:
@@ -129,7 +129,7 @@ class Document:
             return False
 
 
-def read_document(store: ArtifactStore, digest: bytes, kind: Kind) -> Document:
+def read_document(store: ArtifactStore, digest: bytes, kind: DocumentKind) -> Document:
     """The ``kind`` document whose CID has the sha2-256 ``digest`` (as on chain).
 
     Every reader of stored documents (verify, the catalogue, the indexer, the
@@ -141,7 +141,7 @@ def read_document(store: ArtifactStore, digest: bytes, kind: Kind) -> Document:
       :class:`~ledger.errors.StoreUnavailableError`, raised as the store raised
       it; retrying later may succeed.
     * **invalid**: the stored bytes no longer hash to their CID, are not UTF-8
-      JSON, not a JSON object, or its ``kind.field`` is not ``kind.value``:
+      JSON, not a JSON object, or its ``kind.field`` is not ``kind.expected``:
       :class:`~ledger.errors.InvalidDocumentError`, naming the CID and why.
       Retrying does not help: the digest on chain names these bytes.
 
@@ -151,7 +151,7 @@ def read_document(store: ArtifactStore, digest: bytes, kind: Kind) -> Document:
     """
     cid = find_by_digest(store, digest)
     if cid is None:
-        raise ArtifactNotFoundError(f"no {kind.name} with digest {to_hex(digest)} in the store")
+        raise ArtifactNotFoundError(f"no {kind.what} with digest {to_hex(digest)} in the store")
     try:
         data = store.get_bytes(cid)
     except IntegrityError as exc:
@@ -160,13 +160,13 @@ def read_document(store: ArtifactStore, digest: bytes, kind: Kind) -> Document:
         body = json.loads(data)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InvalidDocumentError(
-            f"{kind.name} {cid} is not a JSON document", cid=str(cid)
+            f"{kind.what} {cid} is not a JSON document", cid=str(cid)
         ) from exc
     if not isinstance(body, dict):
-        raise InvalidDocumentError(f"{kind.name} {cid} is not a JSON object", cid=str(cid))
-    if body.get(kind.field) != kind.value:
+        raise InvalidDocumentError(f"{kind.what} {cid} is not a JSON object", cid=str(cid))
+    if body.get(kind.field) != kind.expected:
         raise InvalidDocumentError(
-            f"{kind.name} {cid} has {kind.field} {body.get(kind.field)!r}, not {kind.value!r}",
+            f"{kind.what} {cid} has {kind.field} {body.get(kind.field)!r}, not {kind.expected!r}",
             cid=str(cid),
         )
     return Document(cid, data, body)

@@ -26,8 +26,11 @@ _HEX = frozenset("0123456789abcdefABCDEF")
 
 
 def to_hex(value: bytes) -> str:
-    """``0x`` and the lower-case hex of ``value``: how ids and digests are written."""
-    return "0x" + value.hex()
+    """``0x`` and the lower-case hex of ``value``: how ids and digests are written.
+
+    ``bytes.hex`` itself, whatever a subclass (web3's ``HexBytes``) makes of ``hex()``.
+    """
+    return "0x" + bytes.hex(value)
 
 
 def from_hex(text: str, *, field: str, size: int | None = 32, kind: str = "value") -> bytes:
@@ -117,12 +120,15 @@ class Relation(enum.IntEnum):
         return self.name.lower().replace("_", "-")
 
     @classmethod
-    def parse(cls, text: str) -> Relation:
-        """A relation by its label (``fine-tune``, ``FINE_TUNE``...); never ``none``.
+    def parse(cls, text: str | Relation) -> Relation:
+        """A relation by its label (``fine-tune``, ``FINE_TUNE``...), or as given
+        when it is one already; never ``none``.
 
         Raises :class:`~ledger.errors.InputError` (a ``ValueError``) naming the
         labels that exist.
         """
+        if isinstance(text, Relation):
+            return text
         key = text.strip().upper().replace("-", "_")
         if key in cls.__members__ and key != "NONE":
             return cls[key]

@@ -15,11 +15,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ledger.documents import (
-    MANIFEST,
     MANIFEST_SCHEMA,
-    METRICS,
     METRICS_SCHEMA,
-    TENSOR_INDEX,
+    DocumentKind,
     _plain,
     canonical_json,
     read_document,
@@ -193,7 +191,7 @@ MANIFEST_DOC = {"schema": MANIFEST_SCHEMA, "name": "run", "config": {"lr": 0.1}}
 def test_a_stored_document_is_read_by_its_digest(store: LocalStore) -> None:
     data = canonical_json(MANIFEST_DOC)
     cid = store.put_bytes(data)
-    document = read_document(store, cid.digest, MANIFEST)
+    document = read_document(store, cid.digest, DocumentKind.MANIFEST)
     assert document.body == MANIFEST_DOC
     assert document.cid == cid
     assert document.data == data
@@ -203,14 +201,15 @@ def test_a_stored_document_is_read_by_its_digest(store: LocalStore) -> None:
 def test_a_tensor_index_is_known_by_its_scheme(store: LocalStore) -> None:
     index = {"scheme": TENSORS_SCHEME, "root": "00" * 32, "tensors": {}}
     cid = store.put_bytes(canonical_json(index))
-    assert read_document(store, cid.digest, TENSOR_INDEX).body == index
+    assert read_document(store, cid.digest, DocumentKind.TENSOR_INDEX).body == index
     with pytest.raises(InvalidDocumentError, match="scheme"):
-        read_document(store, store.put_bytes(canonical_json(MANIFEST_DOC)).digest, TENSOR_INDEX)
+        manifest = store.put_bytes(canonical_json(MANIFEST_DOC))
+        read_document(store, manifest.digest, DocumentKind.TENSOR_INDEX)
 
 
 def test_json_that_is_not_canonical_is_read_and_said_so(store: LocalStore) -> None:
     data = json.dumps(MANIFEST_DOC, indent=1).encode()
-    document = read_document(store, store.put_bytes(data).digest, MANIFEST)
+    document = read_document(store, store.put_bytes(data).digest, DocumentKind.MANIFEST)
     assert document.body == MANIFEST_DOC
     assert not document.is_canonical()
 
@@ -218,7 +217,7 @@ def test_json_that_is_not_canonical_is_read_and_said_so(store: LocalStore) -> No
 def test_a_document_not_in_the_store_is_missing(store: LocalStore) -> None:
     digest = bytes_cid(canonical_json(MANIFEST_DOC)).digest
     with pytest.raises(ArtifactNotFoundError) as info:
-        read_document(store, digest, MANIFEST)
+        read_document(store, digest, DocumentKind.MANIFEST)
     assert "0x" + digest.hex() in str(info.value)
     assert "manifest" in str(info.value)
     assert not isinstance(info.value, InvalidDocumentError)
@@ -238,7 +237,7 @@ def test_bytes_that_are_not_a_json_object_are_invalid(
 ) -> None:
     cid = store.put_bytes(data)
     with pytest.raises(InvalidDocumentError, match=why) as info:
-        read_document(store, cid.digest, METRICS)
+        read_document(store, cid.digest, DocumentKind.METRICS)
     assert info.value.cid == str(cid)
     assert str(cid) in str(info.value)
 
@@ -250,7 +249,7 @@ def test_a_document_with_another_schema_is_invalid(store: LocalStore, schema: st
         document["schema"] = schema
     cid = store.put_bytes(canonical_json(document))
     with pytest.raises(InvalidDocumentError) as info:
-        read_document(store, cid.digest, MANIFEST)
+        read_document(store, cid.digest, DocumentKind.MANIFEST)
     assert repr(schema) in str(info.value)
     assert repr(MANIFEST_SCHEMA) in str(info.value)
     assert info.value.cid == str(cid)
@@ -261,7 +260,7 @@ def test_changed_bytes_in_the_store_are_invalid(store: LocalStore) -> None:
     changed = canonical_json({**MANIFEST_DOC, "name": "RUN"})
     store.path_for(cid).write_bytes(changed)  # still a good manifest, but not these bytes
     with pytest.raises(InvalidDocumentError) as info:
-        read_document(store, cid.digest, MANIFEST)
+        read_document(store, cid.digest, DocumentKind.MANIFEST)
     assert isinstance(info.value.__cause__, IntegrityError)
     assert info.value.cid == str(cid)
     assert str(cid) in str(info.value)
@@ -270,6 +269,6 @@ def test_changed_bytes_in_the_store_are_invalid(store: LocalStore) -> None:
 def test_a_store_that_does_not_answer_is_unavailable_not_missing() -> None:
     store = IpfsStore(f"/ip4/127.0.0.1/tcp/{free_port()}/http", timeout=2)
     with pytest.raises(StoreUnavailableError) as info:
-        read_document(store, bytes_cid(b"anything").digest, MANIFEST)
+        read_document(store, bytes_cid(b"anything").digest, DocumentKind.MANIFEST)
     assert not isinstance(info.value, (ArtifactNotFoundError, InvalidDocumentError))
     assert isinstance(info.value, StoreError)

@@ -23,8 +23,9 @@ import typer
 
 from ledger.cli.audit import register as register_audit_commands
 from ledger.cli.store import store_app
-from ledger.cli.verify import parse_run_id, progress_bar
+from ledger.cli.verify import progress_bar
 from ledger.errors import InputError, LedgerError, RecordError
+from ledger.ids import RunId, to_hex
 
 if TYPE_CHECKING:
     from ledger.record.outbox import Outbox
@@ -189,20 +190,20 @@ def show(run: Annotated[str, typer.Argument(help="Run id.")], data_dir: DataDir 
     from ledger.chain.registry import Registry
 
     registry = Registry.connect(_settings(data_dir), signer=False)
-    run_id = parse_run_id(run)
+    run_id = RunId.parse(run, field="run id")
     record = registry.get_run(run_id)
     started = registry.events("RunStarted", run_id)
     final = registry.final_record(run_id)
     _echo_json(
         {
-            "run_id": "0x" + record.run_id.hex(),
+            "run_id": to_hex(record.run_id),
             "committer": record.committer,
             "started_at": record.started_at,
             "status": record.status.name.lower(),
             "revoked": record.revoked,
             "manifest_digest": bytes(started[0]["manifestDigest"]).hex() if started else None,
             "parents": [
-                {"run_id": "0x" + bytes(p["runId"]).hex(), "relation": int(p["relation"])}
+                {"run_id": to_hex(p["runId"]), "relation": int(p["relation"])}
                 for p in (started[0]["parents"] if started else [])
             ],
             "checkpoints": len(registry.checkpoints(run_id)),
@@ -230,7 +231,7 @@ def proof(
     from ledger.hashing.merkle import MerkleTree
 
     registry = Registry.connect(_settings(data_dir), signer=False)
-    run_id = parse_run_id(run)
+    run_id = RunId.parse(run, field="run id")
     final = registry.final_record(run_id)
     if final is None or final.final is None:
         raise InputError(
@@ -252,15 +253,15 @@ def proof(
                 "weights_digest": leaf.weights_digest.hex(),
                 "tensor_root": leaf.tensor_root.hex(),
                 "metrics_digest": leaf.metrics_digest.hex(),
-                "leaf": "0x" + leaf.hash.hex(),
-                "proof": ["0x" + node.hex() for node in path],
+                "leaf": to_hex(leaf.hash),
+                "proof": [to_hex(node) for node in path],
                 "verified_by_registry": registry.verify_checkpoint(run_id, final.final, leaf, path),
             }
         )
     _echo_json(
         {
-            "run_id": "0x" + run_id.hex(),
-            "checkpoint_root": "0x" + final.final.checkpoint_root.hex(),
+            "run_id": to_hex(run_id),
+            "checkpoint_root": to_hex(final.final.checkpoint_root),
             "root_matches": tree.root == final.final.checkpoint_root,
             "checkpoints": proofs,
         }
@@ -276,7 +277,7 @@ def revoke(
     """Revoke a run (its committer or an admin may); its descendants become tainted."""
     from ledger.chain.registry import Registry
 
-    tx = Registry.connect(_settings(data_dir)).revoke_run(parse_run_id(run), reason)
+    tx = Registry.connect(_settings(data_dir)).revoke_run(RunId.parse(run, field="run id"), reason)
     typer.echo(f"revoked in tx {tx.tx_hash} (block {tx.block_number})")
 
 

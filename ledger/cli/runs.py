@@ -69,9 +69,9 @@ def lineage(
 ) -> None:
     """Print a run's ancestors and descendants with relations, status and revocations."""
     from ledger.catalog import lineage_lines
-    from ledger.cli.verify import parse_run_id
+    from ledger.ids import RunId
 
-    tree = _catalog(data_dir).lineage(parse_run_id(run))
+    tree = _catalog(data_dir).lineage(RunId.parse(run, field="run id"))
     if as_json:
         _echo_json(tree)
         return

@@ -15,12 +15,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ledger.errors import InputError
+from ledger.ids import RunId
 
 
 def verify_command(path: Path, *, run: str | None, data_dir: Path | None, as_json: bool) -> int:
     """Re-check ``path``, print the report (JSON or text); returns the exit code."""
-    expected = parse_run_id(run) if run else None
+    expected = RunId.parse(run, field="run id") if run else None
     with progress_bar(path, json_output=as_json) as progress, _BackgroundCid(path, progress) as cid:
         # The file is being hashed on other threads while the rest loads and connects.
         from ledger.chain.reader import RegistryReader
@@ -37,20 +37,6 @@ def verify_command(path: Path, *, run: str | None, data_dir: Path | None, as_jso
     else:
         _print_report(report)
     return int(report.outcome.exit_code)
-
-
-def parse_run_id(text: str) -> bytes:
-    """A run id given on the command line (``0x`` and 64 hex digits) as 32 bytes."""
-    raw = text.strip().removeprefix("0x")
-    try:
-        value = bytes.fromhex(raw)
-    except ValueError:
-        value = b""
-    if len(value) != 32:
-        raise InputError(
-            f"run id {text!r} is not 32 bytes of hex", hint="e.g. 0x12ab... (64 hex digits)"
-        )
-    return value
 
 
 def print_json(document: Any) -> None:

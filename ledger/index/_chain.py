@@ -17,7 +17,7 @@ from ledger.chain import abi
 from ledger.chain.compiler import load_artifact
 from ledger.chain.records import checksum_address
 from ledger.errors import ChainError
-from ledger.ids import Relation
+from ledger.ids import label, to_hex
 
 EVENT_NAMES = ("RunStarted", "CheckpointCommitted", "RunFinalized", "RunFailed", "RunRevoked")
 
@@ -37,7 +37,7 @@ class Log:
 
 def _plain(value: Any) -> Any:
     if isinstance(value, bytes):
-        return "0x" + value.hex()
+        return to_hex(value)
     if isinstance(value, list):
         return [_plain(v) for v in value]
     if isinstance(value, dict):
@@ -101,7 +101,7 @@ class LogDecoder:
             args[str(param["name"])] = abi.decode_params([param], bytes.fromhex(str(word)[2:]))[0]
         if name == "RunStarted":
             args["parents"] = [
-                {"runId": p["runId"], "relation": _relation(int(p["relation"]))}
+                {"runId": p["runId"], "relation": label(int(p["relation"]))}
                 for p in args["parents"]
             ]
         return Log(
@@ -110,7 +110,7 @@ class LogDecoder:
             log_index=int(raw["logIndex"], 16),
             tx_hash=str(raw["transactionHash"]),
             name=name,
-            run_id="0x" + bytes(args.pop("runId")).hex(),
+            run_id=to_hex(bytes(args.pop("runId"))),
             args=_plain(args),
         )
 
@@ -152,7 +152,7 @@ def _started(topics: list[str], data: str) -> dict[str, Any]:
         parents.append(
             {
                 "runId": _hex32(data[at : at + W]),
-                "relation": _relation(int(data[at + W : at + 2 * W], 16)),
+                "relation": label(int(data[at + W : at + 2 * W], 16)),
             }
         )
         at += 2 * W
@@ -199,10 +199,3 @@ _FAST: dict[str, Callable[[list[str], str], dict[str, Any]]] = {
     "RunFailed": _failed,
     "RunRevoked": _revoked,
 }
-
-
-def _relation(value: int) -> str:
-    try:
-        return Relation(value).name.lower().replace("_", "-")
-    except ValueError:
-        return "other"

@@ -25,7 +25,7 @@ from ledger.errors import RecordError
 from ledger.hashing.cid import Cid
 from ledger.hashing.merkle import CheckpointLeaf, checkpoint_root
 from ledger.hashing.tensors import TensorDigest, tensor_digest
-from ledger.ids import Relation
+from ledger.ids import Relation, to_hex
 from ledger.store import ArtifactStore
 
 if TYPE_CHECKING:
@@ -55,7 +55,7 @@ class RunRecorder:
 
     @property
     def run_id_hex(self) -> str:
-        return "0x" + self._require_run().hex()
+        return to_hex(self._require_run())
 
     def start(
         self, manifest: Mapping[str, Any], parents: Sequence[tuple[bytes, Relation]] = ()
@@ -115,7 +115,7 @@ class RunRecorder:
     def _require_running(self) -> bytes:
         run_id = self._require_run()
         if self.status != "running":
-            raise RecordError(f"run 0x{run_id.hex()} is {self.status}; it takes no more records")
+            raise RecordError(f"run {to_hex(run_id)} is {self.status}; it takes no more records")
         return run_id
 
 

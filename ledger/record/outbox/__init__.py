@@ -30,7 +30,7 @@ from ledger.config import Secret, Settings, resolve_private_key
 from ledger.documents import canonical_json
 from ledger.errors import ConfigError, InputError, RecordError
 from ledger.hashing.cid import bytes_cid
-from ledger.ids import Relation
+from ledger.ids import Relation, to_hex
 from ledger.record.outbox.journal import Entry, Journal
 from ledger.record.outbox.worker import PassResult, Worker, WorkerLock, WorkerThread
 
@@ -132,11 +132,11 @@ class Outbox:
         """Append a run's start; returns its run id (``0x`` hex), derived locally."""
         text = canonical_json(manifest, what="manifest")
         committer = self.committer()
-        run_id = "0x" + run_id_for(committer, bytes_cid(text).digest).hex()
+        run_id = to_hex(run_id_for(committer, bytes_cid(text).digest))
         payload = {
             "manifest": text.decode(),
             "committer": committer,
-            "parents": [["0x" + p.hex(), int(r)] for p, r in parents],
+            "parents": [[to_hex(p), int(r)] for p, r in parents],
         }
         self._append(run_id, "start", payload)
         return run_id
