@@ -46,10 +46,11 @@ from typing import Any
 
 from ledger.chain.admin import RegistryAdmin, deploy_registry
 from ledger.chain.anvil import AnvilProcess
-from ledger.chain.records import FinalRecord, Relation, run_id_for
+from ledger.chain.records import FinalRecord, run_id_for
 from ledger.config import Settings, save_deployment
+from ledger.documents import MANIFEST_SCHEMA, METRICS_SCHEMA, canonical_json
 from ledger.hashing.merkle import CheckpointLeaf, checkpoint_root
-from ledger.record.manifest import MANIFEST_SCHEMA, METRICS_SCHEMA, canonical_json
+from ledger.ids import Relation
 from ledger.store import LocalStore
 
 BATCH = 400

@@ -19,11 +19,12 @@ from pathlib import Path
 
 from ledger.chain.admin import RegistryAdmin
 from ledger.chain.anvil import AnvilProcess
-from ledger.chain.records import FinalRecord, Relation, run_id_for
+from ledger.chain.records import FinalRecord, run_id_for
 from ledger.chain.rpc import JsonRpc
 from ledger.chain.sender import Signer
 from ledger.config import ANVIL_DEV_KEY, Secret
 from ledger.hashing.merkle import CheckpointLeaf, checkpoint_root
+from ledger.ids import Relation
 
 GOALS = {
     "start_plus_finalize": 120_000,

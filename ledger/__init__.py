@@ -58,7 +58,7 @@ _EXPORTS: dict[str, str] = {
     "LocalStore": "ledger.store",
     "open_store": "ledger.store",
     # what the registry records
-    "Relation": "ledger.chain.records",
+    "Relation": "ledger.ids",
     "RunStatus": "ledger.chain.records",
     # the error tree: its root and main branches
     "LedgerError": "ledger.errors",
@@ -108,7 +108,7 @@ if TYPE_CHECKING:
     from typing import Any
 
     from ledger.chain.reader import RegistryReader
-    from ledger.chain.records import Relation, RunStatus
+    from ledger.chain.records import RunStatus
     from ledger.config import Settings, load_settings
     from ledger.errors import (
         AuditIndexError,
@@ -122,6 +122,7 @@ if TYPE_CHECKING:
     )
     from ledger.hashing.cid import Cid, bytes_cid, file_cid
     from ledger.hashing.tensors import TensorDigest, state_dict_digest, tensor_digest
+    from ledger.ids import Relation
     from ledger.store import ArtifactStore, LocalStore, open_store
     from ledger.verify import Check, Outcome, Verifier, VerifyReport
 

@@ -13,14 +13,15 @@ answers the same questions from SQL for large ones. These lists describe; only
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ledger.chain.records import Relation, RunStatus, checksum_address
+from ledger.chain.records import RunStatus, checksum_address
+from ledger.documents import DocumentKind, read_document
 from ledger.errors import InputError, StoreError
-from ledger.store import ArtifactStore, find_by_digest
+from ledger.ids import RunId, label, to_hex
+from ledger.store import ArtifactStore
 
 
 class EventSource(Protocol):
@@ -31,22 +32,14 @@ class EventSource(Protocol):
         ...
 
 
-def relation_name(code: int) -> str:
-    """``fine-tune``, ``distillation``... for the contract's relation number."""
-    try:
-        return Relation(code).name.lower().replace("_", "-")
-    except ValueError:
-        return f"relation-{code}"
-
-
 @dataclass
 class RunInfo:
     """What the chain and the store say about one run."""
 
-    run_id: bytes
+    run_id: RunId
     committer: str
     block_number: int
-    parents: list[tuple[bytes, str]]
+    parents: list[tuple[RunId, str]]
     status: RunStatus = RunStatus.RUNNING
     revoked: bool = False
     revoke_reason: str | None = None
@@ -55,11 +48,11 @@ class RunInfo:
     final_metrics: dict[str, Any] | None = None
     last_metrics: dict[str, Any] | None = None  # the latest checkpoint's
     checkpoints: int = 0
-    children: list[tuple[bytes, str]] = field(default_factory=list)
+    children: list[tuple[RunId, str]] = field(default_factory=list)
 
     @property
     def hex(self) -> str:
-        return "0x" + self.run_id.hex()
+        return to_hex(self.run_id)
 
     @property
     def name(self) -> str | None:
@@ -92,7 +85,7 @@ class RunInfo:
             "revoke_reason": self.revoke_reason,
             "fail_reason": self.fail_reason,
             "manifest_in_store": self.manifest is not None,
-            "parents": [{"run_id": "0x" + p.hex(), "relation": r} for p, r in self.parents],
+            "parents": [{"run_id": to_hex(p), "relation": r} for p, r in self.parents],
             "sweep": self.sweep,
             "config": None if self.manifest is None else self.manifest.get("config"),
             "metrics": self.metrics,
@@ -110,17 +103,16 @@ class RunCatalog:
     def load(cls, events: EventSource, store: ArtifactStore) -> RunCatalog:
         runs: dict[bytes, RunInfo] = {}
         for event in events.all_events("RunStarted"):
-            run_id = bytes(event["runId"])
-            parents = [
-                (bytes(p["runId"]), relation_name(int(p["relation"]))) for p in event["parents"]
-            ]
+            run_id = RunId(event["runId"])
+            parents = [(RunId(p["runId"]), label(int(p["relation"]))) for p in event["parents"]]
             started = RunInfo(
                 run_id,
                 checksum_address(str(event["committer"])),
                 int(event["blockNumber"]),
                 parents,
             )
-            started.manifest = _document(store, bytes(event["manifestDigest"]))
+            manifest_digest = bytes(event["manifestDigest"])
+            started.manifest = _document(store, manifest_digest, DocumentKind.MANIFEST)
             runs[run_id] = started
         for child in runs.values():
             for parent, relation in child.parents:
@@ -153,7 +145,7 @@ class RunCatalog:
         info = self.runs.get(run_id)
         if info is None:
             raise InputError(
-                f"no run 0x{run_id.hex()} on this registry",
+                f"no run {to_hex(run_id)} on this registry",
                 hint="`ledger runs` lists the recorded runs",
             )
         return info
@@ -210,7 +202,7 @@ class RunCatalog:
 def _node(info: RunInfo | None, run_id: bytes, relation: str | None) -> dict[str, Any]:
     if info is None:  # a parent named on chain that never started: say so
         return {
-            "run_id": "0x" + run_id.hex(),
+            "run_id": to_hex(run_id),
             "relation": relation,
             "name": None,
             "status": "missing",
@@ -253,19 +245,17 @@ def lineage_lines(tree: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _document(store: ArtifactStore, digest: bytes) -> dict[str, Any] | None:
-    cid = find_by_digest(store, digest)
-    if cid is None:
-        return None
+def _document(store: ArtifactStore, digest: bytes, kind: DocumentKind) -> dict[str, Any] | None:
+    """The document, or None when it is missing, invalid or the store is away: the
+    run is listed with what the chain says."""
     try:
-        document = json.loads(store.get_bytes(cid))
-    except (StoreError, json.JSONDecodeError, UnicodeDecodeError):
+        return read_document(store, digest, kind).body
+    except StoreError:
         return None
-    return document if isinstance(document, dict) else None
 
 
 def _metrics(store: ArtifactStore, digest: bytes) -> dict[str, Any] | None:
-    document = _document(store, digest)
+    document = _document(store, digest, DocumentKind.METRICS)
     metrics = None if document is None else document.get("metrics")
     return metrics if isinstance(metrics, dict) else None
 

@@ -60,6 +60,18 @@ class UnsupportedFormatError(InputError):
     """A file is of a kind ledger cannot read safely (e.g. a pickle needing code)."""
 
 
+class BadIdError(InputError):
+    """A run id or digest is not the hex of the right number of bytes.
+
+    :attr:`field` names where the value came from (an option, a query parameter,
+    a body field); the message says what a valid value looks like.
+    """
+
+    def __init__(self, message: str, *, field: str, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.field = field
+
+
 # -- the artifact store -------------------------------------------------------
 
 
@@ -81,6 +93,16 @@ class ArtifactNotFoundError(StoreError, KeyError):
 
 class IntegrityError(StoreError):
     """Stored bytes no longer hash to the CID they are filed under."""
+
+
+class InvalidDocumentError(StoreError):
+    """A JSON document in the store cannot be used: its bytes no longer hash to
+    its CID, are not a JSON object, or carry another ``schema`` than expected.
+    :attr:`cid` names the artifact."""
+
+    def __init__(self, message: str, *, cid: str, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.cid = cid
 
 
 class StoreUnavailableError(StoreError, ConnectionError):

@@ -24,25 +24,30 @@ tensor root over all of its weights files, and the report says so.
 from __future__ import annotations
 
 import enum
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ledger.chain.records import (
     RegistryView,
-    Relation,
     RunRecord,
     RunStatus,
     WeightsRecord,
     record_leaf,
     run_id_for,
 )
-from ledger.errors import FileMissingError, LedgerError, StoreError, UnsupportedFormatError
+from ledger.documents import DocumentKind, read_document
+from ledger.errors import (
+    BadIdError,
+    FileMissingError,
+    LedgerError,
+    StoreError,
+    UnsupportedFormatError,
+)
 from ledger.hashing.cid import Cid, Progress, file_cid
 from ledger.hashing.merkle import MerkleTree
-from ledger.record.manifest import canonical_json
-from ledger.store import ArtifactStore, find_by_digest
+from ledger.ids import RunId, label, to_hex
+from ledger.store import ArtifactStore
 
 if TYPE_CHECKING:  # the tensor readers load when a file's CID is not on record
     from ledger.hashing.tensors import TensorDiff, TensorDigest
@@ -261,7 +266,7 @@ class Verifier:
             report.add(
                 "expected run",
                 False,
-                f"recorded for run 0x{record.run_id.hex()}, not 0x{expected_run.hex()}",
+                f"recorded for run {to_hex(record.run_id)}, not {to_hex(expected_run)}",
             )
         self._check_record(record, report)
         return report
@@ -269,7 +274,7 @@ class Verifier:
     # -- the record and its run -------------------------------------------------
 
     def _check_record(self, record: WeightsRecord, report: VerifyReport) -> None:
-        report.run_id = "0x" + record.run_id.hex()
+        report.run_id = to_hex(record.run_id)
         report.is_final = record.is_final
         report.step = record.step
         run = self.registry.get_run(record.run_id)
@@ -318,7 +323,7 @@ class Verifier:
 
     def _check_run(self, run: RunRecord, report: VerifyReport, *, label: str) -> bool:
         """Checks one run's own facts; returns True when it is revoked."""
-        rid = "0x" + run.run_id.hex()
+        rid = to_hex(run.run_id)
         if not report.add(
             f"{label} exists", run.exists, f"{label} {rid}: {run.status.name.lower()}"
         ):
@@ -335,15 +340,9 @@ class Verifier:
             same,
             "run id re-derives from committer and manifest digest"
             if same
-            else f"run id does not re-derive (got 0x{derived.hex()})",
+            else f"run id does not re-derive (got {to_hex(derived)})",
         )
-        manifest = self._document(manifest_digest, f"{label} manifest", report)
-        if manifest is not None:
-            report.add(
-                f"{label} manifest schema",
-                manifest.get("schema") == "ledger.manifest/v1",
-                f"manifest schema {manifest.get('schema')!r}",
-            )
+        self._document(manifest_digest, DocumentKind.MANIFEST, f"{label} manifest", report)
         committer_ok = self.registry.is_committer(run.committer)
         report.add(
             f"{label} committer",
@@ -380,34 +379,29 @@ class Verifier:
             if started is None:
                 continue
             on_chain = {bytes(p["runId"]): int(p["relation"]) for p in started["parents"]}
-            manifest = self._document_quiet(bytes(started["manifestDigest"]))
-            if manifest is not None:
-                declared = {
-                    bytes.fromhex(str(p.get("run_id", "")).removeprefix("0x"))
-                    for p in manifest.get("parents", [])
-                }
-                if declared != set(on_chain):
-                    report.add(
-                        "lineage parents",
-                        False,
-                        f"run 0x{child.run_id.hex()}: manifest parents differ from those on chain",
-                    )
+            manifest = self._document_quiet(bytes(started["manifestDigest"]), DocumentKind.MANIFEST)
+            if manifest is not None and _declared_parents(manifest) != set(on_chain):
+                report.add(
+                    "lineage parents",
+                    False,
+                    f"run {to_hex(child.run_id)}: manifest parents differ from those on chain",
+                )
             for parent_id, code in on_chain.items():
                 if parent_id in seen:
                     continue
                 seen.add(parent_id)
                 walked += 1
-                relation = _relation_name(code)
+                relation = label(code)
                 parent = self.registry.get_run(parent_id)
-                label = f"ancestor 0x{parent_id.hex()[:12]} ({relation})"
+                name = f"ancestor {to_hex(parent_id)[:14]} ({relation})"
                 first = len(report.checks)
-                revoked = self._check_run(parent, report, label=label) or revoked
+                revoked = self._check_run(parent, report, label=name) or revoked
                 if parent.status is RunStatus.FINALIZED:
-                    self._check_ancestor_final(parent, report, label)
+                    self._check_ancestor_final(parent, report, name)
                 failed = [c for c in report.checks[first:] if not c.ok]
                 if failed:
-                    reasons = "; ".join(_reason(c, label, parent_id) for c in failed)
-                    problems.append(f"0x{parent_id.hex()} ({relation}) does not verify: {reasons}")
+                    reasons = "; ".join(_reason(c, name, parent_id) for c in failed)
+                    problems.append(f"{to_hex(parent_id)} ({relation}) does not verify: {reasons}")
                 if parent.exists:
                     todo.append(parent)
         if walked:
@@ -433,7 +427,7 @@ class Verifier:
             if stored
             else "the final record does not match the commitment stored on chain",
         )
-        self._document(final.metrics_digest, f"{label} metrics", report)
+        self._document(final.metrics_digest, DocumentKind.METRICS, f"{label} metrics", report)
 
     def _start_event(self, run_id: bytes) -> dict[str, Any] | None:
         if run_id not in self._started:
@@ -446,7 +440,7 @@ class Verifier:
         return str(events[-1]["reason"]) if events else "(no reason found)"
 
     def _check_metrics(self, record: WeightsRecord, report: VerifyReport) -> None:
-        document = self._document(record.metrics_digest, "metrics", report)
+        document = self._document(record.metrics_digest, DocumentKind.METRICS, "metrics", report)
         if document is None:
             return
         weights = document.get("weights", {})
@@ -465,39 +459,32 @@ class Verifier:
 
     # -- store documents ----------------------------------------------------------
 
-    def _document(self, digest: bytes, name: str, report: VerifyReport) -> dict[str, Any] | None:
-        cid = find_by_digest(self.store, digest)
-        if cid is None:
-            report.add(name, False, f"no artifact with digest {digest.hex()} in the store")
-            return None
+    def _document(
+        self, digest: bytes, kind: DocumentKind, name: str, report: VerifyReport
+    ) -> dict[str, Any] | None:
+        """The document, with a check ``name`` saying whether it is in the store,
+        re-hashes, is of ``kind`` and is canonical JSON (the one failure reported)."""
         try:
-            data = self.store.get_bytes(cid)
-            document = json.loads(data)
-        except StoreError as exc:
+            document = read_document(self.store, digest, kind)
+        except StoreError as exc:  # missing, invalid, or the store is away
             report.add(name, False, exc.message)
             return None
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            report.add(name, False, f"{cid} is not a JSON document")
-            return None
-        canonical = isinstance(document, dict) and canonical_json(document) == data
+        canonical = document.is_canonical()
         report.add(
             name,
             canonical,
-            f"{cid} re-derives from the stored bytes"
+            f"{document.cid} re-derives from the stored bytes"
             if canonical
-            else f"{cid} is not canonical JSON",
+            else f"{document.cid} is not canonical JSON",
         )
-        return document if isinstance(document, dict) else None
+        return document.body
 
-    def _document_quiet(self, digest: bytes) -> dict[str, Any] | None:
-        cid = find_by_digest(self.store, digest)
-        if cid is None:
-            return None
+    def _document_quiet(self, digest: bytes, kind: DocumentKind) -> dict[str, Any] | None:
+        """The document, or None for any store failure (for explanations only)."""
         try:
-            document = json.loads(self.store.get_bytes(cid))
-        except (StoreError, json.JSONDecodeError, UnicodeDecodeError):
+            return read_document(self.store, digest, kind).body
+        except StoreError:
             return None
-        return document if isinstance(document, dict) else None
 
     # -- tensors --------------------------------------------------------------------
 
@@ -514,10 +501,10 @@ class Verifier:
         self, run_id: bytes, cid: Cid | None, tensors: TensorDigest | None, report: VerifyReport
     ) -> None:
         """The file matches nothing: say how it differs from ``run_id``'s final weights."""
-        report.run_id = "0x" + run_id.hex()
+        report.run_id = to_hex(run_id)
         events = self.registry.events("RunFinalized", run_id)
         if not events:
-            report.add("record", False, f"run 0x{run_id.hex()} has no final weights on chain")
+            report.add("record", False, f"run {to_hex(run_id)} has no final weights on chain")
             return
         event = events[0]
         recorded_cid = bytes(event["weightsDigest"])
@@ -531,11 +518,11 @@ class Verifier:
             return
         same_root = tensors.root == bytes(event["tensorRoot"])
         report.add("tensor root", same_root, "tensor root differs from the run's final weights")
-        document = self._document_quiet(bytes(event["metricsDigest"]))
+        document = self._document_quiet(bytes(event["metricsDigest"]), DocumentKind.METRICS)
         index_cid = (document or {}).get("weights", {}).get("tensor_index")
         if not index_cid:
             return
-        index = self._document_quiet(Cid.parse(str(index_cid)).digest)
+        index = self._document_quiet(Cid.parse(str(index_cid)).digest, DocumentKind.TENSOR_INDEX)
         if index is None:
             return
         from ledger.hashing.tensors import diff_tensors
@@ -557,15 +544,20 @@ class Verifier:
 def _reason(check: Check, label: str, run_id: bytes) -> str:
     """A failed ancestor check, worded without repeating the ancestor's label and id."""
     name = check.name.removeprefix(label).strip()
-    detail = check.detail.removeprefix(label).strip().removeprefix("0x" + run_id.hex()).strip()
+    detail = check.detail.removeprefix(label).strip().removeprefix(to_hex(run_id)).strip()
     return detail if name in ("exists", "not revoked") else f"{name}: {detail}"
 
 
-def _relation_name(code: int) -> str:
-    try:
-        return Relation(code).name.lower().replace("_", "-")
-    except ValueError:
-        return f"relation {code}"
+def _declared_parents(manifest: dict[str, Any]) -> set[bytes]:
+    """The parent run ids a manifest names (unreadable ones as they are: they differ)."""
+    declared: set[bytes] = set()
+    for parent in manifest.get("parents", []):
+        text = str(parent.get("run_id", "")) if isinstance(parent, dict) else ""
+        try:
+            declared.add(RunId.parse(text, field="manifest parent"))
+        except BadIdError:
+            declared.add(text.encode())
+    return declared
 
 
 def _pick(records: list[WeightsRecord], expected_run: bytes | None) -> WeightsRecord | None:

@@ -13,11 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ledger.chain.records import FinalRecord, Relation, TxResult
+from ledger.chain.records import FinalRecord, TxResult
 from ledger.errors import RecordError
 from ledger.hashing.cid import Cid
 from ledger.hashing.merkle import CheckpointLeaf, checkpoint_root
 from ledger.hashing.tensors import TensorDigest
+from ledger.ids import Relation
 from ledger.record.artifacts import store_weights
 from ledger.record.manifest import canonical_json
 from ledger.store import ArtifactStore

@@ -8,10 +8,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ledger.chain.records import FinalRecord, Relation
+from ledger.chain.records import FinalRecord
+from ledger.documents import MANIFEST_SCHEMA, METRICS_SCHEMA, canonical_json
 from ledger.hashing.cid import Cid
 from ledger.hashing.merkle import CheckpointLeaf, checkpoint_root
-from ledger.record.manifest import MANIFEST_SCHEMA, METRICS_SCHEMA, canonical_json
+from ledger.ids import Relation
 from ledger.store import LocalStore
 from tests.chain.web3_registry import Registry
 

@@ -57,8 +57,8 @@ def test_every_public_name_resolves_and_is_listed() -> None:
 
 
 def test_public_names_are_the_defining_modules_objects() -> None:
-    from ledger.chain.records import Relation
     from ledger.errors import ConfigError, LedgerError
+    from ledger.ids import Relation
     from ledger.verify import Verifier
 
     assert ledger.Verifier is Verifier and ledger.Relation is Relation

@@ -6,7 +6,7 @@ its checkpoints and its final weights to the durable outbox
 Examples live in :mod:`examples`.
 """
 
-from ledger.chain.records import Relation
+from ledger.ids import Relation
 from ledger.training.hook import LedgerRun, save_weights
 
 __all__ = ["LedgerRun", "Relation", "save_weights"]

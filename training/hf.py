@@ -33,9 +33,9 @@ from typing import Any
 import torch
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from ledger.chain.records import Relation
 from ledger.config import Settings
 from ledger.errors import RecordError
+from ledger.ids import Relation
 from ledger.store import ArtifactStore
 from ledger.training.hook import LedgerRun, save_weights
 

@@ -29,10 +29,10 @@ from typing import Any
 
 import torch
 
-from ledger.chain.records import Relation
 from ledger.config import Settings, load_settings
 from ledger.errors import LedgerError, RecordError
 from ledger.hashing.cid import Cid
+from ledger.ids import Digest32, Relation, RunId
 from ledger.record.manifest import build_manifest, start_code_version
 from ledger.record.outbox import Entry, Outbox, flush_timeout
 from ledger.store import ArtifactStore
@@ -80,7 +80,9 @@ class Commit:
             path=Path(entry.payload.get("path", "")),
             state=entry.state,
             file_cid=Cid.parse(record["file_cid"]) if "file_cid" in record else None,
-            tensor_root=bytes.fromhex(record["tensor_root"]) if "tensor_root" in record else None,
+            tensor_root=Digest32.parse(record["tensor_root"], field="tensor_root")
+            if "tensor_root" in record
+            else None,
             metrics_cid=Cid.parse(record["metrics_cid"]) if "metrics_cid" in record else None,
             tx_hash=entry.tx_hash,
             block_number=entry.block_number,
@@ -124,7 +126,9 @@ class LedgerRun:
         self.config = dict(config)
         self.data = dict(data or {})
         self.seed = seed
-        self.parents = [(_run_id_bytes(p), _relation(r)) for p, r in parents]
+        self.parents = [
+            (RunId.parse(p, field="parent run id"), Relation.parse(r)) for p, r in parents
+        ]
         self.checkpoint_every = checkpoint_every
         self.out = Path(out)
         self.checkpoint_dir = (
@@ -197,10 +201,7 @@ class LedgerRun:
             config=self.config,
             data=self.data,
             seed=self.seed,
-            parents=[
-                {"run_id": "0x" + p.hex(), "relation": r.name.lower().replace("_", "-")}
-                for p, r in self.parents
-            ],
+            parents=[{"run_id": str(p), "relation": r.label} for p, r in self.parents],
             code_root=self._code_root,
             world_size=self._role.world_size if self._role else 1,
             backend=self._role.backend if self._role and self._role.distributed else None,
@@ -305,19 +306,3 @@ class LedgerRun:
         if self.status != "running":
             raise RecordError(f"run {self._run_id} is {self.status}; it takes no more records")
         return self.outbox, self._run_id
-
-
-def _run_id_bytes(value: str | bytes) -> bytes:
-    raw = value if isinstance(value, bytes) else bytes.fromhex(value.removeprefix("0x"))
-    if len(raw) != 32:
-        raise RecordError(f"parent run id {value!r} is not 32 bytes")
-    return raw
-
-
-def _relation(value: Relation | str) -> Relation:
-    if isinstance(value, Relation):
-        return value
-    try:
-        return Relation.parse(value)
-    except ValueError as exc:
-        raise RecordError(str(exc)) from exc

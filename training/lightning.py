@@ -30,8 +30,8 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
-from ledger.chain.records import Relation
 from ledger.config import Settings
+from ledger.ids import Relation
 from ledger.store import ArtifactStore
 from ledger.training.hook import LedgerRun, save_weights
 

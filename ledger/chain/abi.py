@@ -21,10 +21,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from ledger.chain.compiler import load_artifact
-from ledger.chain.records import Relation, checksum_address
-from ledger.chain.rpc import as_bytes, as_int, to_hex
+from ledger.chain.records import checksum_address
+from ledger.chain.rpc import as_bytes, as_int
 from ledger.errors import ChainError, TransactionRevertedError
 from ledger.hashing.keccak import keccak256
+from ledger.ids import label, to_hex
 
 Param = Mapping[str, Any]
 """One ABI parameter as the artifact's JSON describes it (``type``, ``components``...)."""
@@ -339,19 +340,11 @@ class LogDecoder:
         args = {k: v for k, v in values.items() if k not in ("blockNumber", "transactionHash")}
         if name == "RunStarted":
             args["parents"] = [
-                {"runId": p["runId"], "relation": relation_name(int(p["relation"]))}
+                {"runId": p["runId"], "relation": label(int(p["relation"]))}
                 for p in args["parents"]
             ]
         run_id = to_hex(bytes(args.pop("runId")))
         return _log(raw, name, run_id, _plain(args))
-
-
-def relation_name(value: int) -> str:
-    """How the index names a relation (``fine-tune``); unknown values are ``other``."""
-    try:
-        return Relation(value).name.lower().replace("_", "-")
-    except ValueError:
-        return "other"
 
 
 def _log(raw: Mapping[str, Any], name: str, run_id: str, args: dict[str, Any]) -> Log:
@@ -413,7 +406,7 @@ def _started(topics: Sequence[str], data: str) -> dict[str, Any]:
         parents.append(
             {
                 "runId": _hex32(data[at : at + HEX_WORD]),
-                "relation": relation_name(int(data[at + HEX_WORD : at + 2 * HEX_WORD], 16)),
+                "relation": label(int(data[at + HEX_WORD : at + 2 * HEX_WORD], 16)),
             }
         )
         at += 2 * HEX_WORD

@@ -26,18 +26,18 @@ from ledger.chain.records import (
     ADMIN_ROLE,
     COMMITTER_ROLE,
     FinalRecord,
-    Relation,
     SignedCall,
     TxResult,
     checksum_address,
     run_id_for,
 )
-from ledger.chain.rpc import JsonRpc, as_bytes, as_int, to_hex
+from ledger.chain.rpc import JsonRpc, as_bytes, as_int
 from ledger.chain.sender import Receipt, RegistrySender, Signer
 from ledger.config import Secret, Settings, resolve_private_key
 from ledger.errors import ChainError
 from ledger.hashing.keccak import keccak256
 from ledger.hashing.merkle import CheckpointLeaf
+from ledger.ids import Relation, to_hex
 
 RECEIPT_TIMEOUT = 60.0
 

@@ -24,10 +24,11 @@ from ledger.chain.records import (
     checksum_address,
     record_of,
 )
-from ledger.chain.rpc import JsonRpc, as_bytes, to_hex
+from ledger.chain.rpc import JsonRpc, as_bytes
 from ledger.config import Settings
 from ledger.errors import ChainError, ConfigError, RegistryNotDeployedError
 from ledger.hashing.merkle import CheckpointLeaf
+from ledger.ids import to_hex
 
 __all__ = ["RegistryReader"]
 

@@ -47,27 +47,6 @@ class RunStatus(enum.IntEnum):
     FAILED = 3
 
 
-class Relation(enum.IntEnum):
-    """How a run derives from a parent; values match the contract's enum."""
-
-    NONE = 0
-    FINE_TUNE = 1
-    DISTILLATION = 2
-    PRUNING = 3
-    QUANTIZATION = 4
-    RESUME = 5
-    SWEEP_TRIAL = 6
-    OTHER = 7
-
-    @classmethod
-    def parse(cls, text: str) -> Relation:
-        key = text.strip().upper().replace("-", "_")
-        if key in cls.__members__ and key != "NONE":
-            return cls[key]
-        names = ", ".join(m.name.lower().replace("_", "-") for m in cls if m is not cls.NONE)
-        raise ValueError(f"unknown relation {text!r}; use one of: {names}")
-
-
 @dataclass(frozen=True)
 class RunRecord:
     run_id: bytes

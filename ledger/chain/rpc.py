@@ -4,7 +4,7 @@
 connection, maps a failed transport to
 :class:`~ledger.errors.ChainUnavailableError` and a node's error object to
 :class:`~ledger.errors.RpcError`; :func:`as_int`, :func:`as_bytes` and
-:func:`to_hex` convert JSON-RPC quantities and data.
+:func:`ledger.ids.to_hex` convert JSON-RPC quantities and data.
 
 The HTTP layer is its own. ``http.client`` imports ``email`` (for its header
 parser) and ``ssl`` at once: about 40 ms of CPU at every start of ``ledger
@@ -48,11 +48,6 @@ def as_int(value: object) -> int:
 def as_bytes(value: object) -> bytes:
     """JSON-RPC data (``"0x..."``: hashes, topics, call results) as bytes."""
     return bytes.fromhex(str(value).removeprefix("0x"))
-
-
-def to_hex(raw: bytes) -> str:
-    """Bytes as JSON-RPC data (``0x`` and lower-case hex)."""
-    return "0x" + raw.hex()
 
 
 TIMEOUT = 10.0

@@ -28,7 +28,7 @@ from typing import Any
 
 from ledger.chain.reader import RegistryReader
 from ledger.chain.records import checksum_address
-from ledger.chain.rpc import JsonRpc, as_bytes, as_int, to_hex
+from ledger.chain.rpc import JsonRpc, as_bytes, as_int
 from ledger.config import Secret, Settings, resolve_private_key
 from ledger.errors import (
     ChainUnavailableError,
@@ -39,6 +39,7 @@ from ledger.errors import (
 )
 from ledger.hashing.keccak import keccak256
 from ledger.hashing.merkle import CheckpointLeaf
+from ledger.ids import to_hex
 
 GAS_MARGIN = 1.2  # over the estimate, plus a fixed 10k: storage costs can shift by a block
 FIRST_RECEIPT_LOOK = 0.00025  # s after the broadcast: an automining Anvil has the receipt

@@ -13,13 +13,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ledger.cli.options import parse_run_id, print_json
+from ledger.cli.options import print_json
 from ledger.cli.progress import progress_bar
+from ledger.ids import RunId
 
 
 def check_file(path: Path, *, run: str | None, data_dir: Path | None, as_json: bool) -> int:
     """Re-check ``path``, print the report (JSON or text); returns the exit code."""
-    expected = parse_run_id(run) if run else None
+    expected = RunId.parse(run, field="run id") if run else None
     with progress_bar(path, json_output=as_json) as progress, _BackgroundCid(path, progress) as cid:
         # The file is being hashed on other threads while the rest loads and connects.
         from ledger.chain.reader import RegistryReader

@@ -15,8 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ledger.errors import InputError
-
 
 @dataclass(frozen=True)
 class Option:
@@ -75,17 +73,3 @@ def print_json(document: Any) -> None:
 
     sys.stdout.write(json.dumps(document, indent=2, sort_keys=True) + "\n")
     sys.stdout.flush()
-
-
-def parse_run_id(text: str) -> bytes:
-    """A run id given on the command line (``0x`` and 64 hex digits) as 32 bytes."""
-    raw = text.strip().removeprefix("0x")
-    try:
-        value = bytes.fromhex(raw)
-    except ValueError:
-        value = b""
-    if len(value) != 32:
-        raise InputError(
-            f"run id {text!r} is not 32 bytes of hex", hint="e.g. 0x12ab... (64 hex digits)"
-        )
-    return value

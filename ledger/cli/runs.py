@@ -11,8 +11,9 @@ from typing import Annotated, Any
 
 import typer
 
-from ledger.cli.options import DATA_DIR, JSON, RUN_ID, load_settings, parse_run_id, print_json
+from ledger.cli.options import DATA_DIR, JSON, RUN_ID, load_settings, print_json
 from ledger.errors import InputError
+from ledger.ids import RunId, to_hex
 
 app = typer.Typer()
 
@@ -34,20 +35,20 @@ def show(
     from ledger.chain.reader import RegistryReader
 
     registry = RegistryReader.connect(load_settings(data_dir))
-    run_id = parse_run_id(run)
+    run_id = RunId.parse(run, field="run id")
     record = registry.get_run(run_id)
     started = registry.events("RunStarted", run_id)
     final = registry.final_record(run_id)
     print_json(
         {
-            "run_id": "0x" + record.run_id.hex(),
+            "run_id": to_hex(record.run_id),
             "committer": record.committer,
             "started_at": record.started_at,
             "status": record.status.name.lower(),
             "revoked": record.revoked,
             "manifest_digest": bytes(started[0]["manifestDigest"]).hex() if started else None,
             "parents": [
-                {"run_id": "0x" + bytes(p["runId"]).hex(), "relation": int(p["relation"])}
+                {"run_id": to_hex(bytes(p["runId"])), "relation": int(p["relation"])}
                 for p in (started[0]["parents"] if started else [])
             ],
             "checkpoints": len(registry.checkpoints(run_id)),
@@ -76,7 +77,7 @@ def proof(
     from ledger.hashing.merkle import MerkleTree
 
     registry = RegistryReader.connect(load_settings(data_dir))
-    run_id = parse_run_id(run)
+    run_id = RunId.parse(run, field="run id")
     final = registry.final_record(run_id)
     if final is None or final.final is None:
         raise InputError(
@@ -98,15 +99,15 @@ def proof(
                 "weights_digest": leaf.weights_digest.hex(),
                 "tensor_root": leaf.tensor_root.hex(),
                 "metrics_digest": leaf.metrics_digest.hex(),
-                "leaf": "0x" + leaf.hash.hex(),
-                "proof": ["0x" + node.hex() for node in path],
+                "leaf": to_hex(leaf.hash),
+                "proof": [to_hex(node) for node in path],
                 "verified_by_registry": registry.verify_checkpoint(run_id, final.final, leaf, path),
             }
         )
     print_json(
         {
-            "run_id": "0x" + run_id.hex(),
-            "checkpoint_root": "0x" + final.final.checkpoint_root.hex(),
+            "run_id": to_hex(run_id),
+            "checkpoint_root": to_hex(final.final.checkpoint_root),
             "root_matches": tree.root == final.final.checkpoint_root,
             "checkpoints": proofs,
         }
@@ -122,7 +123,8 @@ def revoke(
     """Revoke a run (its committer or an admin may); its descendants become tainted."""
     from ledger.chain.admin import RegistryAdmin
 
-    tx = RegistryAdmin.connect(load_settings(data_dir)).revoke_run(parse_run_id(run), reason)
+    run_id = RunId.parse(run, field="run id")
+    tx = RegistryAdmin.connect(load_settings(data_dir)).revoke_run(run_id, reason)
     typer.echo(f"revoked in tx {tx.tx_hash} (block {tx.block_number})")
 
 
@@ -168,7 +170,7 @@ def lineage(
     """Print a run's ancestors and descendants with relations, status and revocations."""
     from ledger.catalog import lineage_lines
 
-    tree = _catalog(data_dir).lineage(parse_run_id(run))
+    tree = _catalog(data_dir).lineage(RunId.parse(run, field="run id"))
     if as_json:
         print_json(tree)
         return

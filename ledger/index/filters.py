@@ -33,6 +33,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from ledger.chain.records import checksum_address
 from ledger.errors import InputError
+from ledger.ids import RunId
 from ledger.index.models import Metric, Parent, Run
 
 KEYS = (
@@ -107,18 +108,8 @@ def _sweep(value: str, where: str) -> ColumnElement[bool]:
     return Run.sweep_id == value
 
 
-def run_id_hex(value: str, where: str) -> str:
-    """A run id (or any 32-byte digest) as lower-case ``0x`` hex, or a clear error."""
-    raw = value.strip().lower().removeprefix("0x")
-    if len(raw) != 64 or any(c not in "0123456789abcdef" for c in raw):
-        raise InputError(
-            f"{where}: {value!r} is not 32 bytes of hex", hint="e.g. 0x12ab... (64 hex digits)"
-        )
-    return "0x" + raw
-
-
 def _parent(value: str, where: str) -> ColumnElement[bool]:
-    parent = run_id_hex(value, where)
+    parent = str(RunId.parse(value, field=where))
     return Run.run_id.in_(select(Parent.child_id).where(Parent.parent_id == parent))
 
 

@@ -42,17 +42,19 @@ from sqlalchemy.exc import SQLAlchemyError
 from ledger.chain.abi import Log, LogDecoder
 from ledger.chain.records import checksum_address
 from ledger.chain.rpc import JsonRpc
+from ledger.documents import DocumentKind, read_document
 from ledger.errors import (
     ArtifactNotFoundError,
     ChainError,
     IndexUnavailableError,
+    InvalidDocumentError,
     LedgerError,
     StoreError,
     StoreUnavailableError,
 )
+from ledger.ids import from_hex
 from ledger.index.models import Block, Event, IndexState, Meta, Metric, Parent, Run, Weights
-from ledger.record.manifest import MANIFEST_SCHEMA
-from ledger.store import ArtifactStore, LocalStore, find_by_digest
+from ledger.store import ArtifactStore, LocalStore
 
 log = logging.getLogger("ledger.index")
 
@@ -427,33 +429,33 @@ class Indexer:
             if changed:
                 _bump(connection)
 
-    def _document(self, digest_hex: str | None) -> tuple[str, str | None, dict[str, Any] | None]:
-        """(state, cid, document) of a stored JSON document named by its digest."""
+    def _document(
+        self, digest_hex: str | None, kind: DocumentKind
+    ) -> tuple[str, str | None, dict[str, Any] | None]:
+        """(state, cid, document) of a stored JSON document named by its digest:
+        ``missing`` (tried again later), ``invalid`` (never loads) or ``loaded``.
+        While the store is away this raises: the run stays pending for a later pass."""
         if not digest_hex:
             return "missing", None, None
-        cid = find_by_digest(self.store, bytes.fromhex(digest_hex[2:]))
-        if cid is None:
-            return "missing", None, None
         try:
-            document = json.loads(self.store.get_bytes(cid))
+            document = read_document(
+                self.store, from_hex(digest_hex, field=f"{kind.name} digest"), kind
+            )
         except StoreUnavailableError:
-            raise  # the store is away: the run stays pending and is read on a later pass
+            raise
         except ArtifactNotFoundError:
             return "missing", None, None
-        except (StoreError, json.JSONDecodeError, UnicodeDecodeError):
-            return "invalid", str(cid), None
-        if not isinstance(document, dict):
-            return "invalid", str(cid), None
-        return "loaded", str(cid), document
+        except InvalidDocumentError as exc:
+            return "invalid", exc.cid, None
+        except StoreError:  # the store refused the read: as before, not retried
+            return "invalid", None, None
+        return "loaded", str(document.cid), document.body
 
     def _manifest_fields(self, digest_hex: str) -> dict[str, Any]:
-        state, cid, manifest = self._document(digest_hex)
+        state, cid, manifest = self._document(digest_hex, DocumentKind.MANIFEST)
         fields: dict[str, Any] = dict.fromkeys(_MANIFEST_FIELDS)
         fields.update(manifest_state=state, manifest_cid=cid)
         if manifest is None:
-            return fields
-        if manifest.get("schema") != MANIFEST_SCHEMA:
-            fields["manifest_state"] = "invalid"
             return fields
         name = manifest.get("name")
         fields["name"] = name[:200] if isinstance(name, str) else None
@@ -468,7 +470,7 @@ class Indexer:
         return fields
 
     def _metrics(self, digest_hex: str | None) -> tuple[str, list[tuple[str, float]]]:
-        state, _, document = self._document(digest_hex)
+        state, _, document = self._document(digest_hex, DocumentKind.METRICS)
         if document is None:
             return state, []
         values = document.get("metrics")

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
 from ledger.errors import InputError, NotFoundError
-from ledger.index.filters import run_id_hex
+from ledger.ids import RunId
 from ledger.index.models import Metric, Parent, Run, Weights
 
 SORTS = ("started_at", "-started_at", "name", "-name", "committer", "-committer")
@@ -100,7 +100,7 @@ def list_runs(
 
 
 def get_run(session: Session, run_id: str) -> Run:
-    run = session.get(Run, run_id_hex(run_id, "run_id"))
+    run = session.get(Run, str(RunId.parse(run_id, field="run_id")))
     if run is None:
         raise NotFoundError(
             f"run {run_id} is not in the index",

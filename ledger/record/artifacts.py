@@ -15,9 +15,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from ledger.documents import METRICS_SCHEMA, canonical_json
 from ledger.hashing.cid import Cid
 from ledger.hashing.tensors import TensorDigest, tensor_digest
-from ledger.record.manifest import METRICS_SCHEMA, canonical_json
 from ledger.store import ArtifactStore
 
 __all__ = ["READ_WHOLE", "store_weights"]

@@ -1,18 +1,17 @@
-"""Run manifests and the JSON documents ledger stores, in canonical form.
+"""Run manifests: what a run is, probed from git and the environment.
 
-Every document ledger stores (manifest, metrics, tensor index) is serialized as
-RFC 8785 canonical JSON (scheme ``jcs-rfc8785``), so the same content always has
-the same bytes and therefore the same CID. A manifest describes everything that
-defines a run: its config, its code (git commit and a digest of uncommitted
-changes), its environment, fingerprints of its data, seed, parents with their
-relation, distributed set-up, and the names of the digest schemes used for it.
+A manifest is stored as canonical JSON (:mod:`ledger.documents`), so the same
+content always has the same bytes and therefore the same CID. It describes
+everything that defines a run: its config, its code (git commit and a digest of
+uncommitted changes), its environment, fingerprints of its data, seed, parents
+with their relation, distributed set-up, and the names of the digest schemes
+used for it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -20,81 +19,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import rfc8785
-
+from ledger.documents import DOCUMENT_SCHEME, MANIFEST_SCHEMA, canonical_json
 from ledger.errors import InputError
 from ledger.hashing.cid import CIDV1_SCHEME, file_cid
 from ledger.hashing.tensors import TENSORS_SCHEME
 
-MANIFEST_SCHEMA = "ledger.manifest/v1"
-METRICS_SCHEMA = "ledger.metrics/v1"
-DOCUMENT_SCHEME = "jcs-rfc8785"
-
 DIGEST_SCHEMES = {"file": CIDV1_SCHEME, "tensors": TENSORS_SCHEME, "documents": DOCUMENT_SCHEME}
-
-
-def canonical_json(document: Mapping[str, Any], *, what: str = "document") -> bytes:
-    """RFC 8785 bytes of ``document``; non-finite numbers are refused by path.
-
-    Documents without floats (tensor indexes, most manifests' inner parts) are
-    written by the standard library's C encoder, which gives the very same
-    bytes for them (see :func:`_plain`); the rest go through ``rfc8785``.
-    """
-    if _plain(document):
-        try:
-            return json.dumps(
-                document, sort_keys=True, separators=(",", ":"), ensure_ascii=False
-            ).encode()
-        except UnicodeEncodeError:
-            pass  # a lone surrogate: the library below names the problem
-    _check_finite(document, what)
-    try:
-        return bytes(rfc8785.dumps(document))
-    except (TypeError, ValueError, rfc8785.CanonicalizationError) as exc:
-        raise InputError(
-            f"{what} cannot be written as canonical JSON: {exc}",
-            hint="use only strings, numbers, booleans, null, lists and string-keyed dicts",
-        ) from exc
-
-
-_SAFE_INTEGER = 2**53  # RFC 8785 numbers are IEEE doubles: integers below this are exact
-_BMP_END = "\U00010000"
-
-
-def _plain(value: Any) -> bool:
-    """Whether ``json.dumps(sort_keys=True, separators=(",", ":"), ensure_ascii=False)``
-    writes ``value`` exactly as RFC 8785 does.
-
-    It does for strings (both escape only ``"``, ``\\`` and control characters,
-    with the same short forms and lowercase ``\\u00xx``), safe integers, booleans,
-    null, lists, and dicts whose keys lie in the Basic Multilingual Plane (where
-    sorting by code point equals RFC 8785's sorting by UTF-16 code unit).
-    Floats (ECMAScript number formatting) and anything else are not plain.
-    """
-    kind = type(value)
-    if kind is str:
-        return True
-    if kind is dict:
-        for key, item in value.items():
-            if type(key) is not str or (key and max(key) >= _BMP_END) or not _plain(item):
-                return False
-        return True
-    if kind is list or kind is tuple:
-        return all(_plain(item) for item in value)
-    if kind is int:
-        return bool(-_SAFE_INTEGER < value < _SAFE_INTEGER)
-    return value is None or value is True or value is False
-
-
-def _check_finite(value: Any, path: str) -> None:
-    if isinstance(value, float) and not math.isfinite(value):
-        raise InputError(f"{path} is {value}; canonical JSON has no NaN or infinity")
-    if isinstance(value, Mapping):
-        for key, item in value.items():
-            _check_finite(item, f"{path}.{key}")
-    elif isinstance(value, (list, tuple)):
-        for i, item in enumerate(value):
-            _check_finite(item, f"{path}[{i}]")
 
 
 def code_version(root: Path | None = None) -> dict[str, Any]:

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from ledger.chain.records import Relation
 from ledger.config import Secret
+from ledger.ids import Relation
 from ledger.index.indexer import Indexer
 from ledger.store import LocalStore
 from tests.conftest import Chain

@@ -20,8 +20,8 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 
-from ledger.chain.records import Relation
 from ledger.config import Settings
+from ledger.ids import Relation
 from ledger.index.indexer import Indexer
 from ledger.store import LocalStore
 from tests.conftest import Chain

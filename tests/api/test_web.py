@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from ledger.chain.records import Relation
 from ledger.config import Settings
+from ledger.ids import Relation
 from ledger.index.indexer import Indexer
 from ledger.store import LocalStore
 from tests.conftest import Chain, free_port

@@ -13,12 +13,13 @@ import pytest
 
 from ledger.chain.abi import LogDecoder
 from ledger.chain.admin import RegistryAdmin, deploy_registry
-from ledger.chain.records import FinalRecord, Relation, RunStatus, run_id_for
+from ledger.chain.records import FinalRecord, RunStatus, run_id_for
 from ledger.chain.rpc import JsonRpc
 from ledger.chain.sender import Signer
 from ledger.config import ANVIL_DEV_KEY, Secret, Settings
 from ledger.errors import TransactionRevertedError
 from ledger.hashing.merkle import CheckpointLeaf, checkpoint_root
+from ledger.ids import Relation
 from tests.chain.web3_registry import Registry
 from tests.conftest import OTHER_KEYS, Chain
 

@@ -16,6 +16,7 @@ import pytest
 
 from ledger.chain.records import ZERO32
 from ledger.hashing.merkle import CheckpointLeaf, MerkleTree, checkpoint_root, verify_proof
+from ledger.ids import Relation
 from tests.chain.test_registry import (
     MAX_UINT64,
     block_time,
@@ -34,7 +35,6 @@ from tests.chain.web3_registry import (
     COMMITTER_ROLE,
     FinalRecord,
     Registry,
-    Relation,
     RunStatus,
     record_leaf,
 )

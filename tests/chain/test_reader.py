@@ -16,7 +16,8 @@ from ledger.chain.records import checksum_address, run_id_for
 from ledger.config import Settings
 from ledger.errors import ConfigError, RegistryNotDeployedError
 from ledger.hashing.merkle import CheckpointLeaf, MerkleTree, checkpoint_root
-from tests.chain.web3_registry import FinalRecord, Registry, Relation
+from ledger.ids import Relation
+from tests.chain.web3_registry import FinalRecord, Registry
 from tests.conftest import Chain
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

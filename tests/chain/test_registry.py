@@ -30,12 +30,12 @@ from web3.logs import DISCARD
 from ledger.chain.records import ZERO32
 from ledger.errors import TransactionRevertedError
 from ledger.hashing.merkle import CheckpointLeaf, checkpoint_root
+from ledger.ids import Relation
 from tests.chain.web3_registry import (
     ADMIN_ROLE,
     COMMITTER_ROLE,
     FinalRecord,
     Registry,
-    Relation,
     RunStatus,
     TxResult,
     WeightsRecord,

@@ -11,12 +11,13 @@ from pathlib import Path
 import pytest
 from eth_account import Account
 
-from ledger.chain.records import Relation, run_id_for
+from ledger.chain.records import run_id_for
 from ledger.chain.rpc import JsonRpc
 from ledger.chain.sender import Receipt, RegistrySender, Signer, address_of, rlp_encode
 from ledger.config import ANVIL_DEV_KEY, Secret
 from ledger.errors import ConfigError, NonceTooLowError, RpcError, TransactionRevertedError
 from ledger.hashing.merkle import CheckpointLeaf
+from ledger.ids import Relation
 from tests.conftest import OTHER_KEYS, Chain
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -36,7 +36,6 @@ from ledger.chain.records import (
     COMMITTER_ROLE,
     EventLookups,
     FinalRecord,
-    Relation,
     RunRecord,
     RunStatus,
     SignedCall,
@@ -55,6 +54,7 @@ from ledger.errors import (
     TransactionRevertedError,
 )
 from ledger.hashing.merkle import CheckpointLeaf
+from ledger.ids import Relation
 
 __all__ = [
     "ADMIN_ROLE",

@@ -9,7 +9,8 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 
 from ledger.chain.anvil import rpc_call
-from ledger.chain.records import Relation
+from ledger.documents import MANIFEST_SCHEMA, METRICS_SCHEMA, canonical_json
+from ledger.ids import Relation
 from ledger.index.db import current_revision, head_revision
 from ledger.index.indexer import Indexer
 from ledger.index.models import Base, Metric, Parent, Run, Weights
@@ -119,6 +120,25 @@ def test_missing_documents_are_read_once_they_arrive(
         "late",
         "loaded",
     )
+
+
+def test_documents_that_cannot_be_used_are_invalid_with_their_cid(
+    chain: Chain, indexer: Indexer, engine: Engine, data_store: LocalStore
+) -> None:
+    wrong_schema = data_store.put_bytes(canonical_json({"schema": METRICS_SCHEMA, "name": "a"}))
+    not_object = data_store.put_bytes(b"[1, 2]")
+    changed = data_store.put_bytes(canonical_json({"schema": MANIFEST_SCHEMA, "name": "b"}))
+    data_store.path_for(changed).write_bytes(canonical_json({"schema": MANIFEST_SCHEMA}))
+    cids = (wrong_schema, not_object, changed)
+    run_ids = [chain.registry.start_run(cid.digest)[0] for cid in cids]
+    indexer.run_once()
+    runs = _runs(engine)
+    for run_id, cid in zip(run_ids, cids, strict=True):
+        row = runs["0x" + run_id.hex()]
+        assert (row.manifest_state, row.manifest_cid, row.name) == ("invalid", str(cid), None)
+    indexer.retry_missing()  # invalid is final: not read again
+    indexer.run_once()
+    assert {_runs(engine)["0x" + r.hex()].manifest_state for r in run_ids} == {"invalid"}
 
 
 def test_a_reorg_is_rolled_back_and_reread(

@@ -1,4 +1,4 @@
-"""Run manifests and canonical JSON (``ledger.record.manifest``).
+"""Run manifests (``ledger.record.manifest``); canonical JSON is in test_documents.py.
 
 Git state is tested in throw-away repositories made with ``git init`` under
 ``tmp_path``; global and system git configuration is switched off so the
@@ -20,13 +20,13 @@ import numpy as np
 import pytest
 import torch
 
+from ledger.documents import canonical_json
 from ledger.errors import InputError
 from ledger.hashing.cid import file_cid
 from ledger.record.manifest import (
     DIGEST_SCHEMES,
     MANIFEST_SCHEMA,
     build_manifest,
-    canonical_json,
     code_version,
     environment,
     fingerprint,
@@ -71,84 +71,6 @@ def repo(tmp_path: Path) -> Path:
     git(root, "add", "train.py")
     git(root, "commit", "-q", "-m", "first")
     return root
-
-
-# -- canonical JSON (RFC 8785) --------------------------------------------------------
-
-
-def test_canonical_json_sorts_keys_and_drops_whitespace() -> None:
-    doc = {"b": [1, 2, {"z": None, "y": True}], "a": "x", "c": {"k": False}}
-    assert canonical_json(doc) == b'{"a":"x","b":[1,2,{"y":true,"z":null}],"c":{"k":false}}'
-
-
-@pytest.mark.parametrize(
-    ("value", "text"),
-    [
-        (1.0, "1"),
-        (-0.0, "0"),
-        (1e21, "1e+21"),
-        (1e20, "100000000000000000000"),
-        (1e-7, "1e-7"),
-        (0.1, "0.1"),
-        (4.50, "4.5"),
-        (2e-3, "0.002"),
-        (333333333.33333329, "333333333.3333333"),
-        (-5, "-5"),
-        (9007199254740991, "9007199254740991"),
-    ],
-)
-def test_canonical_json_writes_numbers_as_ecmascript_does(value: float, text: str) -> None:
-    assert canonical_json({"n": value}) == b'{"n":' + text.encode() + b"}"
-
-
-def test_canonical_json_matches_the_rfc_8785_example() -> None:
-    # RFC 8785 section 3.2.2 (input) and 3.2.3 (output), as JSON text.
-    source = (
-        '{"numbers": [333333333.33333329, 1E30, 4.50, 2e-3, 0.000000000000000000000000001],'
-        ' "string": "\\u20ac$\\u000F\\u000aA\'\\u0042\\u0022\\u005c\\\\\\"\\/",'
-        ' "literals": [null, true, false]}'
-    )
-    expected = (
-        '{"literals":[null,true,false],"numbers":[333333333.3333333,1e+30,4.5,0.002,1e-27],'
-        '"string":"\u20ac$\\u000f\\nA\'B\\"\\\\\\\\\\"/"}'
-    ).encode()
-    assert canonical_json(json.loads(source)) == expected
-
-
-def test_canonical_json_sorts_keys_by_utf16_code_units() -> None:
-    # U+10000 is D800 DC00 in UTF-16, so it sorts before U+FB33 (RFC 8785 section 3.2.3);
-    # code point or UTF-8 order would put it last.
-    out = canonical_json({"\ufb33": 1, "\U00010000": 2, "a": 0})
-    assert out == '{"a":0,"\U00010000":2,"\ufb33":1}'.encode()
-
-
-def test_canonical_json_is_stable_across_insertion_order() -> None:
-    one = {"x": 1, "y": {"b": 2, "a": [3, {"q": 1, "p": 2}]}}
-    two = {"y": {"a": [3, {"p": 2, "q": 1}], "b": 2}, "x": 1}
-    assert list(one) != list(two)
-    assert canonical_json(one) == canonical_json(two)
-    assert json.loads(canonical_json(one)) == one
-
-
-@pytest.mark.parametrize(
-    ("document", "path"),
-    [
-        ({"lr": float("nan")}, "manifest.lr"),
-        ({"config": {"lr": float("nan")}}, "manifest.config.lr"),
-        ({"config": {"lr": float("inf")}}, "manifest.config.lr"),
-        ({"config": {"sched": [0.1, {"gamma": float("-inf")}]}}, "manifest.config.sched[1].gamma"),
-        ({"metrics": (1.0, float("nan"))}, "manifest.metrics[1]"),
-    ],
-)
-def test_non_finite_numbers_are_refused_by_path(document: dict[str, Any], path: str) -> None:
-    with pytest.raises(InputError) as info:
-        canonical_json(document, what="manifest")
-    assert str(info.value).startswith(path + " is ")
-
-
-def test_non_string_keys_are_an_input_error() -> None:
-    with pytest.raises(InputError, match="canonical JSON"):
-        canonical_json({"a": {1: "x"}})
 
 
 # -- code version ---------------------------------------------------------------------

@@ -13,7 +13,7 @@ from torch import nn
 
 from ledger.chain.records import RunStatus
 from ledger.config import Secret
-from ledger.errors import TransactionRevertedError
+from ledger.errors import BadIdError, InputError, TransactionRevertedError
 from ledger.hashing.merkle import CheckpointLeaf, checkpoint_root
 from ledger.hashing.tensors import state_dict_digest, tensor_digest
 from ledger.store import LocalStore, find_by_digest
@@ -371,3 +371,27 @@ def test_a_file_that_is_no_weights_is_unknown_with_a_reason(chain: Chain, tmp_pa
     assert report.outcome is Outcome.UNKNOWN
     detail = next(c.detail for c in report.checks if c.name == "tensors")
     assert "notes.safetensors" in detail and "not JSON" in detail
+
+
+@pytest.mark.parametrize(
+    ("parent", "relation", "needle"),
+    [
+        ("0x12", "fine-tune", "parent run id: '0x12' is not 32 bytes of hex"),
+        ("0x" + "zz" * 32, "fine-tune", "is not 32 bytes of hex"),
+        (b"short", "fine-tune", "parent run id: 5 bytes given"),
+        ("0x" + "ab" * 32, "cousin", "unknown relation 'cousin'"),
+    ],
+)
+def test_bad_parents_are_input_errors_before_anything_starts(
+    tmp_path: Path, parent: str | bytes, relation: str, needle: str
+) -> None:
+    with pytest.raises(InputError, match=needle) as info:
+        LedgerRun(
+            nn.Linear(1, 1),
+            name="child",
+            config={},
+            out=tmp_path / "m.pt",
+            parents=[(parent, relation)],
+        )
+    assert isinstance(info.value, BadIdError) == (relation != "cousin")
+    assert not (tmp_path / "m.pt").exists()

@@ -20,9 +20,9 @@ from examples.lineage import (
 )
 from examples.price_forecast import Config
 from ledger.chain.reader import RegistryReader
-from ledger.chain.records import Relation
 from ledger.chain.rpc import JsonRpc
 from ledger.hashing.cid import Cid
+from ledger.ids import Relation
 from ledger.store import LocalStore, find_by_digest
 from ledger.verify import Outcome, Verifier
 from tests.cli.test_cli import chain_env, ledger

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from fastapi.responses import Response
 from pydantic import BaseModel
 
 from ledger.api.schemas import ChainFacts, RunSummary, WeightsOut
+from ledger.documents import DocumentKind, read_document
 from ledger.errors import StoreError, StoreUnavailableError
+from ledger.ids import from_hex
 from ledger.index.models import Run, Weights
-from ledger.store import ArtifactStore, find_by_digest
+from ledger.store import ArtifactStore
 
 
 def answer(model: BaseModel, headers: dict[str, str] | None = None) -> Response:
@@ -62,28 +63,24 @@ class Documents:
         self.store = store
         self.store_away = False
 
-    def get(self, digest_hex: str | None) -> dict[str, Any] | None:
-        """The document (None when absent, unreadable or not a JSON object)."""
+    def get(self, digest_hex: str | None, kind: DocumentKind) -> dict[str, Any] | None:
+        """The ``kind`` document (None when missing, invalid or the store is away)."""
         if not digest_hex:
             return None
         try:
-            cid = find_by_digest(self.store, bytes.fromhex(digest_hex[2:]))
-            if cid is None:
-                return None
-            value = json.loads(self.store.get_bytes(cid))
+            return read_document(self.store, from_hex(digest_hex, field="digest"), kind).body
         except StoreUnavailableError:
             self.store_away = True
             return None
-        except (StoreError, json.JSONDecodeError, UnicodeDecodeError):
+        except StoreError:  # missing or invalid: the answer says what the index says
             return None
-        return value if isinstance(value, dict) else None
 
     def headers(self) -> dict[str, str] | None:
         return {"cache-control": "no-store"} if self.store_away else None
 
 
 def weights(documents: Documents, record: Weights) -> WeightsOut:
-    doc = documents.get(record.metrics_digest)
+    doc = documents.get(record.metrics_digest, DocumentKind.METRICS)
     metrics = doc.get("metrics") if doc else None
     named = (doc or {}).get("weights") or {}
     cid = named.get("cid") if isinstance(named, dict) else None

@@ -13,8 +13,8 @@ from ledger.api.routes._convert import answer
 from ledger.api.schemas import LookupOut, LookupRecord
 from ledger.errors import InputError
 from ledger.hashing.cid import Cid
+from ledger.ids import Digest32, to_hex
 from ledger.index import queries
-from ledger.index.filters import run_id_hex
 
 router = APIRouter(tags=["lookup"])
 
@@ -53,11 +53,11 @@ def lookup(
     key, value = given[0]
     digest = tensor_root = None
     if key == "cid":
-        digest = "0x" + Cid.parse(value).digest.hex()
+        digest = to_hex(Cid.parse(value).digest)
     elif key == "digest":
-        digest = run_id_hex(value, "query.digest")
+        digest = str(Digest32.parse(value, field="query.digest"))
     else:
-        tensor_root = run_id_hex(value, "query.tensor_root")
+        tensor_root = str(Digest32.parse(value, field="query.tensor_root"))
     with read_index(state) as session:
         found = queries.find_weights(session, digest=digest, tensor_root=tensor_root)
         runs = queries.runs_by_id(session, [w.run_id for w in found])

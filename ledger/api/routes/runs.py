@@ -23,13 +23,14 @@ from ledger.api.schemas import (
     TaintList,
     TaintOut,
 )
+from ledger.documents import DocumentKind
+from ledger.ids import RunId
 from ledger.index import filters, queries
-from ledger.index.filters import run_id_hex
 from ledger.index.models import Metric
 
 router = APIRouter(tags=["runs"])
 
-RunId = Annotated[
+RunIdParam = Annotated[
     str, Path(max_length=80, description="0x-prefixed 32-byte run id", examples=[RUN_ID])
 ]
 
@@ -151,7 +152,7 @@ def list_runs(
     summary="One run: manifest, checkpoints, metrics, chain facts",
     responses=responses(401, 404, 422, 503),
 )
-def get_run(run_id: RunId, state: State) -> Response:
+def get_run(run_id: RunIdParam, state: State) -> Response:
     """The run from the index, with its manifest and every checkpoint's metrics read
     from the store (documents not in the store are null)."""
     with read_index(state) as session:
@@ -161,7 +162,7 @@ def get_run(run_id: RunId, state: State) -> Response:
         parents = queries.parents_of(session, [run.run_id])
     documents = Documents(state.store)
     converted = [weights(documents, r) for r in records]
-    manifest = documents.get(run.manifest_digest)
+    manifest = documents.get(run.manifest_digest, DocumentKind.MANIFEST)
     return answer(
         RunDetail(
             **summary(run, metrics).model_dump(),
@@ -184,7 +185,7 @@ def get_run(run_id: RunId, state: State) -> Response:
     responses=responses(401, 404, 422, 503),
 )
 def get_lineage(
-    run_id: RunId,
+    run_id: RunIdParam,
     state: State,
     depth: Annotated[int, Query(ge=1, le=50, description="generations each way")] = 10,
 ) -> Response:
@@ -223,12 +224,11 @@ def get_lineage(
     summary="Whether a run or one of its ancestors is revoked",
     responses=responses(401, 404, 422, 503),
 )
-def get_taint(run_id: RunId, state: State) -> Response:
+def get_taint(run_id: RunIdParam, state: State) -> Response:
     with read_index(state) as session:
         sources = queries.revoked_ancestors(session, run_id)
-    out = TaintOut(
-        run_id=run_id_hex(run_id, "run_id"), tainted=bool(sources), revoked_sources=sources
-    )
+    parsed = str(RunId.parse(run_id, field="run_id"))
+    out = TaintOut(run_id=parsed, tainted=bool(sources), revoked_sources=sources)
     return answer(out)
 
 

@@ -20,7 +20,7 @@ from ledger.api.problems import responses
 from ledger.api.schemas import CheckOut, VerifyDigest, VerifyOut
 from ledger.errors import InputError
 from ledger.hashing.cid import Cid
-from ledger.index.filters import run_id_hex
+from ledger.ids import Digest32, RunId
 from ledger.verify import Verifier, VerifyReport
 
 router = APIRouter(tags=["verify"])
@@ -47,7 +47,7 @@ def _out(report: VerifyReport) -> VerifyOut:
 
 
 def _expected(run: str | None) -> bytes | None:
-    return bytes.fromhex(run_id_hex(run, "run")[2:]) if run else None
+    return RunId.parse(run, field="run") if run else None
 
 
 @router.post(
@@ -68,11 +68,11 @@ def verify_digest(body: VerifyDigest, state: State) -> VerifyOut:
     if body.cid:
         report = verifier.verify_cid(Cid.parse(body.cid), expected_run=expected)
     elif body.digest:
-        digest = bytes.fromhex(run_id_hex(body.digest, "body.digest")[2:])
+        digest = Digest32.parse(body.digest, field="body.digest")
         report = verifier.verify_cid(Cid.from_digest(digest, 0x55), expected_run=expected)
     else:
         assert body.tensor_root is not None
-        root = bytes.fromhex(run_id_hex(body.tensor_root, "body.tensor_root")[2:])
+        root = Digest32.parse(body.tensor_root, field="body.tensor_root")
         report = verifier.verify_tensor_root(root, expected_run=expected)
     return _out(report)
 

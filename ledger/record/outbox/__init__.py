@@ -34,11 +34,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ledger.chain.records import Relation, run_id_for
+from ledger.chain.records import run_id_for
 from ledger.config import Secret, Settings, resolve_private_key
+from ledger.documents import canonical_json
 from ledger.errors import ConfigError, InputError, RecordError
 from ledger.hashing.cid import bytes_cid
-from ledger.record.manifest import canonical_json
+from ledger.ids import Relation, to_hex
 from ledger.record.outbox.journal import Entry, Journal
 from ledger.record.outbox.lock import WorkerLock
 from ledger.record.outbox.serve import WorkerThread
@@ -144,11 +145,11 @@ class Outbox:
         """Append a run's start; returns its run id (``0x`` hex), derived locally."""
         text = canonical_json(manifest, what="manifest")
         committer = self.committer()
-        run_id = "0x" + run_id_for(committer, bytes_cid(text).digest).hex()
+        run_id = to_hex(run_id_for(committer, bytes_cid(text).digest))
         payload = {
             "manifest": text.decode(),
             "committer": committer,
-            "parents": [["0x" + p.hex(), int(r)] for p, r in parents],
+            "parents": [[to_hex(p), int(r)] for p, r in parents],
         }
         self._append(run_id, "start", payload)
         return run_id

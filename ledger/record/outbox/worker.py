@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ledger.chain.records import FinalRecord, Relation, RunStatus, checksum_address
+from ledger.chain.records import FinalRecord, RunStatus, checksum_address
 from ledger.config import Secret, Settings
 from ledger.errors import (
     ChainUnavailableError,
@@ -53,6 +53,7 @@ from ledger.errors import (
 )
 from ledger.hashing.cid import Cid
 from ledger.hashing.merkle import CheckpointLeaf, checkpoint_root
+from ledger.ids import Digest32, Relation, RunId, to_hex
 from ledger.record.outbox.journal import Entry, Journal, SavedTx
 from ledger.store import ArtifactStore, open_store, synced_together
 
@@ -285,7 +286,7 @@ class Worker:
 
     def _find_on_chain(self, registry: Registry, entry: Entry) -> tuple[int, str] | None:
         """(block number, tx hash) of the event that records ``entry``, if any."""
-        run_id = bytes.fromhex(entry.run_id[2:])
+        run_id = RunId.parse(entry.run_id, field="journal run_id")
         record = entry.record or {}
         if entry.kind == "start":
             events = registry.events("RunStarted", run_id)
@@ -499,13 +500,11 @@ class Worker:
         """Settle the entries a refusal names; returns the rest of the batch to retry."""
         name, args = exc.error_name, exc.error_args
         named = bytes(args[0]) if args and isinstance(args[0], bytes) else None
-        hit = [e for e in batch if named is not None and e.run_id == "0x" + named.hex()]
+        hit = [e for e in batch if named is not None and e.run_id == to_hex(named)]
         rest = [e for e in batch if e not in hit]
         if name == "RegistryUnknownParent":
             for entry in batch:
-                if any(
-                    p[0] == "0x" + (named or b"").hex() for p in entry.payload.get("parents", [])
-                ):
+                if any(p[0] == to_hex(named or b"") for p in entry.payload.get("parents", [])):
                     self.journal.note_attempt(
                         [entry.id], f"{exc}: the parent run is not on chain yet"
                     )
@@ -538,7 +537,7 @@ class Worker:
         self, registry: Registry, entry: Entry, error_name: str
     ) -> tuple[int, str] | None:
         """Whether a refusal means "recorded already, with this content"."""
-        run_id = bytes.fromhex(entry.run_id[2:])
+        run_id = RunId.parse(entry.run_id, field="journal run_id")
         if entry.kind == "start" and error_name == "RegistryRunExists":
             committer = entry.payload.get("committer", "")
             if registry.get_run(run_id).committer != checksum_address(committer):
@@ -572,7 +571,7 @@ def _leaf(record: dict[str, Any] | None) -> CheckpointLeaf:
     return CheckpointLeaf(
         int(record.get("step", 0)),
         Cid.parse(record["file_cid"]).digest,
-        bytes.fromhex(record["tensor_root"]),
+        Digest32.parse(record["tensor_root"], field="tensor_root"),
         Cid.parse(record["metrics_cid"]).digest,
     )
 
@@ -580,21 +579,22 @@ def _leaf(record: dict[str, Any] | None) -> CheckpointLeaf:
 def _final(record: dict[str, Any]) -> FinalRecord:
     return FinalRecord(
         Cid.parse(record["file_cid"]).digest,
-        bytes.fromhex(record["tensor_root"]),
+        Digest32.parse(record["tensor_root"], field="tensor_root"),
         Cid.parse(record["metrics_cid"]).digest,
-        bytes.fromhex(record["checkpoint_root"]),
+        Digest32.parse(record["checkpoint_root"], field="checkpoint_root"),
         int(record["checkpoint_count"]),
     )
 
 
 def _chain_item(entry: Entry) -> tuple[Any, Any]:
     record = entry.record or {}
-    run_id = bytes.fromhex(entry.run_id[2:])
+    run_id = RunId.parse(entry.run_id, field="journal run_id")
     if entry.kind == "start":
         parents = [
-            (bytes.fromhex(p[2:]), Relation(int(r))) for p, r in entry.payload.get("parents", [])
+            (RunId.parse(p, field="parent run_id"), Relation(int(r)))
+            for p, r in entry.payload.get("parents", [])
         ]
-        return bytes.fromhex(record["manifest_digest"]), parents
+        return Digest32.parse(record["manifest_digest"], field="manifest_digest"), parents
     if entry.kind == "checkpoint":
         return run_id, _leaf(record)
     if entry.kind == "finalize":

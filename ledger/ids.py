@@ -1,0 +1,145 @@
+"""Run ids, digests and relations: one form in memory, one form in text.
+
+In memory a run id or a 32-byte digest (a CID's sha2-256 digest, a tensor
+root, a checkpoint root) is ``bytes``; :class:`Digest32` and :class:`RunId`
+are ``bytes`` that know their length and print as text. In text (JSON, the
+index, the API, messages) it is ``0x`` and lower-case hex: :func:`to_hex`.
+Text from outside (an option, a query parameter, a journal entry) becomes
+bytes through :meth:`Digest32.parse` or :func:`from_hex`, whose one error,
+:class:`~ledger.errors.BadIdError`, names the field and what a valid value
+looks like.
+
+:class:`Relation` is how a run derives from a parent (the contract's enum);
+:func:`label` is the one way its number becomes a word.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import ClassVar, Self
+
+from ledger.errors import BadIdError, InputError
+
+__all__ = ["Digest32", "Relation", "RunId", "from_hex", "label", "to_hex"]
+
+_HEX = frozenset("0123456789abcdefABCDEF")
+
+
+def to_hex(value: bytes) -> str:
+    """``0x`` and the lower-case hex of ``value``: how ids and digests are written.
+
+    ``bytes.hex`` itself, whatever a subclass (web3's ``HexBytes``) makes of ``hex()``.
+    """
+    return "0x" + bytes.hex(value)
+
+
+def from_hex(text: str, *, field: str, size: int | None = 32, kind: str = "value") -> bytes:
+    """The bytes of ``0x``-prefixed (or bare) hex ``text``, of ``size`` bytes
+    unless ``size`` is None; surrounding blanks are ignored.
+
+    Raises :class:`~ledger.errors.BadIdError` naming ``field`` otherwise.
+    """
+    raw = text.strip()
+    if raw[:2] in ("0x", "0X"):
+        raw = raw[2:]
+    if (size is None or len(raw) == 2 * size) and len(raw) % 2 == 0 and _HEX.issuperset(raw):
+        return bytes.fromhex(raw)
+    if size is None:
+        raise BadIdError(f"{field}: {text!r} is not hex", field=field, hint="e.g. 0x12ab...")
+    raise BadIdError(
+        f"{field}: {text!r} is not {size} bytes of hex",
+        field=field,
+        hint=f"a {kind} is 0x and {2 * size} hex digits, e.g. 0x12ab...",
+    )
+
+
+class Digest32(bytes):
+    """32 bytes: a sha2-256 digest, a tensor root, a checkpoint root.
+
+    Equal to (and hashed as) the same plain ``bytes``; ``str()`` gives the
+    ``0x`` hex, as does :attr:`hex0x`.
+    """
+
+    __slots__ = ()
+    kind: ClassVar[str] = "digest"
+
+    def __new__(cls, value: bytes | bytearray | memoryview) -> Self:
+        if len(value) != 32:
+            raise BadIdError(f"a {cls.kind} has 32 bytes, not {len(value)}", field=cls.kind)
+        return super().__new__(cls, value)
+
+    @classmethod
+    def parse(cls, value: str | bytes, *, field: str) -> Self:
+        """``value`` (``0x`` and 64 hex digits, any case; or 32 bytes) as this type.
+
+        The one parser of ids given from outside: a shorter unique prefix of a
+        known run id, should ledger accept one, would be resolved here.
+        """
+        if isinstance(value, bytes):
+            if len(value) != 32:
+                raise BadIdError(
+                    f"{field}: {len(value)} bytes given; a {cls.kind} has 32",
+                    field=field,
+                )
+            return cls(value)
+        return cls(from_hex(value, field=field, kind=cls.kind))
+
+    @property
+    def hex0x(self) -> str:
+        return to_hex(self)
+
+    def __str__(self) -> str:
+        return to_hex(self)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({to_hex(self)!r})"
+
+
+class RunId(Digest32):
+    """A run id: ``keccak256(abi.encode(committer, manifestDigest))``."""
+
+    __slots__ = ()
+    kind: ClassVar[str] = "run id"
+
+
+class Relation(enum.IntEnum):
+    """How a run derives from a parent; values match the contract's enum."""
+
+    NONE = 0
+    FINE_TUNE = 1
+    DISTILLATION = 2
+    PRUNING = 3
+    QUANTIZATION = 4
+    RESUME = 5
+    SWEEP_TRIAL = 6
+    OTHER = 7
+
+    @property
+    def label(self) -> str:
+        """``fine-tune``, ``sweep-trial``...: the relation as ledger writes it."""
+        return self.name.lower().replace("_", "-")
+
+    @classmethod
+    def parse(cls, text: str | Relation) -> Relation:
+        """A relation by its label (``fine-tune``, ``FINE_TUNE``...), or as given
+        when it is one already; never ``none``.
+
+        Raises :class:`~ledger.errors.InputError` (a ``ValueError``) naming the
+        labels that exist.
+        """
+        if isinstance(text, Relation):
+            return text
+        key = text.strip().upper().replace("-", "_")
+        if key in cls.__members__ and key != "NONE":
+            return cls[key]
+        names = ", ".join(m.label for m in cls if m is not cls.NONE)
+        raise InputError(f"unknown relation {text!r}; use one of: {names}")
+
+
+def label(code: int) -> str:
+    """The label of the contract's relation number; ``relation-<n>`` for a number
+    this version of ledger does not know (a newer contract's)."""
+    try:
+        return Relation(code).label
+    except ValueError:
+        return f"relation-{code}"
