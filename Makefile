@@ -29,12 +29,13 @@ $(NODE_STAMP): package.json package-lock.json
 demo: setup
 	$(PY) -m examples.demo
 
-## test: ruff, mypy and the whole test suite against a real Anvil and a real IPFS node
+## test: ruff (check and format), mypy and the whole test suite against a real Anvil and a real IPFS node
 test: setup ipfs-node browser lint typecheck
 	$(PY) -m pytest
 
 lint: setup
 	$(VENV)/bin/ruff check ledger training tests bench examples
+	$(VENV)/bin/ruff format --check ledger training tests bench examples
 
 typecheck: setup
 	$(VENV)/bin/mypy

@@ -463,9 +463,7 @@ def main() -> None:
         else None,
         "goal_p99_ms": 50,
         "goal_events_per_s": 5000,
-        "goals_met": measured["p99_ms"] <= 50
-        and measured["errors"] == 0
-        and total_rate >= 5000,
+        "goals_met": measured["p99_ms"] <= 50 and measured["errors"] == 0 and total_rate >= 5000,
         "cpus": os.cpu_count(),
     }
     print(json.dumps(figures))

@@ -139,7 +139,7 @@ def _ipfs_api(env: Mapping[str, str], file: dict[str, Any], data_dir: Path) -> s
     if not isinstance(value, str):
         raise ConfigError(
             f"field 'ipfs_api' in {data_dir / CONFIG_FILE} must be a string",
-            hint="e.g. \"/ip4/127.0.0.1/tcp/5001/http\" or \"http://127.0.0.1:5001\"",
+            hint='e.g. "/ip4/127.0.0.1/tcp/5001/http" or "http://127.0.0.1:5001"',
         )
     return value
 

@@ -76,7 +76,7 @@ def test_every_document_hashes_as_rfc8785_says(document: Any) -> None:
         {"\ue000": 1, "\U0001f600": 2},  # UTF-16 order puts the astral key first
         {"x": 1e21, "y": 1e16, "z": 0.1, "w": -0.0, "v": 5e-324},  # ECMAScript number text
         {"big": 2**53 - 1, "neg": -(2**53) + 1},
-        {"controls": "\x00\x08\t\n\x0b\x0c\r\x1f\x7f\"\\/"},
+        {"controls": '\x00\x08\t\n\x0b\x0c\r\x1f\x7f"\\/'},
     ],
 )
 def test_the_corner_cases_of_both_writers(document: dict[str, Any]) -> None:

@@ -92,5 +92,3 @@ def test_an_unknown_relation_label_is_an_input_error_listing_the_labels(text: st
         Relation.parse(text)
     assert "fine-tune" in str(info.value)
     assert "none," not in str(info.value)
-
-

@@ -550,9 +550,7 @@ def _update(connection: Connection, table: Table, key: str, rows: list[dict[str,
         f"UPDATE {quote(table.name)} SET {', '.join(f'{quote(c)} = {mark}' for c in columns)} "
         f"WHERE {quote(key)} = {mark}"
     )
-    connection.exec_driver_sql(
-        statement, [(*(row[c] for c in columns), row[key]) for row in rows]
-    )
+    connection.exec_driver_sql(statement, [(*(row[c] for c in columns), row[key]) for row in rows])
 
 
 def _chunks(items: Sequence[str], size: int) -> Iterable[Sequence[str]]:

@@ -86,5 +86,3 @@ def open_store(settings: Settings) -> ArtifactStore:
 
         return IpfsStore(settings.ipfs_api)
     return LocalStore(settings.store_dir)
-
-

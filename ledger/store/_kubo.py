@@ -266,6 +266,5 @@ def _decode_json(body: bytes | str, command: str, address: ApiAddress) -> Any:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise StoreError(
             f"the IPFS node at {address} answered `{command}` with something that is not JSON",
-            hint="check that the address is a Kubo RPC API (port 5001 by default), "
-            "not a gateway",
+            hint="check that the address is a Kubo RPC API (port 5001 by default), not a gateway",
         ) from exc

@@ -138,8 +138,7 @@ def list_runs(
                 metrics.setdefault(owner, {})[metric_name] = float(metric_value)
         out = RunPage(
             runs=[
-                summary(r, metrics.get(r.run_id, {}) if with_metrics else None)
-                for r in page.runs
+                summary(r, metrics.get(r.run_id, {}) if with_metrics else None) for r in page.runs
             ],
             next_cursor=page.next_cursor,
         )
@@ -238,9 +237,7 @@ def get_taint(run_id: RunIdParam, state: State) -> Response:
     summary="Every run descending from a revoked run",
     responses=responses(401, 503),
 )
-def list_tainted(
-    state: State, limit: Annotated[int, Query(ge=1, le=10000)] = 1000
-) -> Response:
+def list_tainted(state: State, limit: Annotated[int, Query(ge=1, le=10000)] = 1000) -> Response:
     with read_index(state) as session:
         tainted, truncated = queries.tainted_runs(session, limit=limit)
         known = queries.runs_by_id(session, tainted)

@@ -433,10 +433,14 @@ class Journal:
     def open_by_committer(self) -> dict[str, int]:
         """Open entries (pending, stored, sent) per the committer their run's start
         names, lower-case (``""`` for runs whose start is not in this journal)."""
-        rows = self._db().execute(
-            "SELECT run_id, COUNT(*) FROM entries WHERE state IN ('pending', 'stored', 'sent')"
-            " GROUP BY run_id"
-        ).fetchall()
+        rows = (
+            self._db()
+            .execute(
+                "SELECT run_id, COUNT(*) FROM entries WHERE state IN ('pending', 'stored', 'sent')"
+                " GROUP BY run_id"
+            )
+            .fetchall()
+        )
         committers = self.run_committers({str(run_id) for run_id, _ in rows})
         found: dict[str, int] = {}
         for run_id, count in rows:
@@ -453,9 +457,7 @@ class Journal:
         found = dict(self._db().execute(sql + " GROUP BY state", args).fetchall())
         return {state: int(found.get(state, 0)) for state in STATES}
 
-    def open_count(
-        self, run_id: str | Sequence[str] | None = None, upto: int | None = None
-    ) -> int:
+    def open_count(self, run_id: str | Sequence[str] | None = None, upto: int | None = None) -> int:
         """Entries not yet confirmed nor failed (optionally of one run or of some
         runs, up to an id)."""
         sql = "SELECT COUNT(*) FROM entries WHERE state IN ('pending', 'stored', 'sent')"

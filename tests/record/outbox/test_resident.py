@@ -43,9 +43,7 @@ def parent_of(pid: int) -> int:
     return int(stat[1])
 
 
-def test_the_next_run_hands_its_records_to_the_resident_worker(
-    node: Node, tmp_path: Path
-) -> None:
+def test_the_next_run_hands_its_records_to_the_resident_worker(node: Node, tmp_path: Path) -> None:
     first = Training(node, tmp_path / "first.pt", epochs=3, pause=0.05, **KEEP)
     first.wait_for("done")
     err = first.finish()  # returns although its worker lives on: no pipe of ours is held
@@ -111,9 +109,10 @@ def test_a_run_with_other_settings_gets_a_worker_of_its_own(node: Node, tmp_path
     assert_once(node, run_id_of(second), steps=3)
     registry = node.registry()
     started = registry.get_run(bytes.fromhex(run_id_of(second)[2:]))
-    assert started.committer.lower() != registry.get_run(
-        bytes.fromhex(run_id_of(first)[2:])
-    ).committer.lower()
+    assert (
+        started.committer.lower()
+        != registry.get_run(bytes.fromhex(run_id_of(first)[2:])).committer.lower()
+    )
     node.cli("sync")
 
 
@@ -146,9 +145,7 @@ def test_another_user_cannot_make_the_resident_worker_step_aside(
         os.setgid(65534)
         os.setuid(65534)
 
-    subprocess.run(
-        ["/usr/bin/python3", "-c", STRANGER, name_hex], preexec_fn=as_nobody, check=True
-    )
+    subprocess.run(["/usr/bin/python3", "-c", STRANGER, name_hex], preexec_fn=as_nobody, check=True)
     second = Training(node, tmp_path / "second.pt", epochs=2, pause=0.05, **KEEP)
     second.wait_for("done")
     second.finish()
@@ -174,9 +171,7 @@ def test_an_attached_run_still_batches_its_checkpoints(node: Node, tmp_path: Pat
     node.cli("sync")
 
 
-def test_a_run_does_not_wait_at_exit_for_another_keys_records(
-    node: Node, tmp_path: Path
-) -> None:
+def test_a_run_does_not_wait_at_exit_for_another_keys_records(node: Node, tmp_path: Path) -> None:
     from dataclasses import replace
 
     from ledger.config import Secret
@@ -188,9 +183,7 @@ def test_a_run_does_not_wait_at_exit_for_another_keys_records(
         replace(load_settings(node.home), private_key=Secret(OTHER_KEYS[1])), background=False
     )
     their_run = theirs.start_run({"schema": "ledger.manifest/v1", "name": "theirs"})
-    training = Training(
-        node, tmp_path / "mine.pt", epochs=2, pause=0.05, LEDGER_FLUSH_TIMEOUT="20"
-    )
+    training = Training(node, tmp_path / "mine.pt", epochs=2, pause=0.05, LEDGER_FLUSH_TIMEOUT="20")
     training.wait_for("done")
     err = training.finish()
     # its own records went out; the other key's start waits for a worker with that key,

@@ -274,9 +274,13 @@ def upload(node: IpfsNode, data: bytes, params: dict[str, str]) -> bytes:
     """A raw ``add`` through the node's API, around the store."""
     boundary = "test-boundary"
     body = (
-        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="f"\r\n'
-        "Content-Type: application/octet-stream\r\n\r\n"
-    ).encode() + data + f"\r\n--{boundary}--\r\n".encode()
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="f"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n"
+        ).encode()
+        + data
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
     request = urllib.request.Request(
         f"{node.url}/api/v0/add?{urllib.parse.urlencode(params)}",
         data=body,
