@@ -89,20 +89,32 @@ def test_nothing_is_sent_to_an_address_without_the_registry(chain: Chain, tmp_pa
     assert lines[-1].startswith("reachable again")
 
 
+# runtime code that answers any call with the ABI string "1": it takes `version()`
+# like the registry does, and any transaction with status 1, and records nothing
+ANSWERS_ANYTHING = (
+    "0x"
+    "6020600052"  # mstore(0x00, 0x20): the offset
+    "6001602052"  # mstore(0x20, 1): the length
+    "7f31" + "00" * 31 + "604052"  # mstore(0x40, "1")
+    "60606000f3"  # return(0x00, 0x60)
+)
+
+
 def test_a_receipt_without_the_registry_event_confirms_nothing(
     chain: Chain, tmp_path: Path
 ) -> None:
-    """Code that accepts any call (status 1) but is not the registry: no record is
-    confirmed from a receipt that lacks the record's event."""
+    """Code that answers like the registry and takes every transaction (status 1) but
+    is not the registry: no record is confirmed from a receipt that lacks the
+    record's event, and nothing more is sent to that code."""
     outbox = Outbox(chain.settings(tmp_path / "ledger"), background=False)
     w = quiet_worker(outbox)
     address = chain.registry.address
-    rpc_call(chain.rpc_url, "anvil_setCode", [address, "0x00"])  # STOP: every call succeeds
+    rpc_call(chain.rpc_url, "anvil_setCode", [address, ANSWERS_ANYTHING])
     run_id = outbox.start_run(manifest("not-the-registry"))
     result = w.run_once()
     [entry] = outbox.journal.entries()
-    assert entry.state != "confirmed"
-    assert result.waiting_on is not None and "RunStarted" in result.waiting_on
+    assert entry.state == "stored" and "no registry event" in (entry.error or "")
+    assert result.waiting_on is not None and "not the registry" in result.waiting_on
     before = nonce(chain.rpc_url, chain.admin.address)
     w.run_once()  # the same code again: not sent again
     assert nonce(chain.rpc_url, chain.admin.address) == before
@@ -203,7 +215,7 @@ class OwnChain:
 
     def deploy(self) -> Settings:
         base = Settings(data_dir=self.home, rpc_url=self.anvil.rpc_url)
-        registry, tx = deploy_registry(base)
+        registry, _tx = deploy_registry(base)
         save_deployment(base, address=registry.address, chain_id=registry.chain_id, block=0)
         return load_settings(self.home)
 
@@ -237,7 +249,8 @@ def own(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[OwnChain]:
 
 def test_a_chain_restarted_under_a_connected_worker(own: OwnChain, tmp_path: Path) -> None:
     """The transport reconnects silently to a new chain on the same port: the worker
-    notices the new genesis, sends nothing before the registry is deployed again, then
+    notices that the blocks of its confirmed records are gone (Anvil's genesis is the
+    same on every start), sends nothing before the registry is deployed again, then
     recommits what the old chain held; the journal keeps the chain's identity."""
     settings = own.deploy()
     outbox = Outbox(settings, background=False)
@@ -254,7 +267,7 @@ def test_a_chain_restarted_under_a_connected_worker(own: OwnChain, tmp_path: Pat
     result = w.run_once()
     assert result.waiting_on is not None and "no contract at" in result.waiting_on
     assert nonce(own.anvil.rpc_url, DEV_ADDRESS) == 0  # nothing sent: the deploy nonce is free
-    assert outbox.journal.counts()["confirmed"] == 0  # all suspect: the chain changed
+    assert outbox.journal.counts()["confirmed"] == 0  # none is on the new chain
     assert own.deploy().registry_address == settings.registry_address  # same deployer nonce
     w.run_once()
     registry = own.registry()
@@ -262,8 +275,8 @@ def test_a_chain_restarted_under_a_connected_worker(own: OwnChain, tmp_path: Pat
     assert len(events(registry, "RunFinalized", first)) == 1
     assert len(events(registry, "RunStarted", second)) == 1
     assert outbox.journal.counts()["confirmed"] == 3
-    new_identity = outbox.journal.chain_identity()
-    assert new_identity is not None and new_identity[1] != old_identity[1]
+    genesis = rpc_call(own.anvil.rpc_url, "eth_getBlockByNumber", ["0x0", False])
+    assert outbox.journal.chain_identity() == (31337, genesis["hash"])  # type: ignore[index]
 
 
 # -- #19.3 revocations survive a chain reset --------------------------------------------------
@@ -294,3 +307,35 @@ def test_a_revocation_is_recommitted_after_a_chain_reset(own: OwnChain, tmp_path
     assert outcome() is Outcome.REVOKED
     [event] = events(own.registry(), "RunRevoked", run_id)
     assert event["reason"] == "leaked data"
+
+
+def test_a_version_1_journal_is_upgraded_in_place(tmp_path: Path) -> None:
+    """Journals written before the ``revoke`` kind keep their entries and take revocations."""
+    import sqlite3
+
+    from ledger.record.outbox import journal
+
+    path = tmp_path / "outbox.sqlite"
+    db = sqlite3.connect(path)
+    db.executescript(journal._SCHEMA.replace("'fail', 'revoke')", "'fail')"))
+    db.execute("INSERT INTO meta VALUES ('schema', '1')")
+    db.execute(
+        "INSERT INTO entries (run_id, kind, payload, created_at, updated_at)"
+        " VALUES ('0x01', 'start', '{}', 1, 1)"
+    )
+    db.commit()
+    db.close()
+    upgraded = journal.Journal(path)
+    upgraded.append_confirmed(
+        "0x01",
+        "revoke",
+        {"reason": "r"},
+        {"reason": "r"},
+        block_number=1,
+        block_hash="0x00",
+        registry="0x00",
+        tx_hash="0x00",
+        chain_id=31337,
+    )
+    assert [(e.id, e.kind) for e in upgraded.entries()] == [(1, "start"), (2, "revoke")]
+    assert journal.Journal(path).entries()[1].state == "confirmed"  # opened again: no upgrade
