@@ -154,11 +154,25 @@ def _int_or_none(value: Any, name: str, data_dir: Path) -> int | None:
 
 def save_deployment(settings: Settings, *, address: str, chain_id: int, block: int) -> Path:
     """Record a deployment in the config file, keeping its other fields."""
+    return _update_config(
+        settings,
+        rpc_url=settings.rpc_url,
+        registry_address=address,
+        chain_id=chain_id,
+        deploy_block=block,
+    )
+
+
+def save_rpc_url(settings: Settings, url: str) -> Path:
+    """Record the chain's URL in the config file (``ledger chain up``), keeping its
+    other fields, so the next command of this data directory talks to that chain."""
+    return _update_config(settings, rpc_url=url)
+
+
+def _update_config(settings: Settings, **fields: Any) -> Path:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     data = read_config_file(settings.data_dir)
-    data.update(
-        rpc_url=settings.rpc_url, registry_address=address, chain_id=chain_id, deploy_block=block
-    )
+    data.update(fields)
     path = settings.config_path
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".config-", suffix=".json")
     try:

@@ -3,7 +3,11 @@
 The chain keeps its state in ``<data dir>/chain/state.json``: Anvil dumps it
 every second (``--state-interval 1``) and on SIGTERM, and loads it at start, so
 a crash loses at most about a second of blocks. ``ledger chain down`` sends
-SIGTERM for a clean dump. The binary is ``LEDGER_ANVIL`` when set, else ``anvil``
+SIGTERM for a clean dump. One data directory runs one chain: its pid file
+(``chain/anvil.pid``) holds the pid and the URL, and a pid counts only while it
+is that anvil on that port (its command line says so), so a chain on another
+port, or a process that took over a stale pid, is never reported or stopped as
+this one. The binary is ``LEDGER_ANVIL`` when set, else ``anvil``
 on PATH (Foundry's ``foundryup`` installs it), else the one npm installed from
 ``@foundry-rs/anvil-linux-amd64`` (``npm ci`` in a checkout); see :func:`find_anvil`.
 """
@@ -11,6 +15,7 @@ on PATH (Foundry's ``foundryup`` installs it), else the one npm installed from
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import shutil
 import signal
@@ -124,9 +129,12 @@ class AnvilProcess:
     def log_file(self) -> Path:
         return self.chain_dir / "anvil.log"
 
-    def pid(self) -> int | None:
+    def recorded(self) -> tuple[int, str | None] | None:
+        """The pid file's (pid, URL) if its process is alive and is an anvil (the URL
+        is None in a pid file of an older ledger); whatever port it serves."""
         try:
-            pid = int(self.pid_file.read_text().split()[0])
+            fields = self.pid_file.read_text().split()
+            pid = int(fields[0])
         except (OSError, ValueError, IndexError):
             return None
         try:
@@ -134,7 +142,24 @@ class AnvilProcess:
         except ProcessLookupError:
             return None
         except PermissionError:
-            return pid
+            pass
+        args = _command_line(pid)
+        if args is not None and not (args and "anvil" in Path(args[0]).name):
+            return None  # the pid was reused by another program
+        url = fields[1] if len(fields) > 1 else _url_of(args)
+        return pid, url
+
+    def pid(self) -> int | None:
+        """The pid of this data directory's anvil on this host and port, if it runs."""
+        found = self.recorded()
+        if found is None:
+            return None
+        pid, url = found
+        if url is not None and url != self.rpc_url:
+            return None  # this data directory's chain, on another port
+        args = _command_line(pid)
+        if args is not None and _url_of(args) not in (None, self.rpc_url):
+            return None
         return pid
 
     def answers(self) -> bool:
@@ -149,6 +174,14 @@ class AnvilProcess:
         existing = self.pid()
         if existing is not None and self.answers():
             return existing
+        other = self.recorded()
+        if other is not None and other[1] not in (None, self.rpc_url):
+            raise ChainError(
+                f"this data directory's chain already runs at {other[1]} (pid {other[0]}); "
+                "one data directory runs one chain",
+                hint=f"stop it with `ledger chain down`, or use another --data-dir for "
+                f"a chain at {self.rpc_url}",
+            )
         if self.answers():
             raise ChainError(
                 f"something else already answers at {self.rpc_url}",
@@ -166,7 +199,7 @@ class AnvilProcess:
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
-        self.pid_file.write_text(f"{proc.pid}\n")
+        self.pid_file.write_text(f"{proc.pid} {self.rpc_url}\n")
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if proc.poll() is not None:
@@ -184,7 +217,8 @@ class AnvilProcess:
         """SIGTERM (Anvil then dumps its state); returns False if it was not running."""
         pid = self.pid()
         if pid is None:
-            self.pid_file.unlink(missing_ok=True)
+            if self.recorded() is None:  # stale; a live chain on another port keeps its file
+                self.pid_file.unlink(missing_ok=True)
             return False
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
@@ -214,6 +248,26 @@ class AnvilProcess:
             chain_id=as_int(chain_id),
             block_number=as_int(block),
         )
+
+
+def _command_line(pid: int) -> list[str] | None:
+    """A process's arguments (Linux ``/proc``), or None where they cannot be read."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+
+
+def _url_of(args: list[str] | None) -> str | None:
+    """The URL an anvil started with ``--host H --port P`` (as :class:`AnvilProcess`
+    starts it) serves, or None when its arguments do not say."""
+    if not args:
+        return None
+    options = dict(itertools.pairwise(args))
+    if "--port" not in options:
+        return None
+    return f"http://{options.get('--host', '127.0.0.1')}:{options['--port']}"
 
 
 def _reap(pid: int) -> None:

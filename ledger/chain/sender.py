@@ -66,6 +66,8 @@ class Receipt:
     gas_used: int
     contract_address: str | None = None
     """The contract a deployment created (None for calls)."""
+    logs: tuple[dict[str, Any], ...] = ()
+    """The raw logs the transaction emitted (``eth_getLogs`` entries)."""
 
 
 class Signer:
@@ -145,7 +147,7 @@ class RegistrySender(RegistryReader):
         """Calldata committing ``items`` of one kind in one transaction.
 
         ``start``: (manifest digest, parents); ``checkpoint``: (run id, leaf);
-        ``finalize``: (run id, FinalRecord); ``fail``: one (run id, reason).
+        ``finalize``: (run id, FinalRecord); ``fail`` and ``revoke``: one (run id, reason).
         """
         if kind == "start":
             starts = [(m, [(p, int(r)) for p, r in parents]) for m, parents in items]
@@ -157,6 +159,9 @@ class RegistrySender(RegistryReader):
         if kind == "fail" and len(items) == 1:
             run_id, reason = items[0]
             return self._calldata("markFailed", [run_id, reason])
+        if kind == "revoke" and len(items) == 1:
+            run_id, reason = items[0]
+            return self._calldata("revokeRun", [run_id, reason])
         raise ValueError(f"no batch call for {len(items)} {kind!r} items")
 
     def _calldata(self, function: str, args: Sequence[Any]) -> bytes:
@@ -234,6 +239,7 @@ class RegistrySender(RegistryReader):
             block_hash=str(found["blockHash"]),
             gas_used=as_int(found["gasUsed"]),
             contract_address=checksum_address(str(created)) if created else None,
+            logs=tuple(log for log in found.get("logs") or () if isinstance(log, dict)),
         )
 
     def wait_for_receipt(self, tx_hash: str, timeout: float) -> Receipt | None:
@@ -255,6 +261,18 @@ class RegistrySender(RegistryReader):
     def mined_nonce(self, sender: str) -> int:
         """How many transactions of ``sender`` are mined (its next nonce in a block)."""
         return as_int(self.rpc("eth_getTransactionCount", checksum_address(sender), "latest"))
+
+    def block_hashes(self, numbers: Sequence[int]) -> dict[int, str | None]:
+        """The hashes of blocks ``numbers`` on the chain now (None beyond its head),
+        a few hundred per batch request."""
+        found: dict[int, str | None] = {}
+        wanted = sorted(set(numbers))
+        for start in range(0, len(wanted), 256):
+            chunk = wanted[start : start + 256]
+            answers = self.rpc.batch([("eth_getBlockByNumber", [hex(n), False]) for n in chunk])
+            for number, block in zip(chunk, answers, strict=True):
+                found[number] = str(block["hash"]) if block else None
+        return found
 
     def block_hash(self, number: int) -> str | None:
         """The hash of block ``number`` on the chain now, or None beyond its head."""

@@ -16,27 +16,49 @@ chain_app = typer.Typer(
 app.add_typer(chain_app)
 
 
-def _anvil(data_dir: Path | None, port: int) -> Any:
+DEFAULT_PORT = 8545
+
+
+def _anvil(data_dir: Path | None, port: int | None) -> Any:
+    """The data directory's local chain; without ``--port``, the one it runs (its pid
+    file says where), else the port of its configured URL when that is local, else 8545."""
+    import urllib.parse
+
     from ledger.chain.anvil import AnvilProcess
 
-    return AnvilProcess(load_settings(data_dir).chain_dir, port=port)
+    settings = load_settings(data_dir)
+    anvil = AnvilProcess(settings.chain_dir, port=port or DEFAULT_PORT)
+    if port is None:
+        running = anvil.recorded()
+        url = running[1] if running is not None and running[1] else settings.rpc_url
+        parts = urllib.parse.urlsplit(url)
+        if parts.hostname in ("127.0.0.1", "localhost") and parts.port:
+            anvil.port = parts.port
+    return anvil
 
 
 @chain_app.command("up")
 def chain_up(
     data_dir: Annotated[Path | None, DATA_DIR.typer()] = None,
-    port: Annotated[int, PORT.typer()] = 8545,
+    port: Annotated[int | None, PORT.typer()] = None,
 ) -> None:
-    """Start a local Anvil with persistent state in the data directory."""
+    """Start a local Anvil with persistent state in the data directory, and record its
+    URL in the data directory's config (the next commands use it). Without --port: the
+    port of the configured URL when it is local, else 8545."""
+    from ledger.config import read_config_file, save_rpc_url
+
+    settings = load_settings(data_dir)
     anvil = _anvil(data_dir, port)
     pid = anvil.start()
+    if read_config_file(settings.data_dir).get("rpc_url") != anvil.rpc_url:
+        save_rpc_url(settings, anvil.rpc_url)
     typer.echo(f"anvil running at {anvil.rpc_url} (pid {pid}, state in {anvil.state_file})")
 
 
 @chain_app.command("down")
 def chain_down(
     data_dir: Annotated[Path | None, DATA_DIR.typer()] = None,
-    port: Annotated[int, PORT.typer()] = 8545,
+    port: Annotated[int | None, PORT.typer()] = None,
 ) -> None:
     """Stop the local Anvil cleanly (its state is saved)."""
     anvil = _anvil(data_dir, port)
@@ -46,7 +68,7 @@ def chain_down(
 @chain_app.command("status")
 def chain_status(
     data_dir: Annotated[Path | None, DATA_DIR.typer()] = None,
-    port: Annotated[int, PORT.typer()] = 8545,
+    port: Annotated[int | None, PORT.typer()] = None,
     as_json: Annotated[bool, JSON.typer()] = False,
 ) -> None:
     """Show whether the local chain answers, its chain id and block height."""

@@ -122,9 +122,24 @@ def revoke(
 ) -> None:
     """Revoke a run (its committer or an admin may); its descendants become tainted."""
     from ledger.chain.admin import RegistryAdmin
+    from ledger.record.outbox import Journal, journal_path
 
     run_id = RunId.parse(run, field="run id")
-    tx = RegistryAdmin.connect(load_settings(data_dir)).revoke_run(run_id, reason)
+    settings = load_settings(data_dir)
+    admin = RegistryAdmin.connect(settings)
+    tx = admin.revoke_run(run_id, reason)
+    # journaled, so `ledger sync` recommits it if the chain loses it (a reset, a reorg)
+    Journal(journal_path(settings)).append_confirmed(
+        to_hex(run_id),
+        "revoke",
+        {"reason": reason, "revoker": admin.signer.address},
+        {"reason": reason},
+        block_number=tx.block_number,
+        block_hash=admin.block_hash(tx.block_number) or "",
+        registry=admin.address,
+        tx_hash=tx.tx_hash,
+        chain_id=admin.chain_id,
+    )
     typer.echo(f"revoked in tx {tx.tx_hash} (block {tx.block_number})")
 
 

@@ -6,6 +6,7 @@ tests/test_packaging.py, where ledger runs from a wheel in its own virtualenv.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import stat
@@ -105,3 +106,41 @@ def test_anvil_on_path_is_used(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.delenv("LEDGER_ANVIL", raising=False)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     assert find_anvil() == bin_dir / "anvil"
+
+
+def test_a_chain_on_another_port_is_never_taken_for_this_one(tmp_path: Path) -> None:
+    """One data directory, one chain: asked about another port, the pid file's chain is
+    neither reported nor stopped, and a second chain there is refused in one line."""
+    from ledger.chain.anvil import AnvilProcess
+    from ledger.errors import ChainError
+
+    first = AnvilProcess(tmp_path / "chain", port=free_port())
+    other = AnvilProcess(tmp_path / "chain", port=free_port())
+    pid = first.start(persist=False)
+    try:
+        assert first.pid() == pid and other.pid() is None
+        assert other.status().pid is None and not other.status().running
+        assert other.stop() is False and first.answers()  # not stopped through the wrong port
+        with pytest.raises(ChainError, match=f"already runs at {first.rpc_url}"):
+            other.start(persist=False)
+        assert not other.answers()
+    finally:
+        assert first.stop() is True
+
+
+def test_chain_up_records_its_url_for_the_next_commands(tmp_path: Path) -> None:
+    port = str(free_port())
+    home = tmp_path / "home"
+    env = {"LEDGER_HOME": str(home)}  # no LEDGER_RPC_URL: the config file decides
+    try:
+        up = ledger("chain", "up", "--port", port, env=env)
+        assert up.returncode == 0, up.stderr
+        config = json.loads((home / "config.json").read_text())
+        assert config["rpc_url"] == f"http://127.0.0.1:{port}"
+        status = ledger("chain", "status", "--json", env=env)  # no --port
+        assert status.returncode == 0 and json.loads(status.stdout)["pid"] is not None
+        deployed = ledger("deploy", env=env)  # talks to the chain it started
+        assert deployed.returncode == 0, deployed.stderr
+    finally:
+        down = ledger("chain", "down", env=env)
+    assert down.stdout.strip() == "anvil stopped", down.stdout + down.stderr

@@ -11,6 +11,14 @@ An entry moves through these states, each change one SQLite transaction:
 ``failed``    refused for good (the reason is kept; ``ledger sync --retry-failed``
               puts it back).
 
+Kinds are the run's records (``start``, ``checkpoint``, ``finalize``, ``fail``)
+and ``revoke``, which ``ledger revoke`` appends already confirmed once its
+transaction is mined: every change of a run's state on chain is in the journal,
+so a reset chain gets all of them back, in order. Confirmed entries keep their
+block number and hash, and ``meta`` keeps the identity of the chain they were
+confirmed on (chain id, genesis block hash): the worker compares both with the
+chain it talks to and recommits what the chain no longer holds.
+
 The signed transaction is written before it is broadcast, so a process killed
 while a transaction is in flight leaves the exact bytes behind: the next worker
 rebroadcasts them (same nonce, same hash) instead of signing the records again,
@@ -34,16 +42,17 @@ from typing import Any, Literal
 
 from ledger.errors import RecordError
 
-Kind = Literal["start", "checkpoint", "finalize", "fail"]
+Kind = Literal["start", "checkpoint", "finalize", "fail", "revoke"]
 STATES = ("pending", "stored", "sent", "confirmed", "failed")
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the ``revoke`` kind (a version 1 file is upgraded in place)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS entries (
     id           INTEGER PRIMARY KEY AUTOINCREMENT,
     run_id       TEXT NOT NULL,
-    kind         TEXT NOT NULL CHECK (kind IN ('start', 'checkpoint', 'finalize', 'fail')),
+    kind         TEXT NOT NULL
+                 CHECK (kind IN ('start', 'checkpoint', 'finalize', 'fail', 'revoke')),
     step         INTEGER,
     state        TEXT NOT NULL DEFAULT 'pending'
                  CHECK (state IN ('pending', 'stored', 'sent', 'confirmed', 'failed')),
@@ -160,6 +169,8 @@ class Journal:
             found = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
             if found is None:
                 db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+            elif int(found[0]) == 1:
+                _upgrade_from_1(db)
             elif int(found[0]) != SCHEMA_VERSION:
                 raise RecordError(
                     f"{path} has outbox schema {found[0]}; this ledger reads {SCHEMA_VERSION}",
@@ -286,35 +297,112 @@ class Journal:
         rows = self._db().execute(f"SELECT * FROM entries {where} ORDER BY id", args)
         return [Entry.from_row(row) for row in rows]
 
-    def confirmed_blocks(self, registry: str) -> Iterator[tuple[int, set[str]]]:
-        """Blocks holding confirmed entries of ``registry``, newest first, each with
-        the block hashes its entries recorded; read lazily, so a walk that stops at
-        the first canonical block reads one or two index entries, not the history."""
-        numbers = self._db().execute(
-            "SELECT DISTINCT block_number FROM entries WHERE state = 'confirmed'"
-            " AND registry = ? AND block_number IS NOT NULL ORDER BY block_number DESC",
+    # -- the chain the confirmed entries are on ---------------------------------
+
+    def chain_identity(self) -> tuple[int, str] | None:
+        """(chain id, genesis block hash) of the chain the confirmed entries were last
+        checked against, or None before the first check."""
+        rows = dict(
+            self._db()
+            .execute("SELECT key, value FROM meta WHERE key IN ('chain_id', 'genesis_hash')")
+            .fetchall()
+        )
+        if "chain_id" not in rows or "genesis_hash" not in rows:
+            return None
+        return int(rows["chain_id"]), str(rows["genesis_hash"])
+
+    def set_chain_identity(self, chain_id: int, genesis_hash: str) -> None:
+        with self._tx() as db:
+            db.executemany(
+                "INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                [("chain_id", str(chain_id)), ("genesis_hash", genesis_hash)],
+            )
+
+    def newest_confirmed_block(self, registry: str) -> tuple[int, set[str]] | None:
+        """The newest block holding confirmed entries of ``registry``, with the hashes
+        they recorded (one index lookup: the worker asks it every pass)."""
+        row = (
+            self._db()
+            .execute(
+                "SELECT MAX(block_number) FROM entries WHERE state = 'confirmed' AND registry = ?",
+                (registry,),
+            )
+            .fetchone()
+        )
+        if row is None or row[0] is None:
+            return None
+        hashes = self._db().execute(
+            "SELECT DISTINCT block_hash FROM entries WHERE state = 'confirmed'"
+            " AND registry = ? AND block_number = ?",
+            (registry, row[0]),
+        )
+        return int(row[0]), {str(h) for (h,) in hashes}
+
+    def confirmed_block_hashes(self, registry: str) -> list[tuple[int, str]]:
+        """Every (block number, block hash) that confirmed entries of ``registry`` recorded."""
+        rows = self._db().execute(
+            "SELECT DISTINCT block_number, block_hash FROM entries WHERE state = 'confirmed'"
+            " AND registry = ? ORDER BY block_number",
             (registry,),
         )
-        try:
-            for (number,) in numbers:
-                hashes = self._db().execute(
-                    "SELECT DISTINCT block_hash FROM entries WHERE state = 'confirmed'"
-                    " AND registry = ? AND block_number = ?",
-                    (registry, number),
-                )
-                yield int(number), {str(h) for (h,) in hashes}
-        finally:
-            numbers.close()  # ends the read a stopped walk leaves open
+        return [(int(n) if n is not None else -1, str(h or "")) for n, h in rows]
 
-    def confirmed_elsewhere(self, registry: str, blocks: Sequence[int]) -> list[Entry]:
-        """Confirmed entries of another registry, or of ``registry`` in ``blocks``."""
-        marks = ",".join("?" * len(blocks)) or "NULL"
-        rows = self._db().execute(
-            "SELECT * FROM entries WHERE state = 'confirmed' AND (registry IS NOT ?"
-            f" OR block_number IN ({marks})) ORDER BY id",
-            (registry, *blocks),
+    def append_confirmed(
+        self,
+        run_id: str,
+        kind: Kind,
+        payload: dict[str, Any],
+        record: dict[str, Any],
+        *,
+        block_number: int,
+        block_hash: str,
+        registry: str,
+        tx_hash: str,
+        chain_id: int,
+    ) -> int:
+        """Journal a record sent by other means (``ledger revoke``) as confirmed, so a
+        chain that loses it gets it back from the outbox."""
+        now = time.time()
+        cursor = self._db().execute(
+            "INSERT INTO entries (run_id, kind, state, payload, record, tx_hash, block_number,"
+            " block_hash, chain_id, registry, created_at, updated_at)"
+            " VALUES (?, ?, 'confirmed', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                run_id,
+                kind,
+                json.dumps(payload, separators=(",", ":")),
+                json.dumps(record),
+                tx_hash,
+                block_number,
+                block_hash,
+                chain_id,
+                registry,
+                now,
+                now,
+            ),
         )
-        return [Entry.from_row(row) for row in rows]
+        return int(cursor.lastrowid or 0)
+
+    def confirmed_elsewhere(
+        self, registry: str, blocks: Sequence[tuple[int, str]], *, everything: bool = False
+    ) -> list[Entry]:
+        """Confirmed entries of another registry, or of ``registry`` recorded in one of
+        the (block number, block hash) ``blocks``; all confirmed entries if ``everything``."""
+        if everything:
+            return self.entries(states=["confirmed"])
+        stale = set(blocks)
+        where = "" if stale else " AND registry IS NOT ?"
+        rows = self._db().execute(
+            f"SELECT * FROM entries WHERE state = 'confirmed'{where} ORDER BY id",
+            () if stale else (registry,),
+        )
+        found = []
+        for row in rows:
+            number = row["block_number"]
+            key = (int(number) if number is not None else -1, str(row["block_hash"] or ""))
+            if row["registry"] != registry or key in stale:
+                found.append(Entry.from_row(row))
+        return found
 
     def entry(self, entry_id: int) -> Entry:
         found = self.entries(ids=[entry_id])
@@ -430,6 +518,11 @@ class Journal:
         )
         return {str(kind): (int(count), float(oldest)) for kind, count, oldest in rows}
 
+    def has_sent(self) -> bool:
+        """Whether a transaction is out for some entry (one index probe)."""
+        row = self._db().execute("SELECT 1 FROM entries WHERE state = 'sent' LIMIT 1").fetchone()
+        return row is not None
+
     def open_by_committer(self) -> dict[str, int]:
         """Open entries (pending, stored, sent) per the committer their run's start
         names, lower-case (``""`` for runs whose start is not in this journal)."""
@@ -472,3 +565,21 @@ class Journal:
             sql += " AND id <= ?"
             args.append(upto)
         return int(self._db().execute(sql, args).fetchone()[0])
+
+
+def _upgrade_from_1(db: sqlite3.Connection) -> None:
+    """Schema 1 to 2 inside the caller's transaction: the entries table again with the
+    ``revoke`` kind allowed (SQLite cannot change a CHECK in place); rows, ids and the
+    AUTOINCREMENT sequence are kept."""
+    (old_sql,) = db.execute(
+        "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'entries'"
+    ).fetchone()
+    new_sql = str(old_sql).replace("'fail')", "'fail', 'revoke')", 1)
+    db.execute("ALTER TABLE entries RENAME TO entries_v1")
+    db.execute(new_sql)
+    db.execute("INSERT INTO entries SELECT * FROM entries_v1")
+    db.execute("DROP TABLE entries_v1")
+    for statement in _SCHEMA.split(";"):
+        if "CREATE INDEX" in statement:
+            db.execute(statement)
+    db.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (str(SCHEMA_VERSION),))

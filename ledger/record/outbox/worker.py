@@ -5,10 +5,18 @@ One pass (:meth:`Worker.run_once`) does, in order:
 1. **store** every ``pending`` entry: put its manifest, or its weights file,
    tensor index and metrics document, in the store; the chain record it yields
    is saved with the entry (``stored``);
-2. **reconcile** when the chain may have changed under the journal (first
-   contact, after an outage, a registry refusing a run the journal holds as
-   started): confirmed entries whose block hash is no longer the chain's are
-   looked up on chain, and recommitted when they are gone;
+2. **check and reconcile**: every pass that has something for the chain first
+   compares the chain with the journal in one batch request: its id and genesis
+   block hash (a different chain: every confirmed entry is suspect), the hash of
+   the newest block holding confirmed entries, and that the registry answers at
+   its address (else ``eth_getCode`` tells "no contract" from "not the
+   registry", and nothing is sent: :class:`RegistryNotDeployedError`, retried).
+   The transport reconnects silently, so this is how a restarted chain or a
+   reorg is noticed. When anything changed (and on first contact, after an
+   outage, in ``ledger sync``, or when the registry refuses a run the journal
+   holds as started) the block of every confirmed entry is checked; entries
+   whose block hash changed or vanished are looked up on chain, confirmed again
+   where they are, and recommitted where they are gone;
 3. **recover** ``sent`` entries: a mined transaction confirms them; an unmined
    one is rebroadcast from the saved bytes (same nonce, so mined at most once);
    one whose nonce was taken by another transaction is looked up and requeued;
@@ -16,8 +24,10 @@ One pass (:meth:`Worker.run_once`) does, in order:
    (``startRuns``, ``commitCheckpoints``, ``finalizeRuns``, ``markFailed``),
    saving each signed transaction before broadcasting it.
 
-A refusal meaning "already recorded with this content" confirms the entry; the
-same id with other content fails it for good. Unreachable chains and stores
+A receipt confirms its entries only when it carries each one's registry event
+from the configured address (a transaction to an address without code also
+succeeds). A refusal meaning "already recorded with this content" confirms the
+entry; the same id with other content fails it for good. Unreachable chains and stores
 are retried with backoff; the user gets one line when that starts and one when
 it ends.
 
@@ -39,8 +49,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ledger.chain.records import FinalRecord, RunStatus, checksum_address
+from ledger.chain.rpc import as_int
 from ledger.config import Secret, Settings
 from ledger.errors import (
+    ChainError,
     ChainUnavailableError,
     ConfigError,
     InputError,
@@ -52,6 +64,7 @@ from ledger.errors import (
     TransactionRevertedError,
 )
 from ledger.hashing.cid import Cid
+from ledger.hashing.keccak import keccak256
 from ledger.hashing.merkle import CheckpointLeaf, checkpoint_root
 from ledger.ids import Digest32, Relation, RunId, to_hex
 from ledger.record.outbox.journal import Entry, Journal, SavedTx
@@ -68,7 +81,15 @@ STORE_INLINE = 16 << 20  # bytes of weights a pass beside training stores withou
 LINGER = 2.0
 RECEIPT_WAIT = 2.0  # per pass; an unmined transaction is looked at again next pass
 _RETRYABLE = (ChainUnavailableError, RegistryNotDeployedError, StoreUnavailableError)
-_KIND_ORDER = ("start", "checkpoint", "finalize", "fail")
+_KIND_ORDER = ("start", "checkpoint", "finalize", "fail", "revoke")
+_ALONE = ("fail", "revoke")  # one per transaction (the registry has no batch call for them)
+_EVENT_OF = {
+    "start": "RunStarted",
+    "checkpoint": "CheckpointCommitted",
+    "finalize": "RunFinalized",
+    "fail": "RunFailed",
+    "revoke": "RunRevoked",
+}
 
 
 def _stderr(line: str) -> None:
@@ -106,6 +127,10 @@ class Worker:
     secret: Secret | None = None  # the signing key, when resolved already (else from settings)
     _registry: Any = None
     _reconcile: bool = True
+    _everything: bool = False  # another chain: every confirmed entry is suspect
+    _suspect: bool = False  # the registry may be gone: look at its code before sending
+    _bad_code: bytes | None = None  # hash of code that took a call without recording it
+    _identity: tuple[int, str] | None = None  # the chain's, saved once reconciled
     _outage: str | None = None
 
     def recheck(self) -> None:
@@ -118,12 +143,15 @@ class Worker:
         result = PassResult()
         try:
             self._store_pending(result)
-            registry = self._connect()
-            if self._reconcile:
-                self._reconcile_confirmed(registry, result)
-                self._reconcile = False
-            self._recover_sent(registry, result)
-            self._send_ready(registry, result)
+            if self._chain_work():
+                registry = self._connect()
+                missing = self._check_chain(registry)
+                if self._reconcile:
+                    self._reconcile_confirmed(registry, result)
+                if missing is not None:
+                    raise missing  # nothing is sent until the registry is there
+                self._recover_sent(registry, result)
+                self._send_ready(registry, result)
         except _RETRYABLE as exc:
             result.waiting_on = one_line(exc)
             self._drop_connection()
@@ -224,7 +252,7 @@ class Worker:
             manifest = payload["manifest"].encode()
             cid = store.put_bytes(manifest)
             return {"manifest_cid": str(cid), "manifest_digest": cid.digest.hex()}
-        if entry.kind == "fail":
+        if entry.kind in _ALONE:
             return {"reason": payload["reason"]}
         path = Path(payload["path"])
         _check_unchanged(path, payload)
@@ -259,19 +287,91 @@ class Worker:
             self._reconcile = True  # the chain may have been reset while away
         self._registry = None
 
-    # -- 2. reconcile ---------------------------------------------------------------
+    def _chain_work(self) -> bool:
+        """Whether this pass has anything for the chain (else it leaves it alone)."""
+        return self._reconcile or bool(self.journal.stored_by_kind()) or self.journal.has_sent()
+
+    # -- 2. check and reconcile -------------------------------------------------------
+
+    def _check_chain(self, registry: Registry) -> RegistryNotDeployedError | None:
+        """Compare the chain with the journal (one batch request); see the module
+        docstring. Returns the error to raise, once reconciled, when the registry
+        is not at its address."""
+        newest = self.journal.newest_confirmed_block(registry.address)
+        version = to_hex(registry.abi.call("version", []))
+        calls: list[tuple[str, Sequence[object]]] = [
+            ("eth_chainId", []),
+            ("eth_getBlockByNumber", ["0x0", False]),
+            ("eth_call", [{"to": registry.address, "data": version}, "latest"]),
+        ]
+        if newest is not None:
+            calls.append(("eth_getBlockByNumber", [hex(newest[0]), False]))
+        answers = registry.rpc.batch(calls)
+        chain_id = as_int(answers[0])
+        if chain_id != registry.chain_id:
+            raise ChainUnavailableError(
+                f"the chain at {registry.rpc.url} is now chain {chain_id}, not {registry.chain_id}",
+                hint="point LEDGER_RPC_URL at the chain the registry is on",
+            )
+        genesis = str((answers[1] or {}).get("hash", ""))
+        known = self.journal.chain_identity()
+        if known != (chain_id, genesis):
+            self._identity = (chain_id, genesis)
+            self._reconcile = True
+            if known is not None:  # another chain: nothing confirmed is known to be on it
+                self._everything = self._suspect = True
+        if newest is not None:
+            block = answers[3]
+            if newest[1] != {str(block["hash"]) if block else None}:
+                self._reconcile = True  # rolled back, reorganised or restarted
+        if answers.error(2) is not None or answers[2] in (None, "", "0x"):
+            self._suspect = True
+        return self._registry_problem(registry) if self._suspect else None
+
+    def _registry_problem(self, registry: Registry) -> RegistryNotDeployedError | None:
+        code = registry.rpc("eth_getCode", registry.address, "latest")
+        where = f"{registry.address} on chain {registry.chain_id} ({registry.rpc.url})"
+        if code in (None, "", "0x"):
+            return RegistryNotDeployedError(
+                f"no contract at {where}: nothing is sent until the registry is there",
+                hint="the chain may have been reset; run `ledger deploy` again (the same key "
+                "on a fresh chain deploys to the same address), or fix registry_address",
+            )
+        if keccak256(str(code).encode()) == self._bad_code:
+            return RegistryNotDeployedError(
+                f"the contract at {where} is not the registry: it took a transaction "
+                "without recording it; nothing more is sent to it",
+                hint="fix registry_address in config.json (or LEDGER_REGISTRY), "
+                "or run `ledger deploy`",
+            )
+        self._suspect = False
+        return None
+
+    def _not_recorded(self, registry: Registry, kind: str, tx_hash: str) -> None:
+        """A mined transaction whose receipt lacks its records' events: remember the
+        code that took it, so nothing more is sent to it; raises."""
+        code = registry.rpc("eth_getCode", registry.address, "latest")
+        self._bad_code = keccak256(str(code).encode()) if code not in (None, "", "0x") else None
+        self._suspect = True
+        raise self._registry_problem(registry) or RegistryNotDeployedError(
+            f"transaction {tx_hash} succeeded but carries no {_EVENT_OF[kind]} event of "
+            f"the registry at {registry.address}"
+        )
 
     def _reconcile_confirmed(self, registry: Registry, result: PassResult) -> None:
+        """Check the block of every confirmed entry (every entry, on another chain);
+        look up those whose block changed or vanished, and recommit what is gone."""
         here = registry.address
-        stale: list[int] = []
-        for number, hashes in self.journal.confirmed_blocks(here):
-            if hashes == {registry.block_hash(number)}:
-                break  # an ancestor of a canonical block is canonical
-            stale.append(number)
-        suspects = self.journal.confirmed_elsewhere(here, stale)
+        stale: list[tuple[int, str]] = []
+        if not self._everything:
+            recorded = self.journal.confirmed_block_hashes(here)
+            now = registry.block_hashes([n for n, _ in recorded if n >= 0])
+            stale = [(n, h) for n, h in recorded if n < 0 or now.get(n) != h]
+        suspects = self.journal.confirmed_elsewhere(here, stale, everything=self._everything)
+        events = _Events(registry)
         lost: list[int] = []
-        for entry in sorted(suspects, key=lambda e: e.id):
-            found = self._find_on_chain(registry, entry)
+        for entry in suspects:
+            found = self._find_on_chain(registry, entry, events)
             if found is None:
                 lost.append(entry.id)
             else:
@@ -280,23 +380,28 @@ class Worker:
             self.journal.requeue(lost, recommit=True)
             result.recommitted += len(lost)
             self.say(
-                f"{len(lost)} confirmed record(s) are no longer on chain (reset or rolled back); "
-                "recommitting them from the outbox"
+                f"{len(lost)} confirmed record(s) are no longer on chain (reset, restarted "
+                "or reorganised); recommitting them from the outbox"
             )
+        if self._identity is not None:
+            self.journal.set_chain_identity(*self._identity)
+            self._identity = None
+        self._reconcile = self._everything = False
 
-    def _find_on_chain(self, registry: Registry, entry: Entry) -> tuple[int, str] | None:
+    def _find_on_chain(
+        self, registry: Registry, entry: Entry, cache: _Events | None = None
+    ) -> tuple[int, str] | None:
         """(block number, tx hash) of the event that records ``entry``, if any."""
         run_id = RunId.parse(entry.run_id, field="journal run_id")
         record = entry.record or {}
-        if entry.kind == "start":
-            events = registry.events("RunStarted", run_id)
-        elif entry.kind == "fail":
-            events = registry.events("RunFailed", run_id)
+        lookup = cache or _Events(registry)
+        if entry.kind in ("start", "fail", "revoke"):
+            events = lookup(_EVENT_OF[entry.kind], run_id)
         elif entry.kind == "checkpoint":
             leaf = _leaf(record)
             events = [
                 e
-                for e in registry.events("CheckpointCommitted", run_id)
+                for e in lookup("CheckpointCommitted", run_id)
                 if int(e["step"]) == leaf.step
                 and bytes(e["weightsDigest"]) == leaf.weights_digest
                 and bytes(e["tensorRoot"]) == leaf.tensor_root
@@ -306,7 +411,7 @@ class Worker:
             final = _final(record)
             events = [
                 e
-                for e in registry.events("RunFinalized", run_id)
+                for e in lookup("RunFinalized", run_id)
                 if bytes(e["weightsDigest"]) == final.weights_digest
                 and bytes(e["metricsDigest"]) == final.metrics_digest
                 and bytes(e["checkpointRoot"]) == final.checkpoint_root
@@ -353,14 +458,15 @@ class Worker:
                 receipt = self._wait(registry, tx_hash)
                 if receipt is None:
                     continue  # still not mined; the next pass looks again
-            if receipt is not None and receipt.ok:
+            if receipt is not None and receipt.ok and _records_all(registry, receipt, entries):
                 self._confirm(
                     registry, entries, receipt.block_number, tx_hash, block_hash=receipt.block_hash
                 )
                 result.confirmed += len(entries)
                 continue
             # never mined (its nonce went to another transaction, or the chain was
-            # reset), or mined and reverted: whatever is on chain now decides
+            # reset), mined and reverted, or mined without recording them (no
+            # registry at the address then): whatever is on chain now decides
             for entry in entries:
                 found = self._find_on_chain(registry, entry)
                 if found is not None:
@@ -380,7 +486,7 @@ class Worker:
             if not ready:
                 return
             kind = min((e.kind for e in ready), key=_KIND_ORDER.index)
-            batch = [e for e in ready if e.kind == kind][: 1 if kind == "fail" else BATCH_LIMIT]
+            batch = [e for e in ready if e.kind == kind][: 1 if kind in _ALONE else BATCH_LIMIT]
             if kind == "checkpoint" and self._lingers(batch):
                 lingering.add(kind)  # let more checkpoints join this batch; others go on
                 continue
@@ -399,7 +505,13 @@ class Worker:
         """
         committers = self.journal.run_committers({e.run_id for e in ready})
         mine = registry.signer.address.lower()
-        return [e for e in ready if committers.get(e.run_id, mine).lower() == mine]
+        return [
+            e
+            for e in ready
+            if committers.get(e.run_id, mine).lower() == mine
+            # a revocation: its committer, or the key that revoked (an admin)
+            or (e.kind == "revoke" and str(e.payload.get("revoker", "")).lower() == mine)
+        ]
 
     def _only_lingering(self) -> bool:
         """Whether all there is to send is checkpoints still waiting for others to
@@ -483,6 +595,13 @@ class Worker:
                     error=f"transaction {saved.tx_hash} reverted on chain",
                 )
                 return
+            if not _records_all(registry, receipt, batch):
+                self.journal.requeue(
+                    [e.id for e in batch],
+                    recommit=False,
+                    error=f"transaction {saved.tx_hash} recorded nothing (no registry event)",
+                )
+                self._not_recorded(registry, kind, saved.tx_hash)  # raises
             self._confirm(
                 registry, batch, receipt.block_number, saved.tx_hash, block_hash=receipt.block_hash
             )
@@ -512,7 +631,17 @@ class Worker:
             return rest if len(rest) < len(batch) else []
         if name == "RegistryUnknownRun":
             self._reconcile = True  # the journal holds the run as started: the chain lost it
+            self.journal.note_attempt([e.id for e in hit], f"{exc}: the run is not on chain (yet)")
             return []
+        if name == "RegistryNotAllowedToRevoke":
+            for entry in hit:
+                self.journal.mark_failed(
+                    entry.id,
+                    f"{exc}: only the run's committer or an admin may revoke it; "
+                    "run `ledger sync --retry-failed` with that key",
+                )
+                result.failed += 1
+            return rest
         if not hit:
             if len(batch) == 1:
                 self.journal.mark_failed(batch[0].id, str(exc))
@@ -543,6 +672,8 @@ class Worker:
             if registry.get_run(run_id).committer != checksum_address(committer):
                 return None
             return self._find_on_chain(registry, entry)
+        if entry.kind == "revoke" and error_name == "RegistryRunRevoked":
+            return self._find_on_chain(registry, entry)
         if error_name == "RegistryRunNotRunning":
             status = registry.get_run(run_id).status
             if entry.kind == "finalize" and status == RunStatus.FINALIZED:
@@ -561,6 +692,44 @@ def wait_for_receipt(registry: Registry, tx_hash: str, timeout: float) -> Receip
     """The receipt of a broadcast transaction, or None if it is not mined within
     ``timeout`` seconds (:meth:`~ledger.chain.sender.RegistrySender.wait_for_receipt`)."""
     return registry.wait_for_receipt(tx_hash, timeout)
+
+
+class _Events:
+    """A run's events of one name, looked up once per reconcile (a run's thousand
+    checkpoints are one ``eth_getLogs``, not a thousand)."""
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+        self._found: dict[tuple[str, bytes], list[dict[str, Any]]] = {}
+
+    def __call__(self, name: str, run_id: bytes) -> list[dict[str, Any]]:
+        key = (name, bytes(run_id))
+        if key not in self._found:
+            self._found[key] = self.registry.events(name, run_id)
+        return self._found[key]
+
+
+def _records_all(registry: Registry, receipt: Receipt, entries: Sequence[Entry]) -> bool:
+    """Whether the receipt carries, for each entry, its event from the registry's
+    address (a checkpoint's for its step): status 1 alone proves nothing."""
+    found: set[tuple[str, str, int | None]] = set()
+    for log in receipt.logs:
+        if str(log.get("address", "")).lower() != registry.address.lower():
+            continue
+        try:
+            decoded = registry.abi.decode_log(log)
+        except ChainError:
+            continue
+        if decoded is None:
+            continue
+        name, event = decoded
+        step = int(event["step"]) if name == "CheckpointCommitted" else None
+        found.add((name, to_hex(bytes(event["runId"])).lower(), step))
+    for entry in entries:
+        step = int((entry.record or {}).get("step", 0)) if entry.kind == "checkpoint" else None
+        if (_EVENT_OF[entry.kind], entry.run_id.lower(), step) not in found:
+            return False
+    return True
 
 
 # -- records as the chain takes them ----------------------------------------------------
