@@ -16,11 +16,25 @@ looks like.
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
 from typing import ClassVar, Self
 
-from ledger.errors import BadIdError, InputError
+from ledger.errors import BadIdError, InputError, NotFoundError
 
-__all__ = ["Digest32", "Relation", "RunId", "from_hex", "label", "to_hex"]
+__all__ = [
+    "MIN_PREFIX",
+    "Digest32",
+    "Relation",
+    "RunId",
+    "from_hex",
+    "label",
+    "resolve_run_id",
+    "run_id_prefix",
+    "to_hex",
+]
+
+MIN_PREFIX = 4
+"""Hex digits a run-id prefix must have at least (``0x1a2b``)."""
 
 _HEX = frozenset("0123456789abcdefABCDEF")
 
@@ -72,8 +86,8 @@ class Digest32(bytes):
     def parse(cls, value: str | bytes, *, field: str) -> Self:
         """``value`` (``0x`` and 64 hex digits, any case; or 32 bytes) as this type.
 
-        The one parser of ids given from outside: a shorter unique prefix of a
-        known run id, should ledger accept one, would be resolved here.
+        The one parser of full ids given from outside; a run id given as a
+        shorter prefix is resolved by :func:`resolve_run_id` against the known ids.
         """
         if isinstance(value, bytes):
             if len(value) != 32:
@@ -100,6 +114,53 @@ class RunId(Digest32):
 
     __slots__ = ()
     kind: ClassVar[str] = "run id"
+
+
+def run_id_prefix(text: str, *, field: str) -> str | None:
+    """The lower-case hex digits of ``text`` when it is a run-id prefix (``0x`` and
+    at least :data:`MIN_PREFIX` hex digits, fewer than 64); None for a full run id.
+
+    Raises :class:`~ledger.errors.BadIdError` naming ``field`` for anything else.
+    """
+    raw = text.strip()
+    digits = raw[2:] if raw[:2] in ("0x", "0X") else raw
+    if len(digits) == 64 and _HEX.issuperset(digits):
+        return None
+    if MIN_PREFIX <= len(digits) < 64 and _HEX.issuperset(digits):
+        return digits.lower()
+    raise BadIdError(
+        f"{field}: {text!r} is neither a run id nor a prefix of one",
+        field=field,
+        hint=f"a run id is 0x and 64 hex digits; a unique prefix of {MIN_PREFIX} or more "
+        "hex digits will do, e.g. 0x1a2b3c",
+    )
+
+
+def resolve_run_id(text: str, known: Iterable[bytes], *, field: str) -> RunId:
+    """The run id ``text`` names: itself when it is a full id, else the one id of
+    ``known`` it is a prefix of.
+
+    Raises :class:`~ledger.errors.BadIdError` for text that is no id nor prefix,
+    :class:`~ledger.errors.NotFoundError` when no known id has the prefix, and
+    :class:`~ledger.errors.InputError` naming the candidates when several do.
+    """
+    prefix = run_id_prefix(text, field=field)
+    if prefix is None:
+        return RunId.parse(text, field=field)
+    matches = sorted({bytes(k) for k in known if bytes.hex(k).startswith(prefix)})
+    if not matches:
+        raise NotFoundError(
+            f"{field}: no run id starts with 0x{prefix}",
+            hint="`ledger runs` lists the recorded runs",
+        )
+    if len(matches) > 1:
+        shown = ", ".join(to_hex(m) for m in matches[:10])
+        more = f" and {len(matches) - 10} more" if len(matches) > 10 else ""
+        raise InputError(
+            f"{field}: 0x{prefix} is the prefix of {len(matches)} run ids: {shown}{more}",
+            hint="give more hex digits",
+        )
+    return RunId(matches[0])
 
 
 class Relation(enum.IntEnum):

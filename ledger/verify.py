@@ -7,8 +7,24 @@ verified     0    a record matches and every check passed
 mismatch     3    a record exists (or ``--run`` was named) but something
                   does not check out: the report names what
 unknown      4    no record for this file's CID nor for its tensor root
-revoked      5    the run, or one of its ancestors, was revoked
+revoked      5    the run, one of its ancestors, or another run that
+                  recorded the same weights (or one of its ancestors) was
+                  revoked
+unchecked    6    the weights are recorded on chain, nothing contradicts
+                  the record, but some of the run's documents could not be
+                  fetched (not in the store, the IPFS node or ``--api``),
+                  so they could not be checked: not a sign of tampering
 ==========  ====  ==========================================================
+
+Precedence: revoked, then mismatch, then unchecked, then verified.
+
+Several runs may record the same weights (its file CID, or its tensor root for a
+re-saved copy). The earliest record (block, then log index) is the *origin*,
+whose run the report checks in full (or the ``--run`` named); the others are
+*claimants*, listed with their committer and block. A claimant that is revoked,
+or descends from a revoked run, makes the verdict REVOKED, naming it. A file
+found by its CID has its tensors read too when another file's record holds the
+tensor root its claimants name, or when they name different roots.
 
 The file's CID is computed without interpreting the file. Only when the CID is
 unknown are its tensors read (``.safetensors`` parsed directly; ``torch.save``
@@ -40,6 +56,7 @@ from ledger.documents import DocumentKind, read_document
 from ledger.errors import (
     BadIdError,
     FileMissingError,
+    InvalidDocumentError,
     LedgerError,
     StoreError,
     UnsupportedFormatError,
@@ -58,10 +75,12 @@ class Outcome(enum.StrEnum):
     MISMATCH = "mismatch"
     UNKNOWN = "unknown"
     REVOKED = "revoked"
+    UNCHECKED = "unchecked"
 
     @property
     def exit_code(self) -> int:
-        return {"verified": 0, "mismatch": 3, "unknown": 4, "revoked": 5}[self.value]
+        codes = {"verified": 0, "mismatch": 3, "unknown": 4, "revoked": 5, "unchecked": 6}
+        return codes[self.value]
 
 
 @dataclass(frozen=True)
@@ -69,6 +88,8 @@ class Check:
     name: str
     ok: bool
     detail: str
+    unchecked: bool = False
+    """Not done: what it needs (a document) could not be fetched. ``ok`` is False."""
 
 
 @dataclass
@@ -84,18 +105,26 @@ class VerifyReport:
     tensor_diff: TensorDiff | None = None
     checks: list[Check] = field(default_factory=list)
     files: list[str] | None = None  # a folder's weights files
+    origin: dict[str, Any] | None = None  # the earliest record of these weights
+    claimants: list[dict[str, Any]] = field(default_factory=list)  # other runs recording them
 
     @property
     def is_folder(self) -> bool:
         return self.file_cid is None
 
-    def add(self, name: str, ok: bool, detail: str) -> bool:
-        self.checks.append(Check(name, ok, detail))
-        return ok
+    def add(self, name: str, ok: bool, detail: str, *, unchecked: bool = False) -> bool:
+        self.checks.append(Check(name, ok and not unchecked, detail, unchecked))
+        return ok and not unchecked
 
     @property
     def failed(self) -> list[Check]:
-        return [c for c in self.checks if not c.ok]
+        """Checks that were done and failed (not those that could not be done)."""
+        return [c for c in self.checks if not c.ok and not c.unchecked]
+
+    @property
+    def unchecked(self) -> list[Check]:
+        """Checks that could not be done: a document could not be fetched."""
+        return [c for c in self.checks if c.unchecked]
 
     def to_json(self) -> dict[str, Any]:
         diff = self.tensor_diff
@@ -117,7 +146,12 @@ class VerifyReport:
                 "removed": list(diff.removed),
                 "changed": list(diff.changed),
             },
-            "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in self.checks],
+            "origin": self.origin,
+            "claimants": self.claimants,
+            "checks": [
+                {"name": c.name, "ok": c.ok, "unchecked": c.unchecked, "detail": c.detail}
+                for c in self.checks
+            ],
         }
 
 
@@ -126,6 +160,7 @@ class Verifier:
         self.registry = registry
         self.store = store
         self._started: dict[bytes, dict[str, Any] | None] = {}
+        self._runs: dict[bytes, RunRecord] = {}
 
     def verify_file(
         self,
@@ -140,71 +175,116 @@ class Verifier:
         ``progress`` receives the bytes hashed while the file CID is computed;
         ``known_cid`` is the file's CIDv1 when the caller already computed it
         (the CLI hashes while it connects).
+
+        Every record of the same weights is a claim: those of the file CID, and
+        those of its tensor root. A file found by CID has its tensors read only
+        when some other record holds a tensor root its claimants name (one
+        ``eth_getLogs`` per root tells), or when they name different roots.
         """
         path = Path(path)
         self._started.clear()
+        self._runs.clear()
         if path.is_dir():
             return self._verify_folder(path, expected_run)
         cid = known_cid if known_cid is not None else file_cid(path, progress=progress)
         report = VerifyReport(path=str(path), file_cid=str(cid))
-        record = _pick(self.registry.find_by_weights(cid.digest), expected_run)
+        by_file = self.registry.find_by_weights(cid.digest)
+        by_root: dict[bytes, list[WeightsRecord]] = {}
         tensors: TensorDigest | None = None
-        if record is not None:
-            report.matched_by = "file"
-            report.add("record", True, f"file CID {cid} is recorded on chain")
+        if by_file:
+            claimed = {r.tensor_root for r in by_file}
+            for root in claimed:
+                by_root[root] = self.registry.find_by_tensor_root(root)
+            others = [r for rs in by_root.values() for r in rs if r.weights_digest != cid.digest]
+            if others or len(claimed) > 1:
+                tensors = self._read_tensors(path, report, required=False)
+                if tensors is None:
+                    report.add(
+                        "tensors",
+                        False,
+                        "the file's tensors could not be read to compare them with "
+                        f"{len(others)} other record(s) of the tensor root its claimants name",
+                        unchecked=True,
+                    )
         else:
             tensors = self._read_tensors(path, report)
-            if tensors is not None:
-                report.tensor_root = tensors.root.hex()
-                record = _pick(self.registry.find_by_tensor_root(tensors.root), expected_run)
-                if record is not None:
-                    from ledger.hashing.tensors import audit_container
-
-                    report.matched_by = "tensors"
-                    report.add("record", True, f"tensor root {tensors.root.hex()} is recorded")
-                    audit = audit_container(path)
-                    also = (
-                        "; it also holds training state the tensor root does not cover: "
-                        + ", ".join(audit.training_state)
-                        if audit.training_state
-                        else ""
-                    )
+        claims = [Claim(r, "file") for r in by_file]
+        if tensors is not None:
+            report.tensor_root = tensors.root.hex()
+            if tensors.root not in by_root:
+                by_root[tensors.root] = self.registry.find_by_tensor_root(tensors.root)
+            claims += [
+                Claim(r, "tensors") for r in by_root[tensors.root] if r.weights_digest != cid.digest
+            ]
+        claim = self._choose(claims, expected_run, report)
+        if claim is not None:
+            record = claim.record
+            report.matched_by = claim.matched_by
+            if claim.matched_by == "file":
+                report.add("record", True, f"file CID {cid} is recorded on chain")
+                if tensors is not None and record.tensor_root != tensors.root:
                     report.add(
-                        "container",
-                        not audit.problems,
-                        f"the file differs from the committed file (CID {cid} is not recorded)"
-                        f" but holds identical tensors{also}"
-                        if not audit.problems
-                        else "identical tensors, but the container is not clean: "
-                        + "; ".join(audit.problems),
+                        "tensor root",
+                        False,
+                        f"run {to_hex(record.run_id)} records tensor root "
+                        f"{record.tensor_root.hex()}, but the file's is {tensors.root.hex()}",
                     )
-        return self._conclude(record, expected_run, cid, tensors, report)
+            else:
+                self._audit_copy(path, cid, record, report)
+        return self._conclude(claim, expected_run, cid, tensors, report, claims)
+
+    def _audit_copy(
+        self, path: Path, cid: Cid, record: WeightsRecord, report: VerifyReport
+    ) -> None:
+        """A file found by tensor root: every byte and entry must belong to a tensor."""
+        from ledger.hashing.tensors import audit_container
+
+        report.add("record", True, f"tensor root {record.tensor_root.hex()} is recorded")
+        audit = audit_container(path)
+        also = (
+            "; it also holds training state the tensor root does not cover: "
+            + ", ".join(audit.training_state)
+            if audit.training_state
+            else ""
+        )
+        report.add(
+            "container",
+            not audit.problems,
+            f"the file (CID {cid}) is not the file run {to_hex(record.run_id)} committed, "
+            f"but holds identical tensors{also}"
+            if not audit.problems
+            else "identical tensors, but the container is not clean: " + "; ".join(audit.problems),
+        )
 
     def verify_cid(self, cid: Cid, *, expected_run: bytes | None = None) -> VerifyReport:
         """Check a file known only by its CID (e.g. an auditor's digest) against the chain."""
         self._started.clear()
+        self._runs.clear()
         report = VerifyReport(path=str(cid), file_cid=str(cid))
-        record = _pick(self.registry.find_by_weights(cid.digest), expected_run)
-        if record is not None:
+        claims = [Claim(r, "file") for r in self.registry.find_by_weights(cid.digest)]
+        claim = self._choose(claims, expected_run, report)
+        if claim is not None:
             report.matched_by = "file"
             report.add("record", True, f"file CID {cid} is recorded on chain")
         elif expected_run is None:
             report.add("record", False, f"file CID {cid} is not recorded")
             return report
-        return self._conclude(record, expected_run, cid, None, report)
+        return self._conclude(claim, expected_run, cid, None, report, claims)
 
     def verify_tensor_root(self, root: bytes, *, expected_run: bytes | None = None) -> VerifyReport:
         """Check weights known only by their tensor root against the chain."""
         self._started.clear()
+        self._runs.clear()
         report = VerifyReport(path=root.hex(), file_cid=None, tensor_root=root.hex())
-        record = _pick(self.registry.find_by_tensor_root(root), expected_run)
-        if record is not None:
+        claims = [Claim(r, "tensors") for r in self.registry.find_by_tensor_root(root)]
+        claim = self._choose(claims, expected_run, report)
+        if claim is not None:
             report.matched_by = "tensors"
             report.add("record", True, f"tensor root {root.hex()} is recorded on chain")
         elif expected_run is None:
             report.add("record", False, f"tensor root {root.hex()} is not recorded")
             return report
-        return self._conclude(record, expected_run, None, None, report)
+        return self._conclude(claim, expected_run, None, None, report, claims)
 
     def _verify_folder(self, folder: Path, expected_run: bytes | None) -> VerifyReport:
         from ledger.hashing.tensors import container_problem, weights_files
@@ -213,11 +293,13 @@ class Verifier:
         files, _ = weights_files(folder)
         report.files = [p.name for p in files]
         tensors = self._read_tensors(folder, report)
-        record = None
+        claims: list[Claim] = []
+        claim = None
         if tensors is not None:
             report.tensor_root = tensors.root.hex()
-            record = _pick(self.registry.find_by_tensor_root(tensors.root), expected_run)
-            if record is not None:
+            claims = [Claim(r, "tensors") for r in self.registry.find_by_tensor_root(tensors.root)]
+            claim = self._choose(claims, expected_run, report)
+            if claim is not None:
                 report.matched_by = "tensors"
                 report.add(
                     "record",
@@ -239,19 +321,141 @@ class Verifier:
                     else "identical tensors, but a weights file is not clean: "
                     + "; ".join(problems),
                 )
-        return self._conclude(record, expected_run, None, tensors, report)
+        return self._conclude(claim, expected_run, None, tensors, report, claims)
+
+    # -- claimants ----------------------------------------------------------------
+
+    def _choose(
+        self, claims: list[Claim], expected_run: bytes | None, report: VerifyReport
+    ) -> Claim | None:
+        """Orders the claims (block, then log index), notes the origin and the other
+        claimants in ``report``, and returns the claim to check in full: the expected
+        run's, else the origin run's (its final record first, then by file CID)."""
+        claims.sort(key=lambda c: c.record.position)
+        if not claims:
+            return None
+        origin = claims[0]
+        report.origin = self._describe(origin, report)
+        seen = {origin.record.run_id}
+        for claim in claims[1:]:
+            if claim.record.run_id not in seen:
+                seen.add(claim.record.run_id)
+                report.claimants.append(self._describe(claim, report))
+        wanted = origin.record.run_id if expected_run is None else expected_run
+        own = [c for c in claims if c.record.run_id == wanted]
+        if not own:
+            return None
+        own.sort(key=lambda c: (not c.record.is_final, c.matched_by != "file", c.record.position))
+        return own[0]
+
+    def _describe(self, claim: Claim, report: VerifyReport) -> dict[str, Any]:
+        record = claim.record
+        root = report.tensor_root
+        return {
+            "run_id": to_hex(record.run_id),
+            "committer": self._run(record.run_id).committer,
+            "block": record.block_number,
+            "log_index": record.log_index,
+            "tx": record.tx_hash,
+            "matched_by": claim.matched_by,
+            "is_final": record.is_final,
+            "step": record.step,
+            "tensor_root_ok": None if root is None else record.tensor_root.hex() == root,
+        }
+
+    def _check_claimants(self, checked: bytes, claims: list[Claim], report: VerifyReport) -> bool:
+        """The ``origin`` and ``claimants`` checks; returns True when a claimant other
+        than the checked run is revoked or descends from a revoked run."""
+        if report.origin is None:
+            return False
+        origin_id = claims[0].record.run_id
+        block = report.origin["block"]
+        if checked != origin_id:
+            derived = origin_id in self._ancestors(checked)
+            report.add(
+                "origin",
+                derived,
+                f"first recorded by run {to_hex(origin_id)} (block {block}), an ancestor "
+                f"of run {to_hex(checked)}"
+                if derived
+                else f"these weights were first recorded by run {to_hex(origin_id)} "
+                f"(block {block}), not by run {to_hex(checked)}, which recorded them later",
+            )
+        elif report.claimants:
+            report.add(
+                "origin", True, f"run {to_hex(origin_id)} first recorded them (block {block})"
+            )
+        others = [c for c in [report.origin, *report.claimants] if c["run_id"] != to_hex(checked)]
+        if not others:
+            return False
+        tainted: list[str] = []
+        listed: list[str] = []
+        for other in others:
+            rid = bytes.fromhex(other["run_id"][2:])
+            where = (
+                f"run {other['run_id']} (committer {other['committer']}, block {other['block']})"
+            )
+            if other["tensor_root_ok"] is False:
+                where += " (records a tensor root these weights do not have)"
+            listed.append(where)
+            taint = self._taint(rid)
+            other["revoked"] = taint is not None
+            if taint is not None:
+                source, reason = taint
+                tainted.append(
+                    f"{where} was revoked: {reason}"
+                    if source == rid
+                    else f"{where} descends from revoked run {to_hex(source)}: {reason}"
+                )
+        report.add(
+            "claimants",
+            not tainted,
+            " | ".join(tainted)
+            if tainted
+            else f"also recorded by {len(listed)} other run(s): " + "; ".join(listed),
+        )
+        return bool(tainted)
+
+    def _run(self, run_id: bytes) -> RunRecord:
+        if run_id not in self._runs:
+            self._runs[run_id] = self.registry.get_run(run_id)
+        return self._runs[run_id]
+
+    def _parents(self, run_id: bytes) -> list[bytes]:
+        started = self._start_event(run_id)
+        return [bytes(p["runId"]) for p in started["parents"]] if started else []
+
+    def _ancestors(self, run_id: bytes) -> set[bytes]:
+        seen: set[bytes] = set()
+        todo = self._parents(run_id)
+        while todo:
+            parent = todo.pop()
+            if parent not in seen:
+                seen.add(parent)
+                todo += self._parents(parent)
+        return seen
+
+    def _taint(self, run_id: bytes) -> tuple[bytes, str] | None:
+        """The run itself or the first ancestor of it found revoked, with the reason."""
+        for rid in (run_id, *sorted(self._ancestors(run_id))):
+            if self._run(rid).revoked:
+                return rid, self._revocation_reason(rid)
+        return None
 
     def _conclude(
         self,
-        record: WeightsRecord | None,
+        claim: Claim | None,
         expected_run: bytes | None,
         cid: Cid | None,
         tensors: TensorDigest | None,
         report: VerifyReport,
+        claims: list[Claim],
     ) -> VerifyReport:
-        if record is None:
+        if claim is None:
             if expected_run is not None:
                 self._explain_against(expected_run, cid, tensors, report)
+                if claims:
+                    self._check_claimants(expected_run, claims, report)
                 report.outcome = Outcome.MISMATCH
             else:
                 detail = (
@@ -262,18 +466,14 @@ class Verifier:
                 report.add("record", False, detail)
                 report.outcome = Outcome.UNKNOWN
             return report
-        if expected_run is not None and record.run_id != expected_run:
-            report.add(
-                "expected run",
-                False,
-                f"recorded for run {to_hex(record.run_id)}, not {to_hex(expected_run)}",
-            )
-        self._check_record(record, report)
+        self._check_record(claim.record, report, claims)
         return report
 
     # -- the record and its run -------------------------------------------------
 
-    def _check_record(self, record: WeightsRecord, report: VerifyReport) -> None:
+    def _check_record(
+        self, record: WeightsRecord, report: VerifyReport, claims: list[Claim]
+    ) -> None:
         report.run_id = to_hex(record.run_id)
         report.is_final = record.is_final
         report.step = record.step
@@ -294,10 +494,13 @@ class Verifier:
             self._check_checkpoint_proof(record, report)
         self._check_metrics(record, report)
         revoked = self._check_lineage(run, report) or revoked
+        revoked = self._check_claimants(record.run_id, claims, report) or revoked
         if revoked:
             report.outcome = Outcome.REVOKED
         elif report.failed:
             report.outcome = Outcome.MISMATCH
+        elif report.unchecked:
+            report.outcome = Outcome.UNCHECKED
         else:
             report.outcome = Outcome.VERIFIED
 
@@ -373,6 +576,7 @@ class Verifier:
         todo = [run]
         walked = 0
         problems: list[str] = []
+        missing: list[str] = []
         while todo:
             child = todo.pop()
             started = self._start_event(child.run_id)
@@ -398,10 +602,14 @@ class Verifier:
                 revoked = self._check_run(parent, report, label=name) or revoked
                 if parent.status is RunStatus.FINALIZED:
                     self._check_ancestor_final(parent, report, name)
-                failed = [c for c in report.checks[first:] if not c.ok]
+                failed = [c for c in report.checks[first:] if not c.ok and not c.unchecked]
+                unchecked = [c for c in report.checks[first:] if c.unchecked]
                 if failed:
                     reasons = "; ".join(_reason(c, name, parent_id) for c in failed)
                     problems.append(f"{to_hex(parent_id)} ({relation}) does not verify: {reasons}")
+                elif unchecked:
+                    reasons = "; ".join(_reason(c, name, parent_id) for c in unchecked)
+                    missing.append(f"{to_hex(parent_id)} ({relation}) was not checked: {reasons}")
                 if parent.exists:
                     todo.append(parent)
         if walked:
@@ -409,7 +617,10 @@ class Verifier:
             report.add(
                 "lineage",
                 not problems,
-                " | ".join(problems) if problems else f"{walked} ancestor{plural} verified",
+                " | ".join(problems + missing)
+                if problems or missing
+                else f"{walked} ancestor{plural} verified",
+                unchecked=bool(missing) and not problems,
             )
         return revoked
 
@@ -466,8 +677,17 @@ class Verifier:
         re-hashes, is of ``kind`` and is canonical JSON (the one failure reported)."""
         try:
             document = read_document(self.store, digest, kind)
-        except StoreError as exc:  # missing, invalid, or the store is away
+        except InvalidDocumentError as exc:  # bytes that are not the document on chain
             report.add(name, False, exc.message)
+            return None
+        except StoreError as exc:  # missing, or the store is away: not checked
+            report.add(
+                name,
+                False,
+                f"{exc.message}; not checked (give `--api URL` of an audit API that has "
+                "it, or configure the IPFS node that holds it)",
+                unchecked=True,
+            )
             return None
         canonical = document.is_canonical()
         report.add(
@@ -488,13 +708,18 @@ class Verifier:
 
     # -- tensors --------------------------------------------------------------------
 
-    def _read_tensors(self, path: Path, report: VerifyReport) -> TensorDigest | None:
+    def _read_tensors(
+        self, path: Path, report: VerifyReport, *, required: bool = True
+    ) -> TensorDigest | None:
+        """The tensors of ``path``; None, with a failed ``tensors`` check when
+        ``required``, for a file that holds none ledger can read."""
         from ledger.hashing.tensors import tensor_digest
 
         try:
             return tensor_digest(path)
         except (UnsupportedFormatError, FileMissingError) as exc:
-            report.add("tensors", False, exc.message)
+            if required:
+                report.add("tensors", False, exc.message)
             return None
 
     def _explain_against(
@@ -541,6 +766,14 @@ class Verifier:
         report.add("tensors", diff.empty, "; ".join(parts) or "all tensors match")
 
 
+@dataclass(frozen=True)
+class Claim:
+    """One record of the weights being verified, and how it was found."""
+
+    record: WeightsRecord
+    matched_by: str  # "file" (its CID) or "tensors" (its tensor root)
+
+
 def _reason(check: Check, label: str, run_id: bytes) -> str:
     """A failed ancestor check, worded without repeating the ancestor's label and id."""
     name = check.name.removeprefix(label).strip()
@@ -558,11 +791,3 @@ def _declared_parents(manifest: dict[str, Any]) -> set[bytes]:
         except BadIdError:
             declared.add(text.encode())
     return declared
-
-
-def _pick(records: list[WeightsRecord], expected_run: bytes | None) -> WeightsRecord | None:
-    """The record to verify: the expected run's, else a final one, else the oldest."""
-    if expected_run is not None:
-        records = [r for r in records if r.run_id == expected_run] or records
-    chosen = [r for r in records if r.is_final] or records
-    return chosen[0] if chosen else None

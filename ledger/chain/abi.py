@@ -252,7 +252,7 @@ class RegistryAbi:
 
         Values are decoded (bytes, ints, checksummed addresses, tuples as dicts) and
         keyed by parameter name in the event's order, followed by ``blockNumber``
-        (int) and ``transactionHash`` (``0x`` hex)."""
+        and ``logIndex`` (ints) and ``transactionHash`` (``0x`` hex)."""
         topics = log.get("topics") or []
         event = self._by_topic.get(str(topics[0]).lower()) if topics else None
         if event is None:
@@ -268,6 +268,7 @@ class RegistryAbi:
             return str(event["name"]), {
                 **{str(p["name"]): values[str(p["name"])] for p in inputs},
                 "blockNumber": as_int(log["blockNumber"]),
+                "logIndex": as_int(log.get("logIndex", 0)),
                 "transactionHash": str(log["transactionHash"]),
             }
         except (KeyError, TypeError, ValueError) as exc:
@@ -337,7 +338,11 @@ class LogDecoder:
         if decoded is None:
             return None
         name, values = decoded
-        args = {k: v for k, v in values.items() if k not in ("blockNumber", "transactionHash")}
+        args = {
+            k: v
+            for k, v in values.items()
+            if k not in ("blockNumber", "logIndex", "transactionHash")
+        }
         if name == "RunStarted":
             args["parents"] = [
                 {"runId": p["runId"], "relation": label(int(p["relation"]))}

@@ -26,9 +26,9 @@ from ledger.chain.records import (
 )
 from ledger.chain.rpc import JsonRpc, as_bytes
 from ledger.config import Settings
-from ledger.errors import ChainError, ConfigError, RegistryNotDeployedError
+from ledger.errors import ChainError, ConfigError, NotFoundError, RegistryNotDeployedError
 from ledger.hashing.merkle import CheckpointLeaf
-from ledger.ids import to_hex
+from ledger.ids import RunId, resolve_run_id, run_id_prefix, to_hex
 
 __all__ = ["RegistryReader"]
 
@@ -106,6 +106,24 @@ class RegistryReader(EventLookups):
 
     def is_committer(self, account: str) -> bool:
         return bool(self._call("hasRole", COMMITTER_ROLE, account)[0])
+
+    def resolve_run(self, text: str, *, field: str = "run id", exists: bool = False) -> RunId:
+        """The run id ``text`` names: a full id, or a unique prefix of a run started on
+        this registry (one ``eth_getLogs`` of the ``RunStarted`` events).
+
+        With ``exists``, a full id of a run the registry does not know is a
+        :class:`~ledger.errors.NotFoundError` too.
+        """
+        if run_id_prefix(text, field=field) is None:
+            run_id = RunId.parse(text, field=field)
+            if exists and not self.get_run(run_id).exists:
+                raise NotFoundError(
+                    f"{field}: no run {run_id} on the registry at {self.address}",
+                    hint="`ledger runs` lists the recorded runs",
+                )
+            return run_id
+        started = self._logs([self.abi.event_topic("RunStarted")])
+        return resolve_run_id(text, (bytes(e["runId"]) for _, e in started), field=field)
 
     # -- events -----------------------------------------------------------------
 

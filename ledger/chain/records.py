@@ -118,6 +118,12 @@ class WeightsRecord:
     block_number: int
     tx_hash: str
     final: FinalRecord | None = None
+    log_index: int = 0
+
+    @property
+    def position(self) -> tuple[int, int]:
+        """Where the record sits in the chain's history: (block, log index)."""
+        return (self.block_number, self.log_index)
 
 
 @dataclass(frozen=True)
@@ -159,6 +165,7 @@ def record_of(name: str, event: dict[str, Any]) -> WeightsRecord:
         block_number=int(event["blockNumber"]),
         tx_hash=str(event["transactionHash"]),
         final=final,
+        log_index=int(event.get("logIndex", 0)),
     )
 
 

@@ -27,7 +27,7 @@ import threading
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from ledger.cli.options import DATA_DIR, JSON, VERIFY_OPTIONS, VERIFY_RUN, Option
+from ledger.cli.options import DATA_DIR, JSON, VERIFY_API, VERIFY_OPTIONS, VERIFY_RUN, Option
 
 _OPTIONS: dict[str, Option] = {flag: option for option in VERIFY_OPTIONS for flag in option.flags}
 """Every flag of ``ledger verify``, and the option it names."""
@@ -110,12 +110,13 @@ def _first_argument(args: list[str]) -> str | None:
 
 
 class VerifyArguments(NamedTuple):
-    """``ledger verify PATH [--run ID] [--data-dir DIR] [--json]``, already read."""
+    """``ledger verify PATH [--run ID] [--api URL] [--data-dir DIR] [--json]``, already read."""
 
     path: Path
     run: str | None
     data_dir: Path | None
     as_json: bool
+    api: str | None = None
 
 
 def plain_verify_arguments(argv: list[str]) -> VerifyArguments | None:
@@ -126,7 +127,8 @@ def plain_verify_arguments(argv: list[str]) -> VerifyArguments | None:
     alone, an option with a value as ``--option VALUE`` or ``--option=VALUE``,
     the value not starting with ``-``. Anything else, ``--help`` and a misspelt
     option included, goes to the full command line, which explains usage errors.
-    ``--data-dir`` left out means ``LEDGER_HOME``, as for the full command line.
+    ``--data-dir`` left out means ``LEDGER_HOME``, and ``--api`` left out
+    ``LEDGER_VERIFY_API``, as for the full command line.
     """
     if argv[:1] != ["verify"]:
         return None
@@ -153,9 +155,11 @@ def plain_verify_arguments(argv: list[str]) -> VerifyArguments | None:
     if len(paths) != 1:
         return None
     run, data_dir = given.get(VERIFY_RUN), given.get(DATA_DIR)
+    api = given.get(VERIFY_API, os.environ.get(VERIFY_API.envvar or "") or None)
     return VerifyArguments(
         path=Path(paths[0]),
         run=run if isinstance(run, str) else None,
         data_dir=Path(data_dir) if isinstance(data_dir, str) else None,
         as_json=given.get(JSON, False) is True,
+        api=api if isinstance(api, str) else None,
     )

@@ -15,22 +15,36 @@ from typing import Any
 
 from ledger.cli.options import print_json
 from ledger.cli.progress import progress_bar
-from ledger.ids import RunId
+from ledger.ids import run_id_prefix
 
 
-def check_file(path: Path, *, run: str | None, data_dir: Path | None, as_json: bool) -> int:
-    """Re-check ``path``, print the report (JSON or text); returns the exit code."""
-    expected = RunId.parse(run, field="run id") if run else None
+def check_file(
+    path: Path,
+    *,
+    run: str | None,
+    data_dir: Path | None,
+    as_json: bool,
+    api: str | None = None,
+) -> int:
+    """Re-check ``path``, print the report (JSON or text); returns the exit code.
+
+    Documents come from the data directory's store, the configured IPFS node,
+    then the audit API at ``api`` (:func:`ledger.store.sources.document_sources`).
+    """
+    if run:
+        run_id_prefix(run, field="--run")  # a bad id is an error before any work
     with progress_bar(path, json_output=as_json) as progress, _BackgroundCid(path, progress) as cid:
         # The file is being hashed on other threads while the rest loads and connects.
         from ledger.chain.reader import RegistryReader
         from ledger.config import load_settings
-        from ledger.store import open_store
+        from ledger.store.sources import document_sources
         from ledger.verify import Verifier
 
         settings = load_settings(data_dir)
+        sources = document_sources(settings, api=api)
         registry = RegistryReader.connect(settings)
-        verifier = Verifier(registry, open_store(settings))  # the IPFS node, if configured
+        expected = registry.resolve_run(run, field="--run") if run else None
+        verifier = Verifier(registry, sources)
         report = verifier.verify_file(path, expected_run=expected, known_cid=cid.result())
     if as_json:
         print_json(report.to_json())
@@ -96,7 +110,13 @@ def _print_report(report: Any) -> None:
     from rich.console import Console
 
     console = Console(highlight=False, soft_wrap=True)
-    colour = {"verified": "green", "mismatch": "red", "unknown": "yellow", "revoked": "red"}
+    colour = {
+        "verified": "green",
+        "mismatch": "red",
+        "unknown": "yellow",
+        "revoked": "red",
+        "unchecked": "yellow",
+    }
     if report.is_folder:
         files = ", ".join(report.files or [])
         console.print(
@@ -106,8 +126,23 @@ def _print_report(report: Any) -> None:
     else:
         console.print(f"[bold]{report.path}[/bold]  CID {report.file_cid}")
     for check in report.checks:
-        mark = "[green]✓[/green]" if check.ok else "[red]✗[/red]"
+        mark = (
+            "[green]✓[/green]"
+            if check.ok
+            else ("[yellow]?[/yellow]" if check.unchecked else "[red]✗[/red]")
+        )
         console.print(f"  {mark} {check.name}: {check.detail}")
+    if report.origin is not None and report.claimants:
+        origin = report.origin
+        console.print(
+            f"  origin: run {origin['run_id']} (committer {origin['committer']}, "
+            f"block {origin['block']})"
+        )
+        for other in report.claimants:
+            console.print(
+                f"  also claimed by: run {other['run_id']} (committer {other['committer']}, "
+                f"block {other['block']})"
+            )
     where = ""
     if report.run_id:
         what = (
@@ -118,3 +153,8 @@ def _print_report(report: Any) -> None:
         where = f" — run {report.run_id}" + (f", {what}" if what else "")
     outcome = report.outcome.value
     console.print(f"[bold {colour[outcome]}]{outcome.upper()}[/]{where}")
+    if outcome == "unchecked":
+        console.print(
+            "the weights are recorded on chain, but the run's documents could not be fetched: "
+            "give `--api URL` of an audit API, or configure the IPFS node that holds them"
+        )

@@ -60,7 +60,9 @@ def verify(argv: list[str]) -> int:
     from ledger.cli.check import check_file
 
     try:
-        return check_file(args.path, run=args.run, data_dir=args.data_dir, as_json=args.as_json)
+        return check_file(
+            args.path, run=args.run, data_dir=args.data_dir, as_json=args.as_json, api=args.api
+        )
     except LedgerError as exc:
         return report_error(exc)
     except KeyboardInterrupt:

@@ -55,8 +55,14 @@ RUN_ID = Argument("Run id.")
 # -- ledger verify --------------------------------------------------------------
 
 VERIFY_PATH = Argument("Model file, or Hugging Face model folder.")
-VERIFY_RUN = Option(("--run",), "Run id the file should belong to.")
-VERIFY_OPTIONS = (VERIFY_RUN, DATA_DIR, JSON)
+VERIFY_RUN = Option(("--run",), "Run id (or a unique prefix) the file should belong to.")
+VERIFY_API = Option(
+    ("--api",),
+    "Audit API (ledger serve) to fetch the run's documents from when the store lacks them; "
+    "they are re-hashed against the chain.",
+    envvar="LEDGER_VERIFY_API",
+)
+VERIFY_OPTIONS = (VERIFY_RUN, VERIFY_API, DATA_DIR, JSON)
 """Every option of ``ledger verify``: its typer command and the fast path read this table."""
 
 

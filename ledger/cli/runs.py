@@ -1,7 +1,10 @@
 """``ledger show``, ``proof``, ``revoke``, ``runs`` and ``lineage``: recorded runs.
 
 ``show``, ``proof`` and ``revoke`` talk to the registry; ``runs`` and ``lineage``
-read its events and the store (:mod:`ledger.catalog`).
+read its events and the store (:mod:`ledger.catalog`). Wherever a run id is
+asked for, a unique prefix of at least four hex digits will do (``0x1a2b3c``),
+resolved against the registry's ``RunStarted`` events; an unknown run is an
+error (exit 11), an ambiguous prefix one that lists the candidates.
 """
 
 from __future__ import annotations
@@ -18,51 +21,96 @@ from ledger.ids import RunId, to_hex
 app = typer.Typer()
 
 
-def _catalog(data_dir: Path | None) -> Any:
+def _catalog(data_dir: Path | None, run: str | None = None) -> tuple[Any, RunId | None]:
+    """The run catalogue, and ``run`` resolved against the chain (a prefix too)."""
     from ledger.catalog import RunCatalog
     from ledger.chain.reader import RegistryReader
     from ledger.store import open_store
 
     settings = load_settings(data_dir)
-    return RunCatalog.load(RegistryReader.connect(settings), open_store(settings))
+    registry = RegistryReader.connect(settings)
+    run_id = registry.resolve_run(run, exists=True) if run is not None else None
+    return RunCatalog.load(registry, open_store(settings)), run_id
 
 
 @app.command()
 def show(
-    run: Annotated[str, RUN_ID.typer()], data_dir: Annotated[Path | None, DATA_DIR.typer()] = None
+    run: Annotated[str, RUN_ID.typer()],
+    data_dir: Annotated[Path | None, DATA_DIR.typer()] = None,
+    as_json: Annotated[bool, JSON.typer()] = False,
 ) -> None:
-    """Print a run's on-chain record (storage and events) as JSON."""
+    """Print a run's on-chain record (storage and events); --json for JSON."""
     from ledger.chain.reader import RegistryReader
 
     registry = RegistryReader.connect(load_settings(data_dir))
-    run_id = RunId.parse(run, field="run id")
+    run_id = registry.resolve_run(run, exists=True)
     record = registry.get_run(run_id)
     started = registry.events("RunStarted", run_id)
     final = registry.final_record(run_id)
-    print_json(
-        {
-            "run_id": to_hex(record.run_id),
-            "committer": record.committer,
-            "started_at": record.started_at,
-            "status": record.status.name.lower(),
-            "revoked": record.revoked,
-            "manifest_digest": bytes(started[0]["manifestDigest"]).hex() if started else None,
-            "parents": [
-                {"run_id": to_hex(bytes(p["runId"])), "relation": int(p["relation"])}
-                for p in (started[0]["parents"] if started else [])
-            ],
-            "checkpoints": len(registry.checkpoints(run_id)),
-            "final": None
-            if final is None or final.final is None
-            else {
-                "weights_digest": final.weights_digest.hex(),
-                "tensor_root": final.tensor_root.hex(),
-                "metrics_digest": final.metrics_digest.hex(),
-                "checkpoint_root": final.final.checkpoint_root.hex(),
-                "commitment": record.final_commitment.hex(),
-            },
-        }
+    document = {
+        "run_id": to_hex(record.run_id),
+        "committer": record.committer,
+        "started_at": record.started_at,
+        "status": record.status.name.lower(),
+        "revoked": record.revoked,
+        "manifest_digest": bytes(started[0]["manifestDigest"]).hex() if started else None,
+        "parents": [
+            {"run_id": to_hex(bytes(p["runId"])), "relation": int(p["relation"])}
+            for p in (started[0]["parents"] if started else [])
+        ],
+        "checkpoints": len(registry.checkpoints(run_id)),
+        "final": None
+        if final is None or final.final is None
+        else {
+            "weights_digest": final.weights_digest.hex(),
+            "tensor_root": final.tensor_root.hex(),
+            "metrics_digest": final.metrics_digest.hex(),
+            "checkpoint_root": final.final.checkpoint_root.hex(),
+            "commitment": record.final_commitment.hex(),
+        },
+    }
+    if as_json:
+        print_json(document)
+        return
+    if record.revoked:
+        events = registry.events("RunRevoked", run_id)
+        document["revoked_reason"] = str(events[-1]["reason"]) if events else None
+    for line in _show_lines(document):
+        typer.echo(line)
+
+
+def _show_lines(doc: dict[str, Any]) -> list[str]:
+    """``ledger show``'s record as aligned ``label  value`` lines."""
+    import datetime
+
+    from ledger.ids import label
+
+    started = datetime.datetime.fromtimestamp(doc["started_at"], tz=datetime.UTC)
+    status = doc["status"] + (
+        f", REVOKED: {doc.get('revoked_reason') or '(no reason found)'}" if doc["revoked"] else ""
     )
+    rows: list[tuple[str, str]] = [
+        ("run", doc["run_id"]),
+        ("status", status),
+        ("committer", doc["committer"]),
+        ("started", started.strftime("%Y-%m-%d %H:%M:%S UTC")),
+        ("manifest", "0x" + doc["manifest_digest"] if doc["manifest_digest"] else "(no event)"),
+    ]
+    rows += [("parent", f"{p['run_id']} ({label(p['relation'])})") for p in doc["parents"]]
+    rows.append(("checkpoints", str(doc["checkpoints"])))
+    final = doc["final"]
+    if final is None:
+        rows.append(("final", "not finalized"))
+    else:
+        rows += [
+            ("final weights", "0x" + final["weights_digest"]),
+            ("tensor root", "0x" + final["tensor_root"]),
+            ("metrics", "0x" + final["metrics_digest"]),
+            ("checkpoint root", "0x" + final["checkpoint_root"]),
+            ("commitment", "0x" + final["commitment"]),
+        ]
+    width = max(len(name) for name, _ in rows)
+    return [f"{name.ljust(width)}  {value}" for name, value in rows]
 
 
 @app.command()
@@ -77,7 +125,7 @@ def proof(
     from ledger.hashing.merkle import MerkleTree
 
     registry = RegistryReader.connect(load_settings(data_dir))
-    run_id = RunId.parse(run, field="run id")
+    run_id = registry.resolve_run(run, exists=True)
     final = registry.final_record(run_id)
     if final is None or final.final is None:
         raise InputError(
@@ -124,9 +172,9 @@ def revoke(
     from ledger.chain.admin import RegistryAdmin
     from ledger.record.outbox import Journal, journal_path
 
-    run_id = RunId.parse(run, field="run id")
     settings = load_settings(data_dir)
     admin = RegistryAdmin.connect(settings)
+    run_id = admin.resolve_run(run, exists=True)
     tx = admin.revoke_run(run_id, reason)
     # journaled, so `ledger sync` recommits it if the chain loses it (a reset, a reorg)
     Journal(journal_path(settings)).append_confirmed(
@@ -154,7 +202,7 @@ def runs(
     as_json: Annotated[bool, JSON.typer()] = False,
 ) -> None:
     """List recorded runs (of a sweep), oldest first or by a metric."""
-    chosen = _catalog(data_dir).select(sweep=sweep, sort=sort, descending=descending)
+    chosen = _catalog(data_dir)[0].select(sweep=sweep, sort=sort, descending=descending)
     if as_json:
         print_json([r.to_json() for r in chosen])
         return
@@ -185,7 +233,8 @@ def lineage(
     """Print a run's ancestors and descendants with relations, status and revocations."""
     from ledger.catalog import lineage_lines
 
-    tree = _catalog(data_dir).lineage(RunId.parse(run, field="run id"))
+    catalog, run_id = _catalog(data_dir, run)
+    tree = catalog.lineage(run_id)
     if as_json:
         print_json(tree)
         return

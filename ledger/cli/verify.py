@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from ledger.cli.options import DATA_DIR, JSON, VERIFY_PATH, VERIFY_RUN, print_json
+from ledger.cli.options import DATA_DIR, JSON, VERIFY_API, VERIFY_PATH, VERIFY_RUN, print_json
 from ledger.cli.progress import progress_bar
 
 app = typer.Typer()
@@ -53,10 +53,12 @@ def tensors(
 def verify(
     path: Annotated[Path, VERIFY_PATH.typer()],
     run: Annotated[str | None, VERIFY_RUN.typer()] = None,
+    api: Annotated[str | None, VERIFY_API.typer()] = None,
     data_dir: Annotated[Path | None, DATA_DIR.typer()] = None,
     as_json: Annotated[bool, JSON.typer()] = False,
 ) -> None:
-    """Re-check a model file: exit 0 verified, 3 mismatch, 4 unknown, 5 revoked."""
+    """Re-check a model file: exit 0 verified, 3 mismatch, 4 unknown, 5 revoked, 6 unchecked
+    (recorded, but the run's documents could not be fetched)."""
     from ledger.cli.check import check_file
 
-    raise typer.Exit(check_file(path, run=run, data_dir=data_dir, as_json=as_json))
+    raise typer.Exit(check_file(path, run=run, data_dir=data_dir, as_json=as_json, api=api))

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
 from ledger.errors import InputError, NotFoundError
-from ledger.ids import RunId
+from ledger.ids import RunId, resolve_run_id, run_id_prefix
 from ledger.index.models import Metric, Parent, Run, Weights
 
 SORTS = ("started_at", "-started_at", "name", "-name", "committer", "-committer")
@@ -99,8 +99,20 @@ def list_runs(
     return Page(rows, next_cursor)
 
 
+def resolve_run(session: Session, text: str, *, field: str = "run_id") -> str:
+    """The indexed run id ``text`` names: a full id, or a unique prefix (``0x1a2b``...)
+    of an indexed run's id. Ambiguous and unknown prefixes are errors naming them."""
+    prefix = run_id_prefix(text, field=field)
+    if prefix is None:
+        return str(RunId.parse(text, field=field))
+    query = select(Run.run_id).where(Run.run_id.like(f"0x{prefix}%")).order_by(Run.run_id)
+    found = [bytes.fromhex(rid[2:]) for rid in session.scalars(query.limit(11))]
+    return str(resolve_run_id(text, found, field=field))
+
+
 def get_run(session: Session, run_id: str) -> Run:
-    run = session.get(Run, str(RunId.parse(run_id, field="run_id")))
+    run_id = resolve_run(session, run_id)
+    run = session.get(Run, run_id)
     if run is None:
         raise NotFoundError(
             f"run {run_id} is not in the index",

@@ -404,5 +404,6 @@ def _event_dict(log: Any) -> dict[str, Any]:
     return {
         **dict(log["args"]),
         "blockNumber": int(log["blockNumber"]),
+        "logIndex": int(log["logIndex"]),
         "transactionHash": "0x" + bytes(log["transactionHash"]).hex(),
     }

@@ -276,7 +276,7 @@ def test_verify_a_model_folder(chain: Chain, tmp_path: Path) -> None:
 
 def test_show_prints_the_on_chain_record(chain: Chain, tmp_path: Path) -> None:
     run = train(chain, tmp_path)
-    out = ledger("show", run.run_id, env=chain_env(chain, tmp_path / "ledger"))
+    out = ledger("show", run.run_id, "--json", env=chain_env(chain, tmp_path / "ledger"))
     assert out.returncode == 0, out.stderr
     record = json.loads(out.stdout)
     assert record["status"] == "finalized" and record["committer"] == chain.admin.address
@@ -284,8 +284,8 @@ def test_show_prints_the_on_chain_record(chain: Chain, tmp_path: Path) -> None:
 
 def test_bad_run_id_and_missing_registry_are_explained(chain: Chain, tmp_path: Path) -> None:
     env = chain_env(chain, tmp_path / "ledger")
-    bad = ledger("show", "0x1234", env=env)
-    assert bad.returncode == 11 and "0x1234" in bad.stderr
+    bad = ledger("show", "0x123", env=env)
+    assert bad.returncode == 11 and "0x123" in bad.stderr
     empty = {"LEDGER_HOME": str(tmp_path / "empty"), "LEDGER_RPC_URL": chain.rpc_url}
     (tmp_path / "model.pt").write_bytes(b"x")
     missing = ledger("verify", str(tmp_path / "model.pt"), env=empty)

@@ -76,6 +76,7 @@ def test_an_early_hash_of_another_path_is_not_used(tmp_path: Path) -> None:
         (["verify", "--json", "--run", "0xab", "m.pt"], ("m.pt", "0xab", None, True)),
         (["verify", "m.pt", "--data-dir", "d", "--run=0xab"], ("m.pt", "0xab", "d", False)),
         (["verify", "m.pt", "--run", ""], ("m.pt", "", None, False)),
+        (["verify", "m.pt", "--api", "http://h:8000"], ("m.pt", None, None, False)),
     ],
 )
 def test_plain_verify_arguments_are_read_without_a_parser(
@@ -133,7 +134,7 @@ def test_the_early_path_and_typer_accept_exactly_the_same_option_names() -> None
         name: not option.takes_value for option in VERIFY_OPTIONS for name in option.flags
     }
     assert typer_options == early_options  # the names, and which of them are flags
-    assert {"--run", "--data-dir", "--json"} <= set(early_options)
+    assert {"--run", "--api", "--data-dir", "--json"} <= set(early_options)
 
 
 @pytest.mark.parametrize(
@@ -144,12 +145,14 @@ def test_the_early_path_and_typer_accept_exactly_the_same_option_names() -> None
         ["--json", "--run", "0xab", "m.pt"],
         ["m.pt", "--data-dir", "d", "--run=0xab"],
         ["--data-dir=d", "m.pt", "--json", "--run", ""],
+        ["m.pt", "--api", "http://127.0.0.1:8000"],
     ],
 )
 def test_the_early_path_reads_plain_arguments_as_typer_does(
     args: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("LEDGER_HOME", raising=False)
+    monkeypatch.delenv("LEDGER_VERIFY_API", raising=False)
     early = _early.plain_verify_arguments(["verify", *args])
     assert early is not None
     parsed = typer_verify().make_context("verify", list(args)).params
@@ -159,6 +162,7 @@ def test_the_early_path_reads_plain_arguments_as_typer_does(
         "run": early.run,
         "data_dir": None if early.data_dir is None else str(early.data_dir),
         "as_json": early.as_json,
+        "api": early.api,
     }
 
 

@@ -136,11 +136,12 @@ def test_an_ancestor_whose_manifest_is_gone_or_forged_fails_the_child(
     original = store.path_for(cid).read_bytes()
     v = verifier(chain, tmp_path)
 
-    store.path_for(cid).unlink()
+    store.path_for(cid).unlink()  # gone: the child cannot be checked, nothing says tampered
     report = v.verify_file(tmp_path / "out" / "student.pt")
-    assert report.outcome is Outcome.MISMATCH
+    assert report.outcome is Outcome.UNCHECKED
     lineage = next(c for c in report.checks if c.name == "lineage")
-    assert not lineage.ok and base.run_id in lineage.detail and "manifest" in lineage.detail
+    assert not lineage.ok and lineage.unchecked
+    assert base.run_id in lineage.detail and "manifest" in lineage.detail
 
     store.path_for(cid).write_bytes(original.replace(b"price-forecast", b"price-forgery!"))
     report = v.verify_file(tmp_path / "out" / "finetuned.pt")
@@ -159,7 +160,7 @@ def test_an_ancestor_whose_final_metrics_are_gone_fails_the_child(
     assert cid is not None
     store.path_for(cid).unlink()
     report = verifier(chain, tmp_path).verify_file(tmp_path / "out" / "int8.safetensors")
-    assert report.outcome is Outcome.MISMATCH
+    assert report.outcome is Outcome.UNCHECKED
     lineage = next(c for c in report.checks if c.name == "lineage")
     assert base.run_id in lineage.detail and "metrics" in lineage.detail
 

@@ -24,14 +24,18 @@ from ledger.api.schemas import (
     TaintOut,
 )
 from ledger.documents import DocumentKind
-from ledger.ids import RunId
 from ledger.index import filters, queries
 from ledger.index.models import Metric
 
 router = APIRouter(tags=["runs"])
 
 RunIdParam = Annotated[
-    str, Path(max_length=80, description="0x-prefixed 32-byte run id", examples=[RUN_ID])
+    str,
+    Path(
+        max_length=80,
+        description="0x-prefixed 32-byte run id, or a unique prefix of 4+ hex digits",
+        examples=[RUN_ID],
+    ),
 ]
 
 Q_HELP = (
@@ -225,8 +229,8 @@ def get_lineage(
 )
 def get_taint(run_id: RunIdParam, state: State) -> Response:
     with read_index(state) as session:
-        sources = queries.revoked_ancestors(session, run_id)
-    parsed = str(RunId.parse(run_id, field="run_id"))
+        parsed = queries.get_run(session, run_id).run_id
+        sources = queries.revoked_ancestors(session, parsed)
     out = TaintOut(run_id=parsed, tainted=bool(sources), revoked_sources=sources)
     return answer(out)
 
