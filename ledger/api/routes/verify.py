@@ -8,6 +8,7 @@ unpickled; tensors are read only as ``ledger verify`` reads them) and deleted.
 
 from __future__ import annotations
 
+import re
 import tempfile
 from pathlib import Path
 from typing import Annotated
@@ -33,7 +34,24 @@ class UploadTooLargeError(InputError):
     http_status = 413
 
 
-def _out(report: VerifyReport) -> VerifyOut:
+def _suffix(filename: str | None) -> str:
+    """The upload's extension if it is a plain one (it tells the format apart), else none."""
+    match = _SUFFIX.search(filename or "")
+    return match.group(0).lower() if match else ""
+
+
+_SUFFIX = re.compile(r"\.[A-Za-z0-9_-]{1,15}\Z")
+
+
+def _shown(text: str, secret: str, shown: str) -> str:
+    """``text`` without the server's temporary path: the client's name stands in."""
+    return text.replace(secret, shown)
+
+
+def _out(report: VerifyReport, hide: tuple[str, str] | None = None) -> VerifyOut:
+    def clean(text: str) -> str:
+        return _shown(text, *hide) if hide else text
+
     return VerifyOut(
         outcome=report.outcome.value,
         file_cid=report.file_cid,
@@ -42,7 +60,7 @@ def _out(report: VerifyReport) -> VerifyOut:
         step=report.step,
         is_final=report.is_final,
         tensor_root=report.tensor_root,
-        checks=[CheckOut(name=c.name, ok=c.ok, detail=c.detail) for c in report.checks],
+        checks=[CheckOut(name=c.name, ok=c.ok, detail=clean(c.detail)) for c in report.checks],
     )
 
 
@@ -89,7 +107,7 @@ async def verify_upload(
     run: Annotated[str | None, Form(max_length=66, description="run it should belong to")] = None,
 ) -> VerifyOut:
     expected = _expected(run)
-    suffix = Path(file.filename or "upload").suffix[:16]
+    suffix = _suffix(file.filename)
     with tempfile.TemporaryDirectory(prefix="ledger-verify-") as folder:
         target = Path(folder) / f"upload{suffix}"
         size = 0
@@ -110,6 +128,12 @@ async def verify_upload(
         def check() -> VerifyReport:
             return verifier.verify_file(target, expected_run=expected)
 
-        report = await run_in_threadpool(check)
-        report.path = file.filename or "upload"
-        return _out(report)
+        shown = "the upload" + (f" ({suffix} file)" if suffix else "")
+        try:
+            report = await run_in_threadpool(check)
+        except InputError as exc:  # e.g. a hostile file: named as the client knows it
+            raise InputError(
+                _shown(exc.message, str(target), shown),
+                hint=_shown(exc.hint, str(target), shown) if exc.hint else None,
+            ) from None
+        return _out(report, (str(target), shown))
