@@ -120,6 +120,8 @@ def create_app(
             "`application/problem+json`. Runs filters: see `q` on `GET /api/v1/runs`."
         ),
         lifespan=lifespan,
+        docs_url=None,  # /docs is served from local files (routes/web.py), never a CDN
+        redoc_url=None,
         telemetry={"tracing": False, "metrics": False, "logs": False},
         openapi_tags=[
             {"name": "runs", "description": "Runs, lineage and taint from the index"},

@@ -15,9 +15,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Form, UploadFile
 from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import Response
 
 from ledger.api.deps import State
 from ledger.api.problems import responses
+from ledger.api.routes._convert import answer
 from ledger.api.schemas import CheckOut, VerifyDigest, VerifyOut
 from ledger.errors import InputError
 from ledger.hashing.cid import Cid
@@ -74,7 +76,7 @@ def _expected(run: str | None) -> bytes | None:
     summary="Verify a file CID, CID digest or tensor root against the chain",
     responses=responses(401, 422, 502, 503),
 )
-def verify_digest(body: VerifyDigest, state: State) -> VerifyOut:
+def verify_digest(body: VerifyDigest, state: State) -> Response:
     given = [k for k in ("cid", "digest", "tensor_root") if getattr(body, k)]
     if len(given) != 1:
         raise InputError(
@@ -92,7 +94,7 @@ def verify_digest(body: VerifyDigest, state: State) -> VerifyOut:
         assert body.tensor_root is not None
         root = Digest32.parse(body.tensor_root, field="body.tensor_root")
         report = verifier.verify_tensor_root(root, expected_run=expected)
-    return _out(report)
+    return answer(_out(report))
 
 
 @router.post(
@@ -105,7 +107,7 @@ async def verify_upload(
     state: State,
     file: Annotated[UploadFile, File(description="the weights file (.pt, .safetensors, ...)")],
     run: Annotated[str | None, Form(max_length=66, description="run it should belong to")] = None,
-) -> VerifyOut:
+) -> Response:
     expected = _expected(run)
     suffix = _suffix(file.filename)
     with tempfile.TemporaryDirectory(prefix="ledger-verify-") as folder:
@@ -136,4 +138,4 @@ async def verify_upload(
                 _shown(exc.message, str(target), shown),
                 hint=_shown(exc.hint, str(target), shown) if exc.hint else None,
             ) from None
-        return _out(report, (str(target), shown))
+        return answer(_out(report, (str(target), shown)))
