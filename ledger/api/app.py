@@ -20,6 +20,7 @@ from sqlalchemy.engine import Engine
 from ledger.api import problems
 from ledger.api.cache import DEFAULT_ENTRIES, IndexGeneration, ResponseCache
 from ledger.api.deps import ApiState, require_token
+from ledger.api.guard import RequestGuard
 from ledger.api.routes import documents, health, lookup, runs, verify, web
 from ledger.config import Secret, Settings
 from ledger.errors import ConfigError
@@ -28,18 +29,21 @@ from ledger.index.indexer import Indexer
 from ledger.index.service import BackgroundIndexer, build_indexer
 
 DEFAULT_MAX_UPLOAD = 4 << 30
+DEFAULT_VERIFY_SLOTS = 2
 
 
 @dataclass(frozen=True)
 class ApiConfig:
     """How the API is exposed. ``from_env`` reads ``LEDGER_API_TOKEN``,
     ``LEDGER_API_CORS`` (comma-separated origins), ``LEDGER_API_MAX_UPLOAD`` (bytes) and
-    ``LEDGER_API_CACHE`` (answers kept per server process, 0: no cache)."""
+    ``LEDGER_API_CACHE`` (answers kept per server process, 0: no cache) and
+    ``LEDGER_API_VERIFY_SLOTS`` (uploads verified at a time per server process)."""
 
     token: Secret | None = field(default=None, repr=False)
     cors_origins: tuple[str, ...] = ()
     max_upload: int = DEFAULT_MAX_UPLOAD
     cache_entries: int = DEFAULT_ENTRIES
+    verify_slots: int = DEFAULT_VERIFY_SLOTS
     index_url: str | None = None
     follow: bool = True
     interval: float = 1.0
@@ -57,7 +61,8 @@ class ApiConfig:
         origins = tuple(o.strip() for o in env.get("LEDGER_API_CORS", "").split(",") if o.strip())
         max_upload = _count(env, "LEDGER_API_MAX_UPLOAD", DEFAULT_MAX_UPLOAD, "a byte count")
         cache = _count(env, "LEDGER_API_CACHE", DEFAULT_ENTRIES, "a number of answers")
-        config = cls(Secret(token) if token else None, origins, max_upload, cache)
+        slots = _count(env, "LEDGER_API_VERIFY_SLOTS", DEFAULT_VERIFY_SLOTS, "a number of uploads")
+        config = cls(Secret(token) if token else None, origins, max_upload, cache, slots)
         return config.with_(**overrides)
 
     def with_(self, **changes: object) -> ApiConfig:
@@ -115,6 +120,8 @@ def create_app(
             "`application/problem+json`. Runs filters: see `q` on `GET /api/v1/runs`."
         ),
         lifespan=lifespan,
+        docs_url=None,  # /docs is served from local files (routes/web.py), never a CDN
+        redoc_url=None,
         telemetry={"tracing": False, "metrics": False, "logs": False},
         openapi_tags=[
             {"name": "runs", "description": "Runs, lineage and taint from the index"},
@@ -146,6 +153,13 @@ def create_app(
             allow_methods=["GET", "POST"],
             allow_headers=["Authorization", "Content-Type"],
         )
+    # Outermost: the token and the body limits act before anything reads the body.
+    app.add_middleware(
+        RequestGuard,
+        token=config.token,
+        max_upload=config.max_upload,
+        verify_slots=config.verify_slots,
+    )
     guarded = [Depends(require_token)]
     app.include_router(runs.router, prefix="/api/v1", dependencies=guarded)
     app.include_router(lookup.router, prefix="/api/v1", dependencies=guarded)

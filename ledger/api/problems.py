@@ -13,7 +13,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import Response
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 
@@ -38,9 +38,11 @@ class Problem(BaseModel):
     errors: list[FieldProblem] | None = None
 
 
-def _problem_response(problem: Problem, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse(
-        problem.model_dump(exclude_none=True),
+def _problem_response(problem: Problem, headers: dict[str, str] | None = None) -> Response:
+    from ledger.api.routes._convert import escape_invisible
+
+    return Response(
+        escape_invisible(problem.model_dump_json(exclude_none=True)),
         status_code=problem.status,
         media_type=MEDIA_TYPE,
         headers=headers,
@@ -62,13 +64,13 @@ def problem_of(exc: LedgerError) -> Problem:
     )
 
 
-async def _ledger_error(_: Request, exc: Exception) -> JSONResponse:
+async def _ledger_error(_: Request, exc: Exception) -> Response:
     assert isinstance(exc, LedgerError)
     headers = {"WWW-Authenticate": "Bearer"} if exc.http_status == 401 else None
     return _problem_response(problem_of(exc), headers)
 
 
-async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
+async def _validation_error(_: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
     errors = [
         FieldProblem(
@@ -89,7 +91,7 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     )
 
 
-async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+async def _http_error(_: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     return _problem_response(
         Problem(

@@ -51,6 +51,7 @@ STATUSES = ("running", "finalized", "failed")
 _TOKEN = re.compile(r'\s*(\(|\)|\|\||\||[^\s()"|]+(?:"[^"]*")?|"[^"]*")')
 _METRIC = re.compile(r"^([A-Za-z_][\w.\-/]*)\s*(<=|>=|!=|<|>|=)\s*(\S+)$")
 MAX_QUERY = 2000
+MAX_DEPTH = 32  # parentheses and NOTs inside each other
 
 
 def _bad(message: str, *, field: str = "q") -> InputError:
@@ -69,6 +70,8 @@ def term(key: str, value: str, *, field: str | None = None) -> ColumnElement[boo
     value = value.strip()
     if value.startswith('"') and value.endswith('"') and len(value) >= 2:
         value = value[1:-1]
+    if "\x00" in key or "\x00" in value:
+        raise _bad("a filter holds a NUL character", field=where)
     build = _TERMS.get(key)
     if build is None:
         raise _bad(f"unknown filter {key!r}", field=where)
@@ -216,6 +219,7 @@ class _Parser:
     def __init__(self, items: list[str]) -> None:
         self.items = items
         self.at = 0
+        self.depth = 0
 
     def peek(self) -> str | None:
         return self.items[self.at] if self.at < len(self.items) else None
@@ -252,16 +256,14 @@ class _Parser:
         item = self.peek()
         if item is None:
             raise _bad("the query ends where a filter was expected")
-        if item == "NOT":
-            self.take()
-            return not_(self.unary())
-        if item == "(":
-            self.take()
-            inner = self.or_()
-            if self.peek() != ")":
-                raise _bad("a '(' is not closed")
-            self.take()
-            return inner
+        if item in ("NOT", "("):
+            self.depth += 1
+            if self.depth > MAX_DEPTH:
+                raise _bad(f"parentheses and NOTs nest deeper than {MAX_DEPTH} levels")
+            try:
+                return self._nested(item)
+            finally:
+                self.depth -= 1
         if item in (")", "AND", "OR", "|", "||"):
             raise _bad(f"unexpected {item!r} (term {self.at + 1})")
         self.take()
@@ -271,6 +273,16 @@ class _Parser:
             raise _bad(f"{item!r} is not a key:value filter")
         condition = term(key, value)
         return not_(condition) if negate else condition
+
+    def _nested(self, item: str) -> ColumnElement[bool]:
+        self.take()
+        if item == "NOT":
+            return not_(self.unary())
+        inner = self.or_()
+        if self.peek() != ")":
+            raise _bad("a '(' is not closed")
+        self.take()
+        return inner
 
 
 def parse(text: str) -> ColumnElement[bool]:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 import time
 from collections import defaultdict
@@ -458,10 +459,10 @@ class Indexer:
         if manifest is None:
             return fields
         name = manifest.get("name")
-        fields["name"] = name[:200] if isinstance(name, str) else None
+        fields["name"] = _text(name, 200) if isinstance(name, str) else None
         sweep = manifest.get("sweep")
         if isinstance(sweep, dict) and isinstance(sweep.get("id"), str):
-            fields["sweep_id"] = sweep["id"][:200]
+            fields["sweep_id"] = _text(sweep["id"], 200)
             trial = sweep.get("trial")
             fields["sweep_trial"] = trial if _is_int(trial) else None
         distributed = manifest.get("distributed")
@@ -476,11 +477,12 @@ class Indexer:
         values = document.get("metrics")
         if not isinstance(values, dict):
             return "invalid", []
-        return "loaded", [
-            (str(k)[:100], float(v))
-            for k, v in values.items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) != float("inf")
-        ]
+        kept: dict[str, float] = {}
+        for k, v in values.items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) != float("inf"):
+                # two keys may read the same once cut or cleaned: the first one is kept
+                kept.setdefault(_text(str(k), 100), float(v))
+        return "loaded", list(kept.items())
 
 
 _MANIFEST_FIELDS = (
@@ -491,6 +493,17 @@ _MANIFEST_FIELDS = (
     "sweep_trial",
     "world_size",
 )
+
+
+def _text(value: str, limit: int | None = None) -> str:
+    """``value`` as every index database can store it: NUL (PostgreSQL refuses it in
+    text) and lone surrogates (not UTF-8) become U+FFFD. The store's documents and
+    the chain keep the original; the index only names and filters by it."""
+    cut = value[:limit] if limit is not None else value
+    return _UNSTORABLE.sub("\ufffd", cut)
+
+
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
 def _is_int(value: Any) -> bool:
@@ -608,7 +621,7 @@ def _apply(connection: Connection, logs: list[Log], timestamps: Mapping[int, int
                     {
                         "child_id": e.run_id,
                         "parent_id": parent["runId"],
-                        "relation": parent["relation"],
+                        "relation": _text(str(parent["relation"]), 16),
                         "position": position,
                     }
                 )
@@ -647,7 +660,7 @@ def _apply(connection: Connection, logs: list[Log], timestamps: Mapping[int, int
                 "status": "failed",
                 "ended_block": e.block_number,
                 "ended_tx": e.tx_hash,
-                "failed_reason": a["reason"],
+                "failed_reason": _text(a["reason"]),
             }
         elif e.name == "RunRevoked":
             revocations[e.run_id] = {
@@ -655,7 +668,7 @@ def _apply(connection: Connection, logs: list[Log], timestamps: Mapping[int, int
                 "revoked_block": e.block_number,
                 "revoked_tx": e.tx_hash,
                 "revoked_by": a["revoker"],
-                "revoked_reason": a["reason"],
+                "revoked_reason": _text(a["reason"]),
             }
     # Runs first seen here are written whole; older runs are updated.
     for run_id, count in list(checkpoint_counts.items()):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -41,21 +42,42 @@ def _encode_cursor(sort: str, key: Any, run_id: str) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
+_INT64 = (-(2**63), 2**63 - 1)
+_RUN_ID = re.compile(r"0x[0-9a-f]{64}")
+MAX_CURSOR_KEY = 400
+
+
 def _decode_cursor(cursor: str, sort: str) -> tuple[Any, str]:
+    """The (sort key, run id) a cursor of :func:`_encode_cursor` carries.
+
+    Anything else is an :class:`InputError`: a key of the wrong type, an integer
+    beyond 64 bits or text with a NUL would otherwise reach the database driver.
+    """
+    bad = InputError(
+        "cursor: not a cursor this API handed out", hint="pass next_cursor of a page as is"
+    )
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        cursor_sort, key, run_id = json.loads(raw)
-    except (binascii.Error, ValueError, TypeError) as exc:
-        raise InputError(
-            "cursor: not a cursor this API handed out", hint="pass next_cursor of a page as is"
-        ) from exc
+        decoded = json.loads(raw)
+    except (binascii.Error, ValueError, TypeError, RecursionError) as exc:
+        raise bad from exc
+    if not isinstance(decoded, list) or len(decoded) != 3:
+        raise bad
+    cursor_sort, key, run_id = decoded
+    if not isinstance(cursor_sort, str) or cursor_sort not in SORTS:
+        raise bad
     if cursor_sort != sort:
         raise InputError(
             f"cursor: it belongs to sort={cursor_sort!r}, not sort={sort!r}",
             hint="keep the same sort while paging, or start again without a cursor",
         )
-    if not isinstance(run_id, str) or not isinstance(key, (int, str)):
-        raise InputError("cursor: not a cursor this API handed out")
+    if not isinstance(run_id, str) or not _RUN_ID.fullmatch(run_id):
+        raise bad
+    if sort.removeprefix("-") == "started_at":
+        if not isinstance(key, int) or isinstance(key, bool) or not _INT64[0] <= key <= _INT64[1]:
+            raise bad
+    elif not isinstance(key, str) or "\x00" in key or len(key) > MAX_CURSOR_KEY:
+        raise bad
     return key, run_id
 
 

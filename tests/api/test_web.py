@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -118,5 +119,77 @@ def test_runs_table_run_chart_lineage_badges(
             expect(page.locator("#revoked .badge.revoked")).to_have_text("revoked")
             expect(page.locator("#revoked")).to_contain_text("trained on test data")
             expect(page.locator("#verify")).to_have_text("REVOKED (re-checked on chain)")
+        finally:
+            browser.close()
+
+
+def test_names_cannot_disguise_and_long_names_wrap(
+    chain: Chain, data_store: LocalStore, indexer: Indexer, server: str
+) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    spoof = record_run(chain.registry, data_store, "invoice\u202egpj.exe\u200b")
+    long_name = "x" * 400
+    long = record_run(chain.registry, data_store, long_name, final={"loss\u2066": 0.1})
+    chain.registry.revoke_run(long.run_id, "reason\u202e" + "y" * 300)
+    indexer.run_once()
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1024, "height": 768})
+            violations: list[str] = []
+            page.on(
+                "console",
+                lambda m: (
+                    violations.append(m.text) if "Content Security Policy" in m.text else None
+                ),
+            )
+            page.goto(server + "/")
+            cell = page.locator(f'tr[data-run="{spoof.hex}"] td').nth(1)
+            expect(cell).to_have_text("invoice⟦U+202E⟧gpj.exe⟦U+200B⟧")
+            badge = page.locator(f'tr[data-run="{long.hex}"] .badge.revoked')
+            expect(badge).to_have_count(1)
+            box = badge.bounding_box()
+            assert box is not None and box["x"] + box["width"] <= 1024  # still on screen
+
+            page.goto(f"{server}/runs/{long.hex}")
+            expect(page.locator("#revoked")).to_contain_text("reason⟦U+202E⟧")
+            expect(page.locator("#checkpoints")).to_contain_text("loss⟦U+2066⟧")
+            width = page.evaluate("document.documentElement.scrollWidth")
+            assert width <= 1024, width  # the long name and reason wrap
+            assert violations == []
+        finally:
+            browser.close()
+
+
+def test_docs_work_offline_under_the_csp(server: str) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        try:
+            page = browser.new_page()
+            elsewhere: list[str] = []
+            violations: list[str] = []
+
+            def route(r: Any) -> None:
+                if r.request.url.startswith(server):
+                    r.continue_()
+                else:
+                    elsewhere.append(r.request.url)
+                    r.abort()
+
+            page.route("**/*", route)
+            page.on(
+                "console",
+                lambda m: (
+                    violations.append(m.text) if "Content Security Policy" in m.text else None
+                ),
+            )
+            page.goto(server + "/docs")
+            expect(page.locator(".swagger-ui .info .title")).to_contain_text("ledger audit API")
+            expect(page.locator(".opblock-summary-path").first).to_be_visible()
+            assert elsewhere == [] and violations == []
         finally:
             browser.close()

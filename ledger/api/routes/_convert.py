@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from fastapi.responses import Response
@@ -14,11 +15,26 @@ from ledger.ids import from_hex
 from ledger.index.models import Run, Weights
 from ledger.store import ArtifactStore
 
+# Characters that change how text around them displays without showing themselves:
+# bidirectional controls, zero-width characters, the soft hyphen, BOM, and the line
+# separators JavaScript strings once refused.
+INVISIBLE = re.compile(
+    "[\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180e\u200b-\u200f"
+    "\u202a-\u202e\u2028\u2029\u2060-\u206f\u3164\ufe00-\ufe0f\ufeff\uffa0]"
+)
+
+
+def escape_invisible(text: str) -> str:
+    """JSON ``text`` with every :data:`INVISIBLE` character written as a ``\\uXXXX``
+    escape: the same JSON value, but a raw view, a log or a terminal shows it."""
+    return INVISIBLE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
 
 def answer(model: BaseModel, headers: dict[str, str] | None = None) -> Response:
     """``model`` as JSON. Routes return this rather than the model: FastAPI would
     validate the model a second time, on another worker thread, to serialise it."""
-    return Response(model.model_dump_json(), media_type="application/json", headers=headers)
+    body = escape_invisible(model.model_dump_json())
+    return Response(body, media_type="application/json", headers=headers)
 
 
 def summary(run: Run, metrics: dict[str, float] | None = None) -> RunSummary:

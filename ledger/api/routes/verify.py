@@ -8,15 +8,18 @@ unpickled; tensors are read only as ``ledger verify`` reads them) and deleted.
 
 from __future__ import annotations
 
+import re
 import tempfile
 from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, File, Form, UploadFile
 from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import Response
 
 from ledger.api.deps import State
 from ledger.api.problems import responses
+from ledger.api.routes._convert import answer
 from ledger.api.schemas import CheckOut, VerifyDigest, VerifyOut
 from ledger.errors import InputError
 from ledger.hashing.cid import Cid
@@ -33,7 +36,24 @@ class UploadTooLargeError(InputError):
     http_status = 413
 
 
-def _out(report: VerifyReport) -> VerifyOut:
+def _suffix(filename: str | None) -> str:
+    """The upload's extension if it is a plain one (it tells the format apart), else none."""
+    match = _SUFFIX.search(filename or "")
+    return match.group(0).lower() if match else ""
+
+
+_SUFFIX = re.compile(r"\.[A-Za-z0-9_-]{1,15}\Z")
+
+
+def _shown(text: str, secret: str, shown: str) -> str:
+    """``text`` without the server's temporary path: the client's name stands in."""
+    return text.replace(secret, shown)
+
+
+def _out(report: VerifyReport, hide: tuple[str, str] | None = None) -> VerifyOut:
+    def clean(text: str) -> str:
+        return _shown(text, *hide) if hide else text
+
     return VerifyOut(
         outcome=report.outcome.value,
         file_cid=report.file_cid,
@@ -42,7 +62,7 @@ def _out(report: VerifyReport) -> VerifyOut:
         step=report.step,
         is_final=report.is_final,
         tensor_root=report.tensor_root,
-        checks=[CheckOut(name=c.name, ok=c.ok, detail=c.detail) for c in report.checks],
+        checks=[CheckOut(name=c.name, ok=c.ok, detail=clean(c.detail)) for c in report.checks],
     )
 
 
@@ -56,7 +76,7 @@ def _expected(run: str | None) -> bytes | None:
     summary="Verify a file CID, CID digest or tensor root against the chain",
     responses=responses(401, 422, 502, 503),
 )
-def verify_digest(body: VerifyDigest, state: State) -> VerifyOut:
+def verify_digest(body: VerifyDigest, state: State) -> Response:
     given = [k for k in ("cid", "digest", "tensor_root") if getattr(body, k)]
     if len(given) != 1:
         raise InputError(
@@ -74,7 +94,7 @@ def verify_digest(body: VerifyDigest, state: State) -> VerifyOut:
         assert body.tensor_root is not None
         root = Digest32.parse(body.tensor_root, field="body.tensor_root")
         report = verifier.verify_tensor_root(root, expected_run=expected)
-    return _out(report)
+    return answer(_out(report))
 
 
 @router.post(
@@ -87,9 +107,9 @@ async def verify_upload(
     state: State,
     file: Annotated[UploadFile, File(description="the weights file (.pt, .safetensors, ...)")],
     run: Annotated[str | None, Form(max_length=66, description="run it should belong to")] = None,
-) -> VerifyOut:
+) -> Response:
     expected = _expected(run)
-    suffix = Path(file.filename or "upload").suffix[:16]
+    suffix = _suffix(file.filename)
     with tempfile.TemporaryDirectory(prefix="ledger-verify-") as folder:
         target = Path(folder) / f"upload{suffix}"
         size = 0
@@ -110,6 +130,12 @@ async def verify_upload(
         def check() -> VerifyReport:
             return verifier.verify_file(target, expected_run=expected)
 
-        report = await run_in_threadpool(check)
-        report.path = file.filename or "upload"
-        return _out(report)
+        shown = "the upload" + (f" ({suffix} file)" if suffix else "")
+        try:
+            report = await run_in_threadpool(check)
+        except InputError as exc:  # e.g. a hostile file: named as the client knows it
+            raise InputError(
+                _shown(exc.message, str(target), shown),
+                hint=_shown(exc.hint, str(target), shown) if exc.hint else None,
+            ) from None
+        return answer(_out(report, (str(target), shown)))

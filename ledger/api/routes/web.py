@@ -3,7 +3,9 @@
 ``/`` is the runs table, ``/runs/{id}`` a run (metric curves, lineage graph,
 verification badge); both pages read the JSON API from the browser, so they
 show exactly what the API answers. No build step: the files in ``web/`` are
-served as they are.
+served as they are. ``/docs`` is Swagger UI from the ``swagger-ui-bundle-v2``
+package, served by this app too: no page loads anything from another site, and
+no page runs inline script (the Content-Security-Policy forbids both).
 """
 
 from __future__ import annotations
@@ -28,5 +30,13 @@ def run_page(run_id: str) -> FileResponse:
     return FileResponse(WEB / "run.html", media_type="text/html")
 
 
+@router.get("/docs")
+def docs_page() -> FileResponse:
+    return FileResponse(WEB / "docs.html", media_type="text/html")
+
+
 def mount_static(app: FastAPI) -> None:
+    from swagger_ui_bundle import swagger_ui_path  # type: ignore[import-untyped]
+
+    app.mount("/static/swagger-ui", StaticFiles(directory=str(swagger_ui_path)), name="swagger")
     app.mount("/static", StaticFiles(directory=WEB), name="static")

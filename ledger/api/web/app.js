@@ -27,20 +27,35 @@ const ledger = (() => {
     return body;
   }
 
+  // Characters that change how the text around them displays without showing
+  // themselves (bidirectional overrides and isolates, zero-width characters, BOM...):
+  // a name could display as another name. Every text the page shows from the API goes
+  // through visible(), which writes each of them as a visible ⟦U+202E⟧ marker.
+  const INVISIBLE = /[\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180e\u200b-\u200f\u202a-\u202e\u2028\u2029\u2060-\u206f\u3164\ufe00-\ufe0f\ufeff\uffa0]/g;
+
+  function visible(text) {
+    return String(text).replace(INVISIBLE, (c) => "⟦U+" + c.codePointAt(0).toString(16).toUpperCase().padStart(4, "0") + "⟧");
+  }
+
   function el(tag, attrs = {}, ...children) {
     const node = document.createElement(tag);
     for (const [k, v] of Object.entries(attrs)) {
       if (k === "class") node.className = v; else node.setAttribute(k, v);
     }
-    for (const child of children) node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+    for (const child of children) node.append(child instanceof Node ? child : document.createTextNode(visible(child)));
     return node;
   }
 
   function svg(tag, attrs = {}, text) {
     const node = document.createElementNS(SVG, tag);
     for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, String(v));
-    if (text !== undefined) node.textContent = text;
+    if (text !== undefined) node.textContent = visible(text);
     return node;
+  }
+
+  // A name from a manifest: its own direction cannot reorder the row around it.
+  function named(text) {
+    return el("bdi", { class: "name" }, text);
   }
 
   function short(hex) {
@@ -56,7 +71,7 @@ const ledger = (() => {
   }
 
   function showError(error) {
-    document.getElementById("message").textContent = String(error.message || error);
+    document.getElementById("message").textContent = visible(error.message || error);
   }
 
   // -- runs table -------------------------------------------------------------------
@@ -81,11 +96,11 @@ const ledger = (() => {
         for (const run of page.runs) {
           const row = el("tr", { class: run.revoked ? "revoked" : "", "data-run": run.run_id },
             el("td", {}, el("a", { href: "/runs/" + run.run_id, class: "mono" }, short(run.run_id))),
-            el("td", {}, run.name || "—"),
+            el("td", { class: "name-cell" }, named(run.name || "—")),
             el("td", {}, badge(run.status), " ", run.revoked ? badge("revoked") : ""),
             el("td", { class: "mono" }, short(run.committer)),
             el("td", {}, when(run.started_at)),
-            el("td", {}, run.sweep_id ? run.sweep_id + (run.sweep_trial !== null ? " #" + run.sweep_trial : "") : ""),
+            el("td", { class: "name-cell" }, run.sweep_id ? run.sweep_id + (run.sweep_trial !== null ? " #" + run.sweep_trial : "") : ""),
             el("td", {}, run.checkpoint_count));
           body.append(row);
         }
@@ -213,12 +228,12 @@ const ledger = (() => {
     const runId = decodeURIComponent(window.location.pathname.split("/").pop());
     try {
       const run = await api("/api/v1/runs/" + encodeURIComponent(runId));
-      document.title = "ledger — " + (run.name || run.run_id);
-      document.getElementById("title").textContent = (run.name || "run") + " " + run.run_id;
+      document.title = visible("ledger — " + (run.name || run.run_id));
+      document.getElementById("title").replaceChildren(named(run.name || "run"), " " + run.run_id);
       document.getElementById("status").replaceChildren(badge(run.status));
       if (run.revoked) {
         document.getElementById("revoked").replaceChildren(
-          badge("revoked"), " " + (run.chain.revoked_reason || ""));
+          badge("revoked"), " ", el("span", { class: "reason" }, run.chain.revoked_reason || ""));
       }
       drawCharts(run);
       const body = document.querySelector("#checkpoints tbody");
@@ -230,8 +245,8 @@ const ledger = (() => {
           el("td", {}, c.block),
           el("td", { class: "mono" }, short(c.tx))));
       }
-      document.getElementById("chain").textContent = JSON.stringify(run.chain, null, 2);
-      document.getElementById("manifest").textContent = run.manifest ? JSON.stringify(run.manifest, null, 2) : "(not in the store)";
+      document.getElementById("chain").textContent = visible(JSON.stringify(run.chain, null, 2));
+      document.getElementById("manifest").textContent = run.manifest ? visible(JSON.stringify(run.manifest, null, 2)) : "(not in the store)";
       const [graph, taint] = await Promise.all([
         api("/api/v1/runs/" + run.run_id + "/lineage"),
         api("/api/v1/runs/" + run.run_id + "/taint"),
@@ -246,5 +261,12 @@ const ledger = (() => {
     }
   }
 
-  return { runsPage, runPage };
+  return { runsPage, runPage, visible };
 })();
+
+// No inline script (the Content-Security-Policy forbids it): the page says which it is.
+document.addEventListener("DOMContentLoaded", () => {
+  const page = document.body.dataset.page;
+  if (page === "runs") ledger.runsPage();
+  else if (page === "run") ledger.runPage();
+});
