@@ -88,8 +88,13 @@ def fill(folder: Path) -> Path:
 
 
 def test_a_full_store_disk_is_retried_and_finished_by_sync(
-    chain: Chain, tmp_path: Path, small_disk: Path, capsys: pytest.CaptureFixture[str]
+    chain: Chain,
+    tmp_path: Path,
+    small_disk: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setenv("LEDGER_FLUSH_TIMEOUT", "0.5")  # what the exit handler waits
     home = tmp_path / "ledger"
     settings = chain.settings(home)
     settings.store_dir.symlink_to(small_disk, target_is_directory=True)
@@ -105,6 +110,7 @@ def test_a_full_store_disk_is_retried_and_finished_by_sync(
     assert "2 record(s) not yet on chain after 1.5 s" in report
     assert "No space left on device" in report and "free space" in report
     outbox._at_exit()  # the process would end here: its worker stops, records stay
+    assert "No space left on device" in capsys.readouterr().err  # told at exit
 
     filler.unlink()  # space is back: plain `ledger sync` finishes them
     code, out, _ = cli(capsys, "sync", "--data-dir", str(home), "--timeout", "60")
