@@ -111,6 +111,14 @@ class StoreUnavailableError(StoreError, ConnectionError):
     http_status = 503
 
 
+class StoreFullError(StoreError):
+    """The store's disk is full, over quota or failing writes (ENOSPC, EDQUOT, EIO):
+    nothing was stored, and retrying once there is room again succeeds. The
+    outbox keeps such records and retries them, as for an unavailable store."""
+
+    http_status = 507
+
+
 class StoreRefusedError(StoreError):
     """The store (e.g. an IPFS node) answered a request with an error of its own."""
 
@@ -150,6 +158,12 @@ class NonceTooLowError(ChainError):
 
 class RegistryNotDeployedError(ChainError):
     """No registry contract is at the configured address on this chain."""
+
+
+class MissingRoleError(ChainError):
+    """The signing key lacks a role the registry requires (e.g. committer)."""
+
+    http_status = 403
 
 
 class TransactionRevertedError(ChainError):

@@ -12,7 +12,10 @@ fingerprints, seed, parents) is handed to the durable outbox (:mod:`ledger.recor
 each checkpoint writes the weights file and hands over its path and metrics;
 leaving the block writes the final model file (``out``; ``.pt`` via
 ``torch.save``, ``.safetensors`` via safetensors), hands it over and waits,
-bounded by ``LEDGER_FLUSH_TIMEOUT``, for the run's records to be on chain. The
+bounded by ``LEDGER_FLUSH_TIMEOUT``, for the run's records to be on chain, then
+says in one line what was recorded (and what is still open, or was refused). At
+start, when the chain answers, the registry and the key's committer role are
+checked: a run none of whose records could land fails before training. The
 training loop never waits on the chain or the store: a background worker
 hashes, stores and commits. An exception inside the block records the run as
 failed and propagates unchanged.
@@ -192,10 +195,16 @@ class LedgerRun:
         code = start_code_version(self._code_root)  # git runs while the key is read
         try:
             self.outbox = Outbox.for_settings(settings, self._store)
-            self.outbox.committer()
+            # fail before training when no record could land (no registry, no role)
+            unreachable = self.outbox.check_chain()
         except BaseException:
             code()  # git's answer is waited for, not left behind
             raise
+        if unreachable:
+            self.outbox.worker.say(
+                f"{unreachable}; training goes on and its records wait in the outbox "
+                f"({self.outbox.journal.path})"
+            )
         manifest = build_manifest(
             name=self.name,
             config=self.config,
@@ -256,17 +265,19 @@ class LedgerRun:
 
     def flush(self, timeout: float | None = None) -> int:
         """Wait up to ``timeout`` s (default ``LEDGER_FLUSH_TIMEOUT``) for this run's
-        records; returns how many are still open and says so on stderr."""
+        records; returns how many are still open.
+
+        Says on stderr, in one line, what was recorded, what is still open (and
+        why) and what was refused. The process's exit neither waits for these
+        records again nor repeats the line.
+        """
         if self.outbox is None or self._run_id is None:
             return 0
         if timeout is None:
             timeout = self._flush_timeout if self._flush_timeout is not None else flush_timeout()
         remaining = self.outbox.flush(timeout, self._run_id)
-        if remaining:
-            self.outbox.worker.say(
-                f"run {self._run_id}: {remaining} record(s) not yet on chain after {timeout:g} s; "
-                "they are safe in the outbox (see `ledger status`, finish with `ledger sync`)"
-            )
+        self.outbox.worker.say(self.outbox.report(self._run_id, timeout))
+        self.outbox.settled(self._run_id)
         return remaining
 
     @property

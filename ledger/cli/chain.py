@@ -105,3 +105,57 @@ def deploy(
         f"registry {registry.address} on chain {chain_id} (block {tx.block_number}, "
         f"gas {tx.gas_used}); admin and committer {registry.signer.address}; saved to {path}"
     )
+
+
+ROLES = ("committer", "admin")
+
+
+def _role_change(
+    role: str, address: str, data_dir: Path | None, rpc_url: str | None, grant: bool
+) -> None:
+    from ledger.chain.admin import RegistryAdmin
+    from ledger.chain.records import ADMIN_ROLE, COMMITTER_ROLE, checksum_address
+    from ledger.errors import InputError, MissingRoleError
+
+    if role not in ROLES:
+        raise InputError(f"unknown role {role!r}", hint=f"use one of: {', '.join(ROLES)}")
+    try:
+        account = checksum_address(address)
+    except ValueError as exc:
+        raise InputError(
+            f"ADDRESS {address!r} is not an address", hint="give 0x and 40 hex digits"
+        ) from exc
+    registry = RegistryAdmin.connect(load_settings(data_dir, rpc_url=rpc_url))
+    me = registry.signer.address
+    if not registry.is_admin(me):
+        raise MissingRoleError(
+            f"key {me} is not an admin of the registry {registry.address}; only an admin "
+            "grants or revokes roles",
+            hint="run this with the admin's key (LEDGER_PRIVATE_KEY or LEDGER_KEYSTORE)",
+        )
+    role_id = COMMITTER_ROLE if role == "committer" else ADMIN_ROLE
+    tx = registry.transact("grantRole" if grant else "revokeRole", role_id, account)
+    done = "granted to" if grant else "revoked from"
+    typer.echo(f"role {role} {done} {account} on {registry.address} (block {tx.block_number})")
+
+
+@app.command()
+def grant(
+    role: Annotated[str, typer.Argument(help="committer (records runs) or admin.")],
+    address: Annotated[str, typer.Argument(help="The account (0x...).")],
+    data_dir: Annotated[Path | None, DATA_DIR.typer()] = None,
+    rpc_url: Annotated[str | None, typer.Option(envvar="LEDGER_RPC_URL")] = None,
+) -> None:
+    """Grant a registry role to an account (the key must be an admin's)."""
+    _role_change(role, address, data_dir, rpc_url, grant=True)
+
+
+@app.command("revoke-role")
+def revoke_role(
+    role: Annotated[str, typer.Argument(help="committer or admin.")],
+    address: Annotated[str, typer.Argument(help="The account (0x...).")],
+    data_dir: Annotated[Path | None, DATA_DIR.typer()] = None,
+    rpc_url: Annotated[str | None, typer.Option(envvar="LEDGER_RPC_URL")] = None,
+) -> None:
+    """Revoke a registry role from an account (its past records stay on chain)."""
+    _role_change(role, address, data_dir, rpc_url, grant=False)

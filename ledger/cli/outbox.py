@@ -23,12 +23,28 @@ def sync(
     retry_failed: Annotated[
         bool, typer.Option("--retry-failed", help="Try failed records again.")
     ] = False,
+    abandoned: Annotated[
+        bool,
+        typer.Option(
+            "--abandoned",
+            help="Record runs whose training process is gone (killed) as failed.",
+        ),
+    ] = False,
     as_json: Annotated[bool, JSON.typer()] = False,
 ) -> None:
     """Send whatever the outbox still holds; recommit records the chain lost."""
     from ledger.record.outbox import Outbox
 
     outbox = Outbox(load_settings(data_dir))
+    rebuilt = 0
+    if outbox.journal.meta("damaged"):  # a fresh journal after a damaged one: see journal.py
+        rebuilt = outbox.rebuild_from_chain()
+        outbox.worker.say(
+            f"rebuilt {rebuilt} record(s) this key has on chain into the fresh outbox journal"
+        )
+    dead = outbox.record_abandoned() if abandoned else {}
+    for run_id, pid in dead.items():
+        outbox.worker.say(f"run {run_id}: recording it as failed (abandoned: process {pid} gone)")
     result = outbox.sync(timeout, retry_failed=retry_failed)
     counts = outbox.journal.counts()
     still_open = counts["pending"] + counts["stored"] + counts["sent"]
@@ -41,6 +57,9 @@ def sync(
                 "confirmed": result.confirmed,
                 "recommitted": result.recommitted,
                 "failed": result.failed,
+                "failed_in_journal": counts["failed"],
+                "abandoned": dead,
+                "rebuilt": rebuilt,
                 "open": still_open,
                 "waiting_on": result.waiting_on,
                 "waiting_for_keys": other_keys,
@@ -50,8 +69,13 @@ def sync(
     else:
         typer.echo(
             f"confirmed {result.confirmed}, recommitted {result.recommitted} "
-            f"(lost by the chain), failed {result.failed}, still open {still_open}"
+            f"(lost by the chain), failed {counts['failed']}"
+            + (f" ({result.failed} now)" if result.failed != counts["failed"] else "")
+            + f", still open {still_open}"
         )
+        for entry in outbox.journal.entries(states=["failed"]):
+            what = entry.kind + (f" step {entry.step}" if entry.step is not None else "")
+            typer.echo(f"  failed #{entry.id} {what} of run {entry.run_id}: {entry.error}")
     if other_keys:
         theirs = ", ".join(f"{n} for {key}" for key, n in sorted(other_keys.items()))
         raise RecordError(
@@ -66,8 +90,11 @@ def sync(
             + (f": {result.waiting_on}" if result.waiting_on else ""),
             hint="run `ledger status` to see them; `ledger sync` again once the cause is fixed",
         )
-    if result.failed:
-        raise RecordError(f"{result.failed} record(s) failed", hint="`ledger status` shows why")
+    if counts["failed"]:
+        raise RecordError(
+            f"{counts['failed']} record(s) in the outbox failed for good",
+            hint="fix the cause shown above, then `ledger sync --retry-failed`",
+        )
 
 
 def _open_for_other_keys(outbox: Outbox) -> dict[str, int]:
@@ -98,8 +125,11 @@ def status(
         else:
             typer.echo("the outbox is empty (nothing was recorded from this data directory)")
         return
+    from ledger.record.outbox import abandoned_runs
+
     journal = Journal(path)
     entries = journal.entries()
+    dead = abandoned_runs(journal, entries)
     runs: dict[str, dict[str, int]] = {}
     for entry in entries:
         runs.setdefault(entry.run_id, {}).setdefault(entry.state, 0)
@@ -113,7 +143,14 @@ def status(
             {
                 "journal": journal.counts(),
                 "worker": {"pid": worker} if worker is not None else None,
-                "runs": [{"run_id": r, "states": c} for r, c in runs.items()],
+                "runs": [
+                    {
+                        "run_id": r,
+                        "states": c,
+                        "abandoned": {"pid": dead[r]} if r in dead else None,
+                    }
+                    for r, c in runs.items()
+                ],
                 "problems": [e.as_dict() for e in problems],
                 "recommitted": sum(e.recommits for e in entries),
             }
@@ -129,7 +166,13 @@ def status(
     )
     for run_id, states in runs.items():
         shown = ", ".join(f"{n} {state}" for state, n in sorted(states.items()))
-        typer.echo(f"  run {run_id}: {shown}")
+        gone = (
+            f"; abandoned: process {dead[run_id]} gone before the run ended "
+            "(`ledger sync --abandoned` records it as failed)"
+            if run_id in dead
+            else ""
+        )
+        typer.echo(f"  run {run_id}: {shown}{gone}")
     for entry in problems:
         what = f"{entry.kind}" + (f" step {entry.step}" if entry.step is not None else "")
         typer.echo(

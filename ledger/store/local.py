@@ -5,13 +5,20 @@ artifact under a CID."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
-from ledger.errors import ArtifactNotFoundError, InputError, IntegrityError, StoreError
+from ledger.errors import (
+    ArtifactNotFoundError,
+    InputError,
+    IntegrityError,
+    StoreError,
+    StoreFullError,
+)
 from ledger.hashing.cid import Cid, bytes_cid, file_cid
 
 
@@ -104,8 +111,11 @@ class LocalStore:
         finally:
             if not outer:
                 folders, self._deferred = self._deferred or set(), None
-                for folder in sorted(folders):
-                    _fsync_dir(folder)
+                try:
+                    for folder in sorted(folders):
+                        _fsync_dir(folder)
+                except OSError as exc:
+                    raise self._write_error(exc) from exc
 
     def _write_atomically(self, target: Path, write: Callable[[IO[bytes]], object]) -> None:
         folder = target.parent
@@ -127,7 +137,22 @@ class LocalStore:
             else:
                 _fsync_dir(folder)
         except OSError as exc:
-            raise StoreError(f"cannot write to the store at {self.root}: {exc}") from exc
+            raise self._write_error(exc) from exc
+
+    def _write_error(self, exc: OSError) -> StoreError:
+        """A failed write as the outbox needs it: a full disk (or quota, or a failing
+        device) is retried once there is room; anything else is for good."""
+        if exc.errno in _FULL:
+            return StoreFullError(
+                f"cannot write to the store at {self.root}: {exc.strerror or exc}",
+                hint="free space on that disk; records wait in the outbox and are stored "
+                "once there is room (`ledger sync` finishes them)",
+            )
+        return StoreError(f"cannot write to the store at {self.root}: {exc}")
+
+
+# write errors that say "no room (yet)", not "never": full disk, quota, failing device
+_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EFBIG})
 
 
 def _fsync_dir(path: Path) -> None:

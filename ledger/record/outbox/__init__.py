@@ -27,6 +27,7 @@ the same on its own. `ledger status` shows the journal.
 from __future__ import annotations
 
 import atexit
+import math
 import os
 import threading
 import time
@@ -37,19 +38,36 @@ from typing import TYPE_CHECKING, Any
 from ledger.chain.records import run_id_for
 from ledger.config import Secret, Settings, resolve_private_key
 from ledger.documents import canonical_json
-from ledger.errors import ConfigError, InputError, RecordError
+from ledger.errors import (
+    ChainUnavailableError,
+    ConfigError,
+    InputError,
+    MissingRoleError,
+    RecordError,
+    RegistryNotDeployedError,
+)
 from ledger.hashing.cid import bytes_cid
 from ledger.ids import Relation, to_hex
 from ledger.record.outbox.journal import Entry, Journal
 from ledger.record.outbox.lock import WorkerLock
+from ledger.record.outbox.owner import gone, this_process
 from ledger.record.outbox.serve import WorkerThread
-from ledger.record.outbox.worker import PassResult, Worker
+from ledger.record.outbox.worker import PassResult, Worker, one_line
 
 if TYPE_CHECKING:
     from ledger.record.outbox.process import AttachedWorker, WorkerProcess
 from ledger.store import ArtifactStore
 
-__all__ = ["Entry", "Journal", "Outbox", "PassResult", "flush_timeout", "journal_path"]
+__all__ = [
+    "Entry",
+    "Journal",
+    "Outbox",
+    "PassResult",
+    "abandoned_runs",
+    "flush_timeout",
+    "journal_path",
+    "run_report",
+]
 
 _OPEN: dict[Path, Outbox] = {}
 _OPEN_LOCK = threading.Lock()
@@ -58,6 +76,9 @@ _OPEN_LOCK = threading.Lock()
 def journal_path(settings: Settings) -> Path:
     return settings.data_dir / "outbox.sqlite"
 
+
+CHECK_TIMEOUT = 5.0  # seconds the start's chain check waits for an answer
+_HAS_ROLE = bytes.fromhex("91d14854")  # hasRole(bytes32,address)
 
 # seconds between looks at the journal while a run waits for its records: every
 # millisecond for the first 0.2 s (a run's last records usually land within 10-20
@@ -139,6 +160,66 @@ class Outbox:
             self._committer = address_of(self._secret)
         return self._committer
 
+    def check_chain(self, timeout: float = CHECK_TIMEOUT) -> str | None:
+        """Before a run starts: that the registry is on the chain and this key may
+        record on it (one JSON-RPC batch: chain id, the registry's code, and
+        ``hasRole(COMMITTER_ROLE, key)``).
+
+        Raises when records could never land (no registry configured or at the
+        address, another chain, the key without the committer role); returns why
+        when the chain does not answer (the run goes on: its records wait in the
+        outbox), else None.
+        """
+        from ledger.chain.records import COMMITTER_ROLE, checksum_address
+        from ledger.chain.rpc import JsonRpc, as_bytes
+
+        settings = self.settings
+        if not settings.registry_address:
+            raise ConfigError(
+                "no registry address configured: nothing this run hands over could be recorded",
+                hint="run `ledger deploy`, or set LEDGER_REGISTRY",
+            )
+        try:
+            address = checksum_address(settings.registry_address)
+        except ValueError as exc:
+            raise ConfigError(
+                f"registry address {settings.registry_address!r} is not an address",
+                hint="fix registry_address in config.json or LEDGER_REGISTRY",
+            ) from exc
+        committer = self.committer()
+        call = _HAS_ROLE + COMMITTER_ROLE + bytes.fromhex(committer[2:]).rjust(32, b"\0")
+        try:
+            answers = JsonRpc(settings.rpc_url, timeout).batch(
+                [
+                    ("eth_chainId", []),
+                    ("eth_getCode", [address, "latest"]),
+                    ("eth_call", [{"to": address, "data": to_hex(call)}, "latest"]),
+                ]
+            )
+            chain_id, code = int(answers[0], 16), answers[1]
+        except ChainUnavailableError as exc:
+            return one_line(exc)
+        where = f"chain {chain_id} ({settings.rpc_url})"
+        if settings.chain_id is not None and settings.chain_id != chain_id:
+            raise ConfigError(
+                f"the config file names chain id {settings.chain_id} but {settings.rpc_url} "
+                f"is chain {chain_id}",
+                hint="point LEDGER_RPC_URL at the right chain, or run `ledger deploy` again",
+            )
+        if code in (None, "0x", ""):
+            raise RegistryNotDeployedError(
+                f"no registry at {address} on {where}: nothing this run hands over "
+                "could be recorded",
+                hint="the chain may have been reset; run `ledger deploy` again",
+            )
+        if not any(as_bytes(answers[2])):
+            raise MissingRoleError(
+                f"key {committer} lacks the committer role on the registry {address} "
+                f"({where}): the registry would refuse every record of this run",
+                hint=f"an admin of the registry runs `ledger grant committer {committer}`",
+            )
+        return None
+
     def start_run(
         self, manifest: Mapping[str, Any], parents: Sequence[tuple[bytes, Relation]] = ()
     ) -> str:
@@ -150,15 +231,20 @@ class Outbox:
             "manifest": text.decode(),
             "committer": committer,
             "parents": [[to_hex(p), int(r)] for p, r in parents],
+            "process": this_process(),  # `ledger status` tells a killed run (owner.py)
         }
         self._append(run_id, "start", payload)
         return run_id
 
     def checkpoint(self, run_id: str, step: int, weights: Path, metrics: Mapping[str, Any]) -> int:
-        """Append a checkpoint's weights file and metrics; returns the entry id."""
+        """Append a checkpoint's weights file and metrics; returns the entry id.
+
+        A NaN or infinite metric is recorded as a string (see :func:`finite_metrics`)."""
+        metrics = finite_metrics(metrics, self.worker.say)
         return self._append(run_id, "checkpoint", _weights_payload(weights, metrics), step)
 
     def finalize(self, run_id: str, weights: Path, metrics: Mapping[str, Any]) -> int:
+        metrics = finite_metrics(metrics, self.worker.say)
         return self._append(run_id, "finalize", _weights_payload(weights, metrics))
 
     def fail(self, run_id: str, reason: str) -> int:
@@ -226,19 +312,131 @@ class Outbox:
             if runner is not None:
                 runner.set_urgent(False)
 
+    def settled(self, run_id: str) -> None:
+        """The run's records were waited for and reported (by the hook): the exit
+        handler neither waits for them again nor repeats the report."""
+        if run_id in self._runs:
+            self._runs.remove(run_id)
+
+    def report(self, run_id: str, waited: float | None = None) -> str:
+        """One line on what the journal holds of ``run_id`` (see :func:`run_report`)."""
+        return run_report(self.journal, run_id, waited)
+
     def _at_exit(self) -> None:
-        # this process's runs only: another key's records wait for a worker of that key
-        if self._runs and self.journal.open_count(self._runs):
-            remaining = self.flush(flush_timeout(), self._runs)
-            if remaining:
-                self.worker.say(
-                    f"{remaining} record(s) not yet on chain; they are kept in "
-                    f"{self.journal.path} and `ledger sync` (or the next run) sends them"
-                )
+        # this process's runs not reported yet (the hook reports its own, once); only
+        # these: another key's records wait for a worker of that key
+        runs, self._runs = self._runs, []
+        if runs:
+            timeout = flush_timeout()
+            if self.journal.open_count(runs):
+                self.flush(timeout, runs)
+            for run_id in runs:
+                self.worker.say(self.report(run_id, timeout))
         if self._runner is not None:
             self._runner.stop()
 
     # -- `ledger sync` -----------------------------------------------------------------
+
+    def rebuild_from_chain(self) -> int:
+        """After a damaged journal was set aside: put back, as confirmed entries,
+        every record the chain holds of the runs this key started (start,
+        checkpoints, final weights, failure) that the journal does not know;
+        returns how many. The worker then never sends them again, and a chain
+        reset or reorg recommits them as it would the originals. Manifests are
+        taken from the store when it has them (for `ledger status` and a
+        recommit); a run whose records were only in the damaged journal is not
+        on chain and cannot be rebuilt from it.
+        """
+        from ledger.chain.sender import RegistrySender
+        from ledger.hashing.cid import DAG_PB, RAW, Cid
+
+        committer = self.committer()
+        registry = RegistrySender.connect(self.settings, self._secret)
+        known = {(e.run_id, e.kind, e.step) for e in self.journal.entries(states=["confirmed"])}
+        store = self.worker._store() if self.settings.ipfs_api is None else None
+        hashes: dict[int, str] = {}
+
+        def cid_of(digest: bytes) -> str:
+            candidates = [Cid.from_digest(digest, RAW), Cid.from_digest(digest, DAG_PB)]
+            candidates.append(Cid.from_digest(digest, DAG_PB, 0))
+            for cid in candidates:
+                if store is not None and store.has(cid):
+                    return str(cid)
+            return str(candidates[0])
+
+        def row(event: dict[str, Any], kind: str, record: dict[str, Any], **extra: Any) -> None:
+            run_id = to_hex(bytes(event["runId"]))
+            step = record.get("step") if kind == "checkpoint" else None
+            if (run_id, kind, step) in known:
+                return
+            number = int(event["blockNumber"])
+            if number not in hashes:
+                hashes[number] = registry.block_hash(number) or ""
+            rows.append(
+                {
+                    "run_id": run_id,
+                    "kind": kind,
+                    "step": step,
+                    "payload": extra.get("payload", {"rebuilt": True}),
+                    "record": record,
+                    "tx_hash": str(event["transactionHash"]),
+                    "block_number": number,
+                    "block_hash": hashes[number],
+                    "chain_id": registry.chain_id,
+                    "registry": registry.address,
+                    "note": "rebuilt from the chain",
+                }
+            )
+
+        rows: list[dict[str, Any]] = []
+        mine = committer.lower()
+        for start in registry.all_events("RunStarted"):
+            if str(start["committer"]).lower() != mine:
+                continue
+            run_id = bytes(start["runId"])
+            digest = bytes(start["manifestDigest"])
+            manifest_cid = cid_of(digest)
+            payload: dict[str, Any] = {"rebuilt": True, "committer": committer, "parents": []}
+            if store is not None and store.has(Cid.parse(manifest_cid)):
+                payload["manifest"] = store.get_bytes(Cid.parse(manifest_cid)).decode()
+            payload["parents"] = [
+                [to_hex(bytes(p["runId"])), int(Relation.parse(p["relation"]))]
+                for p in start.get("parents", [])
+            ]
+            record: dict[str, Any] = {"manifest_cid": manifest_cid, "manifest_digest": digest.hex()}
+            row(start, "start", record, payload=payload)
+            for cp in registry.events("CheckpointCommitted", run_id):
+                record = {
+                    "step": int(cp["step"]),
+                    "file_cid": cid_of(bytes(cp["weightsDigest"])),
+                    "tensor_root": bytes(cp["tensorRoot"]).hex(),
+                    "metrics_cid": cid_of(bytes(cp["metricsDigest"])),
+                }
+                row(cp, "checkpoint", record)
+            for fin in registry.events("RunFinalized", run_id):
+                record = {
+                    "step": None,
+                    "file_cid": cid_of(bytes(fin["weightsDigest"])),
+                    "tensor_root": bytes(fin["tensorRoot"]).hex(),
+                    "metrics_cid": cid_of(bytes(fin["metricsDigest"])),
+                    "checkpoint_root": bytes(fin["checkpointRoot"]).hex(),
+                    "checkpoint_count": int(fin["checkpointCount"]),
+                }
+                row(fin, "finalize", record)
+            for failed in registry.events("RunFailed", run_id):
+                row(failed, "fail", {"reason": str(failed.get("reason", ""))})
+        self.journal.insert_confirmed(rows)
+        self.journal.set_meta("damaged", None)
+        return len(rows)
+
+    def record_abandoned(self) -> dict[str, int]:
+        """Append a failure (``abandoned: process N gone``) for every run whose
+        training process is gone before it ended the run; returns them (run id ->
+        pid). `ledger sync --abandoned` sends them."""
+        found = abandoned_runs(self.journal)
+        for run_id, pid in found.items():
+            self.journal.append(run_id, "fail", {"reason": f"abandoned: process {pid} gone"})
+        return found
 
     def sync(self, timeout: float, *, retry_failed: bool = False) -> PassResult:
         """Run the worker in the foreground until nothing moves or ``timeout`` passes."""
@@ -283,6 +481,100 @@ class Outbox:
                     time.sleep(0.5)
         finally:
             lock.release()
+
+
+def run_report(journal: Journal, run_id: str, waited: float | None = None) -> str:
+    """One line naming the run and what was recorded of it, what is still open
+    (and why) and what was refused, e.g. ``run 0x1a2b… recorded: start, 5
+    checkpoints, final weights (block 123)``."""
+    entries = journal.entries(run_id=run_id)
+    done = [e for e in entries if e.state == "confirmed"]
+    kinds = [e.kind for e in done]
+    parts = ["start"] if "start" in kinds else []
+    checkpoints = kinds.count("checkpoint")
+    if checkpoints:
+        parts.append(f"{checkpoints} checkpoint{'s' if checkpoints != 1 else ''}")
+    if "finalize" in kinds:
+        parts.append("final weights")
+    if "fail" in kinds:
+        parts.append("failed")
+    line = f"run {run_id} recorded: " + (", ".join(parts) or "nothing yet")
+    blocks = [e.block_number for e in done if e.block_number is not None]
+    if blocks:
+        line += f" (block {max(blocks)})"
+    still = [e for e in entries if e.state in ("pending", "stored", "sent")]
+    if still:
+        after = f" after {waited:g} s" if waited is not None else ""
+        why = next((e.error for e in reversed(still) if e.error), None)
+        line += f"; {len(still)} record(s) not yet on chain{after}" + (f" ({why})" if why else "")
+        line += "; they are safe in the outbox: `ledger sync` (or the next run) sends them"
+    refused = [e for e in entries if e.state == "failed"]
+    if refused:
+        line += (
+            f"; {len(refused)} record(s) refused for good: {refused[0].error}"
+            " (see `ledger status`; `ledger sync --retry-failed` once the cause is fixed)"
+        )
+    return line
+
+
+def abandoned_runs(journal: Journal, entries: Sequence[Entry] | None = None) -> dict[str, int]:
+    """Runs whose training process is gone (killed) before it finished or failed
+    them: run id -> that process's pid (see :mod:`ledger.record.outbox.owner`)."""
+    if entries is None:
+        entries = journal.entries()
+    ended = {e.run_id for e in entries if e.kind in ("finalize", "fail")}
+    found: dict[str, int] = {}
+    for entry in entries:
+        if entry.kind != "start" or entry.state == "failed" or entry.run_id in ended:
+            continue
+        owner = entry.payload.get("process")
+        if isinstance(owner, dict) and gone(owner):
+            found[entry.run_id] = int(owner["pid"])
+    return found
+
+
+# how a non-finite metric is recorded (RFC 8785 has no NaN nor infinity): as a string
+NON_FINITE = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
+_warned_non_finite = False
+
+
+def finite_metrics(metrics: Mapping[str, Any], say: Any = None) -> dict[str, Any]:
+    """``metrics`` with NaN and infinities as the strings ``"NaN"``, ``"Infinity"``
+    and ``"-Infinity"`` (canonical JSON has no such numbers), and 0-d tensors or
+    NumPy scalars as plain numbers; the first such metric of the process is
+    named in one warning (through ``say``)."""
+    global _warned_non_finite
+    found: list[str] = []
+
+    def plain(value: Any, where: str) -> Any:
+        if hasattr(value, "item") and getattr(value, "ndim", None) == 0:
+            value = value.item()  # a 0-d tensor or NumPy scalar
+        if isinstance(value, float) and not math.isfinite(value):
+            found.append(where)
+            return NON_FINITE[repr(float(value))]
+        if isinstance(value, Mapping):
+            return {k: plain(v, f"{where}.{k}") for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [plain(v, f"{where}[{i}]") for i, v in enumerate(value)]
+        return value
+
+    out = {k: plain(v, str(k)) for k, v in metrics.items()}
+    if found and not _warned_non_finite:
+        _warned_non_finite = True
+        if say is not None:
+            say(
+                f"metric {found[0]} is not a finite number; recorded as the string "
+                f"{_lookup(out, found[0])!r} (canonical JSON has no NaN or infinity); "
+                "further non-finite metrics are recorded the same way without a warning"
+            )
+    return out
+
+
+def _lookup(metrics: dict[str, Any], where: str) -> Any:
+    value: Any = metrics
+    for part in where.replace("[", ".").replace("]", "").split("."):
+        value = value[int(part)] if isinstance(value, list) else value[part]
+    return value
 
 
 def _weights_payload(weights: Path, metrics: Mapping[str, Any]) -> dict[str, Any]:

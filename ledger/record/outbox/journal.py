@@ -30,8 +30,11 @@ weights files written beside them.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -82,6 +85,23 @@ CREATE TABLE IF NOT EXISTS txs (
     created_at REAL NOT NULL
 );
 """
+
+
+class _Damaged(RecordError):
+    """The journal file is not a database any more, or fails SQLite's check
+    (opening a journal sets such a file aside and starts a fresh one)."""
+
+
+def _is_damage(exc: sqlite3.DatabaseError) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (11, 26)  # SQLITE_CORRUPT, SQLITE_NOTADB
+    return "malformed" in str(exc) or "not a database" in str(exc)
+
+
+def _say(line: str) -> None:
+    with contextlib.suppress(OSError, AttributeError, ValueError):
+        print(f"ledger: {line}", file=sys.stderr, flush=True)
 
 
 @dataclass(frozen=True)
@@ -163,8 +183,99 @@ class Journal:
         self.path = path
         self._local = threading.local()
         self._wal_size_at_checkpoint = 0
+        self.damaged: Path | None = None  # where a damaged journal was set aside, if it was
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._db().executescript(_SCHEMA)  # idempotent; executescript commits itself
+        try:
+            self._open()
+        except _Damaged as exc:
+            self.close()
+            detail = exc.__cause__ or exc.message
+            self.damaged = self._set_aside()
+            self._open()
+            with self._tx() as db:
+                db.execute(
+                    "INSERT OR REPLACE INTO meta VALUES ('damaged', ?)", (self.damaged.name,)
+                )
+            _say(
+                f"the outbox journal {path} is damaged ({detail}); it is kept as "
+                f"{self.damaged.name} beside it and a fresh journal is used. Run `ledger sync`: "
+                "it rebuilds from the chain the runs this key recorded (so none is sent twice). "
+                "Records that were in it and not yet on chain are not sent; salvage them with "
+                f"`sqlite3 {self.damaged} .recover`"
+            )
+
+    def _open(self) -> None:
+        try:
+            db = self._db()
+            db.executescript(_SCHEMA)  # idempotent; executescript commits itself
+            check = db.execute("PRAGMA quick_check(1)").fetchone()[0]
+        except sqlite3.DatabaseError as exc:
+            if _is_damage(exc):
+                raise _Damaged(str(exc)) from exc
+            raise RecordError(
+                f"cannot open the outbox journal {self.path}: {exc}",
+                hint="check that the data directory is writable",
+            ) from exc
+        if check != "ok":
+            raise _Damaged(str(check))
+        self._check_schema()
+
+    def _set_aside(self) -> Path:
+        """Rename the damaged journal (with its WAL and shared-memory files) to
+        ``outbox.sqlite.damaged-<UTC time>``; returns the new name."""
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        aside = self.path.with_name(f"{self.path.name}.damaged-{stamp}")
+        n = 1
+        while aside.exists():
+            n += 1
+            aside = self.path.with_name(f"{self.path.name}.damaged-{stamp}-{n}")
+        for suffix in ("", "-wal", "-shm"):
+            try:
+                os.rename(f"{self.path}{suffix}", f"{aside}{suffix}")
+            except FileNotFoundError:
+                continue  # no such file (or another process set it aside first)
+        return aside
+
+    def meta(self, key: str) -> str | None:
+        row = self._db().execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta(self, key: str, value: str | None) -> None:
+        with self._tx() as db:
+            if value is None:
+                db.execute("DELETE FROM meta WHERE key = ?", (key,))
+            else:
+                db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+    def insert_confirmed(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Entries known confirmed from the chain (a rebuilt journal), in one transaction."""
+        now = time.time()
+        with self._tx() as db:
+            db.executemany(
+                "INSERT INTO entries (run_id, kind, step, state, payload, record, tx_hash,"
+                " block_number, block_hash, chain_id, registry, note, created_at, updated_at)"
+                " VALUES (?, ?, ?, 'confirmed', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        r["run_id"],
+                        r["kind"],
+                        r.get("step"),
+                        json.dumps(r["payload"]),
+                        json.dumps(r["record"]),
+                        r["tx_hash"],
+                        r["block_number"],
+                        r["block_hash"],
+                        r["chain_id"],
+                        r["registry"],
+                        r.get("note"),
+                        now,
+                        now,
+                    )
+                    for r in rows
+                ],
+            )
+
+    def _check_schema(self) -> None:
         with self._tx() as db:
             found = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
             if found is None:
@@ -173,7 +284,7 @@ class Journal:
                 _upgrade_from_1(db)
             elif int(found[0]) != SCHEMA_VERSION:
                 raise RecordError(
-                    f"{path} has outbox schema {found[0]}; this ledger reads {SCHEMA_VERSION}",
+                    f"{self.path} has outbox schema {found[0]}; this ledger reads {SCHEMA_VERSION}",
                     hint="finish it with the ledger version that wrote it (`ledger sync`)",
                 )
 
@@ -192,6 +303,13 @@ class Journal:
                 # inside some unlucky append); the worker does it between passes
                 db.execute("PRAGMA wal_autocheckpoint=0")
             except sqlite3.Error as exc:
+                if db is not None:
+                    db.close()
+                if isinstance(exc, sqlite3.DatabaseError) and _is_damage(exc):
+                    raise _Damaged(
+                        f"the outbox journal {self.path} is damaged: {exc}",
+                        hint="open it again (any ledger command does) to set it aside",
+                    ) from exc
                 raise RecordError(
                     f"cannot open the outbox journal {self.path}: {exc}",
                     hint="check that the data directory is writable",

@@ -60,6 +60,7 @@ from ledger.errors import (
     NonceTooLowError,
     RegistryNotDeployedError,
     StoreError,
+    StoreFullError,
     StoreUnavailableError,
     TransactionRevertedError,
 )
@@ -80,7 +81,14 @@ STORE_THREADS = 8
 STORE_INLINE = 16 << 20  # bytes of weights a pass beside training stores without a pool
 LINGER = 2.0
 RECEIPT_WAIT = 2.0  # per pass; an unmined transaction is looked at again next pass
-_RETRYABLE = (ChainUnavailableError, RegistryNotDeployedError, StoreUnavailableError)
+_RETRYABLE = (
+    ChainUnavailableError,
+    RegistryNotDeployedError,
+    StoreUnavailableError,
+    StoreFullError,
+)
+# store errors that clear up on their own (a node back, space freed): retried, not failed
+_STORE_RETRYABLE = (StoreUnavailableError, StoreFullError)
 _KIND_ORDER = ("start", "checkpoint", "finalize", "fail", "revoke")
 _ALONE = ("fail", "revoke")  # one per transaction (the registry has no batch call for them)
 _EVENT_OF = {
@@ -201,10 +209,12 @@ class Worker:
                 outcomes = [self._try_record(e) for e in pending]
         stored: list[tuple[int, dict[str, Any]]] = []
         finals: list[tuple[Entry, dict[str, Any]]] = []
-        unavailable: StoreUnavailableError | None = None
+        unavailable: StoreError | None = None
+        waiting: list[int] = []
         for entry, outcome in zip(pending, outcomes, strict=True):
-            if isinstance(outcome, StoreUnavailableError):
+            if isinstance(outcome, _STORE_RETRYABLE):
                 unavailable = unavailable or outcome
+                waiting.append(entry.id)
             elif isinstance(outcome, LedgerError):
                 self.journal.mark_failed(entry.id, one_line(outcome))
                 result.failed += 1
@@ -218,6 +228,8 @@ class Worker:
         self.journal.mark_stored_many(rooted)
         result.stored += len(rooted)
         if unavailable is not None:
+            # kept pending; the reason is what `ledger status` and the run's exit report say
+            self.journal.note_attempt(waiting, one_line(unavailable))
             raise unavailable
 
     def _add_checkpoint_root(self, final: Entry, record: dict[str, Any]) -> bool:
