@@ -38,7 +38,7 @@ profiles follow Kubo's default estimate (``Import.UnixFSHAMTDirectorySizeEstimat
 = links``): the sum over entries of the name's bytes plus the entry's binary CID;
 ``unixfs-v1-2025`` uses the serialized size of the directory block itself
 (``block``). Either way the folder is sharded when the estimate is *over*
-256 KiB (a folder at exactly 262,144 bytes stays plain, as in Kubo 0.40 and
+256 KiB (a folder at exactly 262,144 bytes stays plain, as in current Kubo and
 boxo since IPIP-499). js-ipfs (the IPFS node the tests run) shards by entry
 count (over 1,000) instead; where the two differ, ledger follows Kubo.
 
