@@ -20,14 +20,34 @@ app = typer.Typer()
 
 @app.command()
 def cid(
-    path: Annotated[Path, typer.Argument(help="File to hash.")],
-    cid_version: Annotated[int, typer.Option("--cid-version", min=0, max=1)] = 1,
+    path: Annotated[Path, typer.Argument(help="File or folder to hash.")],
+    cid_version: Annotated[
+        int | None,
+        typer.Option("--cid-version", min=0, max=1, help="1 (default) or 0, as 'ipfs add'."),
+    ] = None,
+    profile: Annotated[
+        str | None,
+        typer.Option(
+            "--profile",
+            help="Kubo import profile: unixfs-v1-2025 (IPIP-499: CIDv1, raw leaves, 1 MiB "
+            "chunks, 1,024 links, folders sharded by block size) or unixfs-v0-2015.",
+        ),
+    ] = None,
+    hidden: Annotated[
+        bool, typer.Option("--hidden", help="Include hidden files and folders ('.name').")
+    ] = False,
 ) -> None:
-    """Print the file's CID as `ipfs add -Q --only-hash` would (CIDv1 raw leaves by default)."""
-    from ledger.hashing.cid import file_cid
+    """Print the CID `ipfs add -r -Q --only-hash` would print for a file or folder.
+
+    CIDv1 raw leaves by default. In a folder, hidden entries are skipped unless
+    --hidden, and symbolic links are kept as links (not followed), as `ipfs add -r` does.
+    """
+    from ledger.hashing.cid import path_cid
 
     with progress_bar(path, json_output=False) as progress:
-        result = file_cid(path, cid_version=cid_version, progress=progress)
+        result = path_cid(
+            path, cid_version=cid_version, profile=profile, hidden=hidden, progress=progress
+        )
     typer.echo(str(result))
 
 

@@ -28,7 +28,13 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 from ledger.errors import InputError
-from ledger.hashing._unixfs import DEFAULT_CHUNK_SIZE, Link, UnixFsHasher, leaf_link
+from ledger.hashing._unixfs import (
+    DEFAULT_CHUNK_SIZE,
+    DEFAULT_MAX_LINKS,
+    Link,
+    UnixFsHasher,
+    leaf_link,
+)
 
 if TYPE_CHECKING:
     from concurrent.futures import Future
@@ -105,6 +111,7 @@ def hash_stream_parallel(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     read_block: int | None = None,
     progress: Progress | None = None,
+    max_links: int = DEFAULT_MAX_LINKS,
 ) -> Link:
     """The root link of everything ``stream`` yields (an unbuffered binary file is best).
 
@@ -115,7 +122,7 @@ def hash_stream_parallel(
     if workers < 1:
         raise InputError(f"workers must be at least 1, got {workers}")
     block_size = _block_size(read_block, chunk_size)
-    hasher = UnixFsHasher(cid_version, chunk_size)
+    hasher = UnixFsHasher(cid_version, chunk_size, max_links=max_links)
     if workers == 1:
         buffer = page_buffer(block_size)
         view = memoryview(buffer)
@@ -186,6 +193,7 @@ def hash_file_parallel(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     read_block: int | None = None,
     progress: Progress | None = None,
+    max_links: int = DEFAULT_MAX_LINKS,
 ) -> Link:
     """The root link of the first ``size`` bytes of the regular file open as ``fd``.
 
@@ -205,7 +213,7 @@ def hash_file_parallel(
     if workers < 1:
         raise InputError(f"workers must be at least 1, got {workers}")
     block = _block_size(read_block, chunk_size)
-    hasher = UnixFsHasher(cid_version, chunk_size)
+    hasher = UnixFsHasher(cid_version, chunk_size, max_links=max_links)
     blocks = -(-size // block)
     ahead = AHEAD_PER_WORKER * workers
     done: dict[int, list[Link] | BaseException] = {}

@@ -27,6 +27,14 @@ the child's serialized blocks, its own and all below it. The data is a UnixFS
 Only the digests are computed; no block is stored and no bytes are interpreted.
 Memory stays bounded: the hasher keeps at most one chunk of input and, per tree
 level, the up to 174 links still waiting for their parent.
+
+Folders (``ipfs add -r``) use two more node kinds, built by :func:`dag_node_link`:
+a *directory* is a dag-pb node whose links name its entries (sorted by the
+bytes of their names, as dag-pb requires) and whose data is
+``UnixFS{Type: Directory}``; a *symlink* is a dag-pb node with no links and
+``UnixFS{Type: Symlink, Data: target}``. Each directory link's ``Tsize`` is the
+entry's whole subtree, as for files. Sharded (HAMT) directories are in
+:mod:`ledger.hashing._hamt`.
 """
 
 from __future__ import annotations
@@ -47,6 +55,8 @@ DEFAULT_MAX_LINKS = 174
 Chunk = bytes | bytearray | memoryview
 
 _UNIXFS_FILE = 2  # UnixFS Data.DataType.File
+_UNIXFS_DIRECTORY = 1  # UnixFS Data.DataType.Directory
+_UNIXFS_SYMLINK = 4  # UnixFS Data.DataType.Symlink
 
 # protobuf keys: (field number << 3) | wire type (0 varint, 2 length-delimited)
 _PB_LINKS = 0x12  # PBNode.Links, field 2
@@ -135,6 +145,43 @@ def node_link(children: Sequence[Link], cid_version: int = 1) -> Link:
     cid = Cid.from_digest(hashlib.sha256(block).digest(), DAG_PB, cid_version)
     tsize = len(block) + sum(child.tsize for child in children)
     return Link(cid, tsize, sum(child.filesize for child in children))
+
+
+DIRECTORY_DATA = bytes((0x08, _UNIXFS_DIRECTORY))
+"""The UnixFS data of a plain directory: ``Type=Directory`` and nothing else."""
+
+
+def encode_pb_node(links: Sequence[tuple[bytes, Link]], data: bytes) -> bytes:
+    """A dag-pb node with named ``links`` (sorted here by name bytes) and ``data``."""
+    node = bytearray()
+    for name, child in sorted(links, key=lambda entry: entry[0]):
+        pb_link = (
+            _field(_LINK_HASH, child.cid.to_bytes())
+            + _field(0x12, name)
+            + bytes((_LINK_TSIZE,))
+            + varint_encode(child.tsize)
+        )
+        node += _field(_PB_LINKS, pb_link)
+    node += _field(_PB_DATA, data)
+    return bytes(node)
+
+
+def dag_node_link(links: Sequence[tuple[bytes, Link]], data: bytes, cid_version: int) -> Link:
+    """Build and hash a dag-pb node (directory, shard or symlink); return the link to it.
+
+    The link's ``tsize`` is the node's block plus everything below it;
+    ``filesize`` is 0 (a directory has no file bytes of its own).
+    """
+    _check_cid_version(cid_version)
+    block = encode_pb_node(links, data)
+    cid = Cid.from_digest(hashlib.sha256(block).digest(), DAG_PB, cid_version)
+    return Link(cid, len(block) + sum(child.tsize for _, child in links), 0)
+
+
+def symlink_link(target: bytes, cid_version: int) -> Link:
+    """The UnixFS symlink node ``ipfs add -r`` makes for a link pointing at ``target``."""
+    data = bytes((0x08, _UNIXFS_SYMLINK)) + _field(_FS_DATA, target)
+    return dag_node_link((), data, cid_version)
 
 
 class UnixFsHasher:
