@@ -14,6 +14,9 @@ unchecked    6    the weights are recorded on chain, nothing contradicts
                   the record, but some of the run's documents could not be
                   fetched (not in the store, the IPFS node or ``--api``),
                   so they could not be checked: not a sign of tampering
+proven       7    ``--bundle`` offline: the bundle's Merkle proofs show the
+                  record as of its block N; a revocation after block N is
+                  not checked (give ``--rpc URL``)
 ==========  ====  ==========================================================
 
 Precedence: revoked, then mismatch, then unchecked, then verified.
@@ -76,10 +79,18 @@ class Outcome(enum.StrEnum):
     UNKNOWN = "unknown"
     REVOKED = "revoked"
     UNCHECKED = "unchecked"
+    PROVEN = "proven"
 
     @property
     def exit_code(self) -> int:
-        codes = {"verified": 0, "mismatch": 3, "unknown": 4, "revoked": 5, "unchecked": 6}
+        codes = {
+            "verified": 0,
+            "mismatch": 3,
+            "unknown": 4,
+            "revoked": 5,
+            "unchecked": 6,
+            "proven": 7,
+        }
         return codes[self.value]
 
 

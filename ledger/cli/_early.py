@@ -27,7 +27,16 @@ import threading
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from ledger.cli.options import DATA_DIR, JSON, VERIFY_API, VERIFY_OPTIONS, VERIFY_RUN, Option
+from ledger.cli.options import (
+    BUNDLE,
+    BUNDLE_RPC,
+    DATA_DIR,
+    JSON,
+    VERIFY_API,
+    VERIFY_OPTIONS,
+    VERIFY_RUN,
+    Option,
+)
 
 _OPTIONS: dict[str, Option] = {flag: option for option in VERIFY_OPTIONS for flag in option.flags}
 """Every flag of ``ledger verify``, and the option it names."""
@@ -152,8 +161,8 @@ def plain_verify_arguments(argv: list[str]) -> VerifyArguments | None:
             return None
         else:
             paths.append(arg)
-    if len(paths) != 1:
-        return None
+    if len(paths) != 1 or BUNDLE in given or BUNDLE_RPC in given:
+        return None  # a bundle is checked by the typer command
     run, data_dir = given.get(VERIFY_RUN), given.get(DATA_DIR)
     api = given.get(VERIFY_API, os.environ.get(VERIFY_API.envvar or "") or None)
     return VerifyArguments(

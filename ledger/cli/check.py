@@ -116,6 +116,7 @@ def _print_report(report: Any) -> None:
         "unknown": "yellow",
         "revoked": "red",
         "unchecked": "yellow",
+        "proven": "green",
     }
     if report.is_folder:
         files = ", ".join(report.files or [])
@@ -153,6 +154,11 @@ def _print_report(report: Any) -> None:
         where = f" — run {report.run_id}" + (f", {what}" if what else "")
     outcome = report.outcome.value
     console.print(f"[bold {colour[outcome]}]{outcome.upper()}[/]{where}")
+    if outcome == "proven":
+        console.print(
+            "proven by the bundle's Merkle proofs as of its block; a revocation after that "
+            "block is not checked: give `--rpc URL` to check it now"
+        )
     if outcome == "unchecked":
         console.print(
             "the weights are recorded on chain, but the run's documents could not be fetched: "

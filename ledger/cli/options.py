@@ -62,7 +62,17 @@ VERIFY_API = Option(
     "they are re-hashed against the chain.",
     envvar="LEDGER_VERIFY_API",
 )
-VERIFY_OPTIONS = (VERIFY_RUN, VERIFY_API, DATA_DIR, JSON)
+BUNDLE = Option(
+    ("--bundle",),
+    "Provenance bundle (ledger export) to check the file against, with no store or "
+    "configuration: exit 7 proven as of the bundle's block.",
+)
+BUNDLE_RPC = Option(
+    ("--rpc",),
+    "With --bundle: a node trusted only to say the bundle's blocks are canonical and the "
+    "runs are not revoked now (repeatable; all must agree).",
+)
+VERIFY_OPTIONS = (VERIFY_RUN, VERIFY_API, DATA_DIR, JSON, BUNDLE, BUNDLE_RPC)
 """Every option of ``ledger verify``: its typer command and the fast path read this table."""
 
 

@@ -12,7 +12,16 @@ from typing import Annotated
 
 import typer
 
-from ledger.cli.options import DATA_DIR, JSON, VERIFY_API, VERIFY_PATH, VERIFY_RUN, print_json
+from ledger.cli.options import (
+    BUNDLE,
+    BUNDLE_RPC,
+    DATA_DIR,
+    JSON,
+    VERIFY_API,
+    VERIFY_PATH,
+    VERIFY_RUN,
+    print_json,
+)
 from ledger.cli.progress import progress_bar
 
 app = typer.Typer()
@@ -76,9 +85,19 @@ def verify(
     api: Annotated[str | None, VERIFY_API.typer()] = None,
     data_dir: Annotated[Path | None, DATA_DIR.typer()] = None,
     as_json: Annotated[bool, JSON.typer()] = False,
+    bundle: Annotated[Path | None, BUNDLE.typer()] = None,
+    rpc: Annotated[list[str] | None, BUNDLE_RPC.typer()] = None,
 ) -> None:
     """Re-check a model file: exit 0 verified, 3 mismatch, 4 unknown, 5 revoked, 6 unchecked
-    (recorded, but the run's documents could not be fetched)."""
+    (recorded, but the run's documents could not be fetched), 7 proven by --bundle offline."""
+    if bundle is not None:
+        from ledger.cli.bundle import check_with_bundle
+
+        raise typer.Exit(
+            check_with_bundle(path, bundle, rpcs=rpc or [], data_dir=data_dir, as_json=as_json)
+        )
+    if rpc:
+        raise typer.BadParameter("--rpc checks a --bundle; give --bundle FILE", param_hint="--rpc")
     from ledger.cli.check import check_file
 
     raise typer.Exit(check_file(path, run=run, data_dir=data_dir, as_json=as_json, api=api))

@@ -1,0 +1,124 @@
+"""``ledger export``, and ``ledger verify MODEL --bundle FILE``'s body.
+
+``export`` writes a run's provenance bundle (:mod:`ledger.bundle`): the in-toto
+Statement, the documents, and the chain evidence. ``--bundle`` checks a model
+against one with no store, no configuration and (offline) no node.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from ledger.cli.options import DATA_DIR, load_settings, print_json
+
+app = typer.Typer()
+
+EXPORT_TARGET = "Final weights file of a run, or a run id (or unique prefix)."
+
+
+@app.command()
+def export(
+    target: Annotated[str, typer.Argument(help=EXPORT_TARGET)],
+    output: Annotated[
+        Path | None,
+        typer.Option("-o", "--output", help="Bundle file [default: MODEL.provenance.json]."),
+    ] = None,
+    statement_only: Annotated[
+        bool,
+        typer.Option("--statement-only", help="Print only the in-toto Statement (JSON)."),
+    ] = False,
+    data_dir: Annotated[Path | None, DATA_DIR.typer()] = None,
+) -> None:
+    """Write a run's provenance bundle: in-toto Statement (SLSA provenance v1), its documents,
+    and Merkle proofs of its chain records, verifiable with `ledger verify MODEL --bundle FILE`."""
+    from ledger.bundle.export import Exporter
+    from ledger.chain.reader import RegistryReader
+    from ledger.store.sources import document_sources
+
+    settings = load_settings(data_dir)
+    registry = RegistryReader.connect(settings)
+    exporter = Exporter(registry, document_sources(settings, api=None))
+    path = Path(target)
+    if path.is_file():
+        run_id = exporter.run_of_weights(path)
+        bundle = exporter.export(run_id, weights=path)
+        default = path.with_name(path.name + ".provenance.json")
+    else:
+        run_id = registry.resolve_run(target, field="RUN", exists=True)
+        bundle = exporter.export(run_id)
+        default = Path(f"run-{run_id.hex()[:12]}.provenance.json")
+    if statement_only:
+        print_json(bundle["statement"])
+        return
+    _write(output or default, bundle)
+    typer.echo(
+        f"wrote {output or default} (run 0x{run_id.hex()}, as of block "
+        f"{bundle['chain']['asOfBlock']})"
+    )
+
+
+def _write(path: Path, bundle: dict[str, Any]) -> None:
+    """Writes the bundle whole or not at all (a temporary file renamed over ``path``)."""
+    import json
+
+    from ledger.errors import InputError
+
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with tmp.open("w", encoding="utf-8") as f:
+            json.dump(bundle, f, indent=1, sort_keys=True)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise InputError(f"cannot write {path}: {exc.strerror}") from exc
+
+
+def check_with_bundle(
+    path: Path, bundle_path: Path, *, rpcs: list[str], data_dir: Path | None, as_json: bool
+) -> int:
+    """Check ``path`` against the bundle; prints the report, returns the exit code."""
+    import hashlib
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ledger.bundle.check import read_bundle, verify_bundle
+    from ledger.cli.check import _print_report
+    from ledger.errors import FileMissingError
+    from ledger.hashing.cid import file_cid
+
+    if not path.is_file():
+        raise FileMissingError(f"{path}: no such file", hint="give the model file the bundle is of")
+    bundle = read_bundle(bundle_path)
+
+    def sha256() -> str:
+        digest = hashlib.sha256()
+        with path.open("rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+        return digest.hexdigest()
+
+    with ThreadPoolExecutor(max_workers=1) as pool:  # the two hashes overlap
+        sha = pool.submit(sha256)
+        cid = file_cid(path)
+        file_sha = sha.result()
+    settings = load_settings(data_dir)
+    report = verify_bundle(
+        path,
+        bundle,
+        cid=cid,
+        sha256=file_sha,
+        rpcs=rpcs,
+        registry=settings.registry_address,
+        chain_id=settings.chain_id if settings.registry_address else None,
+    )
+    if as_json:
+        print_json(report.to_json() | {"bundle": str(bundle_path)})
+    else:
+        _print_report(report)
+    return int(report.outcome.exit_code)
