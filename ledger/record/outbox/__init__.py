@@ -527,9 +527,9 @@ def run_report(journal: Journal, run_id: str, waited: float | None = None) -> st
     still = [e for e in entries if e.state in ("pending", "stored", "sent")]
     gone = [e for e in still if (e.error or "").startswith(NO_REGISTRY)]
     if still and len(gone) == len(still):
-        why = gone[-1].error or NO_REGISTRY
+        reason = gone[-1].error or NO_REGISTRY
         line += (
-            f"; {len(still)} record(s) not sent, not waited for: {why} -- they are kept "
+            f"; {len(still)} record(s) not sent, not waited for: {reason} -- they are kept "
             "in the outbox; run `ledger deploy`, then `ledger sync` to send them"
         )
     elif still:
