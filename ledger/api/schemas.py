@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -159,7 +159,34 @@ class LookupOut(BaseModel):
 class CheckOut(BaseModel):
     name: str
     ok: bool
+    unchecked: bool = Field(
+        default=False,
+        description="true when the check could not be done (a document could not be fetched); "
+        "ok is then false but nothing was found wrong",
+    )
     detail: str
+
+
+class ClaimOut(BaseModel):
+    """One run's record of the verified weights (by file CID or by tensor root)."""
+
+    run_id: str
+    committer: str = Field(description="the account that started the run")
+    block: int
+    log_index: int
+    tx: str
+    matched_by: Literal["file", "tensors"] = Field(
+        description="the record names this file's CID, or only its tensor root"
+    )
+    is_final: bool
+    step: int | None
+    tensor_root_ok: bool | None = Field(
+        description="whether the record's tensor root is the file's (null when the file's "
+        "tensors were not read)"
+    )
+
+
+Outcome = Literal["verified", "mismatch", "unknown", "revoked", "unchecked"]
 
 
 class VerifyOut(BaseModel):
@@ -179,7 +206,13 @@ class VerifyOut(BaseModel):
         }
     )
 
-    outcome: str = Field(description="verified | mismatch | unknown | revoked")
+    outcome: Outcome = Field(
+        description="verified (exit 0): recorded and every check passed; mismatch (3): a "
+        "check failed, the file or its documents are not what was recorded; unknown (4): "
+        "no record of these weights; revoked (5): recorded, but the run, an ancestor or "
+        "another record of the same weights is revoked; unchecked (6): the weights are "
+        "recorded on chain but the run's documents could not be fetched to check them"
+    )
     file_cid: str | None
     run_id: str | None
     matched_by: str | None
@@ -187,6 +220,12 @@ class VerifyOut(BaseModel):
     is_final: bool | None
     tensor_root: str | None
     checks: list[CheckOut]
+    origin: ClaimOut | None = Field(
+        default=None, description="the earliest record of these weights (block, then log index)"
+    )
+    claimants: list[ClaimOut] = Field(
+        default_factory=list, description="the other runs that recorded the same weights"
+    )
     source: str = Field(default="chain", description="always 'chain': never the index alone")
 
 

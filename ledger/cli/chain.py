@@ -134,7 +134,11 @@ def _role_change(
             hint="run this with the admin's key (LEDGER_PRIVATE_KEY or LEDGER_KEYSTORE)",
         )
     role_id = COMMITTER_ROLE if role == "committer" else ADMIN_ROLE
-    tx = registry.transact("grantRole" if grant else "revokeRole", role_id, account)
+    tx = (registry.grant_role if grant else registry.revoke_role)(role_id, account)
+    if tx is None:
+        state = "already holds" if grant else "does not hold"
+        typer.echo(f"{account} {state} role {role} on {registry.address}: nothing sent")
+        return
     done = "granted to" if grant else "revoked from"
     typer.echo(f"role {role} {done} {account} on {registry.address} (block {tx.block_number})")
 

@@ -13,13 +13,19 @@ query string; ``add`` sends the file as one ``multipart/form-data`` part with
 chunked transfer encoding, so a file of any size is streamed, never loaded.
 Transport failures (refused, reset, timed out, unknown host) become
 :class:`~ledger.errors.StoreUnavailableError`; an error answer from the node
-(``{"Message": ..., "Type": "error"}``) becomes :class:`~ledger.errors.StoreRefusedError`.
+(``{"Message": ..., "Type": "error"}``) becomes :class:`~ledger.errors.StoreRefusedError`,
+except a node that says its disk or repository is full (Kubo's "maximum storage
+limit exceeded", a datastore write that failed with "no space left on device",
+js-ipfs's ``ENOSPC``, a quota or I/O error): that is
+:class:`~ledger.errors.StoreFullError`, which the outbox retries once there is
+room, as it does for a full local disk.
 """
 
 from __future__ import annotations
 
 import http.client
 import json
+import re
 import secrets
 import urllib.parse
 from collections.abc import Iterable, Iterator
@@ -27,9 +33,30 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from ledger.errors import ConfigError, StoreError, StoreRefusedError, StoreUnavailableError
+from ledger.errors import (
+    ConfigError,
+    StoreError,
+    StoreFullError,
+    StoreRefusedError,
+    StoreUnavailableError,
+)
 
 _API_PREFIX = "/api/v0/"
+_FULL_HINT = (
+    "free space on the IPFS node's disk (or raise its Datastore.StorageMax, or unpin what "
+    "is no longer needed); records wait in the outbox and are stored once there is room "
+    "(`ledger sync` finishes them)"
+)
+# What Kubo and js-ipfs answer when their repository cannot take more: a full disk
+# (ENOSPC) or quota (EDQUOT) under the datastore or blockstore, a failing device
+# (EIO), Kubo's StorageMax check ("maximum storage limit exceeded"), a file too
+# large for the file system (EFBIG). Matched in the node's message, any case.
+_FULL_MESSAGE = re.compile(
+    r"no space left on device|\benospc\b|disk quota exceeded|\bedquot\b|"
+    r"storage limit exceeded|repo(?:sitory)? (?:is )?full|datastore (?:is )?full|"
+    r"input/output error|\beio\b|file too large|\befbig\b",
+    re.IGNORECASE,
+)
 _UNAVAILABLE_HINT = (
     "start the IPFS node, or point LEDGER_IPFS_API (or ipfs_api in config.json) at one "
     "that runs; artifacts can be pushed later with `ledger store push`"
@@ -242,12 +269,19 @@ def _raise_trailer_error(
     """Kubo reports an error that happens mid-stream in the X-Stream-Error header."""
     error = response.getheader("X-Stream-Error")
     if error:
+        if _FULL_MESSAGE.search(error):
+            raise StoreFullError(
+                f"the IPFS node at {address} is full, it failed `{command}`: {error}",
+                hint=_FULL_HINT,
+            )
         raise StoreRefusedError(
             f"the IPFS node at {address} failed `{command}`: {error}", node_message=error
         )
 
 
-def _node_error(body: bytes, status: int, command: str, address: ApiAddress) -> StoreRefusedError:
+def _node_error(
+    body: bytes, status: int, command: str, address: ApiAddress
+) -> StoreRefusedError | StoreFullError:
     try:
         document = json.loads(body)
         message = str(document.get("Message") or document) if isinstance(document, dict) else ""
@@ -255,6 +289,11 @@ def _node_error(body: bytes, status: int, command: str, address: ApiAddress) -> 
         message = ""
     if not message:
         message = body.decode("utf-8", "replace").strip()[:300] or f"HTTP {status}"
+    if _FULL_MESSAGE.search(message):
+        return StoreFullError(
+            f"the IPFS node at {address} is full, it refused `{command}`: {message}",
+            hint=_FULL_HINT,
+        )
     return StoreRefusedError(
         f"the IPFS node at {address} refused `{command}`: {message}", node_message=message
     )

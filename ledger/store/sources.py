@@ -27,6 +27,7 @@ from ledger.errors import (
     ConfigError,
     IntegrityError,
     StoreError,
+    StoreFullError,
     StoreRefusedError,
     StoreUnavailableError,
 )
@@ -141,7 +142,7 @@ class ReadThrough:
             try:
                 if source.has(cid):
                     return True
-            except (StoreUnavailableError, StoreRefusedError) as exc:
+            except (StoreUnavailableError, StoreRefusedError, StoreFullError) as exc:
                 away = away or exc
         if away is not None:
             raise away
@@ -155,7 +156,12 @@ class ReadThrough:
                     return source.get_bytes(cid)
             except IntegrityError as exc:  # another source may hold the genuine bytes
                 problem = exc
-            except (StoreUnavailableError, StoreRefusedError, ArtifactNotFoundError) as exc:
+            except (
+                StoreUnavailableError,
+                StoreRefusedError,
+                StoreFullError,
+                ArtifactNotFoundError,
+            ) as exc:
                 problem = problem if isinstance(problem, IntegrityError) else exc
         raise problem or ArtifactNotFoundError(f"no source has {cid}")
 

@@ -8,10 +8,12 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from ledger.chain.records import FinalRecord
 from ledger.config import Secret
 from ledger.ids import Relation
 from ledger.index.indexer import Indexer
 from ledger.store import LocalStore
+from ledger.verify import Outcome
 from tests.conftest import Chain
 from tests.runs import Recorded, record_run
 
@@ -287,6 +289,34 @@ def test_health_readiness_auth_and_cors(
         headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "GET"},
     )
     assert "access-control-allow-origin" not in other.headers
+
+
+def test_verify_answers_origin_and_claimants_as_documented(
+    chain: Chain, make_client: MakeClient, family: dict[str, Recorded], data_store: LocalStore
+) -> None:
+    """A later run recording the child's weights as its own: the API names the origin
+    and the claimant, and its OpenAPI documents every outcome and those fields."""
+    child = family["child"]
+    assert child.final_cid is not None and child.tensor_root is not None
+    copycat = record_run(chain.registry, data_store, "copycat", finalize=False)
+    metrics = data_store.put_bytes(b'{"copied": true}')
+    chain.registry.finalize_run(
+        copycat.run_id,
+        FinalRecord(child.final_cid.digest, child.tensor_root, metrics.digest, b"\0" * 32, 0),
+    )
+    client = make_client()
+    answer = client.post("/api/v1/verify/digest", json={"cid": str(child.final_cid)}).json()
+    assert answer["run_id"] == child.hex
+    assert answer["origin"]["run_id"] == child.hex
+    assert [c["run_id"] for c in answer["claimants"]] == [copycat.hex]
+    assert {"committer", "block", "log_index", "tx"} <= set(answer["claimants"][0])
+    assert all("unchecked" in check for check in answer["checks"])
+
+    schema = client.get("/openapi.json").json()["components"]["schemas"]
+    verify_out = schema["VerifyOut"]["properties"]
+    assert set(verify_out["outcome"]["enum"]) == {o.value for o in Outcome}
+    assert {"origin", "claimants"} <= set(verify_out)
+    assert "unchecked" in schema["CheckOut"]["properties"]
 
 
 def test_openapi_documents_problems_and_examples(make_client: MakeClient) -> None:

@@ -13,11 +13,11 @@ import pytest
 
 from ledger.chain.abi import LogDecoder
 from ledger.chain.admin import RegistryAdmin, deploy_registry
-from ledger.chain.records import FinalRecord, RunStatus, run_id_for
+from ledger.chain.records import COMMITTER_ROLE, FinalRecord, RunStatus, run_id_for
 from ledger.chain.rpc import JsonRpc
 from ledger.chain.sender import Signer
 from ledger.config import ANVIL_DEV_KEY, Secret, Settings
-from ledger.errors import TransactionRevertedError
+from ledger.errors import ChainError, RegistryNotDeployedError, TransactionRevertedError
 from ledger.hashing.merkle import CheckpointLeaf, checkpoint_root
 from ledger.ids import Relation
 from tests.chain.web3_registry import Registry
@@ -178,3 +178,86 @@ def test_no_module_of_ledger_loads_web3_eth_account_or_eth_abi() -> None:
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, result.stderr
+
+
+# -- #20.1 neighbour: an admin write is confirmed by its event, not by status 1 ---------
+
+# runtime code that answers any call with the ABI string "1" and takes any transaction
+# with status 1, recording nothing (as in tests/record/outbox/test_chain_truth.py)
+ANSWERS_ANYTHING = (
+    "0x"
+    "6020600052"  # mstore(0x00, 0x20): the offset
+    "6001602052"  # mstore(0x20, 1): the length
+    "7f31" + "00" * 31 + "604052"  # mstore(0x40, "1")
+    "60606000f3"  # return(0x00, 0x60)
+)
+
+
+def _nonce(rpc: JsonRpc, address: str) -> int:
+    return int(str(rpc("eth_getTransactionCount", address, "latest")), 16)
+
+
+def test_admin_writes_send_nothing_to_an_address_without_code(chain: Chain, tmp_path: Path) -> None:
+    """A chain reset leaves the registry's address empty: a revoke (or any admin write)
+    is refused before it is sent, so no nonce is spent and nothing passes for done."""
+    writer = admin(chain, tmp_path)
+    run_id, _ = chain.registry.start_run(os.urandom(32))
+    rpc = JsonRpc(chain.rpc_url)
+    rpc("anvil_setCode", chain.registry.address, "0x")
+    before = _nonce(rpc, writer.signer.address)
+    with pytest.raises(RegistryNotDeployedError, match="no contract at") as caught:
+        writer.revoke_run(run_id, "gone")
+    assert caught.value.hint is not None and "ledger deploy" in caught.value.hint
+    with pytest.raises(RegistryNotDeployedError):
+        writer.start_run(os.urandom(32))
+    assert _nonce(rpc, writer.signer.address) == before
+
+
+def test_admin_writes_need_their_event_from_the_registry(chain: Chain, tmp_path: Path) -> None:
+    """Code that is not the registry takes every transaction with status 1: each admin
+    write fails in one line naming the event it lacks, never reports success."""
+    writer = admin(chain, tmp_path)
+    run_id, _ = chain.registry.start_run(os.urandom(32))
+    JsonRpc(chain.rpc_url)("anvil_setCode", chain.registry.address, ANSWERS_ANYTHING)
+    writes = {
+        "RunRevoked": lambda: writer.revoke_run(run_id, "poisoned"),
+        "RunStarted": lambda: writer.start_run(os.urandom(32)),
+        "CheckpointCommitted": lambda: writer.commit_checkpoint(run_id, leaf(0)),
+        "RunFinalized": lambda: writer.finalize_runs(
+            [(run_id, FinalRecord(*(os.urandom(32) for _ in range(4)), 0))]
+        ),
+        "RunFailed": lambda: writer.mark_failed(run_id, "nan"),
+        "RoleGranted": lambda: writer.transact("grantRole", COMMITTER_ROLE, chain.bob.address),
+        "registry": lambda: writer.transact("renounceRole", os.urandom(32), writer.address),
+    }
+    for event, write in writes.items():
+        with pytest.raises(RegistryNotDeployedError, match=f"no {event} event") as caught:
+            write()
+        assert "not the registry" in caught.value.message
+
+
+def test_roles_already_in_place_send_nothing(chain: Chain, tmp_path: Path) -> None:
+    writer = admin(chain, tmp_path)
+    rpc = JsonRpc(chain.rpc_url)
+    before = _nonce(rpc, writer.signer.address)
+    assert writer.grant_committer(chain.admin.address) is None  # the deployer holds it
+    assert writer.revoke_committer(chain.bob.address) is None  # bob never held it
+    assert _nonce(rpc, writer.signer.address) == before
+    granted = writer.grant_committer(chain.bob.address)
+    assert granted is not None and chain.registry.is_committer(chain.bob.address)
+
+
+def test_a_deployment_that_leaves_no_code_is_an_error(
+    chain: Chain, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Init code that returns empty runtime code: the receipt has status 1 and a contract
+    address, but there is no registry there. (The artifact is swapped for that init
+    code; the chain and the transaction are real.)"""
+    import ledger.chain.admin as admin_module
+
+    real = admin_module.load_artifact()
+    empty_runtime = "0x60006000f3"  # return(0, 0)
+    monkeypatch.setattr(admin_module, "load_artifact", lambda: {**real, "bytecode": empty_runtime})
+    rpc = JsonRpc(chain.rpc_url)
+    with pytest.raises(ChainError, match="left no code"):
+        RegistryAdmin.deploy(rpc, Signer(Secret(OTHER_KEYS[0])))

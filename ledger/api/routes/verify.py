@@ -20,7 +20,7 @@ from fastapi.responses import Response
 from ledger.api.deps import State
 from ledger.api.problems import responses
 from ledger.api.routes._convert import answer
-from ledger.api.schemas import CheckOut, VerifyDigest, VerifyOut
+from ledger.api.schemas import CheckOut, ClaimOut, VerifyDigest, VerifyOut
 from ledger.errors import InputError
 from ledger.hashing.cid import Cid
 from ledger.ids import Digest32, RunId
@@ -62,7 +62,12 @@ def _out(report: VerifyReport, hide: tuple[str, str] | None = None) -> VerifyOut
         step=report.step,
         is_final=report.is_final,
         tensor_root=report.tensor_root,
-        checks=[CheckOut(name=c.name, ok=c.ok, detail=clean(c.detail)) for c in report.checks],
+        checks=[
+            CheckOut(name=c.name, ok=c.ok, unchecked=c.unchecked, detail=clean(c.detail))
+            for c in report.checks
+        ],
+        origin=None if report.origin is None else ClaimOut(**report.origin),
+        claimants=[ClaimOut(**claim) for claim in report.claimants],
     )
 
 

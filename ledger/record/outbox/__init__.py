@@ -52,7 +52,7 @@ from ledger.record.outbox.journal import Entry, Journal
 from ledger.record.outbox.lock import WorkerLock
 from ledger.record.outbox.owner import gone, this_process
 from ledger.record.outbox.serve import WorkerThread
-from ledger.record.outbox.worker import PassResult, Worker, one_line
+from ledger.record.outbox.worker import NO_REGISTRY, PassResult, Worker, one_line
 
 if TYPE_CHECKING:
     from ledger.record.outbox.process import AttachedWorker, WorkerProcess
@@ -296,12 +296,15 @@ class Outbox:
         runner: WorkerThread | WorkerProcess | AttachedWorker | None = None
         pause, brisk, longest = FLUSH_POLL
         brisk_until = time.monotonic() + brisk
+        tried = {e.id: e.attempts for e in self._open(run_id)}
         try:
             while True:
                 remaining = self.journal.open_count(run_id)
                 left = deadline - time.monotonic()
                 if remaining == 0 or left <= 0:
                     return remaining
+                if self._registry_gone(run_id, tried):
+                    return remaining  # only a deploy helps: the report says so
                 if runner is None or not runner.alive:
                     runner = self.start_worker()  # (re)started if it ended meanwhile
                     runner.set_urgent(True)  # someone waits: no lingering for fuller batches
@@ -311,6 +314,25 @@ class Outbox:
         finally:
             if runner is not None:
                 runner.set_urgent(False)
+
+    def _open(self, run_id: str | Sequence[str] | None) -> list[Entry]:
+        entries = self.journal.entries(states=["pending", "stored", "sent"])
+        if run_id is None:
+            return entries
+        runs = {run_id} if isinstance(run_id, str) else set(run_id)
+        return [e for e in entries if e.run_id in runs]
+
+    def _registry_gone(self, run_id: str | Sequence[str] | None, tried: dict[int, int]) -> bool:
+        """Whether every open entry is waiting only for a registry that is not at its
+        address, as a worker pass made after the wait began found (``tried``: the
+        entries' attempts when it began): no wait fixes that, `ledger deploy` does."""
+        entries = self._open(run_id)
+        return bool(entries) and all(
+            e.state != "pending"
+            and (e.error or "").startswith(NO_REGISTRY)
+            and e.attempts > tried.get(e.id, -1)
+            for e in entries
+        )
 
     def settled(self, run_id: str) -> None:
         """The run's records were waited for and reported (by the hook): the exit
@@ -503,7 +525,14 @@ def run_report(journal: Journal, run_id: str, waited: float | None = None) -> st
     if blocks:
         line += f" (block {max(blocks)})"
     still = [e for e in entries if e.state in ("pending", "stored", "sent")]
-    if still:
+    gone = [e for e in still if (e.error or "").startswith(NO_REGISTRY)]
+    if still and len(gone) == len(still):
+        reason = gone[-1].error or NO_REGISTRY
+        line += (
+            f"; {len(still)} record(s) not sent, not waited for: {reason} -- they are kept "
+            "in the outbox; run `ledger deploy`, then `ledger sync` to send them"
+        )
+    elif still:
         after = f" after {waited:g} s" if waited is not None else ""
         why = next((e.error for e in reversed(still) if e.error), None)
         line += f"; {len(still)} record(s) not yet on chain{after}" + (f" ({why})" if why else "")

@@ -29,7 +29,10 @@ from the configured address (a transaction to an address without code also
 succeeds). A refusal meaning "already recorded with this content" confirms the
 entry; the same id with other content fails it for good. Unreachable chains and stores
 are retried with backoff; the user gets one line when that starts and one when
-it ends.
+it ends. While the registry is missing (a chain reset after the run started),
+every open entry waiting for the chain is noted with :data:`NO_REGISTRY` and
+the reason, so that a waiting exit (:meth:`Outbox.flush`) sees from the journal
+that waiting cannot help and stops.
 
 This module is the passes alone: :func:`ledger.record.outbox.serve.serve` runs
 them in a loop (on a thread, or in the worker process of
@@ -81,6 +84,9 @@ STORE_THREADS = 8
 STORE_INLINE = 16 << 20  # bytes of weights a pass beside training stores without a pool
 LINGER = 2.0
 RECEIPT_WAIT = 2.0  # per pass; an unmined transaction is looked at again next pass
+NO_REGISTRY = "registry not deployed"
+"""The prefix of an open entry's error while the registry is not at its address."""
+
 _RETRYABLE = (
     ChainUnavailableError,
     RegistryNotDeployedError,
@@ -162,6 +168,8 @@ class Worker:
                 self._send_ready(registry, result)
         except _RETRYABLE as exc:
             result.waiting_on = one_line(exc)
+            if isinstance(exc, RegistryNotDeployedError):
+                self._note_no_registry(exc)
             self._drop_connection()
         except ConfigError as exc:
             result.waiting_on = one_line(exc)
@@ -169,6 +177,15 @@ class Worker:
             self.journal.checkpoint_wal()
         self._report_outage(result)
         return result
+
+    def _note_no_registry(self, missing: RegistryNotDeployedError) -> None:
+        """Note on each entry waiting for the chain that the registry is not there
+        (a pass later than a flush's start tells it that waiting cannot help); an
+        entry's own reason (e.g. a receipt without its event) is kept after the mark."""
+        general = f"{NO_REGISTRY}: {one_line(missing)}"
+        for entry in self.journal.entries(states=["stored", "sent"]):
+            own = entry.error if entry.error and not entry.error.startswith(NO_REGISTRY) else None
+            self.journal.note_attempt([entry.id], f"{NO_REGISTRY}: {own}" if own else general)
 
     def _report_outage(self, result: PassResult) -> None:
         open_entries = self.journal.open_count()

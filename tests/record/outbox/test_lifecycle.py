@@ -225,6 +225,54 @@ def test_the_exit_names_refused_records(
     assert "1 record(s) refused for good" in report and "changed after" in report
 
 
+def test_a_registry_gone_mid_run_is_not_waited_for_at_exit(
+    chain: Chain, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The chain is reset after the run started (the registry's code is gone): the
+    exit does not wait out the flush timeout for what only a deploy fixes; it says
+    so in its line, the records stay in the outbox, and `ledger sync` sends them
+    once the registry is back. (On main this waited the whole 30 s, then said only
+    "not yet on chain".)"""
+    home = tmp_path / "ledger"
+    outbox = Outbox(chain.settings(home), worker="thread")
+    run_id = outbox.start_run(manifest("reset-mid-run"))
+    assert outbox.flush(60, run_id) == 0
+    address = chain.registry.address
+    code = chain.w3.eth.get_code(address).to_0x_hex()
+    chain.w3.provider.make_request("anvil_setCode", [address, "0x"])  # type: ignore[arg-type]
+    outbox.checkpoint(run_id, 0, weights(tmp_path / "w0.pt", 0), {"loss": 1.0})
+    outbox.finalize(run_id, weights(tmp_path / "final.pt", 1), {"loss": 0.5})
+    assert outbox.flush(30, run_id) == 2
+    report = outbox.report(run_id, 30)
+    assert report.startswith(f"run {run_id} recorded: start (block ")
+    assert "2 record(s) not sent, not waited for: registry not deployed" in report
+    assert "`ledger deploy`, then `ledger sync`" in report and "after 30 s" not in report
+    assert [e.state for e in outbox.journal.entries()] == ["confirmed", "stored", "stored"]
+    outbox._at_exit()
+    capsys.readouterr()
+
+    chain.w3.provider.make_request("anvil_setCode", [address, code])  # type: ignore[arg-type]
+    exit_code, out, _ = cli(capsys, "sync", "--data-dir", str(home), "--timeout", "60")
+    assert exit_code == 0 and "still open 0" in out, out
+    on_chain = chain.registry.events("CheckpointCommitted", bytes.fromhex(run_id[2:]))
+    assert [int(e["step"]) for e in on_chain] == [0]
+
+
+def test_an_unavailable_store_is_still_waited_for(
+    chain: Chain, tmp_path: Path, small_disk: Path
+) -> None:
+    """The neighbour: a record that may yet move (here a full store disk) is not
+    given up early: the exit waits its timeout, as before."""
+    settings = chain.settings(tmp_path / "ledger")
+    settings.store_dir.symlink_to(small_disk, target_is_directory=True)
+    fill(small_disk)
+    outbox = Outbox(settings, worker="thread")
+    run_id = outbox.start_run(manifest("full-no-skip"))
+    assert outbox.flush(1.0, run_id) == 1
+    assert "not sent, not waited for" not in outbox.report(run_id, 1.0)
+    outbox._at_exit()
+
+
 # -- 5. NaN and infinite metrics ---------------------------------------------------------
 
 

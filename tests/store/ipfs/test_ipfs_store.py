@@ -16,6 +16,7 @@ import pytest
 from ledger.errors import (
     ArtifactNotFoundError,
     IntegrityError,
+    StoreFullError,
     StoreRefusedError,
     StoreUnavailableError,
 )
@@ -126,7 +127,14 @@ def test_get_rechecks_the_codec(ipfs: IpfsStore, ipfs_node: IpfsNode) -> None:
 class _Proxy:
     """A front to the real node that imports with other settings, or alters what it sends."""
 
-    def __init__(self, node: IpfsNode, *, chunker: str | None, flip_cat: bool) -> None:
+    def __init__(
+        self,
+        node: IpfsNode,
+        *,
+        chunker: str | None,
+        flip_cat: bool,
+        add_error: tuple[int, str] | None = None,
+    ) -> None:
         target = node.url
 
         class Handler(BaseHTTPRequestHandler):
@@ -136,6 +144,9 @@ class _Proxy:
                 if url.path.endswith("/add") and chunker:
                     query = [(k, chunker if k == "chunker" else v) for k, v in query]
                 body = self._body()
+                if url.path.endswith("/add") and add_error:
+                    self._refuse(*add_error)
+                    return
                 request = urllib.request.Request(
                     f"{target}{url.path}?{urllib.parse.urlencode(query)}",
                     data=body,
@@ -150,6 +161,19 @@ class _Proxy:
                 if url.path.endswith("/cat") and flip_cat and answer:
                     answer = bytes([answer[0] ^ 1]) + answer[1:]
                 self.send_response(status)
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+            def _refuse(self, status: int, message: str) -> None:
+                """Answer as the node does: an error document, or (Kubo, mid-stream)
+                HTTP 200 with the error in X-Stream-Error."""
+                answer = b""
+                self.send_response(status)
+                if status == 200:
+                    self.send_header("X-Stream-Error", message)
+                else:
+                    answer = json.dumps({"Message": message, "Code": 0, "Type": "error"}).encode()
                 self.send_header("Content-Length", str(len(answer)))
                 self.end_headers()
                 self.wfile.write(answer)
@@ -206,6 +230,39 @@ def test_a_node_that_refuses_an_add_says_why(ipfs_node: IpfsNode) -> None:
     finally:
         proxy.close()
     assert caught.value.exit_code == 20 and proxy.api.split("//")[1] in str(caught.value)
+
+
+# What nodes answer when their repository cannot take more. Filling the test's
+# js-ipfs node for real is slow and flaky, so a proxy in front of the real node
+# answers `add` with the messages Kubo and js-ipfs give for a full disk.
+FULL_ANSWERS = [
+    # Kubo's Datastore.StorageMax check (corerepo.ErrMaxStorageExceeded)
+    (500, "maximum storage limit exceeded. Try to unpin some files."),
+    # Kubo's flatfs blockstore on a full disk
+    (500, "put QmX: write /data/ipfs/blocks/AB/.temp-123: no space left on device"),
+    # js-ipfs (Node.js fs error through the datastore)
+    (500, "ENOSPC: no space left on device, write"),
+    # a quota on the node's disk
+    (500, "open /data/ipfs/blocks/.temp: disk quota exceeded"),
+    # Kubo, when the write fails mid-stream: HTTP 200 and the X-Stream-Error trailer
+    (200, "write /data/ipfs/datastore/000123.log: no space left on device"),
+]
+
+
+@pytest.mark.parametrize(("status", "message"), FULL_ANSWERS)
+def test_a_full_node_is_full_not_refused(ipfs_node: IpfsNode, status: int, message: str) -> None:
+    """A full repository is retryable (StoreFullError), so the outbox keeps the record."""
+    proxy = _Proxy(ipfs_node, chunker=None, flip_cat=False, add_error=(status, message))
+    data = unique(1000)
+    try:
+        with pytest.raises(StoreFullError, match="is full") as caught:
+            IpfsStore(proxy.api).put_bytes(data)
+    finally:
+        proxy.close()
+    assert not isinstance(caught.value, StoreRefusedError)
+    assert proxy.api.split("//")[1] in str(caught.value)
+    assert caught.value.hint is not None and "free space" in caught.value.hint
+    assert not pinned_on(ipfs_node, bytes_cid(data))
 
 
 def test_a_node_that_sends_other_bytes_is_caught(ipfs: IpfsStore, ipfs_node: IpfsNode) -> None:
