@@ -186,7 +186,9 @@ class ClaimOut(BaseModel):
     )
 
 
-Outcome = Literal["verified", "mismatch", "unknown", "revoked", "unchecked"]
+# "proven" is `ledger verify --bundle` offline (exit 7); this API checks the chain
+# itself, so it never answers it, but the verifier's outcome type includes it
+Outcome = Literal["verified", "mismatch", "unknown", "revoked", "unchecked", "proven"]
 
 
 class VerifyOut(BaseModel):
@@ -211,7 +213,8 @@ class VerifyOut(BaseModel):
         "check failed, the file or its documents are not what was recorded; unknown (4): "
         "no record of these weights; revoked (5): recorded, but the run, an ancestor or "
         "another record of the same weights is revoked; unchecked (6): the weights are "
-        "recorded on chain but the run's documents could not be fetched to check them"
+        "recorded on chain but the run's documents could not be fetched to check them "
+        "(proven, exit 7, is `ledger verify --bundle` offline and never answered here)"
     )
     file_cid: str | None
     run_id: str | None
