@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ledger.chain.records import (
+    ZERO32,
     RegistryView,
     RunRecord,
     RunStatus,
@@ -188,9 +189,13 @@ class Verifier:
         (the CLI hashes while it connects).
 
         Every record of the same weights is a claim: those of the file CID, and
-        those of its tensor root. A file found by CID has its tensors read only
-        when some other record holds a tensor root its claimants name (one
-        ``eth_getLogs`` per root tells), or when they name different roots.
+        those of its tensor root. A file found by CID has its tensors read when
+        some other record holds a tensor root its claimants name (one
+        ``eth_getLogs`` per root tells), when they name different roots, or when
+        any run of the registry was ever revoked (one more ``eth_getLogs``): a
+        claimant can record a copy's CID under a tensor root it does not hold,
+        and only the file's real root then finds a revoked record of the same
+        tensors.
         """
         path = Path(path)
         self._started.clear()
@@ -207,14 +212,21 @@ class Verifier:
             for root in claimed:
                 by_root[root] = self.registry.find_by_tensor_root(root)
             others = [r for rs in by_root.values() for r in rs if r.weights_digest != cid.digest]
-            if others or len(claimed) > 1:
+            # a zero root: its records say the file holds no tensors
+            holds_tensors = any(root != ZERO32 for root in claimed)
+            revoked_somewhere = holds_tensors and self.registry.has_revocations()
+            if others or len(claimed) > 1 or revoked_somewhere:
                 tensors = self._read_tensors(path, report, required=False)
                 if tensors is None:
+                    against = (
+                        f"{len(others)} other record(s) of the tensor root its claimants name"
+                        if others or len(claimed) > 1
+                        else "the records of revoked runs"
+                    )
                     report.add(
                         "tensors",
                         False,
-                        "the file's tensors could not be read to compare them with "
-                        f"{len(others)} other record(s) of the tensor root its claimants name",
+                        f"the file's tensors could not be read to compare them with {against}",
                         unchecked=True,
                     )
         else:

@@ -194,3 +194,26 @@ def test_claimants_disagreeing_on_the_tensor_root_are_settled_by_reading_the_fil
     assert report.outcome is Outcome.VERIFIED, report.failed
     listed = {c["run_id"]: c for c in report.claimants}
     assert listed[liar.run_id_hex]["tensor_root_ok"] is False
+
+
+def test_a_copy_recorded_with_a_made_up_tensor_root_does_not_hide_a_revoked_origin(
+    chain: Chain, store: LocalStore, model: Path, resaved: Path
+) -> None:
+    from ledger.hashing.tensors import tensor_digest
+
+    origin = final_run(chain, store, model, name="leaky")
+    chain.registry.revoke_run(origin._require_run(), "trained on the test set")
+    # the launderer records the re-saved copy's CID under a tensor root it does not
+    # hold, so no record of the copy's CID names the origin's root
+    launderer = recorder(chain, store, "alice")
+    launderer.start(manifest("fresh"))
+    bogus = replace(tensor_digest(resaved), root=os.urandom(32))
+    launderer.finalize(resaved, {"loss": 0.2}, tensors=bogus)
+
+    report = verifier(chain, store).verify_file(resaved)
+    # a revocation exists on the registry, so the file's real tensors are read
+    assert report.tensor_root == tensor_digest(resaved).root.hex()
+    assert report.outcome is Outcome.REVOKED, report.failed
+    assert report.origin is not None and report.origin["run_id"] == origin.run_id_hex
+    revoked = [c for c in report.failed if "revoked" in c.detail]
+    assert revoked and "trained on the test set" in revoked[0].detail

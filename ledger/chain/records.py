@@ -199,6 +199,14 @@ class EventLookups:
     def _find_weights(self, value: bytes, *, topic_index: int) -> list[WeightsRecord]:
         raise NotImplementedError
 
+    def all_events(self, name: str) -> list[dict[str, Any]]:
+        """Every event ``name`` of the registry, oldest first (one ``eth_getLogs``)."""
+        raise NotImplementedError
+
+    def has_revocations(self) -> bool:
+        """Whether any run of the registry was ever revoked."""
+        return bool(self.all_events("RunRevoked"))
+
     def find_by_weights(self, digest: bytes) -> list[WeightsRecord]:
         """Every record of a weights file CID digest, oldest first (one ``eth_getLogs``)."""
         return self._find_weights(digest, topic_index=2)
@@ -260,6 +268,10 @@ class RegistryView(Protocol):
 
     def is_committer(self, account: str) -> bool:
         """Whether ``account`` holds the committer role now."""
+        ...
+
+    def has_revocations(self) -> bool:
+        """Whether any run of the registry was ever revoked."""
         ...
 
     def events(self, name: str, run_id: bytes) -> list[dict[str, Any]]:

@@ -273,6 +273,15 @@ class Registry(EventLookups):
             raise ChainError(f"cannot read {name} events from {self.address}: {exc}") from exc
         return [_event_dict(log) for log in logs]
 
+    def all_events(self, name: str) -> list[dict[str, Any]]:
+        """Every event ``name`` of the registry, oldest first."""
+        event = getattr(self.contract.events, name)
+        try:
+            logs = event.get_logs(from_block=self.deploy_block)
+        except (Web3Exception, OSError) as exc:
+            raise ChainError(f"cannot read {name} events from {self.address}: {exc}") from exc
+        return [_event_dict(log) for log in logs]
+
     def _find_weights(self, value: bytes, *, topic_index: int) -> list[WeightsRecord]:
         names = ("CheckpointCommitted", "RunFinalized")
         signatures = [getattr(self.contract.events, n).topic for n in names]
