@@ -197,6 +197,11 @@ class RecordError(LedgerError):
     exit_code = 40
 
 
+class JournalFullError(RecordError):
+    """The disk under the outbox journal is full: an append could not be written.
+    The outbox keeps such records in memory and writes them once there is room."""
+
+
 # -- the audit index and API --------------------------------------------------
 
 

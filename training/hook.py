@@ -285,7 +285,8 @@ class LedgerRun:
         """The checkpoints handed over so far, as the journal sees them now."""
         if self.outbox is None:
             return list(self._shared_commits)
-        return [Commit.of(e) for e in self.outbox.journal.entries(ids=self._entries)]
+        ids = self.outbox.journal_ids(self._entries)  # records a full disk holds are not in it
+        return [Commit.of(e) for e in self.outbox.journal.entries(ids=ids)] if ids else []
 
     @property
     def manifest_cid(self) -> Cid | None:

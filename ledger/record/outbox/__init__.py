@@ -42,6 +42,7 @@ from ledger.errors import (
     ChainUnavailableError,
     ConfigError,
     InputError,
+    JournalFullError,
     MissingRoleError,
     RecordError,
     RegistryNotDeployedError,
@@ -129,6 +130,10 @@ class Outbox:
         self._committer: str | None = None
         self._secret: Secret | None = None
         self._runs: list[str] = []  # the runs this process appended to (what exit waits for)
+        # appends the journal's full disk refused, in order, under temporary negative
+        # ids; written before any later append once there is room (see _append)
+        self._held: list[tuple[int, str, Any, dict[str, Any], int | None]] = []
+        self._written: dict[int, int] = {}  # temporary id -> journal id, once written
 
     @classmethod
     def for_settings(cls, settings: Settings, store: ArtifactStore | None = None) -> Outbox:
@@ -253,12 +258,58 @@ class Outbox:
     def _append(
         self, run_id: str, kind: Any, payload: dict[str, Any], step: int | None = None
     ) -> int:
-        entry_id = self.journal.append(run_id, kind, payload, step)
+        """Journal one record. A full disk under the journal does not stop training:
+        the record is kept in memory (with every later one, so order holds) and
+        written at the next append or flush once there is room; it is lost only if
+        the process ends first, which the run's exit line then says."""
         if run_id not in self._runs:
             self._runs.append(run_id)
-        if self.background:
+        if self._write_held():
+            try:
+                entry_id = self.journal.append(run_id, kind, payload, step)
+            except JournalFullError as exc:
+                entry_id = self._hold(run_id, kind, payload, step, exc)
+        else:
+            entry_id = self._hold(run_id, kind, payload, step, None)
+        if self.background and entry_id > 0:
             self.start_worker().wake()
         return entry_id
+
+    def _hold(
+        self,
+        run_id: str,
+        kind: Any,
+        payload: dict[str, Any],
+        step: int | None,
+        exc: JournalFullError | None,
+    ) -> int:
+        if exc is not None and not self._held:
+            self.worker.say(f"{one_line(exc)}; training goes on")
+        temporary = -(len(self._written) + len(self._held) + 1)
+        self._held.append((temporary, run_id, kind, payload, step))
+        return temporary
+
+    def _write_held(self) -> bool:
+        """Write the records a full disk held back, in order; whether all are written."""
+        while self._held:
+            temporary, run_id, kind, payload, step = self._held[0]
+            try:
+                self._written[temporary] = self.journal.append(run_id, kind, payload, step)
+            except JournalFullError:
+                return False
+            self._held.pop(0)
+            if self.background:
+                self.start_worker().wake()
+        return True
+
+    def journal_ids(self, ids: Sequence[int]) -> list[int]:
+        """The journal ids of entries appended here (a held record's temporary id
+        maps to its journal id once written; one still held is left out)."""
+        return [self._written.get(i, i) for i in ids if i > 0 or i in self._written]
+
+    def held(self, run_id: str) -> int:
+        """How many of ``run_id``'s records wait in memory for room on the journal's disk."""
+        return sum(1 for _, held_run, *_ in self._held if held_run == run_id)
 
     # -- the worker ------------------------------------------------------------------
 
@@ -293,6 +344,7 @@ class Outbox:
         """Wait up to ``timeout`` s until no entry (of ``run_id``, or of those runs)
         is open; returns how many still are."""
         deadline = time.monotonic() + timeout
+        self._write_held()
         runner: WorkerThread | WorkerProcess | AttachedWorker | None = None
         pause, brisk, longest = FLUSH_POLL
         brisk_until = time.monotonic() + brisk
@@ -341,8 +393,17 @@ class Outbox:
             self._runs.remove(run_id)
 
     def report(self, run_id: str, waited: float | None = None) -> str:
-        """One line on what the journal holds of ``run_id`` (see :func:`run_report`)."""
-        return run_report(self.journal, run_id, waited)
+        """One line on what the journal holds of ``run_id`` (see :func:`run_report`),
+        and the records a full disk kept out of it."""
+        self._write_held()
+        line = run_report(self.journal, run_id, waited)
+        held = self.held(run_id)
+        if held:
+            line += (
+                f"; {held} record(s) not journaled: the disk under {self.journal.path} is "
+                "full, and they are lost when this process ends (free space there)"
+            )
+        return line
 
     def _at_exit(self) -> None:
         # this process's runs not reported yet (the hook reports its own, once); only

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from ledger.errors import RecordError
+from ledger.errors import JournalFullError, RecordError
 
 Kind = Literal["start", "checkpoint", "finalize", "fail", "revoke"]
 STATES = ("pending", "stored", "sent", "confirmed", "failed")
@@ -364,11 +364,19 @@ class Journal:
         now = time.time()
         text = json.dumps(payload, separators=(",", ":"), allow_nan=False)
         # one statement in autocommit mode: its own transaction, one trip into SQLite
-        cursor = self._db().execute(
-            "INSERT INTO entries (run_id, kind, step, payload, created_at, updated_at)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            (run_id, kind, step, text, now, now),
-        )
+        try:
+            cursor = self._db().execute(
+                "INSERT INTO entries (run_id, kind, step, payload, created_at, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (run_id, kind, step, text, now, now),
+            )
+        except sqlite3.OperationalError as exc:
+            if getattr(exc, "sqlite_errorcode", None) != sqlite3.SQLITE_FULL:
+                raise
+            raise JournalFullError(
+                f"the disk under the outbox journal {self.path} is full",
+                hint="free space there; records are kept in memory until it can be written",
+            ) from exc
         return int(cursor.lastrowid or 0)
 
     # -- the worker's side ----------------------------------------------------

@@ -420,3 +420,40 @@ def test_a_journal_with_a_damaged_page_is_set_aside(tmp_path: Path) -> None:
     fresh = Journal(path)
     assert fresh.damaged is not None and fresh.damaged.exists()
     assert fresh.entries() == [] and fresh.meta("damaged") == fresh.damaged.name
+
+
+def test_a_full_disk_under_the_journal_does_not_stop_training(
+    chain: Chain,
+    tmp_path: Path,
+    small_disk: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # the whole data directory (journal and store) on a small disk that fills up
+    outbox = Outbox(chain.settings(small_disk), worker="thread")
+    run_id = outbox.start_run(manifest("journal-full"))
+    assert outbox.flush(60, run_id) == 0
+    filler = fill(small_disk)
+    held: list[int] = []
+    for step in range(50):  # the journal's write-ahead log may have room for a few
+        entry = outbox.checkpoint(run_id, step, weights(tmp_path / f"w{step}.pt", step), {})
+        if entry < 0:
+            held.append(entry)
+        if len(held) == 2:
+            break
+    assert len(held) == 2, "the full disk never refused an append"
+    err = capsys.readouterr().err
+    assert err.count("is full") == 1 and "training goes on" in err  # said once
+    report = outbox.report(run_id)
+    assert "2 record(s) not journaled" in report and "lost when this process ends" in report
+
+    filler.unlink()  # room again: the held records go in first, in order
+    last = outbox.checkpoint(run_id, 99, weights(tmp_path / "w99.pt", 99), {})
+    assert last > 0
+    steps = [e.step for e in outbox.journal.entries(run_id=run_id) if e.kind == "checkpoint"]
+    assert steps == sorted(steps) and steps[-1] == 99 and len(steps) == step + 2
+    written = outbox.journal_ids(held)
+    assert len(written) == 2 and all(i > 0 for i in written)
+    assert "not journaled" not in outbox.report(run_id)
+    assert outbox.flush(60, run_id) == 0  # and all of them reach the chain
+    on_chain = chain.registry.events("CheckpointCommitted", bytes.fromhex(run_id[2:]))
+    assert sorted(int(e["step"]) for e in on_chain) == steps
