@@ -197,6 +197,25 @@ class RecordError(LedgerError):
     exit_code = 40
 
 
+# -- replay ---------------------------------------------------------------------
+
+
+class ReplayError(LedgerError):
+    """``ledger replay`` could not reach a verdict: the replayed command failed or
+    wrote no weights (its verdicts are exit codes: 0 reproduced, 8 diverged)."""
+
+    exit_code = 9
+    http_status = 422
+
+
+class NotReplayableError(ReplayError):
+    """The run's records hold no resume state (or too few checkpoints) to replay."""
+
+
+class CodeDriftError(ReplayError):
+    """The working tree's code is not the code the run's manifest names."""
+
+
 # -- the audit index and API --------------------------------------------------
 
 
