@@ -202,6 +202,25 @@ class JournalFullError(RecordError):
     The outbox keeps such records in memory and writes them once there is room."""
 
 
+# -- replay ---------------------------------------------------------------------
+
+
+class ReplayError(LedgerError):
+    """``ledger replay`` could not reach a verdict: the replayed command failed or
+    wrote no weights (its verdicts are exit codes: 0 reproduced, 8 diverged)."""
+
+    exit_code = 9
+    http_status = 422
+
+
+class NotReplayableError(ReplayError):
+    """The run's records hold no resume state (or too few checkpoints) to replay."""
+
+
+class CodeDriftError(ReplayError):
+    """The working tree's code is not the code the run's manifest names."""
+
+
 # -- the audit index and API --------------------------------------------------
 
 

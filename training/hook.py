@@ -19,12 +19,21 @@ checked: a run none of whose records could land fails before training. The
 training loop never waits on the chain or the store: a background worker
 hashes, stores and commits. An exception inside the block records the run as
 failed and propagates unchanged.
+
+A run given ``optimizer=`` (and ``scheduler=``, ``seed=``) is *replayable*:
+each checkpoint also commits a resume file (training/_resume.py) and the
+digests of the data orders its epochs reported (:meth:`LedgerRun.data_order`,
+:meth:`LedgerRun.permutation`). Its loop iterates :meth:`LedgerRun.epochs`,
+which starts where a resume (``resume=``) or ``ledger replay`` says; in replay
+mode (``LEDGER_REPLAY``) nothing is recorded: the run restores the committed
+state, trains up to the next checkpoint with deterministic algorithms, writes
+the weights where ``ledger replay`` reads them and stops.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -33,13 +42,14 @@ from typing import Any
 import torch
 
 from ledger.config import Settings, load_settings
-from ledger.errors import LedgerError, RecordError
+from ledger.errors import LedgerError, NotReplayableError, RecordError
 from ledger.hashing.cid import Cid
 from ledger.ids import Digest32, Relation, RunId
 from ledger.record.manifest import build_manifest, start_code_version
 from ledger.record.outbox import Entry, Outbox, flush_timeout
 from ledger.store import ArtifactStore
 from ledger.training._distributed import Role, rank_zero
+from ledger.training._resume import ReplayOrder, load_resume, order_digest, save_resume
 
 log = logging.getLogger("ledger.training")
 
@@ -121,6 +131,9 @@ class LedgerRun:
         sweep: str | None = None,
         trial: int | None = None,
         save: Callable[[Mapping[str, torch.Tensor], Path], None] | None = None,
+        optimizer: torch.optim.Optimizer | None = None,
+        scheduler: Any | None = None,
+        resume: str | Path | None = None,
     ) -> None:
         if checkpoint_every < 1:
             raise RecordError("checkpoint_every must be 1 or more (epochs between checkpoints)")
@@ -155,6 +168,29 @@ class LedgerRun:
         # on ranks other than 0: what rank 0 recorded (see _follow_start/_follow_finish)
         self._shared_commits: list[Commit] = []
         self._shared_final: Commit | None = None
+        # replayable runs (training/_resume.py): what a resume needs, with each checkpoint
+        self.optimizer, self.scheduler = optimizer, scheduler
+        if (scheduler is not None or resume is not None) and optimizer is None:
+            raise RecordError(
+                "scheduler= and resume= need optimizer= too: a run is replayable "
+                "only with its optimizer's state"
+            )
+        self._resume_from = Path(resume) if resume is not None else None
+        self._first_epoch = 0
+        self._orders: dict[int, str] = {}  # epoch -> data order digest, since the last checkpoint
+        self._data_fingerprints: dict[str, Any] = {}
+        self.replay = ReplayOrder.from_env()
+        if self.replay is not None and optimizer is None:
+            raise NotReplayableError(
+                "not replayable: LEDGER_REPLAY is set (by `ledger replay`) but this LedgerRun "
+                "has no optimizer=, so it cannot restore the committed state; nothing recorded",
+                hint="pass optimizer=, scheduler= and seed= to LedgerRun",
+            )
+
+    @property
+    def replayable(self) -> bool:
+        """Whether each checkpoint commits what a resume needs (``optimizer=`` given)."""
+        return self.optimizer is not None
 
     # -- life cycle ---------------------------------------------------------------
 
@@ -169,8 +205,10 @@ class LedgerRun:
         tb: TracebackType | None,
     ) -> None:
         if exc is None:
-            if self.status == "running":
+            if self.status in ("running", "replaying"):
                 self.finish()
+            return
+        if self.status == "replaying":  # nothing was recorded, nothing to fail
             return
         if self.outbox is not None and self._run_id is not None and self.status == "running":
             self.status = "failed"
@@ -191,6 +229,10 @@ class LedgerRun:
         """Append the run's manifest to the outbox; returns the run id (no chain wait)."""
         if self.status != "new":
             raise RecordError(f"this LedgerRun was already started ({self.status})")
+        if self.replay is not None:
+            return self._start_replay(self.replay)
+        if self._resume_from is not None:
+            self._first_epoch = self._restore(self._resume_from) + 1
         settings = self._settings or load_settings()
         code = start_code_version(self._code_root)  # git runs while the key is read
         try:
@@ -218,11 +260,39 @@ class LedgerRun:
             trial=self.trial,
             cache_dir=settings.data_dir / "cache",
             code=code,
+            extra={"replay": self._replay_facts()} if self.replayable else None,
         )
         self._run_id = self.outbox.start_run(manifest, self.parents)
         self.status = "running"
         log.info("ledger run %s started", self._run_id)
         return self._run_id
+
+    def epochs(self, count: int) -> Iterator[int]:
+        """The epochs to run of ``count``: from 0, or after the epoch a resume
+        restored; in replay mode the interval ``ledger replay`` asked for, after
+        which the replayed weights are written and the loop ends."""
+        if self.replay is not None:
+            yield from range(self.replay.start_epoch, self.replay.stop_epoch + 1)
+            return
+        yield from range(self._first_epoch, count)
+
+    def data_order(self, epoch: int, indices: Iterable[int] | torch.Tensor) -> str:
+        """Note the order in which ``epoch`` visits the data (the sampler's
+        indices); its digest is committed with the next checkpoint. Returns it."""
+        digest = order_digest(indices)
+        self._orders[epoch] = digest
+        return digest
+
+    def permutation(self, epoch: int, n: int) -> list[int]:
+        """A seeded shuffle of ``range(n)`` for ``epoch`` (from ``seed`` and the
+        epoch alone, so a resume or replay visits the same order), noted as
+        :meth:`data_order`."""
+        if self.seed is None:
+            raise RecordError("permutation() needs the run's seed: pass seed= to LedgerRun")
+        generator = torch.Generator().manual_seed(int(self.seed) * 1_000_003 + epoch)
+        order = [int(i) for i in torch.randperm(n, generator=generator)]
+        self.data_order(epoch, order)
+        return order
 
     def epoch_end(self, epoch: int, metrics: Mapping[str, Any]) -> Commit | None:
         """Note an epoch's metrics; every ``checkpoint_every`` epochs commit a checkpoint."""
@@ -233,11 +303,29 @@ class LedgerRun:
 
     @rank_zero(lambda run, commit: run._shared_commits.append(commit))
     def checkpoint(self, step: int, metrics: Mapping[str, Any]) -> Commit:
-        """Write the model's weights to the checkpoint directory and hand them over."""
+        """Write the model's weights to the checkpoint directory and hand them over
+        (a replayable run's resume file with them)."""
+        if self.status == "replaying":
+            return self._replay_checkpoint(step)
         outbox, run_id = self._require_running()
         path = self.checkpoint_dir / f"step-{step:06d}{self.out.suffix or '.pt'}"
         self._save(self.model.state_dict(), path)
-        entry_id = outbox.checkpoint(run_id, step, path, metrics)
+        resume = None
+        if self.optimizer is not None:
+            if "resume" in metrics:
+                raise RecordError("metric 'resume' is a replayable run's own; rename that metric")
+            resume = self.checkpoint_dir / f"step-{step:06d}.resume.pt"
+            save_resume(
+                resume,
+                epoch=step,
+                model=self.model,
+                optimizer=self.optimizer,
+                scheduler=self.scheduler,
+            )
+            orders = {str(e): d for e, d in sorted(self._orders.items())}
+            metrics = {**metrics, "resume": {"epoch": step, "data_order": orders}}
+            self._orders.clear()
+        entry_id = outbox.checkpoint(run_id, step, path, metrics, resume=resume)
         self._entries.append(entry_id)
         return Commit(entry_id, step, path, "pending")
 
@@ -253,6 +341,9 @@ class LedgerRun:
         ``state_dict`` overrides the model's current weights (e.g. the best epoch's
         under early stopping).
         """
+        if self.status == "replaying":  # the replayed weights were written at the checkpoint
+            self.status = "replayed"
+            return Commit(0, None, self.out, "replayed")
         outbox, run_id = self._require_running()
         self._save(state_dict if state_dict is not None else self.model.state_dict(), self.out)
         self._final_entry = outbox.finalize(run_id, self.out, dict(metrics or self.last_metrics))
@@ -304,6 +395,60 @@ class LedgerRun:
         if self.outbox is None or self._final_entry is None:
             return self._shared_final
         return Commit.of(self.outbox.journal.entry(self._final_entry))
+
+    # -- replayable runs (training/_resume.py) ---------------------------------------
+
+    def _replay_facts(self) -> dict[str, Any]:
+        """What tells a replayer whether bitwise replay can be expected."""
+        cuda = any(p.is_cuda for p in self.model.parameters())
+        facts: dict[str, Any] = {
+            "resumable": True,
+            "deterministic": torch.are_deterministic_algorithms_enabled(),
+            "device": "cuda" if cuda else "cpu",
+        }
+        if self._resume_from is not None:
+            facts["resumed_after_epoch"] = self._first_epoch - 1
+        return facts
+
+    def _restore(self, path: Path) -> int:
+        return load_resume(
+            path, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler
+        )
+
+    def _start_replay(self, order: ReplayOrder) -> str:
+        """Replay mode: restore checkpoint k's state; record nothing."""
+        from ledger.record.manifest import fingerprint
+
+        torch.use_deterministic_algorithms(True)
+        epoch = self._restore(order.resume)
+        if epoch + 1 != order.start_epoch:
+            raise RecordError(
+                f"the replay's resume file ends epoch {epoch}, not {order.start_epoch - 1}"
+            )
+        self._data_fingerprints = {
+            key: value if isinstance(value, Mapping) else fingerprint(value)
+            for key, value in self.data.items()
+        }
+        self._run_id, self.status = order.run_id, "replaying"
+        log.info("replaying run %s, epochs %d-%d", order.run_id, epoch + 1, order.stop_epoch)
+        return order.run_id
+
+    def _replay_checkpoint(self, step: int) -> Commit:
+        """In replay mode: the interval's last checkpoint writes the replayed
+        weights and what the loop reported; earlier ones only note their orders."""
+        import json
+
+        order = self.replay
+        assert order is not None
+        if step == order.stop_epoch:
+            self._save(self.model.state_dict(), order.out)
+            result = {
+                "epoch": step,
+                "data_order": {str(e): d for e, d in sorted(self._orders.items())},
+                "data": self._data_fingerprints,
+            }
+            order.result.write_text(json.dumps(result))
+        return Commit(0, step, order.out, "replayed")
 
     def _follow_start(self, run_id: str) -> None:
         """On a rank other than 0: the run rank 0 started (no outbox here)."""

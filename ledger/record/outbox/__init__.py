@@ -241,12 +241,27 @@ class Outbox:
         self._append(run_id, "start", payload)
         return run_id
 
-    def checkpoint(self, run_id: str, step: int, weights: Path, metrics: Mapping[str, Any]) -> int:
+    def checkpoint(
+        self,
+        run_id: str,
+        step: int,
+        weights: Path,
+        metrics: Mapping[str, Any],
+        resume: Path | None = None,
+    ) -> int:
         """Append a checkpoint's weights file and metrics; returns the entry id.
 
+        ``resume`` is the checkpoint's resume file (training/replay.py): the
+        worker stores it too and writes its CID and size into the metrics
+        document's ``resume`` object, which the chain record binds.
         A NaN or infinite metric is recorded as a string (see :func:`finite_metrics`)."""
         metrics = finite_metrics(metrics, self.worker.say)
-        return self._append(run_id, "checkpoint", _weights_payload(weights, metrics), step)
+        payload = _weights_payload(weights, metrics)
+        if resume is not None:
+            if not isinstance(metrics.get("resume", {}), Mapping):
+                raise InputError("metric 'resume' is the resume state's; rename that metric")
+            payload["resume"] = _file_payload(resume, "resume file")
+        return self._append(run_id, "checkpoint", payload, step)
 
     def finalize(self, run_id: str, weights: Path, metrics: Mapping[str, Any]) -> int:
         metrics = finite_metrics(metrics, self.worker.say)
@@ -669,14 +684,13 @@ def _lookup(metrics: dict[str, Any], where: str) -> Any:
 
 def _weights_payload(weights: Path, metrics: Mapping[str, Any]) -> dict[str, Any]:
     canonical_json({"metrics": dict(metrics)}, what="metrics")  # refuse bad metrics now
-    path = Path(weights).resolve()
+    return {**_file_payload(weights, "weights file"), "metrics": dict(metrics)}
+
+
+def _file_payload(file: Path, what: str) -> dict[str, Any]:
+    path = Path(file).resolve()
     try:
         stat = path.stat()
     except FileNotFoundError as exc:
-        raise InputError(f"weights file {path} does not exist") from exc
-    return {
-        "path": str(path),
-        "size": stat.st_size,
-        "mtime_ns": stat.st_mtime_ns,
-        "metrics": dict(metrics),
-    }
+        raise InputError(f"{what} {path} does not exist") from exc
+    return {"path": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}

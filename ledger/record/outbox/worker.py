@@ -287,6 +287,14 @@ class Worker:
         _check_unchanged(path, payload)
         metrics = payload["metrics"]  # checked at append; store_weights writes them canonically
         step = entry.step if entry.kind == "checkpoint" else None
+        resume = payload.get("resume")
+        if resume is not None:  # a replayable run's resume file, bound by the metrics document
+            resume_path = Path(resume["path"])
+            _check_unchanged(resume_path, resume)
+            resume_cid = store.put_file(resume_path)
+            _check_unchanged(resume_path, resume)
+            described = {"cid": str(resume_cid), "bytes": resume["size"]}
+            metrics = {**metrics, "resume": {**metrics.get("resume", {}), **described}}
         weights, tensors, metrics_cid = store_weights(store, entry.run_id, path, metrics, step)
         _check_unchanged(path, payload)  # not rewritten while it was being stored
         return {

@@ -1,0 +1,82 @@
+"""``ledger replay``: re-run segments of a recorded run and compare (:mod:`ledger.replay`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ledger.cli.options import DATA_DIR, JSON, RUN_ID, load_settings, print_json
+
+app = typer.Typer()
+
+
+@app.command()
+def replay(
+    run: Annotated[str, RUN_ID.typer()],
+    command: Annotated[
+        list[str] | None,
+        typer.Argument(help="The training command, after --: e.g. -- python train.py"),
+    ] = None,
+    segments: Annotated[
+        int, typer.Option("--segments", "-k", min=1, help="How many intervals to replay.")
+    ] = 2,
+    pick: Annotated[
+        str,
+        typer.Option(
+            "--pick", help="random (with --seed) or largest (the largest weight updates)."
+        ),
+    ] = "random",
+    seed: Annotated[
+        int | None,
+        typer.Option("--seed", help="The verifier's seed for --pick random [default: fresh]."),
+    ] = None,
+    allow_code_drift: Annotated[
+        bool,
+        typer.Option(
+            "--allow-code-drift",
+            help="Replay even when the working tree's code is not the run's (said in the verdict).",
+        ),
+    ] = False,
+    linf: Annotated[
+        float, typer.Option("--linf", min=0.0, help="L-inf threshold, per tensor and overall.")
+    ] = 1e-5,
+    l2: Annotated[
+        float,
+        typer.Option(
+            "--l2", min=0.0, help="Relative L2 threshold (‖replayed-committed‖/‖committed‖)."
+        ),
+    ] = 1e-5,
+    cosine: Annotated[
+        float, typer.Option("--cosine", min=0.0, help="Cosine distance threshold (1 - cos).")
+    ] = 1e-6,
+    data_dir: Annotated[Path | None, DATA_DIR.typer()] = None,
+    as_json: Annotated[bool, JSON.typer()] = False,
+) -> None:
+    """Replay K checkpoint intervals of RUN with COMMAND and compare with the committed
+    checkpoints: exit 0 reproduced, 8 diverged, 9 no verdict (not replayable, code drift,
+    the command failed)."""
+    from ledger.chain.reader import RegistryReader
+    from ledger.replay import Thresholds, replay_run
+    from ledger.store import open_store
+
+    settings = load_settings(data_dir)
+    report = replay_run(
+        RegistryReader.connect(settings),
+        open_store(settings),
+        run,
+        command or [],
+        segments=segments,
+        pick=pick,
+        seed=seed,
+        allow_code_drift=allow_code_drift,
+        thresholds=Thresholds(linf=linf, l2=l2, cosine=cosine),
+        say=lambda line: typer.echo(line, err=True),
+    )
+    if as_json:
+        print_json(report.to_json())
+    else:
+        for line in report.lines():
+            typer.echo(line)
+    raise typer.Exit(report.outcome.exit_code)

@@ -1,0 +1,530 @@
+"""Replay verification: re-run segments of a recorded training run and compare.
+
+``ledger verify`` proves a file is what a run committed; replay checks that the
+committed checkpoints came from the training the run claims (Proof-of-Learning,
+Jia et al. 2021). A replayable run (``LedgerRun(..., optimizer=...)``) commits
+with each checkpoint a resume file (model, optimizer, scheduler and RNG states,
+the epoch) and the digests of its epochs' data orders, bound on chain through
+the checkpoint's metrics document (``resume``).
+
+:func:`replay_run` picks K of the run's checkpoint intervals with the
+*verifier's* seed (at random, or the K largest weight updates), refuses when the
+working tree's code is not the manifest's (unless told to go on), and for each
+interval k -> k+1 runs the training command with ``LEDGER_REPLAY`` naming a
+replay order: the hook restores committed checkpoint k's resume file (fetched
+from the store and re-hashed; its model must be checkpoint k's weights), trains
+with deterministic algorithms up to checkpoint k+1, writes the weights and stops.
+Each segment's verdict:
+
+* **identical** -- the replayed weights have checkpoint k+1's tensor root;
+* **within tolerance** -- every tensor and the whole model under the
+  thresholds (:class:`Thresholds`: L-inf of the difference, L2 of the difference
+  relative to the committed weights' norm, cosine distance);
+* **diverged** -- naming the tensors over a threshold and their distances, or a
+  data order or data fingerprint that differs from the committed one.
+
+Overall **reproduced** (exit 0) when every segment is identical or within
+tolerance, else **diverged** (exit 8). What stops a verdict is a
+:class:`~ledger.errors.ReplayError` (exit 9): not replayable, code drift, the
+command failed. Nothing is recorded: an interrupted replay leaves no trace.
+
+Replay is no proof against a committer who controls the code path the verifier
+runs (the code is the committer's own); it shows that the committed checkpoints
+follow from the committed code, config, data and each other.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import random
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ledger.documents import DocumentKind, read_document
+from ledger.errors import (
+    CodeDriftError,
+    InputError,
+    IntegrityError,
+    NotReplayableError,
+    ReplayError,
+)
+from ledger.hashing.cid import Cid, file_cid
+from ledger.ids import to_hex
+from ledger.store import ArtifactStore, find_by_digest
+
+if TYPE_CHECKING:
+    import torch
+
+    from ledger.chain.reader import RegistryReader
+
+__all__ = ["ReplayOutcome", "ReplayReport", "Segment", "Thresholds", "replay_run"]
+
+REPLAY_ENV = "LEDGER_REPLAY"  # training/_resume.py reads it
+
+
+class ReplayOutcome(enum.StrEnum):
+    REPRODUCED = "reproduced"
+    DIVERGED = "diverged"
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self is ReplayOutcome.REPRODUCED else 8
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Distances under which replayed weights count as the committed ones.
+
+    Each applies per tensor and to the whole model (all tensors as one vector):
+    ``linf`` the largest absolute difference, ``l2`` the L2 norm of the
+    difference over the committed weights' L2 norm, ``cosine`` one minus the
+    cosine similarity. The defaults expect what deterministic CPU replay gives
+    (bit for bit); loosen them for replays on other hardware.
+    """
+
+    linf: float = 1e-5
+    l2: float = 1e-5
+    cosine: float = 1e-6
+
+
+@dataclass(frozen=True)
+class Distance:
+    name: str
+    linf: float
+    l2: float
+    cosine: float
+
+    def over(self, limits: Thresholds) -> bool:
+        return self.linf > limits.linf or self.l2 > limits.l2 or self.cosine > limits.cosine
+
+    def text(self) -> str:
+        return f"{self.name} (L-inf {self.linf:.3g}, L2 {self.l2:.3g}, cosine {self.cosine:.3g})"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"tensor": self.name, "linf": self.linf, "l2": self.l2, "cosine": self.cosine}
+
+
+@dataclass
+class Segment:
+    """One replayed interval: from committed checkpoint ``start`` to ``stop``."""
+
+    index: int
+    start: int
+    stop: int
+    verdict: str = "diverged"  # identical | within tolerance | diverged
+    problems: list[str] = field(default_factory=list)
+    overall: Distance | None = None
+    diverged_tensors: list[Distance] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.verdict != "diverged"
+
+    def line(self) -> str:
+        head = f"segment {self.index} (checkpoint {self.start} -> {self.stop}): {self.verdict}"
+        details = list(self.problems)
+        if self.diverged_tensors:
+            shown = ", ".join(d.text() for d in self.diverged_tensors[:5])
+            more = len(self.diverged_tensors) - 5
+            details.append(
+                f"tensors over the thresholds: {shown}" + (f" +{more}" if more > 0 else "")
+            )
+        if self.overall is not None and self.verdict != "identical":
+            details.append(f"whole model: {self.overall.text().removeprefix('model ')}")
+        return head + "".join(f"; {d}" for d in details)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "from_step": self.start,
+            "to_step": self.stop,
+            "verdict": self.verdict,
+            "problems": self.problems,
+            "overall": self.overall.to_json() if self.overall else None,
+            "diverged_tensors": [d.to_json() for d in self.diverged_tensors],
+        }
+
+
+@dataclass
+class ReplayReport:
+    run_id: str
+    seed: int
+    pick: str
+    intervals: int
+    thresholds: Thresholds
+    segments: list[Segment] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def outcome(self) -> ReplayOutcome:
+        ok = self.segments and all(s.ok for s in self.segments)
+        return ReplayOutcome.REPRODUCED if ok else ReplayOutcome.DIVERGED
+
+    def lines(self) -> list[str]:
+        head = (
+            f"run {self.run_id}: {self.outcome.value.upper()} "
+            f"({len(self.segments)} of {self.intervals} intervals, pick {self.pick}, "
+            f"seed {self.seed})"
+        )
+        return [
+            head,
+            *(f"  {s.line()}" for s in self.segments),
+            *(f"  note: {n}" for n in self.notes),
+        ]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "outcome": self.outcome.value,
+            "exit_code": self.outcome.exit_code,
+            "seed": self.seed,
+            "pick": self.pick,
+            "intervals": self.intervals,
+            "thresholds": {
+                "linf": self.thresholds.linf,
+                "l2": self.thresholds.l2,
+                "cosine": self.thresholds.cosine,
+            },
+            "segments": [s.to_json() for s in self.segments],
+            "notes": self.notes,
+        }
+
+
+@dataclass(frozen=True)
+class _Checkpoint:
+    step: int
+    weights_digest: bytes
+    tensor_root: bytes
+    metrics: dict[str, Any]
+
+    @property
+    def resume(self) -> dict[str, Any] | None:
+        found = self.metrics.get("metrics", {}).get("resume")
+        return found if isinstance(found, dict) and "cid" in found else None
+
+
+# -- the run's records ------------------------------------------------------------
+
+
+def _load_run(
+    reader: RegistryReader, store: ArtifactStore, run_id: bytes
+) -> tuple[dict[str, Any], list[_Checkpoint]]:
+    started = reader.events("RunStarted", run_id)
+    if not started:
+        raise InputError(f"no run {to_hex(run_id)} on the registry at {reader.address}")
+    manifest = read_document(store, bytes(started[0]["manifestDigest"]), DocumentKind.MANIFEST)
+    by_step: dict[int, _Checkpoint] = {}
+    for event in reader.events("CheckpointCommitted", run_id):
+        step = int(event["step"])
+        metrics = read_document(store, bytes(event["metricsDigest"]), DocumentKind.METRICS).body
+        by_step[step] = _Checkpoint(
+            step, bytes(event["weightsDigest"]), bytes(event["tensorRoot"]), metrics
+        )
+    return manifest.body, [by_step[s] for s in sorted(by_step)]
+
+
+def _require_replayable(run_hex: str, checkpoints: Sequence[_Checkpoint]) -> None:
+    if len(checkpoints) < 2:
+        raise NotReplayableError(
+            f"not replayable: run {run_hex} has {len(checkpoints)} checkpoint(s); "
+            "replay re-runs the interval between two committed checkpoints",
+        )
+    missing = [c.step for c in checkpoints[:-1] if c.resume is None]
+    if missing:
+        which = "any" if len(missing) == len(checkpoints) - 1 else f"step(s) {missing}"
+        raise NotReplayableError(
+            f"not replayable: run {run_hex} committed no resume state (optimizer, scheduler, "
+            f"RNG states, epoch) with {which} of its checkpoints; it was recorded without "
+            "LedgerRun(..., optimizer=...)",
+            hint="record runs with LedgerRun(model, ..., optimizer=opt, scheduler=sched, "
+            "seed=seed) and iterate run.epochs(n)",
+        )
+
+
+def code_drift(manifest: Mapping[str, Any], root: Path | None) -> str | None:
+    """How the working tree's code differs from the manifest's, or None."""
+    from ledger.record.manifest import code_version
+
+    claimed = manifest.get("code") or {}
+    if claimed.get("vcs") != "git":
+        return "the run's manifest records no git commit, so its code cannot be checked"
+    here = code_version(root)
+    if here.get("vcs") != "git":
+        return "the working tree is not a git checkout with a commit"
+    if here["commit"] != claimed.get("commit"):
+        return f"the working tree is at commit {here['commit']}, the run at {claimed.get('commit')}"
+    if here.get("uncommitted_sha256") != claimed.get("uncommitted_sha256"):
+        return (
+            "the working tree's uncommitted changes differ from the run's (sha256 "
+            f"{here.get('uncommitted_sha256')} here, {claimed.get('uncommitted_sha256')} recorded)"
+        )
+    return None
+
+
+# -- files from the store -----------------------------------------------------------
+
+
+def _fetch(store: ArtifactStore, cid: Cid, where: Path) -> Path:
+    where.write_bytes(store.get_bytes(cid))
+    again = file_cid(where, cid_version=cid.version)
+    if again.digest != cid.digest:
+        raise IntegrityError(f"{where.name}: the store's bytes for {cid} hash to {again}")
+    return where
+
+
+def _fetch_weights(store: ArtifactStore, digest: bytes, folder: Path, step: int) -> Path:
+    cid = find_by_digest(store, digest)
+    if cid is None:
+        raise NotReplayableError(
+            f"checkpoint {step}'s weights ({to_hex(digest)}) are not in the store",
+            hint="configure the store (or IPFS node) that holds the run's files",
+        )
+    data = store.get_bytes(cid)
+    suffix = ".safetensors" if data[8:9] == b"{" else ".pt"
+    return _fetch(store, cid, folder / f"checkpoint-{step}{suffix}")
+
+
+def _tensors(path: Path) -> dict[str, torch.Tensor]:
+    import torch
+
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return dict(load_file(str(path)))
+    loaded = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(loaded, dict) and "model" in loaded and loaded.get("format"):
+        loaded = loaded["model"]  # a resume file
+    return {k: v for k, v in loaded.items() if isinstance(v, torch.Tensor)}
+
+
+def distances(
+    replayed: Mapping[str, torch.Tensor], committed: Mapping[str, torch.Tensor]
+) -> tuple[Distance, list[Distance]]:
+    """The whole model's distance and each tensor's (replayed vs committed)."""
+    import torch
+
+    def distance(name: str, a: torch.Tensor, b: torch.Tensor) -> Distance:
+        a, b = a.double().reshape(-1), b.double().reshape(-1)
+        diff = a - b
+        linf = float(diff.abs().max()) if diff.numel() else 0.0
+        norm = float(b.norm())
+        l2 = float(diff.norm()) / norm if norm else float(diff.norm())
+        denominator = float(a.norm()) * norm
+        cosine = 1.0 - float(a @ b) / denominator if denominator else float(bool(diff.any()))
+        return Distance(name, linf, l2, max(cosine, 0.0))
+
+    per: list[Distance] = []
+    flat_a, flat_b = [], []
+    for name in sorted(set(replayed) | set(committed)):
+        a, b = replayed.get(name), committed.get(name)
+        if a is None or b is None or a.shape != b.shape:
+            inf = float("inf")
+            per.append(Distance(name, inf, inf, inf))
+            continue
+        if not (a.is_floating_point() or b.is_floating_point()):
+            a, b = a.double(), b.double()
+        per.append(distance(name, a, b))
+        flat_a.append(a.double().reshape(-1))
+        flat_b.append(b.double().reshape(-1))
+    whole = (
+        distance("model", torch.cat(flat_a), torch.cat(flat_b))
+        if flat_a
+        else Distance("model", 0.0, 0.0, 0.0)
+    )
+    return whole, per
+
+
+# -- picking segments ---------------------------------------------------------------
+
+
+def _pick(
+    checkpoints: Sequence[_Checkpoint],
+    count: int,
+    pick: str,
+    seed: int,
+    weights: Callable[[int], Path],
+) -> list[int]:
+    intervals = list(range(len(checkpoints) - 1))
+    if count >= len(intervals):
+        return intervals
+    if pick == "random":
+        return sorted(random.Random(seed).sample(intervals, count))
+    if pick != "largest":
+        raise InputError(f"--pick {pick!r}: use random or largest")
+    # Proof-of-Learning's choice: the intervals whose weights moved most
+    sizes = []
+    previous = _tensors(weights(0))
+    for index in intervals:
+        current = _tensors(weights(index + 1))
+        whole, _ = distances(current, previous)
+        sizes.append((whole.l2, index))
+        previous = current
+    return sorted(index for _, index in sorted(sizes, reverse=True)[:count])
+
+
+# -- replaying ----------------------------------------------------------------------
+
+
+def replay_run(
+    reader: RegistryReader,
+    store: ArtifactStore,
+    run: str,
+    command: Sequence[str],
+    *,
+    segments: int = 2,
+    pick: str = "random",
+    seed: int | None = None,
+    allow_code_drift: bool = False,
+    thresholds: Thresholds = Thresholds(),
+    code_root: Path | None = None,
+    say: Callable[[str], None] = lambda line: None,
+) -> ReplayReport:
+    """Replay ``segments`` intervals of ``run`` with ``command`` (see the module)."""
+    from ledger.hashing.tensors import state_dict_digest, tensor_digest
+    from ledger.training._resume import ReplayOrder
+
+    if not command:
+        raise InputError(
+            "no training command to replay", hint="ledger replay RUN -- python train.py ..."
+        )
+    if segments < 1:
+        raise InputError(f"--segments {segments}: replay at least one interval")
+    if pick not in ("random", "largest"):
+        raise InputError(f"--pick {pick!r}: use random or largest")
+    run_id = reader.resolve_run(run, exists=True)
+    run_hex = to_hex(run_id)
+    manifest, checkpoints = _load_run(reader, store, run_id)
+    _require_replayable(run_hex, checkpoints)
+    seed = seed if seed is not None else int.from_bytes(os.urandom(4), "big")
+    report = ReplayReport(run_hex, seed, pick, len(checkpoints) - 1, thresholds)
+
+    drift = code_drift(manifest, code_root)
+    if drift is not None:
+        if not allow_code_drift:
+            raise CodeDriftError(
+                f"refusing to replay run {run_hex}: {drift}",
+                hint="check out the run's commit (and its uncommitted changes), or pass "
+                "--allow-code-drift to replay anyway (the verdict says so)",
+            )
+        report.notes.append(f"code drift allowed: {drift}")
+    facts = (manifest.get("extra") or {}).get("replay") or {}
+    if facts.get("device") == "cuda" and not facts.get("deterministic"):
+        report.notes.append(
+            "the run's manifest says it trained on CUDA without deterministic algorithms: "
+            "bitwise replay is not expected; the thresholds decide"
+        )
+
+    with tempfile.TemporaryDirectory(prefix="ledger-replay-") as tmp:
+        folder = Path(tmp)
+        fetched: dict[int, Path] = {}
+
+        def weights(index: int) -> Path:
+            if index not in fetched:
+                cp = checkpoints[index]
+                fetched[index] = _fetch_weights(store, cp.weights_digest, folder, cp.step)
+            return fetched[index]
+
+        for index in _pick(checkpoints, segments, pick, seed, weights):
+            start, stop = checkpoints[index], checkpoints[index + 1]
+            segment = Segment(index, start.step, stop.step)
+            report.segments.append(segment)
+            say(f"replaying checkpoint {start.step} -> {stop.step}")
+            resume_info = start.resume
+            assert resume_info is not None  # _require_replayable
+            resume = _fetch(store, Cid.parse(resume_info["cid"]), folder / f"resume-{index}.pt")
+            resumed_model = _tensors(resume)
+            if state_dict_digest(resumed_model).root != start.tensor_root:
+                segment.problems.append(
+                    f"checkpoint {start.step}'s resume file holds other weights than the "
+                    "checkpoint committed"
+                )
+                continue
+            out = folder / f"replayed-{index}{weights(index + 1).suffix}"
+            order = ReplayOrder(run_hex, resume, start.step + 1, stop.step, out)
+            order_path = folder / f"order-{index}.json"
+            order.write(order_path)
+            _run_command(command, order_path, code_root)
+            if not out.is_file():
+                raise ReplayError(
+                    f"`{' '.join(command)}` ended without writing the replayed weights of "
+                    f"checkpoint {stop.step}",
+                    hint="its loop must iterate run.epochs(n) and call run.epoch_end() each "
+                    "epoch, with the checkpoint_every the run was recorded with",
+                )
+            _judge(segment, order.result, out, stop, weights(index + 1), manifest, thresholds)
+            if tensor_digest(out).root == stop.tensor_root and not segment.problems:
+                segment.verdict = "identical"
+    return report
+
+
+def _run_command(command: Sequence[str], order: Path, cwd: Path | None) -> None:
+    env = {**os.environ, REPLAY_ENV: str(order)}
+    # the command's output goes to stderr: stdout carries the verdict (--json)
+    try:
+        process = subprocess.Popen(list(command), env=env, cwd=cwd, stdout=sys.stderr)
+    except OSError as exc:
+        raise ReplayError(
+            f"cannot run `{' '.join(command)}`: {exc.strerror}",
+            hint="give the training command after --: ledger replay RUN -- python train.py",
+        ) from exc
+    try:
+        code = process.wait()
+    except BaseException:  # Ctrl-C or any other interruption: the child goes too
+        process.kill()
+        process.wait()
+        raise
+    if code != 0:
+        raise ReplayError(
+            f"`{' '.join(command)}` failed in replay mode (exit {code}); no verdict",
+            hint="its output is above; the command must train as the run did",
+        )
+
+
+def _judge(
+    segment: Segment,
+    result: Path,
+    replayed: Path,
+    committed: _Checkpoint,
+    committed_file: Path,
+    manifest: Mapping[str, Any],
+    limits: Thresholds,
+) -> None:
+    import json
+
+    try:
+        reported = json.loads(result.read_text())
+    except (OSError, ValueError):
+        reported = {}
+    claimed = (committed.resume or committed.metrics.get("metrics", {}).get("resume") or {}).get(
+        "data_order"
+    ) or {}
+    replayed_orders = reported.get("data_order") or {}
+    for epoch in sorted(set(claimed) | set(replayed_orders), key=int):
+        if claimed.get(epoch) != replayed_orders.get(epoch):
+            if epoch not in claimed:
+                segment.problems.append(f"epoch {epoch}: the run committed no data order")
+            elif epoch not in replayed_orders:
+                segment.problems.append(f"epoch {epoch}: the replay reported no data order")
+            else:
+                segment.problems.append(
+                    f"epoch {epoch}: the data order differs from the committed one"
+                )
+    for key, recorded in (manifest.get("data") or {}).items():
+        found = (reported.get("data") or {}).get(key)
+        if found is not None and found != recorded:
+            segment.problems.append(f"data {key!r} differs from the manifest's fingerprint")
+    whole, per = distances(_tensors(replayed), _tensors(committed_file))
+    segment.overall = whole
+    segment.diverged_tensors = sorted(
+        (d for d in per if d.over(limits)), key=lambda d: d.linf, reverse=True
+    )
+    if segment.problems or segment.diverged_tensors or whole.over(limits):
+        segment.verdict = "diverged"
+    else:
+        segment.verdict = "within tolerance"

@@ -1,0 +1,182 @@
+"""Replayable runs and `ledger replay`: real Anvil, a real store, a real training script.
+
+A tiny model trains on a tiny local dataset in a git repository of its own; the
+script is recorded in a subprocess (as a user runs it) and replayed with the
+same script in replay mode. Spoofed runs (``SPOOF=...`` changes what the script
+does without the config saying so) must come out DIVERGED.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from ledger.chain.reader import RegistryReader
+from ledger.config import Settings
+from ledger.errors import CodeDriftError, NotReplayableError
+from ledger.replay import ReplayOutcome, ReplayReport, replay_run
+from ledger.store import open_store
+from tests.conftest import Chain
+from tests.training.test_flow import train
+
+TRAIN = [sys.executable, "train.py"]
+SCRIPT = """
+import os
+import torch
+from torch import nn
+from ledger.training import LedgerRun
+
+SPOOF = os.environ.get("SPOOF", "")
+cfg = {"lr": 0.05, "epochs": 3, "seed": 7, "batch": 8}
+torch.manual_seed(cfg["seed"])
+data = torch.load("data.pt")
+x, y = data["x"], data["y"]
+model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
+opt = torch.optim.SGD(model.parameters(), lr=cfg["lr"], momentum=0.9)
+sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.7)
+with LedgerRun(model, name="replay-test", config=cfg, data={"data": "data.pt"},
+               out="out/model.pt", optimizer=opt, scheduler=sched, seed=cfg["seed"]) as run:
+    for epoch in run.epochs(cfg["epochs"]):
+        order = run.permutation(epoch, len(x))
+        if SPOOF == "order" and epoch == 2:
+            order = order[::-1]
+            run.data_order(epoch, order)
+        if SPOOF == "lr" and epoch == 2:
+            for group in opt.param_groups:
+                group["lr"] *= 3
+        for i in range(0, len(order), cfg["batch"]):
+            if SPOOF == "skip" and epoch == 2 and i == 0:
+                continue
+            idx = torch.tensor(order[i:i + cfg["batch"]])
+            xb = x[idx] + 0.01 * torch.randn(len(idx), 4)  # the torch RNG must be restored
+            loss = nn.functional.mse_loss(model(xb), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        sched.step()
+        run.epoch_end(epoch, {"loss": float(loss.detach())})
+"""
+
+
+def git(repo: Path, *args: str) -> None:
+    subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True)
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """A git repository with the training script and its dataset, committed."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "train.py").write_text(SCRIPT)
+    generator = torch.Generator().manual_seed(3)
+    x = torch.randn(32, 4, generator=generator)
+    torch.save({"x": x, "y": x.sum(1, keepdim=True)}, repo / "data.pt")
+    (repo / ".gitignore").write_text("out/\n")
+    git(repo, "init", "-q")
+    git(repo, "add", ".")
+    git(repo, "-c", "user.name=t", "-c", "user.email=t@example.org", "commit", "-qm", "train")
+    return repo
+
+
+def environment(settings: Settings, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LEDGER_", "SPOOF"))}
+    env.update(LEDGER_HOME=str(settings.data_dir), LEDGER_OUTBOX_WORKER="thread", **extra)
+    return env
+
+
+def record(chain: Chain, tmp_path: Path, repo: Path, spoof: str = "") -> tuple[Settings, str]:
+    """Run the script as a user would; returns the settings and the run id."""
+    settings = chain.settings(tmp_path / "ledger")
+    done = subprocess.run(
+        [sys.executable, "train.py"],
+        cwd=repo,
+        env=environment(settings, SPOOF=spoof),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    start = next(line for line in done.stderr.splitlines() if "recorded: start" in line)
+    assert "3 checkpoints, final weights" in start, done.stderr
+    return settings, re.findall(r"0x[0-9a-f]{64}", start)[0]
+
+
+def replay(settings: Settings, run_id: str, repo: Path, **options: Any) -> ReplayReport:
+    """`ledger replay` in process (the training command still runs as a subprocess)."""
+    return replay_run(
+        RegistryReader.connect(settings),
+        open_store(settings),
+        run_id,
+        TRAIN,
+        segments=5,
+        code_root=repo,
+        **options,
+    )
+
+
+def test_an_honest_run_replays_identically_from_the_command_line(
+    chain: Chain, tmp_path: Path, project: Path
+) -> None:
+    settings, run_id = record(chain, tmp_path, project)
+    journal = (settings.data_dir / "outbox.sqlite").read_bytes()
+    done = subprocess.run(
+        [sys.executable, "-m", "ledger", "replay", run_id, "-k", "2", "--json", "--", *TRAIN],
+        cwd=project,
+        env=environment(settings),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    verdict = json.loads(done.stdout)
+    assert verdict["outcome"] == "reproduced"
+    assert [s["verdict"] for s in verdict["segments"]] == ["identical", "identical"]
+    assert [(s["from_step"], s["to_step"]) for s in verdict["segments"]] == [(0, 1), (1, 2)]
+    assert (settings.data_dir / "outbox.sqlite").read_bytes() == journal  # nothing recorded
+
+
+@pytest.mark.parametrize("spoof", ["lr", "skip", "order"])
+def test_a_spoofed_run_diverges(chain: Chain, tmp_path: Path, project: Path, spoof: str) -> None:
+    settings, run_id = record(chain, tmp_path, project, spoof=spoof)
+    report = replay(settings, run_id, project, seed=1)
+    assert report.outcome is ReplayOutcome.DIVERGED
+    assert report.outcome.exit_code == 8
+    first, second = report.segments
+    assert first.verdict == "identical"  # epoch 1 was honest
+    assert second.verdict == "diverged"
+    line = second.line()
+    if spoof == "order":
+        assert "epoch 2: the data order differs from the committed one" in line
+    else:
+        assert second.diverged_tensors and "0.weight" in line and "L-inf" in line
+
+
+def test_code_drift_is_refused_unless_allowed(chain: Chain, tmp_path: Path, project: Path) -> None:
+    settings, run_id = record(chain, tmp_path, project)
+    script = project / "train.py"
+    script.write_text(script.read_text().replace("0.01 * torch", "0.02 * torch"))
+    with pytest.raises(CodeDriftError, match="uncommitted changes differ") as refused:
+        replay(settings, run_id, project)
+    assert refused.value.exit_code == 9 and "--allow-code-drift" in str(refused.value.hint)
+
+    report = replay(settings, run_id, project, allow_code_drift=True)
+    assert any(n.startswith("code drift allowed") for n in report.notes)
+    assert report.outcome is ReplayOutcome.DIVERGED  # the drifted code trains otherwise
+
+
+def test_a_run_without_optimizer_state_is_not_replayable(chain: Chain, tmp_path: Path) -> None:
+    run = train(chain, tmp_path, epochs=3)
+    settings = chain.settings(tmp_path / "ledger")
+    with pytest.raises(NotReplayableError, match="not replayable") as refused:
+        replay(settings, run.run_id, tmp_path)
+    assert "optimizer=" in str(refused.value)
