@@ -127,3 +127,15 @@ def test_copy_mode_clones_where_the_filesystem_can(tmp_path: Path) -> None:
     cid = store.put_file(source)
     assert cid == file_cid(source)
     assert store.get_bytes(cid) == source.read_bytes()
+
+
+def test_the_outbox_worker_process_gets_the_mode(tmp_path: Path) -> None:
+    from ledger.config import Settings
+    from ledger.record.outbox.process import _settings_fields, socket_name
+
+    settings = Settings(data_dir=tmp_path, store_weights="reference")
+    given = dict(_settings_fields(settings))  # what the worker process is sent
+    rebuilt = Settings(data_dir=Path(given.pop("data_dir")), **given)
+    assert rebuilt.store_weights == "reference"
+    copy = Settings(data_dir=tmp_path)
+    assert socket_name(settings, "0xabc") != socket_name(copy, "0xabc")  # another worker
