@@ -14,7 +14,18 @@ config file ``<data dir>/config.json`` (written by ``ledger deploy``), defaults.
                             or ``http://host:5001``); artifacts go there
                             instead of the embedded store (config key
                             ``ipfs_api``)
+``LEDGER_STORE_WEIGHTS``    ``copy`` (default) or ``reference``: whether the
+                            embedded store keeps a copy of each weights file
+                            or records where it lives (config key
+                            ``store_weights``; see :mod:`ledger.store.local`)
 ==========================  =================================================
+
+``copy`` is the default because a record is worth what its bytes are: replaying
+a run, ``ledger store push`` and a later re-check need the weights, and training
+scripts delete and overwrite their checkpoints. On a filesystem that clones
+(btrfs, XFS) a copy takes no new space. ``reference`` writes no checkpoint byte
+twice, for runs whose checkpoints outgrow the disk, at the price of a record
+that is only as durable as the files left where training wrote them.
 
 Anvil's well-known first dev key is used only when no key is configured and the
 chain is a local dev chain (chain id 31337). The key is never logged: the
@@ -70,6 +81,8 @@ class Settings:
     keystore: Path | None = None
     keystore_password: Secret | None = field(default=None, repr=False)
     ipfs_api: str | None = None
+    store_weights: str = "copy"
+    """``copy`` or ``reference``: how the embedded store keeps weights files."""
 
     @property
     def config_path(self) -> Path:
@@ -125,7 +138,11 @@ def load_settings(data_dir: Path | str | None = None, **overrides: Any) -> Setti
             Secret(env["LEDGER_KEYSTORE_PASSWORD"]) if "LEDGER_KEYSTORE_PASSWORD" in env else None
         ),
     )
-    settings = replace(settings, ipfs_api=_ipfs_api(env, file, base))
+    settings = replace(
+        settings,
+        ipfs_api=_ipfs_api(env, file, base),
+        store_weights=_store_weights(env, file, base),
+    )
     return settings.with_overrides(**overrides)
 
 
@@ -142,6 +159,26 @@ def _ipfs_api(env: Mapping[str, str], file: dict[str, Any], data_dir: Path) -> s
             hint='e.g. "/ip4/127.0.0.1/tcp/5001/http" or "http://127.0.0.1:5001"',
         )
     return value
+
+
+STORE_WEIGHTS_MODES = ("copy", "reference")
+
+
+def _store_weights(env: Mapping[str, str], file: dict[str, Any], data_dir: Path) -> str:
+    """How the embedded store keeps weights files (env wins over the file)."""
+    if env.get("LEDGER_STORE_WEIGHTS"):
+        value: Any = env["LEDGER_STORE_WEIGHTS"].strip().lower()
+        where = "LEDGER_STORE_WEIGHTS"
+    else:
+        value = file.get("store_weights", "copy")
+        where = f"field 'store_weights' in {data_dir / CONFIG_FILE}"
+    if value not in STORE_WEIGHTS_MODES:
+        raise ConfigError(
+            f"{where} is {value!r}, not copy or reference",
+            hint="copy keeps the bytes of every weights file in the store (the default);"
+            " reference records where each file lives",
+        )
+    return str(value)
 
 
 def _int_or_none(value: Any, name: str, data_dir: Path) -> int | None:

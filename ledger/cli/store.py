@@ -20,7 +20,13 @@ from typing import Annotated, Any
 import typer
 
 from ledger.cli.options import DATA_DIR, load_settings
-from ledger.errors import ConfigError, InputError, IntegrityError, StoreError
+from ledger.errors import (
+    ArtifactNotFoundError,
+    ConfigError,
+    InputError,
+    IntegrityError,
+    StoreError,
+)
 
 app = typer.Typer(
     name="store",
@@ -53,6 +59,7 @@ class PushSummary:
 @app.command("push")
 def push(data_dir: Annotated[Path | None, DATA_DIR.typer()] = None, api: Api = None) -> None:
     """Copy every artifact of the local store to the IPFS node (skips what it pins)."""
+    from ledger.hashing.cid import Cid
     from ledger.store import LocalStore
     from ledger.store.ipfs import IpfsStore
 
@@ -69,10 +76,15 @@ def push(data_dir: Annotated[Path | None, DATA_DIR.typer()] = None, api: Api = N
     pinned = node.pinned() if cids else set()
     todo = [cid for cid in cids if cid not in pinned]
     summary = PushSummary(skipped=len(cids) - len(todo))
-    total = sum(local.path_for(cid).stat().st_size for cid in todo)
-    with _transfer_bar(total, len(todo)) as advance:
-        for cid in todo:
-            path = local.path_for(cid)
+    files: dict[Cid, Path] = {}
+    for cid in todo:
+        try:  # a copy, or a file stored by reference (checked where it was, unchanged)
+            files[cid] = local.file_for(cid)
+        except (IntegrityError, ArtifactNotFoundError) as exc:
+            summary.failed.append((str(cid), exc.message))
+    total = sum(path.stat().st_size for path in files.values())
+    with _transfer_bar(total, len(files)) as advance:
+        for cid, path in files.items():
             try:
                 node.put_file(path, expected=cid, progress=advance)
             except IntegrityError as exc:  # one bad file; the others still go

@@ -52,6 +52,7 @@ __all__ = [
     "audit",
     "find_state_dict",
     "interpret",
+    "locate_tensors",
     "read_tensors",
 ]
 
@@ -567,6 +568,45 @@ def _state_of(pickled: bytes) -> Mapping[str, TensorRef] | None:
     return None if found is None else types.MappingProxyType(found)
 
 
+def _locate(
+    path: Path, data: bytes | None
+) -> tuple[Mapping[str, TensorRef], list[tuple[int, int]]] | None:
+    """The state dict's tensors and where their bytes lie (offset, length); None
+    when the file holds no state dict. Raises :class:`CannotRead` as
+    :func:`read_tensors` does."""
+    if not zipfile.is_zipfile(path if data is None else io.BytesIO(data)):
+        raise CannotRead("not a zip archive (a legacy torch file?)")
+    archive = TorchZip(path, data)
+    if archive.byteorder != "little" or sys.byteorder != "little":
+        raise CannotRead(f"byte order {archive.byteorder} on a {sys.byteorder}-endian machine")
+    state = _state_of(archive.pickled)
+    if state is None:
+        return None
+    return state, [_span(archive, name, tensor) for name, tensor in state.items()]
+
+
+def locate_tensors(path: Path) -> list[tuple[str, str, tuple[int, ...], int, int]] | None:
+    """Each tensor of the state dict in the ``torch.save`` zip at ``path`` as
+    (name, safetensors dtype, shape, offset, length) of its bytes in the file,
+    read from the zip directory and the pickle alone (no tensor byte is read).
+
+    Hashing each range with sha256 gives :func:`read_tensors`'s digests. None
+    when the file holds no state dict; raises :class:`CannotRead` whenever
+    torch has to decide, and :class:`Broken` for a range past the file's end.
+    """
+    located = _locate(path, None)
+    if located is None:
+        return None
+    state, spans = located
+    size = os.stat(path).st_size
+    if any(start + length > size for start, length in spans):
+        raise Broken("the file ends inside a tensor")
+    return [
+        (name, tensor.dtype, tensor.shape, start, length)
+        for (name, tensor), (start, length) in zip(state.items(), spans, strict=True)
+    ]
+
+
 def read_tensors(
     path: Path, *, workers: int | None = None, data: bytes | None = None
 ) -> list[Tensor] | None:
@@ -577,15 +617,10 @@ def read_tensors(
     a tensor per worker thread (default: one per core). ``data``, if given, is
     the file's content, read by the caller already: nothing is read again.
     """
-    if not zipfile.is_zipfile(path if data is None else io.BytesIO(data)):
-        raise CannotRead("not a zip archive (a legacy torch file?)")
-    archive = TorchZip(path, data)
-    if archive.byteorder != "little" or sys.byteorder != "little":
-        raise CannotRead(f"byte order {archive.byteorder} on a {sys.byteorder}-endian machine")
-    state = _state_of(archive.pickled)
-    if state is None:
+    located = _locate(path, data)
+    if located is None:
         return None
-    spans = [_span(archive, name, tensor) for name, tensor in state.items()]
+    state, spans = located
     if data is not None:
         with memoryview(data) as view:
             return [

@@ -352,6 +352,70 @@ def tensor_digest(path: Path | str, *, data: bytes | None = None) -> TensorDiges
     return digest_leaves(_file_leaves(path))
 
 
+@dataclass(frozen=True)
+class TensorPlan:
+    """Where each tensor of a weights file lies, found without reading its bytes.
+
+    ``spans`` are (offset, length) in the file, in the order of ``tensors``;
+    :meth:`digest` turns the sha256 of each span into the file's
+    :class:`TensorDigest`, the same as :func:`tensor_digest` gives. This lets a
+    caller hash the tensors from the very blocks it reads for the file's CID.
+    """
+
+    tensors: tuple[tuple[str, str, tuple[int, ...]], ...]
+    spans: tuple[tuple[int, int], ...]
+
+    def digest(self, span_digests: Iterable[bytes]) -> TensorDigest:
+        digests = list(span_digests)
+        if len(digests) != len(self.tensors):
+            raise InputError(f"{len(digests)} digests for {len(self.tensors)} tensors")
+        return digest_leaves(
+            TensorLeaf(name, dtype, shape, digest)
+            for (name, dtype, shape), digest in zip(self.tensors, digests, strict=True)
+        )
+
+
+def tensor_plan(path: Path | str) -> TensorPlan | None:
+    """Where the tensors of the weights file at ``path`` lie, from its header alone.
+
+    A ``.safetensors`` file's JSON header, or a ``torch.save`` zip's directory
+    and pickle (read without torch). None when only torch can read the file
+    (a legacy file, other globals...): the caller then calls
+    :func:`tensor_digest`. Raises as :func:`tensor_digest` does for a file that
+    is not weights, or whose tensors point past its end.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileMissingError(f"{path} does not exist or is not a file")
+    if is_safetensors(path):
+        header, body_start = _safetensors_header(path)
+        file_size = path.stat().st_size
+        tensors, spans = [], []
+        for name, info in header.items():
+            dtype, shape, (start, end) = _safetensors_entry(path, name, info)
+            if body_start + end > file_size:
+                raise UnsupportedFormatError(
+                    f"{path}: tensor {name!r} points past the end of the file (truncated?)"
+                )
+            tensors.append((name, dtype, shape))
+            spans.append((body_start + start, end - start))
+        return TensorPlan(tuple(tensors), tuple(spans))
+    from ledger.hashing._torchfile import Broken, CannotRead, locate_tensors
+
+    try:
+        located = locate_tensors(path)
+    except Broken as exc:
+        raise UnsupportedFormatError(f"{path}: {exc}") from exc
+    except CannotRead:
+        return None
+    if located is None:
+        raise _no_state_dict(path)
+    return TensorPlan(
+        tuple((name, dtype, shape) for name, dtype, shape, _, _ in located),
+        tuple((start, length) for _, _, _, start, length in located),
+    )
+
+
 def weights_files(folder: Path | str) -> tuple[tuple[Path, ...], dict[str, str] | None]:
     """The weights files of a Hugging Face model folder and, when sharded, the
     index's tensor-to-shard map.

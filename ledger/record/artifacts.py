@@ -4,7 +4,14 @@
 index (per-tensor digests under the tensor root) and a metrics document that
 binds the step, the metrics and both weights identities. The on-chain metrics
 digest (the metrics document's) therefore authenticates everything a verifier
-needs to explain a mismatch. The outbox worker
+needs to explain a mismatch.
+
+The embedded store (:meth:`~ledger.store.LocalStore.put_weights`) reads the
+weights file once: the tensors' byte ranges are found from the file's header
+(:func:`~ledger.hashing.tensors.tensor_plan`), then the same blocks give the
+file CID, each tensor's digest and the store's copy (or, in reference mode,
+only the two hashes). Other stores (an IPFS node) get the file, and the
+tensors are hashed from a second read. The outbox worker
 (:mod:`ledger.record.outbox.worker`) calls it for each checkpoint and final
 weights file, then sends the chain record it yields.
 """
@@ -17,13 +24,14 @@ from typing import Any
 
 from ledger.documents import METRICS_SCHEMA, canonical_json
 from ledger.hashing.cid import Cid
-from ledger.hashing.tensors import TensorDigest, tensor_digest
+from ledger.hashing.tensors import TensorDigest, tensor_digest, tensor_plan
 from ledger.store import ArtifactStore
 
 __all__ = ["READ_WHOLE", "store_weights"]
 
 READ_WHOLE = 16 << 20
-"""Weights files up to this size are read into memory once and hashed from there."""
+"""For stores without ``put_weights``: weights files up to this size are read into
+memory once and hashed from there."""
 
 
 def store_weights(
@@ -41,7 +49,14 @@ def store_weights(
     binds the step, the metrics and both weights identities.
     """
     path = Path(weights)
-    if tensors is None and path.is_file() and path.stat().st_size <= READ_WHOLE:
+    put_weights = getattr(store, "put_weights", None)
+    if put_weights is not None:  # the embedded store: one read for all three
+        plan = tensor_plan(path) if tensors is None else None
+        file_cid, digests = put_weights(path, plan.spans if plan is not None else ())
+        if tensors is None:
+            # None: only torch reads this file (legacy format...); a second read
+            tensors = plan.digest(digests) if plan is not None else tensor_digest(path)
+    elif tensors is None and path.is_file() and path.stat().st_size <= READ_WHOLE:
         # one read serves the file CID, the stored copy and the tensor leaves
         data = path.read_bytes()
         file_cid = store.put_bytes(data)

@@ -75,7 +75,9 @@ def synced_together(store: ArtifactStore) -> contextlib.AbstractContextManager[N
 def open_store(settings: Settings) -> ArtifactStore:
     """The store the settings name: the IPFS node at ``settings.ipfs_api`` if one is
     configured (``LEDGER_IPFS_API`` or ``ipfs_api`` in config.json), else the
-    embedded :class:`LocalStore` in ``<data dir>/store``.
+    embedded :class:`LocalStore` in ``<data dir>/store``, keeping weights files as
+    ``settings.store_weights`` says (``copy`` or ``reference``; an IPFS node always
+    receives the bytes).
 
     Opening never contacts the node (a bad address is a ConfigError at once);
     each call does, and raises :class:`~ledger.errors.StoreUnavailableError`
@@ -85,4 +87,4 @@ def open_store(settings: Settings) -> ArtifactStore:
         from ledger.store.ipfs import IpfsStore
 
         return IpfsStore(settings.ipfs_api)
-    return LocalStore(settings.store_dir)
+    return LocalStore(settings.store_dir, weights=settings.store_weights)

@@ -7,9 +7,8 @@ turn checked against Kubo's published vectors in ``tests/test_cid_vectors.py``.
 
 from __future__ import annotations
 
-import types
+import os
 from pathlib import Path
-from typing import IO
 
 import pytest
 
@@ -169,17 +168,25 @@ def test_artifact_not_found_is_caught_by_except_key_error(tmp_path: Path) -> Non
 # -- atomic writes ------------------------------------------------------------------
 
 
-def _failing_copy(written: list[int]) -> types.SimpleNamespace:
-    def copyfileobj(source: IO[bytes], target: IO[bytes], length: int = 0) -> None:
-        chunk = source.read(1000)
-        target.write(chunk)
-        target.flush()
-        written.append(len(chunk))
+def _failing_write(written: list[int]) -> object:
+    """A write to the store's temporary file that writes part of a block, then
+    finds the disk full."""
+
+    def write_all(fd: int, block: memoryview) -> None:
+        os.write(fd, block[:1000])
+        written.append(1000)
         raise OSError(28, "No space left on device")
 
-    return types.SimpleNamespace(copyfileobj=copyfileobj)
+    return write_all
 
 
+@pytest.fixture
+def no_clone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A filesystem without copy-on-write clones: the copy is written block by block."""
+    monkeypatch.setattr(ledger.store.local, "_clone", lambda dst, src: False)
+
+
+@pytest.mark.usefixtures("no_clone")
 def test_put_file_failing_midway_leaves_nothing_under_the_cid(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -189,7 +196,7 @@ def test_put_file_failing_midway_leaves_nothing_under_the_cid(
     store.put_bytes(b"an earlier artifact")  # the blob directory already exists
     before = blobs(store)
     written: list[int] = []
-    monkeypatch.setattr(ledger.store.local, "shutil", _failing_copy(written))
+    monkeypatch.setattr(ledger.store.local, "_write_all", _failing_write(written))
 
     with pytest.raises(StoreError) as info:
         store.put_file(source)
@@ -205,6 +212,7 @@ def test_put_file_failing_midway_leaves_nothing_under_the_cid(
         store.get_bytes(cid)
 
 
+@pytest.mark.usefixtures("no_clone")
 def test_put_file_works_again_after_a_failed_attempt(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -212,7 +220,7 @@ def test_put_file_works_again_after_a_failed_attempt(
     source.write_bytes(pattern(50_000, seed=5))
     store = LocalStore(tmp_path / "store")
     with monkeypatch.context() as patch:
-        patch.setattr(ledger.store.local, "shutil", _failing_copy([]))
+        patch.setattr(ledger.store.local, "_write_all", _failing_write([]))
         with pytest.raises(StoreError):
             store.put_file(source)
     cid = store.put_file(source)
@@ -238,21 +246,26 @@ def test_put_bytes_failing_before_the_rename_leaves_nothing(
     assert not store.has(bytes_cid(b"payload that never lands"))
 
 
-def test_a_source_that_changes_while_copied_is_refused(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("mode", ["copy", "reference"])
+def test_a_source_that_changes_while_stored_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str
 ) -> None:
     source = tmp_path / "weights.bin"
-    source.write_bytes(b"original content")
+    source.write_bytes(pattern(3 * DEFAULT_CHUNK_SIZE, seed=8))
+    real = ledger.store.local.hash_and_copy
 
-    def copy_other_bytes(src: IO[bytes], target: IO[bytes], length: int = 0) -> None:
-        target.write(b"content changed under our feet")
+    def rewritten_meanwhile(fd: int, size: int, **kwargs: object) -> object:
+        result = real(fd, size, **kwargs)  # type: ignore[arg-type]
+        with open(source, "ab") as handle:  # the trainer appends while ledger reads
+            handle.write(b"more")
+        return result
 
-    swapping = types.SimpleNamespace(copyfileobj=copy_other_bytes)
-    monkeypatch.setattr(ledger.store.local, "shutil", swapping)
-    store = LocalStore(tmp_path / "store")
+    monkeypatch.setattr(ledger.store.local, "_clone", lambda dst, src: False)
+    monkeypatch.setattr(ledger.store.local, "hash_and_copy", rewritten_meanwhile)
+    store = LocalStore(tmp_path / "store", weights=mode)
     with pytest.raises(StoreError, match="changed while it was being stored"):
         store.put_file(source)
-    assert not store.has(file_cid(source))
+    assert store.cids() == []
     assert blobs(store) == []
 
 

@@ -274,6 +274,7 @@ def _settings_fields(settings: Settings) -> dict[str, Any]:
         "chain_id": settings.chain_id,
         "deploy_block": settings.deploy_block,
         "ipfs_api": settings.ipfs_api,
+        "store_weights": settings.store_weights,
     }
 
 

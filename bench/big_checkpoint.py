@@ -1,0 +1,186 @@
+"""What big checkpoints cost: plain ``torch.save`` against the ledger hook, per GiB.
+
+A model holding a state dict of ``--gib`` GiB (float32 tensors of 64 MiB) is
+"trained" for 4 epochs: each epoch changes one tensor slightly and writes a
+checkpoint; the run's end writes the final model file. Three variants, each in
+a fresh process, one after the other:
+
+- ``plain``: ``torch.save`` of each checkpoint and of the final file;
+- ``copy``: the same inside ``LedgerRun`` with ``LEDGER_STORE_WEIGHTS=copy``
+  (the default: the store keeps a copy of every weights file);
+- ``reference``: the same with ``LEDGER_STORE_WEIGHTS=reference`` (the store
+  records where each file is instead).
+
+Figures, each divided by the GiB of weights written (4 checkpoints + the final
+file, ``5 * gib``):
+
+- ``cpu_s_per_gib``: whole-machine CPU seconds (``/proc/stat``: user, nice,
+  system, irq, softirq of every core) from the variant's start to its exit, so
+  the outbox worker and Anvil count; ``extra_cpu_s_per_gib`` is the hook's
+  minus plain's;
+- ``store_bytes_per_gib``: bytes the run added to the data directory (its
+  ``store``): the copies, the references and the documents;
+- ``exit_wait_s_per_gib``: the time from the loop's end to the process's
+  readiness to exit (the final file's write, then ``finish()``: hashing and
+  storing it and waiting for the chain), divided by the final file's GiB;
+  ``extra_exit_wait_s_per_gib`` is beyond plain's write of the same file.
+
+Other work on the machine counts in whole-machine CPU: run it on a quiet
+machine (the load average is printed beside the figures). The page cache is
+not dropped (that needs root): the checkpoints are read back from memory, as
+they are right after training writes them. Ends with one JSON line.
+
+    make bench-big                        # 1 GiB
+    make bench-big BENCH_ARGS=--big       # 4 GiB too
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+VARIANTS = ("plain", "copy", "reference")
+EPOCHS = 4
+TENSOR_MIB = 64
+
+
+def machine_cpu() -> float:
+    """Busy CPU seconds of the whole machine so far (every core)."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq = (int(x) for x in fields[:7])
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+
+
+def folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) if folder.exists() else 0
+
+
+def child(variant: str, gib: float, out: Path) -> dict[str, Any]:
+    """One variant, in this process: the loop, then the run's end."""
+    import torch
+
+    torch.manual_seed(0)
+    tensors = max(1, round(gib * 1024 / TENSOR_MIB))
+    model = torch.nn.Module()
+    for i in range(tensors):
+        weight = torch.nn.Parameter(torch.rand(TENSOR_MIB << 18), requires_grad=False)
+        model.register_parameter(f"layer{i}", weight)
+
+    def train(epoch: int) -> None:
+        with torch.no_grad():
+            getattr(model, f"layer{epoch % tensors}")[:1024] += 1.0
+
+    if variant == "plain":
+        for epoch in range(EPOCHS):
+            train(epoch)
+            torch.save(model.state_dict(), out / f"step-{epoch:06d}.pt")
+        t = time.perf_counter()
+        torch.save(model.state_dict(), out / "model.pt")
+        return {"exit_wait_s": time.perf_counter() - t}
+
+    from ledger.training.hook import LedgerRun
+
+    run = LedgerRun(
+        model, name="big-checkpoint", config={"gib": gib}, out=out / "model.pt", checkpoint_dir=out
+    )
+    run.start()
+    for epoch in range(EPOCHS):
+        train(epoch)
+        run.epoch_end(epoch, {"epoch": float(epoch)})
+    t = time.perf_counter()
+    run.finish()
+    wait = time.perf_counter() - t
+    if run.final is None or run.final.state != "confirmed":
+        raise SystemExit(f"the final record is not confirmed: {run.final}")
+    return {"exit_wait_s": wait}
+
+
+def measure(variant: str, gib: float, tmp: Path, env: dict[str, str]) -> dict[str, Any]:
+    home = tmp / f"home-{variant}-{gib:g}"
+    out = tmp / f"out-{variant}-{gib:g}"
+    out.mkdir()
+    env = {**env, "LEDGER_HOME": str(home), "LEDGER_STORE_WEIGHTS": variant}
+    if variant != "plain":
+        subprocess.run([sys.executable, "-m", "ledger", "deploy"], env=env, check=True,
+                       capture_output=True)  # fmt: skip
+    store_before = folder_bytes(home / "store")
+    cpu_before, wall_before = machine_cpu(), time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, __file__, "--variant", variant, "--gib", str(gib), "--out", str(out)],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    cpu, wall = machine_cpu() - cpu_before, time.perf_counter() - wall_before
+    figures = json.loads(done.stdout.strip().splitlines()[-1])
+    if variant != "plain":  # the resident worker steps aside now
+        subprocess.run([sys.executable, "-m", "ledger", "sync"], env=env, capture_output=True)
+    written = 5 * gib
+    return {
+        "variant": variant,
+        "gib": gib,
+        "cpu_s": cpu,
+        "wall_s": wall,
+        "cpu_s_per_gib": cpu / written,
+        "store_bytes_per_gib": (folder_bytes(home / "store") - store_before) / written / (1 << 30),
+        "exit_wait_s": figures["exit_wait_s"],
+        "exit_wait_s_per_gib": figures["exit_wait_s"] / gib,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--big", action="store_true", help="also 4 GiB (needs ~45 GiB of disk)")
+    parser.add_argument("--gib", type=float, help=argparse.SUPPRESS)
+    parser.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.variant:
+        print(json.dumps(child(args.variant, args.gib, args.out)))
+        return
+
+    from ledger.chain.anvil import AnvilProcess, free_port
+
+    load_before = os.getloadavg()[0]
+    results: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="ledger-bench-big-", dir=os.getcwd()) as name:
+        tmp = Path(name)
+        anvil = AnvilProcess(tmp / "chain", port=free_port())
+        anvil.start(persist=False)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LEDGER_")}
+        env["LEDGER_RPC_URL"] = anvil.rpc_url
+        try:
+            for gib in (1.0, 4.0) if args.big else (1.0,):
+                for variant in VARIANTS:
+                    results.append(measure(variant, gib, tmp, env))
+                    for old in tmp.glob(f"out-{variant}-*"):  # disk for the next one
+                        for file in old.iterdir():
+                            file.unlink()
+        finally:
+            anvil.stop()
+    print(f"{'GiB':>4} {'variant':<10} {'CPU s/GiB':>10} {'extra':>7} {'store B/GiB':>12}"
+          f" {'exit wait s/GiB':>16} {'extra':>7}")  # fmt: skip
+    for row in results:
+        plain = next(r for r in results if r["gib"] == row["gib"] and r["variant"] == "plain")
+        row["extra_cpu_s_per_gib"] = row["cpu_s_per_gib"] - plain["cpu_s_per_gib"]
+        row["extra_exit_wait_s_per_gib"] = row["exit_wait_s_per_gib"] - plain["exit_wait_s_per_gib"]
+        print(
+            f"{row['gib']:>4g} {row['variant']:<10} {row['cpu_s_per_gib']:>10.2f}"
+            f" {row['extra_cpu_s_per_gib']:>7.2f} {row['store_bytes_per_gib']:>12.3g}"
+            f" {row['exit_wait_s_per_gib']:>16.2f} {row['extra_exit_wait_s_per_gib']:>7.2f}"
+        )
+    load = [load_before, os.getloadavg()[0]]
+    print(f"load average before/after: {load[0]:.2f} / {load[1]:.2f} (other work counts in CPU)")
+    print(json.dumps({"results": results, "load_average": load, "epochs": EPOCHS}, sort_keys=True))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,134 @@
+"""One read of each weights file for its CID, its tensor root and the store's copy.
+
+The bytes a process reads and writes are counted by the kernel
+(``/proc/self/io``: ``rchar``, ``wchar``), so these tests measure what
+:func:`~ledger.record.artifacts.store_weights` really reads, threads included.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from ledger.hashing.cid import file_cid
+from ledger.hashing.tensors import tensor_digest, tensor_plan
+from ledger.record.artifacts import store_weights
+from ledger.store import LocalStore
+
+torch = pytest.importorskip("torch")
+
+MiB = 1 << 20
+
+
+def io_counts() -> tuple[int, int]:
+    """Bytes this process has read and written so far (every thread, page cache or not)."""
+    fields = dict(line.split(": ") for line in Path("/proc/self/io").read_text().splitlines())
+    return int(fields["rchar"]), int(fields["wchar"])
+
+
+def big_state_dict(megabytes: int = 40) -> dict[str, object]:
+    generator = torch.Generator().manual_seed(megabytes)
+    tensors = 8
+    rows = megabytes * MiB // 4 // 1024 // tensors
+    state = {
+        f"layer{i}.weight": torch.rand(rows, 1024, generator=generator) for i in range(tensors)
+    }
+    state["layer0.bias"] = torch.arange(1024, dtype=torch.int64)
+    state["view_of_layer1"] = state["layer1.weight"][3:7]  # shares its storage
+    state["empty"] = torch.zeros(0, dtype=torch.bfloat16)
+    return state
+
+
+def save(state: dict[str, object], path: Path, container: str) -> Path:
+    if container == "safetensors":
+        from safetensors.torch import save_file
+
+        save_file({k: v.clone().contiguous() for k, v in state.items()}, str(path))  # type: ignore[attr-defined]
+    else:
+        torch.save(state, path)
+    return path
+
+
+@pytest.mark.skipif(not Path("/proc/self/io").exists(), reason="needs /proc/self/io (Linux)")
+@pytest.mark.parametrize("container", ["pt", "safetensors"])
+@pytest.mark.parametrize("mode", ["copy", "reference"])
+def test_a_checkpoint_is_read_once_and_written_at_most_once(
+    tmp_path: Path, container: str, mode: str
+) -> None:
+    path = save(big_state_dict(), tmp_path / f"step-1.{container}", container)
+    size = path.stat().st_size
+    expected_cid, expected_root = file_cid(path), tensor_digest(path).root
+    store = LocalStore(tmp_path / "store", weights=mode)
+    store.put_bytes(b"{}")  # the store exists already, as during a run
+
+    read_before, written_before = io_counts()
+    cid, tensors, _ = store_weights(store, "0x" + "11" * 32, path, {"loss": 0.5}, 1)
+    read = io_counts()[0] - read_before
+    written = io_counts()[1] - written_before
+
+    assert cid == expected_cid
+    assert tensors.root == expected_root
+    assert tensors.index() == tensor_digest(path).index()
+    # one pass: the file once, plus its header and pickle (not four times, as before)
+    assert size <= read < size + 2 * MiB, f"read {read / size:.2f} times the file"
+    if mode == "copy":
+        assert size <= written < size + MiB  # the copy, never read back
+        assert store.path_for(cid).read_bytes() == path.read_bytes()
+    else:
+        assert written < MiB  # the reference and the documents only
+        assert not store.path_for(cid).exists()
+        assert store.reference(cid) is not None
+    assert store.has(cid)
+    assert store.get_bytes(cid) == path.read_bytes()
+
+
+def test_a_file_only_torch_reads_still_gets_its_tensor_root(tmp_path: Path) -> None:
+    path = tmp_path / "legacy.pt"
+    torch.save(big_state_dict(1), path, _use_new_zipfile_serialization=False)
+    assert tensor_plan(path) is None  # no header to plan from: torch decides
+    store = LocalStore(tmp_path / "store")
+    cid, tensors, _ = store_weights(store, "0x" + "22" * 32, path, {}, None)
+    assert cid == file_cid(path)
+    assert tensors.root == tensor_digest(path).root
+    assert store.get_bytes(cid) == path.read_bytes()
+
+
+def test_a_checkpoint_stored_twice_is_kept_once(tmp_path: Path) -> None:
+    path = save(big_state_dict(2), tmp_path / "a.pt", "pt")
+    store = LocalStore(tmp_path / "store")
+    first = store_weights(store, "0x" + "33" * 32, path, {}, 1)
+    again = store_weights(store, "0x" + "33" * 32, path, {}, 2)
+    assert first[0] == again[0] and first[1] == again[1]
+    blobs = sorted(p.name for p in (store.root / "blobs").iterdir())
+    assert str(first[0]) in blobs
+    assert not [name for name in blobs if name.startswith(".")]  # no clone or copy left over
+
+
+@pytest.mark.parametrize("workers", [1, 2, 5])
+@pytest.mark.parametrize("container", ["pt", "safetensors"])
+def test_one_pass_gives_the_cid_and_tensor_root_of_the_separate_passes(
+    tmp_path: Path, workers: int, container: str
+) -> None:
+    from ledger.hashing._onepass import hash_and_copy
+
+    path = save(big_state_dict(3), tmp_path / f"w.{container}", container)
+    plan = tensor_plan(path)
+    assert plan is not None
+    copied = bytearray()
+    fd = os.open(path, os.O_RDONLY)
+    try:  # blocks of three chunks: tensors straddle blocks, several per block
+        link, digests = hash_and_copy(
+            fd,
+            path.stat().st_size,
+            spans=plan.spans,
+            sink=copied.extend,
+            workers=workers,
+            read_block=3 * 262144,
+        )
+    finally:
+        os.close(fd)
+    assert link.cid == file_cid(path)
+    assert plan.digest(digests) == tensor_digest(path)
+    assert bytes(copied) == path.read_bytes()
