@@ -21,12 +21,14 @@ from ledger.chain.records import (
     FinalRecord,
     RunRecord,
     WeightsRecord,
+    check_chain_id,
     checksum_address,
+    configured_registry,
     record_of,
 )
 from ledger.chain.rpc import JsonRpc, as_bytes
 from ledger.config import Settings
-from ledger.errors import ChainError, ConfigError, NotFoundError, RegistryNotDeployedError
+from ledger.errors import ChainError, NotFoundError, RegistryNotDeployedError
 from ledger.hashing.merkle import CheckpointLeaf
 from ledger.ids import RunId, resolve_run_id, run_id_prefix, to_hex
 
@@ -45,26 +47,10 @@ class RegistryReader(EventLookups):
     @classmethod
     def connect(cls, settings: Settings) -> RegistryReader:
         """The registry named by the settings; checks the chain id and that code is there."""
-        if not settings.registry_address:
-            raise ConfigError(
-                "no registry address configured",
-                hint="run `ledger deploy`, or set LEDGER_REGISTRY",
-            )
+        address = configured_registry(settings)
         rpc = JsonRpc(settings.rpc_url)
         chain_id = rpc.chain_id()
-        if settings.chain_id is not None and settings.chain_id != chain_id:
-            raise ConfigError(
-                f"the config file names chain id {settings.chain_id} but {settings.rpc_url} "
-                f"is chain {chain_id}",
-                hint="point LEDGER_RPC_URL at the right chain, or run `ledger deploy` again",
-            )
-        try:
-            address = checksum_address(settings.registry_address)
-        except ValueError as exc:
-            raise ConfigError(
-                f"registry address {settings.registry_address!r} is not an address",
-                hint="fix registry_address in config.json or LEDGER_REGISTRY",
-            ) from exc
+        check_chain_id(settings, chain_id)
         if rpc("eth_getCode", address, "latest") in (None, "0x", ""):
             raise RegistryNotDeployedError(
                 f"no contract at {address} on chain {chain_id} ({settings.rpc_url})",

@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from ledger.config import Settings
+from ledger.errors import ConfigError
 from ledger.hashing.keccak import keccak256
 from ledger.hashing.merkle import CheckpointLeaf
 
@@ -32,6 +34,33 @@ def checksum_address(address: str | bytes) -> str:
     return "0x" + "".join(
         c.upper() if int(m, 16) >= 8 else c for c, m in zip(raw, mask[:40], strict=True)
     )
+
+
+def configured_registry(settings: Settings, *, why: str = "") -> str:
+    """The registry address the settings name, checksummed. A ConfigError when none
+    is configured (``why`` says what that stops) or it is not an address."""
+    if not settings.registry_address:
+        raise ConfigError(
+            "no registry address configured" + (f": {why}" if why else ""),
+            hint="run `ledger deploy`, or set LEDGER_REGISTRY",
+        )
+    try:
+        return checksum_address(settings.registry_address)
+    except ValueError as exc:
+        raise ConfigError(
+            f"registry address {settings.registry_address!r} is not an address",
+            hint="fix registry_address in config.json or LEDGER_REGISTRY",
+        ) from exc
+
+
+def check_chain_id(settings: Settings, chain_id: int) -> None:
+    """A ConfigError when the chain that answers is not the one the config names."""
+    if settings.chain_id is not None and settings.chain_id != chain_id:
+        raise ConfigError(
+            f"the config file names chain id {settings.chain_id} but {settings.rpc_url} "
+            f"is chain {chain_id}",
+            hint="point LEDGER_RPC_URL at the right chain, or run `ledger deploy` again",
+        )
 
 
 def run_id_for(committer: str, manifest_digest: bytes) -> bytes:

@@ -7,10 +7,9 @@ import threading
 
 from sqlalchemy.engine import Engine
 
-from ledger.chain.records import checksum_address
+from ledger.chain.records import configured_registry
 from ledger.chain.rpc import JsonRpc
 from ledger.config import Settings
-from ledger.errors import ConfigError
 from ledger.index import artifact_store, confirmations_for
 from ledger.index.indexer import Indexer
 
@@ -19,17 +18,7 @@ def build_indexer(
     settings: Settings, engine: Engine, *, confirmations: int | None = None
 ) -> Indexer:
     """The indexer of the registry the settings name (the chain must answer)."""
-    if not settings.registry_address:
-        raise ConfigError(
-            "no registry address configured, so there is nothing to index",
-            hint="run `ledger deploy`, or set LEDGER_REGISTRY",
-        )
-    try:
-        address = checksum_address(settings.registry_address)
-    except ValueError as exc:
-        raise ConfigError(
-            f"registry address {settings.registry_address!r} is not an address"
-        ) from exc
+    address = configured_registry(settings, why="there is nothing to index")
     rpc = JsonRpc(settings.rpc_url)
     chain_id = settings.chain_id if settings.chain_id is not None else int(rpc("eth_chainId"), 16)
     return Indexer(

@@ -175,22 +175,11 @@ class Outbox:
         when the chain does not answer (the run goes on: its records wait in the
         outbox), else None.
         """
-        from ledger.chain.records import COMMITTER_ROLE, checksum_address
+        from ledger.chain.records import COMMITTER_ROLE, check_chain_id, configured_registry
         from ledger.chain.rpc import JsonRpc, as_bytes
 
         settings = self.settings
-        if not settings.registry_address:
-            raise ConfigError(
-                "no registry address configured: nothing this run hands over could be recorded",
-                hint="run `ledger deploy`, or set LEDGER_REGISTRY",
-            )
-        try:
-            address = checksum_address(settings.registry_address)
-        except ValueError as exc:
-            raise ConfigError(
-                f"registry address {settings.registry_address!r} is not an address",
-                hint="fix registry_address in config.json or LEDGER_REGISTRY",
-            ) from exc
+        address = configured_registry(settings, why="nothing this run hands over could be recorded")
         committer = self.committer()
         call = _HAS_ROLE + COMMITTER_ROLE + bytes.fromhex(committer[2:]).rjust(32, b"\0")
         try:
@@ -205,12 +194,7 @@ class Outbox:
         except ChainUnavailableError as exc:
             return one_line(exc)
         where = f"chain {chain_id} ({settings.rpc_url})"
-        if settings.chain_id is not None and settings.chain_id != chain_id:
-            raise ConfigError(
-                f"the config file names chain id {settings.chain_id} but {settings.rpc_url} "
-                f"is chain {chain_id}",
-                hint="point LEDGER_RPC_URL at the right chain, or run `ledger deploy` again",
-            )
+        check_chain_id(settings, chain_id)
         if code in (None, "0x", ""):
             raise RegistryNotDeployedError(
                 f"no registry at {address} on {where}: nothing this run hands over "
