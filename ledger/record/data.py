@@ -52,7 +52,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -243,6 +243,48 @@ def fingerprints(
     return found
 
 
+def found_data(
+    sources: Iterable[tuple[str, Any]], *, cache_dir: Path | None = None
+) -> dict[str, Any]:
+    """Fingerprints of the data sources a framework callback found (a trainer's
+    datasets); one that cannot be fingerprinted is left out with a warning saying
+    how to give it one, rather than stopping the training."""
+    found: dict[str, Any] = {}
+    with _Fingerprinter(open_cache(cache_dir), None, False) as maker:
+        for key, value in sources:
+            try:
+                found[key] = maker.of(value, key)
+            except InputError as exc:
+                log.warning(
+                    "ledger: data %r is not recorded: %s (%s)",
+                    key,
+                    exc.message,
+                    exc.hint or "pass data= to the callback",
+                )
+    return found
+
+
+def loader_datasets(name: str, loaders: Any) -> list[tuple[str, Any]]:
+    """``(name, dataset)`` of each DataLoader in ``loaders`` (one, a list or a mapping
+    of them, as frameworks accept); a list's entries are ``name.0``..., a mapping's
+    ``name.key``."""
+    if loaders is None:
+        return []
+    if isinstance(loaders, Mapping):
+        return [
+            pair for key, sub in loaders.items() for pair in loader_datasets(f"{name}.{key}", sub)
+        ]
+    if isinstance(loaders, (list, tuple)):
+        if len(loaders) == 1:
+            return loader_datasets(name, loaders[0])
+        return [
+            pair for i, sub in enumerate(loaders) for pair in loader_datasets(f"{name}.{i}", sub)
+        ]
+    if hasattr(loaders, "batch_sampler") and hasattr(loaders, "dataset"):  # a DataLoader
+        return [(name, loaders.dataset)]
+    return [(name, loaders)]
+
+
 _GLOB_CHARS = frozenset("*?[")
 
 
@@ -424,8 +466,8 @@ class _Fingerprinter:
             return {"kind": "concat", "parts": [self.of(d, key) for d in value.datasets]}
         name = type(value).__name__
         raise InputError(
-            f"cannot fingerprint {f'data {key!r}: ' if key else ''}a {name} "
-            "is not known to hold its data in files or arrays",
+            f"cannot fingerprint {f'data {key!r}: ' if key else ''}a {name}: "
+            "ledger does not know which files or arrays it reads",
             hint=f"give {name} a ledger_fingerprint() method returning the files, folder "
             "or arrays it reads (or a ledger.training.fingerprint(...) of them), or pass "
             "those as data= instead",
