@@ -14,6 +14,13 @@ weights at ``state.global_step`` (so checkpoints follow the Trainer's own
 ``config.json``), commits ``model.safetensors`` and finalizes the run.
 ``ledger verify`` accepts the folder (by tensor root) or the file (by CID).
 
+The manifest's ``data`` is ``data=`` if given, else the Trainer's
+``train_dataset`` and ``eval_dataset`` (``train``, ``eval``; a mapping of eval
+datasets gives ``eval.<name>``) where they are file- or array-backed: Hugging
+Face datasets (their Arrow files), TensorDatasets, datasets with a
+``ledger_fingerprint()`` method (:mod:`ledger.record.data`). Any other is left
+out with a warning saying how to give it a fingerprint.
+
 The Trainer has no exception hook: to mark a crashed ``trainer.train()`` failed
 on chain, run it inside the callback, ``with callback: trainer.train()``.
 Under DDP every process runs the callback and rank 0 records (see
@@ -27,11 +34,17 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
+from types import FrameType, TracebackType
 from typing import Any
 
 import torch
-from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from transformers import (
+    Trainer,
+    TrainerCallback,
+    TrainerControl,
+    TrainerState,
+    TrainingArguments,
+)
 
 from ledger.config import Settings
 from ledger.errors import RecordError
@@ -94,7 +107,10 @@ class LedgerTrainerCallback(TrainerCallback):
                 "training_args": _plain(args.to_dict()),  # type: ignore[no-untyped-call]
                 "model_config": _plain(model_config.to_dict()) if model_config else None,
             }
-        self.run = LedgerRun(model, config=config, save=_pretrained_writer(model), **self._options)
+        options = dict(self._options)
+        if options["data"] is None and state.is_world_process_zero:
+            options["data"] = trainer_data(kwargs, options["settings"])
+        self.run = LedgerRun(model, config=config, save=_pretrained_writer(model), **options)
         self.run.start()
 
     def on_log(
@@ -166,6 +182,41 @@ class LedgerTrainerCallback(TrainerCallback):
 
     def _metrics(self, state: TrainerState) -> dict[str, Any]:
         return {**self.metrics, "global_step": state.global_step, "epoch": state.epoch or 0.0}
+
+
+def trainer_data(kwargs: Mapping[str, Any], settings: Settings | None = None) -> dict[str, Any]:
+    """Fingerprints of the Trainer's ``train_dataset`` and ``eval_dataset`` (a
+    mapping of eval datasets gives ``eval.<name>``) where ledger can fingerprint
+    them (:mod:`ledger.record.data`); others are left out with a warning.
+
+    The Trainer hands its callbacks the train loader, not itself: it is found
+    as the ``self`` of the ``Trainer`` method that called the callback. Without
+    it, the train loader's dataset alone is recorded."""
+    from ledger.config import load_settings
+    from ledger.record.data import found_data, loader_datasets
+
+    cache_dir = (settings or load_settings()).data_dir / "cache"
+    trainer = _calling_trainer()
+    if trainer is None:
+        named = loader_datasets("train", kwargs.get("train_dataloader"))
+    else:
+        named = [("train", trainer.train_dataset)] if trainer.train_dataset is not None else []
+        named += loader_datasets("eval", trainer.eval_dataset)
+    return found_data(named, cache_dir=cache_dir)
+
+
+def _calling_trainer() -> Trainer | None:
+    import sys
+
+    frame: FrameType | None = sys._getframe(1)
+    for _ in range(16):  # Trainer.train > _inner_training_loop > handler > call_event
+        if frame is None:
+            break
+        caller = frame.f_locals.get("self")
+        if isinstance(caller, Trainer):
+            return caller
+        frame = frame.f_back
+    return None
 
 
 def _model(kwargs: Mapping[str, Any]) -> torch.nn.Module:

@@ -417,7 +417,7 @@ class LedgerRun:
 
     def _start_replay(self, order: ReplayOrder) -> str:
         """Replay mode: restore checkpoint k's state; record nothing."""
-        from ledger.record.manifest import fingerprint
+        from ledger.record.data import fingerprints
 
         torch.use_deterministic_algorithms(True)
         epoch = self._restore(order.resume)
@@ -425,10 +425,7 @@ class LedgerRun:
             raise RecordError(
                 f"the replay's resume file ends epoch {epoch}, not {order.start_epoch - 1}"
             )
-        self._data_fingerprints = {
-            key: value if isinstance(value, Mapping) else fingerprint(value)
-            for key, value in self.data.items()
-        }
+        self._data_fingerprints = fingerprints(self.data)  # read afresh: no cache
         self._run_id, self.status = order.run_id, "replaying"
         log.info("replaying run %s, epochs %d-%d", order.run_id, epoch + 1, order.stop_epoch)
         return order.run_id

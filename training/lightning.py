@@ -11,6 +11,13 @@ epoch's validation) hands the logged metrics to :meth:`LedgerRun.epoch_end`
 and so commits a checkpoint every ``checkpoint_every`` epochs, ``on_fit_end``
 writes the final model and finalizes, ``on_exception`` marks the run failed.
 
+The manifest's ``data`` is ``data=`` if given; else the DataModule's
+``ledger_data`` (a mapping of data sources, or a method returning one); else
+the datasets of the train and validation loaders (``train``, ``val``) where
+they are file- or array-backed: TensorDatasets, Hugging Face datasets,
+datasets with a ``ledger_fingerprint()`` method (:mod:`ledger.record.data`).
+Any other is left out with a warning saying how to give it a fingerprint.
+
 The final file is a full Lightning checkpoint written by
 ``trainer.save_checkpoint`` when ``out`` ends in ``.ckpt`` (``ledger verify``
 reads its ``state_dict``; its hyperparameters must be plain values so that it
@@ -77,7 +84,10 @@ class LedgerCallback(pl.Callback):
         """Start the run."""
         config = self._config if self._config is not None else dict(pl_module.hparams)
         config.setdefault("max_epochs", trainer.max_epochs)
-        self.run = LedgerRun(pl_module, config=config, save=_keep_final(self.out), **self._options)
+        options = dict(self._options)
+        if options["data"] is None and trainer.is_global_zero:
+            options["data"] = fit_data(trainer, options["settings"])
+        self.run = LedgerRun(pl_module, config=config, save=_keep_final(self.out), **options)
         self.run.start()
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -99,6 +109,33 @@ class LedgerCallback(pl.Callback):
         """Mark the run failed, naming the exception."""
         if self.run is not None and self.run.final is None:
             self.run.__exit__(type(exception), exception, exception.__traceback__)
+
+
+def fit_data(trainer: pl.Trainer, settings: Settings | None = None) -> dict[str, Any]:
+    """Fingerprints of the fit's data: the DataModule's ``ledger_data`` (a mapping
+    of data sources, or a method returning one) if it has one, else the datasets
+    of the train and validation loaders, where ledger can fingerprint them
+    (:mod:`ledger.record.data`); others are left out with a warning."""
+    from ledger.config import load_settings
+    from ledger.record.data import found_data, loader_datasets
+
+    cache_dir = (settings or load_settings()).data_dir / "cache"
+    module = getattr(trainer, "datamodule", None)
+    given = getattr(module, "ledger_data", None) if module is not None else None
+    if callable(given):
+        given = given()
+    if given is not None:
+        sources = given.items() if isinstance(given, Mapping) else [("data", given)]
+        return found_data([(str(k), v) for k, v in sources], cache_dir=cache_dir)
+    named: list[tuple[str, Any]] = []
+    loops = (("train", trainer.fit_loop), ("val", trainer.fit_loop.epoch_loop.val_loop))
+    for name, loop in loops:
+        # the loaders are built after on_fit_start: ask their source (what fit() was given,
+        # or the DataModule's / LightningModule's *_dataloader hook) as Lightning will
+        source = getattr(loop, "_data_source", None)
+        if source is not None and source.is_defined():
+            named += loader_datasets(name, source.dataloader())
+    return found_data(named, cache_dir=cache_dir)
 
 
 def logged_metrics(trainer: pl.Trainer) -> dict[str, float]:

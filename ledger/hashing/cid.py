@@ -58,7 +58,7 @@ from __future__ import annotations
 import os
 import stat
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
 from ledger.errors import FileMissingError, InputError
 from ledger.hashing._engine import (
@@ -91,6 +91,8 @@ __all__ = [
     "UNIXFS_V1_2025_SCHEME",
     "Cid",
     "ImportProfile",
+    "LinkCache",
+    "PathSummary",
     "Progress",
     "UnixFsHasher",
     "bytes_cid",
@@ -98,6 +100,7 @@ __all__ = [
     "file_cid",
     "import_profile",
     "path_cid",
+    "path_summary",
     "scheme_for",
 ]
 
@@ -283,26 +286,80 @@ def path_cid(
     hidden: bool = False,
     workers: int | None = None,
     progress: Progress | None = None,
+    cache: LinkCache | None = None,
 ) -> Cid:
     """What ``ipfs add -r -Q --only-hash PATH`` prints: a file's CID or a folder's.
 
     Settings as for :func:`file_cid`; ``hidden=True`` is ``--hidden``. What
     is skipped, followed or refused is in the module docstring. Files are
     hashed on ``workers`` threads; ``progress`` gets the bytes of every file.
+    ``cache`` keeps each file's result by its status (:class:`LinkCache`).
     Raises :class:`~ledger.errors.FileMissingError` if ``path`` does not exist
     and :class:`~ledger.errors.InputError` naming the entry that cannot be
     read or added.
     """
+    return path_summary(
+        path,
+        cid_version=cid_version,
+        profile=profile,
+        hidden=hidden,
+        workers=workers,
+        progress=progress,
+        cache=cache,
+    ).cid
+
+
+class LinkCache(Protocol):
+    """Keeps a file's root link by its status: what an unchanged file hashed to.
+
+    ``get`` answers only while the status (device, inode, size, modification
+    and change times) is the one ``put`` was given; see
+    :class:`ledger.record.data.FingerprintCache`.
+    """
+
+    def get(self, info: os.stat_result, scheme: str) -> Link | None: ...
+
+    def put(self, info: os.stat_result, scheme: str, link: Link) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class PathSummary:
+    """A file's or folder's CID, with the regular files it holds and their bytes."""
+
+    cid: Cid
+    files: int
+    bytes: int
+    folder: bool
+
+
+def path_summary(
+    path: str | os.PathLike[str],
+    *,
+    cid_version: int | None = None,
+    profile: str | None = None,
+    hidden: bool = False,
+    workers: int | None = None,
+    progress: Progress | None = None,
+    cache: LinkCache | None = None,
+) -> PathSummary:
+    """:func:`path_cid`, with the number of regular files added and their total bytes."""
     chosen = import_profile(cid_version, profile)
     info = _stat(path, follow=True)
     if stat.S_ISREG(info.st_mode):
-        return _file_link(path, info.st_size, chosen, workers, progress).cid
+        link = cache.get(info, chosen.scheme) if cache is not None else None
+        if link is None:
+            link = _file_link(path, info.st_size, chosen, workers, progress)
+            if cache is not None:
+                cache.put(info, chosen.scheme, link)
+        return PathSummary(link.cid, 1, info.st_size, folder=False)
     if not stat.S_ISDIR(info.st_mode):
         raise InputError(
             f"{os.fspath(path)!r} is neither a file nor a folder; "
             "'ipfs add' refuses sockets, FIFOs and devices too"
         )
-    return _FolderHasher(chosen, hidden, workers, progress).folder(os.fspath(path)).cid
+    hasher = _FolderHasher(chosen, hidden, workers, progress, cache)
+    cid = hasher.folder(os.fspath(path)).cid
+    return PathSummary(cid, hasher.file_count, hasher.byte_count, folder=True)
 
 
 _Folder = list[tuple[bytes, "Link | int | _Folder"]]
@@ -318,19 +375,43 @@ class _FolderHasher:
         hidden: bool,
         workers: int | None,
         progress: Progress | None,
+        cache: LinkCache | None = None,
     ) -> None:
         self.profile = chosen
         self.hidden = hidden
         self.workers = default_workers() if workers is None else max(1, workers)
         self.progress = progress
+        self.cache = cache
+        self.file_count = 0
+        self.byte_count = 0
 
     def folder(self, root: str) -> Link:
         files: list[tuple[str, int]] = []
-        tree = self._walk(root, files)
-        links = self._hash_files(files)
+        infos: list[os.stat_result] = []
+        tree = self._walk(root, files, infos)
+        self.file_count = len(files)
+        self.byte_count = sum(size for _, size in files)
+        links = self._cached_files(files, infos)
         return self._build(tree, links)
 
-    def _walk(self, folder: str, files: list[tuple[str, int]]) -> _Folder:
+    def _cached_files(
+        self, files: list[tuple[str, int]], infos: list[os.stat_result]
+    ) -> list[Link]:
+        """The files' links: from the cache where a file's status is unchanged, else hashed."""
+        cache, scheme = self.cache, self.profile.scheme
+        if cache is None:
+            return self._hash_files(files)
+        links = [cache.get(info, scheme) for info in infos]
+        missing = [index for index, link in enumerate(links) if link is None]
+        hashed = self._hash_files([files[index] for index in missing])
+        for index, link in zip(missing, hashed, strict=True):
+            links[index] = link
+            cache.put(infos[index], scheme, link)
+        return [link for link in links if link is not None]
+
+    def _walk(
+        self, folder: str, files: list[tuple[str, int]], infos: list[os.stat_result] | None = None
+    ) -> _Folder:
         """The folder's entries, depth first; regular files are queued in ``files``."""
         entries: _Folder = []
         stack: list[tuple[str, _Folder]] = [(folder, entries)]
@@ -356,6 +437,8 @@ class _FolderHasher:
                 elif stat.S_ISREG(info.st_mode):
                     into.append((name, len(files)))
                     files.append((entry.path, info.st_size))
+                    if infos is not None:
+                        infos.append(info)
                 elif stat.S_ISDIR(info.st_mode):
                     sub: _Folder = []
                     into.append((name, sub))

@@ -21,7 +21,7 @@ from typing import Any
 
 from ledger.documents import DOCUMENT_SCHEME, MANIFEST_SCHEMA, canonical_json
 from ledger.errors import InputError
-from ledger.hashing.cid import CIDV1_SCHEME, file_cid
+from ledger.hashing.cid import CIDV1_SCHEME
 from ledger.hashing.tensors import TENSORS_SCHEME
 
 DIGEST_SCHEMES = {"file": CIDV1_SCHEME, "tensors": TENSORS_SCHEME, "documents": DOCUMENT_SCHEME}
@@ -239,42 +239,14 @@ def _platform_text(cache_dir: Path | None) -> str:
     return found if isinstance(found, str) else platform.platform()
 
 
-def fingerprint(value: Any) -> dict[str, Any]:
-    """A content fingerprint of a data source: a file (its CID), bytes, or an array/tensor."""
-    if isinstance(value, (str, os.PathLike)):
-        path = Path(value)
-        if path.is_file():
-            return {
-                "kind": "file",
-                "name": path.name,
-                "cid": str(file_cid(path)),
-                "bytes": path.stat().st_size,
-            }
-        raise InputError(f"data source {path} is not a file", hint="fingerprint files one by one")
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return {"kind": "bytes", "sha256": hashlib.sha256(value).hexdigest(), "bytes": len(value)}
-    if hasattr(value, "detach"):  # torch tensor; raw bytes, as numpy lacks e.g. bfloat16
-        import torch
+def fingerprint(value: Any, *, cache_dir: Path | None = None) -> dict[str, Any]:
+    """A content fingerprint of a data source: a file or folder (its CID), a list or
+    glob of files, bytes, an array/tensor, a Hugging Face or torch dataset
+    (:func:`ledger.record.data.fingerprint`, whose docstring lists the rules).
+    ``cache_dir`` keeps file CIDs between calls (:class:`~ledger.record.data.FingerprintCache`)."""
+    from ledger.record.data import fingerprint as of  # here: `ledger verify` imports this module
 
-        flat = value.detach().cpu().contiguous().reshape(-1)
-        return {
-            "kind": "array",
-            "dtype": str(value.dtype).removeprefix("torch."),
-            "shape": list(value.shape),
-            "sha256": hashlib.sha256(flat.view(torch.uint8).numpy().data).hexdigest(),
-        }
-    if hasattr(value, "tobytes") and hasattr(value, "dtype"):
-        data = value.tobytes()
-        return {
-            "kind": "array",
-            "dtype": str(value.dtype),
-            "shape": list(value.shape),
-            "sha256": hashlib.sha256(data).hexdigest(),
-        }
-    raise InputError(
-        f"cannot fingerprint a {type(value).__name__}",
-        hint="pass a file path, bytes, a numpy array or a tensor",
-    )
+    return of(value, cache_dir=cache_dir)
 
 
 def build_manifest(
@@ -294,7 +266,8 @@ def build_manifest(
     cache_dir: Path | None = None,
     code: Callable[[], Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """A manifest document; ``data`` values are fingerprinted unless already dicts.
+    """A manifest document; ``data`` values are fingerprinted unless already dicts
+    (:mod:`ledger.record.data`; file CIDs kept in ``cache_dir``).
 
     ``code`` gives the code version when git was asked already
     (:func:`start_code_version`); else ``code_root`` is asked.
@@ -313,10 +286,9 @@ def build_manifest(
         raise InputError(f"sweep id {sweep!r} must be a non-empty string")
     if trial is not None and (isinstance(trial, bool) or not isinstance(trial, int)):
         raise InputError(f"trial {trial!r} must be an integer")
-    fingerprints = {
-        key: value if isinstance(value, Mapping) else fingerprint(value)
-        for key, value in (data or {}).items()
-    }
+    from ledger.record.data import fingerprints as data_fingerprints
+
+    fingerprints = data_fingerprints(data, cache_dir=cache_dir)
     env = environment(cache_dir)  # before waiting for git's answer, which may still run
     manifest: dict[str, Any] = {
         "schema": MANIFEST_SCHEMA,

@@ -136,3 +136,47 @@ def test_a_crashed_train_is_marked_failed(chain: Chain, tmp_path: Path) -> None:
     assert chain.registry.get_run(run_id).status is RunStatus.FAILED
     reason: Any = chain.registry.events("RunFailed", run_id)[0]["reason"]
     assert "corrupt shard" in reason
+
+
+def test_a_trainer_run_records_its_train_and_eval_datasets(chain: Chain, tmp_path: Path) -> None:
+    import datasets
+
+    from ledger.chain.records import RunStatus as Status
+    from ledger.record.data import fingerprint
+    from ledger.store import LocalStore, find_by_digest
+
+    def hf_tokens(n: int, seed: int) -> datasets.Dataset:
+        tokens = Tokens(n, seed)
+        return datasets.Dataset.from_dict(
+            {
+                "input_ids": tokens.ids.tolist(),
+                "attention_mask": torch.ones_like(tokens.ids).tolist(),
+                "labels": tokens.labels.tolist(),
+            }
+        )
+
+    train, held_out = hf_tokens(16, 0), hf_tokens(8, 1)
+    train.save_to_disk(str(tmp_path / "train-ds"))
+    train = datasets.load_from_disk(str(tmp_path / "train-ds"))  # Arrow-file-backed
+    settings = chain.settings(tmp_path / "ledger")
+    callback = LedgerTrainerCallback(name="tiny-bert", out=tmp_path / "model", settings=settings)
+    Trainer(
+        model=tiny_bert(),
+        args=arguments(tmp_path, epochs=1),
+        train_dataset=train,
+        eval_dataset={"held": held_out, "tokens": Tokens(8, 2)},
+        callbacks=[callback],
+    ).train()
+    run = callback.run
+    assert run is not None
+    run_id = bytes.fromhex(run.run_id[2:])
+    assert chain.registry.get_run(run_id).status is Status.FINALIZED
+    store = LocalStore(tmp_path / "ledger" / "store")
+    digest = bytes(chain.registry.events("RunStarted", run_id)[0]["manifestDigest"])
+    cid = find_by_digest(store, digest)
+    assert cid is not None
+    data = json.loads(store.get_bytes(cid))["data"]
+    # the plain torch Dataset of the test has no fingerprint: left out, not a failure
+    assert set(data) == {"train", "eval.held"}
+    assert data["train"] == fingerprint(train) and data["train"]["files"]
+    assert data["eval.held"] == fingerprint(held_out) and data["eval.held"]["rows"] == 8

@@ -153,3 +153,54 @@ def test_a_two_process_ddp_fit_is_one_run(
     out = ledger("verify", str(tmp_path / "final.ckpt"), "--json", env=env)
     assert out.returncode == 0, out.stdout + out.stderr
     assert json.loads(out.stdout)["run_id"] == "0x" + run_id.hex()
+
+
+def recorded_manifest(chain: Chain, data_dir: Path, run_id: str) -> dict[str, Any]:
+    started = chain.registry.events("RunStarted", bytes.fromhex(run_id[2:]))
+    store = LocalStore(data_dir / "store")
+    cid = find_by_digest(store, bytes(started[0]["manifestDigest"]))
+    assert cid is not None
+    manifest: dict[str, Any] = json.loads(store.get_bytes(cid))
+    return manifest
+
+
+class Folders(pl.LightningDataModule):
+    """A DataModule that reads a folder and says so through ``ledger_data``."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__()
+        self.root = root
+
+    def ledger_data(self) -> dict[str, Any]:
+        return {"corpus": self.root}
+
+    def train_dataloader(self) -> DataLoader[Any]:
+        return loaders()[0]
+
+
+def test_a_fit_records_its_loaders_datasets(chain: Chain, tmp_path: Path) -> None:
+    from ledger.record.data import fingerprint
+
+    settings = chain.settings(tmp_path / "ledger")
+    callback = LedgerCallback(name="lit", out=tmp_path / "final.ckpt", settings=settings)
+    train, val = loaders()
+    trainer(callback, epochs=1).fit(Regressor(), train, val)
+    assert callback.run is not None
+    data = recorded_manifest(chain, tmp_path / "ledger", callback.run.run_id)["data"]
+    assert data == {"train": fingerprint(train.dataset), "val": fingerprint(val.dataset)}
+    assert data["train"]["kind"] == "tensor-dataset" and data["train"]["rows"] == 48
+
+
+def test_a_fit_records_the_datamodules_ledger_data(chain: Chain, tmp_path: Path) -> None:
+    from ledger.hashing.cid import path_cid
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "a.txt").write_text("a")
+    settings = chain.settings(tmp_path / "ledger")
+    callback = LedgerCallback(name="lit", out=tmp_path / "final.ckpt", settings=settings)
+    trainer(callback, epochs=1).fit(Regressor(), datamodule=Folders(corpus))
+    assert callback.run is not None
+    data = recorded_manifest(chain, tmp_path / "ledger", callback.run.run_id)["data"]
+    assert set(data) == {"corpus"}
+    assert data["corpus"]["kind"] == "folder" and data["corpus"]["cid"] == str(path_cid(corpus))
