@@ -240,6 +240,10 @@ def test_cli_export_then_verify_in_an_empty_folder(chain: Chain, tmp_path: Path)
     done = ledger(work, "export", str(model), env={"LEDGER_HOME": str(home)})
     assert done.returncode == 0, done.stderr
     bundle = work / "model.pt.provenance.json"
+    # the committer's key is at hand (Anvil's dev key): the Statement is signed by default
+    envelope = json.loads(bundle.read_text())["envelope"]
+    assert envelope["signatures"][0]["keyid"] == chain.admin.address
+    assert f"signed by {chain.admin.address}" in done.stdout
     statement = ledger(
         work,
         "export",
@@ -259,6 +263,8 @@ def test_cli_export_then_verify_in_an_empty_folder(chain: Chain, tmp_path: Path)
     )
     assert offline.returncode == 7, offline.stdout + offline.stderr
     assert json.loads(offline.stdout)["outcome"] == "proven"
+    checks = {c["name"]: c for c in json.loads(offline.stdout)["checks"]}
+    assert checks["signature"]["ok"] and chain.admin.address in checks["signature"]["detail"]
     text = ledger(empty, "verify", "model.pt", "--bundle", "model.pt.provenance.json", env=nothing)
     assert text.returncode == 7 and "PROVEN" in text.stdout
     online = ledger(
