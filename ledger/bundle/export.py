@@ -69,16 +69,17 @@ class Exporter:
         """The run whose final weights ``path`` is (by file CID)."""
         from ledger.hashing.cid import file_cid
 
-        return self._run_of_cid(path, file_cid(path))
+        return self.run_of_cid(path, file_cid(path))
 
     def run_of_weights_hashed(self, path: Path) -> tuple[bytes, str]:
         """:meth:`run_of_weights` and the file's sha256, from one read of the file."""
         from ledger.hashing.cid import file_cid_and_sha256
 
         cid, sha256 = file_cid_and_sha256(path)
-        return self._run_of_cid(path, cid), sha256
+        return self.run_of_cid(path, cid), sha256
 
-    def _run_of_cid(self, path: Path, cid: Cid) -> bytes:
+    def run_of_cid(self, path: Path, cid: Cid) -> bytes:
+        """The run whose final weights are the file ``path`` of CID ``cid``."""
         records = self.reader.find_by_weights(cid.digest)
         finals = [r for r in records if r.is_final]
         if not finals:
@@ -276,13 +277,31 @@ class Exporter:
         if weights is not None:
             return weights.name, sha256 or _sha256_file(weights)
         if cid_text:
+            cid = Cid.parse(cid_text)
+            sha = self._stored_sha256(cid)
+            if sha is not None:
+                return cid_text, sha
             try:
-                data = self.store.get_bytes(Cid.parse(cid_text))
+                data = self.store.get_bytes(cid)
             except (InputError, StoreError):  # not kept in the store: no sha256
                 data = None
             if data is not None:
                 return f"{cid_text}", hashlib.sha256(data).hexdigest()
         return cid_text or "weights", None
+
+    def _stored_sha256(self, cid: Cid) -> str | None:
+        """The sha256 of the store's file of ``cid``, streamed (not read into memory) and
+        re-hashed to ``cid`` on the way; None where the store has no file to stream."""
+        from ledger.hashing.cid import file_cid_and_sha256
+
+        file_for = getattr(self.store, "file_for", None)
+        if file_for is None:
+            return None
+        try:
+            got, sha = file_cid_and_sha256(file_for(cid))
+        except (InputError, StoreError):
+            return None
+        return sha if got == cid else None
 
 
 def documents_bytes(documents: dict[str, str], started: dict[str, Any] | None) -> bytes:

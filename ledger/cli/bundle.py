@@ -43,6 +43,9 @@ def export(
 ) -> None:
     """Write a run's provenance bundle: in-toto Statement (SLSA provenance v1), its documents,
     and Merkle proofs of its chain records, verifiable with `ledger verify MODEL --bundle FILE`."""
+    path = Path(target)
+    # the file is hashed (CID and sha256, one read) while the rest is imported and connected
+    hashing = _Hashing(path) if path.is_file() else None
     from ledger.bundle.export import Exporter
     from ledger.chain.reader import RegistryReader
     from ledger.store.sources import document_sources
@@ -50,9 +53,10 @@ def export(
     settings = load_settings(data_dir)
     registry = RegistryReader.connect(settings)
     exporter = Exporter(registry, document_sources(settings, api=None))
-    path = Path(target)
-    if path.is_file():
-        run_id, file_sha = exporter.run_of_weights_hashed(path)
+    file_sha: str | None
+    if hashing is not None:
+        cid, file_sha = hashing.result()
+        run_id = exporter.run_of_cid(path, cid)
     else:
         run_id, file_sha = registry.resolve_run(target, field="RUN", exists=True), None
     signer = _signer(settings, registry, run_id, sign)
@@ -73,6 +77,34 @@ def export(
         f"wrote {output or default} (run 0x{run_id.hex()}, as of block "
         f"{bundle['chain']['asOfBlock']}, {signed})"
     )
+
+
+class _Hashing:
+    """A file's CID and sha256 computed on a thread (daemon: an error elsewhere does not
+    wait for a big file), so that imports and connections overlap the hashing."""
+
+    def __init__(self, path: Path) -> None:
+        import threading
+
+        self._out: tuple[Any, str] | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(path,), daemon=True)
+        self._thread.start()
+
+    def _run(self, path: Path) -> None:
+        from ledger.hashing.cid import file_cid_and_sha256
+
+        try:
+            self._out = file_cid_and_sha256(path)
+        except BaseException as exc:  # noqa: BLE001  raised again on the calling thread
+            self._error = exc
+
+    def result(self) -> tuple[Any, str]:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        assert self._out is not None
+        return self._out
 
 
 def _signer(settings: Any, registry: Any, run_id: bytes, sign: bool | None) -> Any:
@@ -128,15 +160,18 @@ def check_with_bundle(
     path: Path, bundle_path: Path, *, rpcs: list[str], data_dir: Path | None, as_json: bool
 ) -> int:
     """Check ``path`` against the bundle; prints the report, returns the exit code."""
-    from ledger.bundle.check import read_bundle, verify_bundle
-    from ledger.cli.check import _print_report
     from ledger.errors import FileMissingError
-    from ledger.hashing.cid import file_cid_and_sha256
 
     if not path.is_file():
         raise FileMissingError(f"{path}: no such file", hint="give the model file the bundle is of")
+    # one read of the file for its CID and sha256, on a thread while the proof checker
+    # (rlp, py-trie) is imported and the bundle read
+    hashing = _Hashing(path)
+    from ledger.bundle.check import read_bundle, verify_bundle
+    from ledger.cli.check import _print_report
+
     bundle = read_bundle(bundle_path)
-    cid, file_sha = file_cid_and_sha256(path)  # one read: the sha256 rides on the CID's blocks
+    cid, file_sha = hashing.result()
     settings = load_settings(data_dir)
     report = verify_bundle(
         path,
