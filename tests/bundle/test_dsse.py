@@ -129,3 +129,22 @@ def test_export_refuses_a_key_that_is_not_the_committers(
     _, child = lineage(chain.registry, store)
     with pytest.raises(InputError, match=r"not run .* committer"):
         Exporter(reader(chain), store).export(child.run_id, signer=Signer(Secret(OTHER_KEY)))
+
+
+def test_cli_signs_by_default_only_with_the_committers_key(
+    chain: Chain, store: LocalStore, tmp_path: Path
+) -> None:
+    from dataclasses import replace
+
+    from ledger.cli.bundle import _signer
+
+    _, child = lineage(chain.registry, store)
+    settings = chain.settings(tmp_path / "home")  # no key configured: Anvil's dev key
+    registry = reader(chain)
+    default = _signer(settings, registry, child.run_id, None)
+    assert default is not None and default.address == chain.admin.address
+    assert _signer(settings, registry, child.run_id, False) is None
+    foreign = replace(settings, private_key=Secret(OTHER_KEY))
+    assert _signer(foreign, registry, child.run_id, None) is None  # unsigned, not forged
+    with pytest.raises(InputError, match=r"not run .* committer"):
+        _signer(foreign, registry, child.run_id, True)
