@@ -32,6 +32,7 @@ import argparse
 import hashlib
 import json
 import os
+import resource
 import socket
 import statistics
 import subprocess
@@ -52,13 +53,29 @@ GiB = 1024**3
 GOAL_OVER_HASHING_S = 0.5
 
 
-def timed(argv: Sequence[str], env: dict[str, str], codes: tuple[int, ...] = (0,)) -> float:
-    """Wall time of one subprocess; fails on an exit code not in ``codes``."""
+CPU: dict[str, list[float]] = {}
+"""CPU seconds (user + system) of each command's runs: far less load-dependent than
+wall time on a shared machine."""
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def timed(
+    argv: Sequence[str], env: dict[str, str], codes: tuple[int, ...] = (0,), name: str = ""
+) -> float:
+    """Wall time of one subprocess (its CPU time goes to :data:`CPU`); fails on an exit
+    code not in ``codes``."""
+    cpu = _children_cpu()
     start = time.perf_counter()
     done = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
     elapsed = time.perf_counter() - start
     if done.returncode not in codes:
         raise SystemExit(f"{' '.join(argv)} exited {done.returncode}:\n{done.stdout}{done.stderr}")
+    if name:
+        CPU.setdefault(name, []).append(_children_cpu() - cpu)
     return elapsed
 
 
@@ -148,7 +165,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         for n in range(args.repeat):
             loads.append(load_average())
             for name, (argv, cmd_env, codes) in commands.items():
-                times[name].append(timed(argv, cmd_env, codes))
+                times[name].append(timed(argv, cmd_env, codes, name))
             print(
                 f"round {n + 1}: load {loads[-1]:.2f} "
                 + " ".join(f"{k} {v[-1]:.2f}s" for k, v in times.items()),
@@ -171,6 +188,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                     "repeat": args.repeat,
                     "load_average": [round(x, 2) for x in loads],
                     "median_s": medians,
+                    "median_cpu_s": {n: round(statistics.median(c), 3) for n, c in CPU.items()},
                     "over_ledger_cid_s": over,
                     "goal_over_hashing_s": GOAL_OVER_HASHING_S,
                     "engine_in_process_median_s": engine,
