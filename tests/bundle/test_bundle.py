@@ -279,3 +279,20 @@ def test_cli_export_then_verify_in_an_empty_folder(chain: Chain, tmp_path: Path)
     )
     assert online.returncode == 0, online.stdout + online.stderr
     assert not (empty / ".ledger").exists()
+
+
+def test_verify_bundle_hashes_the_file_once(exported: Any, tmp_path: Path) -> None:
+    """The console script's early hash of ``verify FILE --bundle B`` is the CID and the
+    sha256 together, and the bundle check takes it instead of hashing the file again."""
+    from ledger.cli import _early
+    from ledger.cli.bundle import check_with_bundle
+
+    model, bundle, _, _ = exported
+    path = tmp_path / "b.provenance.json"
+    path.write_text(json.dumps(bundle))
+    _early.start(["verify", str(model), "--bundle", str(path), "--json"])
+    assert _early.started()
+    assert _early._early is not None and _early._early.with_sha256
+    code = check_with_bundle(model, path, rpcs=[], data_dir=tmp_path / "none", as_json=True)
+    assert code == 7
+    assert not _early.started()  # taken: no second hash of the file
