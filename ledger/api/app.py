@@ -21,7 +21,7 @@ from ledger.api import problems
 from ledger.api.cache import DEFAULT_ENTRIES, IndexGeneration, ResponseCache
 from ledger.api.deps import ApiState, require_token
 from ledger.api.guard import RequestGuard
-from ledger.api.routes import documents, health, lookup, runs, verify, web
+from ledger.api.routes import bundle, documents, health, lookup, runs, verify, web
 from ledger.config import Secret, Settings
 from ledger.errors import ConfigError
 from ledger.index import artifact_store, open_index
@@ -164,6 +164,7 @@ def create_app(
     app.include_router(runs.router, prefix="/api/v1", dependencies=guarded)
     app.include_router(lookup.router, prefix="/api/v1", dependencies=guarded)
     app.include_router(documents.router, prefix="/api/v1", dependencies=guarded)
+    app.include_router(bundle.router, prefix="/api/v1", dependencies=guarded)
     app.include_router(verify.router, prefix="/api/v1", dependencies=guarded)
     app.include_router(health.router)
     app.include_router(web.router)

@@ -152,6 +152,7 @@ class _Check:
             return
         self._lineage(subject)
         self._statement(subject)
+        self._signature(subject)
         for url in rpcs:
             self._rpc(url)
 
@@ -483,6 +484,63 @@ class _Check:
                 f"the file's sha256 is the Statement subject's ({claimed.get('name')})"
                 if sha == self.sha256
                 else f"the file's sha256 {self.sha256} is not the subject's {sha}",
+            )
+
+    def _signature(self, subject: RunEvents) -> None:
+        """The DSSE envelope, if any: it must carry the bundle's Statement, and every
+        signature must recover to the run's committer (proven by the logs)."""
+        from ledger.bundle.dsse import read_envelope
+
+        envelope = self.bundle.get("envelope")
+        if envelope is None:
+            self.add(
+                "signature",
+                True,
+                "unsigned: the Statement carries no DSSE signature (the chain proofs stand alone)",
+            )
+            return
+        assert subject.started is not None
+        committer = checksum_address(str(subject.started["committer"]))
+        try:
+            if not isinstance(envelope, Mapping):
+                raise InputError("the envelope is not a JSON object")
+            statement, signatures = read_envelope(envelope)
+        except InputError as exc:
+            self.add("signature", False, f"bad DSSE envelope: {exc.message}")
+            return
+        if statement != self.bundle["statement"]:
+            self.add(
+                "signature",
+                False,
+                "the DSSE envelope signs another Statement than the bundle's: "
+                + _first_difference(statement, self.bundle["statement"]),
+            )
+            return
+        foreign = [s.signer for s in signatures if s.signer != committer]
+        mislabelled = [
+            s.keyid
+            for s in signatures
+            if s.keyid is not None and s.keyid.lower() != s.signer.lower()
+        ]
+        if foreign:
+            self.add(
+                "signature",
+                False,
+                f"the Statement is signed by {', '.join(foreign)}, not by the run's committer "
+                f"{committer}",
+            )
+        elif mislabelled:
+            self.add(
+                "signature",
+                False,
+                f"a signature's keyid {', '.join(mislabelled)} is not the address it recovers to "
+                f"({committer})",
+            )
+        else:
+            self.add(
+                "signature",
+                True,
+                f"the Statement is signed (DSSE) by the run's committer {committer}",
             )
 
     # -- a node, for what is after the bundle -------------------------------------

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ledger.bundle.evidence import receipt_proof, receipts_root, trim_header
 from ledger.bundle.statement import RunEvents, build_statement, dedupe_checkpoints
@@ -24,6 +24,9 @@ from ledger.hashing.cid import Cid, bytes_cid
 from ledger.hashing.keccak import keccak256
 from ledger.ids import to_hex
 from ledger.store import ArtifactStore
+
+if TYPE_CHECKING:
+    from ledger.chain.sender import Signer
 
 BUNDLE_TYPE = "ledger.bundle/v1"
 RUNS_SLOT = 4
@@ -66,7 +69,17 @@ class Exporter:
         """The run whose final weights ``path`` is (by file CID)."""
         from ledger.hashing.cid import file_cid
 
-        cid = file_cid(path)
+        return self.run_of_cid(path, file_cid(path))
+
+    def run_of_weights_hashed(self, path: Path) -> tuple[bytes, str]:
+        """:meth:`run_of_weights` and the file's sha256, from one read of the file."""
+        from ledger.hashing.cid import file_cid_and_sha256
+
+        cid, sha256 = file_cid_and_sha256(path)
+        return self.run_of_cid(path, cid), sha256
+
+    def run_of_cid(self, path: Path, cid: Cid) -> bytes:
+        """The run whose final weights are the file ``path`` of CID ``cid``."""
         records = self.reader.find_by_weights(cid.digest)
         finals = [r for r in records if r.is_final]
         if not finals:
@@ -77,13 +90,33 @@ class Exporter:
             )
         return finals[0].run_id
 
-    def export(self, run_id: bytes, *, weights: Path | None = None) -> dict[str, Any]:
-        """The bundle of ``run_id``'s final weights (``weights``: the file, for its sha256)."""
+    def export(
+        self,
+        run_id: bytes,
+        *,
+        weights: Path | None = None,
+        sha256: str | None = None,
+        signer: Signer | None = None,
+    ) -> dict[str, Any]:
+        """The bundle of ``run_id``'s final weights.
+
+        ``weights``: the file (its name, and its sha256 unless ``sha256`` gives it);
+        ``signer``: the committer's key, to sign the Statement as a DSSE envelope
+        (an :class:`InputError` if it is not the run's committer's).
+        """
         runs = self._lineage(run_id)
         subject = runs[0]
         if subject.finalized is None:
             raise InputError(
                 f"run {to_hex(run_id)} is not finalized: it has no final weights to export"
+            )
+        assert subject.started is not None
+        committer = str(subject.started["committer"])
+        if signer is not None and signer.address.lower() != committer.lower():
+            raise InputError(
+                f"the configured key ({signer.address}) is not run {to_hex(run_id)}'s "
+                f"committer ({committer}): its signature would not verify",
+                hint="export with the committer's key, or with --no-sign",
             )
         chain_id = self.rpc.chain_id()
         tx_hashes = {
@@ -118,7 +151,7 @@ class Exporter:
                             Cid.parse(str(index)).digest, DocumentKind.TENSOR_INDEX, documents
                         )
         manifest_cid = str(bytes_cid(documents_bytes(documents, subject.started)))
-        name, sha256 = self._subject(subject_metrics, weights)
+        name, sha256 = self._subject(subject_metrics, weights, sha256)
         statement = build_statement(
             run=subject,
             manifest=manifests[subject.run_id],
@@ -132,7 +165,7 @@ class Exporter:
             subject_name=name,
             subject_sha256=sha256,
         )
-        return {
+        bundle: dict[str, Any] = {
             "bundleType": BUNDLE_TYPE,
             "statement": statement,
             "chain": {
@@ -145,6 +178,11 @@ class Exporter:
             },
             "documents": documents,
         }
+        if signer is not None:
+            from ledger.bundle.dsse import sign_statement
+
+            bundle["envelope"] = sign_statement(statement, signer)
+        return bundle
 
     # -- the runs -----------------------------------------------------------------
 
@@ -231,19 +269,39 @@ class Exporter:
         documents[str(document.cid)] = document.data.decode("utf-8")
         return str(document.cid), document.body
 
-    def _subject(self, metrics: dict[str, Any], weights: Path | None) -> tuple[str, str | None]:
+    def _subject(
+        self, metrics: dict[str, Any], weights: Path | None, sha256: str | None
+    ) -> tuple[str, str | None]:
         """The subject's name and the sha256 of its file (when the file is at hand)."""
         cid_text = str((metrics.get("weights") or {}).get("cid") or "")
         if weights is not None:
-            return weights.name, _sha256_file(weights)
+            return weights.name, sha256 or _sha256_file(weights)
         if cid_text:
+            cid = Cid.parse(cid_text)
+            sha = self._stored_sha256(cid)
+            if sha is not None:
+                return cid_text, sha
             try:
-                data = self.store.get_bytes(Cid.parse(cid_text))
+                data = self.store.get_bytes(cid)
             except (InputError, StoreError):  # not kept in the store: no sha256
                 data = None
             if data is not None:
                 return f"{cid_text}", hashlib.sha256(data).hexdigest()
         return cid_text or "weights", None
+
+    def _stored_sha256(self, cid: Cid) -> str | None:
+        """The sha256 of the store's file of ``cid``, streamed (not read into memory) and
+        re-hashed to ``cid`` on the way; None where the store has no file to stream."""
+        from ledger.hashing.cid import file_cid_and_sha256
+
+        file_for = getattr(self.store, "file_for", None)
+        if file_for is None:
+            return None
+        try:
+            got, sha = file_cid_and_sha256(file_for(cid))
+        except (InputError, StoreError):
+            return None
+        return sha if got == cid else None
 
 
 def documents_bytes(documents: dict[str, str], started: dict[str, Any] | None) -> bytes:

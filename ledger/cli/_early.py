@@ -46,13 +46,16 @@ SWITCH_INTERVAL = 0.0001
 
 
 class EarlyCid:
-    """A file CID being computed on a daemon thread."""
+    """A file CID being computed on a daemon thread; with ``sha256`` (``verify --bundle``)
+    the CID and the file's sha256, from the same read."""
 
-    def __init__(self, path: Path) -> None:
-        from ledger.hashing.cid import file_cid  # loaded here: the thread starts hashing at once
+    def __init__(self, path: Path, *, sha256: bool = False) -> None:
+        # loaded here: the thread starts hashing at once
+        from ledger.hashing.cid import file_cid, file_cid_and_sha256
 
         self.path = path
-        self._file_cid = file_cid
+        self.with_sha256 = sha256
+        self._file_cid: Any = file_cid_and_sha256 if sha256 else file_cid
         self._done = threading.Event()
         self._result: Any = None
         self._error: BaseException | None = None
@@ -89,7 +92,8 @@ def start(argv: list[str]) -> None:
     path = _first_argument(argv[1:])
     if path is None or not os.path.isfile(path):
         return
-    _early = EarlyCid(Path(path))
+    bundle = any(arg.partition("=")[0] in BUNDLE.flags for arg in argv)
+    _early = EarlyCid(Path(path), sha256=bundle)
 
 
 def started() -> bool:

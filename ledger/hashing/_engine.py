@@ -50,6 +50,12 @@ Progress = Callable[[int], None]
 """Called on the calling thread with the number of bytes just hashed."""
 
 
+class Whole(Protocol):
+    """A hash of the whole file (``hashlib.sha256()``), fed its blocks in file order."""
+
+    def update(self, data: memoryview, /) -> None: ...
+
+
 class ReadsInto(Protocol):
     """A binary stream that can fill a caller's buffer (e.g. ``open(path, "rb", buffering=0)``)."""
 
@@ -112,11 +118,13 @@ def hash_stream_parallel(
     read_block: int | None = None,
     progress: Progress | None = None,
     max_links: int = DEFAULT_MAX_LINKS,
+    whole: Whole | None = None,
 ) -> Link:
     """The root link of everything ``stream`` yields (an unbuffered binary file is best).
 
     ``workers`` threads hash (default: one per core); ``workers=1`` hashes on
     the calling thread. ``read_block`` must be a multiple of ``chunk_size``.
+    ``whole``, if given, is fed every byte in order (e.g. the file's sha256).
     """
     workers = default_workers() if workers is None else workers
     if workers < 1:
@@ -129,6 +137,8 @@ def hash_stream_parallel(
         while filled := _read_full(stream, buffer):
             for link in _hash_block(view[:filled], cid_version, chunk_size):
                 hasher.add_leaf(link)
+            if whole is not None:
+                whole.update(view[:filled])
             if progress is not None:
                 progress(filled)
         return hasher.finalize_link()
@@ -144,6 +154,8 @@ def hash_stream_parallel(
         future, buffer, filled = pending.popleft()
         for link in future.result():
             hasher.add_leaf(link)
+        if whole is not None:
+            whole.update(memoryview(buffer)[:filled])
         free.append(buffer)
         if progress is not None:
             progress(filled)
@@ -194,6 +206,7 @@ def hash_file_parallel(
     read_block: int | None = None,
     progress: Progress | None = None,
     max_links: int = DEFAULT_MAX_LINKS,
+    whole: Whole | None = None,
 ) -> Link:
     """The root link of the first ``size`` bytes of the regular file open as ``fd``.
 
@@ -208,6 +221,11 @@ def hash_file_parallel(
     fault, unlike a memory map). Plain threads, not an executor:
     ``concurrent.futures`` would load ``logging`` before the first block is
     read, at the start of every ``ledger verify``.
+
+    ``whole``, if given, is fed every block in file order by the worker that read
+    it, once its leaves are hashed and the block before has been fed: the file's
+    sha256 runs on one lane at a time but beside the other workers' reads and
+    leaves, with no second read of the file.
     """
     workers = default_workers() if workers is None else workers
     if workers < 1:
@@ -220,6 +238,7 @@ def hash_file_parallel(
     state = threading.Condition()
     handed_out = 0  # blocks given to workers
     collected = 0  # blocks whose links went to the tree
+    fed = 0  # blocks fed to ``whole``
     stop = False
 
     def read_and_hash(view: memoryview, offset: int, length: int) -> list[Link]:
@@ -232,6 +251,20 @@ def hash_file_parallel(
             filled += got
         with view[:length] as data:
             return _hash_block(data, cid_version, chunk_size)
+
+    def feed(view: memoryview, index: int, length: int) -> None:
+        nonlocal fed
+        with state:
+            while not stop and fed < index:
+                state.wait()
+            if stop:
+                return
+        assert whole is not None
+        with view[:length] as data:
+            whole.update(data)  # outside the lock: hashlib releases the GIL
+        with state:
+            fed = index + 1
+            state.notify_all()
 
     def work() -> None:
         nonlocal handed_out
@@ -246,8 +279,11 @@ def hash_file_parallel(
                     handed_out += 1
                 offset = index * block
                 result: list[Link] | BaseException
+                length = min(block, size - offset)
                 try:
-                    result = read_and_hash(view, offset, min(block, size - offset))
+                    result = read_and_hash(view, offset, length)
+                    if whole is not None:
+                        feed(view, index, length)
                 except BaseException as exc:  # noqa: BLE001  raised on the calling thread
                     result = exc
                 with state:

@@ -193,3 +193,48 @@ def test_docs_work_offline_under_the_csp(server: str) -> None:
             assert elsewhere == [] and violations == []
         finally:
             browser.close()
+
+
+def test_run_page_downloads_the_bundle(
+    chain: Chain, data_store: LocalStore, indexer: Indexer, server: str
+) -> None:
+    import json
+
+    from playwright.sync_api import expect, sync_playwright
+
+    run = record_run(chain.registry, data_store, "shared-model")
+    open_run = record_run(chain.registry, data_store, "still-training", finalize=False)
+    indexer.run_once()
+    assert run.final_cid is not None
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        try:
+            page = browser.new_page(accept_downloads=True)
+            violations: list[str] = []
+            page.on(
+                "console",
+                lambda m: (
+                    violations.append(m.text) if "Content Security Policy" in m.text else None
+                ),
+            )
+            page.goto(f"{server}/runs/{run.hex}")
+            link = page.locator("#bundle")
+            expect(link).to_be_visible()
+            with page.expect_download() as info:
+                link.click()
+            download = info.value
+            assert download.suggested_filename == f"run-{run.run_id.hex()[:12]}.provenance.json"
+            bundle = json.loads(Path(download.path()).read_text())
+            subject = bundle["statement"]["subject"][0]
+            assert subject["digest"]["ledgerCid"] == run.final_cid.digest.hex()
+            assert bundle["statement"]["predicate"]["runDetails"]["metadata"]["invocationId"] == (
+                "0x" + run.run_id.hex()
+            )
+
+            page.goto(f"{server}/runs/{open_run.hex}")  # nothing to export before the end
+            expect(page.locator("#checkpoints tbody tr")).to_have_count(1)
+            expect(page.locator("#bundle")).to_be_hidden()
+            assert violations == []
+        finally:
+            browser.close()

@@ -240,6 +240,10 @@ def test_cli_export_then_verify_in_an_empty_folder(chain: Chain, tmp_path: Path)
     done = ledger(work, "export", str(model), env={"LEDGER_HOME": str(home)})
     assert done.returncode == 0, done.stderr
     bundle = work / "model.pt.provenance.json"
+    # the committer's key is at hand (Anvil's dev key): the Statement is signed by default
+    envelope = json.loads(bundle.read_text())["envelope"]
+    assert envelope["signatures"][0]["keyid"] == chain.admin.address
+    assert f"signed by {chain.admin.address}" in done.stdout
     statement = ledger(
         work,
         "export",
@@ -259,6 +263,8 @@ def test_cli_export_then_verify_in_an_empty_folder(chain: Chain, tmp_path: Path)
     )
     assert offline.returncode == 7, offline.stdout + offline.stderr
     assert json.loads(offline.stdout)["outcome"] == "proven"
+    checks = {c["name"]: c for c in json.loads(offline.stdout)["checks"]}
+    assert checks["signature"]["ok"] and chain.admin.address in checks["signature"]["detail"]
     text = ledger(empty, "verify", "model.pt", "--bundle", "model.pt.provenance.json", env=nothing)
     assert text.returncode == 7 and "PROVEN" in text.stdout
     online = ledger(
@@ -273,3 +279,20 @@ def test_cli_export_then_verify_in_an_empty_folder(chain: Chain, tmp_path: Path)
     )
     assert online.returncode == 0, online.stdout + online.stderr
     assert not (empty / ".ledger").exists()
+
+
+def test_verify_bundle_hashes_the_file_once(exported: Any, tmp_path: Path) -> None:
+    """The console script's early hash of ``verify FILE --bundle B`` is the CID and the
+    sha256 together, and the bundle check takes it instead of hashing the file again."""
+    from ledger.cli import _early
+    from ledger.cli.bundle import check_with_bundle
+
+    model, bundle, _, _ = exported
+    path = tmp_path / "b.provenance.json"
+    path.write_text(json.dumps(bundle))
+    _early.start(["verify", str(model), "--bundle", str(path), "--json"])
+    assert _early.started()
+    assert _early._early is not None and _early._early.with_sha256
+    code = check_with_bundle(model, path, rpcs=[], data_dir=tmp_path / "none", as_json=True)
+    assert code == 7
+    assert not _early.started()  # taken: no second hash of the file

@@ -9,6 +9,7 @@ read size, and both CID versions.
 from __future__ import annotations
 
 import io
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -173,3 +174,18 @@ def test_a_file_shorter_than_its_size_is_an_error_not_a_wrong_cid(fifty_mib: Pat
         pytest.raises(InputError, match="shrank"),
     ):
         hash_file_parallel(handle.fileno(), 60 * MiB, 1, workers=2)
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+@pytest.mark.parametrize("size", [0, 1, 262_145, 3 * (8 << 20) + 12_345])
+def test_cid_and_sha256_in_one_read(tmp_path: Path, size: int, workers: int) -> None:
+    """The sha256 fed from the CID's own blocks is the file's, in any thread count."""
+    import hashlib
+
+    from ledger.hashing.cid import file_cid, file_cid_and_sha256
+
+    path = tmp_path / "f.bin"
+    path.write_bytes(os.urandom(size))
+    cid, sha = file_cid_and_sha256(path, workers=workers)
+    assert sha == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert cid == file_cid(path, workers=1)

@@ -224,6 +224,34 @@ const ledger = (() => {
     }
   }
 
+  // The bundle is a plain link; with a saved bearer token the link cannot carry it,
+  // so the click fetches the bundle with the token and saves what came back.
+  function offerBundle(runId) {
+    const link = document.getElementById("bundle");
+    const path = "/api/v1/runs/" + encodeURIComponent(runId) + "/bundle";
+    const name = "run-" + runId.slice(2, 14) + ".provenance.json";
+    link.href = path;
+    link.download = name;
+    link.addEventListener("click", async (event) => {
+      const saved = token();
+      if (!saved) return;
+      event.preventDefault();
+      try {
+        const response = await fetch(path, { headers: { Authorization: "Bearer " + saved } });
+        if (!response.ok) throw new Error("bundle: " + response.status);
+        const url = URL.createObjectURL(await response.blob());
+        const save = el("a", { href: url, download: name });
+        document.body.append(save);
+        save.click();
+        save.remove();
+        setTimeout(() => URL.revokeObjectURL(url), 60000);
+      } catch (error) {
+        showError(error);
+      }
+    });
+    document.getElementById("bundle-line").hidden = false;
+  }
+
   async function runPage() {
     const runId = decodeURIComponent(window.location.pathname.split("/").pop());
     try {
@@ -245,6 +273,7 @@ const ledger = (() => {
           el("td", {}, c.block),
           el("td", { class: "mono" }, short(c.tx))));
       }
+      if (run.final) offerBundle(run.run_id);
       document.getElementById("chain").textContent = visible(JSON.stringify(run.chain, null, 2));
       document.getElementById("manifest").textContent = run.manifest ? visible(JSON.stringify(run.manifest, null, 2)) : "(not in the store)";
       const [graph, taint] = await Promise.all([
