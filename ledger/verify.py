@@ -43,6 +43,7 @@ tensor root over all of its weights files, and the report says so.
 from __future__ import annotations
 
 import enum
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -200,9 +201,19 @@ class Verifier:
         path = Path(path)
         self._started.clear()
         self._runs.clear()
+        sharded = False
         if path.is_dir():
-            return self._verify_folder(path, expected_run)
-        cid = known_cid if known_cid is not None else file_cid(path, progress=progress)
+            from ledger.hashing.dcp import is_dcp_folder
+
+            if not is_dcp_folder(path):
+                return self._verify_folder(path, expected_run)
+            sharded = True  # a DCP checkpoint: its folder CID, as the hook recorded it
+        if sharded:
+            from ledger.hashing.cid import path_cid
+
+            cid = known_cid or path_cid(path, hidden=True, progress=progress)
+        else:
+            cid = known_cid if known_cid is not None else file_cid(path, progress=progress)
         report = VerifyReport(path=str(path), file_cid=str(cid))
         by_file = self.registry.find_by_weights(cid.digest)
         by_root: dict[bytes, list[WeightsRecord]] = {}
@@ -263,6 +274,18 @@ class Verifier:
         from ledger.hashing.tensors import audit_container
 
         report.add("record", True, f"tensor root {record.tensor_root.hex()} is recorded")
+        if path.is_dir():  # a DCP folder: its entries are what its metadata lists
+            from ledger.hashing.dcp import dcp_plan
+
+            others = dcp_plan(path).other_entries
+            report.add(
+                "container",
+                True,
+                f"the folder (CID {cid}) is not the folder run {to_hex(record.run_id)} "
+                "committed, but its metadata and shards hold identical tensors"
+                + (f"; it also holds non-tensor entries: {', '.join(others)}" if others else ""),
+            )
+            return
         audit = audit_container(path)
         also = (
             "; it also holds training state the tensor root does not cover: "
@@ -745,6 +768,16 @@ class Verifier:
                 report.add("tensors", False, exc.message)
             return None
 
+    def _explain_files(self, folder: Path, recorded: dict[str, Any], report: VerifyReport) -> None:
+        """A checkpoint folder: name the files that differ from the committed ones."""
+        changed, added, removed = _shard_changes(folder, recorded)
+        parts = [
+            f"{label}: {', '.join(names)}"
+            for label, names in (("changed", changed), ("added", added), ("removed", removed))
+            if names
+        ]
+        report.add("files", not parts, "; ".join(parts) or "every file matches")
+
     def _explain_against(
         self, run_id: bytes, cid: Cid | None, tensors: TensorDigest | None, report: VerifyReport
     ) -> None:
@@ -767,6 +800,9 @@ class Verifier:
         same_root = tensors.root == bytes(event["tensorRoot"])
         report.add("tensor root", same_root, "tensor root differs from the run's final weights")
         document = self._document_quiet(bytes(event["metricsDigest"]), DocumentKind.METRICS)
+        recorded_files = (document or {}).get("weights", {}).get("files")
+        if isinstance(recorded_files, dict) and report.path and Path(report.path).is_dir():
+            self._explain_files(Path(report.path), recorded_files, report)
         index_cid = (document or {}).get("weights", {}).get("tensor_index")
         if not index_cid:
             return
@@ -787,6 +823,21 @@ class Verifier:
             if names
         ]
         report.add("tensors", diff.empty, "; ".join(parts) or "all tensors match")
+
+
+def _shard_changes(folder: Path, recorded: dict[str, Any]) -> tuple[list[str], ...]:
+    """The files of ``folder`` that differ from the recorded CIDs: (changed, added, removed)."""
+    from ledger.hashing.cid import path_cid
+
+    present = sorted(e.name for e in os.scandir(folder) if e.is_file(follow_symlinks=False))
+    changed = [
+        name
+        for name in present
+        if name in recorded and str(path_cid(folder / name)) != recorded[name]
+    ]
+    added = [name for name in present if name not in recorded]
+    removed = sorted(name for name in recorded if name not in present)
+    return changed, added, removed
 
 
 @dataclass(frozen=True)

@@ -66,6 +66,24 @@ def save_weights(state_dict: Mapping[str, torch.Tensor], path: Path) -> None:
         torch.save(tensors, path)
 
 
+def save_sharded(state_dict: Mapping[str, Any], folder: Path) -> None:
+    """Every rank writes its shards of ``state_dict`` into the new folder ``folder``
+    with ``torch.distributed.checkpoint`` (a collective: every rank calls it).
+
+    A folder that already holds files is refused on every rank before any
+    writes (the folder's CID would cover stale shards of an earlier save).
+    """
+    from torch.distributed.checkpoint.state_dict_saver import save
+
+    if folder.is_dir() and any(folder.iterdir()):
+        raise RecordError(
+            f"{folder} already holds files; a sharded checkpoint is written to a new folder",
+            hint="remove the folder, or give the run another checkpoint_dir or out",
+        )
+    folder.mkdir(parents=True, exist_ok=True)
+    save(dict(state_dict), checkpoint_id=folder)
+
+
 @dataclass(frozen=True)
 class Commit:
     """One weights file handed to the outbox, and what became of it.
@@ -109,7 +127,11 @@ class LedgerRun:
     ``sweep`` key); ``save`` lets a framework write weights files itself (the
     worker reads the tensor root from the written file). Under
     ``torch.distributed`` every rank enters the run and rank 0 alone records
-    (training/_distributed.py).
+    (training/_distributed.py). ``sharded=True`` (FSDP and other sharded
+    models) writes each checkpoint and the final weights as a
+    ``torch.distributed.checkpoint`` folder, every rank its own shard files;
+    rank 0 records the folder: its ``ipfs add -r --hidden`` CID and the tensor
+    root of the logical state dict (:mod:`ledger.hashing.dcp`).
     """
 
     def __init__(
@@ -134,6 +156,7 @@ class LedgerRun:
         optimizer: torch.optim.Optimizer | None = None,
         scheduler: Any | None = None,
         resume: str | Path | None = None,
+        sharded: bool = False,
     ) -> None:
         if checkpoint_every < 1:
             raise RecordError("checkpoint_every must be 1 or more (epochs between checkpoints)")
@@ -176,6 +199,13 @@ class LedgerRun:
                 "only with its optimizer's state"
             )
         self._resume_from = Path(resume) if resume is not None else None
+        # every rank writes its shards of each checkpoint (torch.distributed.checkpoint)
+        self.sharded = sharded
+        if sharded and (optimizer is not None or save is not None):
+            raise RecordError(
+                "sharded=True writes torch.distributed.checkpoint folders itself; it takes "
+                "neither save= nor optimizer= (replay of sharded runs is not supported yet)"
+            )
         self._first_epoch = 0
         self._orders: dict[int, str] = {}  # epoch -> data order digest, since the last checkpoint
         self._data_fingerprints: dict[str, Any] = {}
@@ -301,15 +331,32 @@ class LedgerRun:
             return None
         return self.checkpoint(epoch, metrics)
 
-    @rank_zero(lambda run, commit: run._shared_commits.append(commit))
     def checkpoint(self, step: int, metrics: Mapping[str, Any]) -> Commit:
         """Write the model's weights to the checkpoint directory and hand them over
-        (a replayable run's resume file with them)."""
+        (a replayable run's resume file with them).
+
+        A ``sharded`` run's checkpoint is a ``torch.distributed.checkpoint`` folder
+        (``step-000007/``) that every rank writes its shards into (every rank must
+        call this, as it must call ``dcp.save``); rank 0 then hands the folder over.
+        """
+        if not self.sharded:
+            return self._checkpoint(step, metrics, None)
+        if self.status == "running":
+            path = self.checkpoint_dir / f"step-{step:06d}"
+            save_sharded(self.model.state_dict(), path)
+            return self._checkpoint(step, metrics, path)
+        return self._checkpoint(step, metrics, None)  # rank 0 says why it cannot
+
+    @rank_zero(lambda run, commit: run._shared_commits.append(commit))
+    def _checkpoint(self, step: int, metrics: Mapping[str, Any], written: Path | None) -> Commit:
         if self.status == "replaying":
             return self._replay_checkpoint(step)
         outbox, run_id = self._require_running()
-        path = self.checkpoint_dir / f"step-{step:06d}{self.out.suffix or '.pt'}"
-        self._save(self.model.state_dict(), path)
+        if written is not None:  # every rank wrote its shards already
+            path = written
+        else:
+            path = self.checkpoint_dir / f"step-{step:06d}{self.out.suffix or '.pt'}"
+            self._save(self.model.state_dict(), path)
         resume = None
         if self.optimizer is not None:
             if "resume" in metrics:
@@ -329,7 +376,6 @@ class LedgerRun:
         self._entries.append(entry_id)
         return Commit(entry_id, step, path, "pending")
 
-    @rank_zero(lambda run, commit: run._follow_finish(commit))
     def finish(
         self,
         metrics: Mapping[str, Any] | None = None,
@@ -339,13 +385,28 @@ class LedgerRun:
         the run's records to be on chain.
 
         ``state_dict`` overrides the model's current weights (e.g. the best epoch's
-        under early stopping).
+        under early stopping). A ``sharded`` run's final weights are the folder
+        ``out``, written by every rank (every rank must call this).
         """
+        written = None
+        if self.sharded and self.status == "running":
+            written = self.out
+            save_sharded(state_dict if state_dict is not None else self.model.state_dict(), written)
+        return self._finish(metrics, state_dict, written)
+
+    @rank_zero(lambda run, commit: run._follow_finish(commit))
+    def _finish(
+        self,
+        metrics: Mapping[str, Any] | None,
+        state_dict: Mapping[str, torch.Tensor] | None,
+        written: Path | None,
+    ) -> Commit:
         if self.status == "replaying":  # the replayed weights were written at the checkpoint
             self.status = "replayed"
             return Commit(0, None, self.out, "replayed")
         outbox, run_id = self._require_running()
-        self._save(state_dict if state_dict is not None else self.model.state_dict(), self.out)
+        if written is None:
+            self._save(state_dict if state_dict is not None else self.model.state_dict(), self.out)
         self._final_entry = outbox.finalize(run_id, self.out, dict(metrics or self.last_metrics))
         self.status = "finished"
         self.flush()

@@ -26,7 +26,7 @@ import mmap
 import os
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ledger.errors import InputError
 from ledger.hashing._engine import (
@@ -54,9 +54,15 @@ Span = tuple[int, int]
 class _Ranges:
     """The sha256 of each span, fed piece by piece in file order."""
 
-    def __init__(self, spans: Sequence[Span]) -> None:
+    def __init__(self, spans: Sequence[Span], hashers: Sequence[Any] | None = None) -> None:
         self.spans = list(spans)
-        self.hashes = [hashlib.sha256() for _ in self.spans]
+        if hashers is not None and len(hashers) != len(self.spans):
+            raise InputError(f"{len(hashers)} hashers for {len(self.spans)} spans")
+        self.hashes = list(hashers) if hashers is not None else [hashlib.sha256() for _ in spans]
+        # spans fed to one hasher share a lane (the first such span's number), so
+        # their pieces reach it in file order
+        first: dict[int, int] = {}
+        self.lane = [first.setdefault(id(h), i) for i, h in enumerate(self.hashes)]
         # spans by start, to find those a block overlaps without scanning them all
         self.order = sorted(range(len(self.spans)), key=lambda i: self.spans[i][0])
         self.first = 0  # no span before order[first] reaches the blocks still to come
@@ -112,9 +118,16 @@ def hash_and_copy(
     max_links: int = DEFAULT_MAX_LINKS,
     workers: int | None = None,
     read_block: int | None = None,
+    hashers: Sequence[Any] | None = None,
 ) -> tuple[Link, list[bytes]]:
     """The UnixFS root link of the first ``size`` bytes of ``fd`` and the sha256 of
     each of ``spans`` (offset, length), from one read; ``sink`` sees every block.
+
+    ``hashers`` (hashlib objects, one per span) replaces the fresh sha256 of
+    each span: several spans may share one, which is then fed their pieces in
+    file order (a tensor whose rows lie in several places), and the caller may
+    keep feeding it after the call (the same tensor in the next file). The
+    returned digests are then those hashers' digests so far.
 
     Spans must lie inside the ``size`` bytes (a span past them is an
     :class:`~ledger.errors.InputError`); they may overlap. ``workers`` threads
@@ -130,7 +143,7 @@ def hash_and_copy(
     for start, length in spans:
         if start < 0 or length < 0 or start + length > size:
             raise InputError(f"a tensor's bytes ({start}+{length}) lie past the file's {size}")
-    ranges = _Ranges(spans)
+    ranges = _Ranges(spans, hashers)
     hasher = UnixFsHasher(cid_version, chunk_size, max_links=max_links)
     if hasattr(os, "posix_fadvise"):
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
@@ -198,7 +211,7 @@ def _parallel(
             leaves = pool.submit(_hash_block, block, cid_version, chunk_size)
             by_lane: dict[int, list[tuple[int, int, int]]] = {}
             for piece in ranges.pieces(offset, length):
-                by_lane.setdefault(piece[0] % len(lanes), []).append(piece)
+                by_lane.setdefault(ranges.lane[piece[0]] % len(lanes), []).append(piece)
             tensor_work = [
                 lanes[lane].submit(ranges.update, block, pieces) for lane, pieces in by_lane.items()
             ]

@@ -41,7 +41,7 @@ from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, cast
 
 from ledger.hashing._engine import default_workers, page_buffer, pread_into
 
@@ -52,6 +52,7 @@ __all__ = [
     "audit",
     "find_state_dict",
     "interpret",
+    "locate_item",
     "locate_tensors",
     "read_tensors",
 ]
@@ -395,12 +396,17 @@ class _Member:
 class TorchZip:
     """The members of a ``torch.save`` zip that matter, located but not read."""
 
-    def __init__(self, path: Path, data: bytes | None = None) -> None:
+    def __init__(
+        self, path: Path, data: bytes | None = None, *, window: tuple[int, int] | None = None
+    ) -> None:
         self.path = path
         self.data = data  # the file's bytes, when the caller holds them already
-        _check_directory_size(path, data)
+        # (offset, length): the archive is these bytes of the file (a DCP shard's item)
+        self.window = window
+        with self._open() as source:
+            _check_directory_size(source)
         try:
-            with zipfile.ZipFile(path if data is None else io.BytesIO(data)) as archive:
+            with zipfile.ZipFile(self._open()) as archive:
                 infos = archive.infolist()
                 names = [info.filename for info in infos]
                 if not infos:
@@ -437,6 +443,14 @@ class TorchZip:
             raise Broken(f"not a readable zip archive ({_first_line(exc)})") from exc
         self._members: dict[str, _Member] = {}
 
+    def _open(self) -> IO[bytes]:
+        """The archive's bytes as a file; offsets in it are relative to the window."""
+        if self.data is not None:
+            return io.BytesIO(self.data)
+        if self.window is not None:
+            return cast(IO[bytes], _Window(self.path, *self.window))
+        return open(self.path, "rb")  # closed by the caller's with
+
     @property
     def names(self) -> list[str]:
         """Every member's name inside the top folder."""
@@ -447,7 +461,7 @@ class TorchZip:
         info = self._infos[name]
         if info.file_size > limit:
             return None
-        with zipfile.ZipFile(self.path if self.data is None else io.BytesIO(self.data)) as archive:
+        with zipfile.ZipFile(self._open()) as archive:
             return archive.read(info)
 
     def storage(self, key: str) -> _Member:
@@ -457,12 +471,9 @@ class TorchZip:
         info = self._infos.get(f"data/{key}")
         if info is None:
             raise Broken(f"storage {key} is named by the pickle but has no member")
-        if self.data is not None:
-            header = self.data[info.header_offset : info.header_offset + _LOCAL_HEADER.size]
-        else:
-            with open(self.path, "rb") as handle:
-                handle.seek(info.header_offset)
-                header = handle.read(_LOCAL_HEADER.size)
+        with self._open() as handle:
+            handle.seek(info.header_offset)
+            header = handle.read(_LOCAL_HEADER.size)
         if len(header) != _LOCAL_HEADER.size:
             raise Broken(f"storage {key}: truncated local header")
         fields = _LOCAL_HEADER.unpack(header)
@@ -476,16 +487,12 @@ class TorchZip:
 _END = struct.Struct("<IHHHHIIH")
 
 
-def _check_directory_size(path: Path, data: bytes | None) -> None:
+def _check_directory_size(handle: IO[bytes]) -> None:
     """Refuses a zip whose end record declares more than :data:`MAX_MEMBERS` members,
     before Python's zipfile builds an object for each."""
-    if data is not None:
-        tail = data[-(_END.size + 0xFFFF) :]
-    else:
-        with open(path, "rb") as handle:
-            size = handle.seek(0, os.SEEK_END)
-            handle.seek(max(0, size - _END.size - 0xFFFF))
-            tail = handle.read()
+    size = handle.seek(0, os.SEEK_END)
+    handle.seek(max(0, size - _END.size - 0xFFFF))
+    tail = handle.read()
     at = tail.rfind(b"PK\x05\x06")
     if at < 0 or at + _END.size > len(tail):
         return  # zipfile will say what is wrong
@@ -494,16 +501,54 @@ def _check_directory_size(path: Path, data: bytes | None) -> None:
         locator = tail[at - 20 : at]
         if locator[:4] == b"PK\x06\x07":
             (record_at,) = struct.unpack("<Q", locator[8:16])
-            if data is not None:
-                record = data[record_at : record_at + 56]
-            else:
-                with open(path, "rb") as handle:
-                    handle.seek(record_at)
-                    record = handle.read(56)
+            handle.seek(record_at)
+            record = handle.read(56)
             if len(record) == 56:
                 (entries,) = struct.unpack("<Q", record[32:40])
     if entries > MAX_MEMBERS:
         raise Broken(f"the zip declares {entries} members, more than {MAX_MEMBERS}")
+
+
+class _Window(io.RawIOBase):
+    """``length`` bytes of the file at ``path`` from ``offset``, as a file of their own
+    (read-only, seekable): one item of a DCP shard file is a whole ``torch.save``
+    zip, which :class:`zipfile.ZipFile` then reads without the rest of the file."""
+
+    def __init__(self, path: Path, offset: int, length: int) -> None:
+        super().__init__()
+        self._fd = os.open(path, os.O_RDONLY)
+        self._base, self._length, self._at = offset, length, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._at
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._at, os.SEEK_END: self._length}[whence]
+        if base + offset < 0:
+            raise OSError("seek before the start of the window")
+        self._at = base + offset
+        return self._at
+
+    def readinto(self, buffer: Any) -> int:
+        with memoryview(buffer) as view:
+            want = max(0, min(len(view), self._length - self._at))
+            if not want:
+                return 0
+            with view[:want] as piece:
+                got = pread_into(self._fd, piece, self._base + self._at)
+        self._at += got
+        return got
+
+    def close(self) -> None:
+        if not self.closed:
+            os.close(self._fd)
+        super().close()
 
 
 READ_PIECE = 8 * 1024 * 1024
@@ -605,6 +650,27 @@ def locate_tensors(path: Path) -> list[tuple[str, str, tuple[int, ...], int, int
         (name, tensor.dtype, tensor.shape, start, length)
         for (name, tensor), (start, length) in zip(state.items(), spans, strict=True)
     ]
+
+
+def locate_item(path: Path, offset: int, length: int) -> tuple[str, tuple[int, ...], int, int]:
+    """The one tensor of the ``torch.save`` zip held by ``length`` bytes of ``path``
+    from ``offset`` (an item of a ``torch.distributed.checkpoint`` shard file), as
+    (safetensors dtype, shape, offset in the file, length) of its row-major bytes.
+
+    Read like :func:`locate_tensors`: the zip directory and the pickle only.
+    Raises :class:`CannotRead` for anything but one plain tensor, and
+    :class:`Broken` for an archive that does not fit its window.
+    """
+    archive = TorchZip(path, window=(offset, length))
+    if archive.byteorder != "little" or sys.byteorder != "little":
+        raise CannotRead(f"byte order {archive.byteorder} on a {sys.byteorder}-endian machine")
+    tensor = interpret(archive.pickled)
+    if not isinstance(tensor, TensorRef):
+        raise CannotRead(f"the item holds a {type(tensor).__name__}, not one tensor")
+    start, nbytes = _span(archive, "item", tensor)
+    if start + nbytes > length:
+        raise Broken("the item ends inside its tensor")
+    return tensor.dtype, tensor.shape, offset + start, nbytes
 
 
 def read_tensors(

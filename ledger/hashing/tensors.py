@@ -29,7 +29,10 @@ model folder is read through its weights files (:func:`weights_files`):
 ``model.safetensors``, or the shards named by ``model.safetensors.index.json``
 (likewise ``pytorch_model.bin`` and its index); the root covers every tensor of
 every shard and equals the root of the same tensors in one file. Other files of
-the folder (config, tokenizer) are not part of the tensor root.
+the folder (config, tokenizer) are not part of the tensor root. A
+``torch.distributed.checkpoint`` folder (its ``.metadata``) is read by
+:mod:`ledger.hashing.dcp`: the root of its logical state dict, again equal to
+that of the gathered tensors in one file.
 """
 
 from __future__ import annotations
@@ -346,6 +349,10 @@ def tensor_digest(path: Path | str, *, data: bytes | None = None) -> TensorDiges
     if data is not None and not is_safetensors(path):
         return digest_leaves(_torch_leaves(path, data))
     if path.is_dir():
+        from ledger.hashing.dcp import dcp_digest, is_dcp_folder
+
+        if is_dcp_folder(path):  # a sharded checkpoint: the logical state dict's root
+            return dcp_digest(path)
         return digest_leaves(_folder_leaves(path))
     if not path.is_file():
         raise FileMissingError(f"{path} does not exist or is not a file")

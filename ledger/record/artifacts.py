@@ -18,12 +18,15 @@ weights file, then sends the chain record it yields.
 
 from __future__ import annotations
 
+import hashlib
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from ledger.documents import METRICS_SCHEMA, canonical_json
-from ledger.hashing.cid import Cid
+from ledger.hashing._unixfs import Link
+from ledger.hashing.cid import CIDV1_SCHEME, Cid
 from ledger.hashing.tensors import TensorDigest, tensor_digest, tensor_plan
 from ledger.store import ArtifactStore
 
@@ -49,8 +52,11 @@ def store_weights(
     binds the step, the metrics and both weights identities.
     """
     path = Path(weights)
+    files: dict[str, str] | None = None
     put_weights = getattr(store, "put_weights", None)
-    if put_weights is not None:  # the embedded store: one read for all three
+    if path.is_dir():  # a sharded checkpoint (DCP) or a model folder
+        file_cid, tensors, files = _store_folder(store, path, tensors)
+    elif put_weights is not None:  # the embedded store: one read for all three
         plan = tensor_plan(path) if tensors is None else None
         file_cid, digests = put_weights(path, plan.spans if plan is not None else ())
         if tensors is None:
@@ -75,7 +81,104 @@ def store_weights(
             "cid": str(file_cid),
             "tensor_root": tensors.root.hex(),
             "tensor_index": str(index_cid),
+            **({"files": files} if files is not None else {}),
         },
     }
     metrics_cid = store.put_bytes(canonical_json(document, what="metrics"))
     return file_cid, tensors, metrics_cid
+
+
+class _Known:
+    """The links of files just stored, for :func:`~ledger.hashing.cid.path_summary`:
+    the folder's node is built from them instead of reading the files again. A
+    file whose status changed since is hashed afresh (and the worker then finds
+    the checkpoint changed)."""
+
+    def __init__(self) -> None:
+        self.links: dict[tuple[int, int, int, int], Link] = {}
+
+    @staticmethod
+    def _key(info: os.stat_result) -> tuple[int, int, int, int]:
+        return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+
+    def add(self, info: os.stat_result, link: Link) -> None:
+        self.links[self._key(info)] = link
+
+    def get(self, info: os.stat_result, scheme: str) -> Link | None:
+        return self.links.get(self._key(info)) if scheme == CIDV1_SCHEME else None
+
+    def put(self, info: os.stat_result, scheme: str, link: Link) -> None:
+        pass
+
+
+def _store_folder(
+    store: ArtifactStore, folder: Path, tensors: TensorDigest | None
+) -> tuple[Cid, TensorDigest, dict[str, str]]:
+    """Store every file of a checkpoint folder; returns the folder's CID (``ipfs add
+    -r --hidden``: a DCP folder's layout is its hidden ``.metadata``), the tensor
+    root and each file's CID by name.
+
+    With the embedded store each file is read once: its CID, its copy (or
+    reference) and, for a DCP folder, the rows of each tensor it holds, fed to
+    that tensor's sha256 in row order across the shard files
+    (:mod:`ledger.hashing.dcp`). Other stores get each file, and the tensors are
+    hashed from a second read.
+    """
+    from ledger.hashing.cid import path_summary
+    from ledger.hashing.dcp import dcp_plan, is_dcp_folder, one_pass_ok, pieces_in_order
+    from ledger.hashing.tensors import TensorLeaf, digest_leaves
+
+    names = sorted(
+        entry.name for entry in os.scandir(folder) if entry.is_file(follow_symlinks=False)
+    )
+    put_link = getattr(store, "put_weights_link", None)
+    plan = dcp_plan(folder) if tensors is None and is_dcp_folder(folder) else None
+    hashers = [hashlib.sha256() for _ in plan.tensors] if plan is not None else []
+    ok = one_pass_ok(plan) if plan is not None else []
+    pieces = dict(pieces_in_order(plan)) if plan is not None else {}
+    known = _Known()
+    cids: dict[str, str] = {}
+    # the shard files in the plan's order (a tensor's rows rank by rank), then the rest
+    order = [n for n in (plan.files if plan is not None else ()) if n in names]
+    order += [n for n in names if n not in order]
+    for name in order:
+        path = folder / name
+        if put_link is None:
+            cids[name] = str(store.put_file(path))
+            continue
+        mine = [(number, piece) for number, piece in pieces.get(name, []) if ok[number]]
+        info = path.stat()
+        link, _ = put_link(
+            path,
+            [(piece.offset, piece.length) for _, piece in mine],
+            [hashers[number] for number, _ in mine],
+        )
+        known.add(info, link)
+        cids[name] = str(link.cid)
+    if tensors is None:
+        if plan is not None and put_link is not None:
+            from ledger.hashing.dcp import _feed
+
+            leaves = []
+            for number, layout in enumerate(plan.tensors):
+                if not ok[number]:  # rows not met in order: read them again, in order
+                    hashers[number] = _rehash(folder, layout, _feed)
+                leaves.append(
+                    TensorLeaf(layout.name, layout.dtype, layout.shape, hashers[number].digest())
+                )
+            tensors = digest_leaves(leaves)
+        else:
+            tensors = tensor_digest(folder)
+    cid = path_summary(folder, hidden=True, cache=known).cid
+    return cid, tensors, cids
+
+
+def _rehash(folder: Path, layout: Any, feed: Any) -> Any:
+    digest = hashlib.sha256()
+    for piece in layout.pieces:
+        fd = os.open(folder / piece.file, os.O_RDONLY)
+        try:
+            feed(digest, fd, piece.offset, piece.length)
+        finally:
+            os.close(fd)
+    return digest

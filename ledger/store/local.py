@@ -47,6 +47,7 @@ from ledger.errors import (
     StoreFullError,
 )
 from ledger.hashing._onepass import hash_and_copy
+from ledger.hashing._unixfs import Link
 from ledger.hashing.cid import Cid, bytes_cid
 
 WeightsMode = Literal["copy", "reference"]
@@ -184,6 +185,15 @@ class LocalStore:
     def put_weights(
         self, path: Path, spans: Sequence[tuple[int, int]] = ()
     ) -> tuple[Cid, list[bytes]]:
+        link, digests = self.put_weights_link(path, spans)
+        return link.cid, digests
+
+    def put_weights_link(
+        self,
+        path: Path,
+        spans: Sequence[tuple[int, int]] = (),
+        hashers: Sequence[Any] | None = None,
+    ) -> tuple[Link, list[bytes]]:
         """Store the file at ``path`` from one read of it; returns its CIDv1 and the
         sha256 of each of ``spans`` (offset, length: its tensors' bytes, see
         :func:`ledger.hashing.tensors.tensor_plan`).
@@ -193,6 +203,11 @@ class LocalStore:
         size and mtime recorded under ``refs/``. A file whose size or mtime
         changes meanwhile is refused (:class:`~ledger.errors.StoreError`), and
         nothing lands under a CID.
+
+        Returns the file's UnixFS root link (what a folder's node links to).
+        ``hashers``, one per span, may be shared by spans of several files (a
+        sharded checkpoint's tensor, its rows in several shard files): they are
+        fed in order and left open, see :func:`~ledger.hashing._onepass.hash_and_copy`.
         """
         shown = os.fspath(path)
         try:
@@ -206,27 +221,36 @@ class LocalStore:
             if not stat.S_ISREG(before.st_mode):
                 raise FileMissingError(f"{shown!r} is not a regular file")
             if self.weights == "reference":
-                cid, digests = self._hash(fd, before.st_size, spans, path)
+                link, digests = self._hash(fd, before.st_size, spans, path, hashers)
                 _check_same(path, before, os.fstat(fd))
-                if not os.path.isfile(self.path_for(cid)):
-                    self._write_reference(cid, path, before)
-                return cid, digests
-            return self._copy(fd, before, spans, path)
+                if not os.path.isfile(self.path_for(link.cid)):
+                    self._write_reference(link.cid, path, before)
+                return link, digests
+            return self._copy(fd, before, spans, path, hashers)
         finally:
             os.close(fd)
 
     def _hash(
-        self, fd: int, size: int, spans: Sequence[tuple[int, int]], path: Path
-    ) -> tuple[Cid, list[bytes]]:
+        self,
+        fd: int,
+        size: int,
+        spans: Sequence[tuple[int, int]],
+        path: Path,
+        hashers: Sequence[Any] | None = None,
+    ) -> tuple[Link, list[bytes]]:
         try:
-            link, digests = hash_and_copy(fd, size, spans=spans)
+            return hash_and_copy(fd, size, spans=spans, hashers=hashers)
         except OSError as exc:
             raise InputError(f"cannot read {os.fspath(path)!r}: {exc.strerror or exc}") from exc
-        return link.cid, digests
 
     def _copy(
-        self, src: int, before: os.stat_result, spans: Sequence[tuple[int, int]], path: Path
-    ) -> tuple[Cid, list[bytes]]:
+        self,
+        src: int,
+        before: os.stat_result,
+        spans: Sequence[tuple[int, int]],
+        path: Path,
+        hashers: Sequence[Any] | None = None,
+    ) -> tuple[Link, list[bytes]]:
         folder = Path(self._blobs)
         try:
             folder.mkdir(parents=True, exist_ok=True)
@@ -236,7 +260,7 @@ class LocalStore:
             raise self._write_error(exc) from exc
         try:
             if _clone(dst, src):  # the clone cannot change under us: hash it, not the source
-                cid, digests = self._hash(dst, before.st_size, spans, path)
+                link, digests = self._hash(dst, before.st_size, spans, path, hashers)
             else:
 
                 def sink(block: memoryview) -> None:
@@ -246,19 +270,21 @@ class LocalStore:
                         raise self._write_error(exc) from exc
 
                 try:
-                    link, digests = hash_and_copy(src, before.st_size, spans=spans, sink=sink)
+                    link, digests = hash_and_copy(
+                        src, before.st_size, spans=spans, sink=sink, hashers=hashers
+                    )
                 except OSError as exc:  # the sink's own errors arrive as StoreErrors
                     raise InputError(
                         f"cannot read {os.fspath(path)!r}: {exc.strerror or exc}"
                     ) from exc
-                cid = link.cid
+            cid = link.cid
             _check_same(path, before, os.fstat(src))
             target = self.path_for(cid)
             if os.path.isfile(target):  # already stored: the clone or copy goes
                 os.close(dst)
                 dst = -1
                 tmp.unlink()
-                return cid, digests
+                return link, digests
             os.fsync(dst)
             os.close(dst)
             dst = -1
@@ -276,7 +302,7 @@ class LocalStore:
         finally:
             if dst >= 0:
                 os.close(dst)
-        return cid, digests
+        return link, digests
 
     def _write_reference(self, cid: Cid, path: Path, info: os.stat_result) -> None:
         record = {

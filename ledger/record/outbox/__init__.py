@@ -53,7 +53,7 @@ from ledger.record.outbox.journal import Entry, Journal
 from ledger.record.outbox.lock import WorkerLock
 from ledger.record.outbox.owner import gone, this_process
 from ledger.record.outbox.serve import WorkerThread
-from ledger.record.outbox.worker import NO_REGISTRY, PassResult, Worker, one_line
+from ledger.record.outbox.worker import NO_REGISTRY, PassResult, Worker, one_line, path_status
 
 if TYPE_CHECKING:
     from ledger.record.outbox.process import AttachedWorker, WorkerProcess
@@ -674,7 +674,7 @@ def _weights_payload(weights: Path, metrics: Mapping[str, Any]) -> dict[str, Any
 def _file_payload(file: Path, what: str) -> dict[str, Any]:
     path = Path(file).resolve()
     try:
-        stat = path.stat()
+        size, mtime_ns = path_status(path)  # a checkpoint folder: its files' bytes
     except FileNotFoundError as exc:
         raise InputError(f"{what} {path} does not exist") from exc
-    return {"path": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    return {"path": str(path), "size": size, "mtime_ns": mtime_ns}

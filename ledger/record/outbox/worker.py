@@ -43,6 +43,7 @@ them in a loop (on a thread, or in the worker process of
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -813,19 +814,36 @@ def one_line(exc: LedgerError) -> str:
     return f"{exc.message} ({exc.hint})" if exc.hint else exc.message
 
 
+def path_status(path: Path) -> tuple[int, int]:
+    """A weights file's (size, mtime_ns); a checkpoint folder's (bytes of its files,
+    the latest mtime_ns of the folder, its sub-folders and files): what tells that
+    it changed after it was handed over. Raises FileNotFoundError."""
+    info = path.stat()
+    if not os.path.isdir(path):
+        return info.st_size, info.st_mtime_ns
+    size, latest = 0, info.st_mtime_ns
+    for folder, _, names in os.walk(path):
+        latest = max(latest, os.stat(folder).st_mtime_ns)
+        for name in names:
+            entry = os.lstat(os.path.join(folder, name))
+            size += entry.st_size
+            latest = max(latest, entry.st_mtime_ns)
+    return size, latest
+
+
 def _check_unchanged(path: Path, payload: dict[str, Any]) -> None:
     try:
-        stat = path.stat()
+        status = path_status(path)
     except FileNotFoundError as exc:
         raise InputError(
             f"{path} was removed before the outbox stored it",
             hint="keep checkpoint files until `ledger status` shows them confirmed",
         ) from exc
-    if (stat.st_size, stat.st_mtime_ns) != (payload["size"], payload["mtime_ns"]):
+    if status != (payload["size"], payload["mtime_ns"]):
         raise InputError(
             f"{path} changed after it was handed to the outbox (size or modification time)",
             hint="write each checkpoint to a new file; ledger records what was handed over",
         )
 
 
-__all__ = ["PassResult", "Worker", "one_line", "wait_for_receipt"]
+__all__ = ["PassResult", "Worker", "one_line", "path_status", "wait_for_receipt"]
