@@ -37,8 +37,11 @@ they are right after training writes them. Ends with one JSON line.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -46,7 +49,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-VARIANTS = ("plain", "copy", "reference")
+VARIANTS = ("plain", "copy", "reference", "mlflow")
+LEDGER_VARIANTS = ("copy", "reference")
+MLFLOW_PYTHON = Path(__file__).resolve().parent / ".mlflow" / "bin" / "python"
+PR_SET_CHILD_SUBREAPER = 36
 EPOCHS = 4
 TENSOR_MIB = 64
 
@@ -58,12 +64,48 @@ def machine_cpu() -> float:
     return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
 
 
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) process ``pid`` has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu() -> float:
+    """CPU seconds of every descendant this process has reaped."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def become_subreaper() -> None:
+    """Orphaned descendants (the outbox worker, once its training process is gone)
+    become this process's children, so their CPU counts when they are reaped."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
+
+
+def reap_all_but(keep: int, timeout: float = 300.0) -> None:
+    """Wait for every child but ``keep`` (Anvil) to end, reaping each."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(ChildProcessError):
+            while os.waitpid(-1, os.WNOHANG)[0] > 0:
+                pass
+        children = set()
+        for task in Path("/proc/self/task").iterdir():
+            with contextlib.suppress(OSError):
+                children |= {int(x) for x in (task / "children").read_text().split()}
+        if children <= {keep}:
+            return
+        time.sleep(0.05)
+    raise SystemExit("a descendant (the outbox worker?) did not end")
+
+
 def folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) if folder.exists() else 0
 
 
-def child(variant: str, gib: float, out: Path) -> dict[str, Any]:
-    """One variant, in this process: the loop, then the run's end."""
+def build_model(gib: float) -> Any:
     import torch
 
     torch.manual_seed(0)
@@ -72,6 +114,14 @@ def child(variant: str, gib: float, out: Path) -> dict[str, Any]:
     for i in range(tensors):
         weight = torch.nn.Parameter(torch.rand(TENSOR_MIB << 18), requires_grad=False)
         model.register_parameter(f"layer{i}", weight)
+    return model, tensors
+
+
+def child(variant: str, gib: float, out: Path) -> dict[str, Any]:
+    """One variant, in this process: the loop, then the run's end."""
+    import torch
+
+    model, tensors = build_model(gib)
 
     def train(epoch: int) -> None:
         with torch.no_grad():
@@ -85,6 +135,23 @@ def child(variant: str, gib: float, out: Path) -> dict[str, Any]:
         torch.save(model.state_dict(), out / "model.pt")
         return {"exit_wait_s": time.perf_counter() - t}
 
+    if variant == "mlflow":  # in MLflow's own virtualenv
+        import mlflow
+
+        mlflow.set_tracking_uri((out / "mlruns").as_uri())
+        with mlflow.start_run():
+            mlflow.log_params({"gib": gib})
+            for epoch in range(EPOCHS):
+                train(epoch)
+                path = out / f"step-{epoch:06d}.pt"
+                torch.save(model.state_dict(), path)
+                mlflow.log_metrics({"epoch": float(epoch)}, step=epoch)
+                mlflow.log_artifact(str(path), artifact_path="checkpoints")
+            t = time.perf_counter()
+            torch.save(model.state_dict(), out / "model.pt")
+            mlflow.log_artifact(str(out / "model.pt"))
+        return {"exit_wait_s": time.perf_counter() - t}
+
     from ledger.training.hook import LedgerRun
 
     run = LedgerRun(
@@ -95,50 +162,71 @@ def child(variant: str, gib: float, out: Path) -> dict[str, Any]:
         train(epoch)
         run.epoch_end(epoch, {"epoch": float(epoch)})
     t = time.perf_counter()
+    run.flush()  # the checkpoints still being stored when the loop ends
+    drained = time.perf_counter()
     run.finish()
-    wait = time.perf_counter() - t
+    end = time.perf_counter()
     if run.final is None or run.final.state != "confirmed":
         raise SystemExit(f"the final record is not confirmed: {run.final}")
-    return {"exit_wait_s": wait}
+    return {"exit_wait_s": end - t, "backlog_s": drained - t, "final_s": end - drained}
 
 
-def measure(variant: str, gib: float, tmp: Path, env: dict[str, str]) -> dict[str, Any]:
+def measure(
+    variant: str, gib: float, tmp: Path, env: dict[str, str], anvil_pid: int
+) -> dict[str, Any]:
     home = tmp / f"home-{variant}-{gib:g}"
     out = tmp / f"out-{variant}-{gib:g}"
     out.mkdir()
+    # the worker ends with its training process, so its CPU is counted when reaped
     env = {**env, "LEDGER_HOME": str(home), "LEDGER_STORE_WEIGHTS": variant}
-    if variant != "plain":
+    env["LEDGER_OUTBOX_KEEP"] = "0"
+    if variant in LEDGER_VARIANTS:
         subprocess.run([sys.executable, "-m", "ledger", "deploy"], env=env, check=True,
                        capture_output=True)  # fmt: skip
+    python = str(MLFLOW_PYTHON) if variant == "mlflow" else sys.executable
     store_before = folder_bytes(home / "store")
     cpu_before, wall_before = machine_cpu(), time.perf_counter()
+    own_before, anvil_before = children_cpu(), process_cpu(anvil_pid)
     done = subprocess.run(
-        [sys.executable, __file__, "--variant", variant, "--gib", str(gib), "--out", str(out)],
+        [python, __file__, "--variant", variant, "--gib", str(gib), "--out", str(out)],
         env=env,
-        check=True,
         capture_output=True,
         text=True,
     )
+    if done.returncode:
+        raise SystemExit(f"{variant} failed:\n{done.stderr[-3000:]}")
+    reap_all_but(anvil_pid)
+    own = children_cpu() - own_before
+    anvil = process_cpu(anvil_pid) - anvil_before
     cpu, wall = machine_cpu() - cpu_before, time.perf_counter() - wall_before
     figures = json.loads(done.stdout.strip().splitlines()[-1])
-    if variant != "plain":  # the resident worker steps aside now
+    if variant in LEDGER_VARIANTS:
         subprocess.run([sys.executable, "-m", "ledger", "sync"], env=env, capture_output=True)
-    written = 5 * gib
+    stored = folder_bytes(home / "store") if variant != "mlflow" else folder_bytes(out / "mlruns")
+    written = (EPOCHS + 1) * gib
     return {
         "variant": variant,
         "gib": gib,
         "cpu_s": cpu,
+        "process_cpu_s": own + anvil,
+        "anvil_cpu_s": anvil,
         "wall_s": wall,
         "cpu_s_per_gib": cpu / written,
-        "store_bytes_per_gib": (folder_bytes(home / "store") - store_before) / written / (1 << 30),
+        "process_cpu_s_per_gib": (own + anvil) / written,
+        "store_bytes_per_gib": (stored - store_before) / written / (1 << 30),
         "exit_wait_s": figures["exit_wait_s"],
         "exit_wait_s_per_gib": figures["exit_wait_s"] / gib,
+        "backlog_s": figures.get("backlog_s"),
+        "final_wait_s_per_gib": figures["final_s"] / gib if "final_s" in figures else None,
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--big", action="store_true", help="also 4 GiB (needs ~45 GiB of disk)")
+    parser.add_argument(
+        "--sizes", type=float, nargs="+", metavar="GIB", help="state dict sizes (default 1)"
+    )
     parser.add_argument("--gib", type=float, help=argparse.SUPPRESS)
     parser.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
@@ -149,33 +237,45 @@ def main() -> None:
 
     from ledger.chain.anvil import AnvilProcess, free_port
 
+    mlflow_ready = (MLFLOW_PYTHON.parents[1] / ".installed-stamp").exists()
+    variants = [v for v in VARIANTS if v != "mlflow" or mlflow_ready]
+    if "mlflow" not in variants:
+        print(f"MLflow left out: no {MLFLOW_PYTHON} (make bench-big builds it)", file=sys.stderr)
+    become_subreaper()
     load_before = os.getloadavg()[0]
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="ledger-bench-big-", dir=os.getcwd()) as name:
         tmp = Path(name)
         anvil = AnvilProcess(tmp / "chain", port=free_port())
-        anvil.start(persist=False)
+        anvil_pid = anvil.start(persist=False)
         env = {k: v for k, v in os.environ.items() if not k.startswith("LEDGER_")}
         env["LEDGER_RPC_URL"] = anvil.rpc_url
         try:
-            for gib in (1.0, 4.0) if args.big else (1.0,):
-                for variant in VARIANTS:
-                    results.append(measure(variant, gib, tmp, env))
+            for gib in args.sizes or ((1.0, 4.0) if args.big else (1.0,)):
+                for variant in variants:
+                    results.append(measure(variant, gib, tmp, env, anvil_pid))
                     for old in tmp.glob(f"out-{variant}-*"):  # disk for the next one
                         for file in old.iterdir():
                             file.unlink()
         finally:
             anvil.stop()
-    print(f"{'GiB':>4} {'variant':<10} {'CPU s/GiB':>10} {'extra':>7} {'store B/GiB':>12}"
-          f" {'exit wait s/GiB':>16} {'extra':>7}")  # fmt: skip
+    print(f"{'GiB':>4} {'variant':<10} {'proc CPU s/GiB':>14} {'extra':>6} {'machine':>8}"
+          f" {'store B/GiB':>11} {'exit s/GiB':>10} {'extra':>6} {'backlog s':>9}"
+          f" {'final s/GiB':>11}")  # fmt: skip
     for row in results:
         plain = next(r for r in results if r["gib"] == row["gib"] and r["variant"] == "plain")
         row["extra_cpu_s_per_gib"] = row["cpu_s_per_gib"] - plain["cpu_s_per_gib"]
+        row["extra_process_cpu_s_per_gib"] = (
+            row["process_cpu_s_per_gib"] - plain["process_cpu_s_per_gib"]
+        )
         row["extra_exit_wait_s_per_gib"] = row["exit_wait_s_per_gib"] - plain["exit_wait_s_per_gib"]
+        backlog = "" if row["backlog_s"] is None else f"{row['backlog_s']:.2f}"
+        final = "" if row["final_wait_s_per_gib"] is None else f"{row['final_wait_s_per_gib']:.2f}"
         print(
-            f"{row['gib']:>4g} {row['variant']:<10} {row['cpu_s_per_gib']:>10.2f}"
-            f" {row['extra_cpu_s_per_gib']:>7.2f} {row['store_bytes_per_gib']:>12.3g}"
-            f" {row['exit_wait_s_per_gib']:>16.2f} {row['extra_exit_wait_s_per_gib']:>7.2f}"
+            f"{row['gib']:>4g} {row['variant']:<10} {row['process_cpu_s_per_gib']:>14.2f}"
+            f" {row['extra_process_cpu_s_per_gib']:>6.2f} {row['cpu_s_per_gib']:>8.2f}"
+            f" {row['store_bytes_per_gib']:>11.3g} {row['exit_wait_s_per_gib']:>10.2f}"
+            f" {row['extra_exit_wait_s_per_gib']:>6.2f} {backlog:>9} {final:>11}"
         )
     load = [load_before, os.getloadavg()[0]]
     print(f"load average before/after: {load[0]:.2f} / {load[1]:.2f} (other work counts in CPU)")

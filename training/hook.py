@@ -44,6 +44,7 @@ import torch
 from ledger.config import Settings, load_settings
 from ledger.errors import LedgerError, NotReplayableError, RecordError
 from ledger.hashing.cid import Cid
+from ledger.hashing.tensors import TensorDigest
 from ledger.ids import Digest32, Relation, RunId
 from ledger.record.manifest import build_manifest, start_code_version
 from ledger.record.outbox import Entry, Outbox, flush_timeout
@@ -64,6 +65,28 @@ def save_weights(state_dict: Mapping[str, torch.Tensor], path: Path) -> None:
         save_file(tensors, str(path))
     else:
         torch.save(tensors, path)
+
+
+def save_and_digest(state_dict: Mapping[str, torch.Tensor], path: Path) -> TensorDigest | None:
+    """:func:`save_weights`, with the tensors' digests computed from memory on the
+    other cores while the file is written: the same bytes the file holds, so the
+    worker reads the file for its CID alone and the run's end waits for one hash
+    of the final weights, not two. None (the worker then reads the tensors from
+    the file) for tensors the tensor root does not take."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ledger.errors import InputError
+    from ledger.hashing._engine import default_workers
+    from ledger.hashing.tensors import state_dict_digest_parallel
+
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
+    with ThreadPoolExecutor(1, thread_name_prefix="ledger-final") as pool:
+        digest = pool.submit(state_dict_digest_parallel, tensors, default_workers())
+        save_weights(tensors, path)
+        try:
+            return digest.result()
+        except InputError:  # an unsupported dtype...: the file decides, read by the worker
+            return None
 
 
 def save_sharded(state_dict: Mapping[str, Any], folder: Path) -> None:
@@ -405,9 +428,16 @@ class LedgerRun:
             self.status = "replayed"
             return Commit(0, None, self.out, "replayed")
         outbox, run_id = self._require_running()
+        tensors = None
         if written is None:
-            self._save(state_dict if state_dict is not None else self.model.state_dict(), self.out)
-        self._final_entry = outbox.finalize(run_id, self.out, dict(metrics or self.last_metrics))
+            weights = state_dict if state_dict is not None else self.model.state_dict()
+            if self._save is save_weights:  # our writer: hash the tensors as it writes them
+                tensors = save_and_digest(weights, self.out)
+            else:
+                self._save(weights, self.out)
+        self._final_entry = outbox.finalize(
+            run_id, self.out, dict(metrics or self.last_metrics), tensors=tensors
+        )
         self.status = "finished"
         self.flush()
         final = self.final

@@ -44,7 +44,7 @@ import math
 import os
 import re
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -150,6 +150,41 @@ def digest_leaves(leaves: Iterable[TensorLeaf]) -> TensorDigest:
     if len(set(names)) != len(names):
         raise InputError("two tensors share one name; a state dict needs unique names")
     return TensorDigest(root=merkle_root(ordered), leaves=ordered)
+
+
+def digest_from_index(index: Any) -> TensorDigest:
+    """The :class:`TensorDigest` a tensor index (:meth:`TensorDigest.index`) describes;
+    its root is recomputed from the leaves and must be the one the index states."""
+    try:
+        if index["scheme"] != TENSORS_SCHEME:
+            raise InputError(f"tensor index of scheme {index['scheme']!r}, not {TENSORS_SCHEME}")
+        leaves = [
+            TensorLeaf(
+                str(name),
+                str(entry["dtype"]),
+                tuple(int(d) for d in entry["shape"]),
+                bytes.fromhex(entry["sha256"]),
+            )
+            for name, entry in index["tensors"].items()
+        ]
+        stated = bytes.fromhex(index["root"])
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise InputError(f"a malformed tensor index ({exc})") from exc
+    digest = digest_leaves(leaves)
+    if digest.root != stated or any(len(leaf.data_digest) != 32 for leaf in leaves):
+        raise InputError("a tensor index whose root is not that of its tensors")
+    return digest
+
+
+def state_dict_digest_parallel(state_dict: Mapping[str, Any], workers: int) -> TensorDigest:
+    """:func:`state_dict_digest` with a tensor per thread (hashlib releases the GIL)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    if workers <= 1 or len(state_dict) < 2:
+        return state_dict_digest(dict(state_dict))
+    with ThreadPoolExecutor(workers, thread_name_prefix="ledger-tensors") as pool:
+        leaves = list(pool.map(lambda item: _leaf_of_tensor(*item), state_dict.items()))
+    return digest_leaves(leaves)
 
 
 def diff_tensors(recorded: dict[str, Any], actual: TensorDigest) -> TensorDiff:

@@ -607,3 +607,19 @@ def test_a_folder_without_weights_says_what_it_looked_for(tmp_path: Path) -> Non
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(FileMissingError, match=r"model\.safetensors\.index\.json"):
         tensor_digest(tmp_path)
+
+
+def test_a_tensor_index_gives_back_its_digest_and_refuses_a_forged_root() -> None:
+    from ledger.hashing.tensors import digest_from_index, state_dict_digest_parallel
+
+    state = {"a": torch.arange(6.0).reshape(2, 3), "b": torch.ones(4, dtype=torch.int64)}
+    digest = state_dict_digest(state)
+    assert state_dict_digest_parallel(state, 2) == digest
+    assert digest_from_index(digest.index()) == digest
+    forged = digest.index()
+    forged["tensors"]["a"]["sha256"] = "00" * 32  # the root no longer follows
+    with pytest.raises(InputError, match="root is not that of its tensors"):
+        digest_from_index(forged)
+    for broken in ({}, {"scheme": "other"}, {**digest.index(), "tensors": {"a": {}}}):
+        with pytest.raises(InputError):
+            digest_from_index(broken)

@@ -395,3 +395,20 @@ def test_bad_parents_are_input_errors_before_anything_starts(
         )
     assert isinstance(info.value, BadIdError) == (relation != "cousin")
     assert not (tmp_path / "m.pt").exists()
+
+
+def test_the_final_weights_are_hashed_as_they_are_written(chain: Chain, tmp_path: Path) -> None:
+    """The hook hands the worker the final file's tensor digests, hashed from the
+    tensors it wrote (the run's end then waits for the CID alone); they are the
+    file's own, as a reader of the file finds them."""
+    for seed, out in enumerate(("model.pt", "model.safetensors")):
+        run = train(chain, tmp_path / out, epochs=1, out=out, seed=seed)
+        assert run.outbox is not None and run._final_entry is not None
+        entry = run.outbox.journal.entry(run._final_entry)
+        assert entry.payload["tensors"]["root"] == tensor_digest(tmp_path / out / out).root.hex()
+        final = run.final
+        assert final is not None and final.state == "confirmed"
+        assert final.tensor_root == tensor_digest(tmp_path / out / out).root
+        assert verifier(chain, tmp_path / out).verify_file(tmp_path / out / out).outcome is (
+            Outcome.VERIFIED
+        )

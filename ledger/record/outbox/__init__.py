@@ -56,6 +56,7 @@ from ledger.record.outbox.serve import WorkerThread
 from ledger.record.outbox.worker import NO_REGISTRY, PassResult, Worker, one_line, path_status
 
 if TYPE_CHECKING:
+    from ledger.hashing.tensors import TensorDigest
     from ledger.record.outbox.process import AttachedWorker, WorkerProcess
 from ledger.store import ArtifactStore
 
@@ -247,9 +248,24 @@ class Outbox:
             payload["resume"] = _file_payload(resume, "resume file")
         return self._append(run_id, "checkpoint", payload, step)
 
-    def finalize(self, run_id: str, weights: Path, metrics: Mapping[str, Any]) -> int:
+    def finalize(
+        self,
+        run_id: str,
+        weights: Path,
+        metrics: Mapping[str, Any],
+        tensors: TensorDigest | None = None,
+    ) -> int:
+        """Append the final weights file and metrics; returns the entry id.
+
+        ``tensors``: the file's tensor digests, when the caller hashed the very
+        tensors it wrote while writing them (the hook does, so the run's end
+        waits for one hash of the file, its CID, not two); the worker then reads
+        the file for its CID (and copy) only."""
         metrics = finite_metrics(metrics, self.worker.say)
-        return self._append(run_id, "finalize", _weights_payload(weights, metrics))
+        payload = _weights_payload(weights, metrics)
+        if tensors is not None:
+            payload["tensors"] = tensors.index()
+        return self._append(run_id, "finalize", payload)
 
     def fail(self, run_id: str, reason: str) -> int:
         return self._append(run_id, "fail", {"reason": reason[:500]})

@@ -296,7 +296,14 @@ class Worker:
             _check_unchanged(resume_path, resume)
             described = {"cid": str(resume_cid), "bytes": resume["size"]}
             metrics = {**metrics, "resume": {**metrics.get("resume", {}), **described}}
-        weights, tensors, metrics_cid = store_weights(store, entry.run_id, path, metrics, step)
+        given = None
+        if "tensors" in payload:  # hashed by the training process as it wrote the file
+            from ledger.hashing.tensors import digest_from_index
+
+            given = digest_from_index(payload["tensors"])
+        weights, tensors, metrics_cid = store_weights(
+            store, entry.run_id, path, metrics, step, tensors=given
+        )
         _check_unchanged(path, payload)  # not rewritten while it was being stored
         return {
             "step": step,
