@@ -107,8 +107,8 @@ browser:
 	@test -x /usr/bin/chromium || { apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
-## bench-big: 4 checkpoints of a 1 GiB state dict: plain torch.save vs the hook, copy and reference store modes (BENCH_ARGS=--big for 4 GiB)
-bench-big: setup bytecode
+## bench-big: 4 checkpoints of a 1 GiB state dict: plain torch.save vs the hook (copy and reference store modes) vs MLflow (BENCH_ARGS=--big for 4 GiB)
+bench-big: setup $(MLFLOW_STAMP) bytecode
 	PYTHONPATH=. $(PY) bench/big_checkpoint.py $(BENCH_ARGS)
 
 ## bench-api: index 100,000 run events, then 50 clients for 60 s on the API (BENCH_ARGS=--quick)

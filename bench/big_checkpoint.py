@@ -1,37 +1,47 @@
-"""What big checkpoints cost: plain ``torch.save`` against the ledger hook, per GiB.
+"""What big checkpoints cost: plain ``torch.save`` against the ledger hook and MLflow, per GiB.
 
-A model holding a state dict of ``--gib`` GiB (float32 tensors of 64 MiB) is
-"trained" for 4 epochs: each epoch changes one tensor slightly and writes a
-checkpoint; the run's end writes the final model file. Three variants, each in
-a fresh process, one after the other:
+A model holding a state dict of ``--sizes`` GiB (default 1; float32 tensors of
+64 MiB) is "trained" for 4 epochs: each epoch changes one tensor slightly and
+writes a checkpoint; the run's end writes the final model file. Variants, each
+in a fresh process, one after the other:
 
 - ``plain``: ``torch.save`` of each checkpoint and of the final file;
 - ``copy``: the same inside ``LedgerRun`` with ``LEDGER_STORE_WEIGHTS=copy``
   (the default: the store keeps a copy of every weights file);
 - ``reference``: the same with ``LEDGER_STORE_WEIGHTS=reference`` (the store
-  records where each file is instead).
+  records where each file is instead);
+- ``mlflow``: ``torch.save`` then ``mlflow.log_artifact`` of each checkpoint
+  and of the final file (local file store), in MLflow's own virtualenv
+  ``bench/.mlflow`` (``make bench-big`` builds it; left out when absent).
 
 Figures, each divided by the GiB of weights written (4 checkpoints + the final
 file, ``5 * gib``):
 
-- ``cpu_s_per_gib``: whole-machine CPU seconds (``/proc/stat``: user, nice,
-  system, irq, softirq of every core) from the variant's start to its exit, so
-  the outbox worker and Anvil count; ``extra_cpu_s_per_gib`` is the hook's
-  minus plain's;
-- ``store_bytes_per_gib``: bytes the run added to the data directory (its
-  ``store``): the copies, the references and the documents;
+- ``process_cpu_s_per_gib``: CPU seconds of the variant's own processes: the
+  training process, the outbox worker (it ends with its training process here,
+  ``LEDGER_OUTBOX_KEEP=0``, and is reaped by this process, a child subreaper)
+  and Anvil; ``extra_process_cpu_s_per_gib`` is beyond plain's. Other
+  engineers' work does not count in it (it does slow it: caches, frequency);
+- ``cpu_s_per_gib``: whole-machine CPU seconds (``/proc/stat``), which does
+  count other work;
+- ``store_bytes_per_gib``: bytes the run added to the data directory's store
+  (MLflow: to its ``mlruns``);
 - ``exit_wait_s_per_gib``: the time from the loop's end to the process's
-  readiness to exit (the final file's write, then ``finish()``: hashing and
-  storing it and waiting for the chain), divided by the final file's GiB;
-  ``extra_exit_wait_s_per_gib`` is beyond plain's write of the same file.
+  readiness to exit, divided by the final file's GiB (``extra_...`` is beyond
+  plain's write of the same file). For the hook it is split: ``backlog_s``,
+  waiting for the checkpoints still being stored when the loop ends (this loop
+  writes them back to back, with no training between), then
+  ``final_wait_s_per_gib``: writing, hashing and storing the final file and
+  waiting for its record on chain.
 
-Other work on the machine counts in whole-machine CPU: run it on a quiet
-machine (the load average is printed beside the figures). The page cache is
-not dropped (that needs root): the checkpoints are read back from memory, as
-they are right after training writes them. Ends with one JSON line.
+Run it on a quiet machine (the load average is printed beside the figures).
+The page cache is not dropped (that needs root): the checkpoints are read back
+from memory, as they are right after training writes them. Ends with one JSON
+line.
 
-    make bench-big                        # 1 GiB
-    make bench-big BENCH_ARGS=--big       # 4 GiB too
+    make bench-big                              # 1 GiB
+    make bench-big BENCH_ARGS="--sizes 0.25"    # quicker
+    make bench-big BENCH_ARGS=--big             # 4 GiB too
 """
 
 from __future__ import annotations

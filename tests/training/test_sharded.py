@@ -174,3 +174,32 @@ def test_reference_mode_records_the_shards_where_they_are(chain: Chain, tmp_path
 def test_a_sharded_run_takes_no_writer_of_its_own() -> None:
     with pytest.raises(RecordError, match="sharded=True"):
         LedgerRun(Mlp(), name="x", config={}, out="m", sharded=True, save=lambda sd, p: None)
+
+
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
+def test_one_process_and_stale_folders(chain: Chain, tmp_path: Path) -> None:
+    """Without a process group a sharded run is one rank; a checkpoint folder that
+    already holds files (an earlier save's shards) is refused before any write."""
+    settings = chain.settings(tmp_path / "ledger")
+    model = Mlp()
+    with LedgerRun(
+        model, name="one", config={}, out=tmp_path / "model", settings=settings, sharded=True
+    ) as run:
+        commit = run.checkpoint(0, {"loss": 1.0})
+    assert commit.path == tmp_path / "model-checkpoints" / "step-000000"
+    final = run.final
+    assert final is not None and final.state == "confirmed"
+    assert final.file_cid == path_cid(tmp_path / "model", hidden=True)
+    assert final.tensor_root == tensor_digest(tmp_path / "model").root
+    assert final.tensor_root == tensor_digest(tmp_path / "model-checkpoints" / "step-000000").root
+
+    stale = tmp_path / "again-checkpoints" / "step-000000"
+    stale.mkdir(parents=True)
+    (stale / "__5_0.distcp").write_bytes(b"old shard")
+    again = LedgerRun(
+        model, name="again", config={}, out=tmp_path / "again", settings=settings, sharded=True
+    )
+    with pytest.raises(RecordError, match="already holds files"), again:
+        again.checkpoint(0, {})
+    assert again.status == "failed"  # the block's error records the run as failed
+    assert sorted(p.name for p in stale.iterdir()) == ["__5_0.distcp"]
