@@ -44,6 +44,7 @@ import hashlib
 import os
 import pickletools
 import re
+import stat
 import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -370,7 +371,13 @@ def dcp_plan(folder: Path | str) -> DcpPlan:
                     f"{folder / METADATA_NAME} names {name!r}, not a shard file of the folder"
                 )
             try:
-                sizes[name] = os.stat(folder / name).st_size
+                info = os.lstat(folder / name)
+                if not stat.S_ISREG(info.st_mode):  # a link's target is outside the CID
+                    raise UnsupportedFormatError(
+                        f"{folder / name}: a shard file that is not a regular file (a link?)",
+                        hint="copy the shard files themselves into the checkpoint folder",
+                    )
+                sizes[name] = info.st_size
             except FileNotFoundError:
                 raise FileMissingError(
                     f"{folder}: shard file {name} is missing (the metadata names it)",

@@ -120,6 +120,15 @@ def test_shard_names_must_stay_in_the_folder(tmp_path: Path) -> None:
         dcp_plan(folder)
 
 
+def test_a_shard_that_is_a_link_is_refused(tmp_path: Path) -> None:
+    folder = save(tmp_path / "ckpt", state())
+    (shard,) = dcp_plan(folder).files
+    (folder / shard).rename(tmp_path / "elsewhere")
+    (folder / shard).symlink_to(tmp_path / "elsewhere")  # the folder CID keeps only the link
+    with pytest.raises(UnsupportedFormatError, match="not a regular file"):
+        dcp_plan(folder)
+
+
 def test_a_missing_or_truncated_shard_is_named(tmp_path: Path) -> None:
     folder = save(tmp_path / "ckpt", state())
     (shard,) = dcp_plan(folder).files
