@@ -28,6 +28,7 @@ from typing import Any
 
 from ledger.chain.reader import RegistryReader
 from ledger.chain.records import checksum_address
+from ledger.chain.rlp import encode as rlp_encode
 from ledger.chain.rpc import JsonRpc, as_bytes, as_int
 from ledger.config import Secret, Settings, resolve_private_key
 from ledger.errors import (
@@ -283,32 +284,6 @@ class RegistrySender(RegistryReader):
         return self.abi.refusal(exc.message, exc.data)
 
 
-# -- RLP (yellow paper, appendix B) ----------------------------------------------------
-
-
-def rlp_encode(item: bytes | int | Sequence[Any]) -> bytes:
-    """RLP of a byte string, a non-negative integer (big-endian, no leading zeros)
-    or a list of such items."""
-    if isinstance(item, int):
-        if item < 0:
-            raise ValueError("RLP encodes non-negative integers only")
-        return rlp_encode(item.to_bytes((item.bit_length() + 7) // 8, "big"))
-    if isinstance(item, bytes | bytearray):
-        raw = bytes(item)
-        if len(raw) == 1 and raw[0] < 0x80:
-            return raw
-        return _length_prefix(len(raw), 0x80) + raw
-    payload = b"".join(rlp_encode(part) for part in item)
-    return _length_prefix(len(payload), 0xC0) + payload
-
-
-def _length_prefix(length: int, offset: int) -> bytes:
-    if length < 56:
-        return bytes([offset + length])
-    size = length.to_bytes((length.bit_length() + 7) // 8, "big")
-    return bytes([offset + 55 + len(size)]) + size
-
-
 def _int(raw: bytes) -> int:
     return int.from_bytes(raw, "big")
 
@@ -323,5 +298,4 @@ __all__ = [
     "RegistrySender",
     "Signer",
     "address_of",
-    "rlp_encode",
 ]
