@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 NODE_STAMP := node_modules/.package-lock.json
 
-.PHONY: setup demo test lint typecheck unit contracts clean bench-verify bench-outbox bench-rpc bench-overhead ipfs-node browser bench-api bench-big bytecode
+.PHONY: setup demo test lint typecheck unit contracts clean bench-verify bench-outbox bench-rpc bench-overhead ipfs-node browser bench-api bench-big bench-data bytecode
 
 setup: $(STAMP) $(NODE_STAMP)
 
@@ -99,7 +99,7 @@ $(IPFS_NODE_STAMP): $(IPFS_NODE)/package.json $(IPFS_NODE)/package-lock.json
 	touch $@
 
 clean:
-	rm -rf $(VENV) $(PEERS) $(MLFLOW) node_modules $(IPFS_NODE)/node_modules demo-out .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(PEERS) $(MLFLOW) $(DVC) node_modules $(IPFS_NODE)/node_modules demo-out .pytest_cache .mypy_cache .ruff_cache
 
 ## browser: Debian's chromium for the web page's browser test (nothing to do when present)
 # Playwright drives this system chromium; it never downloads a browser.
@@ -110,6 +110,19 @@ browser:
 ## bench-big: 4 checkpoints of a 1 GiB state dict: plain torch.save vs the hook, copy and reference store modes (BENCH_ARGS=--big for 4 GiB)
 bench-big: setup bytecode
 	PYTHONPATH=. $(PY) bench/big_checkpoint.py $(BENCH_ARGS)
+
+## bench-data: fingerprint a 10,000-file, 2 GiB folder cold and warm, against `dvc add` (BENCH_ARGS=--small)
+# DVC lives in its own virtualenv, never in the project's dependencies.
+DVC       := bench/.dvc
+DVC_STAMP := $(DVC)/.installed-stamp
+
+$(DVC_STAMP):
+	$(PYTHON) -m venv $(DVC)
+	$(DVC)/bin/python -m pip install --quiet dvc==3.67.1
+	touch $@
+
+bench-data: setup $(DVC_STAMP) bytecode
+	PYTHONPATH=. $(PY) bench/data.py $(BENCH_ARGS)
 
 ## bench-api: index 100,000 run events, then 50 clients for 60 s on the API (BENCH_ARGS=--quick)
 bench-api: setup
