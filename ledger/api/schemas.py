@@ -11,6 +11,14 @@ ADDRESS = "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266"
 DIGEST = "0x9c1d2e3f4a5b6c7d8e9f0a1b2c3d4e5f6a7b8c9d0e1f2a3b4c5d6e7f8a9b0c1d"
 
 
+class DatasetRef(BaseModel):
+    """One data source a run's manifest names (its fingerprint's kind and identity)."""
+
+    name: str = Field(description="the key in the manifest's data (cut at 200 characters)")
+    kind: str | None = Field(description="file | folder | files | hf-dataset | array | ...")
+    id: str | None = Field(description="its CID, fingerprint or sha256, when it has one")
+
+
 class RunSummary(BaseModel):
     """A run as the index knows it."""
 
@@ -30,6 +38,9 @@ class RunSummary(BaseModel):
                     "world_size": 1,
                     "checkpoint_count": 4,
                     "metrics": {"val_loss": 0.08},
+                    "ended_at": 1763900600,
+                    "params": {"lr": 0.01, "model.layers": 4},
+                    "datasets": [{"name": "train", "kind": "file", "id": "bafkrei..."}],
                 }
             ]
         }
@@ -48,6 +59,17 @@ class RunSummary(BaseModel):
     checkpoint_count: int
     metrics: dict[str, float] | None = Field(
         default=None, description="final numeric metrics, when asked for with metrics=true"
+    )
+    ended_at: int | None = Field(
+        default=None, description="block time of the run's end (finalized or failed)"
+    )
+    params: dict[str, str | float | bool | None] | None = Field(
+        default=None,
+        description="the manifest's config flattened to dotted keys (at most "
+        "64 keys, texts cut at 200 characters), when asked for with params=true",
+    )
+    datasets: list[DatasetRef] | None = Field(
+        default=None, description="the manifest's data sources, when asked for with datasets=true"
     )
 
 

@@ -10,7 +10,14 @@ from sqlalchemy import select
 
 from ledger.api.deps import State, read_index
 from ledger.api.problems import responses
-from ledger.api.routes._convert import Documents, answer, chain_facts, summary, weights
+from ledger.api.routes._convert import (
+    Documents,
+    answer,
+    chain_facts,
+    end_times,
+    summary,
+    weights,
+)
 from ledger.api.schemas import (
     RUN_ID,
     LineageEdge,
@@ -105,6 +112,20 @@ def list_runs(
     with_metrics: Annotated[
         bool, Query(alias="metrics", description="include each run's final metrics")
     ] = False,
+    with_params: Annotated[
+        bool,
+        Query(
+            alias="params",
+            description="include each run's config, flattened (read from the store)",
+        ),
+    ] = False,
+    with_datasets: Annotated[
+        bool,
+        Query(
+            alias="datasets",
+            description="include each run's data sources (read from the store)",
+        ),
+    ] = False,
 ) -> Response:
     """Runs matching every given filter (and the `q` expression), newest first by default.
 
@@ -140,13 +161,28 @@ def list_runs(
             )
             for owner, metric_name, metric_value in rows:
                 metrics.setdefault(owner, {})[metric_name] = float(metric_value)
-        out = RunPage(
-            runs=[
-                summary(r, metrics.get(r.run_id, {}) if with_metrics else None) for r in page.runs
-            ],
-            next_cursor=page.next_cursor,
-        )
-    return answer(out)
+        ended = end_times(session, page.runs)
+    documents = Documents(state.store)
+    manifests = {
+        r.run_id: documents.get(r.manifest_digest, DocumentKind.MANIFEST)
+        for r in page.runs
+        if with_params or with_datasets
+    }
+    out = RunPage(
+        runs=[
+            summary(
+                r,
+                metrics.get(r.run_id, {}) if with_metrics else None,
+                ended=ended,
+                manifest=manifests.get(r.run_id),
+                params=with_params,
+                datasets=with_datasets,
+            )
+            for r in page.runs
+        ],
+        next_cursor=page.next_cursor,
+    )
+    return answer(out, documents.headers())
 
 
 @router.get(
@@ -163,12 +199,15 @@ def get_run(run_id: RunIdParam, state: State) -> Response:
         records = queries.weights_of(session, run.run_id)[:5000]
         metrics = queries.metrics_of(session, run.run_id)
         parents = queries.parents_of(session, [run.run_id])
+        ended = end_times(session, [run])
     documents = Documents(state.store)
     converted = [weights(documents, r) for r in records]
     manifest = documents.get(run.manifest_digest, DocumentKind.MANIFEST)
     return answer(
         RunDetail(
-            **summary(run, metrics).model_dump(),
+            **summary(
+                run, metrics, ended=ended, manifest=manifest, params=True, datasets=True
+            ).model_dump(),
             manifest_cid=run.manifest_cid,
             manifest=manifest,
             document_state=run.manifest_state,
