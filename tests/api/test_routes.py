@@ -326,3 +326,43 @@ def test_openapi_documents_problems_and_examples(make_client: MakeClient) -> Non
     q = next(p for p in runs["parameters"] if p["name"] == "q")
     assert "and-or-not" in q["examples"]
     assert "examples" in schema["components"]["schemas"]["RunSummary"]
+
+
+def test_runs_list_carries_end_time_params_and_datasets_bounded(
+    chain: Chain, make_client: MakeClient, data_store: LocalStore, indexer: Indexer
+) -> None:
+    reg = chain.registry
+    wide = {f"k{i:03}": i for i in range(100)}  # more keys than a table wants
+    done = record_run(
+        reg,
+        data_store,
+        "tabled",
+        config={"lr": 0.01, "opt": {"name": "adam", "betas": [0.9, 0.99]},
+                "note": "z" * 500, "flag": True, "none": None},
+        data={"train": {"kind": "file", "name": "t.csv", "cid": "bafkreiabc", "bytes": 3},
+              "odd": "not a fingerprint"},
+    )  # fmt: skip
+    many = record_run(reg, data_store, "wide", config=wide)
+    running = record_run(reg, data_store, "open", finalize=False, config=[1, 2])
+    indexer.run_once()
+    client = make_client()
+    plain = {r["run_id"]: r for r in client.get("/api/v1/runs").json()["runs"]}
+    assert plain[done.hex]["params"] is None and plain[done.hex]["datasets"] is None
+    assert plain[done.hex]["ended_at"] >= plain[done.hex]["started_at"]
+    assert plain[running.hex]["ended_at"] is None
+
+    body = client.get("/api/v1/runs", params={"params": "true", "datasets": "true"}).json()
+    runs = {r["run_id"]: r for r in body["runs"]}
+    params = runs[done.hex]["params"]
+    assert params["lr"] == 0.01 and params["opt.name"] == "adam"
+    assert params["opt.betas"] == "[0.9, 0.99]"  # a list is one cell, as JSON
+    assert params["note"] == "z" * 200 and params["flag"] is True and params["none"] is None
+    assert runs[done.hex]["datasets"] == [  # in the canonical manifest's key order
+        {"name": "odd", "kind": None, "id": None},
+        {"name": "train", "kind": "file", "id": "bafkreiabc"},
+    ]
+    assert len(runs[many.hex]["params"]) == 64  # bounded
+    assert runs[running.hex]["params"] == {}  # a config that is not a mapping: no columns
+
+    detail = client.get(f"/api/v1/runs/{done.hex}").json()
+    assert detail["params"] == params and detail["ended_at"] == runs[done.hex]["ended_at"]

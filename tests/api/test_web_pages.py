@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -28,8 +29,15 @@ from tests.conftest import Chain, free_port
 from tests.runs import Recorded, record_run
 
 CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 ROOT = Path(__file__).resolve().parents[2]
 AXE = ROOT / "node_modules" / "axe-core" / "axe.min.js"
 IMAGES = ROOT / "docs" / "images"
@@ -214,7 +222,7 @@ def test_runs_table_markers_filter_columns_sort_and_compare(site_clean: Site) ->
     expect(page.locator(f'tr[data-run="{runs["tuned"].hex}"]')).to_contain_text("extra")
     # duration: the end block's time minus the start's (Anvil mines a block a transaction)
     duration = page.locator(f'tr[data-run="{base}"] td').nth(6)
-    expect(duration).to_have_text(__import__("re").compile(r"^\d+ s$"))
+    expect(duration).to_have_text(re.compile(r"^\d+ s$"))
 
     # first visit: the first two metrics that are not counters are columns
     expect(page.locator('#runs th[data-key="metric:accuracy"]')).to_have_count(1)
@@ -232,14 +240,20 @@ def test_runs_table_markers_filter_columns_sort_and_compare(site_clean: Site) ->
     # sort by a parameter, both ways (keyboard: the header is a button)
     page.focus('#runs th[data-key="param:lr"] button')
     page.keyboard.press("Enter")
-    expect(page.locator('#runs th[data-key="param:lr"]')).to_have_attribute("aria-sort", "ascending")
+    expect(page.locator('#runs th[data-key="param:lr"]')).to_have_attribute(
+        "aria-sort", "ascending"
+    )
     order = rows_order(page)
     assert order[:3] == [runs["tuned"].hex, base, heir], order
     page.keyboard.press("Enter")
-    expect(page.locator('#runs th[data-key="param:lr"]')).to_have_attribute("aria-sort", "descending")
+    expect(page.locator('#runs th[data-key="param:lr"]')).to_have_attribute(
+        "aria-sort", "descending"
+    )
     assert rows_order(page)[:2] == [runs["spoof"].hex, leaky]
     page.click('#runs th[data-key="name"] button')
-    names = page.eval_on_selector_all("#runs tbody tr td:nth-child(3)", "c => c.map(x => x.textContent)")
+    names = page.eval_on_selector_all(
+        "#runs tbody tr td:nth-child(3)", "c => c.map(x => x.textContent)"
+    )
     assert names == sorted(names, key=str.lower), names
 
     # the filter is the API's
@@ -311,7 +325,9 @@ def test_run_page_summary_charts_manifest_lineage(site_clean: Site) -> None:
     labels = loss.evaluate("c => Chart.getChart(c).data.datasets.map(d => d.label)")
     assert labels == ["train_loss", "val_loss"]
     accuracy = page.locator('#charts figure[data-group="accuracy"] canvas')
-    low, high = accuracy.evaluate("c => [Chart.getChart(c).scales.y.min, Chart.getChart(c).scales.y.max]")
+    low, high = accuracy.evaluate(
+        "c => [Chart.getChart(c).scales.y.min, Chart.getChart(c).scales.y.max]"
+    )
     assert 0.8 <= low < 0.93 < high <= 1.05, (low, high)
     expect(page.locator('#charts figure[data-group="runtime"]')).to_have_count(0)
     expect(page.locator("#hidden-count")).to_have_text("(2)")
@@ -322,7 +338,9 @@ def test_run_page_summary_charts_manifest_lineage(site_clean: Site) -> None:
     )
     assert painted > 500, painted
     # a tooltip on hovering a point
-    x, y = loss.evaluate("c => { const p = Chart.getChart(c).getDatasetMeta(1).data[1]; return [p.x, p.y]; }")
+    x, y = loss.evaluate(
+        "c => { const p = Chart.getChart(c).getDatasetMeta(1).data[1]; return [p.x, p.y]; }"
+    )
     box = loss.bounding_box()
     page.mouse.move(box["x"] + x, box["y"] + y)
     page.wait_for_function(
@@ -354,7 +372,9 @@ def test_run_page_summary_charts_manifest_lineage(site_clean: Site) -> None:
     # checkpoints: one verify action per record
     expect(page.locator("#checkpoints tbody tr")).to_have_count(4)
     page.locator('#checkpoints tr[data-step="1"] button.verify-one').click()
-    expect(page.locator('#checkpoints tr[data-step="1"] .verify-result')).to_contain_text("verified")
+    expect(page.locator('#checkpoints tr[data-step="1"] .verify-result')).to_contain_text(
+        "verified"
+    )
 
     # documents: the manifest download is the stored manifest
     with page.expect_download() as info:
@@ -364,7 +384,12 @@ def test_run_page_summary_charts_manifest_lineage(site_clean: Site) -> None:
     expect(page.locator("#bundle")).to_be_visible()
 
     IMAGES.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(IMAGES / "run-page.png"), full_page=False)
+    page.evaluate("window.scrollTo(0, 0)")
+    page.screenshot(
+        path=str(IMAGES / "run-page.png"),
+        full_page=True,
+        clip={"x": 0, "y": 0, "width": VIEWPORT["width"], "height": 1500},
+    )
 
     # lineage: data sources and the parent, which is a link to follow
     graph = page.locator("#lineage-graph")
@@ -478,7 +503,12 @@ def test_hostile_names_stay_text_in_every_view(site_clean: Site) -> None:
     expect(page.locator("#runs thead")).to_contain_text(HOSTILE_KEY)
     expect(page.locator("#runs thead")).to_contain_text("note⟦U+202E⟧")
     assert page.locator("#injected").count() == 0
-    for path in ("/", f"/runs/{runs['spoof'].hex}", f"/compare?runs={runs['spoof'].hex},{runs['heir'].hex}", "/verify"):
+    for path in (
+        "/",
+        f"/runs/{runs['spoof'].hex}",
+        f"/compare?runs={runs['spoof'].hex},{runs['heir'].hex}",
+        "/verify",
+    ):
         page.goto(site.url + path)
         page.wait_for_load_state("networkidle")
         assert page.locator("#injected").count() == 0, path
@@ -516,9 +546,11 @@ def test_no_serious_accessibility_violations(site: Site, view: str) -> None:
     ]
     if view == "docs":  # Swagger UI's own markup is not ours to fix; ours must be clean
         serious = [s for s in serious if s[0] not in SWAGGER_KNOWN]
-    assert serious == [], serious
+    assert serious == [], json.dumps(serious)
     page.context.close()
 
 
-# Rules Swagger UI 5 itself breaks (its markup, not ledger's); any other rule fails.
-SWAGGER_KNOWN: frozenset[str] = frozenset()
+# Rules Swagger UI 5 itself breaks in its markup (an operation's summary is a button
+# holding another control), which a stylesheet cannot mend; any other rule fails.
+# Its colour contrast is mended by docs.css and checked.
+SWAGGER_KNOWN = frozenset({"nested-interactive"})

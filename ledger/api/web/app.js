@@ -414,20 +414,25 @@ const ledger = (() => {
     const current = run.run_id;
     const byGeneration = {};
     for (const node of graph.nodes) (byGeneration[node.generation] = byGeneration[node.generation] || []).push(node);
+    // the run's data sources sit with its parents, one column to its left
     const datasets = (run.datasets || []).slice(0, 12);
+    if (datasets.length) byGeneration[-1] = byGeneration[-1] || [];
     const generations = Object.keys(byGeneration).map(Number).sort((a, b) => a - b);
     const colWidth = 250, rowHeight = 56, boxW = 170, boxH = 40;
-    const dataCol = datasets.length ? 1 : 0;
-    const rows = Math.max(datasets.length, ...generations.map((g) => byGeneration[g].length));
-    const width = (generations.length + dataCol) * colWidth + 20, height = rows * rowHeight + 20;
+    const rows = Math.max(...generations.map((g) => byGeneration[g].length + (g === -1 ? datasets.length : 0)));
+    const width = generations.length * colWidth + 20, height = rows * rowHeight + 20;
     const place = {};
-    generations.forEach((g, col) => byGeneration[g].forEach((node, row) => {
-      place[node.run_id] = { x: 10 + (col + dataCol) * colWidth, y: 10 + row * rowHeight, node };
-    }));
-    const root = svg("svg", { width, height, viewBox: `0 0 ${width} ${height}`, id: "lineage-graph", role: "group", "aria-label": "lineage: parents to the left, children to the right" });
+    const column = {};
+    generations.forEach((g, col) => {
+      column[g] = col;
+      byGeneration[g].forEach((node, row) => {
+        place[node.run_id] = { x: 10 + col * colWidth, y: 10 + row * rowHeight, node };
+      });
+    });
+    const root = svg("svg", { width, height, viewBox: `0 0 ${width} ${height}`, id: "lineage-graph", role: "group", "aria-label": "lineage: parents and data to the left, children to the right" });
     const me = place[current];
-    datasets.forEach((d, row) => {
-      const x = 10, y = 10 + row * rowHeight;
+    datasets.forEach((d, i) => {
+      const x = 10 + column[-1] * colWidth, y = 10 + (byGeneration[-1].length + i) * rowHeight;
       const g = svg("g", { class: "dataset", "data-dataset": d.name });
       g.append(svg("title", {}, "data " + d.name + (d.id ? " " + d.id : "")));
       g.append(svg("rect", { x, y, width: boxW, height: boxH, rx: 14, fill: "#f6f8fa", stroke: "#0072b2", "stroke-dasharray": "4 2" }));
@@ -628,7 +633,7 @@ const ledger = (() => {
     );
   }
 
-  function drawSummary(run, taint, verdictLine) {
+  function drawSummary(run, taint, verdictLine, names = {}) {
     const list = document.getElementById("summary");
     const m = run.manifest || {};
     const code = m.code || {};
@@ -644,9 +649,9 @@ const ledger = (() => {
     else if (Object.keys(code).length) codeText = "no commit (" + JSON.stringify(code).slice(0, 120) + ").";
     items.push(el("li", {}, el("strong", {}, "Code: "), codeText));
     const parents = run.parents || [];
-    items.push(el("li", {}, el("strong", {}, "Parents: "), ...(parents.length ? parents.flatMap((p, i) => [i ? "; " : "", p.relation + " of ", runLink(p.run_id)]) : ["none (trained from scratch)."])));
+    items.push(el("li", {}, el("strong", {}, "Parents: "), ...(parents.length ? parents.flatMap((p, i) => [i ? "; " : "", p.relation + " of ", runLink(p.run_id, names[p.run_id])]) : ["none (trained from scratch)."])));
     if (run.revoked) items.push(el("li", { class: "bad" }, el("strong", {}, "Revoked"), " by " + short(run.chain.revoked_by) + " in block " + run.chain.revoked_block + ": ", el("span", { class: "reason" }, run.chain.revoked_reason || "no reason given")));
-    else if (taint && taint.tainted) items.push(el("li", { class: "bad" }, el("strong", {}, "Tainted: "), "descends from revoked ", ...taint.revoked_sources.flatMap((s, i) => [i ? ", " : "", runLink(s)])));
+    else if (taint && taint.tainted) items.push(el("li", { class: "bad" }, el("strong", {}, "Tainted: "), "descends from revoked ", ...taint.revoked_sources.flatMap((s, i) => [i ? ", " : "", runLink(s, names[s])])));
     items.push(verdictLine);
     list.replaceChildren(...items);
   }
@@ -707,7 +712,7 @@ const ledger = (() => {
         api("/api/v1/runs/" + run.run_id + "/taint"),
       ]);
       drawLineage(graph, run);
-      drawSummary(run, taint, verdictLine);
+      drawSummary(run, taint, verdictLine, Object.fromEntries(graph.nodes.filter((n) => n.name).map((n) => [n.run_id, n.name])));
       if (taint.tainted && !run.revoked) {
         document.getElementById("taint").replaceChildren(badge("tainted"), " descends from a revoked run");
       }
