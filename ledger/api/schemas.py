@@ -11,11 +11,12 @@ ADDRESS = "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266"
 DIGEST = "0x9c1d2e3f4a5b6c7d8e9f0a1b2c3d4e5f6a7b8c9d0e1f2a3b4c5d6e7f8a9b0c1d"
 
 
-class DatasetRef(BaseModel):
-    """One data source a run's manifest names (its fingerprint's kind and identity)."""
+class DataSourceRef(BaseModel):
+    """One data source a run's manifest names, as the manifest says (bounded texts)."""
 
-    name: str = Field(description="the key in the manifest's data (cut at 200 characters)")
+    key: str = Field(description="the manifest's data key (cut at 200 characters)")
     kind: str | None = Field(description="file | folder | files | hf-dataset | array | ...")
+    name: str | None = Field(description="the file or folder name, when the fingerprint has one")
     id: str | None = Field(description="its CID, fingerprint or sha256, when it has one")
 
 
@@ -40,7 +41,9 @@ class RunSummary(BaseModel):
                     "metrics": {"val_loss": 0.08},
                     "ended_at": 1763900600,
                     "params": {"lr": 0.01, "model.layers": 4},
-                    "datasets": [{"name": "train", "kind": "file", "id": "bafkrei..."}],
+                    "data_sources": [
+                        {"key": "train", "kind": "file", "name": "train.csv", "id": "bafkrei..."}
+                    ],
                 }
             ]
         }
@@ -68,8 +71,9 @@ class RunSummary(BaseModel):
         description="the manifest's config flattened to dotted keys (at most "
         "64 keys, texts cut at 200 characters), when asked for with params=true",
     )
-    datasets: list[DatasetRef] | None = Field(
-        default=None, description="the manifest's data sources, when asked for with datasets=true"
+    data_sources: list[DataSourceRef] | None = Field(
+        default=None,
+        description="the manifest's data sources (at most 32), when asked for with data=true",
     )
 
 

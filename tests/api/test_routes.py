@@ -347,22 +347,23 @@ def test_runs_list_carries_end_time_params_and_datasets_bounded(
     indexer.run_once()
     client = make_client()
     plain = {r["run_id"]: r for r in client.get("/api/v1/runs").json()["runs"]}
-    assert plain[done.hex]["params"] is None and plain[done.hex]["datasets"] is None
+    assert plain[done.hex]["params"] is None and plain[done.hex]["data_sources"] is None
     assert plain[done.hex]["ended_at"] >= plain[done.hex]["started_at"]
     assert plain[running.hex]["ended_at"] is None
 
-    body = client.get("/api/v1/runs", params={"params": "true", "datasets": "true"}).json()
+    body = client.get("/api/v1/runs", params={"params": "true", "data": "true"}).json()
     runs = {r["run_id"]: r for r in body["runs"]}
     params = runs[done.hex]["params"]
     assert params["lr"] == 0.01 and params["opt.name"] == "adam"
     assert params["opt.betas"] == "[0.9, 0.99]"  # a list is one cell, as JSON
     assert params["note"] == "z" * 200 and params["flag"] is True and params["none"] is None
-    assert runs[done.hex]["datasets"] == [  # in the canonical manifest's key order
-        {"name": "odd", "kind": None, "id": None},
-        {"name": "train", "kind": "file", "id": "bafkreiabc"},
+    assert runs[done.hex]["data_sources"] == [  # in the canonical manifest's key order
+        {"key": "odd", "kind": None, "name": None, "id": None},
+        {"key": "train", "kind": "file", "name": "t.csv", "id": "bafkreiabc"},
     ]
     assert len(runs[many.hex]["params"]) == 64  # bounded
     assert runs[running.hex]["params"] == {}  # a config that is not a mapping: no columns
 
     detail = client.get(f"/api/v1/runs/{done.hex}").json()
     assert detail["params"] == params and detail["ended_at"] == runs[done.hex]["ended_at"]
+    assert detail["data_sources"] == runs[done.hex]["data_sources"]

@@ -393,7 +393,7 @@ def test_run_page_summary_charts_manifest_lineage(site_clean: Site) -> None:
 
     # lineage: data sources and the parent, which is a link to follow
     graph = page.locator("#lineage-graph")
-    expect(graph.locator('g.dataset[data-dataset="extra"]')).to_have_count(1)
+    expect(graph.locator('.dataset[data-dataset="extra"]')).to_have_count(1)
     expect(graph).to_contain_text("fine-tune")
     graph.locator(f'a[data-run="{base.hex}"]').click()
     page.wait_for_url(f"**/runs/{base.hex}")

@@ -12,7 +12,7 @@ from pydantic import BaseModel
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from ledger.api.schemas import ChainFacts, DatasetRef, RunSummary, WeightsOut
+from ledger.api.schemas import ChainFacts, DataSourceRef, RunSummary, WeightsOut
 from ledger.documents import DocumentKind, read_document
 from ledger.errors import StoreError, StoreUnavailableError
 from ledger.ids import from_hex
@@ -77,22 +77,33 @@ def flat_params(config: object) -> dict[str, str | float | bool | None]:
     return out
 
 
-def dataset_refs(data: object) -> list[DatasetRef]:
-    """The data sources a manifest's ``data`` names: name, kind and identity, bounded."""
-    refs: list[DatasetRef] = []
+def data_sources(data: object) -> list[DataSourceRef]:
+    """The data sources a manifest's ``data`` names: key, kind, name and identity, bounded."""
+    refs: list[DataSourceRef] = []
     if not isinstance(data, dict):
         return refs
-    for name, fingerprint in list(data.items())[:MAX_DATASETS]:
-        kind = ident = None
-        if isinstance(fingerprint, dict):
-            found = fingerprint.get("kind")
-            kind = found[:MAX_TEXT] if isinstance(found, str) else None
-            for field in ("cid", "fingerprint", "sha256", "digest"):
-                value = fingerprint.get(field)
-                if isinstance(value, str):
-                    ident = value[:MAX_TEXT]
-                    break
-        refs.append(DatasetRef(name=str(name)[:MAX_TEXT], kind=kind, id=ident))
+
+    def text(value: object) -> str | None:
+        return value[:MAX_TEXT] if isinstance(value, str) else None
+
+    for key, fingerprint in list(data.items())[:MAX_DATASETS]:
+        found = fingerprint if isinstance(fingerprint, dict) else {}
+        ident = next(
+            (
+                text(found[f])
+                for f in ("cid", "fingerprint", "sha256", "digest")
+                if text(found.get(f))
+            ),
+            None,
+        )
+        refs.append(
+            DataSourceRef(
+                key=str(key)[:MAX_TEXT],
+                kind=text(found.get("kind")),
+                name=text(found.get("name")),
+                id=ident,
+            )
+        )
     return refs
 
 
@@ -112,13 +123,13 @@ def summary(
     ended: dict[int, int] | None = None,
     manifest: dict[str, Any] | None = None,
     params: bool = False,
-    datasets: bool = False,
+    sources: bool = False,
 ) -> RunSummary:
     body = manifest or {}
     return RunSummary(
         ended_at=(ended or {}).get(run.ended_block) if run.ended_block is not None else None,
         params=flat_params(body.get("config")) if params else None,
-        datasets=dataset_refs(body.get("data")) if datasets else None,
+        data_sources=data_sources(body.get("data")) if sources else None,
         run_id=run.run_id,
         name=run.name,
         committer=run.committer,

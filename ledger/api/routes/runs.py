@@ -119,11 +119,12 @@ def list_runs(
             description="include each run's config, flattened (read from the store)",
         ),
     ] = False,
-    with_datasets: Annotated[
+    with_sources: Annotated[
         bool,
         Query(
-            alias="datasets",
-            description="include each run's data sources (read from the store)",
+            alias="data",
+            description="include each run's data sources as its manifest names them "
+            "(read from the store)",
         ),
     ] = False,
 ) -> Response:
@@ -166,7 +167,7 @@ def list_runs(
     manifests = {
         r.run_id: documents.get(r.manifest_digest, DocumentKind.MANIFEST)
         for r in page.runs
-        if with_params or with_datasets
+        if with_params or with_sources
     }
     out = RunPage(
         runs=[
@@ -176,7 +177,7 @@ def list_runs(
                 ended=ended,
                 manifest=manifests.get(r.run_id),
                 params=with_params,
-                datasets=with_datasets,
+                sources=with_sources,
             )
             for r in page.runs
         ],
@@ -206,7 +207,7 @@ def get_run(run_id: RunIdParam, state: State) -> Response:
     return answer(
         RunDetail(
             **summary(
-                run, metrics, ended=ended, manifest=manifest, params=True, datasets=True
+                run, metrics, ended=ended, manifest=manifest, params=True, sources=True
             ).model_dump(),
             manifest_cid=run.manifest_cid,
             manifest=manifest,

@@ -108,6 +108,15 @@ const ledger = (() => {
     return el("a", { href: "/runs/" + runId }, name ? named(name) : el("span", { class: "mono" }, short(runId)));
   }
 
+  // A run's data sources: the index's datasets (with CIDs and revocations) when the API
+  // has them, else the sources its manifest names (data_sources). Parts are left out.
+  function sourcesOf(run) {
+    if (Array.isArray(run.datasets)) {
+      return run.datasets.filter((d) => !d.part_of).map((d) => ({ key: d.key, kind: d.kind, name: d.name, id: d.cid, cid: d.cid, revoked: !!d.revoked }));
+    }
+    return (run.data_sources || []).map((d) => ({ key: d.key, kind: d.kind, name: d.name, id: d.id, cid: null, revoked: false }));
+  }
+
   // -- metrics: which series are noise, how they group into charts ------------------
 
   // Counters and timings (HF Trainer's eval_runtime, *_per_second, step/epoch counters,
@@ -282,14 +291,19 @@ const ledger = (() => {
         type: "checkbox", class: "pick", "aria-label": visible("compare " + (run.name || run.run_id)), checked: selected.has(run.run_id), "data-run": run.run_id })) },
       { key: "run", label: "run", value: (r) => r.run_id, cell: (r) => el("td", {}, el("a", { href: "/runs/" + r.run_id, class: "mono" }, short(r.run_id))) },
       { key: "name", label: "name", value: (r) => r.name || "", cell: (r) => el("td", { class: "name-cell" }, named(r.name || "—")) },
-      { key: "status", label: "status", value: (r) => (r.revoked ? "0" : tainted.has(r.run_id) ? "1" : "2") + r.status, cell: (r) => el("td", {}, badge(r.status), r.revoked ? " " : "", r.revoked ? badge("revoked") : "", tainted.has(r.run_id) && !r.revoked ? " " : "", tainted.has(r.run_id) && !r.revoked ? badge("tainted") : "") },
+      { key: "status", label: "status", value: (r) => (r.revoked ? "0" : isTainted(r) ? "1" : "2") + r.status, cell: (r) => el("td", {}, badge(r.status), r.revoked ? " " : "", r.revoked ? badge("revoked") : "", isTainted(r) && !r.revoked ? " " : "", isTainted(r) && !r.revoked ? badge("tainted") : "") },
       { key: "committer", label: "committer", value: (r) => r.committer, cell: (r) => el("td", { class: "mono" }, short(r.committer)) },
       { key: "started", label: "started (UTC)", value: (r) => r.started_at, cell: (r) => el("td", {}, when(r.started_at)) },
       { key: "duration", label: "duration", value: (r) => (r.ended_at ? r.ended_at - r.started_at : null), cell: (r) => el("td", { class: "num" }, r.ended_at ? duration(r.ended_at - r.started_at) : r.status === "running" ? "running" : "") },
-      { key: "datasets", label: "datasets", value: (r) => (r.datasets || []).map((d) => d.name).join(", "), cell: (r) => el("td", { class: "name-cell" }, ...(r.datasets || []).flatMap((d, i) => [i ? ", " : "", named(d.name)])) },
+      { key: "datasets", label: "data", value: (r) => sourcesOf(r).map((d) => d.key).join(", "), cell: (r) => el("td", { class: "name-cell" }, ...sourcesOf(r).flatMap((d, i) => [i ? ", " : "", named(d.key)])) },
       { key: "sweep", label: "sweep", value: (r) => r.sweep_id || "", cell: (r) => el("td", { class: "name-cell" }, r.sweep_id ? r.sweep_id + (r.sweep_trial !== null ? " #" + r.sweep_trial : "") : "") },
       { key: "checkpoints", label: "checkpoints", value: (r) => r.checkpoint_count, cell: (r) => el("td", { class: "num" }, r.checkpoint_count) },
     ];
+
+    // descends from a revoked run (GET /taint), or trained on revoked data (revoked_data)
+    function isTainted(r) {
+      return tainted.has(r.run_id) || (Array.isArray(r.revoked_data) && r.revoked_data.length > 0);
+    }
 
     function columns() {
       const picked = chosen || { metrics: [], params: [] };
@@ -328,7 +342,7 @@ const ledger = (() => {
       const col = cols.find((c) => c.key === sort.key) || fixed[5];
       const ordered = [...runs].sort((a, b) => compareValues(col.value(a), col.value(b)));
       body.replaceChildren(...ordered.map((run) => {
-        const kind = run.revoked ? "revoked" : tainted.has(run.run_id) ? "tainted" : "";
+        const kind = run.revoked ? "revoked" : isTainted(run) ? "tainted" : "";
         return el("tr", { class: kind, "data-run": run.run_id }, ...cols.map((c) => c.cell(run)));
       }));
       for (const box of body.querySelectorAll("input.pick")) {
@@ -374,7 +388,7 @@ const ledger = (() => {
 
     async function load(reset) {
       document.getElementById("message").textContent = "";
-      const query = new URLSearchParams({ limit: "50", metrics: "true", params: "true", datasets: "true" });
+      const query = new URLSearchParams({ limit: "50", metrics: "true", params: "true", data: "true" });
       if (input.value.trim()) query.set("q", input.value.trim());
       if (!reset && cursor) query.set("cursor", cursor);
       try {
@@ -415,7 +429,7 @@ const ledger = (() => {
     const byGeneration = {};
     for (const node of graph.nodes) (byGeneration[node.generation] = byGeneration[node.generation] || []).push(node);
     // the run's data sources sit with its parents, one column to its left
-    const datasets = (run.datasets || []).slice(0, 12);
+    const datasets = sourcesOf(run).slice(0, 12);
     if (datasets.length) byGeneration[-1] = byGeneration[-1] || [];
     const generations = Object.keys(byGeneration).map(Number).sort((a, b) => a - b);
     const colWidth = 250, rowHeight = 56, boxW = 170, boxH = 40;
@@ -433,11 +447,11 @@ const ledger = (() => {
     const me = place[current];
     datasets.forEach((d, i) => {
       const x = 10 + column[-1] * colWidth, y = 10 + (byGeneration[-1].length + i) * rowHeight;
-      const g = svg("g", { class: "dataset", "data-dataset": d.name });
-      g.append(svg("title", {}, "data " + d.name + (d.id ? " " + d.id : "")));
-      g.append(svg("rect", { x, y, width: boxW, height: boxH, rx: 14, fill: "#f6f8fa", stroke: "#0072b2", "stroke-dasharray": "4 2" }));
-      g.append(svg("text", { x: x + 8, y: y + 16 }, ("data: " + d.name).slice(0, 26)));
-      g.append(svg("text", { x: x + 8, y: y + 31 }, (d.kind || "") + (d.id ? " " + d.id.slice(0, 12) + "…" : "")));
+      const g = d.cid ? svg("a", { href: "/datasets/" + encodeURIComponent(d.cid), class: "dataset", "data-dataset": d.key }) : svg("g", { class: "dataset", "data-dataset": d.key });
+      g.append(svg("title", {}, "data " + d.key + (d.name ? " (" + d.name + ")" : "") + (d.id ? " " + d.id : "") + (d.revoked ? ": REVOKED" : "")));
+      g.append(svg("rect", { x, y, width: boxW, height: boxH, rx: 14, fill: d.revoked ? "#ffebe9" : "#f6f8fa", stroke: d.revoked ? "#cf222e" : "#0072b2", "stroke-dasharray": "4 2" }));
+      g.append(svg("text", { x: x + 8, y: y + 16 }, ("data: " + d.key).slice(0, 26)));
+      g.append(svg("text", { x: x + 8, y: y + 31 }, (d.revoked ? "REVOKED · " : "") + (d.name || d.kind || "").slice(0, 14) + (d.id ? " " + d.id.slice(0, 10) + "…" : "")));
       root.append(g);
       if (me) root.append(svg("line", { x1: x + boxW, y1: y + boxH / 2, x2: me.x, y2: me.y + boxH / 2, stroke: "#0072b2", "stroke-dasharray": "4 2" }));
     });
@@ -642,8 +656,13 @@ const ledger = (() => {
     items.push(el("li", {}, el("strong", {}, "Trained by "), el("span", { class: "mono", title: run.committer }, run.committer),
       " (the account that signed its transactions) from " + when(run.started_at) + " UTC" + span + ", blocks " + run.started_block + (run.chain.ended_block ? "–" + run.chain.ended_block : "") + "."));
     if (run.status === "failed") items.push(el("li", {}, el("strong", {}, "Failed: "), run.chain.failed_reason || "no reason given"));
-    const data = run.datasets || [];
-    items.push(el("li", {}, el("strong", {}, "Data: "), ...(data.length ? data.flatMap((d, i) => [i ? "; " : "", named(d.name), " (" + (d.kind || "?") + (d.id ? " " + short(d.id) : "") + ")"]) : ["none recorded in the manifest."])));
+    const data = sourcesOf(run);
+    const source = (d) => {
+      const label = [named(d.key), " (" + (d.kind || "?") + (d.name ? " " : ""), d.name ? named(d.name) : "", (d.id ? " " + short(d.id) : "") + ")"];
+      const shown = d.cid ? [el("a", { href: "/datasets/" + encodeURIComponent(d.cid) }, ...label)] : label;
+      return d.revoked ? [...shown, " ", badge("revoked")] : shown;
+    };
+    items.push(el("li", {}, el("strong", {}, "Data: "), ...(data.length ? data.flatMap((d, i) => [i ? "; " : "", ...source(d)]) : ["none recorded in the manifest."])));
     let codeText = "not recorded.";
     if (code.commit) codeText = (code.vcs || "git") + " commit " + code.commit.slice(0, 12) + (code.dirty ? ", with uncommitted changes (sha256 " + String(code.uncommitted_sha256 || "?").slice(0, 12) + "…)" : ", clean working tree") + ".";
     else if (Object.keys(code).length) codeText = "no commit (" + JSON.stringify(code).slice(0, 120) + ").";
@@ -651,7 +670,14 @@ const ledger = (() => {
     const parents = run.parents || [];
     items.push(el("li", {}, el("strong", {}, "Parents: "), ...(parents.length ? parents.flatMap((p, i) => [i ? "; " : "", p.relation + " of ", runLink(p.run_id, names[p.run_id])]) : ["none (trained from scratch)."])));
     if (run.revoked) items.push(el("li", { class: "bad" }, el("strong", {}, "Revoked"), " by " + short(run.chain.revoked_by) + " in block " + run.chain.revoked_block + ": ", el("span", { class: "reason" }, run.chain.revoked_reason || "no reason given")));
-    else if (taint && taint.tainted) items.push(el("li", { class: "bad" }, el("strong", {}, "Tainted: "), "descends from revoked ", ...taint.revoked_sources.flatMap((s, i) => [i ? ", " : "", runLink(s, names[s])])));
+    else if (taint && taint.tainted) {
+      const why = [];
+      if (taint.revoked_sources.length) why.push("descends from revoked ", ...taint.revoked_sources.flatMap((s, i) => [i ? ", " : "", runLink(s, names[s])]));
+      for (const d of taint.revoked_data || []) {
+        why.push(why.length ? "; " : "", "trained on revoked data ", named(d.key), d.run_id === run.run_id ? "" : " (through ", d.run_id === run.run_id ? "" : runLink(d.run_id, names[d.run_id]), d.run_id === run.run_id ? "" : ")", ": " + (d.reason || "no reason given"));
+      }
+      items.push(el("li", { class: "bad" }, el("strong", {}, "Tainted: "), ...why));
+    }
     items.push(verdictLine);
     list.replaceChildren(...items);
   }
@@ -714,7 +740,7 @@ const ledger = (() => {
       drawLineage(graph, run);
       drawSummary(run, taint, verdictLine, Object.fromEntries(graph.nodes.filter((n) => n.name).map((n) => [n.run_id, n.name])));
       if (taint.tainted && !run.revoked) {
-        document.getElementById("taint").replaceChildren(badge("tainted"), " descends from a revoked run");
+        document.getElementById("taint").replaceChildren(badge("tainted"), taint.revoked_sources.length ? " descends from a revoked run" : " trained on revoked data");
       }
       await verifyBadge(run, verdictLine);
     } catch (error) {
