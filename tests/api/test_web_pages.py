@@ -522,7 +522,7 @@ def test_hostile_names_stay_text_in_every_view(site_clean: Site) -> None:
     page.context.close()
 
 
-@pytest.mark.parametrize("view", ["runs", "run", "compare", "verify", "docs"])
+@pytest.mark.parametrize("view", ["runs", "run", "compare", "verify", "datasets", "docs"])
 def test_no_serious_accessibility_violations(site: Site, view: str) -> None:
     runs = site.runs
     path = {
@@ -530,6 +530,7 @@ def test_no_serious_accessibility_violations(site: Site, view: str) -> None:
         "run": f"/runs/{runs['tuned'].hex}",
         "compare": f"/compare?runs={runs['base'].hex},{runs['tuned'].hex}",
         "verify": "/verify",
+        "datasets": "/datasets",
         "docs": "/docs",
     }[view]
     page = site.page(bypass_csp=True)  # axe is injected as a script tag
@@ -554,3 +555,19 @@ def test_no_serious_accessibility_violations(site: Site, view: str) -> None:
 # holding another control), which a stylesheet cannot mend; any other rule fails.
 # Its colour contrast is mended by docs.css and checked.
 SWAGGER_KNOWN = frozenset({"nested-interactive"})
+
+
+def test_datasets_pages_say_when_the_server_has_no_datasets_api(site_clean: Site) -> None:
+    """Before dataset tracking (tests/api/test_web_datasets.py covers the pages with it)."""
+    import importlib.util
+
+    from playwright.sync_api import expect
+
+    if importlib.util.find_spec("ledger.datasets") is not None:
+        pytest.skip("this ledger has the datasets API")
+    page = site_clean.page()
+    page.goto(site_clean.url + "/datasets")
+    expect(page.locator("#message")).to_contain_text("no datasets API")
+    page.goto(site_clean.url + "/datasets/bafkreiabc")
+    expect(page.locator("#message")).to_contain_text("no datasets API")
+    page.context.close()

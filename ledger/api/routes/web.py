@@ -4,7 +4,9 @@
 ``/runs/{id}`` a run (provenance summary, charts, checkpoints, structured
 manifest, lineage graph with data sources, verification badge), ``/compare``
 overlaid curves and a config/data/code diff of runs, ``/verify`` a file upload
-checked against the chain. The pages read the JSON API from the browser, so
+checked against the chain, ``/datasets`` and ``/datasets/{cid}`` the datasets
+runs trained on (where the index has them: the runs and models that used one,
+its revocation). The pages read the JSON API from the browser, so
 they show exactly what the API answers.
 
 The one built asset is the chart library: ``make web-assets`` (run by ``make
@@ -45,6 +47,16 @@ def compare_page() -> FileResponse:
 @router.get("/verify")
 def verify_page() -> FileResponse:
     return FileResponse(WEB / "verify.html", media_type="text/html")
+
+
+@router.get("/datasets")
+def datasets_page() -> FileResponse:
+    return FileResponse(WEB / "datasets.html", media_type="text/html")
+
+
+@router.get("/datasets/{cid}")
+def dataset_page(cid: str) -> FileResponse:
+    return FileResponse(WEB / "dataset.html", media_type="text/html")
 
 
 @router.get("/docs")

@@ -33,7 +33,10 @@ const ledger = (() => {
       throw new Error(response.status + ": the server's answer is not JSON");
     }
     if (!response.ok) {
-      throw new Error((body.title || response.status) + ": " + (body.detail || "") + (body.hint ? "\n" + body.hint : ""));
+      const error = new Error((body.title || response.status) + ": " + (body.detail || "") + (body.hint ? "\n" + body.hint : ""));
+      error.status = response.status;
+      error.title = body.title;
+      throw error;
     }
     return body;
   }
@@ -893,7 +896,96 @@ const ledger = (() => {
     }
   }
 
-  return { runsPage, runPage, comparePage, verifyPage, visible };
+  // -- datasets (the index's datasets API, where this server has it) -----------------
+
+  function bytesText(n) {
+    if (n === null || n === undefined) return "";
+    const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let i = 0, v = n;
+    while (v >= 1024 && i < units.length - 1) { v /= 1024; i += 1; }
+    return (i ? v.toFixed(1) : String(v)) + " " + units[i];
+  }
+
+  function noDatasets(error) {
+    // a route this server does not have is Starlette's own 404 (title HTTPError)
+    showError(error.status === 404 && error.title === "HTTPError"
+      ? "This ledger server has no datasets API (GET /api/v1/datasets): its version predates dataset tracking."
+      : error);
+  }
+
+  function datasetLink(d) {
+    return el("a", { href: "/datasets/" + encodeURIComponent(d.cid) }, named(d.name || d.key || short(d.cid)));
+  }
+
+  function datasetsPage() {
+    const body = document.querySelector("#datasets tbody");
+    const more = document.getElementById("more");
+    let cursor = null;
+    async function load() {
+      const query = new URLSearchParams({ limit: "100" });
+      if (cursor) query.set("cursor", cursor);
+      try {
+        const page = await api("/api/v1/datasets?" + query);
+        for (const d of page.datasets) {
+          body.append(el("tr", { class: d.revoked ? "revoked" : "", "data-dataset": d.cid },
+            el("td", { class: "name-cell" }, datasetLink(d)),
+            el("td", {}, d.kind),
+            el("td", { class: "mono" }, d.cid),
+            el("td", { class: "num" }, bytesText(d.bytes)),
+            el("td", { class: "num" }, d.runs),
+            el("td", { class: "name-cell" }, d.revoked ? badge("revoked") : "", d.revocation ? " " + d.revocation.reason : "")));
+        }
+        if (!body.children.length) body.append(el("tr", {}, el("td", { colspan: "6" }, "No run's manifest names a dataset yet.")));
+        cursor = page.next_cursor;
+        more.hidden = !cursor;
+      } catch (error) {
+        noDatasets(error);
+      }
+    }
+    more.addEventListener("click", load);
+    load();
+  }
+
+  async function datasetPage() {
+    const cid = decodeURIComponent(window.location.pathname.split("/").pop());
+    try {
+      const d = await api("/api/v1/datasets/" + encodeURIComponent(cid));
+      document.title = visible("ledger — dataset " + (d.name || d.cid));
+      document.getElementById("title").replaceChildren("Dataset ", named(d.name || short(d.cid)));
+      document.getElementById("state").replaceChildren(d.revoked ? badge("revoked") : badge("in use", "finalized"),
+        d.revoked ? " every model trained on it, and every model derived from those, is tainted" : "");
+      const r = d.revocation;
+      factList(document.getElementById("facts"), [
+        ["CID", d.cid], ["digest (on chain)", d.digest], ["kind", d.kind], ["size", bytesText(d.bytes)], ["runs", d.runs],
+        ["revoked", r ? "block " + r.block + " by " + r.revoker + ", tx " + r.tx : null], ["reason", r ? r.reason : null],
+      ]);
+      const usedBy = document.querySelector("#used-by tbody");
+      usedBy.replaceChildren(...d.used_by.map((u) => el("tr", { "data-run": u.run_id, class: u.revoked ? "revoked" : "" },
+        el("td", { class: "name-cell" }, runLink(u.run_id, u.name)),
+        el("td", {}, u.status ? badge(u.status) : "not indexed", u.revoked ? " " : "", u.revoked ? badge("revoked") : ""),
+        el("td", {}, u.keys.join(", ")),
+        el("td", { class: "mono" }, u.final_weights_digest ? short(u.final_weights_digest) : "—"))));
+      if (!d.used_by.length) usedBy.append(el("tr", {}, el("td", { colspan: "4" }, "No run names it directly.")));
+      const desc = document.querySelector("#descendants tbody");
+      desc.replaceChildren(...d.descendants.map((u) => el("tr", { "data-run": u.run_id, class: d.revoked ? "tainted" : "" },
+        el("td", { class: "name-cell" }, runLink(u.run_id, u.name)),
+        el("td", {}, u.status ? badge(u.status) : "not indexed", d.revoked ? " " : "", d.revoked ? badge("tainted") : ""),
+        el("td", {}, runLink(u.via)),
+        el("td", { class: "num" }, u.generation),
+        el("td", { class: "mono" }, u.final_weights_digest ? short(u.final_weights_digest) : "—"))));
+      if (!d.descendants.length) desc.append(el("tr", {}, el("td", { colspan: "5" }, "No model derives from those runs.")));
+      if (d.truncated) desc.append(el("tr", {}, el("td", { colspan: "5" }, "… cut at the API's limit.")));
+      const parts = document.getElementById("parts");
+      parts.replaceChildren(
+        ...d.part_of.map((c) => el("li", {}, "part of ", el("a", { href: "/datasets/" + encodeURIComponent(c), class: "mono" }, c))),
+        ...d.parts.map((p) => el("li", {}, "holds ", datasetLink(p), p.revoked ? " " : "", p.revoked ? badge("revoked") : "")));
+      if (!parts.children.length) parts.append(el("li", {}, "none"));
+    } catch (error) {
+      noDatasets(error);
+    }
+  }
+
+  return { runsPage, runPage, comparePage, verifyPage, datasetsPage, datasetPage, visible };
 })();
 
 // No inline script (the Content-Security-Policy forbids it): the page says which it is.
@@ -903,4 +995,6 @@ document.addEventListener("DOMContentLoaded", () => {
   else if (page === "run") ledger.runPage();
   else if (page === "compare") ledger.comparePage();
   else if (page === "verify") ledger.verifyPage();
+  else if (page === "datasets") ledger.datasetsPage();
+  else if (page === "dataset") ledger.datasetPage();
 });
