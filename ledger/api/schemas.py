@@ -126,6 +126,27 @@ class RunDetail(RunSummary):
     final: WeightsOut | None
 
 
+class CheckpointProof(BaseModel):
+    step: int
+    weights_digest: str
+    tensor_root: str
+    metrics_digest: str
+    leaf: str = Field(description="the Merkle leaf hash of the checkpoint record")
+    proof: list[str] = Field(description="sibling hashes from the leaf up to the root")
+    verified_by_registry: bool = Field(
+        description="the registry's verifyCheckpoint accepts it under the run's final record"
+    )
+
+
+class CheckpointProofOut(BaseModel):
+    """Read from the chain for this request, never from the index."""
+
+    run_id: str
+    checkpoint_root: str = Field(description="the root the run's final record commits to")
+    root_matches: bool = Field(description="the root rebuilt from the run's records matches")
+    checkpoints: list[CheckpointProof] = Field(description="every record at that step")
+
+
 class LineageNode(BaseModel):
     run_id: str
     name: str | None

@@ -367,3 +367,34 @@ def test_runs_list_carries_end_time_params_and_datasets_bounded(
     detail = client.get(f"/api/v1/runs/{done.hex}").json()
     assert detail["params"] == params and detail["ended_at"] == runs[done.hex]["ended_at"]
     assert detail["data_sources"] == runs[done.hex]["data_sources"]
+
+
+def test_checkpoint_proof_is_read_from_the_chain(
+    make_client: MakeClient, family: dict[str, Recorded], chain: Chain
+) -> None:
+    client = make_client()
+    grand, failed = family["grand"], family["failed"]
+    answer = client.get(f"/api/v1/runs/{grand.hex}/checkpoints/1/proof")
+    assert answer.status_code == 200 and answer.headers["cache-control"] == "no-store"
+    body = answer.json()
+    assert body["run_id"] == grand.hex and body["root_matches"] is True
+    (entry,) = body["checkpoints"]
+    assert entry["step"] == 1 and entry["verified_by_registry"] is True
+    assert len(entry["proof"]) == 1  # two checkpoints: the other leaf is the path
+    prefix = client.get(f"/api/v1/runs/{grand.hex[:12]}/checkpoints/0/proof").json()
+    assert (
+        prefix["checkpoints"][0]["step"] == 0
+        and prefix["checkpoint_root"] == body["checkpoint_root"]
+    )
+
+    missing = client.get(f"/api/v1/runs/{grand.hex}/checkpoints/7/proof")
+    assert missing.status_code == 404 and "steps: 0, 1" in missing.json()["detail"]
+    assert missing.headers["content-type"] == PROBLEM
+    open_run = client.get(f"/api/v1/runs/{failed.hex}/checkpoints/0/proof")
+    assert open_run.status_code == 422 and "not finalized" in open_run.json()["detail"]
+    for bad in ("0xzz", "0x" + "ab" * 40, "%00"):
+        assert client.get(f"/api/v1/runs/{bad}/checkpoints/0/proof").status_code == 422, bad
+    unknown = client.get(f"/api/v1/runs/0x{'12' * 32}/checkpoints/0/proof")
+    assert unknown.status_code in (404, 422) and unknown.headers["content-type"] == PROBLEM
+    huge = client.get(f"/api/v1/runs/{grand.hex}/checkpoints/{2**64}/proof")
+    assert huge.status_code == 422

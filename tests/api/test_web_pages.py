@@ -376,6 +376,13 @@ def test_run_page_summary_charts_manifest_lineage(site_clean: Site) -> None:
         "verified"
     )
 
+    page.locator('#checkpoints tr[data-step="2"] button.proof-one').click()
+    proven = page.locator('#checkpoints tr[data-step="2"] .verify-result')
+    expect(proven).to_contain_text("the registry accepts its")
+    with page.expect_download() as info:
+        proven.locator("a").click()
+    assert json.loads(Path(info.value.path()).read_text())["root_matches"] is True
+
     # documents: the manifest download is the stored manifest
     with page.expect_download() as info:
         page.click("#dl-manifest")

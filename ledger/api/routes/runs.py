@@ -20,6 +20,7 @@ from ledger.api.routes._convert import (
 )
 from ledger.api.schemas import (
     RUN_ID,
+    CheckpointProofOut,
     LineageEdge,
     LineageNode,
     LineageOut,
@@ -297,3 +298,26 @@ def list_tainted(state: State, limit: Annotated[int, Query(ge=1, le=10000)] = 10
         truncated=truncated,
     )
     return answer(out)
+
+
+@router.get(
+    "/runs/{run_id}/checkpoints/{step}/proof",
+    response_model=CheckpointProofOut,
+    summary="A checkpoint's Merkle proof under the run's checkpoint root, from the chain",
+    responses=responses(401, 404, 422, 502, 503),
+)
+def get_checkpoint_proof(
+    run_id: RunIdParam,
+    step: Annotated[int, Path(ge=0, le=2**64 - 1, description="the checkpoint's step")],
+    state: State,
+) -> Response:
+    """As `ledger proof RUN STEP`: the leaf and sibling path of the checkpoint at `step`,
+    and whether the registry itself accepts them. Read from the chain for each
+    request (never cached): 422 before the run is finalized, 404 for a step it has
+    no checkpoint at."""
+    from ledger.chain.proofs import checkpoint_proof
+
+    registry = state.reader()
+    parsed = registry.resolve_run(run_id, field="path.run_id", exists=True)
+    out = CheckpointProofOut(**checkpoint_proof(registry, parsed, step, shown=run_id))
+    return answer(out, {"cache-control": "no-store"})

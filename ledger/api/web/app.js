@@ -700,14 +700,30 @@ const ledger = (() => {
           result.replaceChildren(" could not verify: " + (error.message || error));
         }
       });
-      const proof = el("a", { href: "/api/v1/lookup?digest=" + c.weights_digest, class: "record" }, "index record");
+      const record = el("a", { href: "/api/v1/lookup?digest=" + c.weights_digest, class: "record" }, "index record");
+      // a checkpoint's Merkle proof under the run's committed root, checked by the registry
+      const proof = c.is_final ? "" : el("button", { type: "button", class: "proof-one" }, "proof");
+      if (proof) proof.addEventListener("click", async () => {
+        result.replaceChildren("reading the proof from the chain…");
+        try {
+          const answer = await api("/api/v1/runs/" + run.run_id + "/checkpoints/" + c.step + "/proof");
+          const entry = answer.checkpoints.find((p) => p.weights_digest === c.weights_digest.replace(/^0x/, "")) || answer.checkpoints[0];
+          const ok = answer.root_matches && entry && entry.verified_by_registry;
+          const save = el("a", { download: "run-" + run.run_id.slice(2, 14) + ".step-" + c.step + ".proof.json" }, "proof JSON");
+          save.href = URL.createObjectURL(new Blob([JSON.stringify(answer, null, 2)], { type: "application/json" }));
+          result.replaceChildren(" ", badge(ok ? "proven" : "mismatch", ok ? "verified" : "mismatch"),
+            ok ? " the registry accepts its " + entry.proof.length + "-step path to root " + short(answer.checkpoint_root) + " " : " the registry does not accept it ", save);
+        } catch (error) {
+          result.replaceChildren(" no proof: " + (error.message || error));
+        }
+      });
       body.append(el("tr", { "data-step": c.is_final ? "final" : String(c.step) },
         el("td", {}, c.is_final ? "final" : c.step),
         el("td", { class: "mono" }, c.weights_cid || short(c.weights_digest)),
         metrics,
         el("td", { class: "num" }, c.block),
         el("td", { class: "mono", title: c.tx }, short(c.tx)),
-        el("td", {}, check, " ", proof, result)));
+        el("td", {}, check, " ", proof, proof ? " " : "", record, result)));
     }
   }
 
