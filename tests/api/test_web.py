@@ -188,7 +188,10 @@ def test_docs_work_offline_under_the_csp(server: str) -> None:
                 ),
             )
             page.goto(server + "/docs")
-            expect(page.locator(".swagger-ui .info .title")).to_contain_text("ledger audit API")
+            # Swagger UI's bundle is 1.5 MB of script: give a loaded machine time to run it
+            expect(page.locator(".swagger-ui .info .title")).to_contain_text(
+                "ledger audit API", timeout=20_000
+            )
             expect(page.locator(".opblock-summary-path").first).to_be_visible()
             assert elsewhere == [] and violations == []
         finally:
