@@ -22,6 +22,8 @@ from tests.runs import record_run
 datasets = pytest.importorskip("ledger.datasets")
 
 CHROMIUM = "/usr/bin/chromium"
+AXE = Path(__file__).resolve().parents[2] / "node_modules" / "axe-core" / "axe.min.js"
+SERIOUS = ("serious", "critical")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 
 pytestmark = pytest.mark.skipif(
@@ -113,5 +115,16 @@ def test_dataset_pages_show_users_descendants_and_revocation(
             node.click()
             page.wait_for_url(f"**/datasets/{cid}")
             assert errors == []
+
+            # axe-core on the dataset page (injected: a context that bypasses the CSP)
+            context = browser.new_context(bypass_csp=True)
+            checked = context.new_page()
+            checked.goto(f"{server}/datasets/{cid}")
+            expect(checked.locator("#used-by tbody tr")).to_have_count(1)
+            checked.add_script_tag(path=str(AXE))
+            result = checked.evaluate("async () => await axe.run(document)")
+            serious = [v["id"] for v in result["violations"] if v["impact"] in SERIOUS]
+            assert serious == []
+            context.close()
         finally:
             browser.close()
