@@ -7,9 +7,23 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 NODE_STAMP := node_modules/.package-lock.json
 
-.PHONY: setup demo test lint typecheck unit contracts clean bench-verify bench-outbox bench-rpc bench-overhead ipfs-node browser bench-api bench-big bench-data bytecode
+.PHONY: setup web-assets demo test lint typecheck unit contracts clean bench-verify bench-outbox bench-rpc bench-overhead ipfs-node browser bench-api bench-big bench-data bytecode
 
-setup: $(STAMP) $(NODE_STAMP)
+setup: $(STAMP) $(NODE_STAMP) web-assets
+
+## web-assets: the page's chart library, from npm into the package's static files (no CDN)
+# Built, not committed: ledger/api/web/vendor/ is gitignored and goes into the wheel.
+VENDOR := ledger/api/web/vendor
+web-assets: $(VENDOR)/chart.umd.min.js $(VENDOR)/chart.js.LICENSE.md
+
+# Order-only on npm's stamp: copying never re-runs `npm ci` by itself (setup does, first).
+$(VENDOR)/chart.umd.min.js: package-lock.json | $(NODE_STAMP)
+	mkdir -p $(VENDOR)
+	cp node_modules/chart.js/dist/chart.umd.min.js $@
+
+$(VENDOR)/chart.js.LICENSE.md: package-lock.json | $(NODE_STAMP)
+	mkdir -p $(VENDOR)
+	cp node_modules/chart.js/LICENSE.md $@
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -99,7 +113,7 @@ $(IPFS_NODE_STAMP): $(IPFS_NODE)/package.json $(IPFS_NODE)/package-lock.json
 	touch $@
 
 clean:
-	rm -rf $(VENV) $(PEERS) $(MLFLOW) $(DVC) node_modules $(IPFS_NODE)/node_modules demo-out .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(VENDOR) $(PEERS) $(MLFLOW) $(DVC) node_modules $(IPFS_NODE)/node_modules demo-out .pytest_cache .mypy_cache .ruff_cache
 
 ## browser: Debian's chromium for the web page's browser test (nothing to do when present)
 # Playwright drives this system chromium; it never downloads a browser.

@@ -11,6 +11,15 @@ ADDRESS = "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266"
 DIGEST = "0x9c1d2e3f4a5b6c7d8e9f0a1b2c3d4e5f6a7b8c9d0e1f2a3b4c5d6e7f8a9b0c1d"
 
 
+class DataSourceRef(BaseModel):
+    """One data source a run's manifest names, as the manifest says (bounded texts)."""
+
+    key: str = Field(description="the manifest's data key (cut at 200 characters)")
+    kind: str | None = Field(description="file | folder | files | hf-dataset | array | ...")
+    name: str | None = Field(description="the file or folder name, when the fingerprint has one")
+    id: str | None = Field(description="its CID, fingerprint or sha256, when it has one")
+
+
 class RunSummary(BaseModel):
     """A run as the index knows it."""
 
@@ -30,6 +39,11 @@ class RunSummary(BaseModel):
                     "world_size": 1,
                     "checkpoint_count": 4,
                     "metrics": {"val_loss": 0.08},
+                    "ended_at": 1763900600,
+                    "params": {"lr": 0.01, "model.layers": 4},
+                    "data_sources": [
+                        {"key": "train", "kind": "file", "name": "train.csv", "id": "bafkrei..."}
+                    ],
                 }
             ]
         }
@@ -48,6 +62,18 @@ class RunSummary(BaseModel):
     checkpoint_count: int
     metrics: dict[str, float] | None = Field(
         default=None, description="final numeric metrics, when asked for with metrics=true"
+    )
+    ended_at: int | None = Field(
+        default=None, description="block time of the run's end (finalized or failed)"
+    )
+    params: dict[str, str | float | bool | None] | None = Field(
+        default=None,
+        description="the manifest's config flattened to dotted keys (at most "
+        "64 keys, texts cut at 200 characters), when asked for with params=true",
+    )
+    data_sources: list[DataSourceRef] | None = Field(
+        default=None,
+        description="the manifest's data sources (at most 32), when asked for with data=true",
     )
 
 
@@ -98,6 +124,27 @@ class RunDetail(RunSummary):
     chain: ChainFacts
     checkpoints: list[WeightsOut]
     final: WeightsOut | None
+
+
+class CheckpointProof(BaseModel):
+    step: int
+    weights_digest: str
+    tensor_root: str
+    metrics_digest: str
+    leaf: str = Field(description="the Merkle leaf hash of the checkpoint record")
+    proof: list[str] = Field(description="sibling hashes from the leaf up to the root")
+    verified_by_registry: bool = Field(
+        description="the registry's verifyCheckpoint accepts it under the run's final record"
+    )
+
+
+class CheckpointProofOut(BaseModel):
+    """Read from the chain for this request, never from the index."""
+
+    run_id: str
+    checkpoint_root: str = Field(description="the root the run's final record commits to")
+    root_matches: bool = Field(description="the root rebuilt from the run's records matches")
+    checkpoints: list[CheckpointProof] = Field(description="every record at that step")
 
 
 class LineageNode(BaseModel):

@@ -15,7 +15,6 @@ from typing import Annotated, Any
 import typer
 
 from ledger.cli.options import DATA_DIR, JSON, RUN_ID, load_settings, print_json
-from ledger.errors import InputError
 from ledger.ids import RunId, to_hex
 
 app = typer.Typer()
@@ -120,46 +119,12 @@ def proof(
     data_dir: Annotated[Path | None, DATA_DIR.typer()] = None,
 ) -> None:
     """Print a Merkle inclusion proof of a checkpoint in its run's checkpoint root."""
+    from ledger.chain.proofs import checkpoint_proof
     from ledger.chain.reader import RegistryReader
-    from ledger.chain.records import record_leaf
-    from ledger.hashing.merkle import MerkleTree
 
     registry = RegistryReader.connect(load_settings(data_dir))
     run_id = registry.resolve_run(run, exists=True)
-    final = registry.final_record(run_id)
-    if final is None or final.final is None:
-        raise InputError(
-            f"run {run} is not finalized, so it has no checkpoint root yet",
-            hint="proofs exist once the run's final record commits to its checkpoints",
-        )
-    leaves = [record_leaf(r) for r in registry.checkpoints(run_id)]
-    matches = [leaf for leaf in leaves if leaf.step == step]
-    if not matches:
-        steps = ", ".join(str(leaf.step) for leaf in leaves) or "none"
-        raise InputError(f"run {run} has no checkpoint at step {step} (steps: {steps})")
-    tree = MerkleTree([leaf.hash for leaf in leaves])
-    proofs = []
-    for leaf in matches:
-        path = tree.proof(leaf.hash)
-        proofs.append(
-            {
-                "step": leaf.step,
-                "weights_digest": leaf.weights_digest.hex(),
-                "tensor_root": leaf.tensor_root.hex(),
-                "metrics_digest": leaf.metrics_digest.hex(),
-                "leaf": to_hex(leaf.hash),
-                "proof": [to_hex(node) for node in path],
-                "verified_by_registry": registry.verify_checkpoint(run_id, final.final, leaf, path),
-            }
-        )
-    print_json(
-        {
-            "run_id": to_hex(run_id),
-            "checkpoint_root": to_hex(final.final.checkpoint_root),
-            "root_matches": tree.root == final.final.checkpoint_root,
-            "checkpoints": proofs,
-        }
-    )
+    print_json(checkpoint_proof(registry, run_id, step, shown=run))
 
 
 @app.command()

@@ -330,7 +330,9 @@ class Indexer:
         return count
 
     def _write_range(self, logs: list[Log], end: int) -> None:
-        wanted = sorted({log.block_number for log in logs if log.name == "RunStarted"} | {end})
+        # block times: a run's start (filters sort by it) and end (the page's duration)
+        timed = ("RunStarted", "RunFinalized", "RunFailed")
+        wanted = sorted({log.block_number for log in logs if log.name in timed} | {end})
         headers = self.rpc.batch([("eth_getBlockByNumber", [hex(n), False]) for n in wanted])
         blocks: dict[int, tuple[str, int | None]] = {}
         for log_ in logs:

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import re
+from collections.abc import Iterable
 from typing import Any
 
 from fastapi.responses import Response
 from pydantic import BaseModel
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
-from ledger.api.schemas import ChainFacts, RunSummary, WeightsOut
+from ledger.api.schemas import ChainFacts, DataSourceRef, RunSummary, WeightsOut
 from ledger.documents import DocumentKind, read_document
 from ledger.errors import StoreError, StoreUnavailableError
 from ledger.ids import from_hex
-from ledger.index.models import Run, Weights
+from ledger.index.models import Block, Run, Weights
 from ledger.store import ArtifactStore
 
 # Characters that change how text around them displays without showing themselves:
@@ -37,8 +41,95 @@ def answer(model: BaseModel, headers: dict[str, str] | None = None) -> Response:
     return Response(body, media_type="application/json", headers=headers)
 
 
-def summary(run: Run, metrics: dict[str, float] | None = None) -> RunSummary:
+MAX_PARAMS = 64
+MAX_TEXT = 200
+MAX_DATASETS = 32
+_DEPTH = 8
+
+
+def flat_params(config: object) -> dict[str, str | float | bool | None]:
+    """A manifest's ``config`` as dotted keys to scalars, bounded for a table's columns:
+    at most :data:`MAX_PARAMS` keys, 8 levels, texts (and lists, as JSON) cut at
+    :data:`MAX_TEXT` characters. Anything else than a mapping flattens to nothing."""
+    out: dict[str, str | float | bool | None] = {}
+
+    def walk(prefix: str, value: object, depth: int) -> None:
+        if len(out) >= MAX_PARAMS:
+            return
+        if isinstance(value, dict) and depth < _DEPTH:
+            for key, inner in value.items():
+                walk(f"{prefix}.{key}" if prefix else str(key), inner, depth + 1)
+                if len(out) >= MAX_PARAMS:
+                    return
+            return
+        key = prefix[:MAX_TEXT]
+        if value is None or isinstance(value, bool):
+            out[key] = value
+        elif isinstance(value, (int, float)):
+            out[key] = float(value) if abs(value) < 2**53 else str(value)
+        elif isinstance(value, str):
+            out[key] = value[:MAX_TEXT]
+        else:
+            out[key] = json.dumps(value, default=str)[:MAX_TEXT]
+
+    if isinstance(config, dict):
+        walk("", config, 0)
+    return out
+
+
+def data_sources(data: object) -> list[DataSourceRef]:
+    """The data sources a manifest's ``data`` names: key, kind, name and identity, bounded."""
+    refs: list[DataSourceRef] = []
+    if not isinstance(data, dict):
+        return refs
+
+    def text(value: object) -> str | None:
+        return value[:MAX_TEXT] if isinstance(value, str) else None
+
+    for key, fingerprint in list(data.items())[:MAX_DATASETS]:
+        found = fingerprint if isinstance(fingerprint, dict) else {}
+        ident = next(
+            (
+                text(found[f])
+                for f in ("cid", "fingerprint", "sha256", "digest")
+                if text(found.get(f))
+            ),
+            None,
+        )
+        refs.append(
+            DataSourceRef(
+                key=str(key)[:MAX_TEXT],
+                kind=text(found.get("kind")),
+                name=text(found.get("name")),
+                id=ident,
+            )
+        )
+    return refs
+
+
+def end_times(session: Session, runs: Iterable[Run]) -> dict[int, int]:
+    """Block times of the runs' end blocks, as far as the index keeps them."""
+    blocks = {r.ended_block for r in runs if r.ended_block is not None}
+    if not blocks:
+        return {}
+    rows = session.execute(select(Block.number, Block.timestamp).where(Block.number.in_(blocks)))
+    return {int(n): int(t) for n, t in rows if t is not None}
+
+
+def summary(
+    run: Run,
+    metrics: dict[str, float] | None = None,
+    *,
+    ended: dict[int, int] | None = None,
+    manifest: dict[str, Any] | None = None,
+    params: bool = False,
+    sources: bool = False,
+) -> RunSummary:
+    body = manifest or {}
     return RunSummary(
+        ended_at=(ended or {}).get(run.ended_block) if run.ended_block is not None else None,
+        params=flat_params(body.get("config")) if params else None,
+        data_sources=data_sources(body.get("data")) if sources else None,
         run_id=run.run_id,
         name=run.name,
         committer=run.committer,

@@ -10,9 +10,17 @@ from sqlalchemy import select
 
 from ledger.api.deps import State, read_index
 from ledger.api.problems import responses
-from ledger.api.routes._convert import Documents, answer, chain_facts, summary, weights
+from ledger.api.routes._convert import (
+    Documents,
+    answer,
+    chain_facts,
+    end_times,
+    summary,
+    weights,
+)
 from ledger.api.schemas import (
     RUN_ID,
+    CheckpointProofOut,
     LineageEdge,
     LineageNode,
     LineageOut,
@@ -105,6 +113,21 @@ def list_runs(
     with_metrics: Annotated[
         bool, Query(alias="metrics", description="include each run's final metrics")
     ] = False,
+    with_params: Annotated[
+        bool,
+        Query(
+            alias="params",
+            description="include each run's config, flattened (read from the store)",
+        ),
+    ] = False,
+    with_sources: Annotated[
+        bool,
+        Query(
+            alias="data",
+            description="include each run's data sources as its manifest names them "
+            "(read from the store)",
+        ),
+    ] = False,
 ) -> Response:
     """Runs matching every given filter (and the `q` expression), newest first by default.
 
@@ -140,13 +163,28 @@ def list_runs(
             )
             for owner, metric_name, metric_value in rows:
                 metrics.setdefault(owner, {})[metric_name] = float(metric_value)
-        out = RunPage(
-            runs=[
-                summary(r, metrics.get(r.run_id, {}) if with_metrics else None) for r in page.runs
-            ],
-            next_cursor=page.next_cursor,
-        )
-    return answer(out)
+        ended = end_times(session, page.runs)
+    documents = Documents(state.store)
+    manifests = {
+        r.run_id: documents.get(r.manifest_digest, DocumentKind.MANIFEST)
+        for r in page.runs
+        if with_params or with_sources
+    }
+    out = RunPage(
+        runs=[
+            summary(
+                r,
+                metrics.get(r.run_id, {}) if with_metrics else None,
+                ended=ended,
+                manifest=manifests.get(r.run_id),
+                params=with_params,
+                sources=with_sources,
+            )
+            for r in page.runs
+        ],
+        next_cursor=page.next_cursor,
+    )
+    return answer(out, documents.headers())
 
 
 @router.get(
@@ -163,12 +201,15 @@ def get_run(run_id: RunIdParam, state: State) -> Response:
         records = queries.weights_of(session, run.run_id)[:5000]
         metrics = queries.metrics_of(session, run.run_id)
         parents = queries.parents_of(session, [run.run_id])
+        ended = end_times(session, [run])
     documents = Documents(state.store)
     converted = [weights(documents, r) for r in records]
     manifest = documents.get(run.manifest_digest, DocumentKind.MANIFEST)
     return answer(
         RunDetail(
-            **summary(run, metrics).model_dump(),
+            **summary(
+                run, metrics, ended=ended, manifest=manifest, params=True, sources=True
+            ).model_dump(),
             manifest_cid=run.manifest_cid,
             manifest=manifest,
             document_state=run.manifest_state,
@@ -257,3 +298,26 @@ def list_tainted(state: State, limit: Annotated[int, Query(ge=1, le=10000)] = 10
         truncated=truncated,
     )
     return answer(out)
+
+
+@router.get(
+    "/runs/{run_id}/checkpoints/{step}/proof",
+    response_model=CheckpointProofOut,
+    summary="A checkpoint's Merkle proof under the run's checkpoint root, from the chain",
+    responses=responses(401, 404, 422, 502, 503),
+)
+def get_checkpoint_proof(
+    run_id: RunIdParam,
+    step: Annotated[int, Path(ge=0, le=2**64 - 1, description="the checkpoint's step")],
+    state: State,
+) -> Response:
+    """As `ledger proof RUN STEP`: the leaf and sibling path of the checkpoint at `step`,
+    and whether the registry itself accepts them. Read from the chain for each
+    request (never cached): 422 before the run is finalized, 404 for a step it has
+    no checkpoint at."""
+    from ledger.chain.proofs import checkpoint_proof
+
+    registry = state.reader()
+    parsed = registry.resolve_run(run_id, field="path.run_id", exists=True)
+    out = CheckpointProofOut(**checkpoint_proof(registry, parsed, step, shown=run_id))
+    return answer(out, {"cache-control": "no-store"})
