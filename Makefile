@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 NODE_STAMP := node_modules/.package-lock.json
 
-.PHONY: setup web-assets demo test lint typecheck unit contracts clean bench-verify bench-outbox bench-rpc bench-overhead ipfs-node browser bench-api bench-big bench-data bytecode
+.PHONY: setup web-assets demo test lint typecheck unit contracts clean bench-verify bench-outbox bench-rpc bench-overhead ipfs-node browser bench-api bench-big bench-data screenshots bytecode
 
 setup: $(STAMP) $(NODE_STAMP) web-assets
 
@@ -137,6 +137,10 @@ $(DVC_STAMP):
 
 bench-data: setup $(DVC_STAMP) bytecode
 	PYTHONPATH=. $(PY) bench/data.py $(BENCH_ARGS)
+
+## screenshots: the page tests, writing the README's screenshots into docs/images
+screenshots: setup browser
+	LEDGER_SCREENSHOT_DIR=docs/images $(PY) -m pytest tests/api/test_web_pages.py -q
 
 ## bench-api: index 100,000 run events, then 50 clients for 60 s on the API (BENCH_ARGS=--quick)
 bench-api: setup

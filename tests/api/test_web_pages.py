@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -40,7 +41,11 @@ ARGS = [
 ]
 ROOT = Path(__file__).resolve().parents[2]
 AXE = ROOT / "node_modules" / "axe-core" / "axe.min.js"
-IMAGES = ROOT / "docs" / "images"
+# The README's screenshots: `make screenshots` writes them into docs/images; a plain
+# test run writes them beside the other test output, leaving the committed ones alone.
+IMAGES = Path(
+    os.environ.get("LEDGER_SCREENSHOT_DIR") or Path(tempfile.gettempdir()) / "ledger-screenshots"
+)
 VIEWPORT = {"width": 1280, "height": 900}
 
 pytestmark = pytest.mark.skipif(
