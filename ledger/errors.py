@@ -171,6 +171,11 @@ class FeeAboveCapError(ChainError):
         self.cap = cap
 
 
+class UnderpricedError(ChainError):
+    """The node refused a transaction's fees: under the next block's base fee, or too
+    small a raise over a pending transaction with the same nonce."""
+
+
 class InsufficientFundsError(ChainError):
     """The account paying for a transaction cannot cover its gas: records wait until
     it is funded."""
