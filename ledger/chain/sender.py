@@ -35,8 +35,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import rlp
-
 from ledger.chain.reader import RegistryReader
 from ledger.chain.records import SignedCall, checksum_address
 from ledger.chain.rpc import JsonRpc, as_bytes, as_int
@@ -85,10 +83,15 @@ class Fees:
     @classmethod
     def of(cls, raw: bytes) -> Fees:
         """The fees of a signed EIP-1559 transaction (its raw bytes)."""
+        import rlp
+
         if raw[:1] != b"\x02":
             raise ValueError("not an EIP-1559 (type 2) transaction")
-        fields = rlp.decode(raw[1:])
-        return cls(max_fee=_int(fields[3]), priority=_int(fields[2]))
+        try:
+            fields = rlp.decode(raw[1:])
+            return cls(max_fee=_int(fields[3]), priority=_int(fields[2]))
+        except (rlp.exceptions.DecodingError, IndexError, TypeError) as exc:
+            raise ValueError(f"not a signed EIP-1559 transaction: {exc}") from exc
 
     def __str__(self) -> str:
         return f"max fee {gwei(self.max_fee)} gwei, tip {gwei(self.priority)} gwei"
@@ -292,8 +295,11 @@ class RegistrySender(RegistryReader):
         tx_call = {"from": payer, "data": to_hex(data)}
         if to is not None:
             tx_call["to"] = to
+        # a replacement is estimated on the latest block: some nodes (Anvil) estimate on
+        # the pending one, where the transaction it replaces has already run
+        estimate: list[object] = [tx_call, "latest"] if at_least is not None else [tx_call]
         calls: list[tuple[str, Sequence[object]]] = [
-            ("eth_estimateGas", [tx_call]),
+            ("eth_estimateGas", estimate),
             ("eth_maxPriorityFeePerGas", []),
             ("eth_getBlockByNumber", ["latest", False]),
             ("eth_feeHistory", ["0x1", "latest", []]),
