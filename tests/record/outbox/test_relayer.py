@@ -1,0 +1,172 @@
+"""Committers without ETH: the outbox signs each call with the trainer's key (EIP-712)
+and sends it through a relayer's account (``LEDGER_RELAYER_KEY``), on the session's
+real Anvil and registry.
+
+The trainer's key is a fresh keystore (``LEDGER_KEYSTORE``) whose account holds no
+ETH and the committer role; the relayer is a funded dev account with no role at all.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from eth_account import Account
+from web3.exceptions import ContractLogicError
+
+from ledger.chain.anvil import rpc_call
+from ledger.config import Secret, create_keystore, load_settings
+from ledger.record.manifest import build_manifest
+from ledger.record.outbox import Outbox
+from ledger.record.outbox.worker import Worker
+from ledger.training.hook import LedgerRun
+from tests.conftest import OTHER_KEYS, Chain
+from tests.training.test_flow import Tiny, fit
+
+pytestmark = pytest.mark.integration
+
+PASSWORD = "relayed runs"
+RELAYER_KEY = OTHER_KEYS[1]
+RELAYER = Account.from_key(RELAYER_KEY).address
+
+
+class Team:
+    """A data directory whose committer is a keystore account without ETH."""
+
+    def __init__(self, chain: Chain, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.chain = chain
+        self.home = tmp_path / "ledger"
+        chain.settings(self.home)  # config.json: the session registry
+        self.keystore = tmp_path / "trainer.json"
+        self.trainer = create_keystore(self.keystore, Secret(PASSWORD))
+        self.env = {
+            "LEDGER_HOME": str(self.home),
+            "LEDGER_KEYSTORE": str(self.keystore),
+            "LEDGER_KEYSTORE_PASSWORD": PASSWORD,
+            "LEDGER_RELAYER_KEY": RELAYER_KEY,
+        }
+        for name, value in self.env.items():
+            monkeypatch.setenv(name, value)
+        self.rpc("anvil_setBalance", self.trainer, "0x0")
+        chain.registry.grant_committer(self.trainer)
+
+    def rpc(self, method: str, *params: object) -> object:
+        return rpc_call(self.chain.rpc_url, method, list(params))
+
+    def balance(self, account: str) -> int:
+        return int(str(self.rpc("eth_getBalance", account, "latest")), 16)
+
+    def sent_by(self, account: str) -> int:
+        return int(str(self.rpc("eth_getTransactionCount", account, "latest")), 16)
+
+
+@pytest.fixture
+def team(chain: Chain, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Team]:
+    for name in [k for k in os.environ if k.startswith("LEDGER_") and k != "LEDGER_OUTBOX_KEEP"]:
+        monkeypatch.delenv(name)
+    yield Team(chain, tmp_path, monkeypatch)
+
+
+def test_a_trainer_without_eth_records_a_run_through_a_relayer(team: Team, tmp_path: Path) -> None:
+    chain = team.chain
+    paid_before = team.balance(RELAYER)
+    torch.manual_seed(0)
+    model = Tiny()
+    optimiser = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.randn(32, 8), torch.randn(32, 1)
+    with LedgerRun(
+        model,
+        name="relayed",
+        config={"lr": 0.1},
+        out=tmp_path / "model.pt",
+        data={"x": x},
+        settings=load_settings(team.home),
+    ) as run:
+        fit(run, model, optimiser, x, y, 2)
+    assert run.run_id is not None
+    journal = Outbox(load_settings(team.home), background=False).journal
+    assert {e.state for e in journal.entries()} == {"confirmed"}
+    # the records name the trainer; the trainer sent nothing and paid nothing
+    [started] = chain.registry.events("RunStarted", bytes.fromhex(run.run_id[2:]))
+    assert started["committer"] == team.trainer
+    assert chain.registry.get_run(bytes.fromhex(run.run_id[2:])).committer == team.trainer
+    assert team.balance(team.trainer) == 0 and team.sent_by(team.trainer) == 0
+    assert team.balance(RELAYER) < paid_before
+    for entry in journal.entries():
+        assert entry.tx_hash is not None
+        tx = team.rpc("eth_getTransactionByHash", entry.tx_hash)
+        assert isinstance(tx, dict) and tx["from"].lower() == RELAYER.lower()
+    # `ledger verify` names the trainer as the committer, not the relayer
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LEDGER_")}
+    env.update(LEDGER_HOME=str(team.home))
+    done = subprocess.run(
+        [sys.executable, "-m", "ledger", "verify", str(tmp_path / "model.pt"), "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    text = json.dumps(report)
+    assert team.trainer in text and RELAYER not in text
+    assert report["outcome"] == "verified" and report["run_id"] == run.run_id
+    named = [c for c in report["checks"] if c["name"].endswith("committer")]
+    assert named and all(c["ok"] and team.trainer in c["detail"] for c in named)
+
+
+def test_a_relayed_call_cannot_be_replayed_by_someone_else(team: Team, tmp_path: Path) -> None:
+    """The relayed transaction is public: its signed call, sent again by another
+    account, is refused (the contract nonce is used up), so a record is never twice."""
+    chain = team.chain
+    outbox = Outbox(load_settings(team.home), background=False)
+    worker = Worker(outbox.journal, outbox.settings, say=lambda _l: None, urgent=True)
+    run_id = outbox.start_run(build_manifest(name="replayed", config={}, created_at=None))
+    worker.run_once()
+    [entry] = outbox.journal.entries()
+    assert entry.state == "confirmed" and entry.tx_hash is not None
+    tx = chain.w3.eth.get_transaction(entry.tx_hash)  # type: ignore[arg-type]
+    function, args = chain.registry.contract.decode_function_input(tx["input"])
+    assert function.fn_name == "executeSigned" and args["signer"] == team.trainer
+    replay = chain.registry.contract.functions.executeSigned(
+        args["signer"], args["nonce"], args["deadline"], args["data"], args["signature"]
+    )
+    with pytest.raises(ContractLogicError):
+        replay.call({"from": chain.bob.address})
+    assert len(chain.registry.events("RunStarted", bytes.fromhex(run_id[2:]))) == 1
+    # the next record signs with the next contract nonce
+    outbox.start_run(build_manifest(name="replayed-2", config={}, created_at=None))
+    worker.run_once()
+    assert [e.state for e in outbox.journal.entries()] == ["confirmed", "confirmed"]
+    nonces = chain.registry.contract.functions.nonces(team.trainer).call()
+    assert nonces == args["nonce"] + 2
+
+
+def test_a_relayer_out_of_funds_holds_the_records_then_sends_them(team: Team) -> None:
+    lines: list[str] = []
+    outbox = Outbox(load_settings(team.home), background=False)
+    worker = Worker(outbox.journal, outbox.settings, say=lines.append, urgent=True)
+    funds = team.balance(RELAYER)
+    team.rpc("anvil_setBalance", RELAYER, "0x0")
+    run_id = outbox.start_run(build_manifest(name="unfunded", config={}, created_at=None))
+    for _ in range(2):
+        result = worker.run_once()
+        assert result.waiting_on is not None and RELAYER in result.waiting_on
+    [entry] = outbox.journal.entries()
+    assert entry.state == "stored"  # not sent: nothing the node holds
+    assert entry.error is not None and f"send ETH to {RELAYER}" in entry.error
+    assert len(lines) == 1 and "LEDGER_RELAYER_KEY" in lines[0]
+    team.rpc("anvil_setBalance", RELAYER, hex(funds))
+    worker.run_once()
+    [entry] = outbox.journal.entries()
+    assert entry.state == "confirmed"
+    assert lines[-1].startswith("reachable again")
+    [started] = team.chain.registry.events("RunStarted", bytes.fromhex(run_id[2:]))
+    assert started["committer"] == team.trainer
