@@ -236,3 +236,65 @@ def test_a_stuck_transaction_whose_replacement_passes_the_cap_waits(fee_chain: F
     [done] = outbox.journal.entries()
     assert done.state == "confirmed" and done.tx_hash == entry.tx_hash
     assert len(started_events(fee_chain, run_id)) == 1
+
+
+def test_a_stuck_relayed_call_is_signed_again_with_the_same_contract_nonce(
+    fee_chain: FeeChain,
+) -> None:
+    """A relayed call pending past its deadline: the replacement (same relayer nonce)
+    carries the trainer's call signed again, with the same contract nonce (it was never
+    used) and a new deadline, so it does not revert when mined."""
+    from eth_account import Account
+
+    from ledger.chain.admin import RegistryAdmin
+    from ledger.config import Secret
+    from tests.conftest import OTHER_KEYS
+
+    trainer = Account.from_key(OTHER_KEYS[0]).address
+    RegistryAdmin.connect(load_settings(fee_chain.home)).grant_committer(trainer)
+    settings = replace(
+        load_settings(fee_chain.home),
+        private_key=Secret(OTHER_KEYS[0]),
+        relayer_key=Secret(OTHER_KEYS[1]),
+    )
+    fee_chain.sender = Account.from_key(OTHER_KEYS[1]).address  # whose pool and nonce
+    lines: list[str] = []
+    outbox = Outbox(settings, background=False)
+    worker = Worker(outbox.journal, settings, say=lines.append, urgent=True, receipt_wait=0.3)
+    fee_chain.rpc("evm_setAutomine", False)
+    run_id = start(outbox, "relayed-stuck")
+    worker.run_once()
+    [entry] = outbox.journal.entries()
+    assert entry.state == "sent" and entry.tx_hash is not None
+    registry = fee_chain.registry()
+    decode = registry.contract.decode_function_input
+
+    def signed_call(tx_hash: str) -> dict[str, object]:
+        saved = outbox.journal.saved_tx(tx_hash)
+        assert saved is not None
+        tx = fee_chain.rpc("eth_getTransactionByHash", tx_hash)
+        assert isinstance(tx, dict), "the node holds it"
+        function, args = decode(tx["input"])
+        assert function.fn_name == "executeSigned"
+        return dict(args)
+
+    first = signed_call(entry.tx_hash)
+    assert first["signer"] == trainer
+    fee_chain.rpc("evm_increaseTime", 7200)  # past the signed call's deadline
+    fee_chain.next_base_fee(100)
+    fee_chain.mine()  # without it
+    worker.run_once()
+    [entry] = outbox.journal.entries()
+    assert entry.tx_hash is not None and len(outbox.journal.tx_family(entry.tx_hash)) == 2
+    second = signed_call(entry.tx_hash)
+    assert second["nonce"] == first["nonce"] and second["signer"] == trainer
+    assert int(str(second["deadline"])) > int(str(first["deadline"])) + 7000
+    fee_chain.mine()
+    worker.run_once()
+    [entry] = outbox.journal.entries()
+    assert entry.state == "confirmed"
+    receipt = fee_chain.rpc("eth_getTransactionReceipt", entry.tx_hash)
+    assert isinstance(receipt, dict) and receipt["status"] == "0x1"
+    [event] = started_events(fee_chain, run_id)
+    assert event["committer"] == trainer
+    assert registry.contract.functions.nonces(trainer).call() == int(str(first["nonce"])) + 1
