@@ -291,7 +291,8 @@ class RegistrySender(RegistryReader):
                 "executeSigned",
                 [call.signer, call.nonce, call.deadline, call.data, call.signature],
             )
-        payer = self.payer.address
+        account = self.signer if create else self.payer  # a deployment is never relayed
+        payer = account.address
         tx_call = {"from": payer, "data": to_hex(data)}
         if to is not None:
             tx_call["to"] = to
@@ -322,7 +323,7 @@ class RegistrySender(RegistryReader):
             "maxPriorityFeePerGas": fees.priority,
             "maxFeePerGas": fees.max_fee,
         }
-        raw = self.payer.sign_1559(self.chain_id, nonce, fields, to, data)
+        raw = account.sign_1559(self.chain_id, nonce, fields, to, data)
         return PreparedTx(
             tx_hash=to_hex(keccak256(raw)),
             raw=raw,
@@ -354,14 +355,19 @@ class RegistrySender(RegistryReader):
             )
         return Fees(min(max_fee, cap), min(priority, cap))
 
-    def next_base_fee(self) -> int:
+    def fee_market(self) -> tuple[int, int]:
         """The base fee the next block will ask (``eth_feeHistory``; the latest
-        block's where a node does not answer it)."""
+        block's where a node does not answer it) and the node's suggested tip."""
         answers = self.rpc.batch(
-            [("eth_getBlockByNumber", ["latest", False]), ("eth_feeHistory", ["0x1", "latest", []])]
+            [
+                ("eth_getBlockByNumber", ["latest", False]),
+                ("eth_feeHistory", ["0x1", "latest", []]),
+                ("eth_maxPriorityFeePerGas", []),
+            ]
         )
         block = answers[0] or {}
-        return max(as_int(block.get("baseFeePerGas", "0x0")), _next_base_fee(answers, 1))
+        base = max(as_int(block.get("baseFeePerGas", "0x0")), _next_base_fee(answers, 1))
+        return base, as_int(answers[2])
 
     # -- signed calls (EIP-712) -------------------------------------------------------------
 

@@ -21,7 +21,8 @@ One pass (:meth:`Worker.run_once`) does, in order:
    stuck transaction's replacements: the journal keeps them all); an unmined one
    is rebroadcast from the saved bytes (same nonce, so mined at most once), or,
    when stuck (its max fee under the next block's base fee, or pending longer
-   than :data:`STUCK_AFTER`), replaced by one with the same nonce and fees raised
+   than :data:`STUCK_AFTER` with less than the tip the node now suggests),
+   replaced by one with the same nonce and fees raised
    by at least :data:`~ledger.chain.sender.FEE_BUMP`; one whose nonce was taken
    by another transaction is looked up and requeued;
 4. **send** the entries whose predecessors are all confirmed, batched per kind
@@ -96,7 +97,7 @@ STORE_THREADS = 8
 STORE_INLINE = 16 << 20  # bytes of weights a pass beside training stores without a pool
 LINGER = 2.0
 RECEIPT_WAIT = 2.0  # per pass; an unmined transaction is looked at again next pass
-STUCK_AFTER = 90.0  # s pending (with fees the chain takes) before a replacement with more
+STUCK_AFTER = 90.0  # s pending with less than the suggested tip before a replacement
 NO_REGISTRY = "registry not deployed"
 """The prefix of an open entry's error while the registry is not at its address."""
 
@@ -550,10 +551,15 @@ class Worker:
             fees: Fees | None = Fees.of(saved.raw)
         except ValueError:
             fees = None  # not a transaction of ours to raise: only rebroadcast it
-        stuck = fees is not None and (
-            fees.max_fee < registry.next_base_fee()
-            or time.time() - saved.created_at > self.stuck_after
-        )
+        stuck = False
+        if fees is not None:
+            base, tip = registry.fee_market()
+            # under the base fee it cannot be mined; past stuck_after with less than the
+            # tip the node suggests now, it waits behind better paying ones (with the
+            # tip, waiting longer is the network's doing: no raise, so no fee creep)
+            stuck = fees.max_fee < base or (
+                time.time() - saved.created_at > self.stuck_after and fees.priority < tip
+            )
         if not stuck:
             try:
                 registry.broadcast(saved.raw)

@@ -298,3 +298,55 @@ def test_a_stuck_relayed_call_is_signed_again_with_the_same_contract_nonce(
     [event] = started_events(fee_chain, run_id)
     assert event["committer"] == trainer
     assert registry.contract.functions.nonces(trainer).call() == int(str(first["nonce"])) + 1
+
+
+def test_a_long_pending_transaction_is_replaced_only_when_its_tip_is_short(
+    fee_chain: FeeChain,
+) -> None:
+    """Past ``stuck_after``, a transaction that offers the tip the node suggests is left
+    alone (a slow network is no reason to raise fees again and again); one offering
+    less is replaced."""
+    from ledger.chain.rpc import as_int
+    from ledger.hashing.keccak import keccak256
+    from ledger.ids import to_hex
+    from ledger.record.outbox.journal import SavedTx
+
+    lines: list[str] = []
+    outbox, worker = outbox_and_worker(fee_chain, lines)
+    worker.stuck_after = 0.0
+    fee_chain.rpc("evm_setAutomine", False)
+    start(outbox, "patient")
+    worker.run_once()
+    worker.run_once()  # pending "too long", but with the suggested tip: rebroadcast only
+    [entry] = outbox.journal.entries()
+    assert entry.state == "sent" and entry.tx_hash is not None
+    assert len(outbox.journal.tx_family(entry.tx_hash)) == 1
+    fee_chain.mine()
+    worker.run_once()
+    assert [e.state for e in outbox.journal.entries()] == ["confirmed"]
+
+    # a transaction with a tip of 1 wei, saved and broadcast as the worker would
+    run_id = start(outbox, "stingy")
+    _, held = outbox_and_worker(fee_chain, [], cap_gwei=0.000001)
+    held.run_once()  # stored, not sent (the cap is far below the base fee)
+    entry = outbox.journal.entries()[-1]
+    assert entry.state == "stored" and entry.record is not None
+    registry = worker._connect()
+    data = registry.batch_call("start", [(bytes.fromhex(entry.record["manifest_digest"]), [])])
+    base, _tip = registry.fee_market()
+    nonce = as_int(fee_chain.rpc("eth_getTransactionCount", fee_chain.sender, "pending"))
+    fields = {"gas": 200_000, "maxPriorityFeePerGas": 1, "maxFeePerGas": 2 * base + 1}
+    raw = registry.signer.sign_1559(registry.chain_id, nonce, fields, registry.address, data)
+    stingy = SavedTx(to_hex(keccak256(raw)), raw, registry.signer.address, nonce, 31337)
+    outbox.journal.save_sent([entry.id], stingy)
+    registry.broadcast(raw)
+    worker.run_once()
+    entry = outbox.journal.entries()[-1]
+    assert entry.tx_hash is not None and entry.tx_hash != stingy.tx_hash
+    family = outbox.journal.tx_family(entry.tx_hash)
+    assert [t.tx_hash for t in family] == [stingy.tx_hash, entry.tx_hash]
+    assert Fees.of(family[1].raw).priority >= GWEI
+    fee_chain.mine()
+    worker.run_once()
+    assert [e.state for e in outbox.journal.entries()] == ["confirmed", "confirmed"]
+    assert len(started_events(fee_chain, run_id)) == 1
