@@ -32,7 +32,7 @@ from tests.training.test_flow import Tiny, fit
 pytestmark = pytest.mark.integration
 
 PASSWORD = "relayed runs"
-RELAYER_KEY = OTHER_KEYS[1]
+RELAYER_KEY = OTHER_KEYS[1]  # the session chain's "bob"; "alice" plays the stranger
 RELAYER = Account.from_key(RELAYER_KEY).address
 
 
@@ -139,7 +139,7 @@ def test_a_relayed_call_cannot_be_replayed_by_someone_else(team: Team, tmp_path:
         args["signer"], args["nonce"], args["deadline"], args["data"], args["signature"]
     )
     with pytest.raises(ContractLogicError):
-        replay.call({"from": chain.bob.address})
+        replay.call({"from": chain.alice.address})
     assert len(chain.registry.events("RunStarted", bytes.fromhex(run_id[2:]))) == 1
     # the next record signs with the next contract nonce
     outbox.start_run(build_manifest(name="replayed-2", config={}, created_at=None))
@@ -170,3 +170,51 @@ def test_a_relayer_out_of_funds_holds_the_records_then_sends_them(team: Team) ->
     assert lines[-1].startswith("reachable again")
     [started] = team.chain.registry.events("RunStarted", bytes.fromhex(run_id[2:]))
     assert started["committer"] == team.trainer
+
+
+def test_a_front_run_signed_call_is_confirmed_once_from_the_chain(team: Team) -> None:
+    """Someone copies the relayed call from the mempool and gets it mined first: the
+    relayer's own transaction reverts (the contract nonce is used up), and the outbox
+    finds the record on chain instead of signing and sending it again."""
+    chain = team.chain
+    outbox = Outbox(load_settings(team.home), background=False)
+    worker = Worker(
+        outbox.journal, outbox.settings, say=lambda _l: None, urgent=True, receipt_wait=0.3
+    )
+    run_id = outbox.start_run(build_manifest(name="front-run", config={}, created_at=None))
+    worker.run_once()
+    weights = team.home.parent / "c0.pt"
+    torch.save({"w": torch.ones(3)}, weights)
+    outbox.checkpoint(run_id, 0, weights, {"loss": 1.0})
+    team.rpc("evm_setAutomine", False)
+    try:
+        worker.run_once()  # the checkpoint's relayed call: pending
+        entry = outbox.journal.entries()[-1]
+        assert entry.state == "sent" and entry.tx_hash is not None
+        pending = chain.w3.eth.get_transaction(entry.tx_hash)  # type: ignore[arg-type]
+        _function, args = chain.registry.contract.decode_function_input(pending["input"])
+        copy = chain.registry.contract.functions.executeSigned(
+            args["signer"], args["nonce"], args["deadline"], args["data"], args["signature"]
+        ).build_transaction(
+            {
+                "from": chain.alice.address,
+                "nonce": chain.w3.eth.get_transaction_count(chain.alice.address, "pending"),
+                "gas": 300_000,
+                "maxFeePerGas": 1000 * 10**9,
+                "maxPriorityFeePerGas": 100 * 10**9,
+            }
+        )
+        signed = chain.alice.sign_transaction(copy)
+        # the copy is mined first (ours leaves the pool: Anvil would mine it first)
+        team.rpc("anvil_dropTransaction", entry.tx_hash)
+        front = chain.w3.eth.send_raw_transaction(signed.raw_transaction)
+        team.rpc("anvil_mine", "0x1")
+    finally:
+        team.rpc("evm_setAutomine", True)
+    assert chain.w3.eth.get_transaction_receipt(front)["status"] == 1
+    worker.run_once()  # ours is sent again (same bytes), mined, and reverts
+    ours = chain.w3.eth.get_transaction_receipt(entry.tx_hash)  # type: ignore[arg-type]
+    assert ours["status"] == 0  # the contract nonce was used by the copy
+    entry = outbox.journal.entries()[-1]
+    assert entry.state == "confirmed" and entry.tx_hash == "0x" + bytes(front).hex()
+    assert len(chain.registry.events("CheckpointCommitted", bytes.fromhex(run_id[2:]))) == 1
