@@ -218,3 +218,37 @@ def test_a_front_run_signed_call_is_confirmed_once_from_the_chain(team: Team) ->
     entry = outbox.journal.entries()[-1]
     assert entry.state == "confirmed" and entry.tx_hash == "0x" + bytes(front).hex()
     assert len(chain.registry.events("CheckpointCommitted", bytes.fromhex(run_id[2:]))) == 1
+
+
+def test_the_worker_process_gets_the_relayer_and_the_fee_cap(tmp_path: Path) -> None:
+    """What the outbox sends its worker process on stdin carries the relayer key and
+    the cap; runs with another relayer or cap get a worker of their own."""
+    from ledger.config import Settings
+    from ledger.record.outbox.process import _settings_line, socket_name
+
+    settings = Settings(
+        data_dir=tmp_path, relayer_key=Secret(RELAYER_KEY), max_fee_per_gas=7 * 10**9
+    )
+    line = json.loads(_settings_line(settings, Secret(OTHER_KEYS[0]), name=None, keep=0.0))
+    given = dict(line["settings"])
+    rebuilt = Settings(
+        data_dir=Path(given.pop("data_dir")), relayer_key=Secret(line["relayer_key"]), **given
+    )
+    assert rebuilt.max_fee_per_gas == 7 * 10**9
+    assert rebuilt.relayer_key is not None and rebuilt.relayer_key.reveal() == RELAYER_KEY
+    plain = Settings(data_dir=tmp_path)
+    assert (
+        json.loads(_settings_line(plain, Secret(OTHER_KEYS[0]), name=None, keep=0.0))["relayer_key"]
+        is None
+    )
+    names = {
+        socket_name(s, "0xabc")
+        for s in (
+            settings,
+            plain,
+            Settings(data_dir=tmp_path, relayer_key=Secret(RELAYER_KEY)),
+            Settings(data_dir=tmp_path, max_fee_per_gas=7 * 10**9),
+        )
+    }
+    assert len(names) == 4  # each its own worker
+    assert all(RELAYER_KEY[2:] not in str(n) for n in names)
