@@ -58,6 +58,7 @@ FIRST_RECEIPT_LOOK = 0.00025  # s after the broadcast: an automining Anvil has t
 # in about 0.5 ms on a young chain (a few ms after thousands of blocks), almost never at once
 FEE_BUMP = 1.125  # a replacement raises both fees by this much (geth asks +10% of each;
 # +12.5% also clears nodes that ask more, e.g. the 12.5% some L2 sequencers want)
+_ZERO = "0x" + "00" * 20
 SIGNED_CALL_LIFETIME = 3600  # s: a relayed call's deadline; a replacement signs it again
 
 _SIGNED_CALL_TYPE = keccak256(
@@ -406,6 +407,28 @@ class RegistrySender(RegistryReader):
         )
         digest = keccak256(b"\x19\x01" + self._domain_separator() + struct)
         return SignedCall(signer.address, nonce, deadline, data, signer.sign_digest(digest))
+
+    def signed_call_used(self, raw: bytes) -> bool:
+        """Whether the signed call a relayed transaction (its raw bytes) carries can no
+        longer run: its signer's contract nonce has moved past it (the call ran in
+        another transaction, e.g. a copy someone else relayed). False for a
+        transaction that carries no signed call."""
+        import rlp
+
+        from ledger.chain.abi import decode_params
+
+        try:
+            data = bytes(rlp.decode(raw[1:])[7]) if raw[:1] == b"\x02" else b""
+        except (rlp.exceptions.DecodingError, IndexError, TypeError):
+            return False
+        function = self.abi.functions["executeSigned"]
+        if data[:4] != self.abi.call("executeSigned", [_ZERO, 0, 0, b"", b""])[:4]:
+            return False
+        try:
+            signer, nonce = decode_params(function["inputs"], data[4:])[:2]
+        except ValueError:
+            return False
+        return int(self._call("nonces", signer)[0]) > int(nonce)
 
     def _domain_separator(self) -> bytes:
         """The registry's EIP-712 domain, as it reports it (EIP-5267 ``eip712Domain``)."""

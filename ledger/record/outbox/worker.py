@@ -513,10 +513,13 @@ class Worker:
             tx_hash, receipt = _mined_of(registry, tx_hash, family)
             # still next in line: send the same bytes again (same nonce, same hash), or
             # a replacement with higher fees when it is stuck
+            # (a relayed call that ran elsewhere, copied by someone, would only revert:
+            # not sent again, whatever is on chain decides)
             if (
                 receipt is None
                 and saved is not None
                 and saved.nonce == registry.mined_nonce(saved.sender)
+                and not registry.signed_call_used(saved.raw)
             ):
                 tx_hash, receipt = self._unstick(registry, saved, entries)
                 if receipt is None:
