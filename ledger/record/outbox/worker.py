@@ -727,10 +727,18 @@ class Worker:
             if receipt is None:
                 return  # stays sent; recovered next pass
             if not receipt.ok:
+                # reverted: a record may be on chain all the same (a relayed call that a
+                # copy from the mempool ran first): what is there is confirmed, not resent
+                left = []
+                for entry in batch:
+                    found = self._find_on_chain(registry, entry)
+                    if found is None:
+                        left.append(entry.id)
+                    else:
+                        self._confirm(registry, [entry], *found)
+                        result.confirmed += 1
                 self.journal.requeue(
-                    [e.id for e in batch],
-                    recommit=False,
-                    error=f"transaction {saved.tx_hash} reverted on chain",
+                    left, recommit=False, error=f"transaction {saved.tx_hash} reverted on chain"
                 )
                 return
             if not _records_all(registry, receipt, batch):

@@ -252,3 +252,68 @@ def test_the_worker_process_gets_the_relayer_and_the_fee_cap(tmp_path: Path) -> 
     }
     assert len(names) == 4  # each its own worker
     assert all(RELAYER_KEY[2:] not in str(n) for n in names)
+
+
+def test_a_copy_mined_in_the_same_block_first_is_not_recorded_twice(team: Team) -> None:
+    """The copy lands just before the relayer's transaction, which reverts while the
+    worker waits for its receipt: the checkpoint is confirmed from the chain, never
+    signed and sent again (a second identical event)."""
+    import threading
+    import time
+
+    chain = team.chain
+    outbox = Outbox(load_settings(team.home), background=False)
+    worker = Worker(
+        outbox.journal, outbox.settings, say=lambda _l: None, urgent=True, receipt_wait=30.0
+    )
+    run_id = outbox.start_run(build_manifest(name="same-block", config={}, created_at=None))
+    worker.run_once()
+    weights = team.home.parent / "c0.pt"
+    torch.save({"w": torch.ones(3)}, weights)
+    outbox.checkpoint(run_id, 0, weights, {"loss": 1.0})
+    team.rpc("evm_setAutomine", False)
+    try:
+        sending = threading.Thread(target=worker.run_once)
+        sending.start()  # signs, saves, broadcasts, then waits for the receipt
+        deadline = time.monotonic() + 60
+        while not outbox.journal.has_sent():
+            assert time.monotonic() < deadline, "the worker sent nothing"
+            time.sleep(0.05)
+        entry = outbox.journal.entries()[-1]
+        assert entry.tx_hash is not None
+        saved = outbox.journal.saved_tx(entry.tx_hash)
+        assert saved is not None
+        while (pending := team.rpc("eth_getTransactionByHash", entry.tx_hash)) is None:
+            assert time.monotonic() < deadline, "the worker saved but did not broadcast"
+            time.sleep(0.05)  # saved before it is broadcast
+        assert isinstance(pending, dict)
+        _function, args = chain.registry.contract.decode_function_input(pending["input"])
+        copy = chain.registry.contract.functions.executeSigned(
+            args["signer"], args["nonce"], args["deadline"], args["data"], args["signature"]
+        ).build_transaction(
+            {
+                "from": chain.alice.address,
+                "nonce": chain.w3.eth.get_transaction_count(chain.alice.address, "pending"),
+                "gas": 300_000,
+                "maxFeePerGas": 1000 * 10**9,
+                "maxPriorityFeePerGas": 100 * 10**9,
+            }
+        )
+        # the copy first, then ours again: Anvil mines them in that order, in one block
+        team.rpc("anvil_dropTransaction", entry.tx_hash)
+        front = chain.w3.eth.send_raw_transaction(
+            chain.alice.sign_transaction(copy).raw_transaction
+        )
+        team.rpc("eth_sendRawTransaction", "0x" + saved.raw.hex())
+        team.rpc("anvil_mine", "0x1")
+        sending.join(timeout=60)
+        assert not sending.is_alive()
+    finally:
+        team.rpc("evm_setAutomine", True)
+    ours = chain.w3.eth.get_transaction_receipt(entry.tx_hash)  # type: ignore[arg-type]
+    assert ours["status"] == 0
+    assert chain.w3.eth.get_transaction_receipt(front)["status"] == 1
+    entry = outbox.journal.entries()[-1]
+    assert entry.state == "confirmed" and entry.tx_hash == "0x" + bytes(front).hex()
+    worker.run_once()
+    assert len(chain.registry.events("CheckpointCommitted", bytes.fromhex(run_id[2:]))) == 1
