@@ -32,6 +32,7 @@ GOALS = {
     "per_checkpoint_batch": 30_000,
 }
 EAS_PER_ATTESTATION = (180_000, 320_000)
+ETH_AT_GWEI = (20, 1, 0.01)  # gas prices the cost of a run is printed at
 RELAYER_KEY = "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d"  # Anvil #1
 
 
@@ -43,7 +44,10 @@ def leaf(step: int) -> CheckpointLeaf:
     return CheckpointLeaf(step, digest(), digest(), digest())
 
 
-def measure(registry: RegistryAdmin, relayer: RegistryAdmin) -> dict[str, int]:
+def measure(
+    registry: RegistryAdmin, relayer: RegistryAdmin, relayed: RegistryAdmin
+) -> dict[str, int]:
+    """Gas of each write; ``relayed`` signs as ``registry`` and sends through ``relayer``."""
     figures: dict[str, int] = {}
     run_id, start = registry.start_run(digest())
     leaves = [leaf(0), leaf(1)]
@@ -75,6 +79,20 @@ def measure(registry: RegistryAdmin, relayer: RegistryAdmin) -> dict[str, int]:
         signed_start_run=signed_start.gas_used, signed_commit_checkpoint=signed_checkpoint.gas_used
     )
 
+    # a run as the outbox sends it when checkpoints come one at a time (each its own
+    # transaction): startRuns, commitCheckpoints and finalizeRuns of one item each;
+    # then the same through a relayer (the signer's contract nonce already in use)
+    for name, client in (("outbox_run_10", registry), ("outbox_run_10_relayed", relayed)):
+        total = 0
+        (one,), tx = client.start_runs([(digest(), [])])
+        total += tx.gas_used
+        leaves = [leaf(step) for step in range(10)]
+        for checkpoint in leaves:
+            total += client.commit_checkpoints([(one, checkpoint)]).gas_used
+        record = FinalRecord(digest(), digest(), digest(), checkpoint_root(leaves), len(leaves))
+        total += client.finalize_runs([(one, record)]).gas_used
+        figures[name] = total
+
     for size in (1, 10, 100):
         ids, batch_start = registry.start_runs([(digest(), []) for _ in range(size)])
         figures[f"per_run_batch_{size}"] = batch_start.gas_used // size
@@ -104,7 +122,14 @@ def main() -> None:
             relayer = RegistryAdmin(
                 rpc, registry.address, Signer(Secret(RELAYER_KEY)), registry.chain_id
             )
-            figures = {"deploy": deployed.gas_used, **measure(registry, relayer)}
+            relayed = RegistryAdmin(
+                rpc,
+                registry.address,
+                registry.signer,
+                registry.chain_id,
+                relayer=relayer.signer,
+            )
+            figures = {"deploy": deployed.gas_used, **measure(registry, relayer, relayed)}
         finally:
             anvil.stop()
     for name, gas in figures.items():
@@ -123,6 +148,12 @@ def main() -> None:
         f"start+finalize vs an EAS attestation ({low:,}-{high:,}): "
         f"{figures['start_plus_finalize'] / low:.2f}-{figures['start_plus_finalize'] / high:.2f}"
     )
+    for price in ETH_AT_GWEI:
+        direct, relayed_gas = figures["outbox_run_10"], figures["outbox_run_10_relayed"]
+        print(
+            f"a run of 10 checkpoints at {price} gwei: {direct * price / 1e9:.6f} ETH "
+            f"({relayed_gas * price / 1e9:.6f} ETH relayed)"
+        )
     print(
         json.dumps(
             {**figures, **{f"ratio_{k}": round(v, 3) for k, v in ratios.items()}}, sort_keys=True

@@ -45,6 +45,12 @@ class ConfigError(LedgerError):
     http_status = 500
 
 
+class KeystoreError(ConfigError):
+    """A keystore cannot be opened: wrong password, unreadable or not a keystore."""
+
+    exit_code = 12
+
+
 class InputError(LedgerError, ValueError):
     """A file or argument given by the user cannot be used as it is."""
 
@@ -154,6 +160,25 @@ class RpcError(ChainError):
 
 class NonceTooLowError(ChainError):
     """A transaction's nonce was already used by another transaction of its sender."""
+
+
+class FeeAboveCapError(ChainError):
+    """The chain asks more per gas than ``LEDGER_MAX_FEE_GWEI`` allows: records wait."""
+
+    def __init__(self, message: str, *, needed: int, cap: int, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.needed = needed
+        self.cap = cap
+
+
+class UnderpricedError(ChainError):
+    """The node refused a transaction's fees: under the next block's base fee, or too
+    small a raise over a pending transaction with the same nonce."""
+
+
+class InsufficientFundsError(ChainError):
+    """The account paying for a transaction cannot cover its gas: records wait until
+    it is funded."""
 
 
 class RegistryNotDeployedError(ChainError):
