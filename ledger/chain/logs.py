@@ -94,7 +94,8 @@ def scan_logs(
         except RpcError as exc:
             if stop == at:
                 raise ChainError(
-                    f"eth_getLogs at {rpc.url} refuses even block {at} alone: {exc.message}",
+                    f"eth_getLogs at {rpc.url} refuses even block {at} alone: "
+                    f"{exc.node_message or exc.message}",
                     hint="the endpoint caps eth_getLogs below what one block holds: "
                     "use an endpoint without that cap (or your own node) for this chain",
                 ) from exc
@@ -107,7 +108,7 @@ def scan_logs(
 def _kind(exc: RpcError) -> str | None:
     """``"range"`` for a block-range refusal, ``"results"`` for a result-count (or
     query-time) one, None for an error that splitting would not cure."""
-    message = exc.message
+    message = exc.node_message or exc.message
     if exc.code == -32614:
         return "range"
     if exc.code == -32005 or re.search(r"more than \d|results|response size|timeout", message):
@@ -125,7 +126,7 @@ def _narrower(url: str, exc: RpcError, at: int, stop: int | None) -> int:
     hinted = _hinted_end(exc)
     if hinted is not None and hinted >= at and (stop is None or hinted < stop):
         fits = hinted - at + 1
-    elif kind == "range" and (named := _named_cap(exc.message, width)) is not None:
+    elif kind == "range" and (named := _named_cap(exc.node_message, width)) is not None:
         fits = named
     elif width is not None:
         fits = max(1, width // 2)
@@ -144,7 +145,7 @@ def _hinted_end(exc: RpcError) -> int | None:
             return int(data["to"], 16)
         except ValueError:
             return None
-    found = _HEX_RANGE.search(exc.message)
+    found = _HEX_RANGE.search(exc.node_message or exc.message)
     return int(found.group(2), 16) if found else None
 
 

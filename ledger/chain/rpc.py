@@ -48,7 +48,7 @@ import socket
 import threading
 import time
 import urllib.parse
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -192,12 +192,17 @@ class JsonRpc:
     """
 
     def __init__(
-        self, url: str, timeout: float = TIMEOUT, retry: RetryPolicy | None = None
+        self,
+        url: str,
+        timeout: float = TIMEOUT,
+        retry: RetryPolicy | None = None,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.url = url
         self.timeout = timeout
         self.retry = retry or RetryPolicy()
-        self._sleep = time.sleep
+        self._sleep = sleep  # how the waits between tries pass (tests pass a clock's)
         self._id = 0
         parts = urllib.parse.urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -311,6 +316,7 @@ class JsonRpc:
             f"{method} failed at {self.url}: {fields.get('message', error)}",
             code=fields.get("code"),
             data=fields.get("data"),
+            node_message=str(fields.get("message", error)),
         )
 
     def _post(self, body: bytes) -> bytes:

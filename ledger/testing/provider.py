@@ -456,6 +456,11 @@ class _Handler(BaseHTTPRequestHandler):
             with self.server.open_lock:
                 self.server.open.discard(self.connection)
 
+    def handle(self) -> None:
+        # the client may go away (it timed out waiting for a slow answer)
+        with suppress(BrokenPipeError, ConnectionResetError, TimeoutError):
+            super().handle()
+
     def log_message(self, format: str, *args: Any) -> None:
         """Quiet: the counters say what happened."""
 
