@@ -33,10 +33,11 @@ drops and slow answers on every run. The token bucket runs on ``clock`` (a
 monotonic clock unless given).
 
 Counters (:attr:`ProviderProxy.calls`, per JSON-RPC method, every call
-received, batch members counted one by one; :attr:`ProviderProxy.events`:
+received, batch members counted one by one; :attr:`ProviderProxy.dropped_calls`,
+the same for calls whose answer was dropped; :attr:`ProviderProxy.events`:
 ``http_requests``, ``batches``, ``refused_range``, ``refused_results``,
 ``throttled``, ``dropped``, ``slowed``) say what a client did;
-``GET /counters`` returns both as JSON for clients in another process.
+``GET /counters`` returns them as JSON for clients in another process.
 
 Run it by hand::
 
@@ -176,6 +177,7 @@ class ProviderProxy:
         self._bucket = self._new_bucket()
         self._calls: Counter[str] = Counter()
         self._events: Counter[str] = Counter()
+        self._dropped: Counter[str] = Counter()
         self._local = threading.local()
         self._server = _Server((host, port), _Handler)
         self._server.proxy = self
@@ -248,6 +250,12 @@ class ProviderProxy:
         with self._lock:
             return Counter(self._events)
 
+    @property
+    def dropped_calls(self) -> Counter[str]:
+        """Calls whose answer a dropped connection lost, per method (a copy)."""
+        with self._lock:
+            return Counter(self._dropped)
+
     def total_calls(self) -> int:
         return sum(self.calls.values())
 
@@ -255,11 +263,13 @@ class ProviderProxy:
         with self._lock:
             self._calls.clear()
             self._events.clear()
+            self._dropped.clear()
 
     def counters(self) -> dict[str, dict[str, int]]:
         with self._lock:
             return {
                 "calls": dict(self._calls),
+                "dropped_calls": dict(self._dropped),
                 "events": {name: self._events[name] for name in EVENT_NAMES},
             }
 
@@ -276,9 +286,11 @@ class ProviderProxy:
             items = request if isinstance(request, list) else [request]
             if isinstance(request, list):
                 self._events["batches"] += 1
+            methods = []
             for item in items:
                 method = item.get("method") if isinstance(item, dict) else None
-                self._calls[method if isinstance(method, str) else "?"] += 1
+                methods.append(method if isinstance(method, str) else "?")
+            self._calls.update(methods)
             # draw both choices for every request, so the sequence does not depend
             # on which rules are on
             drop = self._random.random() < self._rules.drop_rate
@@ -289,6 +301,7 @@ class ProviderProxy:
                 return wait, False, False
             if drop:
                 self._events["dropped"] += 1
+                self._dropped.update(methods)
             if slow:
                 self._events["slowed"] += 1
             return None, drop, slow

@@ -226,7 +226,7 @@ def test_counters_over_http_and_reset(chain: Chain, proxy: ProviderProxy) -> Non
     conn.request("GET", "/counters")
     counters = json.loads(conn.getresponse().read())
     conn.close()
-    assert counters["calls"] == {"eth_chainId": 1}
+    assert counters["calls"] == {"eth_chainId": 1} and counters["dropped_calls"] == {}
     assert counters["events"]["http_requests"] == 1
     proxy.reset_counters()
     assert proxy.total_calls() == 0
