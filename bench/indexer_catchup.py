@@ -7,7 +7,7 @@
 2. Baseline, in the same run: one ``Indexer.run_once`` over the whole chain
    into a fresh SQLite index, straight from Anvil.
 3. The same pass into another fresh index through
-   :class:`ledger.testing.provider.ProviderProxy` in front of the same Anvil,
+   :mod:`ledger.testing.provider`'s proxy (its own process) in front of the same Anvil,
    capping ``eth_getLogs`` at ``--max-log-results`` results (Infura's -32005,
    with its range hint) and ``--max-log-blocks`` blocks (QuickNode's -32614).
 
@@ -27,22 +27,47 @@ import io
 import json
 import os
 import pstats
+import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from api_load import free_port, loadavg, synthesize  # noqa: E402  (a sibling bench script)
+from api_load import free_port, loadavg, synthesize
 
-from ledger.chain.admin import deploy_registry  # noqa: E402
-from ledger.chain.anvil import AnvilProcess  # noqa: E402
-from ledger.chain.logs import forget_learned_caps  # noqa: E402
-from ledger.config import Settings, load_settings, save_deployment  # noqa: E402
-from ledger.store import LocalStore  # noqa: E402
-from ledger.testing.provider import ProviderProxy, ProviderRules  # noqa: E402
+from ledger.chain.admin import deploy_registry
+from ledger.chain.anvil import AnvilProcess
+from ledger.chain.logs import forget_learned_caps
+from ledger.config import Settings, load_settings, save_deployment
+from ledger.store import LocalStore
+from ledger.testing.provider import ProviderRules
+
+
+def start_proxy(upstream: str, rules: ProviderRules) -> tuple[subprocess.Popen[str], str]:
+    """The proxy in its own process, as a provider is: it does not share this
+    process's interpreter lock with the indexer it serves."""
+    command = [sys.executable, "-m", "ledger.testing.provider", upstream]
+    if rules.max_log_blocks is not None:
+        command += ["--max-log-blocks", str(rules.max_log_blocks)]
+    if rules.max_log_results is not None:
+        command += ["--max-log-results", str(rules.max_log_results)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    assert process.stdout is not None
+    url = process.stdout.readline().strip()
+    if not url.startswith("http://"):
+        process.kill()
+        raise SystemExit(f"the proxy did not start: {url!r}")
+    return process, url
+
+
+def read_counters(url: str) -> dict[str, dict[str, int]]:
+    with urllib.request.urlopen(url + "/counters", timeout=30) as response:
+        counters: dict[str, dict[str, int]] = json.loads(response.read())
+    return counters
 
 
 def one_pass(settings: Settings, index_path: Path, profile: bool) -> dict[str, Any]:
@@ -102,7 +127,10 @@ def main() -> None:
             settings = Settings(data_dir=root / "data", rpc_url=anvil.rpc_url)
             registry, tx = deploy_registry(settings)
             save_deployment(
-                settings, address=registry.address, chain_id=registry.chain_id, block=tx.block_number
+                settings,
+                address=registry.address,
+                chain_id=registry.chain_id,
+                block=tx.block_number,
             )
             store = LocalStore(settings.store_dir)
             print(f"synthesizing {runs * 3} events ({runs} runs) ...", flush=True)
@@ -112,11 +140,16 @@ def main() -> None:
 
             direct = one_pass(settings, root / "direct.sqlite", profile=False)
             print(f"direct from Anvil: {direct}", flush=True)
-            with ProviderProxy(anvil.rpc_url, rules) as proxy:
-                os.environ["LEDGER_RPC_URL"] = proxy.url
+            proxy, url = start_proxy(anvil.rpc_url, rules)
+            try:
+                os.environ["LEDGER_RPC_URL"] = url
                 proxied_settings = load_settings(settings.data_dir)
                 proxied = one_pass(proxied_settings, root / "proxied.sqlite", args.profile)
-                calls, events = proxy.calls, proxy.events
+                counters = read_counters(url)
+                calls, events = counters["calls"], counters["events"]
+            finally:
+                proxy.terminate()
+                proxy.wait(timeout=30)
         finally:
             os.environ.pop("LEDGER_RPC_URL", None)
             anvil.stop()
@@ -127,7 +160,7 @@ def main() -> None:
     print(
         f"through the proxy ({args.max_log_results:,}-result, {args.max_log_blocks:,}-block "
         f"eth_getLogs caps): {proxied}\n"
-        f"  RPC calls {dict(calls)}; refused for results {events['refused_results']}, "
+        f"  RPC calls {calls}; refused for results {events['refused_results']}, "
         f"for range {events['refused_range']}\n"
         f"  catch-up {proxied['pass_events_per_s']:,} events/s over the whole pass "
         f"(events stage {proxied['events_per_s']:,}/s) vs {direct['pass_events_per_s']:,} "
