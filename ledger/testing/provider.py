@@ -490,7 +490,8 @@ class _Handler(BaseHTTPRequestHandler):
         proxy = self.server.proxy
         length_text = self.headers.get("Content-Length", "")
         if not length_text.isdigit() or int(length_text) > MAX_BODY:
-            self._send(413, _error_answer(None, -32600, "request body missing or too large"))
+            status = 413 if length_text.isdigit() else 411
+            self._send(status, _error_answer(None, -32600, "request body missing or too large"))
             self.close_connection = True
             return
         body = self.rfile.read(int(length_text))
