@@ -143,6 +143,14 @@ class Throttled(OSError):
         self.retry_after = retry_after
 
 
+class HttpStatusError(ValueError):
+    """An HTTP answer other than 200 that carries no JSON-RPC answer."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 def _retry_after(value: str | None) -> float | None:
     """Seconds from a ``Retry-After`` header (delta-seconds; an HTTP date is ignored)."""
     if value is None:
@@ -294,7 +302,13 @@ class JsonRpc:
                     ) from exc
             except (OSError, ValueError) as exc:
                 lost += 1
-                fatal = isinstance(exc, ConnectionRefusedError | socket.gaierror)
+                # nothing listens, no such host, or the server refuses the request as
+                # such (401, 403, 404...): another try would get the same
+                fatal = isinstance(exc, ConnectionRefusedError | socket.gaierror) or (
+                    isinstance(exc, HttpStatusError)
+                    and 400 <= exc.status < 500
+                    and exc.status != 408
+                )
                 wait = min(policy.backoff * 2 ** (lost - 1), policy.max_wait)
                 if (
                     fatal
@@ -336,7 +350,7 @@ class JsonRpc:
             if response.status != 200:
                 if _is_rpc_answer(response.body):  # e.g. 413 + -32614: the call's own error
                     return response.body
-                raise ValueError(f"HTTP {response.status} {response.reason}")
+                raise HttpStatusError(response.status, f"HTTP {response.status} {response.reason}")
             return response.body
         raise AssertionError("unreachable")
 
