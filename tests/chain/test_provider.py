@@ -232,3 +232,51 @@ def test_an_error_splitting_cannot_cure_is_raised_as_is(chain: Chain, proxy: Pro
     with pytest.raises(RpcError):
         list(scan_logs(rpc, bad, 0))
     assert proxy.calls["eth_getLogs"] == 1
+
+
+# -- refusals other providers word differently -------------------------------------------
+
+
+def refusal(message: str, code: int = -32602, data: object = None) -> RpcError:
+    return RpcError(
+        f"eth_getLogs failed at http://node:8545: {message}",
+        code=code,
+        data=data,
+        node_message=message,
+    )
+
+
+@pytest.mark.parametrize(
+    ("error", "width", "learned"),
+    [
+        # Alchemy names a range that fits in its message
+        (
+            refusal(
+                "Log response size exceeded. You can make eth_getLogs requests with up to a 2K "
+                "block range and no limit on the response size, or you can request any block "
+                "range with a cap of 10K logs in the response. Based on your parameters, this "
+                "block range should work: [0x64, 0x95]"
+            ),
+            0x95 - 100 + 1,
+            None,
+        ),
+        # a range refusal without a number: halved, and remembered
+        (refusal("block range too high", code=-32600), 500, 500),
+        # a number in the message that is not below the refused width: halved
+        (refusal("exceed maximum block range: 5000", code=-32000), 500, 500),
+        (refusal("range 1000 exceeds limit of 100"), 100, 100),
+        # Infura's result cap with its data hint
+        (
+            refusal(
+                "query returned more than 10000 results", -32005, {"from": "0x64", "to": "0x6e"}
+            ),
+            11,
+            None,
+        ),
+    ],
+)
+def test_refusals_name_the_next_width(error: RpcError, width: int, learned: int | None) -> None:
+    from ledger.chain.logs import _narrower
+
+    assert _narrower("http://node:8545", error, 100, 1099) == width
+    assert learned_cap("http://node:8545") == learned
