@@ -37,7 +37,9 @@ def answer(model: BaseModel, headers: dict[str, str] | None = None) -> Response:
     return Response(body, media_type="application/json", headers=headers)
 
 
-def summary(run: Run, metrics: dict[str, float] | None = None) -> RunSummary:
+def summary(
+    run: Run, metrics: dict[str, float] | None = None, *, revoked_data: list[str] | None = None
+) -> RunSummary:
     return RunSummary(
         run_id=run.run_id,
         name=run.name,
@@ -51,6 +53,7 @@ def summary(run: Run, metrics: dict[str, float] | None = None) -> RunSummary:
         world_size=run.world_size,
         checkpoint_count=run.checkpoint_count,
         metrics=metrics,
+        revoked_data=revoked_data or [],
     )
 
 

@@ -13,10 +13,12 @@ from ledger.api.problems import responses
 from ledger.api.routes._convert import Documents, answer, chain_facts, summary, weights
 from ledger.api.schemas import (
     RUN_ID,
+    DataTaintOut,
     LineageEdge,
     LineageNode,
     LineageOut,
     ParentLink,
+    RunDataOut,
     RunDetail,
     RunPage,
     TaintedRun,
@@ -40,8 +42,8 @@ RunIdParam = Annotated[
 
 Q_HELP = (
     "Filter expression: key:value terms (committer, status, revoked, name, sweep, parent, "
-    "started_after, started_before, metric) combined with AND (or juxtaposition), OR, NOT and "
-    'parentheses; quote values with spaces: name:"my model".'
+    "started_after, started_before, metric, data) combined with AND (or juxtaposition), OR, "
+    'NOT and parentheses; quote values with spaces: name:"my model".'
 )
 
 
@@ -140,9 +142,15 @@ def list_runs(
             )
             for owner, metric_name, metric_value in rows:
                 metrics.setdefault(owner, {})[metric_name] = float(metric_value)
+        tainted = queries.data_tainted_runs(session) if page.runs else {}
         out = RunPage(
             runs=[
-                summary(r, metrics.get(r.run_id, {}) if with_metrics else None) for r in page.runs
+                summary(
+                    r,
+                    metrics.get(r.run_id, {}) if with_metrics else None,
+                    revoked_data=sorted(tainted.get(r.run_id, ())),
+                )
+                for r in page.runs
             ],
             next_cursor=page.next_cursor,
         )
@@ -163,12 +171,29 @@ def get_run(run_id: RunIdParam, state: State) -> Response:
         records = queries.weights_of(session, run.run_id)[:5000]
         metrics = queries.metrics_of(session, run.run_id)
         parents = queries.parents_of(session, [run.run_id])
+        data = queries.run_data(session, run.run_id)
+        revoked = queries.revocations_of(session, [d.digest for d in data])
+        taint = queries.data_taint(session, run.run_id)
     documents = Documents(state.store)
     converted = [weights(documents, r) for r in records]
     manifest = documents.get(run.manifest_digest, DocumentKind.MANIFEST)
     return answer(
         RunDetail(
-            **summary(run, metrics).model_dump(),
+            **summary(run, metrics, revoked_data=sorted({t.dataset for t in taint})).model_dump(),
+            datasets=[
+                RunDataOut(
+                    key=d.key,
+                    cid=d.cid,
+                    digest=d.digest,
+                    kind=d.kind,
+                    name=d.name,
+                    bytes=d.bytes,
+                    part_of=d.part_of,
+                    revoked=d.digest in revoked,
+                )
+                for d in data
+            ],
+            data_taint=[DataTaintOut(**t.__dict__) for t in taint],
             manifest_cid=run.manifest_cid,
             manifest=manifest,
             document_state=run.manifest_state,
@@ -231,7 +256,13 @@ def get_taint(run_id: RunIdParam, state: State) -> Response:
     with read_index(state) as session:
         parsed = queries.get_run(session, run_id).run_id
         sources = queries.revoked_ancestors(session, parsed)
-    out = TaintOut(run_id=parsed, tainted=bool(sources), revoked_sources=sources)
+        data = queries.data_taint(session, parsed)
+    out = TaintOut(
+        run_id=parsed,
+        tainted=bool(sources or data),
+        revoked_sources=sources,
+        revoked_data=[DataTaintOut(**t.__dict__) for t in data],
+    )
     return answer(out)
 
 
