@@ -9,7 +9,8 @@ mismatch     3    a record exists (or ``--run`` was named) but something
 unknown      4    no record for this file's CID nor for its tensor root
 revoked      5    the run, one of its ancestors, or another run that
                   recorded the same weights (or one of its ancestors) was
-                  revoked
+                  revoked; or the run or one of its ancestors trained on a
+                  revoked dataset (``ledger data revoke``)
 unchecked    6    the weights are recorded on chain, nothing contradicts
                   the record, but some of the run's documents could not be
                   fetched (not in the store, the IPFS node or ``--api``),
@@ -71,6 +72,7 @@ from ledger.ids import RunId, label, to_hex
 from ledger.store import ArtifactStore
 
 if TYPE_CHECKING:  # the tensor readers load when a file's CID is not on record
+    from ledger.datasets import DatasetRef
     from ledger.hashing.tensors import TensorDiff, TensorDigest
 
 
@@ -517,6 +519,7 @@ class Verifier:
             self._check_checkpoint_proof(record, report)
         self._check_metrics(record, report)
         revoked = self._check_lineage(run, report) or revoked
+        revoked = self._check_data(record.run_id, report) or revoked
         revoked = self._check_claimants(record.run_id, claims, report) or revoked
         if revoked:
             report.outcome = Outcome.REVOKED
@@ -646,6 +649,95 @@ class Verifier:
                 unchecked=bool(missing) and not problems,
             )
         return revoked
+
+    def _check_data(self, run_id: bytes, report: VerifyReport) -> bool:
+        """The datasets of the run and of every ancestor (their manifests' ``data``,
+        :mod:`ledger.datasets`, parts included) against the registry's artifact
+        revocations; returns True when one is revoked.
+
+        One ``data`` check: it names each revoked dataset, the run that trained on
+        it, the lineage path from the checked run to that run, and the reason on
+        chain. A manifest that cannot be fetched leaves its run's data unchecked.
+        """
+        from ledger.datasets import run_datasets
+
+        runs = [run_id, *sorted(self._ancestors(run_id))]
+        uses: list[tuple[bytes, DatasetRef]] = []
+        unread: list[bytes] = []
+        for rid in runs:
+            started = self._start_event(rid)
+            manifest = (
+                self._document_quiet(bytes(started["manifestDigest"]), DocumentKind.MANIFEST)
+                if started is not None
+                else None
+            )
+            if manifest is None:
+                unread.append(rid)
+                continue
+            uses += [(rid, ref) for ref in run_datasets(manifest)]
+        if not uses and not unread:
+            return False
+        digests = sorted({bytes.fromhex(ref.digest[2:]) for _, ref in uses})
+        revoked = self.registry.artifact_revocations(digests) if digests else {}
+        found: list[str] = []
+        for rid, ref in uses:
+            revocation = revoked.get(bytes.fromhex(ref.digest[2:]))
+            if revocation is None:
+                continue
+            what = (
+                f"dataset {ref.cid} (data {ref.key!r})"
+                if ref.part_of is None
+                else f"{ref.cid}, part of dataset {ref.part_of} (data {ref.key!r}),"
+            )
+            whose = (
+                "this run"
+                if rid == run_id
+                else f"ancestor run {to_hex(rid)} ({self._path(run_id, rid)})"
+            )
+            found.append(
+                f"{what} trained on by {whose} was revoked in block {revocation.block_number}: "
+                f"{revocation.reason}"
+            )
+        if found:
+            report.add("data not revoked", False, " | ".join(found))
+            return True
+        datasets = len({ref.digest for _, ref in uses if ref.part_of is None})
+        if unread:
+            names = ", ".join(to_hex(r)[:14] for r in unread)
+            report.add(
+                "data not revoked",
+                False,
+                f"the datasets of run(s) {names} were not checked: their manifests could not "
+                "be fetched",
+                unchecked=True,
+            )
+        else:
+            report.add(
+                "data not revoked",
+                True,
+                f"{datasets} dataset(s) of the run and its ancestors checked: none is revoked",
+            )
+        return False
+
+    def _path(self, run_id: bytes, ancestor: bytes) -> str:
+        """How ``run_id`` descends from ``ancestor``: ``fine-tune of 0x12.. <- distill of ..``."""
+        steps: dict[bytes, tuple[bytes, str]] = {}
+        todo = [run_id]
+        while todo and ancestor not in steps:
+            child = todo.pop(0)
+            started = self._start_event(child)
+            for parent in started["parents"] if started else []:
+                parent_id = bytes(parent["runId"])
+                if parent_id not in steps and parent_id != run_id:
+                    steps[parent_id] = (child, label(int(parent["relation"])))
+                    todo.append(parent_id)
+        path: list[str] = []
+        at = ancestor
+        while at in steps:
+            child, relation = steps[at]
+            path.append(f"{to_hex(child)[:14]} is a {relation} of {to_hex(at)[:14]}")
+            at = child
+        return ", ".join(reversed(path))
 
     def _check_ancestor_final(self, run: RunRecord, report: VerifyReport, label: str) -> None:
         """A finalized ancestor's final record: on-chain commitment and metrics in the store."""

@@ -156,6 +156,17 @@ class WeightsRecord:
 
 
 @dataclass(frozen=True)
+class ArtifactRevocation:
+    """An artifact (a dataset, by its CID's digest) revoked on chain: ``ArtifactRevoked``."""
+
+    digest: bytes
+    block_number: int
+    tx_hash: str
+    revoker: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class SignedCall:
     """A registry call signed off chain (EIP-712), ready for any relayer."""
 
@@ -306,4 +317,8 @@ class RegistryView(Protocol):
     def events(self, name: str, run_id: bytes) -> list[dict[str, Any]]:
         """Decoded events ``name`` of one run, oldest first, with ``blockNumber``
         and ``transactionHash`` (``0x`` hex)."""
+        ...
+
+    def artifact_revocations(self, digests: Sequence[bytes]) -> dict[bytes, ArtifactRevocation]:
+        """The revocations on chain of those of ``digests`` that are revoked (datasets)."""
         ...
