@@ -112,3 +112,22 @@ def test_show_ls_revoke_and_verify(chain: Chain, tmp_path: Path) -> None:
 def test_show_refuses_what_is_not_a_dataset_name(tmp_path: Path, name: str) -> None:
     out = ledger("data", "show", name, "--no-sync", env={"LEDGER_HOME": str(tmp_path)})
     assert out.returncode == 11 and name in out.stderr
+
+
+def test_add_a_saved_hugging_face_dataset(tmp_path: Path) -> None:
+    import datasets
+
+    splits = datasets.DatasetDict(
+        {"train": datasets.Dataset.from_dict({"text": ["a", "bb"], "label": [0, 1]})}
+    )
+    splits.save_to_disk(str(tmp_path / "ds"))
+    env = {"LEDGER_HOME": str(tmp_path / "data")}
+    out = ledger("data", "add", f"hf:{tmp_path / 'ds'}", "--json", env=env)
+    assert out.returncode == 0, out.stderr
+    added = json.loads(out.stdout)
+    assert added["kind"] == "hf-dataset-dict"
+    from ledger.datasets import dataset_cid
+
+    assert added["cid"] == str(dataset_cid(added["fingerprint"]))
+    empty = ledger("data", "add", "hf:", env=env)
+    assert empty.returncode == 11
