@@ -10,7 +10,7 @@ web3 does for events). Written from the Solidity ABI specification
 :class:`RegistryAbi` applies it to the committed registry artifact: calldata,
 results, the contract's custom errors (a refusal's revert data) and its events
 as ``eth_getLogs`` returns them. :class:`LogDecoder` is the indexer's fast path
-for the five run events, giving plain JSON values.
+for the five run events and ``ArtifactRevoked``, giving plain JSON values.
 """
 
 from __future__ import annotations
@@ -352,6 +352,9 @@ def registry_abi() -> RegistryAbi:
 # -- the indexer's events -----------------------------------------------------------
 
 EVENT_NAMES = ("RunStarted", "CheckpointCommitted", "RunFinalized", "RunFailed", "RunRevoked")
+INDEXED_EVENTS = (*EVENT_NAMES, "ArtifactRevoked")
+"""What the indexer reads: the run events, and artifact (dataset) revocations, whose
+:attr:`Log.run_id` is the revoked digest (their first indexed topic)."""
 
 
 @dataclass(frozen=True)
@@ -369,10 +372,11 @@ class Log:
 
 
 class LogDecoder:
-    """Decodes the registry's five run events from raw ``eth_getLogs`` entries.
+    """Decodes the registry's five run events and ``ArtifactRevoked`` from raw
+    ``eth_getLogs`` entries.
 
     Per-log generic decoding is far slower than the 5,000 events/s the indexer
-    aims for, and the five events have fixed layouts: :meth:`decode` slices their
+    aims for, and these events have fixed layouts: :meth:`decode` slices their
     words out of the hex directly (about 20 times faster).
     :meth:`decode_generic` gives the same through :meth:`RegistryAbi.decode_log`,
     and a test compares the two."""
@@ -381,7 +385,7 @@ class LogDecoder:
         self._abi = registry or registry_abi()
         self._names: dict[str, str] = {}
         self._fast: dict[str, Callable[[Sequence[str], str], dict[str, Any]]] = {}
-        for name in EVENT_NAMES:
+        for name in INDEXED_EVENTS:
             current, *older = self._abi.event_topics(name)
             self._names[current] = name
             self._fast[current] = _FAST[name]
@@ -424,8 +428,8 @@ class LogDecoder:
                 {"runId": p["runId"], "relation": label(int(p["relation"]))}
                 for p in args["parents"]
             ]
-        run_id = to_hex(bytes(args.pop("runId")))
-        return _log(raw, name, run_id, _plain(args))
+        key = bytes(args.pop("runId")) if "runId" in args else bytes(args["digest"])
+        return _log(raw, name, to_hex(key), _plain(args))
 
 
 def _log(raw: Mapping[str, Any], name: str, run_id: str, args: dict[str, Any]) -> Log:
@@ -544,6 +548,14 @@ def _failed(topics: Sequence[str], data: str) -> dict[str, Any]:
     return {"reason": _string(data, 0), "previousRunBlock": int(_hex_word(data, 1), 16)}
 
 
+def _artifact_revoked(topics: Sequence[str], data: str) -> dict[str, Any]:
+    return {
+        "digest": str(topics[1]).lower(),
+        "revoker": _address(str(topics[2])),
+        "reason": _string(data, 0),
+    }
+
+
 def _revoked(topics: Sequence[str], data: str) -> dict[str, Any]:
     return {"revoker": _address(str(topics[2])), "reason": _string(data, 0)}
 
@@ -554,6 +566,7 @@ _FAST: dict[str, Callable[[Sequence[str], str], dict[str, Any]]] = {
     "RunFinalized": _finalized,
     "RunFailed": _failed,
     "RunRevoked": _revoked,
+    "ArtifactRevoked": _artifact_revoked,
 }
 _FAST_V2 = {
     **_FAST,

@@ -103,6 +103,11 @@ class RegistryAdmin(RegistrySender):
         """Revoke a run (its committer or an admin may); its descendants become tainted."""
         return self.transact("revokeRun", run_id, reason)
 
+    def revoke_artifact(self, digest: bytes, reason: str) -> TxResult:
+        """Revoke an artifact other than a run, e.g. a dataset by its CID's digest (an
+        admin may, once): every run trained on it, and its descendants, become tainted."""
+        return self.transact("revokeArtifact", digest, reason)
+
     def grant_committer(self, account: str) -> TxResult | None:
         return self.grant_role(COMMITTER_ROLE, account)
 
@@ -232,6 +237,8 @@ class RegistryAdmin(RegistrySender):
                 function, "RunRevoked"
             )
             return [(name, {"runId": args[0]})]
+        if function == "revokeArtifact":
+            return [("ArtifactRevoked", {"digest": args[0]})]
         if function in ("grantRole", "revokeRole"):
             name = "RoleGranted" if function == "grantRole" else "RoleRevoked"
             return [(name, {"role": args[0], "account": args[1]})]

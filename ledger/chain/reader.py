@@ -18,6 +18,7 @@ from ledger.chain.abi import registry_abi
 from ledger.chain.logs import scan_logs
 from ledger.chain.records import (
     COMMITTER_ROLE,
+    ArtifactRevocation,
     EventLookups,
     FinalRecord,
     RunRecord,
@@ -134,3 +135,79 @@ class RegistryReader(EventLookups):
         chunks = scan_logs(self.rpc, query, self.deploy_block)
         decoded = (self.abi.decode_log(log) for _, logs in chunks for log in logs)
         return [event for event in decoded if event is not None]
+
+    # -- artifacts (datasets) ---------------------------------------------------------
+
+    ARTIFACT_BATCH = 200
+    """``artifactRevokedBlock`` calls per JSON-RPC batch."""
+
+    def artifact_revocations(self, digests: Sequence[bytes]) -> dict[bytes, ArtifactRevocation]:
+        """The revocations of those of ``digests`` that the registry revoked.
+
+        One batched ``eth_call`` of ``artifactRevokedBlock`` per
+        :attr:`ARTIFACT_BATCH` digests, then, for each revoked one, one
+        ``eth_getLogs`` of that single block for its ``ArtifactRevoked`` event
+        (the reason): the cost grows with the digests asked and the revocations
+        found, not with the chain. A registry older than 3.0.0 cannot revoke
+        artifacts: nothing is revoked there.
+        """
+        wanted = list(dict.fromkeys(bytes(d) for d in digests))
+        if not wanted or not self._revokes_artifacts():
+            return {}
+        blocks: dict[bytes, int] = {}
+        for i in range(0, len(wanted), self.ARTIFACT_BATCH):
+            part = wanted[i : i + self.ARTIFACT_BATCH]
+            calls = [
+                (
+                    "eth_call",
+                    [
+                        {
+                            "to": self.address,
+                            "data": to_hex(self.abi.call("artifactRevokedBlock", [d])),
+                        },
+                        "latest",
+                    ],
+                )
+                for d in part
+            ]
+            for digest, answer in zip(part, self.rpc.batch(calls), strict=True):
+                block = int(self.abi.outputs("artifactRevokedBlock", as_bytes(answer))[0])
+                if block:
+                    blocks[digest] = block
+        topic = self.abi.event_topic("ArtifactRevoked")
+        found: dict[bytes, ArtifactRevocation] = {}
+        for digest, block in blocks.items():
+            logs = self.rpc(
+                "eth_getLogs",
+                {
+                    "address": self.address,
+                    "fromBlock": hex(block),
+                    "toBlock": hex(block),
+                    "topics": [topic, to_hex(digest)],
+                },
+            )
+            events = [e for e in (self.abi.decode_log(log) for log in logs or []) if e]
+            if events:
+                _, event = events[-1]
+                found[digest] = ArtifactRevocation(
+                    digest,
+                    block,
+                    str(event["transactionHash"]),
+                    checksum_address(str(event["revoker"])),
+                    str(event["reason"]),
+                )
+            else:  # revoked on chain, but the node no longer serves that block's logs
+                found[digest] = ArtifactRevocation(
+                    digest, block, "", "", f"(the reason: its event in block {block} was not found)"
+                )
+        return found
+
+    def _revokes_artifacts(self) -> bool:
+        """Whether the registry has ``revokeArtifact`` (version 3.0.0 and later)."""
+        cached: bool | None = getattr(self, "_artifacts_known", None)
+        if cached is None:
+            version = str(self._call("version")[0])
+            major = version.split(".", 1)[0]
+            cached = not (major.isdigit() and int(major) < 3)
+            self._artifacts_known = cached
+        return cached

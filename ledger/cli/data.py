@@ -224,8 +224,19 @@ def _chain_revocation(settings: Any, digest: str) -> dict[str, Any] | None:
     from ledger.chain.reader import RegistryReader
     from ledger.ids import from_hex
 
-    reader = RegistryReader.connect(settings)
-    return reader.artifact_revocation(from_hex(digest, field="digest"))
+    return _revocation(RegistryReader.connect(settings), from_hex(digest, field="digest"))
+
+
+def _revocation(reader: Any, digest: bytes) -> dict[str, Any] | None:
+    found = reader.artifact_revocations([digest]).get(digest)
+    if found is None:
+        return None
+    return {
+        "block": found.block_number,
+        "tx": found.tx_hash,
+        "by": found.revoker,
+        "reason": found.reason,
+    }
 
 
 @data_app.command("ls")
@@ -296,7 +307,7 @@ def revoke(
             f"{me} is not an admin of registry {admin.address}: only admins revoke datasets",
             hint="run this with the admin's key (LEDGER_PRIVATE_KEY or LEDGER_KEYSTORE)",
         )
-    earlier = admin.artifact_revocation(cid.digest)
+    earlier = _revocation(admin, cid.digest)
     if earlier is not None:
         raise InputError(
             f"dataset {cid} is already revoked (block {earlier['block']}: {earlier['reason']})",

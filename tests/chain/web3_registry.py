@@ -34,6 +34,7 @@ from ledger.chain.compiler import load_artifact
 from ledger.chain.records import (
     ADMIN_ROLE,
     COMMITTER_ROLE,
+    ArtifactRevocation,
     EventLookups,
     FinalRecord,
     RunRecord,
@@ -281,6 +282,25 @@ class Registry(EventLookups):
         except (Web3Exception, OSError) as exc:
             raise ChainError(f"cannot read {name} events from {self.address}: {exc}") from exc
         return [_event_dict(log) for log in logs]
+
+    def artifact_revocations(self, digests: Sequence[bytes]) -> dict[bytes, ArtifactRevocation]:
+        """The revoked ones of ``digests``: their ArtifactRevoked events, read through web3."""
+        found: dict[bytes, ArtifactRevocation] = {}
+        for digest in dict.fromkeys(bytes(d) for d in digests):
+            if not self._call(self.contract.functions.isArtifactRevoked(digest)):
+                continue
+            logs = self.contract.events.ArtifactRevoked.get_logs(
+                argument_filters={"digest": digest}, from_block=self.deploy_block
+            )
+            log = logs[-1]
+            found[digest] = ArtifactRevocation(
+                digest,
+                int(log["blockNumber"]),
+                "0x" + bytes(log["transactionHash"]).hex(),
+                str(log["args"]["revoker"]),
+                str(log["args"]["reason"]),
+            )
+        return found
 
     def all_events(self, name: str) -> list[dict[str, Any]]:
         """Every event ``name`` of the registry, oldest first."""
