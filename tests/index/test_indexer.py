@@ -194,6 +194,7 @@ def test_fast_decoder_agrees_with_the_abi_codec(
     )
     chain.registry.mark_failed(child.run_id, "diverged — ünïcode reason")
     chain.as_(chain.admin).revoke_run(base.run_id, "x" * 100)
+    chain.as_(chain.admin).revoke_artifact(b"\x07" * 32, "dataset — ünïcode " + "y" * 70)
     raw = indexer.rpc(
         "eth_getLogs",
         {"address": indexer.address, "fromBlock": hex(chain.deploy_block), "toBlock": "latest"},
@@ -202,7 +203,16 @@ def test_fast_decoder_agrees_with_the_abi_codec(
     generic = [indexer.decoder.decode_generic(entry) for entry in raw]
     assert decoded == generic
     names = {d.name for d in decoded if d is not None}
-    assert names == {"RunStarted", "CheckpointCommitted", "RunFinalized", "RunFailed", "RunRevoked"}
+    assert names == {
+        "RunStarted",
+        "CheckpointCommitted",
+        "RunFinalized",
+        "RunFailed",
+        "RunRevoked",
+        "ArtifactRevoked",
+    }
+    revoked = next(d for d in decoded if d is not None and d.name == "ArtifactRevoked")
+    assert revoked.run_id == revoked.args["digest"] == "0x" + "07" * 32
     assert None in decoded  # role events of the registry are not run events
 
 
