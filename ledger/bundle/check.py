@@ -30,7 +30,7 @@ from ledger.bundle.evidence import (
     trim_header,
     verify_receipt,
 )
-from ledger.bundle.export import BUNDLE_TYPE, run_slots
+from ledger.bundle.export import BUNDLE_TYPE, artifact_slot, run_slots
 from ledger.bundle.statement import RunEvents, build_statement, dedupe_checkpoints
 from ledger.chain.abi import registry_abi
 from ledger.chain.records import (
@@ -571,7 +571,9 @@ class _Check:
                     self.add(name, False, "its latest header does not re-hash to its hash")
                     return
                 runs = [r for r in self.runs if self.runs[r].started is not None]
+                datasets = self._datasets(runs)
                 keys = [to_hex(run_slots(r)[0]) for r in runs]
+                keys += [to_hex(artifact_slot(d)) for d in datasets]
                 state = rpc("eth_getProof", self.registry, keys, latest["number"])
                 slots = self._proven_slots(state, latest)
         except ChainError as exc:
@@ -595,6 +597,41 @@ class _Check:
                     False,
                     f"{to_hex(rid)} is revoked as of block {number} ({url})",
                 )
+        for digest, (cid, rid, key) in datasets.items():
+            revoked_in = int.from_bytes(slots.get(artifact_slot(digest), b"\x00" * 32), "big")
+            if revoked_in:
+                self.add(
+                    f"dataset {cid[:16]}… not revoked",
+                    False,
+                    f"dataset {cid} (data {key!r} of run {to_hex(rid)}) was revoked in block "
+                    f"{revoked_in}, as of block {number} ({url})",
+                )
+        if datasets:
+            self.add(
+                f"datasets ({url})",
+                True,
+                f"{len(datasets)} dataset(s) of the lineage's manifests checked against "
+                f"revocations at block {number}",
+            )
+
+    def _datasets(self, runs: Sequence[bytes]) -> dict[bytes, tuple[str, bytes, str]]:
+        """The datasets (and parts) the bundle's manifests of ``runs`` name: digest ->
+        (CID, the run naming it, its data key)."""
+        from ledger.datasets import run_datasets
+
+        found: dict[bytes, tuple[str, bytes, str]] = {}
+        for rid in runs:
+            started = self.runs[rid].started
+            raw = self.documents.get(bytes(started["manifestDigest"])) if started else None
+            try:
+                manifest = json.loads(raw) if raw else None
+            except ValueError:
+                continue
+            if not isinstance(manifest, dict):
+                continue
+            for ref in run_datasets(manifest):
+                found.setdefault(bytes.fromhex(ref.digest[2:]), (ref.cid, rid, ref.key))
+        return found
 
 
 def _first_difference(got: Any, want: Any, path: str = "") -> str:
