@@ -424,7 +424,8 @@ class Verifier:
                 where += " (records a tensor root these weights do not have)"
             listed.append(where)
             taint = self._taint(rid)
-            other["revoked"] = taint is not None
+            data = self._revoked_data(rid)[0] if taint is None else []
+            other["revoked"] = taint is not None or bool(data)
             if taint is not None:
                 source, reason = taint
                 tainted.append(
@@ -432,6 +433,8 @@ class Verifier:
                     if source == rid
                     else f"{where} descends from revoked run {to_hex(source)}: {reason}"
                 )
+            elif data:
+                tainted.append(f"{where} trained on revoked data: " + "; ".join(data))
         report.add(
             "claimants",
             not tainted,
@@ -655,10 +658,35 @@ class Verifier:
         :mod:`ledger.datasets`, parts included) against the registry's artifact
         revocations; returns True when one is revoked.
 
-        One ``data`` check: it names each revoked dataset, the run that trained on
-        it, the lineage path from the checked run to that run, and the reason on
-        chain. A manifest that cannot be fetched leaves its run's data unchecked.
+        One ``data not revoked`` check: it names each revoked dataset, the run that
+        trained on it, the lineage path from the checked run to that run, and the
+        reason on chain. A manifest that cannot be fetched leaves its run's data
+        unchecked.
         """
+        found, unread, datasets = self._revoked_data(run_id)
+        if found:
+            report.add("data not revoked", False, " | ".join(found))
+            return True
+        if unread:
+            names = ", ".join(to_hex(r)[:14] for r in unread)
+            report.add(
+                "data not revoked",
+                False,
+                f"the datasets of run(s) {names} were not checked: their manifests could not "
+                "be fetched",
+                unchecked=True,
+            )
+        elif datasets:
+            report.add(
+                "data not revoked",
+                True,
+                f"{datasets} dataset(s) of the run and its ancestors checked: none is revoked",
+            )
+        return False
+
+    def _revoked_data(self, run_id: bytes) -> tuple[list[str], list[bytes], int]:
+        """(what is revoked, worded; runs whose manifest could not be read; datasets
+        checked) for the datasets of ``run_id`` and its ancestors."""
         from ledger.datasets import run_datasets
 
         runs = [run_id, *sorted(self._ancestors(run_id))]
@@ -675,8 +703,6 @@ class Verifier:
                 unread.append(rid)
                 continue
             uses += [(rid, ref) for ref in run_datasets(manifest)]
-        if not uses and not unread:
-            return False
         digests = sorted({bytes.fromhex(ref.digest[2:]) for _, ref in uses})
         revoked = self.registry.artifact_revocations(digests) if digests else {}
         found: list[str] = []
@@ -698,26 +724,8 @@ class Verifier:
                 f"{what} trained on by {whose} was revoked in block {revocation.block_number}: "
                 f"{revocation.reason}"
             )
-        if found:
-            report.add("data not revoked", False, " | ".join(found))
-            return True
         datasets = len({ref.digest for _, ref in uses if ref.part_of is None})
-        if unread:
-            names = ", ".join(to_hex(r)[:14] for r in unread)
-            report.add(
-                "data not revoked",
-                False,
-                f"the datasets of run(s) {names} were not checked: their manifests could not "
-                "be fetched",
-                unchecked=True,
-            )
-        else:
-            report.add(
-                "data not revoked",
-                True,
-                f"{datasets} dataset(s) of the run and its ancestors checked: none is revoked",
-            )
-        return False
+        return found, unread, datasets
 
     def _path(self, run_id: bytes, ancestor: bytes) -> str:
         """How ``run_id`` descends from ``ancestor``: ``fine-tune of 0x12.. <- distill of ..``."""

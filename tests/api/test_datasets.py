@@ -230,3 +230,31 @@ def test_a_reorg_forgets_a_revocation(
     assert client.get(f"/api/v1/datasets/{trained['E']}").json()["revoked"] is False
     runs = client.get("/api/v1/runs", params={"q": f"data:{trained['E']}"}).json()["runs"]
     assert all(r["revoked_data"] == [] for r in runs) and len(runs) == 2
+
+
+def test_a_claimant_trained_on_a_revoked_dataset_taints_the_weights(
+    chain: Chain, data_store: LocalStore, settings: Settings, tmp_path: Path
+) -> None:
+    """Another run recording the same weights, trained on D: revoking D makes those
+    weights REVOKED for everyone, as a revoked claimant run does."""
+    from ledger.chain.records import FinalRecord
+    from ledger.documents import canonical_json
+    from tests.runs import manifest
+
+    reg = chain.registry
+    d = fingerprint(_folder(tmp_path / "D", b"d"))
+    e = fingerprint(_folder(tmp_path / "E", b"e"))
+    origin = record_run(reg, data_store, "origin", data={"train": e})
+    final = reg.final_record(origin.run_id)
+    assert final is not None and final.final is not None
+    document = canonical_json(manifest("claimant", data={"train": d}))
+    claimant, _ = reg.start_run(data_store.put_bytes(document).digest, [])
+    reg.finalize_run(claimant, FinalRecord(*final.final.as_tuple()))
+    assert _verify(settings, data_store, origin).outcome is Outcome.VERIFIED
+    _revoke(settings, dataset_cid(d), "scraped without consent")
+    report = _verify(settings, data_store, origin)
+    assert report.outcome is Outcome.REVOKED
+    check = next(c for c in report.checks if c.name == "claimants")
+    assert not check.ok and to_hex(claimant) in check.detail
+    assert str(dataset_cid(d)) in check.detail and "scraped without consent" in check.detail
+    assert next(c for c in report.checks if c.name == "data not revoked").ok  # its own data
