@@ -66,7 +66,7 @@ class DatasetRef:
 
 def dataset_cid(fingerprint: Mapping[str, Any]) -> Cid:
     """The CID naming a fingerprint (see the module docstring), as CIDv1."""
-    if fingerprint.get("kind") in _NAMED_BY_CID and isinstance(fingerprint.get("cid"), str):
+    if _named_by_cid(fingerprint) and isinstance(fingerprint.get("cid"), str):
         try:
             return Cid.parse(fingerprint["cid"]).to_v1()
         except LedgerError:
@@ -91,7 +91,7 @@ def run_datasets(manifest: Mapping[str, Any]) -> list[DatasetRef]:
             continue
         try:
             cid = dataset_cid(fingerprint)
-        except InputError:  # not canonical JSON: no name can be derived
+        except (InputError, RecursionError):  # not canonical JSON: no name can be derived
             continue
         whole = _ref(str(key), cid, fingerprint, None)
         found.append(whole)
@@ -125,6 +125,13 @@ def _ref(key: str, cid: Cid, fingerprint: Mapping[str, Any], part_of: str | None
     )
 
 
+def _named_by_cid(fingerprint: Mapping[str, Any]) -> bool:
+    """A file or folder fingerprint (a ``kind`` of any other type is none: a hostile
+    manifest may put a list there)."""
+    kind = fingerprint.get("kind")
+    return isinstance(kind, str) and kind in _NAMED_BY_CID
+
+
 def _parts(value: Any, depth: int) -> Iterator[Mapping[str, Any]]:
     """Every file or folder fingerprint inside ``value`` (not ``value`` itself)."""
     if depth > MAX_DEPTH:
@@ -135,7 +142,7 @@ def _parts(value: Any, depth: int) -> Iterator[Mapping[str, Any]]:
     elif isinstance(value, list):
         children = value
     for child in children:
-        if isinstance(child, Mapping) and child.get("kind") in _NAMED_BY_CID and "cid" in child:
+        if isinstance(child, Mapping) and _named_by_cid(child) and "cid" in child:
             yield child
         if isinstance(child, (Mapping, list)):
             yield from _parts(child, depth + 1)

@@ -77,6 +77,8 @@ def test_cidv0_and_cidv1_of_a_folder_are_one_dataset(tmp_path: Path) -> None:
         {"a": {"kind": "folder", "cid": "not a cid"}},  # named by its document instead
         {"a": {"kind": "files", "files": [{"kind": "file", "cid": 7}, "x", None]}},
         {"a": {"kind": "bad", "v": float("nan")}},  # not canonical JSON: left out
+        {"a": {"kind": ["folder"], "cid": 1, "x": [{"kind": {"k": 1}, "cid": "c"}]}},
+        {"a": {"kind": None, "files": [{"kind": ["file"], "cid": str(bytes_cid(b"x"))}]}},
     ],
 )
 def test_hostile_data_sections_never_raise(data: object) -> None:
@@ -106,3 +108,15 @@ def test_bad_dataset_names_are_input_errors_naming_the_field(text: str) -> None:
     with pytest.raises(BadIdError) as caught:
         parse_dataset(text, field="query.cid")
     assert caught.value.field == "query.cid"
+
+
+def test_a_fingerprint_nested_as_deep_as_json_allows_is_left_out() -> None:
+    import json
+
+    text = '{"kind": "x", "v": ' + "[" * 5000 + "]" * 5000 + "}"
+    try:
+        deep = json.loads(text)
+    except RecursionError:
+        pytest.skip("this interpreter's json refuses the depth itself")
+    refs = run_datasets({"data": {"deep": deep, "ok": {"kind": "bytes", "sha256": "a"}}})
+    assert [r.key for r in refs] == ["ok"] or [r.key for r in refs] == ["deep", "ok"]

@@ -258,3 +258,35 @@ def test_a_claimant_trained_on_a_revoked_dataset_taints_the_weights(
     assert not check.ok and to_hex(claimant) in check.detail
     assert str(dataset_cid(d)) in check.detail and "scraped without consent" in check.detail
     assert next(c for c in report.checks if c.name == "data not revoked").ok  # its own data
+
+
+def test_hostile_data_sections_are_indexed_without_harm(
+    make_client: MakeClient, chain: Chain, data_store: LocalStore, indexer: Indexer
+) -> None:
+    """Keys with NUL, overlong keys and names, bad CIDs, odd kinds: what a
+    committer writes into a manifest must neither stop the indexer nor reach a 5xx."""
+    from ledger.hashing.cid import bytes_cid
+
+    leaf = str(bytes_cid(b"leaf"))
+    data = {
+        "nul\x00key" + "k" * 400: {"kind": "folder", "cid": leaf, "name": "n" * 5000},
+        "bad-cid": {"kind": "folder", "cid": "Qm-not-a-cid", "bytes": -5},
+        "huge-bytes": {"kind": "file", "cid": leaf, "bytes": 2**53 - 1},
+        "odd": {"kind": ["not", "text"], "files": [{"kind": "file", "cid": leaf}] * 3},
+        "not-a-mapping": "x",
+    }
+    run = record_run(chain.registry, data_store, "hostile", data=data)
+    indexer.run_once()
+    client = make_client()
+    detail = client.get(f"/api/v1/runs/{run.hex}")
+    assert detail.status_code == 200, detail.text
+    keys = {d["key"] for d in detail.json()["datasets"]}
+    assert "bad-cid" in keys and "huge-bytes" in keys and "odd" in keys
+    assert "not-a-mapping" not in keys
+    assert all(len(k) <= 200 and "\x00" not in k for k in keys)
+    listed = client.get("/api/v1/datasets")
+    assert listed.status_code == 200
+    assert all(d["bytes"] is None or d["bytes"] >= 0 for d in listed.json()["datasets"])
+    found = client.get("/api/v1/runs", params={"q": f"data:{leaf}"}).json()["runs"]
+    assert [r["run_id"] for r in found] == [run.hex]
+    assert client.get(f"/api/v1/datasets/{leaf}").status_code == 200
