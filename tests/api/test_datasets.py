@@ -106,6 +106,12 @@ def test_datasets_are_indexed_and_listed(make_client: MakeClient, trained: dict[
     assert part["part_of"] == [str(trained["S"])]
     assert [r["run_id"] for r in part["used_by"]] == [trained["sharded"].hex]
 
+    direct = client.get(f"/api/v1/datasets/{trained['D']}/runs").json()["runs"]
+    assert {r["run_id"] for r in direct} == {trained["d1"].hex, trained["d2"].hex}
+    every = client.get(f"/api/v1/datasets/{trained['D']}/runs", params={"transitive": "true"})
+    assert {r["run_id"] for r in every.json()["runs"]} == {
+        trained[n].hex for n in ("d1", "d2", "tuned", "small")
+    }
     runs = client.get("/api/v1/runs", params={"q": f"data:{trained['D']}"}).json()
     assert {r["run_id"] for r in runs["runs"]} == {trained["d1"].hex, trained["d2"].hex}
     either = client.get(
@@ -139,6 +145,7 @@ def test_bad_dataset_names_are_4xx_problems(
     assert listed.status_code == 422 and listed.headers["content-type"].startswith(PROBLEM)
     cursor = client.get("/api/v1/datasets", params={"cursor": bad})
     assert cursor.status_code == 422
+    assert 400 <= client.get(f"/api/v1/datasets/{bad}/runs").status_code < 500
     unknown = client.get(f"/api/v1/datasets/{to_hex(os.urandom(32))}")
     assert unknown.status_code == 404 and unknown.headers["content-type"].startswith(PROBLEM)
 

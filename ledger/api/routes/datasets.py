@@ -10,7 +10,7 @@ from fastapi.responses import Response
 
 from ledger.api.deps import State, read_index
 from ledger.api.problems import responses
-from ledger.api.routes._convert import answer
+from ledger.api.routes._convert import answer, summary
 from ledger.api.schemas import (
     DATASET_CID,
     DatasetDetailOut,
@@ -20,6 +20,7 @@ from ledger.api.schemas import (
     DescendantRun,
     RevocationOut,
     RunDataOut,
+    RunPage,
 )
 from ledger.datasets import parse_dataset
 from ledger.index import queries
@@ -156,5 +157,34 @@ def get_dataset(
             )
         ],
         truncated=found.truncated,
+    )
+    return answer(out)
+
+
+@router.get(
+    "/datasets/{cid}/runs",
+    response_model=RunPage,
+    summary="Runs trained on a dataset (with transitive=true, and the runs derived from them)",
+    responses=responses(401, 404, 422, 503),
+)
+def dataset_runs(
+    cid: DatasetParam,
+    state: State,
+    transitive: Annotated[
+        bool, Query(description="also the runs derived from them (fine-tunes, distillations...)")
+    ] = False,
+) -> Response:
+    """ "Which models were trained on D?": the runs whose manifest names the dataset,
+    and with `transitive=true` every run descending from one of them, newest first.
+    Each run's `revoked_data` says whether a revoked dataset taints it."""
+    with read_index(state) as session:
+        found = queries.dataset(session, cid)
+        wanted = [*found.direct, *(found.descendants if transitive else {})]
+        runs = queries.runs_by_id(session, wanted)
+        tainted = queries.data_tainted_runs(session) if runs else {}
+    ordered = sorted(runs.values(), key=lambda r: (-r.started_at, r.run_id))
+    out = RunPage(
+        runs=[summary(r, revoked_data=sorted(tainted.get(r.run_id, ()))) for r in ordered],
+        next_cursor=None,
     )
     return answer(out)
