@@ -672,8 +672,9 @@ class Verifier:
             report.add(
                 "data not revoked",
                 False,
-                f"the datasets of run(s) {names} were not checked: their manifests could not "
-                "be fetched",
+                f"the datasets of run(s) {names} were not checked against revocations: their "
+                "manifests could not be fetched (give `--api URL` of an audit API that has "
+                "them, or configure the IPFS node that holds them)",
                 unchecked=True,
             )
         elif datasets:
