@@ -106,6 +106,11 @@ def test_show_ls_revoke_and_verify(chain: Chain, tmp_path: Path) -> None:
     assert shown["revoked"] is True and shown["revocation"]["reason"] == "personal data"
     rows = {r["cid"]: r for r in json.loads(ledger("data", "ls", "--json", env=env).stdout)}
     assert rows[d["cid"]]["revoked"] and not rows[e["cid"]]["revoked"]
+    plain = ledger("data", "show", d["cid"], "--no-sync", env=env).stdout
+    assert "REVOKED: personal data" in plain and trained.hex in plain and tuned.hex in plain
+    lines = ledger("data", "ls", env=env).stdout.splitlines()
+    assert any(d["cid"] in line and "REVOKED: personal data" in line for line in lines)
+    assert any(e["cid"] in line and "REVOKED" not in line for line in lines)
 
 
 @pytest.mark.parametrize("name", ["nope", "0x1234", "Qm"])
