@@ -38,7 +38,7 @@ from ledger.chain.records import (
     configured_registry,
     record_of,
 )
-from ledger.chain.rpc import JsonRpc, as_bytes
+from ledger.chain.rpc import JsonRpc, as_bytes, as_int
 from ledger.config import Settings
 from ledger.errors import ChainError, NotFoundError, RegistryNotDeployedError
 from ledger.hashing.merkle import CheckpointLeaf
@@ -231,6 +231,56 @@ class RegistryReader(EventLookups):
             )
             for _, e in self._walk(head, topics, "previousBlock")
         ]
+
+    def children(self, run_id: bytes) -> list[dict[str, Any]]:
+        """The ``RunStarted`` events of every run started with ``run_id`` as a parent,
+        oldest first: on registry 3 one call and one single-block ``eth_getLogs`` per
+        block that started some (a scan of every start on registry 2)."""
+        started = self.abi.event_topic("RunStarted")
+        if not self.has_lookups:
+            events = [e for _, e in self._logs([self.abi.event_topics("RunStarted")])]
+            return [e for e in events if any(bytes(p["runId"]) == run_id for p in e["parents"])]
+        found: list[list[dict[str, Any]]] = []
+        block, visits = int(self._call("latestChildBlock", run_id)[0]), 0
+        while block > 0:
+            visits += 1
+            if visits > MAX_LINKS:
+                raise ChainError(
+                    f"the registry at {self.address} links more than {MAX_LINKS} blocks "
+                    f"of children of run {to_hex(run_id)}",
+                    hint="the RPC endpoint may be answering wrongly; try another one",
+                )
+            naming, links = [], []
+            for _, event in self._logs_in(block, block, [started]):
+                pairs = zip(event["parents"], event.get("previousChildBlocks", []), strict=False)
+                mine = [int(link) for parent, link in pairs if bytes(parent["runId"]) == run_id]
+                if mine:
+                    naming.append(event)
+                    links += mine
+            if not naming:
+                raise ChainError(
+                    f"the registry at {self.address} points at block {block} for children "
+                    f"of run {to_hex(run_id)} that it does not have there",
+                    hint="the node may be missing logs (a pruned or lagging node, or a "
+                    "chain reorganised under it); try again, or another RPC",
+                )
+            found.append(naming)
+            following = min((link for link in links if link != block), default=0)
+            if following >= block:
+                raise ChainError(
+                    f"the registry at {self.address} links block {block} forward to {following}",
+                    hint="the RPC endpoint may be answering wrongly; try another one",
+                )
+            block = following
+        return [event for events in reversed(found) for event in events]
+
+    def started_at(self, run: RunRecord) -> int | None:
+        """A run's start time: stored by registry 2, its start block's timestamp on
+        registry 3 (one call); None for a run that does not exist."""
+        if run.started_at is not None or not run.exists:
+            return run.started_at
+        block = self.rpc("eth_getBlockByNumber", hex(run.start_block or 0), False) or {}
+        return as_int(block["timestamp"]) if "timestamp" in block else None
 
     # -- events -----------------------------------------------------------------
 
