@@ -40,7 +40,7 @@ from ledger.chain.records import (
 )
 from ledger.chain.rpc import JsonRpc, as_bytes, as_int
 from ledger.config import Settings
-from ledger.errors import ChainError, NotFoundError, RegistryNotDeployedError
+from ledger.errors import ChainError, NotFoundError, RegistryNotDeployedError, RpcError
 from ledger.hashing.merkle import CheckpointLeaf
 from ledger.ids import RunId, resolve_run_id, run_id_prefix, to_hex
 
@@ -78,31 +78,57 @@ class RegistryReader(EventLookups):
     """Read-only views and events of one deployed registry."""
 
     def __init__(
-        self, rpc: JsonRpc, address: str, deploy_block: int = 0, *, version: str | None = None
+        self,
+        rpc: JsonRpc,
+        address: str,
+        deploy_block: int = 0,
+        *,
+        version: str | None = None,
+        memo: bool = False,
     ) -> None:
+        """``memo``: remember, for this reader's life, what a chain that is not
+        reorganised never changes (finished runs' blocks, a block's registry logs),
+        so one command asks for each once. Off for long-lived readers, which must see
+        a reorganised or reset chain."""
         self.rpc = rpc
         self.address = checksum_address(address)
         self.deploy_block = deploy_block
         self.abi = registry_abi()
         self._version = version
+        self.memo = memo
         self._start_blocks: dict[bytes, int] = {}
         """Start blocks of runs seen (they never change once a run exists)."""
         self._ended: dict[bytes, RunRecord] = {}
         """Runs seen finalized or failed: their start and latest blocks are final."""
+        self._blocks: dict[int, list[tuple[str, dict[str, Any]]]] = {}
+        """Every decoded registry log of a block, for the single-block queries."""
 
     @classmethod
     def connect(cls, settings: Settings) -> RegistryReader:
-        """The registry named by the settings; checks the chain id and that code is there."""
+        """The registry named by the settings; checks the chain id and that a registry
+        answers there (its ``version()``, which reads need anyway). For one command:
+        ``memo`` is on (a server turns it off, see :meth:`__init__`)."""
         address = configured_registry(settings)
         rpc = JsonRpc(settings.rpc_url)
         chain_id = rpc.chain_id()
         check_chain_id(settings, chain_id)
-        if rpc("eth_getCode", address, "latest") in (None, "0x", ""):
-            raise RegistryNotDeployedError(
-                f"no contract at {address} on chain {chain_id} ({settings.rpc_url})",
-                hint="the chain may have been reset; run `ledger deploy` again",
-            )
-        return cls(rpc, address, settings.deploy_block or 0)
+        reader = cls(rpc, address, settings.deploy_block or 0, memo=True)
+        missing = RegistryNotDeployedError(
+            f"no registry at {address} on chain {chain_id} ({settings.rpc_url})",
+            hint="the chain may have been reset, or the address is wrong; run `ledger deploy` "
+            "again, or fix registry_address",
+        )
+        try:
+            data = reader._eth_call("version")
+        except RpcError as exc:  # code that is not a registry reverts
+            raise missing from exc
+        if not data:  # no code at all answers nothing
+            raise missing
+        try:
+            reader._version = str(reader._decode("version", data)[0])
+        except ChainError as exc:
+            raise missing from exc
+        return reader
 
     # -- which registry ------------------------------------------------------------
 
@@ -139,7 +165,7 @@ class RegistryReader(EventLookups):
         # a static struct: seven words from registry 3, five from registry 2
         (raw,) = self._decode("getRun", data, v2=len(data) == 5 * 32)
         run = RunRecord.from_view(run_id, list(raw.values()))
-        if run.exists and run.start_block is not None:
+        if self.memo and run.exists and run.start_block is not None:
             self._start_blocks[run_id] = run.start_block
             if run.status in (RunStatus.FINALIZED, RunStatus.FAILED):
                 self._ended[run_id] = run
@@ -396,7 +422,19 @@ class RegistryReader(EventLookups):
     def _logs_in(
         self, first: int, last: int, topics: list[Any]
     ) -> list[tuple[str, dict[str, Any]]]:
-        """The registry's logs matching ``topics`` in blocks ``first`` to ``last``."""
+        """The registry's logs matching ``topics`` in blocks ``first`` to ``last``.
+
+        With ``memo``, one block is asked for all its registry logs once, and each
+        query of it filtered here (a block holds as many as its gas allows)."""
+        if self.memo and first == last:
+            if first not in self._blocks:
+                self._blocks[first] = self._logs_in_range(first, first, [])
+            return [e for e in self._blocks[first] if _matches(e, topics, self.abi)]
+        return self._logs_in_range(first, last, topics)
+
+    def _logs_in_range(
+        self, first: int, last: int, topics: list[Any]
+    ) -> list[tuple[str, dict[str, Any]]]:
         query = {"address": self.address, "topics": topics}
         chunks = scan_logs(self.rpc, query, first, last)
         decoded = (self.abi.decode_log(log) for _, logs in chunks for log in logs)
@@ -413,3 +451,28 @@ class RegistryReader(EventLookups):
         chunks = scan_logs(self.rpc, query, first)
         decoded = (self.abi.decode_log(log) for _, logs in chunks for log in logs)
         return [event for event in decoded if event is not None]
+
+
+def _matches(event: tuple[str, dict[str, Any]], topics: list[Any], abi: Any) -> bool:
+    """Whether a decoded log matches an ``eth_getLogs`` topic filter (a position is
+    None, one ``0x`` value, or a list of alternatives)."""
+    name, values = event
+    item = abi.events[name]
+    indexed = [str(p["name"]) for p in item["inputs"] if p.get("indexed")]
+    words = [abi.event_topics(name), *([_word(values[n])] for n in indexed)]
+    for position, wanted in enumerate(topics):
+        if wanted is None:
+            continue
+        alternatives = [str(w).lower() for w in (wanted if isinstance(wanted, list) else [wanted])]
+        if position >= len(words) or not any(w in alternatives for w in words[position]):
+            return False
+    return True
+
+
+def _word(value: Any) -> str:
+    """An indexed value as its topic: 32 bytes, ``0x`` hex."""
+    if isinstance(value, bytes):
+        return to_hex(value.rjust(32, b"\x00"))
+    if isinstance(value, str) and value.startswith("0x") and len(value) == 42:  # an address
+        return "0x" + value[2:].lower().rjust(64, "0")
+    return to_hex(int(value).to_bytes(32, "big"))
