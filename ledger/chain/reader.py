@@ -207,7 +207,7 @@ class RegistryReader(EventLookups):
                     hint="`ledger runs` lists the recorded runs",
                 )
             return run_id
-        started = self._logs([self.abi.event_topic("RunStarted")])
+        started = self._logs([self.abi.event_topics("RunStarted")])
         return resolve_run_id(text, (bytes(e["runId"]) for _, e in started), field=field)
 
     # -- lookups ------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """``ledger show``, ``proof``, ``revoke``, ``runs`` and ``lineage``: recorded runs.
 
-``show``, ``proof`` and ``revoke`` talk to the registry; ``runs`` and ``lineage``
-read its events and the store (:mod:`ledger.catalog`). Wherever a run id is
+``show``, ``proof`` and ``revoke`` talk to the registry; ``runs`` reads all its
+events and the store (:mod:`ledger.catalog`), ``lineage`` the run's family only
+(:func:`ledger.catalog.chain_lineage`). Wherever a run id is
 asked for, a unique prefix of at least four hex digits will do (``0x1a2b3c``),
 resolved against the registry's ``RunStarted`` events; an unknown run is an
 error (exit 11), an ambiguous prefix one that lists the candidates.
