@@ -113,21 +113,23 @@ class RegistryReader(EventLookups):
         chain_id = rpc.chain_id()
         check_chain_id(settings, chain_id)
         reader = cls(rpc, address, settings.deploy_block or 0, memo=True)
-        missing = RegistryNotDeployedError(
-            f"no registry at {address} on chain {chain_id} ({settings.rpc_url})",
-            hint="the chain may have been reset, or the address is wrong; run `ledger deploy` "
-            "again, or fix registry_address",
+        where = f"{address} on chain {chain_id} ({settings.rpc_url})"
+        hint = "the chain may have been reset; run `ledger deploy` again"
+        not_registry = RegistryNotDeployedError(
+            f"the contract at {where} is not a ledger registry (it has no version())",
+            hint="fix registry_address in config.json or LEDGER_REGISTRY, or run "
+            "`ledger deploy` again",
         )
         try:
             data = reader._eth_call("version")
         except RpcError as exc:  # code that is not a registry reverts
-            raise missing from exc
+            raise not_registry from exc
         if not data:  # no code at all answers nothing
-            raise missing
+            raise RegistryNotDeployedError(f"no contract at {where}", hint=hint)
         try:
             reader._version = str(reader._decode("version", data)[0])
         except ChainError as exc:
-            raise missing from exc
+            raise not_registry from exc
         return reader
 
     # -- which registry ------------------------------------------------------------
