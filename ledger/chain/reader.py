@@ -135,16 +135,34 @@ class RegistryReader(EventLookups):
     # -- which registry ------------------------------------------------------------
 
     def version(self) -> str:
-        """The registry's ``version()`` (asked once per reader)."""
+        """The registry's ``version()`` (asked once per reader); a
+        :class:`~ledger.errors.RegistryNotDeployedError` when no code answers."""
+        version = self._known_version()
+        if version is None:
+            raise RegistryNotDeployedError(
+                f"no contract at {self.address} ({self.rpc.url})",
+                hint="the chain may have been reset; run `ledger deploy` again",
+            )
+        return version
+
+    def _known_version(self) -> str | None:
+        """``version()``, or None (not remembered) while no code is at the address."""
         if self._version is None:
-            self._version = str(self._call("version")[0])
+            data = self._eth_call("version")
+            if not data:
+                return None
+            self._version = str(self._decode("version", data)[0])
         return self._version
 
     @property
     def has_lookups(self) -> bool:
         """Whether the registry stores block pointers (registry 3 and later), so
-        reads need no scan of its logs."""
-        major = self.version().split(".", 1)[0]
+        reads need no scan of its logs. False while no code is at the address (a
+        reset chain): its logs, then, are none, as a scan finds."""
+        version = self._known_version()
+        if version is None:
+            return False
+        major = version.split(".", 1)[0]
         return not major.isdigit() or int(major) >= 3
 
     # -- views ------------------------------------------------------------------
