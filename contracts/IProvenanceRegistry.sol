@@ -139,8 +139,15 @@ interface IProvenanceRegistry {
     error RegistryInvalidStepRange(uint64 fromStep, uint64 toStep);
 
     /// @notice A run was started by `committer` (the signer, for a signed call).
+    /// @param previousChildBlocks for each entry of `parents`, the block that last started
+    /// a run naming that parent before, or 0: the links by which a reader finds a run's
+    /// children (in a block, a parent's first child links back, later ones to the block)
     event RunStarted(
-        bytes32 indexed runId, address indexed committer, bytes32 manifestDigest, Parent[] parents
+        bytes32 indexed runId,
+        address indexed committer,
+        bytes32 manifestDigest,
+        Parent[] parents,
+        uint64[] previousChildBlocks
     );
     /// @notice A checkpoint of a running run was recorded.
     /// @param previousRunBlock block of the run's previous event (`RunStarted` at least)
@@ -261,6 +268,10 @@ interface IProvenanceRegistry {
     /// @notice The latest block with an event recording `tensorRoot`, 0 if none (and
     /// for the zero root).
     function latestTensorRootBlock(bytes32 tensorRoot) external view returns (uint64);
+
+    /// @notice The latest block that started a run naming `runId` as a parent, 0 if none;
+    /// its `RunStarted` events link to earlier children.
+    function latestChildBlock(bytes32 runId) external view returns (uint64);
 
     /// @notice How many runs were ever revoked.
     function revokedRunCount() external view returns (uint64);

@@ -38,6 +38,7 @@ contract ProvenanceRegistry is IProvenanceRegistry, AccessControl, EIP712, Nonce
     mapping(bytes32 runId => bytes32) private _finalCommitments;
     mapping(bytes32 weightsDigest => uint256 blockNumber) private _weightsBlocks;
     mapping(bytes32 tensorRoot => uint256 blockNumber) private _tensorBlocks;
+    mapping(bytes32 parentId => uint256 blockNumber) private _childBlocks;
     mapping(bytes32 runId => uint256 blockNumber) private _runRevocationBlocks;
     uint256 private _revokedRuns;
     mapping(bytes32 digest => uint256 blockNumber) private _artifactRevocationBlocks;
@@ -223,6 +224,11 @@ contract ProvenanceRegistry is IProvenanceRegistry, AccessControl, EIP712, Nonce
     }
 
     /// @inheritdoc IProvenanceRegistry
+    function latestChildBlock(bytes32 runId) external view returns (uint64) {
+        return uint64(_childBlocks[runId]);
+    }
+
+    /// @inheritdoc IProvenanceRegistry
     function revokedRunCount() external view returns (uint64) {
         return uint64(_revokedRuns);
     }
@@ -309,10 +315,14 @@ contract ProvenanceRegistry is IProvenanceRegistry, AccessControl, EIP712, Nonce
         runId = computeRunId(committer, manifestDigest);
         RunSlot storage run = _runs[runId];
         if (run.status != Status.None) revert RegistryRunExists(runId);
+        uint64[] memory previousChildBlocks = new uint64[](parents.length);
         for (uint256 i = 0; i < parents.length; ++i) {
             bytes32 parentId = parents[i].runId;
             if (_runs[parentId].status == Status.None) revert RegistryUnknownParent(parentId);
             if (parents[i].relation == Relation.None) revert RegistryInvalidRelation(parentId);
+            uint256 previous = _childBlocks[parentId];
+            previousChildBlocks[i] = uint64(previous);
+            if (previous != block.number) _childBlocks[parentId] = block.number;
         }
         _runs[runId] = RunSlot({
             committer: committer,
@@ -321,7 +331,7 @@ contract ProvenanceRegistry is IProvenanceRegistry, AccessControl, EIP712, Nonce
             startBlock: uint40(block.number),
             lastBlock: uint40(block.number)
         });
-        emit RunStarted(runId, committer, manifestDigest, parents);
+        emit RunStarted(runId, committer, manifestDigest, parents, previousChildBlocks);
     }
 
     function _checkpoint(address committer, bytes32 runId, Checkpoint calldata checkpoint)

@@ -175,6 +175,7 @@ class Verifier:
         self.store = store
         self._started: dict[bytes, dict[str, Any] | None] = {}
         self._runs: dict[bytes, RunRecord] = {}
+        self._committers: dict[str, bool] = {}  # role checks, per verification
 
     def verify_file(
         self,
@@ -202,6 +203,7 @@ class Verifier:
         path = Path(path)
         self._started.clear()
         self._runs.clear()
+        self._committers.clear()
         if path.is_dir():
             return self._verify_folder(path, expected_run)
         cid = known_cid if known_cid is not None else file_cid(path, progress=progress)
@@ -285,6 +287,7 @@ class Verifier:
         """Check a file known only by its CID (e.g. an auditor's digest) against the chain."""
         self._started.clear()
         self._runs.clear()
+        self._committers.clear()
         report = VerifyReport(path=str(cid), file_cid=str(cid))
         claims = [Claim(r, "file") for r in self.registry.find_by_weights(cid.digest)]
         claim = self._choose(claims, expected_run, report)
@@ -300,6 +303,7 @@ class Verifier:
         """Check weights known only by their tensor root against the chain."""
         self._started.clear()
         self._runs.clear()
+        self._committers.clear()
         report = VerifyReport(path=root.hex(), file_cid=None, tensor_root=root.hex())
         claims = [Claim(r, "tensors") for r in self.registry.find_by_tensor_root(root)]
         claim = self._choose(claims, expected_run, report)
@@ -505,7 +509,7 @@ class Verifier:
         report.run_id = to_hex(record.run_id)
         report.is_final = record.is_final
         report.step = record.step
-        run = self.registry.get_run(record.run_id)
+        run = self._run(record.run_id)
         revoked = self._check_run(run, report, label="run")
         what = "final weights" if record.is_final else f"checkpoint at step {record.step}"
         report.add("weights event", True, f"{what} recorded in tx {record.tx_hash}")
@@ -575,7 +579,9 @@ class Verifier:
             else f"run id does not re-derive (got {to_hex(derived)})",
         )
         self._document(manifest_digest, DocumentKind.MANIFEST, f"{label} manifest", report)
-        committer_ok = self.registry.is_committer(run.committer)
+        if run.committer not in self._committers:
+            self._committers[run.committer] = self.registry.is_committer(run.committer)
+        committer_ok = self._committers[run.committer]
         report.add(
             f"{label} committer",
             committer_ok,
@@ -625,7 +631,7 @@ class Verifier:
                 seen.add(parent_id)
                 walked += 1
                 relation = label(code)
-                parent = self.registry.get_run(parent_id)
+                parent = self._run(parent_id)
                 name = f"ancestor {to_hex(parent_id)[:14]} ({relation})"
                 first = len(report.checks)
                 revoked = self._check_run(parent, report, label=name) or revoked

@@ -36,10 +36,11 @@ FINALS_SLOT = 5
 """The storage slot of ``_finalCommitments``."""
 
 
-ARTIFACT_REVOCATIONS_SLOT = 10
+ARTIFACT_REVOCATIONS_SLOT = 11
 """The storage slot of ``_artifactRevocationBlocks`` (a revoked artifact's block, 0 if
 not revoked): after ``_runs`` 4, ``_finalCommitments`` 5, ``_weightsBlocks`` 6,
-``_tensorBlocks`` 7, ``_runRevocationBlocks`` 8 and ``_revokedRuns`` 9."""
+``_tensorBlocks`` 7, ``_childBlocks`` 8, ``_runRevocationBlocks`` 9 and
+``_revokedRuns`` 10 (a test reads it back from a real revocation)."""
 
 
 def artifact_slot(digest: bytes) -> bytes:

@@ -204,6 +204,19 @@ def _params(spec: str, indexed: int = 0) -> list[dict[str, Any]]:
 REGISTRY_V2_ITEMS: tuple[dict[str, Any], ...] = (
     {
         "type": "event",
+        "name": "RunStarted",
+        "inputs": [
+            *_params("bytes32 runId, address committer, bytes32 manifestDigest", indexed=2),
+            {
+                "name": "parents",
+                "type": "tuple[]",
+                "indexed": False,
+                "components": _params("bytes32 runId, uint8 relation"),
+            },
+        ],
+    },
+    {
+        "type": "event",
         "name": "CheckpointCommitted",
         "inputs": _params(
             "bytes32 runId, bytes32 weightsDigest, bytes32 tensorRoot, uint64 step, "
@@ -237,7 +250,7 @@ REGISTRY_V2_ITEMS: tuple[dict[str, Any], ...] = (
         ],
     },
 )
-"""What registry 2.0.0 spelled differently from the committed (3.x) artifact: three
+"""What registry 2.0.0 spelled differently from the committed (3.x) artifact: four
 events without the previous-block links, and ``getRun`` with a start time instead of
 blocks. Logs of a registry-2 deployment decode through these; reads of one choose
 ``getRun``'s outputs by ``version()``."""
@@ -482,7 +495,7 @@ def _string(data: str, head: int) -> str:
     return raw.decode("utf-8", errors="replace")
 
 
-def _started(topics: Sequence[str], data: str) -> dict[str, Any]:
+def _started_v2(topics: Sequence[str], data: str) -> dict[str, Any]:
     start = int(_hex_word(data, 1), 16) * 2
     count = int(data[start : start + HEX_WORD], 16)
     parents = []
@@ -502,6 +515,13 @@ def _started(topics: Sequence[str], data: str) -> dict[str, Any]:
         "manifestDigest": _hex32(_hex_word(data, 0)),
         "parents": parents,
     }
+
+
+def _started(topics: Sequence[str], data: str) -> dict[str, Any]:
+    start = int(_hex_word(data, 2), 16) * 2
+    count = int(data[start : start + HEX_WORD], 16)
+    links = [int(_hex_word(data[start + HEX_WORD :], i), 16) for i in range(count)]
+    return {**_started_v2(topics, data), "previousChildBlocks": links}
 
 
 def _checkpoint_v2(topics: Sequence[str], data: str) -> dict[str, Any]:
@@ -570,6 +590,7 @@ _FAST: dict[str, Callable[[Sequence[str], str], dict[str, Any]]] = {
 }
 _FAST_V2 = {
     **_FAST,
+    "RunStarted": _started_v2,
     "CheckpointCommitted": _checkpoint_v2,
     "RunFinalized": _finalized_v2,
     "RunFailed": _failed_v2,

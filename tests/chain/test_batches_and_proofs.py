@@ -128,6 +128,7 @@ def test_start_runs_of_one_run_is_start_run(chain: Chain) -> None:
         "committer": chain.admin.address,
         "manifestDigest": digest(1),
         "parents": [],
+        "previousChildBlocks": [],
     }
 
 

@@ -16,8 +16,10 @@ from eth_utils.crypto import keccak
 
 from ledger.chain.records import ZERO32
 from ledger.hashing.merkle import CheckpointLeaf
+from ledger.ids import Relation
 from tests.chain.test_registry import (
     digest,
+    events_of,
     expect_revert,
     final,
     leaf,
@@ -25,7 +27,7 @@ from tests.chain.test_registry import (
     started,
     with_committer,
 )
-from tests.chain.web3_registry import ADMIN_ROLE, FinalRecord, RunStatus
+from tests.chain.web3_registry import ADMIN_ROLE, FinalRecord, Registry, RunStatus
 from tests.conftest import Chain
 
 pytestmark = pytest.mark.integration
@@ -255,3 +257,41 @@ def test_attest_replay_refusals(chain: Chain) -> None:
     with expect_revert("RegistryZeroDigest"):
         bob.attest_replay(run_id, 0, 1, True, ZERO32)
     assert chain.registry.contract.functions.latestReplayBlock(run_id).call() == 0
+
+
+# -- children ------------------------------------------------------------------------
+
+
+def test_every_child_of_a_run_is_linked_from_its_latest_child(chain: Chain) -> None:
+    parent, other = started(chain.registry, 1), started(chain.registry, 2)
+    functions = chain.registry.contract.functions
+    assert functions.latestChildBlock(parent).call() == 0
+    _, first = chain.registry.start_run(digest(3), [(parent, Relation.FINE_TUNE)])
+    _, pruned = chain.registry.start_run(digest(4), [(other, Relation.PRUNING)])  # other's
+    # one transaction: two children, one naming the parent twice under two relations
+    _, batch = chain.registry.start_runs(
+        [
+            (digest(5), [(other, Relation.DISTILLATION), (parent, Relation.SWEEP_TRIAL)]),
+            (digest(6), [(parent, Relation.FINE_TUNE), (parent, Relation.QUANTIZATION)]),
+        ]
+    )
+    batch_events = events_of(chain, batch, "RunStarted")
+    assert [e["previousChildBlocks"] for e in batch_events] == [
+        [pruned.block_number, first.block_number],  # each parent's previous child
+        [batch.block_number, batch.block_number],
+    ]
+    assert functions.latestChildBlock(parent).call() == batch.block_number
+    # Walk the parent's children: every RunStarted of a block, those naming the parent.
+    children, block = [], batch.block_number
+    while block:
+        logs = _logs_at(chain, block, [_topic(chain, "RunStarted")])
+        named = [
+            (args["runId"], link)
+            for args in (_decode(chain, log)[1] for log in logs)
+            for p, link in zip(args["parents"], args["previousChildBlocks"], strict=True)
+            if bytes(p["runId"]) == parent
+        ]
+        children = [run_id for run_id, _ in named] + children
+        block = min(link for _, link in named if link != block) if named else 0
+    expected = [Registry.run_id_for(chain.admin.address, digest(n)) for n in (3, 5, 6, 6)]
+    assert children == expected

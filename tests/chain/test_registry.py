@@ -265,6 +265,7 @@ def test_start_run_stores_the_run_and_emits_run_started(chain: Chain) -> None:
         "committer": chain.admin.address,
         "manifestDigest": digest(1),
         "parents": [],
+        "previousChildBlocks": [],
     }
 
 

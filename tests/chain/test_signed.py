@@ -173,6 +173,7 @@ def test_alice_signs_a_whole_run_and_bob_relays_it(chain: Chain) -> None:
         "committer": chain.alice.address,
         "manifestDigest": digest(1),
         "parents": [],
+        "previousChildBlocks": [],
     }
     run = chain.registry.get_run(run_id)
     assert (run.committer, run.status) == (chain.alice.address, RunStatus.RUNNING)

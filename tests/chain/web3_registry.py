@@ -78,14 +78,19 @@ class Registry(EventLookups):
     """One deployed registry, optionally with a signing account."""
 
     def __init__(
-        self, w3: Web3, address: str, account: LocalAccount | None = None, deploy_block: int = 0
+        self,
+        w3: Web3,
+        address: str,
+        account: LocalAccount | None = None,
+        deploy_block: int = 0,
+        abi: list[dict[str, Any]] | None = None,
     ) -> None:
-        artifact = load_artifact()
+        """``abi``: another registry version's (the committed artifact's by default)."""
         self.w3 = w3
         self.address = to_checksum_address(address)
         self.account = account
         self.deploy_block = deploy_block  # event scans start here
-        self.abi: list[dict[str, Any]] = artifact["abi"]
+        self.abi: list[dict[str, Any]] = abi if abi is not None else load_artifact()["abi"]
         self.contract = w3.eth.contract(address=self.address, abi=self.abi)
         self._errors = _error_selectors(self.abi)
         self._chain_id: int | None = None
@@ -118,16 +123,19 @@ class Registry(EventLookups):
         return cls(w3, address, account, settings.deploy_block or 0)
 
     @classmethod
-    def deploy(cls, w3: Web3, account: LocalAccount) -> tuple[Registry, TxResult]:
-        """Deploy a new registry whose admin and first committer is ``account``."""
-        artifact = load_artifact()
+    def deploy(
+        cls, w3: Web3, account: LocalAccount, artifact: dict[str, Any] | None = None
+    ) -> tuple[Registry, TxResult]:
+        """Deploy a new registry whose admin and first committer is ``account``
+        (from ``artifact``, the committed one by default)."""
+        artifact = artifact if artifact is not None else load_artifact()
         factory = w3.eth.contract(abi=artifact["abi"], bytecode=artifact["bytecode"])
         probe = cls.__new__(cls)
         probe.w3, probe.account, probe._errors = w3, account, _error_selectors(artifact["abi"])
         probe._chain_id = None
         result, receipt = probe._send(factory.constructor(account.address), with_receipt=True)
         address = receipt["contractAddress"]
-        return cls(w3, address, account, result.block_number), result
+        return cls(w3, address, account, result.block_number, artifact["abi"]), result
 
     # -- writes ---------------------------------------------------------------
 

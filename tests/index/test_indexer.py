@@ -226,3 +226,16 @@ def test_documents_read_on_threads_keep_their_order() -> None:
 
     assert _on_threads(read, digests, 4) == [d[::-1] for d in digests]
     assert _on_threads(read, digests[:3], 4) == [d[::-1] for d in digests[:3]]
+
+
+def test_artifact_revocations_and_replay_attestations_do_not_stop_the_indexer(
+    chain: Chain, indexer: Indexer, engine: Engine, data_store: LocalStore
+) -> None:
+    run = record_run(chain.registry, data_store, "replayed")
+    chain.registry.revoke_artifact(b"\x07" * 32, "dataset withdrawn")
+    chain.as_(chain.bob).attest_replay(run.run_id, 0, 1, True, b"\x08" * 32)
+    later = record_run(chain.registry, data_store, "after them")
+    indexer.run_once()
+    runs = _runs(engine)
+    assert runs[run.hex].status == "finalized" and runs[later.hex].status == "finalized"
+    assert indexer.last_block() == int(rpc_call(chain.rpc_url, "eth_blockNumber"), 16)
