@@ -75,6 +75,11 @@ class RunSummary(BaseModel):
         default=None,
         description="the manifest's data sources (at most 32), when asked for with data=true",
     )
+    revoked_data: list[str] = Field(
+        default_factory=list,
+        description="CIDs of revoked datasets the run or one of its ancestors trained on "
+        "(the run is tainted by them)",
+    )
 
 
 class RunPage(BaseModel):
@@ -116,7 +121,34 @@ class WeightsOut(BaseModel):
     tx: str
 
 
+class DataTaintOut(BaseModel):
+    dataset: str = Field(description="CID of the revoked dataset (or revoked part)")
+    digest: str = Field(description="its digest, as revoked on chain")
+    part_of: str | None = Field(description="the dataset holding it, when it is a part")
+    run_id: str = Field(description="the run whose manifest names it: this run or an ancestor")
+    key: str = Field(description="the manifest's data key")
+    reason: str = Field(description="the revocation's reason, as on chain")
+
+
+class RunDataOut(BaseModel):
+    key: str = Field(description="the manifest's data key", examples=["train"])
+    cid: str
+    digest: str
+    kind: str = Field(examples=["folder"])
+    name: str | None
+    bytes: int | None
+    part_of: str | None = Field(description="the dataset holding it, when it is a part")
+    revoked: bool
+
+
 class RunDetail(RunSummary):
+    datasets: list[RunDataOut] = Field(
+        default_factory=list, description="datasets the manifest names (and their parts)"
+    )
+    data_taint: list[DataTaintOut] = Field(
+        default_factory=list,
+        description="revoked datasets this run or an ancestor trained on, nearest run first",
+    )
     manifest_cid: str | None
     manifest: dict[str, Any] | None = Field(description="the manifest from the store")
     document_state: str = Field(description="loaded | pending | missing | invalid (manifest)")
@@ -170,8 +202,14 @@ class LineageOut(BaseModel):
 
 class TaintOut(BaseModel):
     run_id: str
-    tainted: bool = Field(description="the run or one of its ancestors is revoked")
+    tainted: bool = Field(
+        description="the run or one of its ancestors is revoked, or trained on a revoked dataset"
+    )
     revoked_sources: list[str] = Field(description="revoked runs among itself and its ancestors")
+    revoked_data: list[DataTaintOut] = Field(
+        default_factory=list,
+        description="revoked datasets the run or one of its ancestors trained on",
+    )
 
 
 class TaintedRun(BaseModel):
@@ -312,3 +350,79 @@ class Readiness(BaseModel):
     indexed_block: int | None
     lag_blocks: int | None
     indexer_error: str | None
+
+
+# -- datasets -----------------------------------------------------------------------
+
+DATASET_CID = "bafybeigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi"
+
+
+class RevocationOut(BaseModel):
+    block: int
+    tx: str
+    revoker: str
+    reason: str
+
+
+class DatasetSummary(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "cid": DATASET_CID,
+                    "digest": DIGEST,
+                    "kind": "folder",
+                    "name": "train",
+                    "bytes": 2147483648,
+                    "runs": 3,
+                    "revoked": False,
+                    "revocation": None,
+                }
+            ]
+        }
+    )
+
+    cid: str = Field(description="the dataset's CIDv1")
+    digest: str = Field(description="the CID's sha2-256 digest: what a revocation names")
+    kind: str = Field(description="folder | file | files | hf-dataset | ... (the fingerprint)")
+    name: str | None
+    bytes: int | None
+    runs: int = Field(description="runs whose manifest names it")
+    revoked: bool
+    revocation: RevocationOut | None
+
+
+class DatasetPage(BaseModel):
+    datasets: list[DatasetSummary]
+    next_cursor: str | None = Field(
+        description="pass as cursor= for the next page; null at the end"
+    )
+
+
+class DatasetRun(BaseModel):
+    run_id: str
+    name: str | None
+    status: str | None = Field(description="null when the run is not in the index")
+    revoked: bool | None
+    keys: list[str] = Field(description="the manifest's data keys naming the dataset")
+    final_weights_digest: str | None = Field(description="the model it produced, if finalized")
+
+
+class DescendantRun(BaseModel):
+    run_id: str
+    name: str | None
+    status: str | None
+    revoked: bool | None
+    via: str = Field(description="the run trained on the dataset that it descends from")
+    generation: int = Field(description="generations below that run")
+    final_weights_digest: str | None
+
+
+class DatasetDetailOut(DatasetSummary):
+    part_of: list[str] = Field(description="CIDs of datasets holding this one as a part")
+    parts: list[RunDataOut] = Field(description="files or folders inside it that runs name")
+    used_by: list[DatasetRun] = Field(description="runs trained on it directly")
+    descendants: list[DescendantRun] = Field(
+        description="runs derived (fine-tuned, distilled...) from those, transitively"
+    )
+    truncated: bool

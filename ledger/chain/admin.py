@@ -105,6 +105,18 @@ class RegistryAdmin(RegistrySender):
         """Revoke a run (its committer or an admin may); its descendants become tainted."""
         return self.transact("revokeRun", run_id, reason)
 
+    def revoke_artifact(self, digest: bytes, reason: str) -> TxResult:
+        """Revoke an artifact that is not a run, e.g. a dataset by the digest of its
+        fingerprint's CID (admins only, once per digest)."""
+        return self.transact("revokeArtifact", digest, reason)
+
+    def attest_replay(
+        self, run_id: bytes, from_step: int, to_step: int, reproduced: bool, report_digest: bytes
+    ) -> TxResult:
+        """Record on chain that this account replayed steps ``from_step``..``to_step``
+        of ``run_id`` (any account may; readers choose whose attestations they trust)."""
+        return self.transact("attestReplay", run_id, from_step, to_step, reproduced, report_digest)
+
     def grant_committer(self, account: str) -> TxResult | None:
         return self.grant_role(COMMITTER_ROLE, account)
 
@@ -209,6 +221,10 @@ class RegistryAdmin(RegistrySender):
                 function, "RunRevoked"
             )
             return [(name, {"runId": args[0]})]
+        if function == "revokeArtifact":
+            return [("ArtifactRevoked", {"digest": args[0]})]
+        if function == "attestReplay":
+            return [("ReplayAttested", {"runId": args[0], "attester": self.signer.address})]
         if function in ("grantRole", "revokeRole"):
             name = "RoleGranted" if function == "grantRole" else "RoleRevoked"
             return [(name, {"role": args[0], "account": args[1]})]

@@ -1,7 +1,8 @@
 """``ledger show``, ``proof``, ``revoke``, ``runs`` and ``lineage``: recorded runs.
 
-``show``, ``proof`` and ``revoke`` talk to the registry; ``runs`` and ``lineage``
-read its events and the store (:mod:`ledger.catalog`). Wherever a run id is
+``show``, ``proof`` and ``revoke`` talk to the registry; ``runs`` reads all its
+events and the store (:mod:`ledger.catalog`), ``lineage`` the run's family only
+(:func:`ledger.catalog.chain_lineage`). Wherever a run id is
 asked for, a unique prefix of at least four hex digits will do (``0x1a2b3c``),
 resolved against the registry's ``RunStarted`` events; an unknown run is an
 error (exit 11), an ambiguous prefix one that lists the candidates.
@@ -49,7 +50,8 @@ def show(
     document = {
         "run_id": to_hex(record.run_id),
         "committer": record.committer,
-        "started_at": record.started_at,
+        "started_at": registry.started_at(record),
+        "start_block": record.start_block,
         "status": record.status.name.lower(),
         "revoked": record.revoked,
         "manifest_digest": bytes(started[0]["manifestDigest"]).hex() if started else None,
@@ -84,7 +86,15 @@ def _show_lines(doc: dict[str, Any]) -> list[str]:
 
     from ledger.ids import label
 
-    started = datetime.datetime.fromtimestamp(doc["started_at"], tz=datetime.UTC)
+    started = (
+        datetime.datetime.fromtimestamp(doc["started_at"], tz=datetime.UTC).strftime(
+            "%Y-%m-%d %H:%M:%S UTC"
+        )
+        if doc["started_at"] is not None
+        else "(unknown)"
+    )
+    if doc.get("start_block") is not None:
+        started += f" (block {doc['start_block']})"
     status = doc["status"] + (
         f", REVOKED: {doc.get('revoked_reason') or '(no reason found)'}" if doc["revoked"] else ""
     )
@@ -92,7 +102,7 @@ def _show_lines(doc: dict[str, Any]) -> list[str]:
         ("run", doc["run_id"]),
         ("status", status),
         ("committer", doc["committer"]),
-        ("started", started.strftime("%Y-%m-%d %H:%M:%S UTC")),
+        ("started", started),
         ("manifest", "0x" + doc["manifest_digest"] if doc["manifest_digest"] else "(no event)"),
     ]
     rows += [("parent", f"{p['run_id']} ({label(p['relation'])})") for p in doc["parents"]]
@@ -196,10 +206,14 @@ def lineage(
     as_json: Annotated[bool, JSON.typer()] = False,
 ) -> None:
     """Print a run's ancestors and descendants with relations, status and revocations."""
-    from ledger.catalog import lineage_lines
+    from ledger.catalog import chain_lineage, lineage_lines
+    from ledger.chain.reader import RegistryReader
+    from ledger.store import open_store
 
-    catalog, run_id = _catalog(data_dir, run)
-    tree = catalog.lineage(run_id)
+    settings = load_settings(data_dir)
+    registry = RegistryReader.connect(settings)
+    run_id = registry.resolve_run(run, exists=True)
+    tree = chain_lineage(registry, open_store(settings), run_id)
     if as_json:
         print_json(tree)
         return

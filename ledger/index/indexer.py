@@ -45,6 +45,7 @@ from ledger.chain.abi import Log, LogDecoder
 from ledger.chain.logs import scan_logs
 from ledger.chain.records import checksum_address
 from ledger.chain.rpc import JsonRpc
+from ledger.datasets import run_datasets
 from ledger.documents import DocumentKind, read_document
 from ledger.errors import (
     ArtifactNotFoundError,
@@ -56,7 +57,18 @@ from ledger.errors import (
     StoreUnavailableError,
 )
 from ledger.ids import from_hex
-from ledger.index.models import Block, Event, IndexState, Meta, Metric, Parent, Run, Weights
+from ledger.index.models import (
+    ArtifactRevocation,
+    Block,
+    Event,
+    IndexState,
+    Meta,
+    Metric,
+    Parent,
+    Run,
+    RunData,
+    Weights,
+)
 from ledger.store import ArtifactStore, LocalStore
 
 log = logging.getLogger("ledger.index")
@@ -69,6 +81,8 @@ WEIGHTS = cast(Table, Weights.__table__)
 METRICS = cast(Table, Metric.__table__)
 META = cast(Table, Meta.__table__)
 STATE = cast(Table, IndexState.__table__)
+RUN_DATA = cast(Table, RunData.__table__)
+ARTIFACT_REVOCATIONS = cast(Table, ArtifactRevocation.__table__)
 IN_CHUNK = 500
 DOCUMENT_THREADS = 8
 _T = TypeVar("_T")
@@ -265,9 +279,13 @@ class Indexer:
             )
         )
         connection.execute(delete(EVENTS).where(EVENTS.c.block_number > keep))
+        connection.execute(
+            delete(ARTIFACT_REVOCATIONS).where(ARTIFACT_REVOCATIONS.c.block_number > keep)
+        )
         connection.execute(delete(BLOCKS).where(BLOCKS.c.number > keep))
         for chunk in _chunks(touched, IN_CHUNK):
             for table, column in (
+                (RUN_DATA, RUN_DATA.c.run_id),
                 (METRICS, METRICS.c.run_id),
                 (WEIGHTS, WEIGHTS.c.run_id),
                 (PARENTS, PARENTS.c.child_id),
@@ -385,6 +403,11 @@ class Indexer:
                 {**fields, "run_id": r.run_id}
                 for r, fields in zip(manifests, manifest_fields, strict=True)
             ]
+            data_rows = [
+                {**row, "run_id": fields["run_id"]}
+                for fields in manifest_rows
+                for row in fields.pop("data")
+            ]
             metric_states: list[dict[str, Any]] = []
             metric_rows: list[dict[str, Any]] = []
             for r, (state, values) in zip(metrics, metric_values, strict=True):
@@ -392,6 +415,9 @@ class Indexer:
                 metric_rows += [{"run_id": r.run_id, "name": k, "value": v} for k, v in values]
             with self.engine.begin() as connection:
                 _update(connection, RUNS, "run_id", manifest_rows)
+                for chunk in _chunks([m["run_id"] for m in manifest_rows], IN_CHUNK):
+                    connection.execute(delete(RUN_DATA).where(RUN_DATA.c.run_id.in_(chunk)))
+                _insert(connection, RUN_DATA, data_rows)
                 if metric_states:
                     runs = [m["run_id"] for m in metric_states]
                     for chunk in _chunks(runs, IN_CHUNK):
@@ -442,9 +468,10 @@ class Indexer:
     def _manifest_fields(self, digest_hex: str) -> dict[str, Any]:
         state, cid, manifest = self._document(digest_hex, DocumentKind.MANIFEST)
         fields: dict[str, Any] = dict.fromkeys(_MANIFEST_FIELDS)
-        fields.update(manifest_state=state, manifest_cid=cid)
+        fields.update(manifest_state=state, manifest_cid=cid, data=[])
         if manifest is None:
             return fields
+        fields["data"] = _data_rows(manifest)
         name = manifest.get("name")
         fields["name"] = _text(name, 200) if isinstance(name, str) else None
         sweep = manifest.get("sweep")
@@ -480,6 +507,26 @@ _MANIFEST_FIELDS = (
     "sweep_trial",
     "world_size",
 )
+
+
+def _data_rows(manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    """``run_data`` rows of the datasets a manifest names (one per key and digest)."""
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    for ref in run_datasets(manifest):
+        key = _text(ref.key, 200)
+        rows.setdefault(
+            (key, ref.digest),
+            {
+                "key": key,
+                "digest": ref.digest,
+                "cid": ref.cid,
+                "kind": _text(ref.kind, 40),
+                "name": None if ref.name is None else _text(ref.name, 200),
+                "bytes": ref.bytes if ref.bytes is not None and 0 <= ref.bytes < 2**63 else None,
+                "part_of": ref.part_of,
+            },
+        )
+    return list(rows.values())
 
 
 def _text(value: str, limit: int | None = None) -> str:
@@ -566,6 +613,7 @@ def _apply(connection: Connection, logs: list[Log], timestamps: Mapping[int, int
     checkpoint_counts: dict[str, int] = defaultdict(int)
     endings: dict[str, dict[str, Any]] = {}
     revocations: dict[str, dict[str, Any]] = {}
+    artifacts: dict[str, dict[str, Any]] = {}
     for e in logs:
         a = e.args
         if e.name == "RunStarted":
@@ -649,6 +697,19 @@ def _apply(connection: Connection, logs: list[Log], timestamps: Mapping[int, int
                 "ended_tx": e.tx_hash,
                 "failed_reason": _text(a["reason"]),
             }
+        elif e.name == "ArtifactRevoked":
+            digest = str(a.get("digest", e.run_id)).lower()
+            artifacts.setdefault(
+                digest,
+                {
+                    "digest": digest,
+                    "block_number": e.block_number,
+                    "log_index": e.log_index,
+                    "tx_hash": e.tx_hash,
+                    "revoker": a["revoker"],
+                    "reason": _text(str(a["reason"])),
+                },
+            )
         elif e.name == "RunRevoked":
             revocations[e.run_id] = {
                 "revoked": True,
@@ -668,6 +729,12 @@ def _apply(connection: Connection, logs: list[Log], timestamps: Mapping[int, int
     _insert(connection, RUNS, list(new_runs.values()))
     _insert(connection, PARENTS, parents)
     _insert(connection, WEIGHTS, weights)
+    if artifacts:  # the registry revokes an artifact once; a replayed range may repeat it
+        for chunk in _chunks(list(artifacts), IN_CHUNK):
+            connection.execute(
+                delete(ARTIFACT_REVOCATIONS).where(ARTIFACT_REVOCATIONS.c.digest.in_(chunk))
+            )
+        _insert(connection, ARTIFACT_REVOCATIONS, list(artifacts.values()))
     if checkpoint_counts:
         connection.execute(
             update(RUNS)

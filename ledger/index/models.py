@@ -2,7 +2,8 @@
 
 Two layers. ``events`` and ``blocks`` are what was read from the chain, as read:
 every registry log in order, and the hash of every block the indexer relied on.
-``runs``, ``parents``, ``weights`` and ``metrics`` are derived from the events
+``runs``, ``parents``, ``weights``, ``metrics``, ``run_data`` and
+``artifact_revocations`` are derived from the events
 (and from the store's documents) and can always be rebuilt from them, which is
 how a reorg is undone: events above the fork are deleted and the affected runs
 are replayed from the events that remain.
@@ -155,6 +156,36 @@ class Metric(Base):
     )
     name: Mapped[str] = mapped_column(String(100), primary_key=True)
     value: Mapped[float] = mapped_column(Float)
+
+
+class RunData(Base):
+    """A dataset (or a part of one) a run's manifest names (:mod:`ledger.datasets`)."""
+
+    __tablename__ = "run_data"
+
+    run_id: Mapped[str] = mapped_column(
+        HEX32, ForeignKey("runs.run_id", ondelete="CASCADE"), primary_key=True
+    )
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    digest: Mapped[str] = mapped_column(HEX32, primary_key=True, index=True)
+    cid: Mapped[str] = mapped_column(String(120))
+    kind: Mapped[str] = mapped_column(String(40))
+    name: Mapped[str | None] = mapped_column(String(200))
+    bytes: Mapped[int | None] = mapped_column(BigInteger)
+    part_of: Mapped[str | None] = mapped_column(String(120))
+
+
+class ArtifactRevocation(Base):
+    """An ``ArtifactRevoked`` event: a dataset (any artifact digest) revoked on chain."""
+
+    __tablename__ = "artifact_revocations"
+
+    digest: Mapped[str] = mapped_column(HEX32, primary_key=True)
+    block_number: Mapped[int] = mapped_column(BigInteger, index=True)
+    log_index: Mapped[int] = mapped_column(Integer)
+    tx_hash: Mapped[str] = mapped_column(HEX32)
+    revoker: Mapped[str] = mapped_column(ADDRESS)
+    reason: Mapped[str] = mapped_column(Text)
 
 
 Index("ix_metrics_name_value", Metric.name, Metric.value)

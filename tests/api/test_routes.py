@@ -193,7 +193,12 @@ def test_lineage_and_taint(
     chain.registry.revoke_run(f["grand"].run_id, "data leak")
     indexer.run_once()
     taint = client.get(f"/api/v1/runs/{f['child'].hex}/taint").json()
-    assert taint == {"run_id": f["child"].hex, "tainted": True, "revoked_sources": [f["grand"].hex]}
+    assert taint == {
+        "run_id": f["child"].hex,
+        "tainted": True,
+        "revoked_sources": [f["grand"].hex],
+        "revoked_data": [],
+    }
     tainted = client.get("/api/v1/taint").json()
     assert {r["run_id"] for r in tainted["runs"]} == {f["parent"].hex, f["child"].hex}
     assert client.get("/api/v1/runs", params={"revoked": "true"}).json()["runs"][0]["run_id"] == (

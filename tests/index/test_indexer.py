@@ -194,6 +194,7 @@ def test_fast_decoder_agrees_with_the_abi_codec(
     )
     chain.registry.mark_failed(child.run_id, "diverged — ünïcode reason")
     chain.as_(chain.admin).revoke_run(base.run_id, "x" * 100)
+    chain.as_(chain.admin).revoke_artifact(b"\x07" * 32, "dataset — ünïcode " + "y" * 70)
     raw = indexer.rpc(
         "eth_getLogs",
         {"address": indexer.address, "fromBlock": hex(chain.deploy_block), "toBlock": "latest"},
@@ -202,7 +203,16 @@ def test_fast_decoder_agrees_with_the_abi_codec(
     generic = [indexer.decoder.decode_generic(entry) for entry in raw]
     assert decoded == generic
     names = {d.name for d in decoded if d is not None}
-    assert names == {"RunStarted", "CheckpointCommitted", "RunFinalized", "RunFailed", "RunRevoked"}
+    assert names == {
+        "RunStarted",
+        "CheckpointCommitted",
+        "RunFinalized",
+        "RunFailed",
+        "RunRevoked",
+        "ArtifactRevoked",
+    }
+    revoked = next(d for d in decoded if d is not None and d.name == "ArtifactRevoked")
+    assert revoked.run_id == revoked.args["digest"] == "0x" + "07" * 32
     assert None in decoded  # role events of the registry are not run events
 
 
@@ -216,3 +226,16 @@ def test_documents_read_on_threads_keep_their_order() -> None:
 
     assert _on_threads(read, digests, 4) == [d[::-1] for d in digests]
     assert _on_threads(read, digests[:3], 4) == [d[::-1] for d in digests[:3]]
+
+
+def test_artifact_revocations_and_replay_attestations_do_not_stop_the_indexer(
+    chain: Chain, indexer: Indexer, engine: Engine, data_store: LocalStore
+) -> None:
+    run = record_run(chain.registry, data_store, "replayed")
+    chain.registry.revoke_artifact(b"\x07" * 32, "dataset withdrawn")
+    chain.as_(chain.bob).attest_replay(run.run_id, 0, 1, True, b"\x08" * 32)
+    later = record_run(chain.registry, data_store, "after them")
+    indexer.run_once()
+    runs = _runs(engine)
+    assert runs[run.hex].status == "finalized" and runs[later.hex].status == "finalized"
+    assert indexer.last_block() == int(rpc_call(chain.rpc_url, "eth_blockNumber"), 16)

@@ -124,6 +124,7 @@ def summary(
     manifest: dict[str, Any] | None = None,
     params: bool = False,
     sources: bool = False,
+    revoked_data: list[str] | None = None,
 ) -> RunSummary:
     body = manifest or {}
     return RunSummary(
@@ -142,6 +143,7 @@ def summary(
         world_size=run.world_size,
         checkpoint_count=run.checkpoint_count,
         metrics=metrics,
+        revoked_data=revoked_data or [],
     )
 
 

@@ -21,10 +21,12 @@ from ledger.api.routes._convert import (
 from ledger.api.schemas import (
     RUN_ID,
     CheckpointProofOut,
+    DataTaintOut,
     LineageEdge,
     LineageNode,
     LineageOut,
     ParentLink,
+    RunDataOut,
     RunDetail,
     RunPage,
     TaintedRun,
@@ -48,8 +50,8 @@ RunIdParam = Annotated[
 
 Q_HELP = (
     "Filter expression: key:value terms (committer, status, revoked, name, sweep, parent, "
-    "started_after, started_before, metric) combined with AND (or juxtaposition), OR, NOT and "
-    'parentheses; quote values with spaces: name:"my model".'
+    "started_after, started_before, metric, data) combined with AND (or juxtaposition), OR, "
+    'NOT and parentheses; quote values with spaces: name:"my model".'
 )
 
 
@@ -164,6 +166,7 @@ def list_runs(
             for owner, metric_name, metric_value in rows:
                 metrics.setdefault(owner, {})[metric_name] = float(metric_value)
         ended = end_times(session, page.runs)
+        tainted = queries.data_tainted_runs(session) if page.runs else {}
     documents = Documents(state.store)
     manifests = {
         r.run_id: documents.get(r.manifest_digest, DocumentKind.MANIFEST)
@@ -179,6 +182,7 @@ def list_runs(
                 manifest=manifests.get(r.run_id),
                 params=with_params,
                 sources=with_sources,
+                revoked_data=sorted(tainted.get(r.run_id, ())),
             )
             for r in page.runs
         ],
@@ -202,14 +206,37 @@ def get_run(run_id: RunIdParam, state: State) -> Response:
         metrics = queries.metrics_of(session, run.run_id)
         parents = queries.parents_of(session, [run.run_id])
         ended = end_times(session, [run])
+        data = queries.run_data(session, run.run_id)
+        revoked = queries.revocations_of(session, [d.digest for d in data])
+        taint = queries.data_taint(session, run.run_id)
     documents = Documents(state.store)
     converted = [weights(documents, r) for r in records]
     manifest = documents.get(run.manifest_digest, DocumentKind.MANIFEST)
     return answer(
         RunDetail(
             **summary(
-                run, metrics, ended=ended, manifest=manifest, params=True, sources=True
+                run,
+                metrics,
+                ended=ended,
+                manifest=manifest,
+                params=True,
+                sources=True,
+                revoked_data=sorted({t.dataset for t in taint}),
             ).model_dump(),
+            datasets=[
+                RunDataOut(
+                    key=d.key,
+                    cid=d.cid,
+                    digest=d.digest,
+                    kind=d.kind,
+                    name=d.name,
+                    bytes=d.bytes,
+                    part_of=d.part_of,
+                    revoked=d.digest in revoked,
+                )
+                for d in data
+            ],
+            data_taint=[DataTaintOut(**t.__dict__) for t in taint],
             manifest_cid=run.manifest_cid,
             manifest=manifest,
             document_state=run.manifest_state,
@@ -272,7 +299,13 @@ def get_taint(run_id: RunIdParam, state: State) -> Response:
     with read_index(state) as session:
         parsed = queries.get_run(session, run_id).run_id
         sources = queries.revoked_ancestors(session, parsed)
-    out = TaintOut(run_id=parsed, tainted=bool(sources), revoked_sources=sources)
+        data = queries.data_taint(session, parsed)
+    out = TaintOut(
+        run_id=parsed,
+        tainted=bool(sources or data),
+        revoked_sources=sources,
+        revoked_data=[DataTaintOut(**t.__dict__) for t in data],
+    )
     return answer(out)
 
 
