@@ -555,12 +555,13 @@ class Outbox:
                 for name in ("stored", "confirmed", "recommitted", "failed"):
                     setattr(total, name, getattr(total, name) + getattr(result, name))
                 total.waiting_on = result.waiting_on
+                total.deepening = result.deepening
                 if not self.journal.open_count() or time.monotonic() > deadline:
                     return total
                 if not result.moved:
-                    if result.waiting_on is None:
+                    if result.waiting_on is None and not result.deepening:
                         return total
-                    time.sleep(0.5)
+                    time.sleep(0.5)  # a chain back, or blocks on top of the mined records
         finally:
             lock.release()
 
@@ -595,7 +596,9 @@ def run_report(journal: Journal, run_id: str, waited: float | None = None) -> st
     elif still:
         after = f" after {waited:g} s" if waited is not None else ""
         why = next((e.error for e in reversed(still) if e.error), None)
-        line += f"; {len(still)} record(s) not yet on chain{after}" + (f" ({why})" if why else "")
+        mined = all(e.state == "sent" and e.block_number is not None for e in still)
+        where = "mined, not yet confirmed" if mined else "not yet on chain"
+        line += f"; {len(still)} record(s) {where}{after}" + (f" ({why})" if why else "")
         line += "; they are safe in the outbox: `ledger sync` (or the next run) sends them"
     refused = [e for e in entries if e.state == "failed"]
     if refused:
