@@ -275,6 +275,7 @@ def _settings_fields(settings: Settings) -> dict[str, Any]:
         "deploy_block": settings.deploy_block,
         "ipfs_api": settings.ipfs_api,
         "store_weights": settings.store_weights,
+        "confirmations": settings.confirmations,
     }
 
 

@@ -263,3 +263,31 @@ def test_the_depth_is_one_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         (tmp_path / "config.json").write_text(text)
         with pytest.raises(ConfigError, match="'confirmations'"):
             load_settings(tmp_path)
+
+
+def test_the_worker_process_honours_the_depth_after_the_run_ends(
+    chain: Chain, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker in its own process gets the configured depth (not the dev chain's
+    0), the run's end says its records are mined and not yet confirmed, and the
+    worker confirms them once the blocks come, without `ledger sync`."""
+    monkeypatch.delenv("LEDGER_OUTBOX_WORKER", raising=False)  # the default: a process
+    settings = replace(chain.settings(tmp_path / "ledger"), confirmations=2)
+    with LedgerRun(
+        nn.Linear(2, 1),
+        name="deep-process",
+        config={},
+        out=tmp_path / "m.pt",
+        settings=settings,
+        flush_timeout=3.0,  # the whole wait: nothing mines the 2 blocks meanwhile
+    ) as run:
+        run.epoch_end(0, {"loss": 1.0})
+    outbox = run.outbox
+    assert outbox is not None
+    # start, checkpoint and final in three blocks: the start may have its 2 on top
+    states = outbox.journal.counts()
+    assert states["sent"] >= 2 and states["confirmed"] + states["sent"] == 3
+    assert "mined, not yet confirmed" in run_report(outbox.journal, run.run_id)
+    rpc_call(chain.rpc_url, "anvil_mine", ["0x2"])
+    wait_for(lambda: outbox.journal.counts()["confirmed"] == 3)
+    assert set(record_counts(chain.registry, [run.run_id]).values()) == {1}
