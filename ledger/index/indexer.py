@@ -2,9 +2,9 @@
 
 One pass (:meth:`Indexer.run_once`):
 
-1. **Reorg check.** The hashes stored for the indexed blocks of the last
-   :func:`reorg_window` blocks (the blocks that hold events, and the end of each
-   range read) are compared with the chain's, in one batch request. Where one
+1. **Reorg check.** The hashes stored for the newest indexed block and for the
+   blocks holding events among the last :func:`reorg_window` blocks are
+   compared with the chain's, in one batch request (one block on a quiet chain). Where one
    differs (a reorg, or a local chain that was reset), everything from the
    lowest changed block up is rolled back: its events are deleted and the runs
    they touched are rebuilt from the events that remain; the next step reads
@@ -233,11 +233,18 @@ class Indexer:
             top = connection.scalar(select(func.max(BLOCKS.c.number)))
             if top is None:
                 return None
+            low = int(top) - self.reorg_window()
+            # the newest block, and those holding events (their stored hash came with
+            # the logs): other blocks are range ends, which match when the newest does
+            with_events = select(EVENTS.c.block_number).where(EVENTS.c.block_number >= low)
             recent = [
                 (int(r.number), str(r.hash))
                 for r in connection.execute(
                     select(BLOCKS.c.number, BLOCKS.c.hash)
-                    .where(BLOCKS.c.number >= int(top) - self.reorg_window())
+                    .where(
+                        (BLOCKS.c.number == top)
+                        | ((BLOCKS.c.number >= low) & BLOCKS.c.number.in_(with_events))
+                    )
                     .order_by(BLOCKS.c.number)
                 )
             ]
