@@ -291,3 +291,39 @@ def test_the_worker_process_honours_the_depth_after_the_run_ends(
     rpc_call(chain.rpc_url, "anvil_mine", ["0x2"])
     wait_for(lambda: outbox.journal.counts()["confirmed"] == 3)
     assert set(record_counts(chain.registry, [run.run_id]).values()) == {1}
+
+
+def test_a_dropped_transaction_still_in_the_pool_is_not_signed_again(
+    chain: Chain, tmp_path: Path
+) -> None:
+    """After a reorg a real node puts the dropped transaction back in its pool: the
+    worker finds its record gone, hands the node the same bytes again (already
+    known), and confirms the record when that transaction is mined. One
+    transaction, one record; no second signature while the first can still land."""
+    outbox = Outbox(chain.settings(tmp_path / "ledger"), background=False)
+    work = Worker(outbox.journal, outbox.settings, say=lambda _l: None, urgent=True)
+    work.receipt_wait = 0.2
+    snapshot = rpc_call(chain.rpc_url, "evm_snapshot")
+    first_nonce = nonce(chain)
+    run_id = outbox.start_run(manifest("in-the-pool"))
+    work.run_once()
+    [entry] = outbox.journal.entries()
+    assert entry.state == "confirmed" and entry.tx_hash is not None
+    raw = rpc_call(chain.rpc_url, "eth_getRawTransactionByHash", [entry.tx_hash])
+    rpc_call(chain.rpc_url, "evm_setAutomine", [False])
+    try:
+        assert rpc_call(chain.rpc_url, "evm_revert", [snapshot]) is True  # the block is gone
+        rpc_call(chain.rpc_url, "eth_sendRawTransaction", [raw])  # ... its tx is pending
+        work.recheck()  # an idle worker looks at the chain on the next record, or `sync`
+        work.run_once()
+        [waiting] = outbox.journal.entries()
+        assert (waiting.state, waiting.tx_hash, waiting.recommits) == ("sent", entry.tx_hash, 1)
+        assert record_counts(chain.registry, [run_id]) == {}
+        rpc_call(chain.rpc_url, "evm_mine")
+        work.run_once()
+    finally:
+        rpc_call(chain.rpc_url, "evm_setAutomine", [True])
+    [done] = outbox.journal.entries()
+    assert (done.state, done.tx_hash) == ("confirmed", entry.tx_hash)
+    assert set(record_counts(chain.registry, [run_id]).values()) == {1}
+    assert nonce(chain) == first_nonce + 1  # one transaction in all
