@@ -26,6 +26,11 @@ config file ``<data dir>/config.json`` (written by ``ledger deploy``), defaults.
                             embedded store keeps a copy of each weights file
                             or records where it lives (config key
                             ``store_weights``; see :mod:`ledger.store.local`)
+``LEDGER_CONFIRMATIONS``    blocks a record's block must have on top of it
+                            before the outbox calls it confirmed and the index
+                            reads it (config key ``confirmations``; default 0
+                            on a local dev chain, 12 elsewhere; see
+                            :func:`confirmation_depth`)
 ==========================  =================================================
 
 ``copy`` is the default because a record is worth what its bytes are: replaying
@@ -57,6 +62,10 @@ from ledger.errors import ConfigError, KeystoreError
 
 DEFAULT_RPC_URL = "http://127.0.0.1:8545"
 DEV_CHAIN_ID = 31337
+DEFAULT_CONFIRMATIONS = 12
+"""Blocks on top of a record's block before it counts, off a dev chain: public chains
+reorganise a block or two now and then, and rarely more than a few (12 is what
+exchanges and indexers commonly wait on Ethereum's proof of work, kept as a margin)."""
 # Anvil's first dev account; public knowledge, funded only on local dev chains.
 ANVIL_DEV_KEY = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80"
 CONFIG_FILE = "config.json"
@@ -100,6 +109,8 @@ class Settings:
     ipfs_api: str | None = None
     store_weights: str = "copy"
     """``copy`` or ``reference``: how the embedded store keeps weights files."""
+    confirmations: int | None = None
+    """The configured confirmation depth; None: by chain (:func:`confirmation_depth`)."""
 
     @property
     def config_path(self) -> Path:
@@ -159,6 +170,7 @@ def load_settings(data_dir: Path | str | None = None, **overrides: Any) -> Setti
         settings,
         ipfs_api=_ipfs_api(env, file, base),
         store_weights=_store_weights(env, file, base),
+        confirmations=_confirmations(env, file, base),
     )
     return settings.with_overrides(**overrides)
 
@@ -200,6 +212,50 @@ def _max_fee(env: Mapping[str, str]) -> int | None:
             hint="e.g. LEDGER_MAX_FEE_GWEI=50 (the most the outbox pays per gas); unset: no cap",
         )
     return int(gwei * GWEI)
+
+
+def confirmation_depth(settings: Settings, chain_id: int) -> int:
+    """Blocks that must be mined on top of a record's block before the outbox marks
+    it confirmed and the audit index reads it: the one depth both honour.
+
+    ``LEDGER_CONFIRMATIONS`` (or ``confirmations`` in the config file), else 0 on a
+    local dev chain (chain id 31337: one block per transaction, nothing to wait
+    for) and :data:`DEFAULT_CONFIRMATIONS` elsewhere.
+    """
+    if settings.confirmations is not None:
+        return settings.confirmations
+    return 0 if chain_id == DEV_CHAIN_ID else DEFAULT_CONFIRMATIONS
+
+
+MAX_CONFIRMATIONS = 10_000  # blocks; more is surely a typo (days on any chain)
+
+
+def _confirmations(env: Mapping[str, str], file: dict[str, Any], data_dir: Path) -> int | None:
+    """The configured confirmation depth (env wins over the file; the index's older
+    ``LEDGER_INDEX_CONFIRMATIONS`` is read as the same setting)."""
+    value: Any
+    for name in ("LEDGER_CONFIRMATIONS", "LEDGER_INDEX_CONFIRMATIONS"):
+        if env.get(name, "").strip():
+            text = env[name].strip()
+            where = f"{name}={text!r}"
+            try:
+                value = int(text)
+            except ValueError:
+                value = None
+            break
+    else:
+        value = file.get("confirmations")
+        if value is None:
+            return None
+        where = f"field 'confirmations' in {data_dir / CONFIG_FILE} ({value!r})"
+        if isinstance(value, bool) or not isinstance(value, int):
+            value = None
+    if value is None or not 0 <= value <= MAX_CONFIRMATIONS:
+        raise ConfigError(
+            f"{where} is not a whole number of blocks from 0 to {MAX_CONFIRMATIONS}",
+            hint="e.g. 0 on a local dev chain, 12 (the default elsewhere) on a public chain",
+        )
+    return int(value)
 
 
 def _ipfs_api(env: Mapping[str, str], file: dict[str, Any], data_dir: Path) -> str | None:

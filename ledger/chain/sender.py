@@ -524,6 +524,16 @@ class RegistrySender(RegistryReader):
                 found[number] = str(block["hash"]) if block else None
         return found
 
+    def head_and_hash(self, number: int) -> tuple[int, str | None]:
+        """The chain's head block number and the hash of block ``number`` on it now
+        (None beyond the head), in one batch request: how deep a receipt's block is,
+        and whether it is still the chain's."""
+        answers = self.rpc.batch(
+            [("eth_blockNumber", []), ("eth_getBlockByNumber", [hex(number), False])]
+        )
+        block = answers[1]
+        return as_int(answers[0]), str(block["hash"]) if block else None
+
     def block_hash(self, number: int) -> str | None:
         """The hash of block ``number`` on the chain now, or None beyond its head."""
         block = self.rpc("eth_getBlockByNumber", hex(number), False)

@@ -2,13 +2,19 @@
 
 One pass (:meth:`Indexer.run_once`):
 
-1. **Reorg check.** The hash stored for the highest indexed block is compared
-   with the chain's block at that height. If it differs (a reorg, or a local
-   chain that was reset), the highest stored block whose hash still matches is
-   found by bisection over the stored blocks (hashes chain, so everything below
-   a matching block matches), and everything above it is rolled back: its
-   events are deleted and the runs they touched are rebuilt from the events that
-   remain.
+1. **Reorg check.** The hashes stored for the newest indexed block and for the
+   blocks holding events among the last :func:`reorg_window` blocks are
+   compared with the chain's, in one batch request (one block on a quiet chain). Where one
+   differs (a reorg, or a local chain that was reset), everything from the
+   lowest changed block up is rolled back: its events are deleted and the runs
+   they touched are rebuilt from the events that remain; the next step reads
+   those blocks again from the chain as it is now. When even the window's
+   lowest block changed, the fork is older: the highest stored block whose hash
+   still matches is found by bisection over the older ones (hashes chain, so
+   everything below a matching block matches). Every block in the window is
+   compared, not only the newest, because the logs of a range and the block
+   headers read after them can come from two sides of a reorg that happened in
+   between: a stored event's own block hash then tells.
 2. **Events.** ``eth_getLogs`` over ``[last + 1, head - confirmations]`` in
    ranges of at most ``chunk_blocks``, narrower where the endpoint refuses them
    (:func:`ledger.chain.logs.scan_logs`: a provider's block or result cap), decoded
@@ -84,6 +90,7 @@ STATE = cast(Table, IndexState.__table__)
 RUN_DATA = cast(Table, RunData.__table__)
 ARTIFACT_REVOCATIONS = cast(Table, ArtifactRevocation.__table__)
 IN_CHUNK = 500
+REORG_WINDOW = 64  # blocks below the newest indexed one whose stored hashes each pass checks
 DOCUMENT_THREADS = 8
 _T = TypeVar("_T")
 
@@ -231,23 +238,51 @@ class Indexer:
 
     # -- reorgs -------------------------------------------------------------------
 
+    def reorg_window(self) -> int:
+        """How many blocks below the newest indexed one each pass re-checks: at
+        least :data:`REORG_WINDOW`, and four times the confirmation depth."""
+        return max(REORG_WINDOW, 4 * self.confirmations)
+
     def _check_reorg(self) -> int | None:
         """Rolls back past a fork; returns the block kept (-1: none), or None if no fork."""
         with self.engine.connect() as connection:
-            top = connection.execute(
-                select(BLOCKS.c.number, BLOCKS.c.hash).order_by(BLOCKS.c.number.desc()).limit(1)
-            ).first()
-        if top is None or self._chain_hash(int(top.number)) == top.hash:
-            return None
-        with self.engine.connect() as connection:
-            stored = [
+            top = connection.scalar(select(func.max(BLOCKS.c.number)))
+            if top is None:
+                return None
+            low = int(top) - self.reorg_window()
+            # the newest block, and those holding events (their stored hash came with
+            # the logs): other blocks are range ends, which match when the newest does
+            with_events = select(EVENTS.c.block_number).where(EVENTS.c.block_number >= low)
+            recent = [
                 (int(r.number), str(r.hash))
                 for r in connection.execute(
-                    select(BLOCKS.c.number, BLOCKS.c.hash).order_by(BLOCKS.c.number)
+                    select(BLOCKS.c.number, BLOCKS.c.hash)
+                    .where(
+                        (BLOCKS.c.number == top)
+                        | ((BLOCKS.c.number >= low) & BLOCKS.c.number.in_(with_events))
+                    )
+                    .order_by(BLOCKS.c.number)
                 )
             ]
-        keep = self._fork_point(stored)
-        log.warning("block %s changed on chain: rolling back to block %s", top.number, keep)
+        now = self._chain_hashes([n for n, _ in recent])
+        changed = [n for n, h in recent if now.get(n) != h]
+        if not changed:
+            return None
+        below = [n for n, _ in recent if n < changed[0]]  # in the window, all unchanged
+        if below:
+            keep = below[-1]
+        else:  # the window's lowest block changed too: the fork may be older
+            with self.engine.connect() as connection:
+                older = [
+                    (int(r.number), str(r.hash))
+                    for r in connection.execute(
+                        select(BLOCKS.c.number, BLOCKS.c.hash)
+                        .where(BLOCKS.c.number < changed[0])
+                        .order_by(BLOCKS.c.number)
+                    )
+                ]
+            keep = self._fork_point(older)
+        log.warning("block %s changed on chain: rolling back to block %s", changed[0], keep)
         with self.engine.begin() as connection:
             self._rollback(connection, keep)
             _bump(connection)
@@ -270,6 +305,17 @@ class Indexer:
     def _chain_hash(self, number: int) -> str | None:
         block = self.rpc("eth_getBlockByNumber", hex(number), False)
         return None if block is None else str(block["hash"])
+
+    def _chain_hashes(self, numbers: Sequence[int]) -> dict[int, str | None]:
+        """The chain's hashes of blocks ``numbers`` (None beyond its head), in one
+        batch request per 256 blocks."""
+        found: dict[int, str | None] = {}
+        for start in range(0, len(numbers), 256):
+            chunk = list(numbers[start : start + 256])
+            answers = self.rpc.batch([("eth_getBlockByNumber", [hex(n), False]) for n in chunk])
+            for number, block in zip(chunk, answers, strict=True):
+                found[number] = None if block is None else str(block["hash"])
+        return found
 
     def _rollback(self, connection: Connection, keep: int) -> None:
         """Forget everything above block ``keep`` and rebuild the runs it touched."""
@@ -343,6 +389,13 @@ class Indexer:
         for number, header in zip(wanted, headers, strict=True):
             if header is None:
                 raise ChainError(f"block {number} vanished while it was being indexed")
+            known = blocks.get(number)
+            if known is not None and known[0] != str(header["hash"]):
+                # the logs and the header are from two sides of a reorg: write neither
+                raise ChainError(
+                    f"block {number} changed while it was being indexed (a reorg); "
+                    "the next pass reads it again"
+                )
             blocks[number] = (str(header["hash"]), int(header["timestamp"], 16))
         timestamps = {n: ts for n, (_, ts) in blocks.items() if ts is not None}
         with self.engine.begin() as connection:

@@ -7,7 +7,10 @@ An entry moves through these states, each change one SQLite transaction:
               metrics (the training loop's only cost is this insert);
 ``stored``    its artifacts are in the store and its chain record is computed;
 ``sent``      a signed transaction carrying it is saved (``txs``) and broadcast;
-``confirmed`` the receipt is in, with block number and block hash;
+              once it is mined, the block's number and hash are noted while it
+              waits for the confirmation depth (``LEDGER_CONFIRMATIONS``);
+``confirmed`` the receipt's block is that deep and still on the chain: block
+              number and block hash are kept;
 ``failed``    refused for good (the reason is kept; ``ledger sync --retry-failed``
               puts it back).
 
@@ -645,6 +648,39 @@ class Journal:
                 " registry = ?, tx_hash = COALESCE(?, tx_hash), note = COALESCE(?, note),"
                 " error = NULL, updated_at = ? WHERE id = ?",
                 [(block_number, block_hash, registry, tx_hash, note, now, i) for i in entry_ids],
+            )
+
+    def mark_mined(
+        self,
+        entry_ids: Sequence[int],
+        *,
+        block_number: int | None,
+        block_hash: str | None,
+        tx_hash: str | None = None,
+        note: str | None = None,
+    ) -> None:
+        """Entries whose transaction (``tx_hash``, else the one they have) is in block
+        ``block_number`` but not yet deep enough to count: ``sent``, with the block
+        noted and ``note`` saying what they wait for. ``block_number`` None: not (or
+        no longer) mined."""
+        now = time.time()
+        with self._tx() as db:
+            db.executemany(
+                "UPDATE entries SET state = 'sent', tx_hash = COALESCE(?, tx_hash),"
+                " block_number = ?, block_hash = ?, error = ?, updated_at = ? WHERE id = ?",
+                [(tx_hash, block_number, block_hash, note, now, i) for i in entry_ids],
+            )
+
+    def resend(self, entry_ids: Sequence[int]) -> None:
+        """Confirmed entries whose block left the chain, back to ``sent`` with their
+        saved transaction: the worker rebroadcasts the same bytes (same nonce, same
+        hash) if that nonce is still free, else looks for them and signs anew."""
+        now = time.time()
+        with self._tx() as db:
+            db.executemany(
+                "UPDATE entries SET state = 'sent', block_number = NULL, block_hash = NULL,"
+                " recommits = recommits + 1, updated_at = ? WHERE id = ?",
+                [(now, i) for i in entry_ids],
             )
 
     def requeue(

@@ -277,6 +277,7 @@ def _settings_fields(settings: Settings) -> dict[str, Any]:
         "ipfs_api": settings.ipfs_api,
         "store_weights": settings.store_weights,
         "max_fee_per_gas": settings.max_fee_per_gas,
+        "confirmations": settings.confirmations,
     }
 
 

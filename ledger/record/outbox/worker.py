@@ -17,17 +17,31 @@ One pass (:meth:`Worker.run_once`) does, in order:
    holds as started) the block of every confirmed entry is checked; entries
    whose block hash changed or vanished are looked up on chain, confirmed again
    where they are, and recommitted where they are gone;
-3. **recover** ``sent`` entries: a mined transaction confirms them (any of a
-   stuck transaction's replacements: the journal keeps them all); an unmined one
-   is rebroadcast from the saved bytes (same nonce, so mined at most once), or,
-   when stuck (its max fee under the next block's base fee, or pending longer
-   than :data:`STUCK_AFTER` with less than the tip the node now suggests),
-   replaced by one with the same nonce and fees raised
-   by at least :data:`~ledger.chain.sender.FEE_BUMP`; one whose nonce was taken
-   by another transaction is looked up and requeued;
-4. **send** the entries whose predecessors are all confirmed, batched per kind
-   (``startRuns``, ``commitCheckpoints``, ``finalizeRuns``, ``markFailed``),
-   saving each signed transaction before broadcasting it.
+3. **recover** ``sent`` entries: a transaction mined deep enough confirms them
+   (any of a stuck transaction's replacements: the journal keeps them all); an
+   unmined one is rebroadcast from the saved bytes (same nonce, so mined at most
+   once), or, when stuck (its max fee under the next block's base fee, or
+   pending longer than :data:`STUCK_AFTER` with less than the tip the node now
+   suggests), replaced by one with the same nonce and fees raised by at least
+   :data:`~ledger.chain.sender.FEE_BUMP`; one whose nonce was taken by another
+   transaction is looked up and requeued;
+4. **send** the entries whose predecessors are all confirmed (or mined: the
+   key's nonces keep its transactions in order, on any branch), batched per
+   kind (``startRuns``, ``commitCheckpoints``, ``finalizeRuns``,
+   ``markFailed``), saving each signed transaction before broadcasting it.
+
+**Confirmation depth.** An entry is confirmed once its transaction's block has
+:func:`~ledger.config.confirmation_depth` blocks on top of it (``LEDGER_CONFIRMATIONS``:
+0 on a local dev chain, 12 elsewhere; the audit index waits as long) and that
+block is still the chain's block at its height. Until then it stays ``sent``
+with the block noted (:attr:`PassResult.deepening`); a transaction that leaves
+the chain meanwhile is rebroadcast or looked for like any unmined one. A
+confirmed entry whose block later leaves the chain (a reorg deeper than the
+depth, a rollback, a reset) is noticed by step 2: it goes back to ``sent`` with
+its saved transaction (rebroadcast, same nonce and hash, if that nonce is still
+free: a record is never signed twice while its first transaction can still be
+mined), else it is signed anew; a refusal meaning "already recorded, with this
+content" (the old transaction mined after all) confirms it.
 
 While the next block needs more per gas than ``LEDGER_MAX_FEE_GWEI``, or the
 account that pays (the committer's, or the relayer's with ``LEDGER_RELAYER_KEY``)
@@ -63,7 +77,7 @@ from typing import TYPE_CHECKING, Any
 
 from ledger.chain.records import FinalRecord, RunStatus, checksum_address
 from ledger.chain.rpc import as_int
-from ledger.config import Secret, Settings
+from ledger.config import Secret, Settings, confirmation_depth
 from ledger.errors import (
     ChainError,
     ChainUnavailableError,
@@ -136,6 +150,7 @@ class PassResult:
     confirmed: int = 0
     recommitted: int = 0
     failed: int = 0
+    deepening: int = 0  # entries mined, waiting for the confirmation depth
     waiting_on: str | None = None  # why open entries could not move (chain/store down)
 
     @property
@@ -156,6 +171,7 @@ class Worker:
     urgent: bool = False  # set while someone waits (flush, sync): send at once
     secret: Secret | None = None  # the signing key, when resolved already (else from settings)
     stuck_after: float = STUCK_AFTER  # s a transaction may pend before it is replaced
+    confirmations: int | None = None  # blocks on top of a record's; None: from the settings
     _registry: Any = None
     _reconcile: bool = True
     _everything: bool = False  # another chain: every confirmed entry is suspect
@@ -341,6 +357,8 @@ class Worker:
             from ledger.chain.sender import RegistrySender
 
             self._registry = RegistrySender.connect(self.settings, self.secret)
+            if self.confirmations is None:
+                self.confirmations = confirmation_depth(self.settings, self._registry.chain_id)
         registry: Registry = self._registry
         return registry
 
@@ -431,15 +449,15 @@ class Worker:
             stale = [(n, h) for n, h in recorded if n < 0 or now.get(n) != h]
         suspects = self.journal.confirmed_elsewhere(here, stale, everything=self._everything)
         events = _Events(registry)
-        lost: list[int] = []
+        lost: list[Entry] = []
         for entry in suspects:
             found = self._find_on_chain(registry, entry, events)
             if found is None:
-                lost.append(entry.id)
+                lost.append(entry)
             else:
-                self._confirm(registry, [entry], found[0], found[1], note=entry.note)
+                self._confirm(registry, [entry], found[0], found[1], None, note=entry.note)
         if lost:
-            self.journal.requeue(lost, recommit=True)
+            self._send_again(lost)
             result.recommitted += len(lost)
             self.say(
                 f"{len(lost)} confirmed record(s) are no longer on chain (reset, restarted "
@@ -449,6 +467,15 @@ class Worker:
             self.journal.set_chain_identity(*self._identity)
             self._identity = None
         self._reconcile = self._everything = False
+
+    def _send_again(self, lost: list[Entry]) -> None:
+        """Lost records back in line: with their saved transaction where there is one
+        (recovery rebroadcasts its bytes if its nonce is still free), else to be signed."""
+        saved = {
+            e.tx_hash for e in lost if e.tx_hash and self.journal.saved_tx(e.tx_hash) is not None
+        }
+        self.journal.resend([e.id for e in lost if e.tx_hash in saved])
+        self.journal.requeue([e.id for e in lost if e.tx_hash not in saved], recommit=True)
 
     def _find_on_chain(
         self, registry: Registry, entry: Entry, cache: _Events | None = None
@@ -488,18 +515,49 @@ class Worker:
         entries: Sequence[Entry],
         block_number: int,
         tx_hash: str,
+        result: PassResult | None,
         *,
         block_hash: str | None = None,
         note: str | None = None,
     ) -> None:
+        """Confirm ``entries``, recorded by ``tx_hash`` in block ``block_number``
+        (``block_hash``: the receipt's), once that block has the confirmation depth
+        on top of it and is still the chain's block at its height. Until then they
+        stay ``sent`` with the block noted (counted in ``result.deepening``); a block
+        the chain no longer has leaves them ``sent``, unmined, for recovery to look at."""
+        ids = [e.id for e in entries]
+        depth = self.confirmations or 0
+        if depth == 0:  # a dev chain: the receipt's block is the head, nothing to wait for
+            canonical: str | None = block_hash or registry.block_hash(block_number)
+            deep = True
+        else:
+            head, canonical = registry.head_and_hash(block_number)
+            deep = head - block_number >= depth
+        if canonical is None or (block_hash is not None and canonical != block_hash):
+            # reorganised between the receipt and now: as if never mined
+            self.journal.mark_mined(ids, block_number=None, block_hash=None, tx_hash=tx_hash)
+            return
+        if not deep:
+            mined = (
+                f"mined in block {block_number}, waiting for {depth} confirmations "
+                f"({max(0, head - block_number)} so far)"
+            )
+            self.journal.mark_mined(
+                ids, block_number=block_number, block_hash=canonical, tx_hash=tx_hash, note=mined
+            )
+            if result is not None:
+                result.deepening += len(ids)
+            return
         self.journal.mark_confirmed(
-            [e.id for e in entries],
+            ids,
             block_number=block_number,
-            block_hash=block_hash or registry.block_hash(block_number) or "",
+            block_hash=canonical,
             registry=registry.address,
             tx_hash=tx_hash,
             note=note,
         )
+        if result is not None:
+            result.confirmed += len(ids)
 
     # -- 3. recover sent ------------------------------------------------------------
 
@@ -523,12 +581,20 @@ class Worker:
             ):
                 tx_hash, receipt = self._unstick(registry, saved, entries)
                 if receipt is None:
+                    if any(e.block_number is not None for e in entries):  # left the chain
+                        self.journal.mark_mined(
+                            [e.id for e in entries], block_number=None, block_hash=None
+                        )
                     continue  # still not mined; the next pass looks again
             if receipt is not None and receipt.ok and _records_all(registry, receipt, entries):
                 self._confirm(
-                    registry, entries, receipt.block_number, tx_hash, block_hash=receipt.block_hash
+                    registry,
+                    entries,
+                    receipt.block_number,
+                    tx_hash,
+                    result,
+                    block_hash=receipt.block_hash,
                 )
-                result.confirmed += len(entries)
                 continue
             # never mined (its nonce went to another transaction, or the chain was
             # reset), mined and reverted, or mined without recording them (no
@@ -536,8 +602,7 @@ class Worker:
             for entry in entries:
                 found = self._find_on_chain(registry, entry)
                 if found is not None:
-                    self._confirm(registry, [entry], *found)
-                    result.confirmed += 1
+                    self._confirm(registry, [entry], *found, result)
                 else:
                     self.journal.requeue([entry.id], recommit=False)
 
@@ -622,9 +687,9 @@ class Worker:
             if kind == "checkpoint" and self._lingers(batch):
                 lingering.add(kind)  # let more checkpoints join this batch; others go on
                 continue
-            before = result.confirmed + result.failed
+            before = result.confirmed + result.failed + result.deepening
             self._send_batch(registry, kind, batch, result)
-            if result.confirmed + result.failed == before:
+            if result.confirmed + result.failed + result.deepening == before:
                 return  # nothing moved (e.g. a parent not on chain yet): next pass
 
     def _own(self, ready: list[Entry], registry: Registry) -> list[Entry]:
@@ -668,9 +733,16 @@ class Worker:
 
     def _ready(self) -> list[Entry]:
         """Per run, the stored entries next in line: a start alone, or a run of
-        stored entries of one kind whose earlier entries are all confirmed.
-        A start waits while a parent run in the journal is not started yet."""
-        entries = self.journal.entries(states=["pending", "stored", "sent", "failed"])
+        stored entries of one kind whose earlier entries are all confirmed or
+        mined (waiting for the confirmation depth: a key's nonces keep its
+        transactions in order on every branch, so a reorg that drops a run's start
+        drops what followed it too). A start waits while a parent run in the
+        journal is not started (mined) yet."""
+        entries = [
+            e
+            for e in self.journal.entries(states=["pending", "stored", "sent", "failed"])
+            if not (e.state == "sent" and e.block_number is not None)  # mined
+        ]
         starts_open = {e.run_id for e in entries if e.kind == "start" and e.state != "failed"}
         failed_starts = {e.run_id for e in entries if e.kind == "start" and e.state == "failed"}
         head_kind: dict[str, str | None] = {}  # run -> kind being taken, None once blocked
@@ -735,8 +807,7 @@ class Worker:
                     if found is None:
                         left.append(entry.id)
                     else:
-                        self._confirm(registry, [entry], *found)
-                        result.confirmed += 1
+                        self._confirm(registry, [entry], *found, result)
                 self.journal.requeue(
                     left, recommit=False, error=f"transaction {saved.tx_hash} reverted on chain"
                 )
@@ -749,9 +820,13 @@ class Worker:
                 )
                 self._not_recorded(registry, kind, saved.tx_hash)  # raises
             self._confirm(
-                registry, batch, receipt.block_number, saved.tx_hash, block_hash=receipt.block_hash
+                registry,
+                batch,
+                receipt.block_number,
+                saved.tx_hash,
+                result,
+                block_hash=receipt.block_hash,
             )
-            result.confirmed += len(batch)
             return
 
     def _refused(
@@ -799,8 +874,7 @@ class Worker:
         for entry in hit:
             found = self._already_recorded(registry, entry, name)
             if found is not None:
-                self._confirm(registry, [entry], *found, note="already on chain")
-                result.confirmed += 1
+                self._confirm(registry, [entry], *found, result, note="already on chain")
             else:
                 self.journal.mark_failed(
                     entry.id, f"{exc}; the chain holds other content under this run id"
