@@ -26,7 +26,10 @@ Each segment's verdict:
 Overall **reproduced** (exit 0) when every segment is identical or within
 tolerance, else **diverged** (exit 8). What stops a verdict is a
 :class:`~ledger.errors.ReplayError` (exit 9): not replayable, code drift, the
-command failed. Nothing is recorded: an interrupted replay leaves no trace.
+command failed. An interrupted replay (Ctrl-C, SIGTERM) stops the training
+command (its whole process group), removes its temporary files and raises
+:class:`~ledger.errors.ReplayInterruptedError` (exit 130): no verdict, nothing
+recorded.
 
 Replay is no proof against a committer who controls the code path the verifier
 runs (the code is the committer's own); it shows that the committed checkpoints
@@ -35,6 +38,7 @@ follow from the committed code, config, data and each other.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import os
 import random
@@ -53,6 +57,7 @@ from ledger.errors import (
     IntegrityError,
     NotReplayableError,
     ReplayError,
+    ReplayInterruptedError,
 )
 from ledger.hashing.cid import Cid, file_cid
 from ledger.ids import to_hex
@@ -386,9 +391,6 @@ def replay_run(
     say: Callable[[str], None] = lambda line: None,
 ) -> ReplayReport:
     """Replay ``segments`` intervals of ``run`` with ``command`` (see the module)."""
-    from ledger.hashing.tensors import state_dict_digest, tensor_digest
-    from ledger.training._resume import ReplayOrder
-
     if not command:
         raise InputError(
             "no training command to replay", hint="ledger replay RUN -- python train.py ..."
@@ -420,54 +422,107 @@ def replay_run(
             "bitwise replay is not expected; the thresholds decide"
         )
 
-    with tempfile.TemporaryDirectory(prefix="ledger-replay-") as tmp:
-        folder = Path(tmp)
-        fetched: dict[int, Path] = {}
+    doing = "fetching the run's checkpoints"
+    try:
+        with tempfile.TemporaryDirectory(prefix="ledger-replay-") as tmp:
+            folder = Path(tmp)
+            fetched: dict[int, Path] = {}
 
-        def weights(index: int) -> Path:
-            if index not in fetched:
-                cp = checkpoints[index]
-                fetched[index] = _fetch_weights(store, cp.weights_digest, folder, cp.step)
-            return fetched[index]
+            def weights(index: int) -> Path:
+                if index not in fetched:
+                    cp = checkpoints[index]
+                    fetched[index] = _fetch_weights(store, cp.weights_digest, folder, cp.step)
+                return fetched[index]
 
-        for index in _pick(checkpoints, segments, pick, seed, weights):
-            start, stop = checkpoints[index], checkpoints[index + 1]
-            segment = Segment(index, start.step, stop.step)
-            report.segments.append(segment)
-            say(f"replaying checkpoint {start.step} -> {stop.step}")
-            resume_info = start.resume
-            assert resume_info is not None  # _require_replayable
-            resume = _fetch(store, Cid.parse(resume_info["cid"]), folder / f"resume-{index}.pt")
-            resumed_model = _tensors(resume)
-            if state_dict_digest(resumed_model).root != start.tensor_root:
-                segment.problems.append(
-                    f"checkpoint {start.step}'s resume file holds other weights than the "
-                    "checkpoint committed"
+            for index in _pick(checkpoints, segments, pick, seed, weights):
+                start, stop = checkpoints[index], checkpoints[index + 1]
+                doing = f"replaying checkpoint {start.step} -> {stop.step}"
+                say(doing)
+                segment = Segment(index, start.step, stop.step)
+                report.segments.append(segment)
+                _replay_segment(
+                    segment,
+                    start,
+                    stop,
+                    store=store,
+                    weights=weights,
+                    folder=folder,
+                    run_hex=run_hex,
+                    command=command,
+                    manifest=manifest,
+                    thresholds=thresholds,
+                    code_root=code_root,
                 )
-                continue
-            out = folder / f"replayed-{index}{weights(index + 1).suffix}"
-            order = ReplayOrder(run_hex, resume, start.step + 1, stop.step, out)
-            order_path = folder / f"order-{index}.json"
-            order.write(order_path)
-            _run_command(command, order_path, code_root)
-            if not out.is_file():
-                raise ReplayError(
-                    f"`{' '.join(command)}` ended without writing the replayed weights of "
-                    f"checkpoint {stop.step}",
-                    hint="its loop must iterate run.epochs(n) and call run.epoch_end() each "
-                    "epoch, with the checkpoint_every the run was recorded with",
-                )
-            _judge(segment, order.result, out, stop, weights(index + 1), manifest, thresholds)
-            if tensor_digest(out).root == stop.tensor_root and not segment.problems:
-                segment.verdict = "identical"
+    except KeyboardInterrupt as exc:
+        raise ReplayInterruptedError(
+            f"replay of run {run_hex} interrupted while {doing}: no verdict; the training "
+            "command was stopped, the replay's temporary files removed, nothing recorded",
+            hint="run ledger replay again (with the same --seed to pick the same intervals)",
+        ) from exc
     return report
+
+
+def _replay_segment(
+    segment: Segment,
+    start: _Checkpoint,
+    stop: _Checkpoint,
+    *,
+    store: ArtifactStore,
+    weights: Callable[[int], Path],
+    folder: Path,
+    run_hex: str,
+    command: Sequence[str],
+    manifest: Mapping[str, Any],
+    thresholds: Thresholds,
+    code_root: Path | None,
+) -> None:
+    """Replay checkpoint ``start`` -> ``stop`` with ``command``; judge into ``segment``."""
+    from ledger.hashing.tensors import state_dict_digest, tensor_digest
+    from ledger.training._resume import ReplayOrder
+
+    index = segment.index
+    resume_info = start.resume
+    assert resume_info is not None  # _require_replayable
+    resume = _fetch(store, Cid.parse(resume_info["cid"]), folder / f"resume-{index}.pt")
+    if state_dict_digest(_tensors(resume)).root != start.tensor_root:
+        segment.problems.append(
+            f"checkpoint {start.step}'s resume file holds other weights than the "
+            "checkpoint committed"
+        )
+        return
+    committed = weights(index + 1)
+    out = folder / f"replayed-{index}{committed.suffix}"
+    order = ReplayOrder(run_hex, resume, start.step + 1, stop.step, out)
+    order_path = folder / f"order-{index}.json"
+    order.write(order_path)
+    _run_command(command, order_path, code_root)
+    if not out.is_file():
+        raise ReplayError(
+            f"`{' '.join(command)}` ended without writing the replayed weights of "
+            f"checkpoint {stop.step}",
+            hint="its loop must iterate run.epochs(n) and call run.epoch_end() each "
+            "epoch, with the checkpoint_every the run was recorded with",
+        )
+    _judge(segment, order.result, out, stop, committed, manifest, thresholds)
+    if tensor_digest(out).root == stop.tensor_root and not segment.problems:
+        segment.verdict = "identical"
 
 
 def _run_command(command: Sequence[str], order: Path, cwd: Path | None) -> None:
     env = {**os.environ, REPLAY_ENV: str(order)}
-    # the command's output goes to stderr: stdout carries the verdict (--json)
+    # The command runs in a process group of its own, so that an interruption stops it
+    # and whatever it started (data loader workers) as one, and a terminal's Ctrl-C
+    # reaches ledger alone (which stops it) rather than both with two tracebacks.
+    # Its output goes to stderr: stdout carries the verdict (--json).
     try:
-        process = subprocess.Popen(list(command), env=env, cwd=cwd, stdout=sys.stderr)
+        process = subprocess.Popen(
+            list(command),
+            env=env,
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=sys.stderr,
+            process_group=0,
+        )
     except OSError as exc:
         raise ReplayError(
             f"cannot run `{' '.join(command)}`: {exc.strerror}",
@@ -475,15 +530,28 @@ def _run_command(command: Sequence[str], order: Path, cwd: Path | None) -> None:
         ) from exc
     try:
         code = process.wait()
-    except BaseException:  # Ctrl-C or any other interruption: the child goes too
-        process.kill()
-        process.wait()
+    except BaseException:  # Ctrl-C or any other interruption: the command goes too
+        _stop_group(process)
         raise
     if code != 0:
         raise ReplayError(
             f"`{' '.join(command)}` failed in replay mode (exit {code}); no verdict",
             hint="its output is above; the command must train as the run did",
         )
+
+
+def _stop_group(process: subprocess.Popen[bytes], grace: float = 5.0) -> None:
+    """SIGTERM the command's process group; SIGKILL what is left of it after
+    ``grace`` seconds (or at once when the leader has ended: its children go too)."""
+    import signal
+
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=grace)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
 
 
 def _judge(

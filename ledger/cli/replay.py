@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 from typing import Annotated
 
@@ -56,12 +57,14 @@ def replay(
 ) -> None:
     """Replay K checkpoint intervals of RUN with COMMAND and compare with the committed
     checkpoints: exit 0 reproduced, 8 diverged, 9 no verdict (not replayable, code drift,
-    the command failed)."""
+    the command failed), 130 interrupted (Ctrl-C: nothing recorded)."""
     from ledger.chain.reader import RegistryReader
     from ledger.replay import Thresholds, replay_run
     from ledger.store import open_store
 
     settings = load_settings(data_dir)
+    # SIGTERM stops a replay as Ctrl-C does: the command stopped, no verdict, nothing recorded
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     report = replay_run(
         RegistryReader.connect(settings),
         open_store(settings),

@@ -11,8 +11,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +32,13 @@ from tests.training.test_flow import train
 TRAIN = [sys.executable, "train.py"]
 SCRIPT = """
 import os
+import time
 import torch
 from torch import nn
 from ledger.training import LedgerRun
 
 SPOOF = os.environ.get("SPOOF", "")
+PAUSE_AT = os.environ.get("PAUSE_AT")  # in replay mode: say so in this file, then hang
 cfg = {"lr": 0.05, "epochs": 3, "seed": 7, "batch": 8}
 torch.manual_seed(cfg["seed"])
 data = torch.load("data.pt")
@@ -45,7 +49,15 @@ sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.7)
 with LedgerRun(model, name="replay-test", config=cfg, data={"data": "data.pt"},
                out="out/model.pt", optimizer=opt, scheduler=sched, seed=cfg["seed"]) as run:
     for epoch in run.epochs(cfg["epochs"]):
+        if PAUSE_AT and run.replay is not None:
+            with open(PAUSE_AT, "w") as said:
+                said.write(str(os.getpid()))
+            time.sleep(600)
         order = run.permutation(epoch, len(x))
+        xs, ys = x, y
+        if SPOOF == "data" and epoch == 2:  # other data of the same shapes, the same order
+            xs = torch.randn(x.shape, generator=torch.Generator().manual_seed(99))
+            ys = xs.sum(1, keepdim=True)
         if SPOOF == "order" and epoch == 2:
             order = order[::-1]
             run.data_order(epoch, order)
@@ -56,8 +68,8 @@ with LedgerRun(model, name="replay-test", config=cfg, data={"data": "data.pt"},
             if SPOOF == "skip" and epoch == 2 and i == 0:
                 continue
             idx = torch.tensor(order[i:i + cfg["batch"]])
-            xb = x[idx] + 0.01 * torch.randn(len(idx), 4)  # the torch RNG must be restored
-            loss = nn.functional.mse_loss(model(xb), y[idx])
+            xb = xs[idx] + 0.01 * torch.randn(len(idx), 4)  # the torch RNG must be restored
+            loss = nn.functional.mse_loss(model(xb), ys[idx])
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -145,7 +157,7 @@ def test_an_honest_run_replays_identically_from_the_command_line(
     assert (settings.data_dir / "outbox.sqlite").read_bytes() == journal  # nothing recorded
 
 
-@pytest.mark.parametrize("spoof", ["lr", "skip", "order"])
+@pytest.mark.parametrize("spoof", ["lr", "skip", "order", "data"])
 def test_a_spoofed_run_diverges(chain: Chain, tmp_path: Path, project: Path, spoof: str) -> None:
     settings, run_id = record(chain, tmp_path, project, spoof=spoof)
     report = replay(settings, run_id, project, seed=1)
@@ -180,3 +192,41 @@ def test_a_run_without_optimizer_state_is_not_replayable(chain: Chain, tmp_path:
     with pytest.raises(NotReplayableError, match="not replayable") as refused:
         replay(settings, run.run_id, tmp_path)
     assert "optimizer=" in str(refused.value)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupted_replay_stops_cleanly_and_records_nothing(
+    chain: Chain, tmp_path: Path, project: Path, sig: signal.Signals
+) -> None:
+    """Ctrl-C (or SIGTERM) while a segment trains: the training command is stopped,
+    the replay's temporary folder removed, no verdict printed, nothing recorded."""
+    settings, run_id = record(chain, tmp_path, project)
+    journal = (settings.data_dir / "outbox.sqlite").read_bytes()
+    said, tmp = tmp_path / "paused", tmp_path / "tmp"
+    tmp.mkdir()
+    replaying = subprocess.Popen(
+        [sys.executable, "-m", "ledger", "replay", run_id, "-k", "1", "--", *TRAIN],
+        cwd=project,
+        env=environment(settings, PAUSE_AT=str(said), TMPDIR=str(tmp)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        while not (said.is_file() and said.read_text()):  # the segment's command is training
+            assert replaying.poll() is None, replaying.communicate()
+            time.sleep(0.1)
+        command = int(said.read_text())
+        assert len(list(tmp.glob("ledger-replay-*"))) == 1  # torch keeps its own cache here
+        replaying.send_signal(sig)
+        out, err = replaying.communicate(timeout=120)
+    finally:
+        if replaying.poll() is None:
+            replaying.kill()
+            replaying.wait()
+    assert replaying.returncode == 130, err
+    assert "interrupted while replaying checkpoint" in err and "nothing recorded" in err
+    assert "Traceback" not in err and out == ""  # one clear line, no verdict
+    assert list(tmp.glob("ledger-replay-*")) == []  # no temporary state left
+    assert not Path(f"/proc/{command}").exists()  # the training command was stopped
+    assert (settings.data_dir / "outbox.sqlite").read_bytes() == journal  # nothing recorded
