@@ -40,6 +40,8 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import functools
+import json
 import os
 import random
 import subprocess
@@ -53,6 +55,7 @@ from typing import TYPE_CHECKING, Any
 from ledger.documents import DocumentKind, read_document
 from ledger.errors import (
     CodeDriftError,
+    ConfigError,
     InputError,
     IntegrityError,
     NotReplayableError,
@@ -68,9 +71,93 @@ if TYPE_CHECKING:
 
     from ledger.chain.reader import RegistryReader
 
-__all__ = ["ReplayOutcome", "ReplayReport", "Segment", "Thresholds", "replay_run"]
+__all__ = [
+    "ReplayOrder",
+    "ReplayOutcome",
+    "ReplayReport",
+    "ReplaySegment",
+    "Segment",
+    "Thresholds",
+    "replay_run",
+]
 
-REPLAY_ENV = "LEDGER_REPLAY"  # training/_resume.py reads it
+# -- replay orders: what ledger replay asks of one run of the training command ------
+#
+# ``ledger replay`` runs the training command with ``LEDGER_REPLAY`` naming a JSON
+# replay order: for each segment, the resume file to start from, the epochs to run,
+# and where to write the replayed weights and what the loop reported. The hook
+# (training/hook.py) reads it. Orders are written before ledger needs torch.
+
+REPLAY_ENV = "LEDGER_REPLAY"
+RESULT_SUFFIX = ".json"
+"""The replay result (data orders and fingerprints) sits next to the replayed weights."""
+
+
+@dataclass(frozen=True)
+class ReplaySegment:
+    """One interval to replay: from a committed resume file to the next checkpoint."""
+
+    resume: Path  # the committed resume file of checkpoint k (fetched and re-hashed)
+    start_epoch: int  # the first epoch to run: checkpoint k's epoch + 1
+    stop_epoch: int  # checkpoint k+1's epoch: its weights are written to ``out``
+    out: Path
+
+    @property
+    def result(self) -> Path:
+        """Where the loop's report (data orders, fingerprints) goes, next to ``out``."""
+        return self.out.with_name(self.out.name + RESULT_SUFFIX)
+
+
+@dataclass(frozen=True)
+class ReplayOrder:
+    """What ``ledger replay`` asks of one run of the training command: the
+    segments to replay, in order. A :class:`~ledger.training.hook.LedgerRun` loop
+    replays them all in one process (restoring each segment's committed state,
+    so none depends on the one before); a framework's callback replays the first
+    and stops, and ``ledger replay`` runs the command again for the rest."""
+
+    run_id: str
+    segments: tuple[ReplaySegment, ...]
+
+    @classmethod
+    def from_env(cls) -> ReplayOrder | None:
+        where = os.environ.get(REPLAY_ENV)
+        if not where:
+            return None
+        try:
+            body = json.loads(Path(where).read_text())
+            segments = tuple(
+                ReplaySegment(
+                    resume=Path(s["resume"]),
+                    start_epoch=int(s["start_epoch"]),
+                    stop_epoch=int(s["stop_epoch"]),
+                    out=Path(s["out"]),
+                )
+                for s in body["segments"]
+            )
+            if not segments:
+                raise ValueError("no segments")
+            return cls(run_id=str(body["run_id"]), segments=segments)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(
+                f"{REPLAY_ENV}={where} is not a replay order ({exc})",
+                hint=f"{REPLAY_ENV} is set by `ledger replay`; unset it to train",
+            ) from exc
+
+    def write(self, path: Path) -> None:
+        body = {
+            "run_id": self.run_id,
+            "segments": [
+                {
+                    "resume": str(s.resume),
+                    "start_epoch": s.start_epoch,
+                    "stop_epoch": s.stop_epoch,
+                    "out": str(s.out),
+                }
+                for s in self.segments
+            ],
+        }
+        path.write_text(json.dumps(body))
 
 
 class ReplayOutcome(enum.StrEnum):
@@ -434,25 +521,36 @@ def replay_run(
                     fetched[index] = _fetch_weights(store, cp.weights_digest, folder, cp.step)
                 return fetched[index]
 
-            for index in _pick(checkpoints, segments, pick, seed, weights):
-                start, stop = checkpoints[index], checkpoints[index + 1]
-                doing = f"replaying checkpoint {start.step} -> {stop.step}"
-                say(doing)
-                segment = Segment(index, start.step, stop.step)
-                report.segments.append(segment)
-                _replay_segment(
-                    segment,
-                    start,
-                    stop,
-                    store=store,
-                    weights=weights,
-                    folder=folder,
-                    run_hex=run_hex,
-                    command=command,
-                    manifest=manifest,
-                    thresholds=thresholds,
-                    code_root=code_root,
+            planned = [
+                _plan(report, checkpoints, index, store, folder)
+                for index in _pick(checkpoints, segments, pick, seed, weights)
+            ]
+            pending = planned
+            while pending:
+                doing = "replaying " + ", ".join(
+                    f"checkpoint {p.segment.start} -> {p.segment.stop}" for p in pending
                 )
+                say(doing)
+                ReplayOrder(run_hex, tuple(p.order for p in pending)).write(folder / "order.json")
+                # while the command starts and trains, check what it resumes from and
+                # fetch what it must reach (ledger's own torch import overlaps the command's)
+                _run_command(
+                    command,
+                    folder / "order.json",
+                    code_root,
+                    meanwhile=functools.partial(_prepare, pending, checkpoints, weights),
+                )
+                done = [p for p in pending if p.order.out.is_file()]
+                if not done:
+                    raise ReplayError(
+                        f"`{' '.join(command)}` ended without writing the replayed weights of "
+                        f"checkpoint {pending[0].segment.stop}",
+                        hint="its loop must iterate run.epochs(n) and call run.epoch_end() "
+                        "each epoch, with the checkpoint_every the run was recorded with",
+                    )
+                for p in done:
+                    _judge(p, checkpoints, weights, manifest, thresholds)
+                pending = [p for p in pending if p not in done]
     except KeyboardInterrupt as exc:
         raise ReplayInterruptedError(
             f"replay of run {run_hex} interrupted while {doing}: no verdict; the training "
@@ -462,53 +560,57 @@ def replay_run(
     return report
 
 
-def _replay_segment(
-    segment: Segment,
-    start: _Checkpoint,
-    stop: _Checkpoint,
-    *,
-    store: ArtifactStore,
-    weights: Callable[[int], Path],
-    folder: Path,
-    run_hex: str,
-    command: Sequence[str],
-    manifest: Mapping[str, Any],
-    thresholds: Thresholds,
-    code_root: Path | None,
-) -> None:
-    """Replay checkpoint ``start`` -> ``stop`` with ``command``; judge into ``segment``."""
-    from ledger.hashing.tensors import state_dict_digest, tensor_digest
-    from ledger.training._resume import ReplayOrder
+@dataclass
+class _Planned:
+    segment: Segment
+    order: ReplaySegment
 
-    index = segment.index
+
+def _plan(
+    report: ReplayReport,
+    checkpoints: Sequence[_Checkpoint],
+    index: int,
+    store: ArtifactStore,
+    folder: Path,
+) -> _Planned:
+    """Fetch (and re-hash) interval ``index``'s committed resume file; its order."""
+
+    start, stop = checkpoints[index], checkpoints[index + 1]
+    segment = Segment(index, start.step, stop.step)
+    report.segments.append(segment)
     resume_info = start.resume
     assert resume_info is not None  # _require_replayable
     resume = _fetch(store, Cid.parse(resume_info["cid"]), folder / f"resume-{index}.pt")
-    if state_dict_digest(_tensors(resume)).root != start.tensor_root:
-        segment.problems.append(
-            f"checkpoint {start.step}'s resume file holds other weights than the "
-            "checkpoint committed"
-        )
-        return
-    committed = weights(index + 1)
-    out = folder / f"replayed-{index}{committed.suffix}"
-    order = ReplayOrder(run_hex, resume, start.step + 1, stop.step, out)
-    order_path = folder / f"order-{index}.json"
-    order.write(order_path)
-    _run_command(command, order_path, code_root)
-    if not out.is_file():
-        raise ReplayError(
-            f"`{' '.join(command)}` ended without writing the replayed weights of "
-            f"checkpoint {stop.step}",
-            hint="its loop must iterate run.epochs(n) and call run.epoch_end() each "
-            "epoch, with the checkpoint_every the run was recorded with",
-        )
-    _judge(segment, order.result, out, stop, committed, manifest, thresholds)
-    if tensor_digest(out).root == stop.tensor_root and not segment.problems:
-        segment.verdict = "identical"
+    out = folder / f"replayed-{index}.pt"
+    return _Planned(segment, ReplaySegment(resume, start.step + 1, stop.step, out))
 
 
-def _run_command(command: Sequence[str], order: Path, cwd: Path | None) -> None:
+def _prepare(
+    pending: Sequence[_Planned],
+    checkpoints: Sequence[_Checkpoint],
+    weights: Callable[[int], Path],
+) -> None:
+    """Check that each resume file holds its checkpoint's weights; fetch the
+    weights each segment must reach."""
+    from ledger.hashing.tensors import state_dict_digest
+
+    for p in pending:
+        start = checkpoints[p.segment.index]
+        if state_dict_digest(_tensors(p.order.resume)).root != start.tensor_root:
+            p.segment.problems.append(
+                f"checkpoint {start.step}'s resume file holds other weights than the "
+                "checkpoint committed"
+            )
+        weights(p.segment.index + 1)
+
+
+def _run_command(
+    command: Sequence[str],
+    order: Path,
+    cwd: Path | None,
+    meanwhile: Callable[[], None] = lambda: None,
+) -> None:
+    """Run ``command`` in replay mode (``order``); ``meanwhile`` runs while it does."""
     env = {**os.environ, REPLAY_ENV: str(order)}
     # The command runs in a process group of its own, so that an interruption stops it
     # and whatever it started (data loader workers) as one, and a terminal's Ctrl-C
@@ -529,8 +631,9 @@ def _run_command(command: Sequence[str], order: Path, cwd: Path | None) -> None:
             hint="give the training command after --: ledger replay RUN -- python train.py",
         ) from exc
     try:
+        meanwhile()
         code = process.wait()
-    except BaseException:  # Ctrl-C or any other interruption: the command goes too
+    except BaseException:  # Ctrl-C or any other error: the command goes too
         _stop_group(process)
         raise
     if code != 0:
@@ -555,18 +658,21 @@ def _stop_group(process: subprocess.Popen[bytes], grace: float = 5.0) -> None:
 
 
 def _judge(
-    segment: Segment,
-    result: Path,
-    replayed: Path,
-    committed: _Checkpoint,
-    committed_file: Path,
+    planned: _Planned,
+    checkpoints: Sequence[_Checkpoint],
+    weights: Callable[[int], Path],
     manifest: Mapping[str, Any],
     limits: Thresholds,
 ) -> None:
-    import json
+    """The segment's verdict: its replayed weights and data orders against the
+    committed ones (and the resume check :func:`_prepare` made)."""
+    from ledger.hashing.tensors import tensor_digest
 
+    segment, replayed = planned.segment, planned.order.out
+    committed = checkpoints[segment.index + 1]
+    committed_file = weights(segment.index + 1)
     try:
-        reported = json.loads(result.read_text())
+        reported = json.loads(planned.order.result.read_text())
     except (OSError, ValueError):
         reported = {}
     claimed = (committed.resume or committed.metrics.get("metrics", {}).get("resume") or {}).get(
@@ -594,5 +700,7 @@ def _judge(
     )
     if segment.problems or segment.diverged_tensors or whole.over(limits):
         segment.verdict = "diverged"
+    elif tensor_digest(replayed).root == committed.tensor_root:
+        segment.verdict = "identical"
     else:
         segment.verdict = "within tolerance"
