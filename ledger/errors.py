@@ -146,10 +146,19 @@ class ChainUnavailableError(ChainError, ConnectionError):
 class RpcError(ChainError):
     """The node answered a JSON-RPC call with an error object (code, message, data)."""
 
-    def __init__(self, message: str, *, code: int | None = None, data: object = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: int | None = None,
+        data: object = None,
+        node_message: str = "",
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.data = data
+        self.node_message = node_message
+        """The error object's own message, as the node wrote it."""
 
 
 class NonceTooLowError(ChainError):

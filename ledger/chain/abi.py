@@ -192,6 +192,57 @@ def decode_tuple(components: Sequence[Param], data: bytes) -> dict[str, Any]:
 # -- the registry's ABI ------------------------------------------------------------
 
 
+def _params(spec: str, indexed: int = 0) -> list[dict[str, Any]]:
+    """ABI parameters from ``"type name, ..."``; the first ``indexed`` are indexed."""
+    params = []
+    for i, item in enumerate(spec.split(",")):
+        kind, name = item.split()
+        params.append({"name": name, "type": kind, "indexed": i < indexed})
+    return params
+
+
+REGISTRY_V2_ITEMS: tuple[dict[str, Any], ...] = (
+    {
+        "type": "event",
+        "name": "CheckpointCommitted",
+        "inputs": _params(
+            "bytes32 runId, bytes32 weightsDigest, bytes32 tensorRoot, uint64 step, "
+            "bytes32 metricsDigest",
+            indexed=3,
+        ),
+    },
+    {
+        "type": "event",
+        "name": "RunFinalized",
+        "inputs": _params(
+            "bytes32 runId, bytes32 weightsDigest, bytes32 tensorRoot, bytes32 metricsDigest, "
+            "bytes32 checkpointRoot, uint64 checkpointCount",
+            indexed=3,
+        ),
+    },
+    {"type": "event", "name": "RunFailed", "inputs": _params("bytes32 runId, string reason", 1)},
+    {
+        "type": "function",
+        "name": "getRun",
+        "inputs": _params("bytes32 runId"),
+        "outputs": [
+            {
+                "name": "",
+                "type": "tuple",
+                "components": _params(
+                    "address committer, uint64 startedAt, uint8 status, bool revoked, "
+                    "bytes32 finalCommitment"
+                ),
+            }
+        ],
+    },
+)
+"""What registry 2.0.0 spelled differently from the committed (3.x) artifact: three
+events without the previous-block links, and ``getRun`` with a start time instead of
+blocks. Logs of a registry-2 deployment decode through these; reads of one choose
+``getRun``'s outputs by ``version()``."""
+
+
 class RegistryAbi:
     """The registry's functions, events and custom errors, from the committed artifact."""
 
@@ -202,6 +253,14 @@ class RegistryAbi:
         self.constructor = next((i for i in items if i.get("type") == "constructor"), None)
         self._errors = {selector(i): i for i in items if i.get("type") == "error"}
         self._by_topic = {to_hex(topic(e)): e for e in self.events.values()}
+        self.v2_functions = {
+            str(i["name"]): i for i in REGISTRY_V2_ITEMS if i["type"] == "function"
+        }
+        self._v2_topics: dict[str, str] = {}
+        for item in REGISTRY_V2_ITEMS:
+            if item["type"] == "event" and item["name"] in self.events:
+                self._by_topic.setdefault(to_hex(topic(item)), item)
+                self._v2_topics[str(item["name"])] = to_hex(topic(item))
 
     # -- calls -----------------------------------------------------------------------
 
@@ -214,10 +273,12 @@ class RegistryAbi:
         params = self.constructor["inputs"] if self.constructor else []
         return encode_params(params, args)
 
-    def outputs(self, function: str, data: bytes) -> list[Any]:
-        """The decoded return values of ``function``."""
+    def outputs(self, function: str, data: bytes, *, v2: bool = False) -> list[Any]:
+        """The decoded return values of ``function`` (as registry 2 returned them,
+        with ``v2``, where they differ)."""
+        item = self.v2_functions.get(function) if v2 else None
         try:
-            return decode_params(self.functions[function]["outputs"], data)
+            return decode_params((item or self.functions[function])["outputs"], data)
         except ValueError as exc:
             raise ChainError(f"{function} answered undecodable data: {exc}") from exc
 
@@ -245,6 +306,13 @@ class RegistryAbi:
     def event_topic(self, name: str) -> str:
         """Topic 0 of event ``name``, as ``0x`` hex."""
         return to_hex(topic(self.events[name]))
+
+    def event_topics(self, name: str) -> list[str]:
+        """Every topic 0 event ``name`` has had (this version's first, then registry
+        2's where it differed): a log filter that matches either deployment."""
+        current = self.event_topic(name)
+        old = self._v2_topics.get(name)
+        return [current] if old is None else [current, old]
 
     def decode_log(self, log: Mapping[str, Any]) -> tuple[str, dict[str, Any]] | None:
         """A raw ``eth_getLogs`` entry as ``(event name, values)``, or None for a log
@@ -311,7 +379,15 @@ class LogDecoder:
 
     def __init__(self, registry: RegistryAbi | None = None) -> None:
         self._abi = registry or registry_abi()
-        self._names = {self._abi.event_topic(name): name for name in EVENT_NAMES}
+        self._names: dict[str, str] = {}
+        self._fast: dict[str, Callable[[Sequence[str], str], dict[str, Any]]] = {}
+        for name in EVENT_NAMES:
+            current, *older = self._abi.event_topics(name)
+            self._names[current] = name
+            self._fast[current] = _FAST[name]
+            for old in older:  # registry 2: the same fields without the block links
+                self._names[old] = name
+                self._fast[old] = _FAST_V2[name]
 
     @property
     def topics(self) -> list[str]:
@@ -324,7 +400,7 @@ class LogDecoder:
         if name is None:
             return None
         try:
-            args = _FAST[name](topics, str(raw["data"])[2:])
+            args = self._fast[str(topics[0])](topics, str(raw["data"])[2:])
             return _log(raw, name, str(topics[1]).lower(), args)
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise ChainError(f"cannot decode a {name} log: {exc}") from exc
@@ -424,7 +500,7 @@ def _started(topics: Sequence[str], data: str) -> dict[str, Any]:
     }
 
 
-def _checkpoint(topics: Sequence[str], data: str) -> dict[str, Any]:
+def _checkpoint_v2(topics: Sequence[str], data: str) -> dict[str, Any]:
     return {
         "weightsDigest": str(topics[2]).lower(),
         "tensorRoot": str(topics[3]).lower(),
@@ -433,7 +509,20 @@ def _checkpoint(topics: Sequence[str], data: str) -> dict[str, Any]:
     }
 
 
-def _finalized(topics: Sequence[str], data: str) -> dict[str, Any]:
+def _links(data: str, first: int) -> dict[str, Any]:
+    """The three previous-block links of a registry-3 weights event, from word ``first``."""
+    return {
+        "previousRunBlock": int(_hex_word(data, first), 16),
+        "previousWeightsBlock": int(_hex_word(data, first + 1), 16),
+        "previousTensorBlock": int(_hex_word(data, first + 2), 16),
+    }
+
+
+def _checkpoint(topics: Sequence[str], data: str) -> dict[str, Any]:
+    return {**_checkpoint_v2(topics, data), **_links(data, 2)}
+
+
+def _finalized_v2(topics: Sequence[str], data: str) -> dict[str, Any]:
     return {
         "weightsDigest": str(topics[2]).lower(),
         "tensorRoot": str(topics[3]).lower(),
@@ -443,8 +532,16 @@ def _finalized(topics: Sequence[str], data: str) -> dict[str, Any]:
     }
 
 
-def _failed(topics: Sequence[str], data: str) -> dict[str, Any]:
+def _finalized(topics: Sequence[str], data: str) -> dict[str, Any]:
+    return {**_finalized_v2(topics, data), **_links(data, 3)}
+
+
+def _failed_v2(topics: Sequence[str], data: str) -> dict[str, Any]:
     return {"reason": _string(data, 0)}
+
+
+def _failed(topics: Sequence[str], data: str) -> dict[str, Any]:
+    return {"reason": _string(data, 0), "previousRunBlock": int(_hex_word(data, 1), 16)}
 
 
 def _revoked(topics: Sequence[str], data: str) -> dict[str, Any]:
@@ -457,4 +554,10 @@ _FAST: dict[str, Callable[[Sequence[str], str], dict[str, Any]]] = {
     "RunFinalized": _finalized,
     "RunFailed": _failed,
     "RunRevoked": _revoked,
+}
+_FAST_V2 = {
+    **_FAST,
+    "CheckpointCommitted": _checkpoint_v2,
+    "RunFinalized": _finalized_v2,
+    "RunFailed": _failed_v2,
 }

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ledger.chain.abi import registry_abi
+from ledger.chain.logs import scan_logs
 from ledger.chain.records import (
     COMMITTER_ROLE,
     EventLookups,
@@ -127,15 +128,9 @@ class RegistryReader(EventLookups):
         return [record_of(name, event) for name, event in self._logs(topics)]
 
     def _logs(self, topics: list[Any]) -> list[tuple[str, dict[str, Any]]]:
-        """The registry's logs matching ``topics``, decoded, oldest first."""
-        logs = self.rpc(
-            "eth_getLogs",
-            {
-                "address": self.address,
-                "fromBlock": hex(self.deploy_block),
-                "toBlock": "latest",
-                "topics": topics,
-            },
-        )
-        decoded = (self.abi.decode_log(log) for log in logs or [])
+        """The registry's logs matching ``topics``, decoded, oldest first (one
+        ``eth_getLogs`` where the endpoint allows it, else range by range)."""
+        query = {"address": self.address, "topics": topics}
+        chunks = scan_logs(self.rpc, query, self.deploy_block)
+        decoded = (self.abi.decode_log(log) for _, logs in chunks for log in logs)
         return [event for event in decoded if event is not None]

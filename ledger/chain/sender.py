@@ -223,6 +223,10 @@ class RegistrySender(RegistryReader):
             if "already known" in text or "already imported" in text:
                 return
             if "nonce too low" in text or "nonce is too low" in text:
+                # our own earlier send, whose answer a dropped connection lost, and
+                # which was mined since: sent, not a nonce clash
+                if self.rpc("eth_getTransactionByHash", to_hex(keccak256(raw))):
+                    return
                 raise NonceTooLowError(f"nonce already used: {exc.message}") from exc
             raise ChainUnavailableError(f"transaction failed to send: {exc.message}") from exc
 

@@ -10,7 +10,8 @@ One pass (:meth:`Indexer.run_once`):
    events are deleted and the runs they touched are rebuilt from the events that
    remain.
 2. **Events.** ``eth_getLogs`` over ``[last + 1, head - confirmations]`` in
-   ranges of ``chunk_blocks`` (halved when a node refuses a range), decoded
+   ranges of at most ``chunk_blocks``, narrower where the endpoint refuses them
+   (:func:`ledger.chain.logs.scan_logs`: a provider's block or result cap), decoded
    with the project's ABI codec, written in one transaction per range together
    with the hashes of the blocks they came from and of the range's last block.
    A pass that stops half-way resumes from the last committed range.
@@ -41,6 +42,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from ledger.chain.abi import Log, LogDecoder
+from ledger.chain.logs import scan_logs
 from ledger.chain.records import checksum_address
 from ledger.chain.rpc import JsonRpc
 from ledger.documents import DocumentKind, read_document
@@ -304,29 +306,12 @@ class Indexer:
 
     def _index_range(self, start: int, end: int) -> int:
         count = 0
-        at = start
-        span = self.chunk_blocks
-        while at <= end:
-            stop = min(at + span - 1, end)
-            try:
-                raw = self.rpc(
-                    "eth_getLogs",
-                    {
-                        "address": self.address,
-                        "fromBlock": hex(at),
-                        "toBlock": hex(stop),
-                        "topics": [self.decoder.topics],
-                    },
-                )
-            except ChainError:
-                if stop == at:
-                    raise
-                span = max(1, span // 2)  # the node refuses ranges this wide
-                continue
-            logs = [d for entry in raw or [] if (d := self.decoder.decode(entry)) is not None]
-            self._write_range(logs, stop)
+        query = {"address": self.address, "topics": [self.decoder.topics]}
+        # chunk_blocks at most per call; narrower where the endpoint refuses it
+        for stop, raw in scan_logs(self.rpc, query, start, end, span=self.chunk_blocks):
+            logs = [d for entry in raw if (d := self.decoder.decode(entry)) is not None]
+            self._write_range(logs, end if stop is None else stop)
             count += len(logs)
-            at = stop + 1
         return count
 
     def _write_range(self, logs: list[Log], end: int) -> None:

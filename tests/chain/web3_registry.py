@@ -168,6 +168,15 @@ class Registry(EventLookups):
     def revoke_run(self, run_id: bytes, reason: str) -> TxResult:
         return self._send(self.contract.functions.revokeRun(run_id, reason))[0]
 
+    def revoke_artifact(self, digest: bytes, reason: str) -> TxResult:
+        return self._send(self.contract.functions.revokeArtifact(digest, reason))[0]
+
+    def attest_replay(
+        self, run_id: bytes, from_step: int, to_step: int, reproduced: bool, report: bytes
+    ) -> TxResult:
+        fn = self.contract.functions.attestReplay(run_id, from_step, to_step, reproduced, report)
+        return self._send(fn)[0]
+
     def grant_committer(self, account: str) -> TxResult:
         fn = self.contract.functions.grantRole(COMMITTER_ROLE, to_checksum_address(account))
         return self._send(fn)[0]
