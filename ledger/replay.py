@@ -31,6 +31,12 @@ command (its whole process group), removes its temporary files and raises
 :class:`~ledger.errors.ReplayInterruptedError` (exit 130): no verdict, nothing
 recorded.
 
+``ledger replay --record`` stores the report (canonical JSON, schema
+``ledger.replay-report/v1``) and attests each replayed interval on chain
+(``attestReplay``: run, from and to step, reproduced or not, the report's
+digest), signed by the replayer's key: :func:`record_report`,
+:func:`attestations`.
+
 Replay is no proof against a committer who controls the code path the verifier
 runs (the code is the committer's own); it shows that the committed checkpoints
 follow from the committed code, config, data and each other.
@@ -42,6 +48,7 @@ import contextlib
 import enum
 import functools
 import json
+import math
 import os
 import random
 import subprocess
@@ -69,15 +76,20 @@ from ledger.store import ArtifactStore, find_by_digest
 if TYPE_CHECKING:
     import torch
 
+    from ledger.chain.admin import RegistryAdmin
     from ledger.chain.reader import RegistryReader
 
 __all__ = [
+    "Attestation",
     "ReplayOrder",
     "ReplayOutcome",
     "ReplayReport",
     "ReplaySegment",
     "Segment",
     "Thresholds",
+    "attestations",
+    "read_report",
+    "record_report",
     "replay_run",
 ]
 
@@ -199,7 +211,18 @@ class Distance:
         return f"{self.name} (L-inf {self.linf:.3g}, L2 {self.l2:.3g}, cosine {self.cosine:.3g})"
 
     def to_json(self) -> dict[str, Any]:
-        return {"tensor": self.name, "linf": self.linf, "l2": self.l2, "cosine": self.cosine}
+        """As JSON; ``null`` for a distance that is infinite (a tensor missing on one
+        side, or of another shape)."""
+        return {
+            "tensor": self.name,
+            "linf": _finite(self.linf),
+            "l2": _finite(self.l2),
+            "cosine": _finite(self.cosine),
+        }
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
 
 
 @dataclass
@@ -704,3 +727,126 @@ def _judge(
         segment.verdict = "identical"
     else:
         segment.verdict = "within tolerance"
+
+
+# -- attestations: ledger replay --record ------------------------------------------
+
+
+@dataclass(frozen=True)
+class Attestation:
+    """One ``ReplayAttested`` event: an account replayed an interval of a run.
+
+    ``reproduced`` is the interval's verdict (identical or within tolerance);
+    ``report_digest`` the sha2-256 digest of the replay report's CID (the whole
+    report, every segment of that replay, in the store: :func:`read_report`).
+    Anyone may attest: whose attestations count is the reader's choice.
+    """
+
+    run_id: str
+    attester: str
+    from_step: int
+    to_step: int
+    reproduced: bool
+    report_digest: str
+    block_number: int
+    tx_hash: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "attester": self.attester,
+            "from_step": self.from_step,
+            "to_step": self.to_step,
+            "reproduced": self.reproduced,
+            "report_digest": self.report_digest,
+            "block_number": self.block_number,
+            "tx_hash": self.tx_hash,
+        }
+
+    def line(self) -> str:
+        verdict = "reproduced" if self.reproduced else "DIVERGED"
+        return (
+            f"checkpoint {self.from_step} -> {self.to_step}: {verdict} by {self.attester} "
+            f"(block {self.block_number}, report {self.report_digest[:18]}…)"
+        )
+
+
+def check_attester(sender: RegistryAdmin) -> None:
+    """Refuse, before anything is replayed, a ``--record`` the registry cannot take
+    (registries before 3.0.0 have no ``attestReplay``)."""
+    version = sender.version()
+    try:
+        major = int(version.split(".")[0])
+    except ValueError:
+        major = 0
+    if major < 3:
+        raise ConfigError(
+            f"the registry at {sender.address} is version {version}: it cannot record replay "
+            "attestations (3.0.0 or later can)",
+            hint="replay without --record, or deploy a current registry (ledger deploy)",
+        )
+
+
+def report_document(report: ReplayReport, attester: str, command: Sequence[str]) -> bytes:
+    """The replay report as stored: canonical JSON (:mod:`ledger.documents`)."""
+    from ledger.documents import REPLAY_REPORT_SCHEMA, canonical_json
+
+    body = {
+        "schema": REPLAY_REPORT_SCHEMA,
+        "attester": attester,
+        "command": list(command),
+        **report.to_json(),
+    }
+    return canonical_json(body, what="replay report")
+
+
+def record_report(
+    sender: RegistryAdmin,
+    store: ArtifactStore,
+    report: ReplayReport,
+    command: Sequence[str],
+) -> list[Attestation]:
+    """Store the report and attest each replayed interval on chain (one transaction
+    each, signed by ``sender``'s key, all naming the same report)."""
+    cid = store.put_bytes(report_document(report, sender.signer.address, command))
+    run_id = bytes.fromhex(report.run_id.removeprefix("0x"))
+    done = []
+    for segment in report.segments:
+        tx = sender.transact(
+            "attestReplay", run_id, segment.start, segment.stop, segment.ok, cid.digest
+        )
+        done.append(
+            Attestation(
+                report.run_id,
+                sender.signer.address,
+                segment.start,
+                segment.stop,
+                segment.ok,
+                to_hex(cid.digest),
+                tx.block_number,
+                tx.tx_hash,
+            )
+        )
+    return done
+
+
+def attestations(reader: RegistryReader, run_id: bytes) -> list[Attestation]:
+    """The run's replay attestations on chain, oldest first."""
+    return [
+        Attestation(
+            to_hex(bytes(event["runId"])),
+            str(event["attester"]),
+            int(event["fromStep"]),
+            int(event["toStep"]),
+            bool(event["reproduced"]),
+            to_hex(bytes(event["reportDigest"])),
+            int(event["blockNumber"]),
+            str(event["transactionHash"]),
+        )
+        for event in reader.events("ReplayAttested", run_id)
+    ]
+
+
+def read_report(store: ArtifactStore, digest: bytes) -> dict[str, Any]:
+    """The replay report an attestation names (``report_digest``), from the store."""
+    return read_document(store, digest, DocumentKind.REPLAY_REPORT).body

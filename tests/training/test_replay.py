@@ -24,12 +24,20 @@ import torch
 from ledger.chain.reader import RegistryReader
 from ledger.config import Settings
 from ledger.errors import CodeDriftError, NotReplayableError
-from ledger.replay import ReplayOutcome, ReplayReport, replay_run
+from ledger.replay import (
+    ReplayOutcome,
+    ReplayReport,
+    attestations,
+    read_report,
+    record_report,
+    replay_run,
+)
 from ledger.store import open_store
 from tests.conftest import Chain
 from tests.training.test_flow import train
 
 TRAIN = [sys.executable, "train.py"]
+REPLAY = [sys.executable, "-m", "ledger", "replay"]
 SCRIPT = """
 import os
 import time
@@ -135,13 +143,13 @@ def replay(settings: Settings, run_id: str, repo: Path, **options: Any) -> Repla
     )
 
 
-def test_an_honest_run_replays_identically_from_the_command_line(
+def test_an_honest_run_replays_identically_and_the_verdict_is_attested(
     chain: Chain, tmp_path: Path, project: Path
 ) -> None:
     settings, run_id = record(chain, tmp_path, project)
     journal = (settings.data_dir / "outbox.sqlite").read_bytes()
     done = subprocess.run(
-        [sys.executable, "-m", "ledger", "replay", run_id, "-k", "2", "--json", "--", *TRAIN],
+        [*REPLAY, run_id, "-k", "2", "--json", "--record", "--", *TRAIN],
         cwd=project,
         env=environment(settings),
         capture_output=True,
@@ -154,7 +162,27 @@ def test_an_honest_run_replays_identically_from_the_command_line(
     assert verdict["outcome"] == "reproduced"
     assert [s["verdict"] for s in verdict["segments"]] == ["identical", "identical"]
     assert [(s["from_step"], s["to_step"]) for s in verdict["segments"]] == [(0, 1), (1, 2)]
-    assert (settings.data_dir / "outbox.sqlite").read_bytes() == journal  # nothing recorded
+    assert (settings.data_dir / "outbox.sqlite").read_bytes() == journal  # the run untouched
+
+    # on chain (read by the web3 oracle): one attestation per interval, by the replayer's
+    # key, each naming the stored report
+    events = chain.registry.events("ReplayAttested", bytes.fromhex(run_id[2:]))
+    assert [(e["fromStep"], e["toStep"], e["reproduced"]) for e in events] == [
+        (0, 1, True),
+        (1, 2, True),
+    ]
+    assert {e["attester"] for e in events} == {chain.admin.address}
+    digests = {bytes(e["reportDigest"]) for e in events}
+    assert len(digests) == 1
+    report = read_report(open_store(settings), digests.pop())
+    assert report["schema"] == "ledger.replay-report/v1"
+    assert report["attester"] == chain.admin.address and report["command"] == TRAIN
+    assert report["segments"] == verdict["segments"] and report["outcome"] == "reproduced"
+    attested = verdict["attestations"]
+    assert [a["tx_hash"] for a in attested] == [e["transactionHash"] for e in events]
+    # ledger's own reader sees the same
+    seen = attestations(RegistryReader.connect(settings), bytes.fromhex(run_id[2:]))
+    assert [a.to_json() for a in seen] == attested
 
 
 @pytest.mark.parametrize("spoof", ["lr", "skip", "order", "data"])
@@ -167,6 +195,18 @@ def test_a_spoofed_run_diverges(chain: Chain, tmp_path: Path, project: Path, spo
     assert first.verdict == "identical"  # epoch 1 was honest
     assert second.verdict == "diverged"
     line = second.line()
+    if spoof == "lr":  # a diverged verdict is attested as such, the honest interval as reproduced
+        from ledger.chain.admin import RegistryAdmin
+
+        attested = record_report(
+            RegistryAdmin.connect(settings), open_store(settings), report, TRAIN
+        )
+        assert [(a.from_step, a.to_step, a.reproduced) for a in attested] == [
+            (0, 1, True),
+            (1, 2, False),
+        ]
+        events = chain.registry.events("ReplayAttested", bytes.fromhex(run_id[2:]))
+        assert [e["reproduced"] for e in events] == [True, False]
     if spoof == "order":
         assert "epoch 2: the data order differs from the committed one" in line
     else:
@@ -180,6 +220,18 @@ def test_code_drift_is_refused_unless_allowed(chain: Chain, tmp_path: Path, proj
     with pytest.raises(CodeDriftError, match="uncommitted changes differ") as refused:
         replay(settings, run_id, project)
     assert refused.value.exit_code == 9 and "--allow-code-drift" in str(refused.value.hint)
+
+    refused_record = subprocess.run(
+        [*REPLAY, run_id, "--allow-code-drift", "--record", "--", *TRAIN],
+        cwd=project,
+        env=environment(settings),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert refused_record.returncode == 11, refused_record.stderr
+    assert "is not attested on chain" in refused_record.stderr
 
     report = replay(settings, run_id, project, allow_code_drift=True)
     assert any(n.startswith("code drift allowed") for n in report.notes)
@@ -205,7 +257,7 @@ def test_an_interrupted_replay_stops_cleanly_and_records_nothing(
     said, tmp = tmp_path / "paused", tmp_path / "tmp"
     tmp.mkdir()
     replaying = subprocess.Popen(
-        [sys.executable, "-m", "ledger", "replay", run_id, "-k", "1", "--", *TRAIN],
+        [*REPLAY, run_id, "-k", "1", "--record", "--", *TRAIN],
         cwd=project,
         env=environment(settings, PAUSE_AT=str(said), TMPDIR=str(tmp)),
         stdout=subprocess.PIPE,
@@ -230,3 +282,4 @@ def test_an_interrupted_replay_stops_cleanly_and_records_nothing(
     assert list(tmp.glob("ledger-replay-*")) == []  # no temporary state left
     assert not Path(f"/proc/{command}").exists()  # the training command was stopped
     assert (settings.data_dir / "outbox.sqlite").read_bytes() == journal  # nothing recorded
+    assert chain.registry.events("ReplayAttested", bytes.fromhex(run_id[2:])) == []
