@@ -10,13 +10,16 @@ error (exit 11), an ambiguous prefix one that lists the candidates.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from ledger.cli.options import DATA_DIR, JSON, RUN_ID, load_settings, print_json
 from ledger.errors import InputError
 from ledger.ids import RunId, to_hex
+
+if TYPE_CHECKING:
+    from ledger.chain.reader import RegistryReader
 
 app = typer.Typer()
 
@@ -39,8 +42,10 @@ def show(
     data_dir: Annotated[Path | None, DATA_DIR.typer()] = None,
     as_json: Annotated[bool, JSON.typer()] = False,
 ) -> None:
-    """Print a run's on-chain record (storage and events); --json for JSON."""
+    """Print a run's on-chain record (storage and events), with its replay
+    attestations; --json for JSON."""
     from ledger.chain.reader import RegistryReader
+    from ledger.replay import attestations
 
     registry = RegistryReader.connect(load_settings(data_dir))
     run_id = registry.resolve_run(run, exists=True)
@@ -50,7 +55,9 @@ def show(
     document = {
         "run_id": to_hex(record.run_id),
         "committer": record.committer,
-        "started_at": record.started_at,
+        "started_at": record.started_at
+        if record.started_at is not None
+        else _block_time(registry, record.start_block),
         "status": record.status.name.lower(),
         "revoked": record.revoked,
         "manifest_digest": bytes(started[0]["manifestDigest"]).hex() if started else None,
@@ -68,6 +75,7 @@ def show(
             "checkpoint_root": final.final.checkpoint_root.hex(),
             "commitment": record.final_commitment.hex(),
         },
+        "replays": [a.to_json() for a in attestations(registry, run_id)],
     }
     if as_json:
         print_json(document)
@@ -79,13 +87,28 @@ def show(
         typer.echo(line)
 
 
+def _block_time(registry: RegistryReader, block: int | None) -> int | None:
+    """A registry-3 run's start time: its start block's timestamp."""
+    if block is None:
+        return None
+    header = registry.rpc("eth_getBlockByNumber", hex(block), False)
+    return int(header["timestamp"], 16) if header else None
+
+
 def _show_lines(doc: dict[str, Any]) -> list[str]:
     """``ledger show``'s record as aligned ``label  value`` lines."""
     import datetime
 
     from ledger.ids import label
 
-    started = datetime.datetime.fromtimestamp(doc["started_at"], tz=datetime.UTC)
+    started_at = doc["started_at"]
+    started = (
+        datetime.datetime.fromtimestamp(started_at, tz=datetime.UTC).strftime(
+            "%Y-%m-%d %H:%M:%S UTC"
+        )
+        if started_at is not None
+        else "(unknown)"
+    )
     status = doc["status"] + (
         f", REVOKED: {doc.get('revoked_reason') or '(no reason found)'}" if doc["revoked"] else ""
     )
@@ -93,7 +116,7 @@ def _show_lines(doc: dict[str, Any]) -> list[str]:
         ("run", doc["run_id"]),
         ("status", status),
         ("committer", doc["committer"]),
-        ("started", started.strftime("%Y-%m-%d %H:%M:%S UTC")),
+        ("started", started),
         ("manifest", "0x" + doc["manifest_digest"] if doc["manifest_digest"] else "(no event)"),
     ]
     rows += [("parent", f"{p['run_id']} ({label(p['relation'])})") for p in doc["parents"]]
@@ -109,6 +132,16 @@ def _show_lines(doc: dict[str, Any]) -> list[str]:
             ("checkpoint root", "0x" + final["checkpoint_root"]),
             ("commitment", "0x" + final["commitment"]),
         ]
+    for replay in doc.get("replays", []):  # ledger replay --record, by anyone
+        verdict = "reproduced" if replay["reproduced"] else "DIVERGED"
+        rows.append(
+            (
+                "replayed",
+                f"checkpoint {replay['from_step']} -> {replay['to_step']}: {verdict}, by "
+                f"{replay['attester']} (block {replay['block_number']}, report "
+                f"{replay['report_digest']})",
+            )
+        )
     width = max(len(name) for name, _ in rows)
     return [f"{name.ljust(width)}  {value}" for name, value in rows]
 

@@ -56,7 +56,17 @@ from ledger.errors import (
     StoreUnavailableError,
 )
 from ledger.ids import from_hex
-from ledger.index.models import Block, Event, IndexState, Meta, Metric, Parent, Run, Weights
+from ledger.index.models import (
+    Block,
+    Event,
+    IndexState,
+    Meta,
+    Metric,
+    Parent,
+    ReplayAttestation,
+    Run,
+    Weights,
+)
 from ledger.store import ArtifactStore, LocalStore
 
 log = logging.getLogger("ledger.index")
@@ -69,6 +79,7 @@ WEIGHTS = cast(Table, Weights.__table__)
 METRICS = cast(Table, Metric.__table__)
 META = cast(Table, Meta.__table__)
 STATE = cast(Table, IndexState.__table__)
+REPLAYS = cast(Table, ReplayAttestation.__table__)
 IN_CHUNK = 500
 DOCUMENT_THREADS = 8
 _T = TypeVar("_T")
@@ -268,6 +279,7 @@ class Indexer:
         connection.execute(delete(BLOCKS).where(BLOCKS.c.number > keep))
         for chunk in _chunks(touched, IN_CHUNK):
             for table, column in (
+                (REPLAYS, REPLAYS.c.run_id),
                 (METRICS, METRICS.c.run_id),
                 (WEIGHTS, WEIGHTS.c.run_id),
                 (PARENTS, PARENTS.c.child_id),
@@ -564,6 +576,7 @@ def _apply(connection: Connection, logs: list[Log], timestamps: Mapping[int, int
     checkpoint_counts: dict[str, int] = defaultdict(int)
     endings: dict[str, dict[str, Any]] = {}
     revocations: dict[str, dict[str, Any]] = {}
+    replays: list[dict[str, Any]] = []
     for e in logs:
         a = e.args
         if e.name == "RunStarted":
@@ -647,6 +660,20 @@ def _apply(connection: Connection, logs: list[Log], timestamps: Mapping[int, int
                 "ended_tx": e.tx_hash,
                 "failed_reason": _text(a["reason"]),
             }
+        elif e.name == "ReplayAttested":
+            replays.append(
+                {
+                    "block_number": e.block_number,
+                    "log_index": e.log_index,
+                    "run_id": e.run_id,
+                    "attester": a["attester"],
+                    "from_step": int(a["fromStep"]),
+                    "to_step": int(a["toStep"]),
+                    "reproduced": bool(a["reproduced"]),
+                    "report_digest": a["reportDigest"],
+                    "tx_hash": e.tx_hash,
+                }
+            )
         elif e.name == "RunRevoked":
             revocations[e.run_id] = {
                 "revoked": True,
@@ -666,6 +693,7 @@ def _apply(connection: Connection, logs: list[Log], timestamps: Mapping[int, int
     _insert(connection, RUNS, list(new_runs.values()))
     _insert(connection, PARENTS, parents)
     _insert(connection, WEIGHTS, weights)
+    _insert(connection, REPLAYS, replays)
     if checkpoint_counts:
         connection.execute(
             update(RUNS)

@@ -183,6 +183,17 @@ def test_an_honest_run_replays_identically_and_the_verdict_is_attested(
     # ledger's own reader sees the same
     seen = attestations(RegistryReader.connect(settings), bytes.fromhex(run_id[2:]))
     assert [a.to_json() for a in seen] == attested
+    # and `ledger show` lists them
+    show = [sys.executable, "-m", "ledger", "show", run_id]
+    env = environment(settings)
+    shown = subprocess.run(show, env=env, capture_output=True, text=True, check=False)
+    assert shown.returncode == 0, shown.stderr
+    lines = [line for line in shown.stdout.splitlines() if line.startswith("replayed")]
+    assert (
+        len(lines) == 2 and "checkpoint 1 -> 2: reproduced, by " + chain.admin.address in lines[1]
+    )
+    as_json = subprocess.run([*show, "--json"], env=env, capture_output=True, check=False)
+    assert json.loads(as_json.stdout)["replays"] == attested
 
 
 @pytest.mark.parametrize("spoof", ["lr", "skip", "order", "data"])
