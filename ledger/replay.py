@@ -53,6 +53,7 @@ import os
 import random
 import subprocess
 import sys
+import tarfile
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -412,10 +413,27 @@ def _tensors(path: Path) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
 
         return dict(load_file(str(path)))
+    if tarfile.is_tarfile(path):  # a Hugging Face checkpoint folder (training/hf.py)
+        return _tar_weights(path)
     loaded = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(loaded, dict) and "model" in loaded and loaded.get("format"):
         loaded = loaded["model"]  # a resume file
+    elif isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
+        loaded = loaded["state_dict"]  # a Lightning checkpoint
     return {k: v for k, v in loaded.items() if isinstance(v, torch.Tensor)}
+
+
+def _tar_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The weights (``model.safetensors``) in a tar of a Hugging Face checkpoint folder."""
+    from safetensors.torch import load
+
+    with tarfile.open(path) as tar:
+        member = next((m for m in tar.getmembers() if m.name.endswith("model.safetensors")), None)
+        if member is None or not member.isfile():
+            raise InputError(f"{path.name}: the checkpoint archive holds no model.safetensors")
+        extracted = tar.extractfile(member)
+        assert extracted is not None
+        return dict(load(extracted.read()))
 
 
 def distances(

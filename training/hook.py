@@ -138,6 +138,8 @@ class LedgerRun:
         optimizer: torch.optim.Optimizer | None = None,
         scheduler: Any | None = None,
         resume: str | Path | None = None,
+        save_resume: Callable[[Path], None] | None = None,
+        resume_suffix: str = ".pt",
     ) -> None:
         if checkpoint_every < 1:
             raise RecordError("checkpoint_every must be 1 or more (epochs between checkpoints)")
@@ -174,6 +176,9 @@ class LedgerRun:
         self._shared_final: Commit | None = None
         # replayable runs (training/_resume.py): what a resume needs, with each checkpoint
         self.optimizer, self.scheduler = optimizer, scheduler
+        # a framework's own checkpoint as the resume file (lightning.py, hf.py): it
+        # writes it, and in replay mode restores it itself
+        self._save_resume, self._resume_suffix = save_resume, resume_suffix
         if (scheduler is not None or resume is not None) and optimizer is None:
             raise RecordError(
                 "scheduler= and resume= need optimizer= too: a run is replayable "
@@ -185,7 +190,7 @@ class LedgerRun:
         self._data_fingerprints: dict[str, Any] = {}
         self.replay = ReplayOrder.from_env()
         self._segment = 0  # in replay mode, the index of the segment being replayed
-        if self.replay is not None and optimizer is None:
+        if self.replay is not None and not self.replayable:
             raise NotReplayableError(
                 "not replayable: LEDGER_REPLAY is set (by `ledger replay`) but this LedgerRun "
                 "has no optimizer=, so it cannot restore the committed state; nothing recorded",
@@ -194,8 +199,9 @@ class LedgerRun:
 
     @property
     def replayable(self) -> bool:
-        """Whether each checkpoint commits what a resume needs (``optimizer=`` given)."""
-        return self.optimizer is not None
+        """Whether each checkpoint commits what a resume needs (``optimizer=`` given,
+        or a framework's ``save_resume``)."""
+        return self.optimizer is not None or self._save_resume is not None
 
     # -- life cycle ---------------------------------------------------------------
 
@@ -319,17 +325,21 @@ class LedgerRun:
         path = self.checkpoint_dir / f"step-{step:06d}{self.out.suffix or '.pt'}"
         self._save(self.model.state_dict(), path)
         resume = None
-        if self.optimizer is not None:
+        if self.replayable:
             if "resume" in metrics:
                 raise RecordError("metric 'resume' is a replayable run's own; rename that metric")
-            resume = self.checkpoint_dir / f"step-{step:06d}.resume.pt"
-            save_resume(
-                resume,
-                epoch=step,
-                model=self.model,
-                optimizer=self.optimizer,
-                scheduler=self.scheduler,
-            )
+            resume = self.checkpoint_dir / f"step-{step:06d}.resume{self._resume_suffix}"
+            if self._save_resume is not None:
+                self._save_resume(resume)
+            else:
+                assert self.optimizer is not None
+                save_resume(
+                    resume,
+                    epoch=step,
+                    model=self.model,
+                    optimizer=self.optimizer,
+                    scheduler=self.scheduler,
+                )
             orders = {str(e): d for e, d in sorted(self._orders.items())}
             metrics = {**metrics, "resume": {"epoch": step, "data_order": orders}}
             self._orders.clear()
@@ -444,12 +454,14 @@ class LedgerRun:
         assert self.replay is not None
         self._segment = index
         segment = self.replay.segments[index]
+        self._orders.clear()
+        if self._save_resume is not None:  # the framework restores its own checkpoint
+            return
         epoch = self._restore(segment.resume)
         if epoch + 1 != segment.start_epoch:
             raise RecordError(
                 f"the replay's resume file ends epoch {epoch}, not {segment.start_epoch - 1}"
             )
-        self._orders.clear()
         log.info(
             "replaying run %s, epochs %d-%d", self.replay.run_id, epoch + 1, segment.stop_epoch
         )
