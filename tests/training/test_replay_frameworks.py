@@ -87,3 +87,84 @@ def test_a_lightning_fit_replays_from_its_own_checkpoints(
         assert report.segments[0].verdict == "identical"
         assert report.segments[1].verdict == "diverged"
         assert "net.0.weight" in report.segments[1].line()
+
+
+HF = """
+import os
+import torch
+from torch import nn
+from transformers import Trainer, TrainingArguments
+from ledger.training.hf import LedgerTrainerCallback
+
+SPOOF = os.environ.get("SPOOF", "")
+
+
+class Tiny(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
+
+    def forward(self, x, labels=None):
+        out = self.net(x + 0.01 * torch.randn_like(x))  # the torch RNG must be restored
+        return {"loss": nn.functional.mse_loss(out, labels), "logits": out}
+
+
+class Rows(torch.utils.data.Dataset):
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return {"x": self.x[i], "labels": self.y[i]}
+
+
+torch.manual_seed(7)
+data = torch.load("data.pt")
+args = TrainingArguments(output_dir="out/hf", per_device_train_batch_size=8, max_steps=12,
+                         save_strategy="steps", save_steps=4, learning_rate=0.05, seed=7,
+                         logging_steps=4, report_to=[], use_cpu=True, disable_tqdm=True,
+                         lr_scheduler_type="linear", dataloader_num_workers=0)
+callback = LedgerTrainerCallback(name="hf-replay", out="out/model", replayable=True)
+x = data["x"]
+if SPOOF == "data":  # a checkpoint trained on other data: the last 4 steps see other rows
+    x = x.clone()
+model = Tiny()
+trainer = Trainer(model=model, args=args, train_dataset=Rows(x, data["y"]), callbacks=[callback])
+if SPOOF == "data":
+    from transformers import TrainerCallback
+
+    class Swap(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kw):
+            if state.global_step == 8:
+                x.copy_(torch.randn(x.shape, generator=torch.Generator().manual_seed(99)))
+
+    trainer.add_callback(Swap())
+trainer.train(resume_from_checkpoint=callback.resume_from_checkpoint)
+"""
+
+
+@pytest.mark.parametrize("spoof", ["", "data"])
+def test_a_trainer_run_replays_from_its_own_checkpoint_folders(
+    chain: Chain, tmp_path: Path, spoof: str
+) -> None:
+    pytest.importorskip("transformers")
+    repo = _project(tmp_path, HF)
+    settings, run_id = record(chain, tmp_path, repo, spoof=spoof)
+    report = replay(settings, run_id, repo, seed=1)
+    assert [(s.start, s.stop) for s in report.segments] == [(4, 8), (8, 12)]
+    if not spoof:
+        assert report.outcome is ReplayOutcome.REPRODUCED, report.lines()
+        assert [s.verdict for s in report.segments] == ["identical", "identical"]
+    else:  # steps 9-12 trained on other rows of the same shapes
+        assert report.outcome is ReplayOutcome.DIVERGED
+        assert report.segments[0].verdict == "identical"
+        assert report.segments[1].verdict == "diverged" and "net.0.weight" in (
+            report.segments[1].line()
+        )
+    assert sorted(p.name for p in (repo / "out" / "hf").iterdir()) == [
+        "checkpoint-12",
+        "checkpoint-4",
+        "checkpoint-8",
+    ]  # the recorded run's; the replays wrote theirs elsewhere
