@@ -171,6 +171,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=Config.seed)
     args = parser.parse_args(argv)
     run = train(Config(max_epochs=args.epochs, seed=args.seed), args.out)
+    if run.replay is not None:  # under `ledger replay`: nothing was recorded or written
+        return
     assert run.final is not None
     print(f"run {run.run_id} finalized; model {args.out} (CID {run.final.file_cid})")
 

@@ -294,3 +294,42 @@ def test_an_interrupted_replay_stops_cleanly_and_records_nothing(
     assert not Path(f"/proc/{command}").exists()  # the training command was stopped
     assert (settings.data_dir / "outbox.sqlite").read_bytes() == journal  # nothing recorded
     assert chain.registry.events("ReplayAttested", bytes.fromhex(run_id[2:])) == []
+
+
+def test_the_price_forecast_example_is_replayable(chain: Chain, tmp_path: Path) -> None:
+    """examples/price_forecast.py as a user has it in their repository: recorded,
+    then replayed with `ledger replay` to REPRODUCED."""
+    repo = tmp_path / "repo"
+    (repo / "examples").mkdir(parents=True)
+    here = Path(__file__).resolve().parents[2] / "examples"
+    for name in ("__init__.py", "price_forecast.py"):
+        (repo / "examples" / name).write_text((here / name).read_text())
+    (repo / ".gitignore").write_text("out/\n")
+    git(repo, "init", "-q")
+    git(repo, "add", ".")
+    git(repo, "-c", "user.name=t", "-c", "user.email=t@example.org", "commit", "-qm", "example")
+    command = [sys.executable, "-m", "examples.price_forecast", "--epochs", "3"]
+    settings = chain.settings(tmp_path / "ledger")
+    done = subprocess.run(
+        [*command, "--out", "out/model.pt"],
+        cwd=repo,
+        env=environment(settings),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    run_id = re.findall(r"run (0x[0-9a-f]{64}) finalized", done.stdout)[0]
+    replayed = subprocess.run(
+        [*REPLAY, run_id, "-k", "2", "--json", "--", *command, "--out", "out/model.pt"],
+        cwd=repo,
+        env=environment(settings),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert replayed.returncode == 0, replayed.stderr
+    verdict = json.loads(replayed.stdout)
+    assert [s["verdict"] for s in verdict["segments"]] == ["identical", "identical"]
