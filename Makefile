@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 NODE_STAMP := node_modules/.package-lock.json
 
-.PHONY: setup demo test lint typecheck unit contracts clean bench-verify bench-outbox bench-rpc bench-overhead ipfs-node browser bench-api bench-big bytecode
+.PHONY: setup demo test lint typecheck unit contracts clean bench-verify bench-outbox bench-rpc bench-overhead ipfs-node browser bench-api bench-big bench-replay bytecode
 
 setup: $(STAMP) $(NODE_STAMP)
 
@@ -110,6 +110,10 @@ browser:
 ## bench-big: 4 checkpoints of a 1 GiB state dict: plain torch.save vs the hook, copy and reference store modes (BENCH_ARGS=--big for 4 GiB)
 bench-big: setup bytecode
 	PYTHONPATH=. $(PY) bench/big_checkpoint.py $(BENCH_ARGS)
+
+## bench-replay: record a small CPU run of N intervals, replay K of them; ratio to K/N of the training's wall time
+bench-replay: setup bytecode
+	PYTHONPATH=. $(PY) bench/replay.py $(BENCH_ARGS)
 
 ## bench-api: index 100,000 run events, then 50 clients for 60 s on the API (BENCH_ARGS=--quick)
 bench-api: setup
