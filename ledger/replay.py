@@ -637,12 +637,35 @@ def _prepare(
 
     for p in pending:
         start = checkpoints[p.segment.index]
-        if state_dict_digest(_tensors(p.order.resume)).root != start.tensor_root:
+        resumed = _tensors(p.order.resume)
+        if state_dict_digest(resumed).root != start.tensor_root and not _same_weights(
+            resumed, _tensors(weights(p.segment.index))
+        ):
             p.segment.problems.append(
                 f"checkpoint {start.step}'s resume file holds other weights than the "
                 "checkpoint committed"
             )
         weights(p.segment.index + 1)
+
+
+def _same_weights(
+    resumed: Mapping[str, torch.Tensor], committed: Mapping[str, torch.Tensor]
+) -> bool:
+    """Whether a resume file's weights are the committed checkpoint's, where the file
+    leaves out tied weights (``save_pretrained`` writes a tied tensor once): each of
+    its tensors is the committed one of that name, and each committed tensor it
+    leaves out equals one it holds."""
+    import torch
+
+    def equal(a: torch.Tensor, b: torch.Tensor) -> bool:
+        return a.dtype == b.dtype and a.shape == b.shape and bool(torch.equal(a, b))
+
+    if any(name not in committed or not equal(t, committed[name]) for name, t in resumed.items()):
+        return False
+    held = list(resumed.values())
+    return all(
+        any(equal(t, h) for h in held) for name, t in committed.items() if name not in resumed
+    )
 
 
 def _run_command(

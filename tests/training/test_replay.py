@@ -333,3 +333,18 @@ def test_the_price_forecast_example_is_replayable(chain: Chain, tmp_path: Path) 
     assert replayed.returncode == 0, replayed.stderr
     verdict = json.loads(replayed.stdout)
     assert [s["verdict"] for s in verdict["segments"]] == ["identical", "identical"]
+
+
+def test_resume_weights_may_leave_out_tied_tensors_only() -> None:
+    """save_pretrained writes a tied tensor once: a resume file without it still holds
+    the committed weights; one without an untied tensor, or with another value, not."""
+    from ledger.replay import _same_weights
+
+    emb = torch.arange(6.0).reshape(2, 3)
+    committed = {"wte": emb, "lm_head": emb.clone(), "bias": torch.ones(3)}
+    assert _same_weights({"wte": emb, "bias": torch.ones(3)}, committed)
+    assert _same_weights(dict(committed), committed)
+    assert not _same_weights({"wte": emb}, committed)  # bias left out, and not tied
+    assert not _same_weights({"wte": emb, "bias": torch.zeros(3)}, committed)
+    assert not _same_weights({"wte": emb, "bias": torch.ones(3, dtype=torch.float64)}, committed)
+    assert not _same_weights({**committed, "extra": torch.ones(1)}, committed)
