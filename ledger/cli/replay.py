@@ -107,6 +107,11 @@ def replay(
     if sender is not None:
         from ledger.replay import record_report
 
+        # An interruption does not cut the recording short: Ctrl-C and SIGTERM wait until
+        # the attestations are mined (each bounded by the receipt timeout) and the
+        # verdict is printed; the process then ends.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        typer.echo("recording the verdict on chain (an interruption waits for it)", err=True)
         attested = record_report(sender, store, report, command or [])
     if as_json:
         print_json({**report.to_json(), "attestations": [a.to_json() for a in attested]})
