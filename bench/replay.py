@@ -123,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--segments", type=int, default=2, help="intervals replayed K (2)")
     parser.add_argument("--size", type=int, default=512, help="the MLP's width (512)")
     parser.add_argument(
-        "--samples", type=int, default=16384, help="training samples (16384): an interval's length"
+        "--samples", type=int, default=65536, help="training samples (65536): an interval's length"
     )
     args = parser.parse_args(argv)
     if not 1 <= args.segments <= args.epochs - 1:
