@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 NODE_STAMP := node_modules/.package-lock.json
 
-.PHONY: setup web-assets demo test lint typecheck unit contracts clean bench-verify bench-outbox bench-rpc bench-overhead ipfs-node browser bench-api bench-big bench-data screenshots bytecode
+.PHONY: setup web-assets demo test lint typecheck unit contracts clean bench-verify bench-outbox bench-rpc bench-overhead ipfs-node browser bench-api bench-big bench-data bench-replay screenshots bytecode
 
 setup: $(STAMP) $(NODE_STAMP) web-assets
 
@@ -141,6 +141,10 @@ bench-data: setup $(DVC_STAMP) bytecode
 ## screenshots: the page tests, writing the README's screenshots into docs/images
 screenshots: setup browser
 	LEDGER_SCREENSHOT_DIR=docs/images $(PY) -m pytest tests/api/test_web_pages.py -q
+
+## bench-replay: record a small CPU run of N intervals, replay K of them; ratio to K/N of the training's wall time
+bench-replay: setup bytecode
+	PYTHONPATH=. $(PY) bench/replay.py $(BENCH_ARGS)
 
 ## bench-api: index 100,000 run events, then 50 clients for 60 s on the API (BENCH_ARGS=--quick)
 bench-api: setup

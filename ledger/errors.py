@@ -255,6 +255,13 @@ class CodeDriftError(ReplayError):
     """The working tree's code is not the code the run's manifest names."""
 
 
+class ReplayInterruptedError(ReplayError):
+    """The replay was interrupted (Ctrl-C, SIGTERM) before its verdict: the training
+    command was stopped, the replay's temporary files removed, nothing recorded."""
+
+    exit_code = 130  # what a shell reports for a process ended by SIGINT
+
+
 # -- the audit index and API --------------------------------------------------
 
 

@@ -141,6 +141,31 @@ class RunDataOut(BaseModel):
     revoked: bool
 
 
+class ReplayAttestationOut(BaseModel):
+    """One ``ReplayAttested`` event: an account replayed checkpoints ``from_step`` ->
+    ``to_step`` of the run (``ledger replay --record``). Anyone may attest: trust is
+    the reader's choice of attesters."""
+
+    attester: str = Field(description="the account that replayed and signed")
+    from_step: int
+    to_step: int
+    reproduced: bool = Field(description="identical or within tolerance; false: diverged")
+    report_digest: str = Field(description="sha2-256 digest of the replay report's CID")
+    report_cid: str | None = Field(
+        description="the replay report's CID (GET /api/v1/documents/{cid}); null when the "
+        "store does not hold it"
+    )
+    block: int
+    tx: str
+
+
+class ReplayList(BaseModel):
+    run_id: str
+    total: int = Field(description="attestations of the run (by the attester, if filtered)")
+    reproduced: int = Field(description="of those listed, how many say reproduced")
+    replays: list[ReplayAttestationOut] = Field(description="newest first")
+
+
 class RunDetail(RunSummary):
     datasets: list[RunDataOut] = Field(
         default_factory=list, description="datasets the manifest names (and their parts)"
@@ -156,6 +181,9 @@ class RunDetail(RunSummary):
     chain: ChainFacts
     checkpoints: list[WeightsOut]
     final: WeightsOut | None
+    replays: list[ReplayAttestationOut] = Field(
+        description="the latest 100 replay attestations, newest first (all: /replays)"
+    )
 
 
 class CheckpointProof(BaseModel):

@@ -10,7 +10,8 @@ web3 does for events). Written from the Solidity ABI specification
 :class:`RegistryAbi` applies it to the committed registry artifact: calldata,
 results, the contract's custom errors (a refusal's revert data) and its events
 as ``eth_getLogs`` returns them. :class:`LogDecoder` is the indexer's fast path
-for the five run events and ``ArtifactRevoked``, giving plain JSON values.
+for the run events (five, and replay attestations) and ``ArtifactRevoked``, giving plain
+JSON values.
 """
 
 from __future__ import annotations
@@ -364,10 +365,18 @@ def registry_abi() -> RegistryAbi:
 
 # -- the indexer's events -----------------------------------------------------------
 
-EVENT_NAMES = ("RunStarted", "CheckpointCommitted", "RunFinalized", "RunFailed", "RunRevoked")
+EVENT_NAMES = (
+    "RunStarted",
+    "CheckpointCommitted",
+    "RunFinalized",
+    "RunFailed",
+    "RunRevoked",
+    "ReplayAttested",
+)
 INDEXED_EVENTS = (*EVENT_NAMES, "ArtifactRevoked")
-"""What the indexer reads: the run events, and artifact (dataset) revocations, whose
-:attr:`Log.run_id` is the revoked digest (their first indexed topic)."""
+"""What the indexer reads: the run events (replay attestations included), and artifact
+(dataset) revocations, whose :attr:`Log.run_id` is the revoked digest (their first
+indexed topic)."""
 
 
 @dataclass(frozen=True)
@@ -385,11 +394,10 @@ class Log:
 
 
 class LogDecoder:
-    """Decodes the registry's five run events and ``ArtifactRevoked`` from raw
-    ``eth_getLogs`` entries.
+    """Decodes the registry's run events and ``ArtifactRevoked`` from raw ``eth_getLogs`` entries.
 
     Per-log generic decoding is far slower than the 5,000 events/s the indexer
-    aims for, and these events have fixed layouts: :meth:`decode` slices their
+    aims for, and the events have fixed layouts: :meth:`decode` slices their
     words out of the hex directly (about 20 times faster).
     :meth:`decode_generic` gives the same through :meth:`RegistryAbi.decode_log`,
     and a test compares the two."""
@@ -580,6 +588,17 @@ def _revoked(topics: Sequence[str], data: str) -> dict[str, Any]:
     return {"revoker": _address(str(topics[2])), "reason": _string(data, 0)}
 
 
+def _attested(topics: Sequence[str], data: str) -> dict[str, Any]:
+    return {
+        "attester": _address(str(topics[2])),
+        "fromStep": int(_hex_word(data, 0), 16),
+        "toStep": int(_hex_word(data, 1), 16),
+        "reproduced": bool(int(_hex_word(data, 2), 16)),
+        "reportDigest": _hex32(_hex_word(data, 3)),
+        "previousBlock": int(_hex_word(data, 4), 16),
+    }
+
+
 _FAST: dict[str, Callable[[Sequence[str], str], dict[str, Any]]] = {
     "RunStarted": _started,
     "CheckpointCommitted": _checkpoint,
@@ -587,6 +606,7 @@ _FAST: dict[str, Callable[[Sequence[str], str], dict[str, Any]]] = {
     "RunFailed": _failed,
     "RunRevoked": _revoked,
     "ArtifactRevoked": _artifact_revoked,
+    "ReplayAttested": _attested,
 }
 _FAST_V2 = {
     **_FAST,

@@ -11,12 +11,15 @@ error (exit 11), an ambiguous prefix one that lists the candidates.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from ledger.cli.options import DATA_DIR, JSON, RUN_ID, load_settings, print_json
 from ledger.ids import RunId, to_hex
+
+if TYPE_CHECKING:
+    pass
 
 app = typer.Typer()
 
@@ -39,8 +42,10 @@ def show(
     data_dir: Annotated[Path | None, DATA_DIR.typer()] = None,
     as_json: Annotated[bool, JSON.typer()] = False,
 ) -> None:
-    """Print a run's on-chain record (storage and events); --json for JSON."""
+    """Print a run's on-chain record (storage and events), with its replay
+    attestations; --json for JSON."""
     from ledger.chain.reader import RegistryReader
+    from ledger.replay import attestations
 
     registry = RegistryReader.connect(load_settings(data_dir))
     run_id = registry.resolve_run(run, exists=True)
@@ -69,6 +74,7 @@ def show(
             "checkpoint_root": final.final.checkpoint_root.hex(),
             "commitment": record.final_commitment.hex(),
         },
+        "replays": [a.to_json() for a in attestations(registry, run_id)],
     }
     if as_json:
         print_json(document)
@@ -118,6 +124,16 @@ def _show_lines(doc: dict[str, Any]) -> list[str]:
             ("checkpoint root", "0x" + final["checkpoint_root"]),
             ("commitment", "0x" + final["commitment"]),
         ]
+    for replay in doc.get("replays", []):  # ledger replay --record, by anyone
+        verdict = "reproduced" if replay["reproduced"] else "DIVERGED"
+        rows.append(
+            (
+                "replayed",
+                f"checkpoint {replay['from_step']} -> {replay['to_step']}: {verdict}, by "
+                f"{replay['attester']} (block {replay['block_number']}, report "
+                f"{replay['report_digest']})",
+            )
+        )
     width = max(len(name) for name, _ in rows)
     return [f"{name.ljust(width)}  {value}" for name, value in rows]
 

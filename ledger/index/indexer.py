@@ -71,6 +71,7 @@ from ledger.index.models import (
     Meta,
     Metric,
     Parent,
+    ReplayAttestation,
     Run,
     RunData,
     Weights,
@@ -89,6 +90,7 @@ META = cast(Table, Meta.__table__)
 STATE = cast(Table, IndexState.__table__)
 RUN_DATA = cast(Table, RunData.__table__)
 ARTIFACT_REVOCATIONS = cast(Table, ArtifactRevocation.__table__)
+REPLAYS = cast(Table, ReplayAttestation.__table__)
 IN_CHUNK = 500
 REORG_WINDOW = 64  # blocks below the newest indexed one whose stored hashes each pass checks
 DOCUMENT_THREADS = 8
@@ -332,6 +334,7 @@ class Indexer:
         for chunk in _chunks(touched, IN_CHUNK):
             for table, column in (
                 (RUN_DATA, RUN_DATA.c.run_id),
+                (REPLAYS, REPLAYS.c.run_id),
                 (METRICS, METRICS.c.run_id),
                 (WEIGHTS, WEIGHTS.c.run_id),
                 (PARENTS, PARENTS.c.child_id),
@@ -667,6 +670,7 @@ def _apply(connection: Connection, logs: list[Log], timestamps: Mapping[int, int
     endings: dict[str, dict[str, Any]] = {}
     revocations: dict[str, dict[str, Any]] = {}
     artifacts: dict[str, dict[str, Any]] = {}
+    replays: list[dict[str, Any]] = []
     for e in logs:
         a = e.args
         if e.name == "RunStarted":
@@ -763,6 +767,20 @@ def _apply(connection: Connection, logs: list[Log], timestamps: Mapping[int, int
                     "reason": _text(str(a["reason"])),
                 },
             )
+        elif e.name == "ReplayAttested":
+            replays.append(
+                {
+                    "block_number": e.block_number,
+                    "log_index": e.log_index,
+                    "run_id": e.run_id,
+                    "attester": a["attester"],
+                    "from_step": int(a["fromStep"]),
+                    "to_step": int(a["toStep"]),
+                    "reproduced": bool(a["reproduced"]),
+                    "report_digest": a["reportDigest"],
+                    "tx_hash": e.tx_hash,
+                }
+            )
         elif e.name == "RunRevoked":
             revocations[e.run_id] = {
                 "revoked": True,
@@ -788,6 +806,7 @@ def _apply(connection: Connection, logs: list[Log], timestamps: Mapping[int, int
                 delete(ARTIFACT_REVOCATIONS).where(ARTIFACT_REVOCATIONS.c.digest.in_(chunk))
             )
         _insert(connection, ARTIFACT_REVOCATIONS, list(artifacts.values()))
+    _insert(connection, REPLAYS, replays)
     if checkpoint_counts:
         connection.execute(
             update(RUNS)

@@ -2,8 +2,8 @@
 
 Two layers. ``events`` and ``blocks`` are what was read from the chain, as read:
 every registry log in order, and the hash of every block the indexer relied on.
-``runs``, ``parents``, ``weights``, ``metrics``, ``run_data`` and
-``artifact_revocations`` are derived from the events
+``runs``, ``parents``, ``weights``, ``metrics``, ``run_data``,
+``artifact_revocations`` and ``replay_attestations`` are derived from the events
 (and from the store's documents) and can always be rebuilt from them, which is
 how a reorg is undone: events above the fork are deleted and the affected runs
 are replayed from the events that remain.
@@ -186,6 +186,26 @@ class ArtifactRevocation(Base):
     tx_hash: Mapped[str] = mapped_column(HEX32)
     revoker: Mapped[str] = mapped_column(ADDRESS)
     reason: Mapped[str] = mapped_column(Text)
+
+
+class ReplayAttestation(Base):
+    """A ``ReplayAttested`` event: an account replayed checkpoints ``from_step`` to
+    ``to_step`` of a run (``ledger replay --record``) and says whether they reproduced;
+    ``report_digest`` names the replay report in the store."""
+
+    __tablename__ = "replay_attestations"
+
+    block_number: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    log_index: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    run_id: Mapped[str] = mapped_column(
+        HEX32, ForeignKey("runs.run_id", ondelete="CASCADE"), index=True
+    )
+    attester: Mapped[str] = mapped_column(ADDRESS, index=True)
+    from_step: Mapped[int] = mapped_column(BigInteger)
+    to_step: Mapped[int] = mapped_column(BigInteger)
+    reproduced: Mapped[bool] = mapped_column(Boolean)
+    report_digest: Mapped[str] = mapped_column(HEX32)
+    tx_hash: Mapped[str] = mapped_column(HEX32)
 
 
 Index("ix_metrics_name_value", Metric.name, Metric.value)

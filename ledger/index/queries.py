@@ -23,7 +23,15 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from ledger.errors import InputError, NotFoundError
 from ledger.ids import RunId, resolve_run_id, run_id_prefix
-from ledger.index.models import ArtifactRevocation, Metric, Parent, Run, RunData, Weights
+from ledger.index.models import (
+    ArtifactRevocation,
+    Metric,
+    Parent,
+    ReplayAttestation,
+    Run,
+    RunData,
+    Weights,
+)
 
 SORTS = ("started_at", "-started_at", "name", "-name", "committer", "-committer")
 MAX_LINEAGE = 2000
@@ -165,6 +173,25 @@ def weights_of(session: Session, run_id: str) -> list[Weights]:
         .order_by(Weights.block_number, Weights.log_index)
     )
     return list(session.scalars(query))
+
+
+def replays_of(
+    session: Session, run_id: str, *, attester: str | None = None, limit: int = 100
+) -> tuple[list[ReplayAttestation], int]:
+    """The run's latest ``limit`` replay attestations (by ``attester`` if given),
+    newest first, and how many there are in all (anyone may attest: a run can
+    gather many)."""
+    where = [ReplayAttestation.run_id == run_id]
+    if attester is not None:
+        where.append(ReplayAttestation.attester == attester)  # checksummed, as stored
+    rows = session.scalars(
+        select(ReplayAttestation)
+        .where(*where)
+        .order_by(ReplayAttestation.block_number.desc(), ReplayAttestation.log_index.desc())
+        .limit(limit)
+    )
+    total = session.scalar(select(func.count()).select_from(ReplayAttestation).where(*where))
+    return list(rows), int(total or 0)
 
 
 def metrics_of(session: Session, run_id: str) -> dict[str, float]:

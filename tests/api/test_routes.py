@@ -10,6 +10,7 @@ from fastapi.testclient import TestClient
 
 from ledger.chain.records import FinalRecord
 from ledger.config import Secret
+from ledger.documents import REPLAY_REPORT_SCHEMA, canonical_json
 from ledger.ids import Relation
 from ledger.index.indexer import Indexer
 from ledger.store import LocalStore
@@ -204,6 +205,53 @@ def test_lineage_and_taint(
     assert client.get("/api/v1/runs", params={"revoked": "true"}).json()["runs"][0]["run_id"] == (
         f["grand"].hex
     )
+
+
+def test_replay_attestations_of_a_run(
+    chain: Chain,
+    make_client: MakeClient,
+    family: dict[str, Recorded],
+    indexer: Indexer,
+    data_store: LocalStore,
+) -> None:
+    client = make_client()
+    grand = family["grand"]
+    report = {"schema": REPLAY_REPORT_SCHEMA, "run_id": grand.hex, "outcome": "reproduced"}
+    stored = data_store.put_bytes(canonical_json(report))
+    chain.as_(chain.bob).attest_replay(grand.run_id, 0, 1, True, stored.digest)
+    chain.as_(chain.alice).attest_replay(grand.run_id, 1, 2, False, b"\x09" * 32)
+    indexer.run_once()
+
+    body = client.get(f"/api/v1/runs/{grand.hex}").json()
+    newest, oldest = body["replays"]
+    assert (newest["attester"], newest["from_step"], newest["to_step"]) == (
+        chain.alice.address,
+        1,
+        2,
+    )
+    assert newest["reproduced"] is False and newest["report_cid"] is None  # not in the store
+    assert oldest["attester"] == chain.bob.address and oldest["reproduced"] is True
+    assert oldest["report_digest"] == "0x" + stored.digest.hex()
+    assert oldest["report_cid"] == str(stored)
+    event = chain.registry.events("ReplayAttested", grand.run_id)[0]
+    assert (oldest["block"], oldest["tx"]) == (event["blockNumber"], event["transactionHash"])
+    fetched = client.get(f"/api/v1/documents/{oldest['report_cid']}")
+    assert fetched.status_code == 200 and fetched.json()["outcome"] == "reproduced"
+
+    listed = client.get(f"/api/v1/runs/{grand.hex}/replays").json()
+    assert listed["total"] == 2 and listed["reproduced"] == 1
+    assert listed["replays"] == body["replays"]
+    bobs = client.get(
+        f"/api/v1/runs/{grand.hex}/replays", params={"attester": chain.bob.address.lower()}
+    ).json()
+    assert bobs["total"] == 1 and [r["attester"] for r in bobs["replays"]] == [chain.bob.address]
+    assert client.get(f"/api/v1/runs/{family['child'].hex}").json()["replays"] == []
+    one = client.get(f"/api/v1/runs/{grand.hex}/replays", params={"limit": 1}).json()
+    assert one["total"] == 2 and len(one["replays"]) == 1
+    for params in ({"attester": "0x123"}, {"attester": "bob"}, {"limit": 0}, {"limit": 1001}):
+        refused = client.get(f"/api/v1/runs/{grand.hex}/replays", params=params)
+        assert refused.status_code == 422 and refused.headers["content-type"] == PROBLEM
+    assert client.get("/api/v1/runs/0x" + "ab" * 32 + "/replays").status_code == 404
 
 
 def test_lookup_by_cid_digest_and_tensor_root(

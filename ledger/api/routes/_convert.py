@@ -12,12 +12,18 @@ from pydantic import BaseModel
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from ledger.api.schemas import ChainFacts, DataSourceRef, RunSummary, WeightsOut
+from ledger.api.schemas import (
+    ChainFacts,
+    DataSourceRef,
+    ReplayAttestationOut,
+    RunSummary,
+    WeightsOut,
+)
 from ledger.documents import DocumentKind, read_document
 from ledger.errors import StoreError, StoreUnavailableError
 from ledger.ids import from_hex
-from ledger.index.models import Block, Run, Weights
-from ledger.store import ArtifactStore
+from ledger.index.models import Block, ReplayAttestation, Run, Weights
+from ledger.store import ArtifactStore, find_by_digest
 
 # Characters that change how text around them displays without showing themselves:
 # bidirectional controls, zero-width characters, the soft hyphen, BOM, and the line
@@ -171,6 +177,7 @@ class Documents:
     def __init__(self, store: ArtifactStore) -> None:
         self.store = store
         self.store_away = False
+        self._cids: dict[str, str | None] = {}
 
     def get(self, digest_hex: str | None, kind: DocumentKind) -> dict[str, Any] | None:
         """The ``kind`` document (None when missing, invalid or the store is away)."""
@@ -184,8 +191,35 @@ class Documents:
         except StoreError:  # missing or invalid: the answer says what the index says
             return None
 
+    def cid_of(self, digest_hex: str) -> str | None:
+        """The CID of what the store holds under ``digest_hex`` (None when it holds
+        nothing so named, or is away)."""
+        if digest_hex not in self._cids:
+            try:
+                cid = find_by_digest(self.store, from_hex(digest_hex, field="digest"))
+            except StoreUnavailableError:
+                self.store_away = True
+                cid = None
+            except StoreError:
+                cid = None
+            self._cids[digest_hex] = None if cid is None else str(cid)
+        return self._cids[digest_hex]
+
     def headers(self) -> dict[str, str] | None:
         return {"cache-control": "no-store"} if self.store_away else None
+
+
+def replay(documents: Documents, row: ReplayAttestation) -> ReplayAttestationOut:
+    return ReplayAttestationOut(
+        attester=row.attester,
+        from_step=row.from_step,
+        to_step=row.to_step,
+        reproduced=row.reproduced,
+        report_digest=row.report_digest,
+        report_cid=documents.cid_of(row.report_digest),
+        block=row.block_number,
+        tx=row.tx_hash,
+    )
 
 
 def weights(documents: Documents, record: Weights) -> WeightsOut:

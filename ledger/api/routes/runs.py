@@ -15,6 +15,7 @@ from ledger.api.routes._convert import (
     answer,
     chain_facts,
     end_times,
+    replay,
     summary,
     weights,
 )
@@ -26,6 +27,7 @@ from ledger.api.schemas import (
     LineageNode,
     LineageOut,
     ParentLink,
+    ReplayList,
     RunDataOut,
     RunDetail,
     RunPage,
@@ -34,6 +36,7 @@ from ledger.api.schemas import (
     TaintOut,
 )
 from ledger.documents import DocumentKind
+from ledger.errors import InputError
 from ledger.index import filters, queries
 from ledger.index.models import Metric
 
@@ -209,6 +212,7 @@ def get_run(run_id: RunIdParam, state: State) -> Response:
         data = queries.run_data(session, run.run_id)
         revoked = queries.revocations_of(session, [d.digest for d in data])
         taint = queries.data_taint(session, run.run_id)
+        replays, _ = queries.replays_of(session, run.run_id)
     documents = Documents(state.store)
     converted = [weights(documents, r) for r in records]
     manifest = documents.get(run.manifest_digest, DocumentKind.MANIFEST)
@@ -244,9 +248,48 @@ def get_run(run_id: RunIdParam, state: State) -> Response:
             chain=chain_facts(run),
             checkpoints=[w for w in converted if not w.is_final],
             final=next((w for w in converted if w.is_final), None),
+            replays=[replay(documents, r) for r in replays],
         ),
         documents.headers(),
     )
+
+
+@router.get(
+    "/runs/{run_id}/replays",
+    response_model=ReplayList,
+    summary="Replay attestations of a run (ledger replay --record), newest first",
+    responses=responses(401, 404, 422, 503),
+)
+def get_replays(
+    run_id: RunIdParam,
+    state: State,
+    attester: Annotated[
+        str | None,
+        Query(max_length=42, description="only this account's attestations (0x address)"),
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> Response:
+    """Who replayed which checkpoints of the run and whether they reproduced; each
+    names its report (``report_cid``: GET /api/v1/documents/{cid})."""
+    from ledger.chain.records import checksum_address
+
+    account = None
+    if attester is not None:
+        try:
+            account = checksum_address(attester)
+        except ValueError as exc:
+            raise InputError(f"attester {attester!r} is not a 0x address of 40 hex digits") from exc
+    with read_index(state) as session:
+        parsed = queries.get_run(session, run_id).run_id
+        rows, total = queries.replays_of(session, parsed, attester=account, limit=limit)
+    documents = Documents(state.store)
+    out = ReplayList(
+        run_id=parsed,
+        total=total,
+        reproduced=sum(1 for r in rows if r.reproduced),
+        replays=[replay(documents, r) for r in rows],
+    )
+    return answer(out, documents.headers())
 
 
 @router.get(
