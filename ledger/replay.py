@@ -872,19 +872,20 @@ def record_report(
 
 
 def attestations(reader: RegistryReader, run_id: bytes) -> list[Attestation]:
-    """The run's replay attestations on chain, oldest first."""
+    """The run's replay attestations on chain, oldest first (registry 3's lookup: no
+    scan of the chain)."""
     return [
         Attestation(
-            to_hex(bytes(event["runId"])),
-            str(event["attester"]),
-            int(event["fromStep"]),
-            int(event["toStep"]),
-            bool(event["reproduced"]),
-            to_hex(bytes(event["reportDigest"])),
-            int(event["blockNumber"]),
-            str(event["transactionHash"]),
+            to_hex(a.run_id),
+            a.attester,
+            a.from_step,
+            a.to_step,
+            a.reproduced,
+            to_hex(a.report_digest),
+            a.block_number,
+            a.tx_hash,
         )
-        for event in reader.events("ReplayAttested", run_id)
+        for a in reader.replay_attestations(run_id)
     ]
 
 
