@@ -7,9 +7,23 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 NODE_STAMP := node_modules/.package-lock.json
 
-.PHONY: setup demo test lint typecheck unit contracts clean bench-verify bench-outbox bench-rpc bench-overhead ipfs-node browser bench-api bench-big bytecode
+.PHONY: setup web-assets demo test lint typecheck unit contracts clean bench-verify bench-outbox bench-rpc bench-overhead ipfs-node browser bench-api bench-big bench-data bench-replay screenshots bytecode
 
-setup: $(STAMP) $(NODE_STAMP)
+setup: $(STAMP) $(NODE_STAMP) web-assets
+
+## web-assets: the page's chart library, from npm into the package's static files (no CDN)
+# Built, not committed: ledger/api/web/vendor/ is gitignored and goes into the wheel.
+VENDOR := ledger/api/web/vendor
+web-assets: $(VENDOR)/chart.umd.min.js $(VENDOR)/chart.js.LICENSE.md
+
+# Order-only on npm's stamp: copying never re-runs `npm ci` by itself (setup does, first).
+$(VENDOR)/chart.umd.min.js: package-lock.json | $(NODE_STAMP)
+	mkdir -p $(VENDOR)
+	cp node_modules/chart.js/dist/chart.umd.min.js $@
+
+$(VENDOR)/chart.js.LICENSE.md: package-lock.json | $(NODE_STAMP)
+	mkdir -p $(VENDOR)
+	cp node_modules/chart.js/LICENSE.md $@
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -99,7 +113,7 @@ $(IPFS_NODE_STAMP): $(IPFS_NODE)/package.json $(IPFS_NODE)/package-lock.json
 	touch $@
 
 clean:
-	rm -rf $(VENV) $(PEERS) $(MLFLOW) node_modules $(IPFS_NODE)/node_modules demo-out .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(VENDOR) $(PEERS) $(MLFLOW) $(DVC) node_modules $(IPFS_NODE)/node_modules demo-out .pytest_cache .mypy_cache .ruff_cache
 
 ## browser: Debian's chromium for the web page's browser test (nothing to do when present)
 # Playwright drives this system chromium; it never downloads a browser.
@@ -110,6 +124,27 @@ browser:
 ## bench-big: 4 checkpoints of a 1 GiB state dict: plain torch.save vs the hook (copy and reference store modes) vs MLflow (BENCH_ARGS=--big for 4 GiB)
 bench-big: setup $(MLFLOW_STAMP) bytecode
 	PYTHONPATH=. $(PY) bench/big_checkpoint.py $(BENCH_ARGS)
+
+## bench-data: fingerprint a 10,000-file, 2 GiB folder cold and warm, against `dvc add` (BENCH_ARGS=--small)
+# DVC lives in its own virtualenv, never in the project's dependencies.
+DVC       := bench/.dvc
+DVC_STAMP := $(DVC)/.installed-stamp
+
+$(DVC_STAMP):
+	$(PYTHON) -m venv $(DVC)
+	$(DVC)/bin/python -m pip install --quiet dvc==3.67.1
+	touch $@
+
+bench-data: setup $(DVC_STAMP) bytecode
+	PYTHONPATH=. $(PY) bench/data.py $(BENCH_ARGS)
+
+## screenshots: the page tests, writing the README's screenshots into docs/images
+screenshots: setup browser
+	LEDGER_SCREENSHOT_DIR=docs/images $(PY) -m pytest tests/api/test_web_pages.py -q
+
+## bench-replay: record a small CPU run of N intervals, replay K of them; ratio to K/N of the training's wall time
+bench-replay: setup bytecode
+	PYTHONPATH=. $(PY) bench/replay.py $(BENCH_ARGS)
 
 ## bench-api: index 100,000 run events, then 50 clients for 60 s on the API (BENCH_ARGS=--quick)
 bench-api: setup

@@ -258,7 +258,6 @@ def distill(
     torch.manual_seed(cfg.seed + 1)
     student = PriceMLP(cfg.window, hidden)
     optimiser = torch.optim.Adam(student.parameters(), lr=cfg.lr)
-    generator = torch.Generator().manual_seed(cfg.seed + 1)
     config = {"student_hidden": list(hidden), "epochs": epochs, "alpha": alpha, "lr": cfg.lr}
     with LedgerRun(
         student,
@@ -269,10 +268,11 @@ def distill(
         seed=cfg.seed + 1,
         parents=_relation(parent, "distillation"),
         settings=settings,
+        optimizer=optimiser,  # replayable: see examples/price_forecast.py
     ) as run:
-        for epoch in range(epochs):
+        for epoch in run.epochs(epochs):
             student.train()
-            order = torch.randperm(len(data.train_x), generator=generator)
+            order = torch.tensor(run.permutation(epoch, len(data.train_x)))
             for start in range(0, len(order), cfg.batch_size):
                 idx = order[start : start + cfg.batch_size]
                 optimiser.zero_grad()
@@ -309,7 +309,6 @@ def fine_tune(
     model = load(parent)
     before = _val_loss(model, data)
     optimiser = torch.optim.Adam(model.parameters(), lr=lr)
-    generator = torch.Generator().manual_seed(cfg.seed + 2)
     with LedgerRun(
         model,
         name="price-forecast-finetuned",
@@ -324,10 +323,11 @@ def fine_tune(
         seed=cfg.seed + 2,
         parents=_relation(parent, "fine-tune"),
         settings=settings,
+        optimizer=optimiser,  # replayable: see examples/price_forecast.py
     ) as run:
-        for epoch in range(epochs):
+        for epoch in run.epochs(epochs):
             model.train()
-            order = torch.randperm(len(data.train_x), generator=generator)
+            order = torch.tensor(run.permutation(epoch, len(data.train_x)))
             for start in range(0, len(order), cfg.batch_size):
                 idx = order[start : start + cfg.batch_size]
                 optimiser.zero_grad()
@@ -408,7 +408,8 @@ def derive_all(
 
 
 def _last_checkpoint(folder: Path) -> Path:
-    return sorted(folder.glob("step-*.pt"))[-1]
+    """The last weights checkpoint (not a replayable run's resume files beside them)."""
+    return sorted(p for p in folder.glob("step-*.pt") if not p.name.endswith(".resume.pt"))[-1]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -5,7 +5,9 @@ drift, a daily cycle and noise; nothing is downloaded), cut into sliding
 windows and normalised with the training split's statistics. A 3-layer MLP
 (window -> 128 -> 64 -> 1, He-normal init, ReLU) is trained with Adam
 (lr 1e-3), a plateau LR schedule and early stopping on validation loss. The
-three ``run`` lines are all the ledger needs.
+``run`` lines are all the ledger needs; with ``optimizer=``, ``scheduler=``,
+``seed=`` and ``run.epochs()`` the run is replayable (``ledger replay RUN --
+python -m examples.price_forecast``).
 
 Run: ``python -m examples.price_forecast --out model.pt``
 """
@@ -102,7 +104,6 @@ def train(
         optimiser, factor=cfg.lr_factor, patience=cfg.lr_patience
     )
     loss_fn = nn.MSELoss()
-    generator = torch.Generator().manual_seed(cfg.seed)
     best_loss, best_state, stale = math.inf, None, 0
 
     with LedgerRun(
@@ -115,10 +116,15 @@ def train(
         settings=settings,
         sweep=sweep,
         trial=trial,
+        optimizer=optimiser,
+        scheduler=schedule,
     ) as run:
-        for epoch in range(cfg.max_epochs):
+        # run.epochs() starts where `ledger replay` (or a resume) says; the data order
+        # comes from the seed and the epoch alone (run.permutation), and the optimiser,
+        # the LR schedule and the RNGs are committed with each checkpoint: replayable
+        for epoch in run.epochs(cfg.max_epochs):
             model.train()
-            order = torch.randperm(len(train_x), generator=generator)
+            order = torch.tensor(run.permutation(epoch, len(train_x)))
             total = 0.0
             for start in range(0, len(order), cfg.batch_size):
                 idx = order[start : start + cfg.batch_size]
@@ -147,6 +153,7 @@ def train(
                 if stale >= cfg.patience:
                     print(f"early stop after epoch {epoch} (best val {best_loss:.5f})")
                     break
+        # (in replay mode the loop ends after the replayed checkpoint; finish records nothing)
         final = {"best_val_loss": best_loss, "val_loss": best_loss, "epochs": epoch + 1}
         run.finish(final, state_dict=best_state)
     return run
@@ -164,6 +171,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=Config.seed)
     args = parser.parse_args(argv)
     run = train(Config(max_epochs=args.epochs, seed=args.seed), args.out)
+    if run.replay is not None:  # under `ledger replay`: nothing was recorded or written
+        return
     assert run.final is not None
     print(f"run {run.run_id} finalized; model {args.out} (CID {run.final.file_cid})")
 

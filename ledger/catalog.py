@@ -9,6 +9,11 @@ documents are missing from the store is still listed, with what the chain says.
 This reads the whole registry, fine for a lab's chain; the audit indexer
 answers the same questions from SQL for large ones. These lists describe; only
 ``ledger verify`` proves.
+
+:func:`chain_lineage` answers ``ledger lineage`` without reading the whole
+registry: from the run, its parents (named by its ``RunStarted`` event) and its
+children (the registry's child lookup), each run's state from ``getRun``, so its
+cost follows the size of the family, not of the chain.
 """
 
 from __future__ import annotations
@@ -17,11 +22,27 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ledger.chain.records import RunStatus, checksum_address
+from ledger.chain.records import RunRecord, RunStatus, checksum_address
 from ledger.documents import DocumentKind, read_document
 from ledger.errors import InputError, StoreError
 from ledger.ids import RunId, label, to_hex
 from ledger.store import ArtifactStore
+
+
+class LineageSource(Protocol):
+    """What :func:`chain_lineage` reads (``RegistryReader`` on any registry version)."""
+
+    def get_run(self, run_id: bytes) -> RunRecord:
+        """The run's stored record."""
+        ...
+
+    def events(self, name: str, run_id: bytes) -> list[dict[str, Any]]:
+        """Decoded events ``name`` of one run, oldest first."""
+        ...
+
+    def children(self, run_id: bytes) -> list[dict[str, Any]]:
+        """``RunStarted`` events of the runs started with ``run_id`` as a parent."""
+        ...
 
 
 class EventSource(Protocol):
@@ -197,6 +218,84 @@ class RunCatalog:
             "ancestors": self.ancestors(run_id),
             "descendants": self.descendants(run_id),
         }
+
+
+MAX_LINEAGE_RUNS = 10_000
+"""Runs one lineage may visit: memory stays bounded on a hostile registry."""
+
+
+def chain_lineage(registry: LineageSource, store: ArtifactStore, run_id: bytes) -> dict[str, Any]:
+    """The same tree as :meth:`RunCatalog.lineage`, read run by run from the registry."""
+    infos: dict[bytes, RunInfo | None] = {}
+
+    def info(of: bytes) -> RunInfo | None:
+        if of not in infos:
+            if len(infos) >= MAX_LINEAGE_RUNS:
+                raise InputError(
+                    f"the lineage of {to_hex(run_id)} has more than {MAX_LINEAGE_RUNS} runs",
+                    hint="query the audit index (`ledger serve`) for families this large",
+                )
+            infos[of] = _chain_info(registry, store, of)
+        return infos[of]
+
+    def walk(of: bytes, way: str, seen: set[bytes]) -> list[dict[str, Any]]:
+        seen = seen | {of}
+        here = info(of)
+        if here is None:
+            return []
+        if way == "ancestors":
+            links = here.parents
+        else:
+            links = [
+                (RunId(event["runId"]), label(int(p["relation"])))
+                for event in registry.children(of)
+                for p in event["parents"]
+                if bytes(p["runId"]) == of
+            ]
+        nodes = []
+        for other, relation in links:
+            node = _node(info(other), other, relation)
+            node[way] = [] if other in seen else walk(other, way, seen)
+            nodes.append(node)
+        return nodes
+
+    run = info(run_id)
+    if run is None:
+        raise InputError(
+            f"no run {to_hex(run_id)} on this registry",
+            hint="`ledger runs` lists the recorded runs",
+        )
+    return {
+        "run": _node(run, run_id, None),
+        "ancestors": walk(run_id, "ancestors", set()),
+        "descendants": walk(run_id, "descendants", set()),
+    }
+
+
+def _chain_info(registry: LineageSource, store: ArtifactStore, run_id: bytes) -> RunInfo | None:
+    """A run's status, parents, name and revocation, or None if it does not exist."""
+    record = registry.get_run(run_id)
+    if not record.exists:
+        return None
+    started = registry.events("RunStarted", run_id)
+    event = started[0] if started else None
+    parents = (
+        [(RunId(p["runId"]), label(int(p["relation"]))) for p in event["parents"]] if event else []
+    )
+    info = RunInfo(
+        RunId(run_id),
+        record.committer,
+        int(event["blockNumber"]) if event else 0,
+        parents,
+        status=record.status,
+        revoked=record.revoked,
+    )
+    if event is not None:
+        info.manifest = _document(store, bytes(event["manifestDigest"]), DocumentKind.MANIFEST)
+    if record.revoked:
+        revoked = registry.events("RunRevoked", run_id)
+        info.revoke_reason = str(revoked[-1]["reason"]) if revoked else None
+    return info
 
 
 def _node(info: RunInfo | None, run_id: bytes, relation: str | None) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """The JSON documents ledger stores, in canonical form, and their one reader.
 
-Every document ledger stores (run manifest, metrics document, tensor index) is
+Every document ledger stores (run manifest, metrics document, tensor index,
+replay report) is
 serialized as RFC 8785 canonical JSON (scheme ``jcs-rfc8785``), so the same
 content always has the same bytes and therefore the same CID; the chain holds
 that CID's sha2-256 digest. :func:`read_document` turns such a digest back into
@@ -31,6 +32,7 @@ from ledger.store import ArtifactStore, find_by_digest
 
 MANIFEST_SCHEMA = "ledger.manifest/v1"
 METRICS_SCHEMA = "ledger.metrics/v1"
+REPLAY_REPORT_SCHEMA = "ledger.replay-report/v1"
 TENSOR_INDEX_SCHEME = TENSORS_SCHEME  # a tensor index names its digest scheme, not a schema
 DOCUMENT_SCHEME = "jcs-rfc8785"
 
@@ -42,6 +44,7 @@ class DocumentKind(enum.Enum):
     MANIFEST = ("manifest", "schema", MANIFEST_SCHEMA)
     METRICS = ("metrics document", "schema", METRICS_SCHEMA)
     TENSOR_INDEX = ("tensor index", "scheme", TENSOR_INDEX_SCHEME)
+    REPLAY_REPORT = ("replay report", "schema", REPLAY_REPORT_SCHEMA)
 
     def __init__(self, what: str, field: str, expected: str) -> None:
         self.what = what

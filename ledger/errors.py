@@ -45,6 +45,12 @@ class ConfigError(LedgerError):
     http_status = 500
 
 
+class KeystoreError(ConfigError):
+    """A keystore cannot be opened: wrong password, unreadable or not a keystore."""
+
+    exit_code = 12
+
+
 class InputError(LedgerError, ValueError):
     """A file or argument given by the user cannot be used as it is."""
 
@@ -146,14 +152,42 @@ class ChainUnavailableError(ChainError, ConnectionError):
 class RpcError(ChainError):
     """The node answered a JSON-RPC call with an error object (code, message, data)."""
 
-    def __init__(self, message: str, *, code: int | None = None, data: object = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: int | None = None,
+        data: object = None,
+        node_message: str = "",
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.data = data
+        self.node_message = node_message
+        """The error object's own message, as the node wrote it."""
 
 
 class NonceTooLowError(ChainError):
     """A transaction's nonce was already used by another transaction of its sender."""
+
+
+class FeeAboveCapError(ChainError):
+    """The chain asks more per gas than ``LEDGER_MAX_FEE_GWEI`` allows: records wait."""
+
+    def __init__(self, message: str, *, needed: int, cap: int, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.needed = needed
+        self.cap = cap
+
+
+class UnderpricedError(ChainError):
+    """The node refused a transaction's fees: under the next block's base fee, or too
+    small a raise over a pending transaction with the same nonce."""
+
+
+class InsufficientFundsError(ChainError):
+    """The account paying for a transaction cannot cover its gas: records wait until
+    it is funded."""
 
 
 class RegistryNotDeployedError(ChainError):
@@ -219,6 +253,13 @@ class NotReplayableError(ReplayError):
 
 class CodeDriftError(ReplayError):
     """The working tree's code is not the code the run's manifest names."""
+
+
+class ReplayInterruptedError(ReplayError):
+    """The replay was interrupted (Ctrl-C, SIGTERM) before its verdict: the training
+    command was stopped, the replay's temporary files removed, nothing recorded."""
+
+    exit_code = 130  # what a shell reports for a process ended by SIGINT
 
 
 # -- the audit index and API --------------------------------------------------

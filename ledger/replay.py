@@ -26,7 +26,16 @@ Each segment's verdict:
 Overall **reproduced** (exit 0) when every segment is identical or within
 tolerance, else **diverged** (exit 8). What stops a verdict is a
 :class:`~ledger.errors.ReplayError` (exit 9): not replayable, code drift, the
-command failed. Nothing is recorded: an interrupted replay leaves no trace.
+command failed. An interrupted replay (Ctrl-C, SIGTERM) stops the training
+command (its whole process group), removes its temporary files and raises
+:class:`~ledger.errors.ReplayInterruptedError` (exit 130): no verdict, nothing
+recorded.
+
+``ledger replay --record`` stores the report (canonical JSON, schema
+``ledger.replay-report/v1``) and attests each replayed interval on chain
+(``attestReplay``: run, from and to step, reproduced or not, the report's
+digest), signed by the replayer's key: :func:`record_report`,
+:func:`attestations`.
 
 Replay is no proof against a committer who controls the code path the verifier
 runs (the code is the committer's own); it shows that the committed checkpoints
@@ -35,11 +44,16 @@ follow from the committed code, config, data and each other.
 
 from __future__ import annotations
 
+import contextlib
 import enum
+import functools
+import json
+import math
 import os
 import random
 import subprocess
 import sys
+import tarfile
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -49,10 +63,12 @@ from typing import TYPE_CHECKING, Any
 from ledger.documents import DocumentKind, read_document
 from ledger.errors import (
     CodeDriftError,
+    ConfigError,
     InputError,
     IntegrityError,
     NotReplayableError,
     ReplayError,
+    ReplayInterruptedError,
 )
 from ledger.hashing.cid import Cid, file_cid
 from ledger.ids import to_hex
@@ -61,11 +77,100 @@ from ledger.store import ArtifactStore, find_by_digest
 if TYPE_CHECKING:
     import torch
 
+    from ledger.chain.admin import RegistryAdmin
     from ledger.chain.reader import RegistryReader
 
-__all__ = ["ReplayOutcome", "ReplayReport", "Segment", "Thresholds", "replay_run"]
+__all__ = [
+    "Attestation",
+    "ReplayOrder",
+    "ReplayOutcome",
+    "ReplayReport",
+    "ReplaySegment",
+    "Segment",
+    "Thresholds",
+    "attestations",
+    "read_report",
+    "record_report",
+    "replay_run",
+]
 
-REPLAY_ENV = "LEDGER_REPLAY"  # training/_resume.py reads it
+# -- replay orders: what ledger replay asks of one run of the training command ------
+#
+# ``ledger replay`` runs the training command with ``LEDGER_REPLAY`` naming a JSON
+# replay order: for each segment, the resume file to start from, the epochs to run,
+# and where to write the replayed weights and what the loop reported. The hook
+# (training/hook.py) reads it. Orders are written before ledger needs torch.
+
+REPLAY_ENV = "LEDGER_REPLAY"
+RESULT_SUFFIX = ".json"
+"""The replay result (data orders and fingerprints) sits next to the replayed weights."""
+
+
+@dataclass(frozen=True)
+class ReplaySegment:
+    """One interval to replay: from a committed resume file to the next checkpoint."""
+
+    resume: Path  # the committed resume file of checkpoint k (fetched and re-hashed)
+    start_epoch: int  # the first epoch to run: checkpoint k's epoch + 1
+    stop_epoch: int  # checkpoint k+1's epoch: its weights are written to ``out``
+    out: Path
+
+    @property
+    def result(self) -> Path:
+        """Where the loop's report (data orders, fingerprints) goes, next to ``out``."""
+        return self.out.with_name(self.out.name + RESULT_SUFFIX)
+
+
+@dataclass(frozen=True)
+class ReplayOrder:
+    """What ``ledger replay`` asks of one run of the training command: the
+    segments to replay, in order. A :class:`~ledger.training.hook.LedgerRun` loop
+    replays them all in one process (restoring each segment's committed state,
+    so none depends on the one before); a framework's callback replays the first
+    and stops, and ``ledger replay`` runs the command again for the rest."""
+
+    run_id: str
+    segments: tuple[ReplaySegment, ...]
+
+    @classmethod
+    def from_env(cls) -> ReplayOrder | None:
+        where = os.environ.get(REPLAY_ENV)
+        if not where:
+            return None
+        try:
+            body = json.loads(Path(where).read_text())
+            segments = tuple(
+                ReplaySegment(
+                    resume=Path(s["resume"]),
+                    start_epoch=int(s["start_epoch"]),
+                    stop_epoch=int(s["stop_epoch"]),
+                    out=Path(s["out"]),
+                )
+                for s in body["segments"]
+            )
+            if not segments:
+                raise ValueError("no segments")
+            return cls(run_id=str(body["run_id"]), segments=segments)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(
+                f"{REPLAY_ENV}={where} is not a replay order ({exc})",
+                hint=f"{REPLAY_ENV} is set by `ledger replay`; unset it to train",
+            ) from exc
+
+    def write(self, path: Path) -> None:
+        body = {
+            "run_id": self.run_id,
+            "segments": [
+                {
+                    "resume": str(s.resume),
+                    "start_epoch": s.start_epoch,
+                    "stop_epoch": s.stop_epoch,
+                    "out": str(s.out),
+                }
+                for s in self.segments
+            ],
+        }
+        path.write_text(json.dumps(body))
 
 
 class ReplayOutcome(enum.StrEnum):
@@ -107,7 +212,18 @@ class Distance:
         return f"{self.name} (L-inf {self.linf:.3g}, L2 {self.l2:.3g}, cosine {self.cosine:.3g})"
 
     def to_json(self) -> dict[str, Any]:
-        return {"tensor": self.name, "linf": self.linf, "l2": self.l2, "cosine": self.cosine}
+        """As JSON; ``null`` for a distance that is infinite (a tensor missing on one
+        side, or of another shape)."""
+        return {
+            "tensor": self.name,
+            "linf": _finite(self.linf),
+            "l2": _finite(self.l2),
+            "cosine": _finite(self.cosine),
+        }
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
 
 
 @dataclass
@@ -297,10 +413,27 @@ def _tensors(path: Path) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
 
         return dict(load_file(str(path)))
+    if tarfile.is_tarfile(path):  # a Hugging Face checkpoint folder (training/hf.py)
+        return _tar_weights(path)
     loaded = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(loaded, dict) and "model" in loaded and loaded.get("format"):
         loaded = loaded["model"]  # a resume file
+    elif isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
+        loaded = loaded["state_dict"]  # a Lightning checkpoint
     return {k: v for k, v in loaded.items() if isinstance(v, torch.Tensor)}
+
+
+def _tar_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The weights (``model.safetensors``) in a tar of a Hugging Face checkpoint folder."""
+    from safetensors.torch import load
+
+    with tarfile.open(path) as tar:
+        member = next((m for m in tar.getmembers() if m.name.endswith("model.safetensors")), None)
+        if member is None or not member.isfile():
+            raise InputError(f"{path.name}: the checkpoint archive holds no model.safetensors")
+        extracted = tar.extractfile(member)
+        assert extracted is not None
+        return dict(load(extracted.read()))
 
 
 def distances(
@@ -386,9 +519,6 @@ def replay_run(
     say: Callable[[str], None] = lambda line: None,
 ) -> ReplayReport:
     """Replay ``segments`` intervals of ``run`` with ``command`` (see the module)."""
-    from ledger.hashing.tensors import state_dict_digest, tensor_digest
-    from ledger.training._resume import ReplayOrder
-
     if not command:
         raise InputError(
             "no training command to replay", hint="ledger replay RUN -- python train.py ..."
@@ -420,64 +550,155 @@ def replay_run(
             "bitwise replay is not expected; the thresholds decide"
         )
 
-    with tempfile.TemporaryDirectory(prefix="ledger-replay-") as tmp:
-        folder = Path(tmp)
-        fetched: dict[int, Path] = {}
+    doing = "fetching the run's checkpoints"
+    try:
+        with tempfile.TemporaryDirectory(prefix="ledger-replay-") as tmp:
+            folder = Path(tmp)
+            fetched: dict[int, Path] = {}
 
-        def weights(index: int) -> Path:
-            if index not in fetched:
-                cp = checkpoints[index]
-                fetched[index] = _fetch_weights(store, cp.weights_digest, folder, cp.step)
-            return fetched[index]
+            def weights(index: int) -> Path:
+                if index not in fetched:
+                    cp = checkpoints[index]
+                    fetched[index] = _fetch_weights(store, cp.weights_digest, folder, cp.step)
+                return fetched[index]
 
-        for index in _pick(checkpoints, segments, pick, seed, weights):
-            start, stop = checkpoints[index], checkpoints[index + 1]
-            segment = Segment(index, start.step, stop.step)
-            report.segments.append(segment)
-            say(f"replaying checkpoint {start.step} -> {stop.step}")
-            resume_info = start.resume
-            assert resume_info is not None  # _require_replayable
-            resume = _fetch(store, Cid.parse(resume_info["cid"]), folder / f"resume-{index}.pt")
-            resumed_model = _tensors(resume)
-            if state_dict_digest(resumed_model).root != start.tensor_root:
-                segment.problems.append(
-                    f"checkpoint {start.step}'s resume file holds other weights than the "
-                    "checkpoint committed"
+            planned = [
+                _plan(report, checkpoints, index, store, folder)
+                for index in _pick(checkpoints, segments, pick, seed, weights)
+            ]
+            pending = planned
+            while pending:
+                doing = "replaying " + ", ".join(
+                    f"checkpoint {p.segment.start} -> {p.segment.stop}" for p in pending
                 )
-                continue
-            out = folder / f"replayed-{index}{weights(index + 1).suffix}"
-            order = ReplayOrder(run_hex, resume, start.step + 1, stop.step, out)
-            order_path = folder / f"order-{index}.json"
-            order.write(order_path)
-            _run_command(command, order_path, code_root)
-            if not out.is_file():
-                raise ReplayError(
-                    f"`{' '.join(command)}` ended without writing the replayed weights of "
-                    f"checkpoint {stop.step}",
-                    hint="its loop must iterate run.epochs(n) and call run.epoch_end() each "
-                    "epoch, with the checkpoint_every the run was recorded with",
+                say(doing)
+                ReplayOrder(run_hex, tuple(p.order for p in pending)).write(folder / "order.json")
+                # while the command starts and trains, check what it resumes from and
+                # fetch what it must reach (ledger's own torch import overlaps the command's)
+                _run_command(
+                    command,
+                    folder / "order.json",
+                    code_root,
+                    meanwhile=functools.partial(_prepare, pending, checkpoints, weights),
                 )
-            _judge(segment, order.result, out, stop, weights(index + 1), manifest, thresholds)
-            if tensor_digest(out).root == stop.tensor_root and not segment.problems:
-                segment.verdict = "identical"
+                done = [p for p in pending if p.order.out.is_file()]
+                if not done:
+                    raise ReplayError(
+                        f"`{' '.join(command)}` ended without writing the replayed weights of "
+                        f"checkpoint {pending[0].segment.stop}",
+                        hint="its loop must iterate run.epochs(n) and call run.epoch_end() "
+                        "each epoch, with the checkpoint_every the run was recorded with",
+                    )
+                for p in done:
+                    _judge(p, checkpoints, weights, manifest, thresholds)
+                pending = [p for p in pending if p not in done]
+    except KeyboardInterrupt as exc:
+        raise ReplayInterruptedError(
+            f"replay of run {run_hex} interrupted while {doing}: no verdict; the training "
+            "command was stopped, the replay's temporary files removed, nothing recorded",
+            hint="run ledger replay again (with the same --seed to pick the same intervals)",
+        ) from exc
     return report
 
 
-def _run_command(command: Sequence[str], order: Path, cwd: Path | None) -> None:
+@dataclass
+class _Planned:
+    segment: Segment
+    order: ReplaySegment
+
+
+def _plan(
+    report: ReplayReport,
+    checkpoints: Sequence[_Checkpoint],
+    index: int,
+    store: ArtifactStore,
+    folder: Path,
+) -> _Planned:
+    """Fetch (and re-hash) interval ``index``'s committed resume file; its order."""
+
+    start, stop = checkpoints[index], checkpoints[index + 1]
+    segment = Segment(index, start.step, stop.step)
+    report.segments.append(segment)
+    resume_info = start.resume
+    assert resume_info is not None  # _require_replayable
+    resume = _fetch(store, Cid.parse(resume_info["cid"]), folder / f"resume-{index}.pt")
+    out = folder / f"replayed-{index}.pt"
+    return _Planned(segment, ReplaySegment(resume, start.step + 1, stop.step, out))
+
+
+def _prepare(
+    pending: Sequence[_Planned],
+    checkpoints: Sequence[_Checkpoint],
+    weights: Callable[[int], Path],
+) -> None:
+    """Check that each resume file holds its checkpoint's weights; fetch the
+    weights each segment must reach."""
+    from ledger.hashing.tensors import state_dict_digest
+
+    for p in pending:
+        start = checkpoints[p.segment.index]
+        resumed = _tensors(p.order.resume)
+        if state_dict_digest(resumed).root != start.tensor_root and not _same_weights(
+            resumed, _tensors(weights(p.segment.index))
+        ):
+            p.segment.problems.append(
+                f"checkpoint {start.step}'s resume file holds other weights than the "
+                "checkpoint committed"
+            )
+        weights(p.segment.index + 1)
+
+
+def _same_weights(
+    resumed: Mapping[str, torch.Tensor], committed: Mapping[str, torch.Tensor]
+) -> bool:
+    """Whether a resume file's weights are the committed checkpoint's, where the file
+    leaves out tied weights (``save_pretrained`` writes a tied tensor once): each of
+    its tensors is the committed one of that name, and each committed tensor it
+    leaves out equals one it holds."""
+    import torch
+
+    def equal(a: torch.Tensor, b: torch.Tensor) -> bool:
+        return a.dtype == b.dtype and a.shape == b.shape and bool(torch.equal(a, b))
+
+    if any(name not in committed or not equal(t, committed[name]) for name, t in resumed.items()):
+        return False
+    held = list(resumed.values())
+    return all(
+        any(equal(t, h) for h in held) for name, t in committed.items() if name not in resumed
+    )
+
+
+def _run_command(
+    command: Sequence[str],
+    order: Path,
+    cwd: Path | None,
+    meanwhile: Callable[[], None] = lambda: None,
+) -> None:
+    """Run ``command`` in replay mode (``order``); ``meanwhile`` runs while it does."""
     env = {**os.environ, REPLAY_ENV: str(order)}
-    # the command's output goes to stderr: stdout carries the verdict (--json)
+    # The command runs in a process group of its own, so that an interruption stops it
+    # and whatever it started (data loader workers) as one, and a terminal's Ctrl-C
+    # reaches ledger alone (which stops it) rather than both with two tracebacks.
+    # Its output goes to stderr: stdout carries the verdict (--json).
     try:
-        process = subprocess.Popen(list(command), env=env, cwd=cwd, stdout=sys.stderr)
+        process = subprocess.Popen(
+            list(command),
+            env=env,
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=sys.stderr,
+            process_group=0,
+        )
     except OSError as exc:
         raise ReplayError(
             f"cannot run `{' '.join(command)}`: {exc.strerror}",
             hint="give the training command after --: ledger replay RUN -- python train.py",
         ) from exc
     try:
+        meanwhile()
         code = process.wait()
-    except BaseException:  # Ctrl-C or any other interruption: the child goes too
-        process.kill()
-        process.wait()
+    except BaseException:  # Ctrl-C or any other error: the command goes too
+        _stop_group(process)
         raise
     if code != 0:
         raise ReplayError(
@@ -486,19 +707,36 @@ def _run_command(command: Sequence[str], order: Path, cwd: Path | None) -> None:
         )
 
 
+def _stop_group(process: subprocess.Popen[bytes], grace: float = 5.0) -> None:
+    """SIGTERM the command's process group; SIGKILL what is left of it after
+    ``grace`` seconds (or at once when the leader has ended: its children go too)."""
+    import signal
+
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=grace)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
 def _judge(
-    segment: Segment,
-    result: Path,
-    replayed: Path,
-    committed: _Checkpoint,
-    committed_file: Path,
+    planned: _Planned,
+    checkpoints: Sequence[_Checkpoint],
+    weights: Callable[[int], Path],
     manifest: Mapping[str, Any],
     limits: Thresholds,
 ) -> None:
-    import json
+    """The segment's verdict: its replayed weights and data orders against the
+    committed ones (and the resume check :func:`_prepare` made)."""
+    from ledger.hashing.tensors import tensor_digest
 
+    segment, replayed = planned.segment, planned.order.out
+    committed = checkpoints[segment.index + 1]
+    committed_file = weights(segment.index + 1)
     try:
-        reported = json.loads(result.read_text())
+        reported = json.loads(planned.order.result.read_text())
     except (OSError, ValueError):
         reported = {}
     claimed = (committed.resume or committed.metrics.get("metrics", {}).get("resume") or {}).get(
@@ -526,5 +764,131 @@ def _judge(
     )
     if segment.problems or segment.diverged_tensors or whole.over(limits):
         segment.verdict = "diverged"
+    elif tensor_digest(replayed).root == committed.tensor_root:
+        segment.verdict = "identical"
     else:
         segment.verdict = "within tolerance"
+
+
+# -- attestations: ledger replay --record ------------------------------------------
+
+
+@dataclass(frozen=True)
+class Attestation:
+    """One ``ReplayAttested`` event: an account replayed an interval of a run.
+
+    ``reproduced`` is the interval's verdict (identical or within tolerance);
+    ``report_digest`` the sha2-256 digest of the replay report's CID (the whole
+    report, every segment of that replay, in the store: :func:`read_report`).
+    Anyone may attest: whose attestations count is the reader's choice.
+    """
+
+    run_id: str
+    attester: str
+    from_step: int
+    to_step: int
+    reproduced: bool
+    report_digest: str
+    block_number: int
+    tx_hash: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "attester": self.attester,
+            "from_step": self.from_step,
+            "to_step": self.to_step,
+            "reproduced": self.reproduced,
+            "report_digest": self.report_digest,
+            "block_number": self.block_number,
+            "tx_hash": self.tx_hash,
+        }
+
+    def line(self) -> str:
+        verdict = "reproduced" if self.reproduced else "DIVERGED"
+        return (
+            f"checkpoint {self.from_step} -> {self.to_step}: {verdict} by {self.attester} "
+            f"(block {self.block_number}, report {self.report_digest[:18]}…)"
+        )
+
+
+def check_attester(sender: RegistryAdmin) -> None:
+    """Refuse, before anything is replayed, a ``--record`` the registry cannot take
+    (registries before 3.0.0 have no ``attestReplay``)."""
+    version = sender.version()
+    try:
+        major = int(version.split(".")[0])
+    except ValueError:
+        major = 0
+    if major < 3:
+        raise ConfigError(
+            f"the registry at {sender.address} is version {version}: it cannot record replay "
+            "attestations (3.0.0 or later can)",
+            hint="replay without --record, or deploy a current registry (ledger deploy)",
+        )
+
+
+def report_document(report: ReplayReport, attester: str, command: Sequence[str]) -> bytes:
+    """The replay report as stored: canonical JSON (:mod:`ledger.documents`)."""
+    from ledger.documents import REPLAY_REPORT_SCHEMA, canonical_json
+
+    body = {
+        "schema": REPLAY_REPORT_SCHEMA,
+        "attester": attester,
+        "command": list(command),
+        **report.to_json(),
+    }
+    return canonical_json(body, what="replay report")
+
+
+def record_report(
+    sender: RegistryAdmin,
+    store: ArtifactStore,
+    report: ReplayReport,
+    command: Sequence[str],
+) -> list[Attestation]:
+    """Store the report and attest each replayed interval on chain (one transaction
+    each, signed by ``sender``'s key, all naming the same report)."""
+    cid = store.put_bytes(report_document(report, sender.signer.address, command))
+    run_id = bytes.fromhex(report.run_id.removeprefix("0x"))
+    done = []
+    for segment in report.segments:
+        tx = sender.transact(
+            "attestReplay", run_id, segment.start, segment.stop, segment.ok, cid.digest
+        )
+        done.append(
+            Attestation(
+                report.run_id,
+                sender.signer.address,
+                segment.start,
+                segment.stop,
+                segment.ok,
+                to_hex(cid.digest),
+                tx.block_number,
+                tx.tx_hash,
+            )
+        )
+    return done
+
+
+def attestations(reader: RegistryReader, run_id: bytes) -> list[Attestation]:
+    """The run's replay attestations on chain, oldest first (registry 3's lookup: no
+    scan of the chain)."""
+    return [
+        Attestation(
+            to_hex(a.run_id),
+            a.attester,
+            a.from_step,
+            a.to_step,
+            a.reproduced,
+            to_hex(a.report_digest),
+            a.block_number,
+            a.tx_hash,
+        )
+        for a in reader.replay_attestations(run_id)
+    ]
+
+
+def read_report(store: ArtifactStore, digest: bytes) -> dict[str, Any]:
+    """The replay report an attestation names (``report_digest``), from the store."""
+    return read_document(store, digest, DocumentKind.REPLAY_REPORT).body

@@ -9,7 +9,8 @@ mismatch     3    a record exists (or ``--run`` was named) but something
 unknown      4    no record for this file's CID nor for its tensor root
 revoked      5    the run, one of its ancestors, or another run that
                   recorded the same weights (or one of its ancestors) was
-                  revoked
+                  revoked; or the run or one of its ancestors trained on a
+                  revoked dataset (``ledger data revoke``)
 unchecked    6    the weights are recorded on chain, nothing contradicts
                   the record, but some of the run's documents could not be
                   fetched (not in the store, the IPFS node or ``--api``),
@@ -72,6 +73,7 @@ from ledger.ids import RunId, label, to_hex
 from ledger.store import ArtifactStore
 
 if TYPE_CHECKING:  # the tensor readers load when a file's CID is not on record
+    from ledger.datasets import DatasetRef
     from ledger.hashing.tensors import TensorDiff, TensorDigest
 
 
@@ -174,6 +176,7 @@ class Verifier:
         self.store = store
         self._started: dict[bytes, dict[str, Any] | None] = {}
         self._runs: dict[bytes, RunRecord] = {}
+        self._committers: dict[str, bool] = {}  # role checks, per verification
 
     def verify_file(
         self,
@@ -201,6 +204,7 @@ class Verifier:
         path = Path(path)
         self._started.clear()
         self._runs.clear()
+        self._committers.clear()
         sharded = False
         if path.is_dir():
             from ledger.hashing.dcp import is_dcp_folder
@@ -306,6 +310,7 @@ class Verifier:
         """Check a file known only by its CID (e.g. an auditor's digest) against the chain."""
         self._started.clear()
         self._runs.clear()
+        self._committers.clear()
         report = VerifyReport(path=str(cid), file_cid=str(cid))
         claims = [Claim(r, "file") for r in self.registry.find_by_weights(cid.digest)]
         claim = self._choose(claims, expected_run, report)
@@ -321,6 +326,7 @@ class Verifier:
         """Check weights known only by their tensor root against the chain."""
         self._started.clear()
         self._runs.clear()
+        self._committers.clear()
         report = VerifyReport(path=root.hex(), file_cid=None, tensor_root=root.hex())
         claims = [Claim(r, "tensors") for r in self.registry.find_by_tensor_root(root)]
         claim = self._choose(claims, expected_run, report)
@@ -445,7 +451,8 @@ class Verifier:
                 where += " (records a tensor root these weights do not have)"
             listed.append(where)
             taint = self._taint(rid)
-            other["revoked"] = taint is not None
+            data = self._revoked_data(rid)[0] if taint is None else []
+            other["revoked"] = taint is not None or bool(data)
             if taint is not None:
                 source, reason = taint
                 tainted.append(
@@ -453,6 +460,8 @@ class Verifier:
                     if source == rid
                     else f"{where} descends from revoked run {to_hex(source)}: {reason}"
                 )
+            elif data:
+                tainted.append(f"{where} trained on revoked data: " + "; ".join(data))
         report.add(
             "claimants",
             not tainted,
@@ -523,7 +532,7 @@ class Verifier:
         report.run_id = to_hex(record.run_id)
         report.is_final = record.is_final
         report.step = record.step
-        run = self.registry.get_run(record.run_id)
+        run = self._run(record.run_id)
         revoked = self._check_run(run, report, label="run")
         what = "final weights" if record.is_final else f"checkpoint at step {record.step}"
         report.add("weights event", True, f"{what} recorded in tx {record.tx_hash}")
@@ -540,6 +549,7 @@ class Verifier:
             self._check_checkpoint_proof(record, report)
         self._check_metrics(record, report)
         revoked = self._check_lineage(run, report) or revoked
+        revoked = self._check_data(record.run_id, report) or revoked
         revoked = self._check_claimants(record.run_id, claims, report) or revoked
         if revoked:
             report.outcome = Outcome.REVOKED
@@ -592,7 +602,9 @@ class Verifier:
             else f"run id does not re-derive (got {to_hex(derived)})",
         )
         self._document(manifest_digest, DocumentKind.MANIFEST, f"{label} manifest", report)
-        committer_ok = self.registry.is_committer(run.committer)
+        if run.committer not in self._committers:
+            self._committers[run.committer] = self.registry.is_committer(run.committer)
+        committer_ok = self._committers[run.committer]
         report.add(
             f"{label} committer",
             committer_ok,
@@ -642,7 +654,7 @@ class Verifier:
                 seen.add(parent_id)
                 walked += 1
                 relation = label(code)
-                parent = self.registry.get_run(parent_id)
+                parent = self._run(parent_id)
                 name = f"ancestor {to_hex(parent_id)[:14]} ({relation})"
                 first = len(report.checks)
                 revoked = self._check_run(parent, report, label=name) or revoked
@@ -669,6 +681,101 @@ class Verifier:
                 unchecked=bool(missing) and not problems,
             )
         return revoked
+
+    def _check_data(self, run_id: bytes, report: VerifyReport) -> bool:
+        """The datasets of the run and of every ancestor (their manifests' ``data``,
+        :mod:`ledger.datasets`, parts included) against the registry's artifact
+        revocations; returns True when one is revoked.
+
+        One ``data not revoked`` check: it names each revoked dataset, the run that
+        trained on it, the lineage path from the checked run to that run, and the
+        reason on chain. A manifest that cannot be fetched leaves its run's data
+        unchecked.
+        """
+        found, unread, datasets = self._revoked_data(run_id)
+        if found:
+            report.add("data not revoked", False, " | ".join(found))
+            return True
+        if unread:
+            names = ", ".join(to_hex(r)[:14] for r in unread)
+            report.add(
+                "data not revoked",
+                False,
+                f"the datasets of run(s) {names} were not checked against revocations: their "
+                "manifests could not be fetched (give `--api URL` of an audit API that has "
+                "them, or configure the IPFS node that holds them)",
+                unchecked=True,
+            )
+        elif datasets:
+            report.add(
+                "data not revoked",
+                True,
+                f"{datasets} dataset(s) of the run and its ancestors checked: none is revoked",
+            )
+        return False
+
+    def _revoked_data(self, run_id: bytes) -> tuple[list[str], list[bytes], int]:
+        """(what is revoked, worded; runs whose manifest could not be read; datasets
+        checked) for the datasets of ``run_id`` and its ancestors."""
+        from ledger.datasets import run_datasets
+
+        runs = [run_id, *sorted(self._ancestors(run_id))]
+        uses: list[tuple[bytes, DatasetRef]] = []
+        unread: list[bytes] = []
+        for rid in runs:
+            started = self._start_event(rid)
+            manifest = (
+                self._document_quiet(bytes(started["manifestDigest"]), DocumentKind.MANIFEST)
+                if started is not None
+                else None
+            )
+            if manifest is None:
+                unread.append(rid)
+                continue
+            uses += [(rid, ref) for ref in run_datasets(manifest)]
+        digests = sorted({bytes.fromhex(ref.digest[2:]) for _, ref in uses})
+        revoked = self.registry.artifact_revocations(digests) if digests else {}
+        found: list[str] = []
+        for rid, ref in uses:
+            revocation = revoked.get(bytes.fromhex(ref.digest[2:]))
+            if revocation is None:
+                continue
+            what = (
+                f"dataset {ref.cid} (data {ref.key!r})"
+                if ref.part_of is None
+                else f"{ref.cid}, part of dataset {ref.part_of} (data {ref.key!r}),"
+            )
+            whose = (
+                "this run"
+                if rid == run_id
+                else f"ancestor run {to_hex(rid)} ({self._path(run_id, rid)})"
+            )
+            found.append(
+                f"{what} trained on by {whose} was revoked in block {revocation.block_number}: "
+                f"{revocation.reason}"
+            )
+        datasets = len({ref.digest for _, ref in uses if ref.part_of is None})
+        return found, unread, datasets
+
+    def _path(self, run_id: bytes, ancestor: bytes) -> str:
+        """How ``run_id`` descends from ``ancestor``: ``fine-tune of 0x12.. <- distill of ..``."""
+        steps: dict[bytes, tuple[bytes, str]] = {}
+        todo = [run_id]
+        while todo and ancestor not in steps:
+            child = todo.pop(0)
+            started = self._start_event(child)
+            for parent in started["parents"] if started else []:
+                parent_id = bytes(parent["runId"])
+                if parent_id not in steps and parent_id != run_id:
+                    steps[parent_id] = (child, label(int(parent["relation"])))
+                    todo.append(parent_id)
+        path: list[str] = []
+        at = ancestor
+        while at in steps:
+            child, relation = steps[at]
+            path.append(f"{to_hex(child)[:14]} is a {relation} of {to_hex(at)[:14]}")
+            at = child
+        return ", ".join(reversed(path))
 
     def _check_ancestor_final(self, run: RunRecord, report: VerifyReport, label: str) -> None:
         """A finalized ancestor's final record: on-chain commitment and metrics in the store."""

@@ -56,9 +56,13 @@ def record_run(
     curve: Sequence[Mapping[str, float]] = ({"val_loss": 0.5},),
     final: Mapping[str, Any] | None = None,
     finalize: bool = True,
+    final_weights: tuple[bytes, bytes] | None = None,
     **extra: Any,
 ) -> Recorded:
-    """A run with one checkpoint per ``curve`` entry, finalized with ``final`` metrics."""
+    """A run with one checkpoint per ``curve`` entry, finalized with ``final`` metrics.
+
+    Weights are random bytes with a random tensor root, unless ``final_weights``
+    gives the final file's bytes and its real tensor root."""
     document = manifest(name, parents, **extra)
     manifest_cid = store.put_bytes(canonical_json(document))
     run_id, _ = registry.start_run(manifest_cid.digest, parents)
@@ -69,7 +73,9 @@ def record_run(
         registry.commit_checkpoint(run_id, leaf)
         leaves.append(leaf)
     if finalize:
-        leaf, cid = _weights(store, recorded, None, final or curve[-1], is_final=True)
+        leaf, cid = _weights(
+            store, recorded, None, final or curve[-1], is_final=True, given=final_weights
+        )
         registry.finalize_run(
             run_id,
             FinalRecord(
@@ -92,11 +98,11 @@ def _weights(
     metrics: Mapping[str, Any],
     *,
     is_final: bool,
+    given: tuple[bytes, bytes] | None = None,
 ) -> tuple[CheckpointLeaf, Cid]:
-    data = os.urandom(300)
+    data, tensor_root = given or (os.urandom(300), os.urandom(32))
     recorded.weights.append(data)
     cid = store.put_bytes(data)
-    tensor_root = os.urandom(32)
     document = {
         "schema": METRICS_SCHEMA,
         "run_id": recorded.hex,

@@ -440,3 +440,48 @@ def test_settings_loaded_from_the_environment_hide_the_key(
     assert KEY not in repr(settings)
     assert PASSWORD not in repr(settings)
     assert KEY not in repr(settings.with_overrides(rpc_url="http://x:1"))
+
+
+# -- fee cap and relayer ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "wei"), [("50", 50 * 10**9), ("0.5", 5 * 10**8), (" 12.25 ", 12_250_000_000)]
+)
+def test_the_fee_cap_is_read_in_gwei(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str, wei: int
+) -> None:
+    monkeypatch.setenv("LEDGER_MAX_FEE_GWEI", text)
+    assert load_settings(tmp_path).max_fee_per_gas == wei
+
+
+@pytest.mark.parametrize("text", ["0", "-1", "fifty", "nan", "inf", "1e400x"])
+def test_a_fee_cap_that_is_not_a_positive_number_is_a_config_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str
+) -> None:
+    monkeypatch.setenv("LEDGER_MAX_FEE_GWEI", text)
+    with pytest.raises(ConfigError, match="LEDGER_MAX_FEE_GWEI"):
+        load_settings(tmp_path)
+
+
+def test_no_fee_cap_and_no_relayer_by_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("LEDGER_MAX_FEE_GWEI", "LEDGER_RELAYER_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    settings = load_settings(tmp_path)
+    assert settings.max_fee_per_gas is None and settings.relayer_key is None
+
+
+def test_the_relayer_key_is_a_secret_and_checked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ledger.chain.sender import Signer
+
+    monkeypatch.setenv("LEDGER_RELAYER_KEY", OTHER_KEY)
+    settings = load_settings(tmp_path)
+    assert settings.relayer_key is not None and settings.relayer_key.reveal() == OTHER_KEY
+    assert OTHER_KEY[2:] not in repr(settings)
+    with pytest.raises(ConfigError, match="LEDGER_RELAYER_KEY") as info:
+        Signer(Secret("0x1234"), what="LEDGER_RELAYER_KEY")
+    assert "1234" not in str(info.value)

@@ -137,6 +137,9 @@ def test_the_wheel_is_ledger_provenance_without_torch_and_with_its_files(wheel: 
     assert sources - set(names) == set(), "a package missing from [tool.setuptools] packages"
     assert artifact["abi"] and artifact["bytecode"]
     assert "ledger/py.typed" in names
+    # the page's chart library, copied from npm by `make setup` (make web-assets)
+    assert "ledger/api/web/vendor/chart.umd.min.js" in names, "run `make web-assets` first"
+    assert "ledger/api/web/app.js" in names
     top = {n.split("/")[0] for n in names}
     assert top == {"ledger", metadata_name.split("/")[0]}, top  # no examples/, tests/, ...
     assert not any(n.split("/")[0] in ("examples", "tests", "bench", "training") for n in names)

@@ -10,31 +10,24 @@ it next to the weights and binds its CID in the checkpoint's metrics document
 (``resume.data_order``).
 
 ``ledger replay`` (:mod:`ledger.replay`) runs the training command with
-``LEDGER_REPLAY`` naming a JSON *replay order* (:class:`ReplayOrder`): the
-resume file to start from, the epochs to run, and where to write the replayed
-weights and what the loop reported (:data:`RESULT_SUFFIX`).
+``LEDGER_REPLAY`` naming a JSON *replay order* (:class:`ledger.replay.ReplayOrder`).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import pickle
 import random
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ledger.errors import ConfigError, InputError
+from ledger.errors import InputError
 
 RESUME_FORMAT = "ledger.resume/v1"
-REPLAY_ENV = "LEDGER_REPLAY"
-RESULT_SUFFIX = ".json"
-"""The replay result (data orders and fingerprints) sits next to the replayed weights."""
 
 
 def order_digest(indices: Iterable[int] | torch.Tensor) -> str:
@@ -124,48 +117,3 @@ def load_resume(
         scheduler.load_state_dict(state["scheduler"])
     set_rng_states(state["rng"])
     return int(state["epoch"])
-
-
-@dataclass(frozen=True)
-class ReplayOrder:
-    """What ``ledger replay`` asks of one run of the training command."""
-
-    run_id: str
-    resume: Path  # the committed resume file of checkpoint k (fetched and re-hashed)
-    start_epoch: int  # the first epoch to run: checkpoint k's epoch + 1
-    stop_epoch: int  # checkpoint k+1's epoch: its weights are written to ``out``, then stop
-    out: Path
-
-    @classmethod
-    def from_env(cls) -> ReplayOrder | None:
-        where = os.environ.get(REPLAY_ENV)
-        if not where:
-            return None
-        try:
-            body = json.loads(Path(where).read_text())
-            return cls(
-                run_id=str(body["run_id"]),
-                resume=Path(body["resume"]),
-                start_epoch=int(body["start_epoch"]),
-                stop_epoch=int(body["stop_epoch"]),
-                out=Path(body["out"]),
-            )
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise ConfigError(
-                f"{REPLAY_ENV}={where} is not a replay order ({exc})",
-                hint=f"{REPLAY_ENV} is set by `ledger replay`; unset it to train",
-            ) from exc
-
-    def write(self, path: Path) -> None:
-        body = {
-            "run_id": self.run_id,
-            "resume": str(self.resume),
-            "start_epoch": self.start_epoch,
-            "stop_epoch": self.stop_epoch,
-            "out": str(self.out),
-        }
-        path.write_text(json.dumps(body))
-
-    @property
-    def result(self) -> Path:
-        return self.out.with_name(self.out.name + RESULT_SUFFIX)

@@ -26,6 +26,15 @@ on chain, run it inside the callback, ``with callback: trainer.train()``.
 Under DDP every process runs the callback and rank 0 records (see
 :mod:`ledger.training._distributed`).
 
+With ``replayable=True`` each committed checkpoint also commits the Trainer's own
+checkpoint folder (``checkpoint-N/``: weights, ``optimizer.pt``, ``scheduler.pt``,
+``rng_state.pth``, ``trainer_state.json``) as the resume file, archived as a tar.
+Such a run is replayable by ``ledger replay`` when it trains with
+``trainer.train(resume_from_checkpoint=callback.resume_from_checkpoint)``: in
+replay mode that is the committed checkpoint, unpacked; training stops at the
+next checkpoint, having written the replayed weights, and the Trainer's own
+checkpoints go to the replay's temporary folder, not ``output_dir``.
+
 Install with ``pip install 'ledger[hf]'``.
 """
 
@@ -47,8 +56,9 @@ from transformers import (
 )
 
 from ledger.config import Settings
-from ledger.errors import RecordError
+from ledger.errors import InputError, NotReplayableError, RecordError
 from ledger.ids import Relation
+from ledger.replay import ReplayOrder
 from ledger.store import ArtifactStore
 from ledger.training.hook import LedgerRun, save_weights
 
@@ -73,8 +83,20 @@ class LedgerTrainerCallback(TrainerCallback):
         trial: int | None = None,
         settings: Settings | None = None,
         store: ArtifactStore | None = None,
+        replayable: bool = False,
     ) -> None:
         self.folder = Path(out)
+        self.replayable = replayable
+        self.replay = ReplayOrder.from_env()
+        if self.replay is not None and not replayable:
+            raise NotReplayableError(
+                "not replayable: LEDGER_REPLAY is set (by `ledger replay`) but this "
+                "LedgerTrainerCallback was made without replayable=True; nothing recorded",
+                hint="LedgerTrainerCallback(..., replayable=True) and trainer.train("
+                "resume_from_checkpoint=callback.resume_from_checkpoint)",
+            )
+        self._saved: Path | None = None  # the checkpoint folder the Trainer just wrote
+        self._checked = False
         self._options: dict[str, Any] = {
             "name": name,
             "out": self.folder / WEIGHTS_NAME,
@@ -91,6 +113,19 @@ class LedgerTrainerCallback(TrainerCallback):
         self.metrics: dict[str, float] = {}
         self.run: LedgerRun | None = None
 
+    @property
+    def resume_from_checkpoint(self) -> str | None:
+        """What to pass as ``trainer.train(resume_from_checkpoint=)``: in replay mode the
+        committed checkpoint folder the replay starts from (unpacked next to the
+        replay's files), else None (a fresh run)."""
+        if self.replay is None:
+            return None
+        archive = self.replay.segments[0].resume
+        folder = archive.with_name(archive.name + ".d")
+        if not folder.is_dir():
+            unpack_checkpoint(archive, folder)
+        return str(folder)
+
     def on_train_begin(
         self,
         args: TrainingArguments,
@@ -99,6 +134,12 @@ class LedgerTrainerCallback(TrainerCallback):
         **kwargs: Any,
     ) -> None:
         """Start the run."""
+        if self.replayable and args.world_size > 1:
+            raise RecordError(
+                "LedgerTrainerCallback(replayable=True) records single-process training only"
+            )
+        if self.replay is not None:  # the Trainer's checkpoints go with the replay's files
+            args.output_dir = str(self.replay.segments[0].out.with_suffix(".output"))
         model = _model(kwargs)
         config = self._config
         if config is None:
@@ -110,8 +151,31 @@ class LedgerTrainerCallback(TrainerCallback):
         options = dict(self._options)
         if options["data"] is None and state.is_world_process_zero:
             options["data"] = trainer_data(kwargs, options["settings"])
-        self.run = LedgerRun(model, config=config, save=_pretrained_writer(model), **options)
+        resume: dict[str, Any] = {}
+        if self.replayable:  # the Trainer's own checkpoint folder, archived, is the resume file
+            resume = {"save_resume": self._archive_saved, "resume_suffix": ".tar"}
+        self.run = LedgerRun(
+            model, config=config, save=_pretrained_writer(model), **options, **resume
+        )
         self.run.start()
+
+    def on_step_begin(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        **kwargs: Any,
+    ) -> None:
+        """In replay mode, check once that the Trainer resumed where the replay starts."""
+        segment = self.run.replay_segment if self.run is not None else None
+        if segment is not None and not self._checked:
+            self._checked = True
+            if state.global_step != segment.start_epoch - 1:
+                raise NotReplayableError(
+                    f"not replayable: `ledger replay` asked to resume at step "
+                    f"{segment.start_epoch - 1}, but the Trainer is at step {state.global_step}",
+                    hint="trainer.train(resume_from_checkpoint=callback.resume_from_checkpoint)",
+                )
 
     def on_log(
         self,
@@ -142,9 +206,23 @@ class LedgerTrainerCallback(TrainerCallback):
         control: TrainerControl,
         **kwargs: Any,
     ) -> None:
-        """Commit a checkpoint of the weights where the Trainer saves one."""
+        """Commit a checkpoint of the weights where the Trainer saves one (a replayable
+        run's with the Trainer's checkpoint folder). In replay mode, the segment's
+        last checkpoint writes the replayed weights and stops training."""
         if self.run is not None:
+            self._saved = Path(str(args.output_dir)) / f"checkpoint-{state.global_step}"
             self.run.checkpoint(state.global_step, self._metrics(state))
+            segment = self.run.replay_segment
+            if segment is not None and state.global_step >= segment.stop_epoch:
+                control.should_training_stop = True  # one segment per train()
+
+    def _archive_saved(self, path: Path) -> None:
+        if self._saved is None or not self._saved.is_dir():
+            raise RecordError(
+                f"the Trainer's checkpoint folder {self._saved} is missing: a replayable run "
+                "commits it with each checkpoint"
+            )
+        archive_checkpoint(self._saved, path)
 
     def on_train_end(
         self,
@@ -182,6 +260,44 @@ class LedgerTrainerCallback(TrainerCallback):
 
     def _metrics(self, state: TrainerState) -> dict[str, Any]:
         return {**self.metrics, "global_step": state.global_step, "epoch": state.epoch or 0.0}
+
+
+# The Trainer's checkpoint folder, as the resume file: an uncompressed tar with its
+# entries sorted and their times and owners zeroed (the same folder gives the same
+# bytes, so the same CID). training_args.bin (a pickle, which a replay must never
+# load) stays out: a resume reads the arguments the command gives.
+_LEFT_OUT = ("training_args.bin",)
+
+
+def archive_checkpoint(folder: Path, path: Path) -> None:
+    """Write ``folder`` (a ``checkpoint-N/``) as a deterministic tar at ``path``."""
+    import os
+    import tarfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
+        for file in sorted(p for p in folder.rglob("*") if p.is_file()):
+            if file.name in _LEFT_OUT:
+                continue
+            info = tar.gettarinfo(str(file), arcname=file.relative_to(folder).as_posix())
+            info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
+            info.mode = 0o644
+            with file.open("rb") as handle:
+                tar.addfile(info, handle)
+    os.replace(tmp, path)
+
+
+def unpack_checkpoint(archive: Path, folder: Path) -> None:
+    """Unpack a committed checkpoint archive; regular files only, inside ``folder``
+    (tarfile's ``data`` filter refuses links, devices and paths that leave it)."""
+    import tarfile
+
+    try:
+        with tarfile.open(archive) as tar:
+            tar.extractall(folder, filter="data")
+    except (tarfile.TarError, OSError) as exc:
+        raise InputError(f"{archive.name} is not a usable checkpoint archive: {exc}") from exc
 
 
 def trainer_data(kwargs: Mapping[str, Any], settings: Settings | None = None) -> dict[str, Any]:

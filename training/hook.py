@@ -25,9 +25,12 @@ each checkpoint also commits a resume file (training/_resume.py) and the
 digests of the data orders its epochs reported (:meth:`LedgerRun.data_order`,
 :meth:`LedgerRun.permutation`). Its loop iterates :meth:`LedgerRun.epochs`,
 which starts where a resume (``resume=``) or ``ledger replay`` says; in replay
-mode (``LEDGER_REPLAY``) nothing is recorded: the run restores the committed
-state, trains up to the next checkpoint with deterministic algorithms, writes
-the weights where ``ledger replay`` reads them and stops.
+mode (``LEDGER_REPLAY``) nothing is recorded: for each segment ``ledger replay``
+asks for, the run restores the committed state, trains up to the next
+checkpoint with deterministic algorithms and writes the weights where ``ledger
+replay`` reads them; after the last segment the loop ends. Everything the
+training depends on must live in the model, the optimizer, the scheduler and
+the RNGs, or follow from the epoch: that is what a resume restores.
 """
 
 from __future__ import annotations
@@ -48,9 +51,10 @@ from ledger.hashing.tensors import TensorDigest
 from ledger.ids import Digest32, Relation, RunId
 from ledger.record.manifest import build_manifest, start_code_version
 from ledger.record.outbox import Entry, Outbox, flush_timeout
+from ledger.replay import ReplayOrder, ReplaySegment
 from ledger.store import ArtifactStore
 from ledger.training._distributed import Role, rank_zero
-from ledger.training._resume import ReplayOrder, load_resume, order_digest, save_resume
+from ledger.training._resume import load_resume, order_digest, save_resume
 
 log = logging.getLogger("ledger.training")
 
@@ -179,6 +183,8 @@ class LedgerRun:
         optimizer: torch.optim.Optimizer | None = None,
         scheduler: Any | None = None,
         resume: str | Path | None = None,
+        save_resume: Callable[[Path], None] | None = None,
+        resume_suffix: str = ".pt",
         sharded: bool = False,
     ) -> None:
         if checkpoint_every < 1:
@@ -216,6 +222,9 @@ class LedgerRun:
         self._shared_final: Commit | None = None
         # replayable runs (training/_resume.py): what a resume needs, with each checkpoint
         self.optimizer, self.scheduler = optimizer, scheduler
+        # a framework's own checkpoint as the resume file (lightning.py, hf.py): it
+        # writes it, and in replay mode restores it itself
+        self._save_resume, self._resume_suffix = save_resume, resume_suffix
         if (scheduler is not None or resume is not None) and optimizer is None:
             raise RecordError(
                 "scheduler= and resume= need optimizer= too: a run is replayable "
@@ -224,16 +233,18 @@ class LedgerRun:
         self._resume_from = Path(resume) if resume is not None else None
         # every rank writes its shards of each checkpoint (torch.distributed.checkpoint)
         self.sharded = sharded
-        if sharded and (optimizer is not None or save is not None):
+        if sharded and (optimizer is not None or save is not None or save_resume is not None):
             raise RecordError(
                 "sharded=True writes torch.distributed.checkpoint folders itself; it takes "
-                "neither save= nor optimizer= (replay of sharded runs is not supported yet)"
+                "none of save=, save_resume= and optimizer= (replay of sharded runs is not "
+                "supported yet)"
             )
         self._first_epoch = 0
         self._orders: dict[int, str] = {}  # epoch -> data order digest, since the last checkpoint
         self._data_fingerprints: dict[str, Any] = {}
         self.replay = ReplayOrder.from_env()
-        if self.replay is not None and optimizer is None:
+        self._segment = 0  # in replay mode, the index of the segment being replayed
+        if self.replay is not None and not self.replayable:
             raise NotReplayableError(
                 "not replayable: LEDGER_REPLAY is set (by `ledger replay`) but this LedgerRun "
                 "has no optimizer=, so it cannot restore the committed state; nothing recorded",
@@ -242,8 +253,9 @@ class LedgerRun:
 
     @property
     def replayable(self) -> bool:
-        """Whether each checkpoint commits what a resume needs (``optimizer=`` given)."""
-        return self.optimizer is not None
+        """Whether each checkpoint commits what a resume needs (``optimizer=`` given,
+        or a framework's ``save_resume``)."""
+        return self.optimizer is not None or self._save_resume is not None
 
     # -- life cycle ---------------------------------------------------------------
 
@@ -325,7 +337,10 @@ class LedgerRun:
         restored; in replay mode the interval ``ledger replay`` asked for, after
         which the replayed weights are written and the loop ends."""
         if self.replay is not None:
-            yield from range(self.replay.start_epoch, self.replay.stop_epoch + 1)
+            for index, segment in enumerate(self.replay.segments):
+                if index:  # each segment starts from its own committed state
+                    self._enter_segment(index)
+                yield from range(segment.start_epoch, segment.stop_epoch + 1)
             return
         yield from range(self._first_epoch, count)
 
@@ -381,17 +396,21 @@ class LedgerRun:
             path = self.checkpoint_dir / f"step-{step:06d}{self.out.suffix or '.pt'}"
             self._save(self.model.state_dict(), path)
         resume = None
-        if self.optimizer is not None:
+        if self.replayable:
             if "resume" in metrics:
                 raise RecordError("metric 'resume' is a replayable run's own; rename that metric")
-            resume = self.checkpoint_dir / f"step-{step:06d}.resume.pt"
-            save_resume(
-                resume,
-                epoch=step,
-                model=self.model,
-                optimizer=self.optimizer,
-                scheduler=self.scheduler,
-            )
+            resume = self.checkpoint_dir / f"step-{step:06d}.resume{self._resume_suffix}"
+            if self._save_resume is not None:
+                self._save_resume(resume)
+            else:
+                assert self.optimizer is not None
+                save_resume(
+                    resume,
+                    epoch=step,
+                    model=self.model,
+                    optimizer=self.optimizer,
+                    scheduler=self.scheduler,
+                )
             orders = {str(e): d for e, d in sorted(self._orders.items())}
             metrics = {**metrics, "resume": {"epoch": step, "data_order": orders}}
             self._orders.clear()
@@ -507,36 +526,54 @@ class LedgerRun:
         )
 
     def _start_replay(self, order: ReplayOrder) -> str:
-        """Replay mode: restore checkpoint k's state; record nothing."""
+        """Replay mode: restore the first segment's committed state; record nothing."""
         from ledger.record.data import fingerprints
 
         torch.use_deterministic_algorithms(True)
-        epoch = self._restore(order.resume)
-        if epoch + 1 != order.start_epoch:
-            raise RecordError(
-                f"the replay's resume file ends epoch {epoch}, not {order.start_epoch - 1}"
-            )
+        self._enter_segment(0)
         self._data_fingerprints = fingerprints(self.data)  # read afresh: no cache
         self._run_id, self.status = order.run_id, "replaying"
-        log.info("replaying run %s, epochs %d-%d", order.run_id, epoch + 1, order.stop_epoch)
         return order.run_id
 
+    @property
+    def replay_segment(self) -> ReplaySegment | None:
+        """In replay mode, the segment being replayed."""
+        return self.replay.segments[self._segment] if self.replay is not None else None
+
+    def _enter_segment(self, index: int) -> None:
+        """Restore segment ``index``'s committed resume file (model, optimizer,
+        scheduler, RNGs) and forget the data orders noted so far."""
+        assert self.replay is not None
+        self._segment = index
+        segment = self.replay.segments[index]
+        self._orders.clear()
+        if self._save_resume is not None:  # the framework restores its own checkpoint
+            return
+        epoch = self._restore(segment.resume)
+        if epoch + 1 != segment.start_epoch:
+            raise RecordError(
+                f"the replay's resume file ends epoch {epoch}, not {segment.start_epoch - 1}"
+            )
+        log.info(
+            "replaying run %s, epochs %d-%d", self.replay.run_id, epoch + 1, segment.stop_epoch
+        )
+
     def _replay_checkpoint(self, step: int) -> Commit:
-        """In replay mode: the interval's last checkpoint writes the replayed
+        """In replay mode: the segment's last checkpoint writes the replayed
         weights and what the loop reported; earlier ones only note their orders."""
         import json
 
-        order = self.replay
-        assert order is not None
-        if step == order.stop_epoch:
-            self._save(self.model.state_dict(), order.out)
+        segment = self.replay_segment
+        assert segment is not None
+        if step == segment.stop_epoch:
+            self._save(self.model.state_dict(), segment.out)
             result = {
                 "epoch": step,
                 "data_order": {str(e): d for e, d in sorted(self._orders.items())},
                 "data": self._data_fingerprints,
             }
-            order.result.write_text(json.dumps(result))
-        return Commit(0, step, order.out, "replayed")
+            segment.result.write_text(json.dumps(result))
+        return Commit(0, step, segment.out, "replayed")
 
     def _follow_start(self, run_id: str) -> None:
         """On a rank other than 0: the run rank 0 started (no outbox here)."""

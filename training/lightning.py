@@ -25,6 +25,14 @@ loads with ``weights_only=True``), else the module's state dict (``.pt`` or
 ``.safetensors``). Under DDP every rank runs the callback and rank 0 records
 (see :mod:`ledger.training._distributed`).
 
+With ``replayable=True`` each committed checkpoint also commits Lightning's own
+checkpoint (``trainer.save_checkpoint``: weights, optimizer and scheduler states,
+loop progress, and the random number generators' states, which this callback
+adds) as the resume file. Such a fit is replayable by ``ledger replay`` when it
+is started as ``trainer.fit(model, ..., ckpt_path=callback.ckpt_path)``: in
+replay mode that is the committed checkpoint to start from, and the fit stops
+after the next checkpoint's epoch, having written the replayed weights.
+
 Install with ``pip install 'ledger[lightning]'``.
 """
 
@@ -38,9 +46,15 @@ import lightning.pytorch as pl
 import torch
 
 from ledger.config import Settings
+from ledger.errors import NotReplayableError, RecordError
 from ledger.ids import Relation
+from ledger.replay import ReplayOrder
 from ledger.store import ArtifactStore
+from ledger.training._resume import rng_states, set_rng_states
 from ledger.training.hook import LedgerRun, save_weights
+
+RNG_KEY = "ledger_rng_states"
+"""Where a replayable run's Lightning checkpoints keep the generators' states."""
 
 
 class LedgerCallback(pl.Callback):
@@ -61,9 +75,19 @@ class LedgerCallback(pl.Callback):
         trial: int | None = None,
         settings: Settings | None = None,
         store: ArtifactStore | None = None,
+        replayable: bool = False,
     ) -> None:
         super().__init__()
         self.out = Path(out)
+        self.replayable = replayable
+        self.replay = ReplayOrder.from_env()
+        if self.replay is not None and not replayable:
+            raise NotReplayableError(
+                "not replayable: LEDGER_REPLAY is set (by `ledger replay`) but this "
+                "LedgerCallback was made without replayable=True; nothing recorded",
+                hint="LedgerCallback(..., replayable=True) and trainer.fit(..., "
+                "ckpt_path=callback.ckpt_path)",
+            )
         self._options: dict[str, Any] = {
             "name": name,
             "out": self.out,
@@ -80,24 +104,69 @@ class LedgerCallback(pl.Callback):
         self._config = None if config is None else dict(config)
         self.run: LedgerRun | None = None
 
+    @property
+    def ckpt_path(self) -> str | None:
+        """What to pass as ``trainer.fit(..., ckpt_path=)``: in replay mode the committed
+        checkpoint the replay starts from, else None (a fresh fit)."""
+        return str(self.replay.segments[0].resume) if self.replay is not None else None
+
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Start the run."""
+        if self.replay is not None and trainer.ckpt_path != self.ckpt_path:
+            raise NotReplayableError(
+                "not replayable: `ledger replay` asked to resume from a committed checkpoint, "
+                "but trainer.fit() was not given it",
+                hint="trainer.fit(model, ..., ckpt_path=callback.ckpt_path)",
+            )
+        if self.replayable and trainer.world_size > 1:
+            raise RecordError(
+                "LedgerCallback(replayable=True) records single-process fits only: its "
+                "checkpoints are written by rank 0 alone"
+            )
         config = self._config if self._config is not None else dict(pl_module.hparams)
         config.setdefault("max_epochs", trainer.max_epochs)
         options = dict(self._options)
         if options["data"] is None and trainer.is_global_zero:
             options["data"] = fit_data(trainer, options["settings"])
-        self.run = LedgerRun(pl_module, config=config, save=_keep_final(self.out), **options)
+        resume: dict[str, Any] = {}
+        if self.replayable:  # Lightning's own checkpoint (with the RNGs) is the resume file
+            resume = {"save_resume": trainer.save_checkpoint, "resume_suffix": ".ckpt"}
+        self.run = LedgerRun(
+            pl_module, config=config, save=_keep_final(self.out), **options, **resume
+        )
         self.run.start()
 
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        """Keep the random number generators' states in the checkpoint (Lightning
+        does not): a resume from it draws what the run drew."""
+        if self.replayable:
+            checkpoint[RNG_KEY] = rng_states()
+
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        """Restore the generators' states a replayable run's checkpoint holds."""
+        if RNG_KEY in checkpoint:
+            set_rng_states(checkpoint[RNG_KEY])
+
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Note the epoch's logged metrics (validation included); maybe commit a checkpoint."""
+        """Note the epoch's logged metrics (validation included); maybe commit a checkpoint.
+        In replay mode, the replayed segment's last epoch writes its weights and stops."""
         if self.run is not None and not trainer.sanity_checking:
-            self.run.epoch_end(trainer.current_epoch, logged_metrics(trainer))
+            epoch = trainer.current_epoch
+            self.run.epoch_end(epoch, logged_metrics(trainer))
+            segment = self.run.replay_segment
+            if segment is not None and epoch >= segment.stop_epoch:
+                trainer.should_stop = True  # one segment per fit; ledger replay runs the next
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Write the final model and finalize the run."""
         if self.run is None or self.run.final is not None:
+            return
+        if self.run.replay is not None:  # replay mode writes nothing of the user's
+            self.run.finish()
             return
         if self.out.suffix == ".ckpt":  # every rank calls it (it has a barrier); rank 0 writes
             trainer.save_checkpoint(self.out)

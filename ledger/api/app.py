@@ -21,7 +21,7 @@ from ledger.api import problems
 from ledger.api.cache import DEFAULT_ENTRIES, IndexGeneration, ResponseCache
 from ledger.api.deps import ApiState, require_token
 from ledger.api.guard import RequestGuard
-from ledger.api.routes import bundle, documents, health, lookup, runs, verify, web
+from ledger.api.routes import bundle, datasets, documents, health, lookup, runs, verify, web
 from ledger.config import Secret, Settings
 from ledger.errors import ConfigError
 from ledger.index import artifact_store, open_index
@@ -163,6 +163,7 @@ def create_app(
     guarded = [Depends(require_token)]
     app.include_router(runs.router, prefix="/api/v1", dependencies=guarded)
     app.include_router(lookup.router, prefix="/api/v1", dependencies=guarded)
+    app.include_router(datasets.router, prefix="/api/v1", dependencies=guarded)
     app.include_router(documents.router, prefix="/api/v1", dependencies=guarded)
     app.include_router(bundle.router, prefix="/api/v1", dependencies=guarded)
     app.include_router(verify.router, prefix="/api/v1", dependencies=guarded)

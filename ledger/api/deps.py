@@ -34,7 +34,9 @@ class ApiState:
         if self._reader is None:
             from ledger.chain.reader import RegistryReader
 
-            self._reader = RegistryReader.connect(self.settings)
+            reader = RegistryReader.connect(self.settings)
+            reader.memo = False  # it serves for hours: a reorganised chain must show
+            self._reader = reader
         return self._reader
 
 

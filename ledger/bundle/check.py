@@ -30,7 +30,7 @@ from ledger.bundle.evidence import (
     trim_header,
     verify_receipt,
 )
-from ledger.bundle.export import BUNDLE_TYPE, run_slots
+from ledger.bundle.export import BUNDLE_TYPE, artifact_slot, run_slots
 from ledger.bundle.statement import RunEvents, build_statement, dedupe_checkpoints
 from ledger.chain.abi import registry_abi
 from ledger.chain.records import (
@@ -73,13 +73,25 @@ def read_bundle(path: Path) -> dict[str, Any]:
 
 
 class _Slot:
-    """A run's packed storage slot: committer, startedAt, status, revoked."""
+    """A run's packed storage slot, in the layout of registry 3 (committer, status,
+    revoked, start block, latest block) or 2 (committer, start time, status, revoked).
 
-    def __init__(self, word: bytes) -> None:
+    A bundle does not say which registry wrote it, and must not be trusted to: the
+    layout is the one whose start agrees with the run's proven ``RunStarted`` event,
+    its block (registry 3) or that block's time (registry 2). A word that agrees
+    with neither has status ``NONE`` (``layout`` 0), and the check fails.
+    """
+
+    def __init__(self, word: bytes, start_block: int, start_time: int | None) -> None:
         self.committer = checksum_address(word[12:32])
-        self.started_at = int.from_bytes(word[4:12], "big")
-        self.status = RunStatus(word[3]) if word[3] <= 3 else RunStatus.NONE
-        self.revoked = word[2] != 0
+        self.layout = 0
+        status, revoked = 0, 0
+        if word[11] <= 3 and int.from_bytes(word[5:10], "big") == start_block:
+            self.layout, status, revoked = 3, word[11], word[10]
+        elif word[3] <= 3 and int.from_bytes(word[4:12], "big") == start_time:
+            self.layout, status, revoked = 2, word[3], word[2]
+        self.status = RunStatus(status)
+        self.revoked = revoked != 0
 
 
 def verify_bundle(
@@ -254,6 +266,12 @@ class _Check:
             f"{len(self.slots)} storage slots of the registry proven at block {self.as_of}",
         )
 
+    def _slot(self, word: bytes, started: Mapping[str, Any]) -> _Slot:
+        """A run's slot, decoded in the layout its proven start agrees with."""
+        block = int(started["blockNumber"])
+        header = self.headers.get(block)
+        return _Slot(word, block, as_int(header["timestamp"]) if header is not None else None)
+
     def _proven_slots(
         self, state: Mapping[str, Any], header: Mapping[str, Any]
     ) -> dict[bytes, bytes]:
@@ -349,7 +367,7 @@ class _Check:
         run_slot, final_slot = run_slots(run.run_id)
         if run_slot not in self.slots:
             return self.add(f"{label} state", False, f"the bundle lacks the storage proof of {rid}")
-        slot = _Slot(self.slots[run_slot])
+        slot = self._slot(self.slots[run_slot], started)
         expected = RunStatus.FINALIZED if run.finalized is not None else slot.status
         state_ok = slot.committer == started["committer"] and slot.status is expected
         detail = f"{slot.status.name.lower()}, committer {slot.committer}, as of block {self.as_of}"
@@ -571,7 +589,9 @@ class _Check:
                     self.add(name, False, "its latest header does not re-hash to its hash")
                     return
                 runs = [r for r in self.runs if self.runs[r].started is not None]
+                datasets = self._datasets(runs)
                 keys = [to_hex(run_slots(r)[0]) for r in runs]
+                keys += [to_hex(artifact_slot(d)) for d in datasets]
                 state = rpc("eth_getProof", self.registry, keys, latest["number"])
                 slots = self._proven_slots(state, latest)
         except ChainError as exc:
@@ -588,13 +608,50 @@ class _Check:
             f"state proven at block {number}",
         )
         for rid in runs:
-            slot = _Slot(slots.get(run_slots(rid)[0], b"\x00" * 32))
+            started = self.runs[rid].started
+            assert started is not None
+            slot = self._slot(slots.get(run_slots(rid)[0], b"\x00" * 32), started)
             if slot.revoked:
                 self.add(
                     f"run {to_hex(rid)[:14]} not revoked",
                     False,
                     f"{to_hex(rid)} is revoked as of block {number} ({url})",
                 )
+        for digest, (cid, rid, key) in datasets.items():
+            revoked_in = int.from_bytes(slots.get(artifact_slot(digest), b"\x00" * 32), "big")
+            if revoked_in:
+                self.add(
+                    f"dataset {cid[:16]}… not revoked",
+                    False,
+                    f"dataset {cid} (data {key!r} of run {to_hex(rid)}) was revoked in block "
+                    f"{revoked_in}, as of block {number} ({url})",
+                )
+        if datasets:
+            self.add(
+                f"datasets ({url})",
+                True,
+                f"{len(datasets)} dataset(s) of the lineage's manifests checked against "
+                f"revocations at block {number}",
+            )
+
+    def _datasets(self, runs: Sequence[bytes]) -> dict[bytes, tuple[str, bytes, str]]:
+        """The datasets (and parts) the bundle's manifests of ``runs`` name: digest ->
+        (CID, the run naming it, its data key)."""
+        from ledger.datasets import run_datasets
+
+        found: dict[bytes, tuple[str, bytes, str]] = {}
+        for rid in runs:
+            started = self.runs[rid].started
+            raw = self.documents.get(bytes(started["manifestDigest"])) if started else None
+            try:
+                manifest = json.loads(raw) if raw else None
+            except ValueError:
+                continue
+            if not isinstance(manifest, dict):
+                continue
+            for ref in run_datasets(manifest):
+                found.setdefault(bytes.fromhex(ref.digest[2:]), (ref.cid, rid, ref.key))
+        return found
 
 
 def _first_difference(got: Any, want: Any, path: str = "") -> str:

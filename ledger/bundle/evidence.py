@@ -7,7 +7,8 @@
 * A receipt, RLP-encoded as EIP-2718 wants (``type || rlp([status,
   cumulativeGasUsed, logsBloom, logs])``; a legacy receipt without the type
   byte), sits in its block's receipts trie under ``rlp(transactionIndex)``: a
-  Merkle-Patricia proof into ``receiptsRoot`` shows it (py-trie checks it).
+  Merkle-Patricia proof into ``receiptsRoot`` shows it (py-trie builds the trie
+  for ``ledger export``; :mod:`ledger.chain.mpt` walks the proof when checking).
 * An EIP-1186 proof (``eth_getProof``) shows an account in ``stateRoot`` and
   storage slots in the account's ``storageRoot``.
 
@@ -18,16 +19,17 @@ naming what does not check out.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import rlp
-from trie.exceptions import BadTrieProof
-from trie.hexary import HexaryTrie
-
+from ledger.chain import rlp
+from ledger.chain.mpt import value_from_proof
 from ledger.chain.rpc import as_bytes, as_int
 from ledger.errors import InputError
 from ledger.hashing.keccak import keccak256
 from ledger.ids import to_hex
+
+if TYPE_CHECKING:
+    from trie.hexary import HexaryTrie
 
 __all__ = [
     "HEADER_FIELDS",
@@ -132,6 +134,9 @@ def encode_receipt(receipt: Mapping[str, Any]) -> bytes:
 
 
 def _receipts_trie(receipts: Sequence[Mapping[str, Any]]) -> HexaryTrie:
+    # py-trie builds tries (export only); its import costs ~0.25 s, so not at start-up
+    from trie.hexary import HexaryTrie
+
     trie = HexaryTrie({})
     for receipt in receipts:
         trie[rlp.encode(as_int(receipt["transactionIndex"]))] = encode_receipt(receipt)
@@ -152,9 +157,9 @@ def receipt_proof(receipts: Sequence[Mapping[str, Any]], index: int) -> list[str
 
 def _proven(root: bytes, key: bytes, proof: Sequence[object], what: str) -> bytes:
     try:
-        nodes = [rlp.decode(as_bytes(node)) for node in proof]
-        return bytes(HexaryTrie.get_from_proof(root, key, nodes))  # type: ignore[no-untyped-call]
-    except (BadTrieProof, rlp.DecodingError, ValueError, TypeError) as exc:
+        nodes = [as_bytes(node) for node in proof]
+        return value_from_proof(root, key, nodes)
+    except (InputError, ValueError, TypeError) as exc:
         raise EvidenceError(f"{what}: the proof does not lead to its root ({exc})") from exc
 
 
@@ -176,9 +181,14 @@ def account_from_proof(
     if not value:
         raise EvidenceError(f"account {to_hex(address)} does not exist at that block")
     try:
-        nonce, balance, storage_root, code_hash = rlp.decode(value)
-    except (rlp.DecodingError, ValueError) as exc:
+        fields = rlp.decode(value)
+    except rlp.RlpError as exc:
         raise EvidenceError(f"account {to_hex(address)}: undecodable account") from exc
+    items = fields if isinstance(fields, list) else []
+    words = [field for field in items if isinstance(field, bytes)]
+    if len(words) != 4 or len(items) != 4:
+        raise EvidenceError(f"account {to_hex(address)}: not four byte strings")
+    nonce, balance, storage_root, code_hash = words
     return (
         int.from_bytes(nonce, "big"),
         int.from_bytes(balance, "big"),
@@ -194,7 +204,7 @@ def slot_from_proof(slot: bytes, proof: Sequence[object], storage_root: bytes) -
         return b"\x00" * 32
     try:
         raw = rlp.decode(value)
-    except rlp.DecodingError as exc:
+    except rlp.RlpError as exc:
         raise EvidenceError(f"storage slot {to_hex(slot)}: undecodable value") from exc
     if not isinstance(raw, bytes) or len(raw) > 32:
         raise EvidenceError(f"storage slot {to_hex(slot)}: not a 32-byte word")

@@ -36,6 +36,18 @@ FINALS_SLOT = 5
 """The storage slot of ``_finalCommitments``."""
 
 
+ARTIFACT_REVOCATIONS_SLOT = 11
+"""The storage slot of ``_artifactRevocationBlocks`` (a revoked artifact's block, 0 if
+not revoked): after ``_runs`` 4, ``_finalCommitments`` 5, ``_weightsBlocks`` 6,
+``_tensorBlocks`` 7, ``_childBlocks`` 8, ``_runRevocationBlocks`` 9 and
+``_revokedRuns`` 10 (a test reads it back from a real revocation)."""
+
+
+def artifact_slot(digest: bytes) -> bytes:
+    """The storage slot holding the block an artifact (a dataset) was revoked in."""
+    return keccak256(digest + ARTIFACT_REVOCATIONS_SLOT.to_bytes(32, "big"))
+
+
 def run_slots(run_id: bytes) -> tuple[bytes, bytes]:
     """The storage slots of a run: its packed record and its final commitment."""
     return (

@@ -10,7 +10,8 @@ web3 does for events). Written from the Solidity ABI specification
 :class:`RegistryAbi` applies it to the committed registry artifact: calldata,
 results, the contract's custom errors (a refusal's revert data) and its events
 as ``eth_getLogs`` returns them. :class:`LogDecoder` is the indexer's fast path
-for the five run events, giving plain JSON values.
+for the run events (five, and replay attestations) and ``ArtifactRevoked``, giving plain
+JSON values.
 """
 
 from __future__ import annotations
@@ -192,6 +193,70 @@ def decode_tuple(components: Sequence[Param], data: bytes) -> dict[str, Any]:
 # -- the registry's ABI ------------------------------------------------------------
 
 
+def _params(spec: str, indexed: int = 0) -> list[dict[str, Any]]:
+    """ABI parameters from ``"type name, ..."``; the first ``indexed`` are indexed."""
+    params = []
+    for i, item in enumerate(spec.split(",")):
+        kind, name = item.split()
+        params.append({"name": name, "type": kind, "indexed": i < indexed})
+    return params
+
+
+REGISTRY_V2_ITEMS: tuple[dict[str, Any], ...] = (
+    {
+        "type": "event",
+        "name": "RunStarted",
+        "inputs": [
+            *_params("bytes32 runId, address committer, bytes32 manifestDigest", indexed=2),
+            {
+                "name": "parents",
+                "type": "tuple[]",
+                "indexed": False,
+                "components": _params("bytes32 runId, uint8 relation"),
+            },
+        ],
+    },
+    {
+        "type": "event",
+        "name": "CheckpointCommitted",
+        "inputs": _params(
+            "bytes32 runId, bytes32 weightsDigest, bytes32 tensorRoot, uint64 step, "
+            "bytes32 metricsDigest",
+            indexed=3,
+        ),
+    },
+    {
+        "type": "event",
+        "name": "RunFinalized",
+        "inputs": _params(
+            "bytes32 runId, bytes32 weightsDigest, bytes32 tensorRoot, bytes32 metricsDigest, "
+            "bytes32 checkpointRoot, uint64 checkpointCount",
+            indexed=3,
+        ),
+    },
+    {"type": "event", "name": "RunFailed", "inputs": _params("bytes32 runId, string reason", 1)},
+    {
+        "type": "function",
+        "name": "getRun",
+        "inputs": _params("bytes32 runId"),
+        "outputs": [
+            {
+                "name": "",
+                "type": "tuple",
+                "components": _params(
+                    "address committer, uint64 startedAt, uint8 status, bool revoked, "
+                    "bytes32 finalCommitment"
+                ),
+            }
+        ],
+    },
+)
+"""What registry 2.0.0 spelled differently from the committed (3.x) artifact: four
+events without the previous-block links, and ``getRun`` with a start time instead of
+blocks. Logs of a registry-2 deployment decode through these; reads of one choose
+``getRun``'s outputs by ``version()``."""
+
+
 class RegistryAbi:
     """The registry's functions, events and custom errors, from the committed artifact."""
 
@@ -202,6 +267,14 @@ class RegistryAbi:
         self.constructor = next((i for i in items if i.get("type") == "constructor"), None)
         self._errors = {selector(i): i for i in items if i.get("type") == "error"}
         self._by_topic = {to_hex(topic(e)): e for e in self.events.values()}
+        self.v2_functions = {
+            str(i["name"]): i for i in REGISTRY_V2_ITEMS if i["type"] == "function"
+        }
+        self._v2_topics: dict[str, str] = {}
+        for item in REGISTRY_V2_ITEMS:
+            if item["type"] == "event" and item["name"] in self.events:
+                self._by_topic.setdefault(to_hex(topic(item)), item)
+                self._v2_topics[str(item["name"])] = to_hex(topic(item))
 
     # -- calls -----------------------------------------------------------------------
 
@@ -214,10 +287,12 @@ class RegistryAbi:
         params = self.constructor["inputs"] if self.constructor else []
         return encode_params(params, args)
 
-    def outputs(self, function: str, data: bytes) -> list[Any]:
-        """The decoded return values of ``function``."""
+    def outputs(self, function: str, data: bytes, *, v2: bool = False) -> list[Any]:
+        """The decoded return values of ``function`` (as registry 2 returned them,
+        with ``v2``, where they differ)."""
+        item = self.v2_functions.get(function) if v2 else None
         try:
-            return decode_params(self.functions[function]["outputs"], data)
+            return decode_params((item or self.functions[function])["outputs"], data)
         except ValueError as exc:
             raise ChainError(f"{function} answered undecodable data: {exc}") from exc
 
@@ -245,6 +320,13 @@ class RegistryAbi:
     def event_topic(self, name: str) -> str:
         """Topic 0 of event ``name``, as ``0x`` hex."""
         return to_hex(topic(self.events[name]))
+
+    def event_topics(self, name: str) -> list[str]:
+        """Every topic 0 event ``name`` has had (this version's first, then registry
+        2's where it differed): a log filter that matches either deployment."""
+        current = self.event_topic(name)
+        old = self._v2_topics.get(name)
+        return [current] if old is None else [current, old]
 
     def decode_log(self, log: Mapping[str, Any]) -> tuple[str, dict[str, Any]] | None:
         """A raw ``eth_getLogs`` entry as ``(event name, values)``, or None for a log
@@ -283,7 +365,18 @@ def registry_abi() -> RegistryAbi:
 
 # -- the indexer's events -----------------------------------------------------------
 
-EVENT_NAMES = ("RunStarted", "CheckpointCommitted", "RunFinalized", "RunFailed", "RunRevoked")
+EVENT_NAMES = (
+    "RunStarted",
+    "CheckpointCommitted",
+    "RunFinalized",
+    "RunFailed",
+    "RunRevoked",
+    "ReplayAttested",
+)
+INDEXED_EVENTS = (*EVENT_NAMES, "ArtifactRevoked")
+"""What the indexer reads: the run events (replay attestations included), and artifact
+(dataset) revocations, whose :attr:`Log.run_id` is the revoked digest (their first
+indexed topic)."""
 
 
 @dataclass(frozen=True)
@@ -301,17 +394,25 @@ class Log:
 
 
 class LogDecoder:
-    """Decodes the registry's five run events from raw ``eth_getLogs`` entries.
+    """Decodes the registry's run events and ``ArtifactRevoked`` from raw ``eth_getLogs`` entries.
 
     Per-log generic decoding is far slower than the 5,000 events/s the indexer
-    aims for, and the five events have fixed layouts: :meth:`decode` slices their
+    aims for, and the events have fixed layouts: :meth:`decode` slices their
     words out of the hex directly (about 20 times faster).
     :meth:`decode_generic` gives the same through :meth:`RegistryAbi.decode_log`,
     and a test compares the two."""
 
     def __init__(self, registry: RegistryAbi | None = None) -> None:
         self._abi = registry or registry_abi()
-        self._names = {self._abi.event_topic(name): name for name in EVENT_NAMES}
+        self._names: dict[str, str] = {}
+        self._fast: dict[str, Callable[[Sequence[str], str], dict[str, Any]]] = {}
+        for name in INDEXED_EVENTS:
+            current, *older = self._abi.event_topics(name)
+            self._names[current] = name
+            self._fast[current] = _FAST[name]
+            for old in older:  # registry 2: the same fields without the block links
+                self._names[old] = name
+                self._fast[old] = _FAST_V2[name]
 
     @property
     def topics(self) -> list[str]:
@@ -324,7 +425,7 @@ class LogDecoder:
         if name is None:
             return None
         try:
-            args = _FAST[name](topics, str(raw["data"])[2:])
+            args = self._fast[str(topics[0])](topics, str(raw["data"])[2:])
             return _log(raw, name, str(topics[1]).lower(), args)
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise ChainError(f"cannot decode a {name} log: {exc}") from exc
@@ -348,8 +449,8 @@ class LogDecoder:
                 {"runId": p["runId"], "relation": label(int(p["relation"]))}
                 for p in args["parents"]
             ]
-        run_id = to_hex(bytes(args.pop("runId")))
-        return _log(raw, name, run_id, _plain(args))
+        key = bytes(args.pop("runId")) if "runId" in args else bytes(args["digest"])
+        return _log(raw, name, to_hex(key), _plain(args))
 
 
 def _log(raw: Mapping[str, Any], name: str, run_id: str, args: dict[str, Any]) -> Log:
@@ -402,7 +503,7 @@ def _string(data: str, head: int) -> str:
     return raw.decode("utf-8", errors="replace")
 
 
-def _started(topics: Sequence[str], data: str) -> dict[str, Any]:
+def _started_v2(topics: Sequence[str], data: str) -> dict[str, Any]:
     start = int(_hex_word(data, 1), 16) * 2
     count = int(data[start : start + HEX_WORD], 16)
     parents = []
@@ -424,7 +525,14 @@ def _started(topics: Sequence[str], data: str) -> dict[str, Any]:
     }
 
 
-def _checkpoint(topics: Sequence[str], data: str) -> dict[str, Any]:
+def _started(topics: Sequence[str], data: str) -> dict[str, Any]:
+    start = int(_hex_word(data, 2), 16) * 2
+    count = int(data[start : start + HEX_WORD], 16)
+    links = [int(_hex_word(data[start + HEX_WORD :], i), 16) for i in range(count)]
+    return {**_started_v2(topics, data), "previousChildBlocks": links}
+
+
+def _checkpoint_v2(topics: Sequence[str], data: str) -> dict[str, Any]:
     return {
         "weightsDigest": str(topics[2]).lower(),
         "tensorRoot": str(topics[3]).lower(),
@@ -433,7 +541,20 @@ def _checkpoint(topics: Sequence[str], data: str) -> dict[str, Any]:
     }
 
 
-def _finalized(topics: Sequence[str], data: str) -> dict[str, Any]:
+def _links(data: str, first: int) -> dict[str, Any]:
+    """The three previous-block links of a registry-3 weights event, from word ``first``."""
+    return {
+        "previousRunBlock": int(_hex_word(data, first), 16),
+        "previousWeightsBlock": int(_hex_word(data, first + 1), 16),
+        "previousTensorBlock": int(_hex_word(data, first + 2), 16),
+    }
+
+
+def _checkpoint(topics: Sequence[str], data: str) -> dict[str, Any]:
+    return {**_checkpoint_v2(topics, data), **_links(data, 2)}
+
+
+def _finalized_v2(topics: Sequence[str], data: str) -> dict[str, Any]:
     return {
         "weightsDigest": str(topics[2]).lower(),
         "tensorRoot": str(topics[3]).lower(),
@@ -443,12 +564,39 @@ def _finalized(topics: Sequence[str], data: str) -> dict[str, Any]:
     }
 
 
-def _failed(topics: Sequence[str], data: str) -> dict[str, Any]:
+def _finalized(topics: Sequence[str], data: str) -> dict[str, Any]:
+    return {**_finalized_v2(topics, data), **_links(data, 3)}
+
+
+def _failed_v2(topics: Sequence[str], data: str) -> dict[str, Any]:
     return {"reason": _string(data, 0)}
+
+
+def _failed(topics: Sequence[str], data: str) -> dict[str, Any]:
+    return {"reason": _string(data, 0), "previousRunBlock": int(_hex_word(data, 1), 16)}
+
+
+def _artifact_revoked(topics: Sequence[str], data: str) -> dict[str, Any]:
+    return {
+        "digest": str(topics[1]).lower(),
+        "revoker": _address(str(topics[2])),
+        "reason": _string(data, 0),
+    }
 
 
 def _revoked(topics: Sequence[str], data: str) -> dict[str, Any]:
     return {"revoker": _address(str(topics[2])), "reason": _string(data, 0)}
+
+
+def _attested(topics: Sequence[str], data: str) -> dict[str, Any]:
+    return {
+        "attester": _address(str(topics[2])),
+        "fromStep": int(_hex_word(data, 0), 16),
+        "toStep": int(_hex_word(data, 1), 16),
+        "reproduced": bool(int(_hex_word(data, 2), 16)),
+        "reportDigest": _hex32(_hex_word(data, 3)),
+        "previousBlock": int(_hex_word(data, 4), 16),
+    }
 
 
 _FAST: dict[str, Callable[[Sequence[str], str], dict[str, Any]]] = {
@@ -457,4 +605,13 @@ _FAST: dict[str, Callable[[Sequence[str], str], dict[str, Any]]] = {
     "RunFinalized": _finalized,
     "RunFailed": _failed,
     "RunRevoked": _revoked,
+    "ArtifactRevoked": _artifact_revoked,
+    "ReplayAttested": _attested,
+}
+_FAST_V2 = {
+    **_FAST,
+    "RunStarted": _started_v2,
+    "CheckpointCommitted": _checkpoint_v2,
+    "RunFinalized": _finalized_v2,
+    "RunFailed": _failed_v2,
 }

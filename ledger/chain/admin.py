@@ -41,7 +41,7 @@ from ledger.chain.records import (
     checksum_address,
     run_id_for,
 )
-from ledger.chain.rpc import JsonRpc, as_bytes, as_int
+from ledger.chain.rpc import JsonRpc, as_bytes
 from ledger.chain.sender import Receipt, RegistrySender, Signer
 from ledger.config import Secret, Settings, resolve_private_key
 from ledger.errors import ChainError, RegistryNotDeployedError
@@ -55,25 +55,27 @@ Want = tuple[str, dict[str, Any]]
 """An event a write must emit from the registry: its name and values it must carry
 (``()`` for :meth:`RegistryAdmin.submit_signed`: any registry event)."""
 
-_DOMAIN_TYPE = keccak256(
-    b"EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)"
-)
-_SIGNED_CALL_TYPE = keccak256(
-    b"SignedCall(address signer,uint256 nonce,uint256 deadline,bytes data)"
-)
-
 
 class RegistryAdmin(RegistrySender):
     """A registry client whose writes each send one transaction and wait for it."""
 
-    _domain: bytes | None = None
-
     @classmethod
-    def connect(cls, settings: Settings, secret: Secret | None = None) -> RegistryAdmin:
+    def connect(
+        cls, settings: Settings, secret: Secret | None = None, *, relay: bool = True
+    ) -> RegistryAdmin:
         """The registry named by the settings, signing with ``secret`` (else the
-        configured key, resolved for the chain's id)."""
-        sender = RegistrySender.connect(settings, secret)
-        return cls(sender.rpc, sender.address, sender.signer, sender.chain_id, sender.deploy_block)
+        configured key, resolved for the chain's id); a configured relayer sends
+        (and pays for) the writes unless ``relay`` is False."""
+        sender = RegistrySender.connect(settings, secret, relay=relay)
+        return cls(
+            sender.rpc,
+            sender.address,
+            sender.signer,
+            sender.chain_id,
+            sender.deploy_block,
+            relayer=sender.relayer,
+            max_fee_per_gas=sender.max_fee_per_gas,
+        )
 
     @classmethod
     def deploy(
@@ -102,6 +104,18 @@ class RegistryAdmin(RegistrySender):
     def revoke_run(self, run_id: bytes, reason: str) -> TxResult:
         """Revoke a run (its committer or an admin may); its descendants become tainted."""
         return self.transact("revokeRun", run_id, reason)
+
+    def revoke_artifact(self, digest: bytes, reason: str) -> TxResult:
+        """Revoke an artifact that is not a run, e.g. a dataset by the digest of its
+        fingerprint's CID (admins only, once per digest)."""
+        return self.transact("revokeArtifact", digest, reason)
+
+    def attest_replay(
+        self, run_id: bytes, from_step: int, to_step: int, reproduced: bool, report_digest: bytes
+    ) -> TxResult:
+        """Record on chain that this account replayed steps ``from_step``..``to_step``
+        of ``run_id`` (any account may; readers choose whose attestations they trust)."""
+        return self.transact("attestReplay", run_id, from_step, to_step, reproduced, report_digest)
 
     def grant_committer(self, account: str) -> TxResult | None:
         return self.grant_role(COMMITTER_ROLE, account)
@@ -176,40 +190,15 @@ class RegistryAdmin(RegistrySender):
         deadline: int | None = None,
         nonce: int | None = None,
     ) -> SignedCall:
-        """``signer``'s EIP-712 signature of a call to ``function(*args)`` for any relayer."""
+        """``signer``'s EIP-712 signature of a call to ``function(*args)`` for any relayer
+        (:meth:`~ledger.chain.sender.RegistrySender.sign_data`)."""
         data = self.abi.call(function, args)
-        if nonce is None:
-            nonce = int(self._call("nonces", signer.address)[0])
-        if deadline is None:
-            block = self.rpc("eth_getBlockByNumber", "latest", False) or {}
-            deadline = as_int(block.get("timestamp", "0x0")) + 3600
-        struct = keccak256(
-            _SIGNED_CALL_TYPE
-            + _word(as_bytes(signer.address))
-            + _word(nonce)
-            + _word(deadline)
-            + keccak256(data)
-        )
-        digest = keccak256(b"\x19\x01" + self._domain_separator() + struct)
-        return SignedCall(signer.address, nonce, deadline, data, signer.sign_digest(digest))
+        return self.sign_data(signer, data, deadline=deadline, nonce=nonce)
 
     def submit_signed(self, call: SignedCall) -> TxResult:
         """Relay a signed call; this client's account pays, the record names the signer."""
         args = (call.signer, call.nonce, call.deadline, call.data, call.signature)
         return self.transact("executeSigned", *args)
-
-    def _domain_separator(self) -> bytes:
-        """The registry's EIP-712 domain, as it reports it (EIP-5267 ``eip712Domain``)."""
-        if self._domain is None:
-            _, name, version, chain_id, contract, _, _ = self._call("eip712Domain")
-            self._domain = keccak256(
-                _DOMAIN_TYPE
-                + keccak256(str(name).encode())
-                + keccak256(str(version).encode())
-                + _word(int(chain_id))
-                + _word(as_bytes(contract))
-            )
-        return self._domain
 
     # -- plumbing ---------------------------------------------------------------------
 
@@ -232,6 +221,10 @@ class RegistryAdmin(RegistrySender):
                 function, "RunRevoked"
             )
             return [(name, {"runId": args[0]})]
+        if function == "revokeArtifact":
+            return [("ArtifactRevoked", {"digest": args[0]})]
+        if function == "attestReplay":
+            return [("ReplayAttested", {"runId": args[0], "attester": self.signer.address})]
         if function in ("grantRole", "revokeRole"):
             name = "RoleGranted" if function == "grantRole" else "RoleRevoked"
             return [(name, {"role": args[0], "account": args[1]})]
@@ -311,12 +304,6 @@ def deploy_registry(settings: Settings) -> tuple[RegistryAdmin, TxResult]:
 
 def _result(receipt: Receipt) -> TxResult:
     return TxResult(receipt.tx_hash, receipt.block_number, receipt.gas_used)
-
-
-def _word(value: int | bytes) -> bytes:
-    if isinstance(value, bytes):
-        return value.rjust(32, b"\x00")
-    return value.to_bytes(32, "big")
 
 
 __all__ = ["RegistryAdmin", "deploy_registry"]

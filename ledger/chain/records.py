@@ -78,24 +78,49 @@ class RunStatus(enum.IntEnum):
 
 @dataclass(frozen=True)
 class RunRecord:
+    """A run as ``getRun`` returns it.
+
+    Registry 3 stores the blocks of the run's events (``start_block``,
+    ``last_block``, ``revoked_block``: where a reader fetches them with
+    single-block log queries); registry 2 stored the start time instead
+    (``started_at``), and its block fields are None here. The start time of a
+    registry-3 run is its start block's timestamp.
+    """
+
     run_id: bytes
     committer: str
-    started_at: int
     status: RunStatus
     revoked: bool
     final_commitment: bytes
+    start_block: int | None = None
+    last_block: int | None = None
+    revoked_block: int | None = None
+    started_at: int | None = None
 
     @classmethod
     def from_view(cls, run_id: bytes, values: Sequence[Any]) -> RunRecord:
-        """The record from ``getRun``'s decoded return values, in the struct's order."""
-        committer, started_at, status, revoked, commitment = values
+        """The record from ``getRun``'s decoded return values, in the struct's order
+        (seven fields: registry 3; five: registry 2)."""
+        if len(values) == 5:
+            committer, started_at, status, revoked, commitment = values
+            return cls(
+                run_id=run_id,
+                committer=checksum_address(str(committer)),
+                status=RunStatus(status),
+                revoked=bool(revoked),
+                final_commitment=bytes(commitment),
+                started_at=int(started_at),
+            )
+        committer, status, revoked, start, last, revoked_at, commitment = values
         return cls(
             run_id=run_id,
             committer=checksum_address(str(committer)),
-            started_at=int(started_at),
             status=RunStatus(status),
             revoked=bool(revoked),
             final_commitment=bytes(commitment),
+            start_block=int(start),
+            last_block=int(last),
+            revoked_block=int(revoked_at),
         )
 
     @property
@@ -153,6 +178,17 @@ class WeightsRecord:
     def position(self) -> tuple[int, int]:
         """Where the record sits in the chain's history: (block, log index)."""
         return (self.block_number, self.log_index)
+
+
+@dataclass(frozen=True)
+class ArtifactRevocation:
+    """An artifact (a dataset, by its CID's digest) revoked on chain: ``ArtifactRevoked``."""
+
+    digest: bytes
+    block_number: int
+    tx_hash: str
+    revoker: str
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -306,4 +342,8 @@ class RegistryView(Protocol):
     def events(self, name: str, run_id: bytes) -> list[dict[str, Any]]:
         """Decoded events ``name`` of one run, oldest first, with ``blockNumber``
         and ``transactionHash`` (``0x`` hex)."""
+        ...
+
+    def artifact_revocations(self, digests: Sequence[bytes]) -> dict[bytes, ArtifactRevocation]:
+        """The revocations on chain of those of ``digests`` that are revoked (datasets)."""
         ...

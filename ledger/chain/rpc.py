@@ -19,15 +19,37 @@ Both raise :class:`OSError` when the connection fails and :class:`ValueError`
 when the answer is not HTTP, and :class:`ServerClosed` (a
 ``ConnectionResetError``) when a kept-alive connection was closed by the server
 before it answered, which :class:`JsonRpc` retries once on a new connection.
+
+**Providers.** Commercial and public endpoints rate-limit, drop connections and
+answer slowly (:mod:`ledger.testing.provider` imitates them in the tests).
+:class:`JsonRpc` copes, within bounds (:class:`RetryPolicy`):
+
+- HTTP 429 (and a JSON-RPC error that says the request rate was exceeded): the
+  request was not processed, so any call is sent again after the server's
+  ``Retry-After`` (seconds), or a doubling back-off, each wait capped;
+- a dropped connection, an answer cut short, a timeout: calls that only read
+  (and ``eth_sendRawTransaction``: the same signed bytes, idempotent by hash;
+  the sender treats "already known" as sent) are sent again after a short
+  back-off. Calls that change a node's state otherwise (``anvil_mine``,
+  ``evm_revert``...) are not; a refused connection (nothing listens) fails at once;
+- a JSON-RPC error object in a non-200 answer (QuickNode answers a too-wide
+  ``eth_getLogs`` with HTTP 413 and code -32614) is that call's
+  :class:`~ledger.errors.RpcError`, not a transport failure.
+
+When the retries run out, :class:`~ledger.errors.ChainUnavailableError` names the
+endpoint, what it did, and what to do.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import socket
 import threading
+import time
 import urllib.parse
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from ledger.errors import ChainError, ChainUnavailableError, ConfigError, RpcError
@@ -51,6 +73,93 @@ def as_bytes(value: object) -> bytes:
 
 
 TIMEOUT = 10.0
+
+RATE_LIMIT_HINT = (
+    "the RPC provider limits requests: try again later, use a plan or endpoint with a "
+    "higher limit, or your own node (LEDGER_RPC_URL)"
+)
+
+# Calls that only read the chain: safe to send again when an answer was lost.
+# eth_sendRawTransaction is too: the same signed bytes are the same transaction
+# (idempotent by hash); RegistrySender.broadcast treats "already known" as sent.
+IDEMPOTENT = frozenset(
+    {
+        "eth_blockNumber",
+        "eth_call",
+        "eth_chainId",
+        "eth_estimateGas",
+        "eth_feeHistory",
+        "eth_gasPrice",
+        "eth_maxPriorityFeePerGas",
+        "eth_sendRawTransaction",
+        "eth_syncing",
+        "net_version",
+        "web3_clientVersion",
+    }
+)
+
+
+def idempotent(method: str) -> bool:
+    """Whether ``method`` may be sent again after its answer was lost."""
+    return method in IDEMPOTENT or method.startswith("eth_get")
+
+
+# Infura: "project ID request rate exceeded" (-32005); Alchemy: "...exceeded its compute
+# units per second capacity" (429); many: "rate limit(ed)", "Too Many Requests"
+_RATE_LIMITED = re.compile(
+    r"rate limit|request rate|too many requests|compute units per second", re.I
+)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How hard :class:`JsonRpc` tries before it gives up on a call.
+
+    Waits are bounded one by one (``max_wait``) and in total per call
+    (``budget``): a provider that throttles for minutes is reported, not waited out.
+    """
+
+    attempts: int = 5
+    """Tries of a call that lost its answer (dropped, cut short, timed out)."""
+    throttled_attempts: int = 8
+    """Tries of a call the server refused for its rate (HTTP 429)."""
+    backoff: float = 0.25
+    """First wait after a lost answer or a 429 without ``Retry-After``; doubles."""
+    max_wait: float = 10.0
+    """Longest single wait, whatever ``Retry-After`` asks."""
+    budget: float = 60.0
+    """Longest total wait for one call."""
+
+
+NO_RETRY = RetryPolicy(attempts=1, throttled_attempts=1, budget=0.0)
+"""Fail at the first lost answer or 429 (tests of the failure itself)."""
+
+
+class Throttled(OSError):
+    """The server answered HTTP 429 (or a rate-limit error): not processed; try later."""
+
+    def __init__(self, message: str, retry_after: float | None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class HttpStatusError(ValueError):
+    """An HTTP answer other than 200 that carries no JSON-RPC answer."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds from a ``Retry-After`` header (delta-seconds; an HTTP date is ignored)."""
+    if value is None:
+        return None
+    try:
+        seconds = float(value.strip())
+    except ValueError:
+        return None
+    return seconds if seconds >= 0 else None
 
 
 class BatchAnswers:
@@ -90,9 +199,18 @@ class JsonRpc:
     is this module's (``http.client`` only for ``https://``).
     """
 
-    def __init__(self, url: str, timeout: float = TIMEOUT) -> None:
+    def __init__(
+        self,
+        url: str,
+        timeout: float = TIMEOUT,
+        retry: RetryPolicy | None = None,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self.url = url
         self.timeout = timeout
+        self.retry = retry or RetryPolicy()
+        self._sleep = sleep  # how the waits between tries pass (tests pass a clock's)
         self._id = 0
         parts = urllib.parse.urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -107,7 +225,7 @@ class JsonRpc:
         with self._lock:
             self._id += 1
             request = {"jsonrpc": "2.0", "id": self._id, "method": method, "params": params}
-            answer = self._exchange(request, method)
+        answer = self._exchange(request, method, idempotent(method))
         if not isinstance(answer, dict):
             raise ChainError(f"{method} at {self.url}: the answer is not a JSON-RPC response")
         if "error" in answer:
@@ -130,11 +248,11 @@ class JsonRpc:
         with self._lock:
             first = self._id + 1
             self._id += len(calls)
-            request = [
-                {"jsonrpc": "2.0", "id": first + n, "method": method, "params": list(params)}
-                for n, (method, params) in enumerate(calls)
-            ]
-            answer = self._exchange(request, methods)
+        request = [
+            {"jsonrpc": "2.0", "id": first + n, "method": method, "params": list(params)}
+            for n, (method, params) in enumerate(calls)
+        ]
+        answer = self._exchange(request, methods, all(idempotent(m) for m, _ in calls))
         if isinstance(answer, dict) and "error" in answer:  # the batch itself was refused
             raise self._error(methods, answer["error"])
         if not isinstance(answer, list):
@@ -151,15 +269,60 @@ class JsonRpc:
                 answers.append((item.get("result"), None))
         return BatchAnswers(answers)
 
-    def _exchange(self, request: object, what: str) -> Any:
-        """Post ``request`` and parse the answer; the caller holds the lock."""
-        try:
-            return json.loads(self._post(json.dumps(request).encode()))
-        except (OSError, ValueError) as exc:  # JSONDecodeError is a ValueError
-            self._close()
-            raise ChainUnavailableError(
-                f"no chain answers at {self.url} ({what}: {exc})", hint=UNAVAILABLE_HINT
-            ) from exc
+    def _exchange(self, request: object, what: str, repeatable: bool) -> Any:
+        """Post ``request`` and parse the answer, trying again as :attr:`retry` allows
+        (a lost answer only when ``repeatable``). The lock is held for each try, not
+        for the waits between them."""
+        body = json.dumps(request).encode()
+        policy = self.retry
+        lost = throttled = 0
+        waited = 0.0
+        while True:
+            try:
+                with self._lock:
+                    try:
+                        answer = json.loads(self._post(body))
+                    except (OSError, ValueError):  # JSONDecodeError is a ValueError
+                        self._close()
+                        raise
+                if not _rate_limited(answer):
+                    return answer
+                raise Throttled("a rate-limit error", None)
+            except Throttled as exc:
+                throttled += 1
+                wait = exc.retry_after
+                if wait is None:
+                    wait = policy.backoff * 2 ** (throttled - 1)
+                wait = min(wait, policy.max_wait)
+                if throttled >= policy.throttled_attempts or waited + wait > policy.budget:
+                    raise ChainUnavailableError(
+                        f"{self.url} refused {what} for its request rate (HTTP 429) "
+                        f"{throttled} times; gave up after waiting {waited:.1f} s",
+                        hint=RATE_LIMIT_HINT,
+                    ) from exc
+            except (OSError, ValueError) as exc:
+                lost += 1
+                # nothing listens, no such host, or the server refuses the request as
+                # such (401, 403, 404...): another try would get the same
+                fatal = isinstance(exc, ConnectionRefusedError | socket.gaierror) or (
+                    isinstance(exc, HttpStatusError)
+                    and 400 <= exc.status < 500
+                    and exc.status != 408
+                )
+                wait = min(policy.backoff * 2 ** (lost - 1), policy.max_wait)
+                if (
+                    fatal
+                    or not repeatable
+                    or lost >= policy.attempts
+                    or waited + wait > policy.budget
+                ):
+                    tries = f" after {lost} tries" if lost > 1 else ""
+                    raise ChainUnavailableError(
+                        f"no chain answers at {self.url} ({what}: {exc}){tries}",
+                        hint=UNAVAILABLE_HINT,
+                    ) from exc
+            self._sleep(wait)
+            waited += wait
 
     def _error(self, method: str, error: object) -> RpcError:
         fields = error if isinstance(error, dict) else {}
@@ -167,6 +330,7 @@ class JsonRpc:
             f"{method} failed at {self.url}: {fields.get('message', error)}",
             code=fields.get("code"),
             data=fields.get("data"),
+            node_message=str(fields.get("message", error)),
         )
 
     def _post(self, body: bytes) -> bytes:
@@ -181,8 +345,12 @@ class JsonRpc:
                 continue
             if response.will_close:
                 self._close()
+            if response.status == 429:
+                raise Throttled(f"HTTP 429 {response.reason}", _retry_after(response.retry_after))
             if response.status != 200:
-                raise ValueError(f"HTTP {response.status} {response.reason}")
+                if _is_rpc_answer(response.body):  # e.g. 413 + -32614: the call's own error
+                    return response.body
+                raise HttpStatusError(response.status, f"HTTP {response.status} {response.reason}")
             return response.body
         raise AssertionError("unreachable")
 
@@ -224,6 +392,28 @@ class Response(NamedTuple):
     body: bytes
     will_close: bool
     """The server ends the connection after this answer: open a new one next time."""
+    retry_after: str | None = None
+    """The ``Retry-After`` header, if any."""
+
+
+def _is_rpc_answer(body: bytes) -> bool:
+    """Whether a non-200 answer's body is a JSON-RPC error (or batch of answers)."""
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        return False
+    items = answer if isinstance(answer, list) else [answer]
+    return bool(items) and all(
+        isinstance(i, dict) and ("error" in i or "result" in i) for i in items
+    )
+
+
+def _rate_limited(answer: object) -> bool:
+    """Whether a single answer is a JSON-RPC error saying the request rate was exceeded
+    (some providers answer so with HTTP 200)."""
+    if not isinstance(answer, dict) or not isinstance(answer.get("error"), dict):
+        return False
+    return bool(_RATE_LIMITED.search(str(answer["error"].get("message", ""))))
 
 
 class PlainHttp:
@@ -276,7 +466,7 @@ class PlainHttp:
         else:
             data = self._file.read()  # framed by the end of the connection
             will_close = True
-        return Response(status, reason, data, will_close)
+        return Response(status, reason, data, will_close, headers.get("retry-after"))
 
     def close(self) -> None:
         if self._file is not None:
@@ -306,7 +496,13 @@ class TlsHttp:
             raise ServerClosed(str(exc)) from exc
         except client.HTTPException as exc:
             raise ValueError(f"{type(exc).__name__}: {exc}") from exc
-        return Response(response.status, response.reason, data, response.will_close)
+        return Response(
+            response.status,
+            response.reason,
+            data,
+            response.will_close,
+            response.getheader("Retry-After"),
+        )
 
     def close(self) -> None:
         self._conn.close()

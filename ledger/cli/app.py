@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import typer
 
-from ledger.cli import audit, bundle, chain, outbox, replay, runs, store, verify
+from ledger.cli import audit, bundle, chain, data, key, outbox, replay, runs, store, verify
 
 app = typer.Typer(
     name="ledger",
@@ -24,5 +24,5 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
-for group in (chain, verify, bundle, replay, runs, outbox, audit, store):
+for group in (chain, key, verify, bundle, replay, runs, data, outbox, audit, store):
     app.add_typer(group.app)

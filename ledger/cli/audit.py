@@ -27,7 +27,8 @@ Confirmations = Annotated[
     typer.Option(
         "--confirmations",
         min=0,
-        help="Blocks to wait before indexing [default: 0 on a dev chain, else 12]",
+        help="Blocks to wait before indexing "
+        "[default: LEDGER_CONFIRMATIONS, else 0 on a dev chain, 12 elsewhere]",
     ),
 ]
 

@@ -62,6 +62,7 @@ def sync(
                 "rebuilt": rebuilt,
                 "open": still_open,
                 "waiting_on": result.waiting_on,
+                "waiting_for_confirmations": result.deepening,
                 "waiting_for_keys": other_keys,
                 "journal": counts,
             }
@@ -85,9 +86,15 @@ def sync(
             "and LEDGER_KEYSTORE_PASSWORD)",
         )
     if still_open:
+        deep = (
+            f"{result.deepening} of them mined, waiting for the confirmation depth"
+            " (LEDGER_CONFIRMATIONS)"
+            if result.deepening
+            else None
+        )
         raise RecordError(
             f"{still_open} record(s) are still open"
-            + (f": {result.waiting_on}" if result.waiting_on else ""),
+            + (f": {result.waiting_on or deep}" if result.waiting_on or deep else ""),
             hint="run `ledger status` to see them; `ledger sync` again once the cause is fixed",
         )
     if counts["failed"]:

@@ -1,7 +1,8 @@
 """``ledger show``, ``proof``, ``revoke``, ``runs`` and ``lineage``: recorded runs.
 
-``show``, ``proof`` and ``revoke`` talk to the registry; ``runs`` and ``lineage``
-read its events and the store (:mod:`ledger.catalog`). Wherever a run id is
+``show``, ``proof`` and ``revoke`` talk to the registry; ``runs`` reads all its
+events and the store (:mod:`ledger.catalog`), ``lineage`` the run's family only
+(:func:`ledger.catalog.chain_lineage`). Wherever a run id is
 asked for, a unique prefix of at least four hex digits will do (``0x1a2b3c``),
 resolved against the registry's ``RunStarted`` events; an unknown run is an
 error (exit 11), an ambiguous prefix one that lists the candidates.
@@ -10,13 +11,15 @@ error (exit 11), an ambiguous prefix one that lists the candidates.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from ledger.cli.options import DATA_DIR, JSON, RUN_ID, load_settings, print_json
-from ledger.errors import InputError
 from ledger.ids import RunId, to_hex
+
+if TYPE_CHECKING:
+    pass
 
 app = typer.Typer()
 
@@ -39,8 +42,10 @@ def show(
     data_dir: Annotated[Path | None, DATA_DIR.typer()] = None,
     as_json: Annotated[bool, JSON.typer()] = False,
 ) -> None:
-    """Print a run's on-chain record (storage and events); --json for JSON."""
+    """Print a run's on-chain record (storage and events), with its replay
+    attestations; --json for JSON."""
     from ledger.chain.reader import RegistryReader
+    from ledger.replay import attestations
 
     registry = RegistryReader.connect(load_settings(data_dir))
     run_id = registry.resolve_run(run, exists=True)
@@ -50,7 +55,8 @@ def show(
     document = {
         "run_id": to_hex(record.run_id),
         "committer": record.committer,
-        "started_at": record.started_at,
+        "started_at": registry.started_at(record),
+        "start_block": record.start_block,
         "status": record.status.name.lower(),
         "revoked": record.revoked,
         "manifest_digest": bytes(started[0]["manifestDigest"]).hex() if started else None,
@@ -68,6 +74,7 @@ def show(
             "checkpoint_root": final.final.checkpoint_root.hex(),
             "commitment": record.final_commitment.hex(),
         },
+        "replays": [a.to_json() for a in attestations(registry, run_id)],
     }
     if as_json:
         print_json(document)
@@ -85,7 +92,15 @@ def _show_lines(doc: dict[str, Any]) -> list[str]:
 
     from ledger.ids import label
 
-    started = datetime.datetime.fromtimestamp(doc["started_at"], tz=datetime.UTC)
+    started = (
+        datetime.datetime.fromtimestamp(doc["started_at"], tz=datetime.UTC).strftime(
+            "%Y-%m-%d %H:%M:%S UTC"
+        )
+        if doc["started_at"] is not None
+        else "(unknown)"
+    )
+    if doc.get("start_block") is not None:
+        started += f" (block {doc['start_block']})"
     status = doc["status"] + (
         f", REVOKED: {doc.get('revoked_reason') or '(no reason found)'}" if doc["revoked"] else ""
     )
@@ -93,7 +108,7 @@ def _show_lines(doc: dict[str, Any]) -> list[str]:
         ("run", doc["run_id"]),
         ("status", status),
         ("committer", doc["committer"]),
-        ("started", started.strftime("%Y-%m-%d %H:%M:%S UTC")),
+        ("started", started),
         ("manifest", "0x" + doc["manifest_digest"] if doc["manifest_digest"] else "(no event)"),
     ]
     rows += [("parent", f"{p['run_id']} ({label(p['relation'])})") for p in doc["parents"]]
@@ -109,6 +124,16 @@ def _show_lines(doc: dict[str, Any]) -> list[str]:
             ("checkpoint root", "0x" + final["checkpoint_root"]),
             ("commitment", "0x" + final["commitment"]),
         ]
+    for replay in doc.get("replays", []):  # ledger replay --record, by anyone
+        verdict = "reproduced" if replay["reproduced"] else "DIVERGED"
+        rows.append(
+            (
+                "replayed",
+                f"checkpoint {replay['from_step']} -> {replay['to_step']}: {verdict}, by "
+                f"{replay['attester']} (block {replay['block_number']}, report "
+                f"{replay['report_digest']})",
+            )
+        )
     width = max(len(name) for name, _ in rows)
     return [f"{name.ljust(width)}  {value}" for name, value in rows]
 
@@ -120,46 +145,12 @@ def proof(
     data_dir: Annotated[Path | None, DATA_DIR.typer()] = None,
 ) -> None:
     """Print a Merkle inclusion proof of a checkpoint in its run's checkpoint root."""
+    from ledger.chain.proofs import checkpoint_proof
     from ledger.chain.reader import RegistryReader
-    from ledger.chain.records import record_leaf
-    from ledger.hashing.merkle import MerkleTree
 
     registry = RegistryReader.connect(load_settings(data_dir))
     run_id = registry.resolve_run(run, exists=True)
-    final = registry.final_record(run_id)
-    if final is None or final.final is None:
-        raise InputError(
-            f"run {run} is not finalized, so it has no checkpoint root yet",
-            hint="proofs exist once the run's final record commits to its checkpoints",
-        )
-    leaves = [record_leaf(r) for r in registry.checkpoints(run_id)]
-    matches = [leaf for leaf in leaves if leaf.step == step]
-    if not matches:
-        steps = ", ".join(str(leaf.step) for leaf in leaves) or "none"
-        raise InputError(f"run {run} has no checkpoint at step {step} (steps: {steps})")
-    tree = MerkleTree([leaf.hash for leaf in leaves])
-    proofs = []
-    for leaf in matches:
-        path = tree.proof(leaf.hash)
-        proofs.append(
-            {
-                "step": leaf.step,
-                "weights_digest": leaf.weights_digest.hex(),
-                "tensor_root": leaf.tensor_root.hex(),
-                "metrics_digest": leaf.metrics_digest.hex(),
-                "leaf": to_hex(leaf.hash),
-                "proof": [to_hex(node) for node in path],
-                "verified_by_registry": registry.verify_checkpoint(run_id, final.final, leaf, path),
-            }
-        )
-    print_json(
-        {
-            "run_id": to_hex(run_id),
-            "checkpoint_root": to_hex(final.final.checkpoint_root),
-            "root_matches": tree.root == final.final.checkpoint_root,
-            "checkpoints": proofs,
-        }
-    )
+    print_json(checkpoint_proof(registry, run_id, step, shown=run))
 
 
 @app.command()
@@ -231,10 +222,14 @@ def lineage(
     as_json: Annotated[bool, JSON.typer()] = False,
 ) -> None:
     """Print a run's ancestors and descendants with relations, status and revocations."""
-    from ledger.catalog import lineage_lines
+    from ledger.catalog import chain_lineage, lineage_lines
+    from ledger.chain.reader import RegistryReader
+    from ledger.store import open_store
 
-    catalog, run_id = _catalog(data_dir, run)
-    tree = catalog.lineage(run_id)
+    settings = load_settings(data_dir)
+    registry = RegistryReader.connect(settings)
+    run_id = registry.resolve_run(run, exists=True)
+    tree = chain_lineage(registry, open_store(settings), run_id)
     if as_json:
         print_json(tree)
         return

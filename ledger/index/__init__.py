@@ -13,15 +13,10 @@ reported as verified is re-checked against the chain (:mod:`ledger.verify`).
 
 from __future__ import annotations
 
-import os
-
 from sqlalchemy.engine import Engine
 
-from ledger.config import DEV_CHAIN_ID, Settings
-from ledger.errors import ConfigError
+from ledger.config import Settings, confirmation_depth
 from ledger.store import ArtifactStore, open_store
-
-DEFAULT_CONFIRMATIONS = 12
 
 
 def artifact_store(settings: Settings) -> ArtifactStore:
@@ -39,20 +34,10 @@ def open_index(settings: Settings, url: str | None = None) -> Engine:
     return engine
 
 
-def confirmations_for(chain_id: int, configured: int | None = None) -> int:
-    """Blocks to wait before indexing: ``LEDGER_INDEX_CONFIRMATIONS``, else 0 on a local
-    dev chain (it mines a block per transaction) and 12 elsewhere."""
+def confirmations_for(settings: Settings, chain_id: int, configured: int | None = None) -> int:
+    """Blocks to wait before indexing: ``configured`` (``--confirmations``), else the
+    depth the outbox honours too (:func:`ledger.config.confirmation_depth`:
+    ``LEDGER_CONFIRMATIONS``, else 0 on a local dev chain and 12 elsewhere)."""
     if configured is not None:
         return configured
-    text = os.environ.get("LEDGER_INDEX_CONFIRMATIONS")
-    if text:
-        try:
-            value = int(text)
-        except ValueError:
-            value = -1
-        if value < 0:
-            raise ConfigError(
-                f"LEDGER_INDEX_CONFIRMATIONS={text!r} is not a whole number of blocks >= 0"
-            )
-        return value
-    return 0 if chain_id == DEV_CHAIN_ID else DEFAULT_CONFIRMATIONS
+    return confirmation_depth(settings, chain_id)

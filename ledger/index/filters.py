@@ -12,6 +12,8 @@ of ``GET /api/v1/runs`` (repeated parameters and ``q`` are all ANDed)::
     started_after:2026-11-01T00:00:00Z     block time, ISO 8601 or Unix seconds
     started_before:1767225600
     metric:val_loss<0.1      a final metric; < <= > >= = !=
+    data:bafy...             runs whose manifest names this dataset (its CID or
+                             0x digest), or a dataset holding it as a part
 
 Terms next to each other are ANDed; ``OR`` (or ``|``) is weaker than ``AND``;
 ``NOT`` (or ``-``) negates a term; parentheses group; a value with spaces is
@@ -34,7 +36,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from ledger.chain.records import checksum_address
 from ledger.errors import InputError
 from ledger.ids import RunId
-from ledger.index.models import Metric, Parent, Run
+from ledger.index.models import Metric, Parent, Run, RunData
 
 KEYS = (
     "committer",
@@ -46,6 +48,7 @@ KEYS = (
     "started_after",
     "started_before",
     "metric",
+    "data",
 )
 STATUSES = ("running", "finalized", "failed")
 _TOKEN = re.compile(r'\s*(\(|\)|\|\||\||[^\s()"|]+(?:"[^"]*")?|"[^"]*")')
@@ -183,6 +186,13 @@ def _metric(value: str, where: str) -> ColumnElement[bool]:
     )
 
 
+def _data(value: str, where: str) -> ColumnElement[bool]:
+    from ledger.datasets import parse_dataset
+
+    digest = "0x" + parse_dataset(value, field=where).digest.hex()
+    return Run.run_id.in_(select(RunData.run_id).where(RunData.digest == digest))
+
+
 _TERMS: dict[str, Callable[[str, str], ColumnElement[bool]]] = {
     "committer": _committer,
     "status": _status,
@@ -193,6 +203,7 @@ _TERMS: dict[str, Callable[[str, str], ColumnElement[bool]]] = {
     "started_after": _after,
     "started_before": _before,
     "metric": _metric,
+    "data": _data,
 }
 
 

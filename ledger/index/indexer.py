@@ -2,15 +2,22 @@
 
 One pass (:meth:`Indexer.run_once`):
 
-1. **Reorg check.** The hash stored for the highest indexed block is compared
-   with the chain's block at that height. If it differs (a reorg, or a local
-   chain that was reset), the highest stored block whose hash still matches is
-   found by bisection over the stored blocks (hashes chain, so everything below
-   a matching block matches), and everything above it is rolled back: its
-   events are deleted and the runs they touched are rebuilt from the events that
-   remain.
+1. **Reorg check.** The hashes stored for the newest indexed block and for the
+   blocks holding events among the last :func:`reorg_window` blocks are
+   compared with the chain's, in one batch request (one block on a quiet chain). Where one
+   differs (a reorg, or a local chain that was reset), everything from the
+   lowest changed block up is rolled back: its events are deleted and the runs
+   they touched are rebuilt from the events that remain; the next step reads
+   those blocks again from the chain as it is now. When even the window's
+   lowest block changed, the fork is older: the highest stored block whose hash
+   still matches is found by bisection over the older ones (hashes chain, so
+   everything below a matching block matches). Every block in the window is
+   compared, not only the newest, because the logs of a range and the block
+   headers read after them can come from two sides of a reorg that happened in
+   between: a stored event's own block hash then tells.
 2. **Events.** ``eth_getLogs`` over ``[last + 1, head - confirmations]`` in
-   ranges of ``chunk_blocks`` (halved when a node refuses a range), decoded
+   ranges of at most ``chunk_blocks``, narrower where the endpoint refuses them
+   (:func:`ledger.chain.logs.scan_logs`: a provider's block or result cap), decoded
    with the project's ABI codec, written in one transaction per range together
    with the hashes of the blocks they came from and of the range's last block.
    A pass that stops half-way resumes from the last committed range.
@@ -41,8 +48,10 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from ledger.chain.abi import Log, LogDecoder
+from ledger.chain.logs import scan_logs
 from ledger.chain.records import checksum_address
 from ledger.chain.rpc import JsonRpc
+from ledger.datasets import run_datasets
 from ledger.documents import DocumentKind, read_document
 from ledger.errors import (
     ArtifactNotFoundError,
@@ -54,7 +63,19 @@ from ledger.errors import (
     StoreUnavailableError,
 )
 from ledger.ids import from_hex
-from ledger.index.models import Block, Event, IndexState, Meta, Metric, Parent, Run, Weights
+from ledger.index.models import (
+    ArtifactRevocation,
+    Block,
+    Event,
+    IndexState,
+    Meta,
+    Metric,
+    Parent,
+    ReplayAttestation,
+    Run,
+    RunData,
+    Weights,
+)
 from ledger.store import ArtifactStore, LocalStore
 
 log = logging.getLogger("ledger.index")
@@ -67,7 +88,11 @@ WEIGHTS = cast(Table, Weights.__table__)
 METRICS = cast(Table, Metric.__table__)
 META = cast(Table, Meta.__table__)
 STATE = cast(Table, IndexState.__table__)
+RUN_DATA = cast(Table, RunData.__table__)
+ARTIFACT_REVOCATIONS = cast(Table, ArtifactRevocation.__table__)
+REPLAYS = cast(Table, ReplayAttestation.__table__)
 IN_CHUNK = 500
+REORG_WINDOW = 64  # blocks below the newest indexed one whose stored hashes each pass checks
 DOCUMENT_THREADS = 8
 _T = TypeVar("_T")
 
@@ -215,23 +240,51 @@ class Indexer:
 
     # -- reorgs -------------------------------------------------------------------
 
+    def reorg_window(self) -> int:
+        """How many blocks below the newest indexed one each pass re-checks: at
+        least :data:`REORG_WINDOW`, and four times the confirmation depth."""
+        return max(REORG_WINDOW, 4 * self.confirmations)
+
     def _check_reorg(self) -> int | None:
         """Rolls back past a fork; returns the block kept (-1: none), or None if no fork."""
         with self.engine.connect() as connection:
-            top = connection.execute(
-                select(BLOCKS.c.number, BLOCKS.c.hash).order_by(BLOCKS.c.number.desc()).limit(1)
-            ).first()
-        if top is None or self._chain_hash(int(top.number)) == top.hash:
-            return None
-        with self.engine.connect() as connection:
-            stored = [
+            top = connection.scalar(select(func.max(BLOCKS.c.number)))
+            if top is None:
+                return None
+            low = int(top) - self.reorg_window()
+            # the newest block, and those holding events (their stored hash came with
+            # the logs): other blocks are range ends, which match when the newest does
+            with_events = select(EVENTS.c.block_number).where(EVENTS.c.block_number >= low)
+            recent = [
                 (int(r.number), str(r.hash))
                 for r in connection.execute(
-                    select(BLOCKS.c.number, BLOCKS.c.hash).order_by(BLOCKS.c.number)
+                    select(BLOCKS.c.number, BLOCKS.c.hash)
+                    .where(
+                        (BLOCKS.c.number == top)
+                        | ((BLOCKS.c.number >= low) & BLOCKS.c.number.in_(with_events))
+                    )
+                    .order_by(BLOCKS.c.number)
                 )
             ]
-        keep = self._fork_point(stored)
-        log.warning("block %s changed on chain: rolling back to block %s", top.number, keep)
+        now = self._chain_hashes([n for n, _ in recent])
+        changed = [n for n, h in recent if now.get(n) != h]
+        if not changed:
+            return None
+        below = [n for n, _ in recent if n < changed[0]]  # in the window, all unchanged
+        if below:
+            keep = below[-1]
+        else:  # the window's lowest block changed too: the fork may be older
+            with self.engine.connect() as connection:
+                older = [
+                    (int(r.number), str(r.hash))
+                    for r in connection.execute(
+                        select(BLOCKS.c.number, BLOCKS.c.hash)
+                        .where(BLOCKS.c.number < changed[0])
+                        .order_by(BLOCKS.c.number)
+                    )
+                ]
+            keep = self._fork_point(older)
+        log.warning("block %s changed on chain: rolling back to block %s", changed[0], keep)
         with self.engine.begin() as connection:
             self._rollback(connection, keep)
             _bump(connection)
@@ -255,6 +308,17 @@ class Indexer:
         block = self.rpc("eth_getBlockByNumber", hex(number), False)
         return None if block is None else str(block["hash"])
 
+    def _chain_hashes(self, numbers: Sequence[int]) -> dict[int, str | None]:
+        """The chain's hashes of blocks ``numbers`` (None beyond its head), in one
+        batch request per 256 blocks."""
+        found: dict[int, str | None] = {}
+        for start in range(0, len(numbers), 256):
+            chunk = list(numbers[start : start + 256])
+            answers = self.rpc.batch([("eth_getBlockByNumber", [hex(n), False]) for n in chunk])
+            for number, block in zip(chunk, answers, strict=True):
+                found[number] = None if block is None else str(block["hash"])
+        return found
+
     def _rollback(self, connection: Connection, keep: int) -> None:
         """Forget everything above block ``keep`` and rebuild the runs it touched."""
         touched = list(
@@ -263,9 +327,14 @@ class Indexer:
             )
         )
         connection.execute(delete(EVENTS).where(EVENTS.c.block_number > keep))
+        connection.execute(
+            delete(ARTIFACT_REVOCATIONS).where(ARTIFACT_REVOCATIONS.c.block_number > keep)
+        )
         connection.execute(delete(BLOCKS).where(BLOCKS.c.number > keep))
         for chunk in _chunks(touched, IN_CHUNK):
             for table, column in (
+                (RUN_DATA, RUN_DATA.c.run_id),
+                (REPLAYS, REPLAYS.c.run_id),
                 (METRICS, METRICS.c.run_id),
                 (WEIGHTS, WEIGHTS.c.run_id),
                 (PARENTS, PARENTS.c.child_id),
@@ -304,33 +373,18 @@ class Indexer:
 
     def _index_range(self, start: int, end: int) -> int:
         count = 0
-        at = start
-        span = self.chunk_blocks
-        while at <= end:
-            stop = min(at + span - 1, end)
-            try:
-                raw = self.rpc(
-                    "eth_getLogs",
-                    {
-                        "address": self.address,
-                        "fromBlock": hex(at),
-                        "toBlock": hex(stop),
-                        "topics": [self.decoder.topics],
-                    },
-                )
-            except ChainError:
-                if stop == at:
-                    raise
-                span = max(1, span // 2)  # the node refuses ranges this wide
-                continue
-            logs = [d for entry in raw or [] if (d := self.decoder.decode(entry)) is not None]
-            self._write_range(logs, stop)
+        query = {"address": self.address, "topics": [self.decoder.topics]}
+        # chunk_blocks at most per call; narrower where the endpoint refuses it
+        for stop, raw in scan_logs(self.rpc, query, start, end, span=self.chunk_blocks):
+            logs = [d for entry in raw if (d := self.decoder.decode(entry)) is not None]
+            self._write_range(logs, end if stop is None else stop)
             count += len(logs)
-            at = stop + 1
         return count
 
     def _write_range(self, logs: list[Log], end: int) -> None:
-        wanted = sorted({log.block_number for log in logs if log.name == "RunStarted"} | {end})
+        # block times: a run's start (filters sort by it) and end (the page's duration)
+        timed = ("RunStarted", "RunFinalized", "RunFailed")
+        wanted = sorted({log.block_number for log in logs if log.name in timed} | {end})
         headers = self.rpc.batch([("eth_getBlockByNumber", [hex(n), False]) for n in wanted])
         blocks: dict[int, tuple[str, int | None]] = {}
         for log_ in logs:
@@ -338,6 +392,13 @@ class Indexer:
         for number, header in zip(wanted, headers, strict=True):
             if header is None:
                 raise ChainError(f"block {number} vanished while it was being indexed")
+            known = blocks.get(number)
+            if known is not None and known[0] != str(header["hash"]):
+                # the logs and the header are from two sides of a reorg: write neither
+                raise ChainError(
+                    f"block {number} changed while it was being indexed (a reorg); "
+                    "the next pass reads it again"
+                )
             blocks[number] = (str(header["hash"]), int(header["timestamp"], 16))
         timestamps = {n: ts for n, (_, ts) in blocks.items() if ts is not None}
         with self.engine.begin() as connection:
@@ -398,6 +459,11 @@ class Indexer:
                 {**fields, "run_id": r.run_id}
                 for r, fields in zip(manifests, manifest_fields, strict=True)
             ]
+            data_rows = [
+                {**row, "run_id": fields["run_id"]}
+                for fields in manifest_rows
+                for row in fields.pop("data")
+            ]
             metric_states: list[dict[str, Any]] = []
             metric_rows: list[dict[str, Any]] = []
             for r, (state, values) in zip(metrics, metric_values, strict=True):
@@ -405,6 +471,9 @@ class Indexer:
                 metric_rows += [{"run_id": r.run_id, "name": k, "value": v} for k, v in values]
             with self.engine.begin() as connection:
                 _update(connection, RUNS, "run_id", manifest_rows)
+                for chunk in _chunks([m["run_id"] for m in manifest_rows], IN_CHUNK):
+                    connection.execute(delete(RUN_DATA).where(RUN_DATA.c.run_id.in_(chunk)))
+                _insert(connection, RUN_DATA, data_rows)
                 if metric_states:
                     runs = [m["run_id"] for m in metric_states]
                     for chunk in _chunks(runs, IN_CHUNK):
@@ -455,9 +524,10 @@ class Indexer:
     def _manifest_fields(self, digest_hex: str) -> dict[str, Any]:
         state, cid, manifest = self._document(digest_hex, DocumentKind.MANIFEST)
         fields: dict[str, Any] = dict.fromkeys(_MANIFEST_FIELDS)
-        fields.update(manifest_state=state, manifest_cid=cid)
+        fields.update(manifest_state=state, manifest_cid=cid, data=[])
         if manifest is None:
             return fields
+        fields["data"] = _data_rows(manifest)
         name = manifest.get("name")
         fields["name"] = _text(name, 200) if isinstance(name, str) else None
         sweep = manifest.get("sweep")
@@ -493,6 +563,26 @@ _MANIFEST_FIELDS = (
     "sweep_trial",
     "world_size",
 )
+
+
+def _data_rows(manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    """``run_data`` rows of the datasets a manifest names (one per key and digest)."""
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    for ref in run_datasets(manifest):
+        key = _text(ref.key, 200)
+        rows.setdefault(
+            (key, ref.digest),
+            {
+                "key": key,
+                "digest": ref.digest,
+                "cid": ref.cid,
+                "kind": _text(ref.kind, 40),
+                "name": None if ref.name is None else _text(ref.name, 200),
+                "bytes": ref.bytes if ref.bytes is not None and 0 <= ref.bytes < 2**63 else None,
+                "part_of": ref.part_of,
+            },
+        )
+    return list(rows.values())
 
 
 def _text(value: str, limit: int | None = None) -> str:
@@ -579,6 +669,8 @@ def _apply(connection: Connection, logs: list[Log], timestamps: Mapping[int, int
     checkpoint_counts: dict[str, int] = defaultdict(int)
     endings: dict[str, dict[str, Any]] = {}
     revocations: dict[str, dict[str, Any]] = {}
+    artifacts: dict[str, dict[str, Any]] = {}
+    replays: list[dict[str, Any]] = []
     for e in logs:
         a = e.args
         if e.name == "RunStarted":
@@ -662,6 +754,33 @@ def _apply(connection: Connection, logs: list[Log], timestamps: Mapping[int, int
                 "ended_tx": e.tx_hash,
                 "failed_reason": _text(a["reason"]),
             }
+        elif e.name == "ArtifactRevoked":
+            digest = str(a.get("digest", e.run_id)).lower()
+            artifacts.setdefault(
+                digest,
+                {
+                    "digest": digest,
+                    "block_number": e.block_number,
+                    "log_index": e.log_index,
+                    "tx_hash": e.tx_hash,
+                    "revoker": a["revoker"],
+                    "reason": _text(str(a["reason"])),
+                },
+            )
+        elif e.name == "ReplayAttested":
+            replays.append(
+                {
+                    "block_number": e.block_number,
+                    "log_index": e.log_index,
+                    "run_id": e.run_id,
+                    "attester": a["attester"],
+                    "from_step": int(a["fromStep"]),
+                    "to_step": int(a["toStep"]),
+                    "reproduced": bool(a["reproduced"]),
+                    "report_digest": a["reportDigest"],
+                    "tx_hash": e.tx_hash,
+                }
+            )
         elif e.name == "RunRevoked":
             revocations[e.run_id] = {
                 "revoked": True,
@@ -681,6 +800,13 @@ def _apply(connection: Connection, logs: list[Log], timestamps: Mapping[int, int
     _insert(connection, RUNS, list(new_runs.values()))
     _insert(connection, PARENTS, parents)
     _insert(connection, WEIGHTS, weights)
+    if artifacts:  # the registry revokes an artifact once; a replayed range may repeat it
+        for chunk in _chunks(list(artifacts), IN_CHUNK):
+            connection.execute(
+                delete(ARTIFACT_REVOCATIONS).where(ARTIFACT_REVOCATIONS.c.digest.in_(chunk))
+            )
+        _insert(connection, ARTIFACT_REVOCATIONS, list(artifacts.values()))
+    _insert(connection, REPLAYS, replays)
     if checkpoint_counts:
         connection.execute(
             update(RUNS)

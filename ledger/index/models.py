@@ -2,7 +2,8 @@
 
 Two layers. ``events`` and ``blocks`` are what was read from the chain, as read:
 every registry log in order, and the hash of every block the indexer relied on.
-``runs``, ``parents``, ``weights`` and ``metrics`` are derived from the events
+``runs``, ``parents``, ``weights``, ``metrics``, ``run_data``,
+``artifact_revocations`` and ``replay_attestations`` are derived from the events
 (and from the store's documents) and can always be rebuilt from them, which is
 how a reorg is undone: events above the fork are deleted and the affected runs
 are replayed from the events that remain.
@@ -155,6 +156,56 @@ class Metric(Base):
     )
     name: Mapped[str] = mapped_column(String(100), primary_key=True)
     value: Mapped[float] = mapped_column(Float)
+
+
+class RunData(Base):
+    """A dataset (or a part of one) a run's manifest names (:mod:`ledger.datasets`)."""
+
+    __tablename__ = "run_data"
+
+    run_id: Mapped[str] = mapped_column(
+        HEX32, ForeignKey("runs.run_id", ondelete="CASCADE"), primary_key=True
+    )
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    digest: Mapped[str] = mapped_column(HEX32, primary_key=True, index=True)
+    cid: Mapped[str] = mapped_column(String(120))
+    kind: Mapped[str] = mapped_column(String(40))
+    name: Mapped[str | None] = mapped_column(String(200))
+    bytes: Mapped[int | None] = mapped_column(BigInteger)
+    part_of: Mapped[str | None] = mapped_column(String(120))
+
+
+class ArtifactRevocation(Base):
+    """An ``ArtifactRevoked`` event: a dataset (any artifact digest) revoked on chain."""
+
+    __tablename__ = "artifact_revocations"
+
+    digest: Mapped[str] = mapped_column(HEX32, primary_key=True)
+    block_number: Mapped[int] = mapped_column(BigInteger, index=True)
+    log_index: Mapped[int] = mapped_column(Integer)
+    tx_hash: Mapped[str] = mapped_column(HEX32)
+    revoker: Mapped[str] = mapped_column(ADDRESS)
+    reason: Mapped[str] = mapped_column(Text)
+
+
+class ReplayAttestation(Base):
+    """A ``ReplayAttested`` event: an account replayed checkpoints ``from_step`` to
+    ``to_step`` of a run (``ledger replay --record``) and says whether they reproduced;
+    ``report_digest`` names the replay report in the store."""
+
+    __tablename__ = "replay_attestations"
+
+    block_number: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    log_index: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    run_id: Mapped[str] = mapped_column(
+        HEX32, ForeignKey("runs.run_id", ondelete="CASCADE"), index=True
+    )
+    attester: Mapped[str] = mapped_column(ADDRESS, index=True)
+    from_step: Mapped[int] = mapped_column(BigInteger)
+    to_step: Mapped[int] = mapped_column(BigInteger)
+    reproduced: Mapped[bool] = mapped_column(Boolean)
+    report_digest: Mapped[str] = mapped_column(HEX32)
+    tx_hash: Mapped[str] = mapped_column(HEX32)
 
 
 Index("ix_metrics_name_value", Metric.name, Metric.value)

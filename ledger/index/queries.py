@@ -1,4 +1,5 @@
-"""The index's read side: listing runs with keyset pagination, lineage, taint, lookups.
+"""The index's read side: listing runs with keyset pagination, lineage, taint, lookups,
+and datasets (what runs trained on, and which runs a revoked dataset taints).
 
 Pagination is by keyset, not offset: the cursor carries the sort key and run id
 of the last row served, so a page costs the same however deep it is, and rows
@@ -22,7 +23,15 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from ledger.errors import InputError, NotFoundError
 from ledger.ids import RunId, resolve_run_id, run_id_prefix
-from ledger.index.models import Metric, Parent, Run, Weights
+from ledger.index.models import (
+    ArtifactRevocation,
+    Metric,
+    Parent,
+    ReplayAttestation,
+    Run,
+    RunData,
+    Weights,
+)
 
 SORTS = ("started_at", "-started_at", "name", "-name", "committer", "-committer")
 MAX_LINEAGE = 2000
@@ -166,6 +175,25 @@ def weights_of(session: Session, run_id: str) -> list[Weights]:
     return list(session.scalars(query))
 
 
+def replays_of(
+    session: Session, run_id: str, *, attester: str | None = None, limit: int = 100
+) -> tuple[list[ReplayAttestation], int]:
+    """The run's latest ``limit`` replay attestations (by ``attester`` if given),
+    newest first, and how many there are in all (anyone may attest: a run can
+    gather many)."""
+    where = [ReplayAttestation.run_id == run_id]
+    if attester is not None:
+        where.append(ReplayAttestation.attester == attester)  # checksummed, as stored
+    rows = session.scalars(
+        select(ReplayAttestation)
+        .where(*where)
+        .order_by(ReplayAttestation.block_number.desc(), ReplayAttestation.log_index.desc())
+        .limit(limit)
+    )
+    total = session.scalar(select(func.count()).select_from(ReplayAttestation).where(*where))
+    return list(rows), int(total or 0)
+
+
 def metrics_of(session: Session, run_id: str) -> dict[str, float]:
     rows = session.execute(select(Metric.name, Metric.value).where(Metric.run_id == run_id))
     return {str(name): float(value) for name, value in rows}
@@ -275,3 +303,188 @@ def find_weights(session: Session, *, digest: str | None, tensor_root: str | Non
     if tensor_root is not None:
         query = query.where(Weights.tensor_root == tensor_root)
     return list(session.scalars(query.order_by(Weights.block_number, Weights.log_index).limit(500)))
+
+
+# -- datasets -----------------------------------------------------------------------
+
+MAX_DATASETS = 500
+
+
+@dataclass(frozen=True)
+class DatasetRow:
+    """A dataset as the index knows it: from the manifests that name it."""
+
+    digest: str
+    cid: str
+    kind: str
+    name: str | None
+    bytes: int | None
+    runs: int
+    revocation: ArtifactRevocation | None
+
+
+def list_datasets(
+    session: Session, *, cursor: str | None = None, limit: int = 100
+) -> tuple[list[DatasetRow], str | None]:
+    """Datasets named by indexed manifests (not their parts), by digest; keyset pages
+    (``cursor`` is the last digest served)."""
+    query = (
+        select(
+            RunData.digest,
+            func.min(RunData.cid),
+            func.min(RunData.kind),
+            func.min(RunData.name),
+            func.max(RunData.bytes),
+            func.count(func.distinct(RunData.run_id)),
+        )
+        .where(RunData.part_of.is_(None))
+        .group_by(RunData.digest)
+        .order_by(RunData.digest)
+    )
+    if cursor is not None:
+        query = query.where(RunData.digest > dataset_digest(cursor, field="cursor"))
+    rows = session.execute(query.limit(limit + 1)).all()
+    more = len(rows) > limit
+    rows = rows[:limit]
+    revoked = revocations_of(session, [r[0] for r in rows])
+    found = [
+        DatasetRow(str(d), str(c), str(k), n, b, int(count), revoked.get(str(d)))
+        for d, c, k, n, b, count in rows
+    ]
+    return found, (found[-1].digest if more else None)
+
+
+def dataset_digest(text: str, *, field: str = "cid") -> str:
+    """The ``0x`` digest a dataset CID or digest names (an InputError otherwise)."""
+    from ledger.datasets import parse_dataset
+
+    return "0x" + parse_dataset(text, field=field).digest.hex()
+
+
+def revocations_of(session: Session, digests: Sequence[str]) -> dict[str, ArtifactRevocation]:
+    found: dict[str, ArtifactRevocation] = {}
+    for i in range(0, len(digests), 500):
+        query = select(ArtifactRevocation).where(
+            ArtifactRevocation.digest.in_(digests[i : i + 500])
+        )
+        for row in session.scalars(query):
+            found[row.digest] = row
+    return found
+
+
+@dataclass(frozen=True)
+class DatasetDetail:
+    digest: str
+    refs: list[RunData]  # every manifest entry naming it (as a dataset or as a part)
+    revocation: ArtifactRevocation | None
+    direct: list[str]  # runs whose manifest names it
+    descendants: dict[str, tuple[str, int]]  # run -> (the direct run it descends from, depth)
+    parts: list[RunData]  # parts of it (distinct digests)
+    truncated: bool
+
+
+def dataset(session: Session, text: str, *, depth: int = 50) -> DatasetDetail:
+    """A dataset: the runs that trained on it, their descendants, its revocation."""
+    digest = dataset_digest(text)
+    refs = list(
+        session.scalars(
+            select(RunData).where(RunData.digest == digest).order_by(RunData.run_id).limit(5000)
+        )
+    )
+    revocation = session.get(ArtifactRevocation, digest)
+    if not refs and revocation is None:
+        raise NotFoundError(
+            f"dataset {text.strip()} is not named by any indexed run",
+            hint="list known datasets with GET /api/v1/datasets (or `ledger data ls`)",
+        )
+    direct = sorted({r.run_id for r in refs})
+    descendants: dict[str, tuple[str, int]] = {}
+    truncated = len(refs) >= 5000
+    for source in direct:
+        for child, generation in _walk(session, source, depth, up=False, edges={}).items():
+            if child not in direct and child not in descendants:
+                descendants[child] = (source, generation)
+        if len(descendants) >= MAX_LINEAGE:
+            truncated = True
+            break
+    cids = {r.cid for r in refs}
+    parts: dict[str, RunData] = {}
+    if cids:
+        query = select(RunData).where(RunData.part_of.in_(cids)).limit(MAX_DATASETS)
+        for part in session.scalars(query):
+            parts.setdefault(part.digest, part)
+    return DatasetDetail(
+        digest, refs, revocation, direct, descendants, list(parts.values()), truncated
+    )
+
+
+@dataclass(frozen=True)
+class DataTaint:
+    """A run trained, itself or through an ancestor, on a revoked dataset."""
+
+    dataset: str  # the revoked dataset's (or part's) CID
+    digest: str
+    part_of: str | None  # the dataset holding it, when the revoked CID is a part
+    run_id: str  # the run whose manifest names it (the run itself or an ancestor)
+    key: str
+    reason: str
+
+
+def run_data(session: Session, run_id: str) -> list[RunData]:
+    """The datasets (and parts) a run's manifest names, by key."""
+    query = select(RunData).where(RunData.run_id == run_id).order_by(RunData.key, RunData.digest)
+    return list(session.scalars(query.limit(MAX_DATASETS)))
+
+
+def data_taint(session: Session, run_id: str) -> list[DataTaint]:
+    """The revoked datasets a run or any of its ancestors trained on, nearest first."""
+    if session.scalar(select(func.count()).select_from(ArtifactRevocation)) == 0:
+        return []
+    root = get_run(session, run_id).run_id
+    seen = {root}
+    queue = deque([root])
+    order = [root]
+    while queue and len(seen) < MAX_LINEAGE:
+        current = queue.popleft()
+        for link in parents_of(session, [current]):
+            if link.parent_id not in seen:
+                seen.add(link.parent_id)
+                queue.append(link.parent_id)
+                order.append(link.parent_id)
+    rank = {rid: i for i, rid in enumerate(order)}
+    found: list[DataTaint] = []
+    for i in range(0, len(order), 500):
+        rows = session.execute(
+            select(RunData, ArtifactRevocation.reason)
+            .join(ArtifactRevocation, ArtifactRevocation.digest == RunData.digest)
+            .where(RunData.run_id.in_(order[i : i + 500]))
+        ).all()
+        found += [
+            DataTaint(d.cid, d.digest, d.part_of, d.run_id, d.key, str(reason))
+            for d, reason in rows
+        ]
+    return sorted(found, key=lambda t: (rank[t.run_id], t.key, t.digest))
+
+
+def data_tainted_runs(session: Session, *, limit: int = 10000) -> dict[str, set[str]]:
+    """Every run that trained on a revoked dataset or descends from one, with the
+    revoked datasets' CIDs."""
+    rows = session.execute(
+        select(RunData.run_id, RunData.cid).join(
+            ArtifactRevocation, ArtifactRevocation.digest == RunData.digest
+        )
+    ).all()
+    tainted: dict[str, set[str]] = {}
+    for run, cid in rows:
+        tainted.setdefault(run, set()).add(cid)
+    frontier = list(tainted)
+    while frontier and len(tainted) < limit:
+        links = children_of(session, frontier)
+        frontier = []
+        for link in links:
+            sources = tainted.setdefault(link.child_id, set())
+            before = len(sources)
+            sources |= tainted[link.parent_id]
+            if len(sources) != before:
+                frontier.append(link.child_id)
+    return tainted

@@ -27,7 +27,7 @@ def build_indexer(
         address,
         artifact_store(settings),
         deploy_block=settings.deploy_block or 0,
-        confirmations=confirmations_for(chain_id, confirmations),
+        confirmations=confirmations_for(settings, chain_id, confirmations),
     )
 
 

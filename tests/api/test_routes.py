@@ -10,6 +10,7 @@ from fastapi.testclient import TestClient
 
 from ledger.chain.records import FinalRecord
 from ledger.config import Secret
+from ledger.documents import REPLAY_REPORT_SCHEMA, canonical_json
 from ledger.ids import Relation
 from ledger.index.indexer import Indexer
 from ledger.store import LocalStore
@@ -193,12 +194,64 @@ def test_lineage_and_taint(
     chain.registry.revoke_run(f["grand"].run_id, "data leak")
     indexer.run_once()
     taint = client.get(f"/api/v1/runs/{f['child'].hex}/taint").json()
-    assert taint == {"run_id": f["child"].hex, "tainted": True, "revoked_sources": [f["grand"].hex]}
+    assert taint == {
+        "run_id": f["child"].hex,
+        "tainted": True,
+        "revoked_sources": [f["grand"].hex],
+        "revoked_data": [],
+    }
     tainted = client.get("/api/v1/taint").json()
     assert {r["run_id"] for r in tainted["runs"]} == {f["parent"].hex, f["child"].hex}
     assert client.get("/api/v1/runs", params={"revoked": "true"}).json()["runs"][0]["run_id"] == (
         f["grand"].hex
     )
+
+
+def test_replay_attestations_of_a_run(
+    chain: Chain,
+    make_client: MakeClient,
+    family: dict[str, Recorded],
+    indexer: Indexer,
+    data_store: LocalStore,
+) -> None:
+    client = make_client()
+    grand = family["grand"]
+    report = {"schema": REPLAY_REPORT_SCHEMA, "run_id": grand.hex, "outcome": "reproduced"}
+    stored = data_store.put_bytes(canonical_json(report))
+    chain.as_(chain.bob).attest_replay(grand.run_id, 0, 1, True, stored.digest)
+    chain.as_(chain.alice).attest_replay(grand.run_id, 1, 2, False, b"\x09" * 32)
+    indexer.run_once()
+
+    body = client.get(f"/api/v1/runs/{grand.hex}").json()
+    newest, oldest = body["replays"]
+    assert (newest["attester"], newest["from_step"], newest["to_step"]) == (
+        chain.alice.address,
+        1,
+        2,
+    )
+    assert newest["reproduced"] is False and newest["report_cid"] is None  # not in the store
+    assert oldest["attester"] == chain.bob.address and oldest["reproduced"] is True
+    assert oldest["report_digest"] == "0x" + stored.digest.hex()
+    assert oldest["report_cid"] == str(stored)
+    event = chain.registry.events("ReplayAttested", grand.run_id)[0]
+    assert (oldest["block"], oldest["tx"]) == (event["blockNumber"], event["transactionHash"])
+    fetched = client.get(f"/api/v1/documents/{oldest['report_cid']}")
+    assert fetched.status_code == 200 and fetched.json()["outcome"] == "reproduced"
+
+    listed = client.get(f"/api/v1/runs/{grand.hex}/replays").json()
+    assert listed["total"] == 2 and listed["reproduced"] == 1
+    assert listed["replays"] == body["replays"]
+    bobs = client.get(
+        f"/api/v1/runs/{grand.hex}/replays", params={"attester": chain.bob.address.lower()}
+    ).json()
+    assert bobs["total"] == 1 and [r["attester"] for r in bobs["replays"]] == [chain.bob.address]
+    assert client.get(f"/api/v1/runs/{family['child'].hex}").json()["replays"] == []
+    one = client.get(f"/api/v1/runs/{grand.hex}/replays", params={"limit": 1}).json()
+    assert one["total"] == 2 and len(one["replays"]) == 1
+    for params in ({"attester": "0x123"}, {"attester": "bob"}, {"limit": 0}, {"limit": 1001}):
+        refused = client.get(f"/api/v1/runs/{grand.hex}/replays", params=params)
+        assert refused.status_code == 422 and refused.headers["content-type"] == PROBLEM
+    assert client.get("/api/v1/runs/0x" + "ab" * 32 + "/replays").status_code == 404
 
 
 def test_lookup_by_cid_digest_and_tensor_root(
@@ -326,3 +379,75 @@ def test_openapi_documents_problems_and_examples(make_client: MakeClient) -> Non
     q = next(p for p in runs["parameters"] if p["name"] == "q")
     assert "and-or-not" in q["examples"]
     assert "examples" in schema["components"]["schemas"]["RunSummary"]
+
+
+def test_runs_list_carries_end_time_params_and_datasets_bounded(
+    chain: Chain, make_client: MakeClient, data_store: LocalStore, indexer: Indexer
+) -> None:
+    reg = chain.registry
+    wide = {f"k{i:03}": i for i in range(100)}  # more keys than a table wants
+    done = record_run(
+        reg,
+        data_store,
+        "tabled",
+        config={"lr": 0.01, "opt": {"name": "adam", "betas": [0.9, 0.99]},
+                "note": "z" * 500, "flag": True, "none": None},
+        data={"train": {"kind": "file", "name": "t.csv", "cid": "bafkreiabc", "bytes": 3},
+              "odd": "not a fingerprint"},
+    )  # fmt: skip
+    many = record_run(reg, data_store, "wide", config=wide)
+    running = record_run(reg, data_store, "open", finalize=False, config=[1, 2])
+    indexer.run_once()
+    client = make_client()
+    plain = {r["run_id"]: r for r in client.get("/api/v1/runs").json()["runs"]}
+    assert plain[done.hex]["params"] is None and plain[done.hex]["data_sources"] is None
+    assert plain[done.hex]["ended_at"] >= plain[done.hex]["started_at"]
+    assert plain[running.hex]["ended_at"] is None
+
+    body = client.get("/api/v1/runs", params={"params": "true", "data": "true"}).json()
+    runs = {r["run_id"]: r for r in body["runs"]}
+    params = runs[done.hex]["params"]
+    assert params["lr"] == 0.01 and params["opt.name"] == "adam"
+    assert params["opt.betas"] == "[0.9, 0.99]"  # a list is one cell, as JSON
+    assert params["note"] == "z" * 200 and params["flag"] is True and params["none"] is None
+    assert runs[done.hex]["data_sources"] == [  # in the canonical manifest's key order
+        {"key": "odd", "kind": None, "name": None, "id": None},
+        {"key": "train", "kind": "file", "name": "t.csv", "id": "bafkreiabc"},
+    ]
+    assert len(runs[many.hex]["params"]) == 64  # bounded
+    assert runs[running.hex]["params"] == {}  # a config that is not a mapping: no columns
+
+    detail = client.get(f"/api/v1/runs/{done.hex}").json()
+    assert detail["params"] == params and detail["ended_at"] == runs[done.hex]["ended_at"]
+    assert detail["data_sources"] == runs[done.hex]["data_sources"]
+
+
+def test_checkpoint_proof_is_read_from_the_chain(
+    make_client: MakeClient, family: dict[str, Recorded], chain: Chain
+) -> None:
+    client = make_client()
+    grand, failed = family["grand"], family["failed"]
+    answer = client.get(f"/api/v1/runs/{grand.hex}/checkpoints/1/proof")
+    assert answer.status_code == 200 and answer.headers["cache-control"] == "no-store"
+    body = answer.json()
+    assert body["run_id"] == grand.hex and body["root_matches"] is True
+    (entry,) = body["checkpoints"]
+    assert entry["step"] == 1 and entry["verified_by_registry"] is True
+    assert len(entry["proof"]) == 1  # two checkpoints: the other leaf is the path
+    prefix = client.get(f"/api/v1/runs/{grand.hex[:12]}/checkpoints/0/proof").json()
+    assert (
+        prefix["checkpoints"][0]["step"] == 0
+        and prefix["checkpoint_root"] == body["checkpoint_root"]
+    )
+
+    missing = client.get(f"/api/v1/runs/{grand.hex}/checkpoints/7/proof")
+    assert missing.status_code == 404 and "steps: 0, 1" in missing.json()["detail"]
+    assert missing.headers["content-type"] == PROBLEM
+    open_run = client.get(f"/api/v1/runs/{failed.hex}/checkpoints/0/proof")
+    assert open_run.status_code == 422 and "not finalized" in open_run.json()["detail"]
+    for bad in ("0xzz", "0x" + "ab" * 40, "%00"):
+        assert client.get(f"/api/v1/runs/{bad}/checkpoints/0/proof").status_code == 422, bad
+    unknown = client.get(f"/api/v1/runs/0x{'12' * 32}/checkpoints/0/proof")
+    assert unknown.status_code in (404, 422) and unknown.headers["content-type"] == PROBLEM
+    huge = client.get(f"/api/v1/runs/{grand.hex}/checkpoints/{2**64}/proof")
+    assert huge.status_code == 422

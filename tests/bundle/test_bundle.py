@@ -128,6 +128,32 @@ def test_with_rpc_verified_and_revocation_after_export(exported: Any, chain: Cha
     assert any("revoked as of block" in c.detail and not c.ok for c in online.checks)
 
 
+def test_with_rpc_a_dataset_revoked_after_export(exported: Any, chain: Chain) -> None:
+    from ledger.bundle.export import artifact_slot
+    from ledger.chain.anvil import rpc_call
+    from ledger.datasets import dataset_cid
+
+    model, bundle, _, _ = exported
+    dataset = dataset_cid({"kind": "bytes", "sha256": "c" * 64, "bytes": 10})  # the child's
+    tx = chain.registry.revoke_artifact(dataset.digest, "consent withdrawn")
+    # the slot the check proves holds the block of the revocation (the storage layout)
+    word = rpc_call(
+        chain.rpc_url,
+        "eth_getStorageAt",
+        [chain.registry.address, "0x" + artifact_slot(dataset.digest).hex(), "latest"],
+    )
+    assert int(word, 16) == tx.block_number
+    offline = check(model, bundle)  # offline: as of its block, which cannot know
+    assert offline.outcome is not Outcome.REVOKED
+    assert not any(str(dataset) in c.detail for c in offline.checks)
+    online = check(model, bundle, rpcs=[chain.rpc_url])
+    assert online.outcome is Outcome.REVOKED
+    named = [c for c in online.checks if str(dataset) in c.detail]
+    assert len(named) == 1 and not named[0].ok and "consent" not in named[0].detail
+    assert named[0].name.startswith("dataset ") and named[0].name.endswith("not revoked")
+    assert f"revoked in block {tx.block_number}" in named[0].detail
+
+
 def test_every_rpc_must_agree(exported: Any, chain: Chain) -> None:
     model, bundle, _, _ = exported
     report = check(model, bundle, rpcs=[chain.rpc_url, "http://127.0.0.1:9"])

@@ -42,7 +42,7 @@ def test_deploy_makes_a_registry_the_web3_client_reads(chain: Chain, tmp_path: P
     assert registry.address != chain.registry.address
     assert registry.deploy_block == tx.block_number and tx.gas_used > 1_000_000
     oracle = Registry(chain.w3, registry.address, chain.admin, tx.block_number)
-    assert oracle.version() == "2.0.0" == registry.version()
+    assert oracle.version() == "3.0.0" == registry.version()
     assert oracle.is_admin(chain.admin.address) and oracle.is_committer(chain.admin.address)
     assert registry.is_admin(chain.admin.address) and not registry.is_admin(chain.alice.address)
     receipt = chain.w3.eth.get_transaction_receipt(tx.tx_hash)
@@ -161,7 +161,7 @@ def test_the_log_decoders_fast_and_generic_paths_agree(chain: Chain) -> None:
         {"runId": "0x" + parent.hex(), "relation": "sweep-trial"},
     ]
     [failed] = [log for log in fast if log and log.name == "RunFailed"]
-    assert failed.args == {"reason": "diverged — ünïcode"}
+    assert failed.args == {"reason": "diverged — ünïcode", "previousRunBlock": started.block_number}
 
 
 def test_no_module_of_ledger_loads_web3_eth_account_or_eth_abi() -> None:

@@ -19,7 +19,6 @@ from ledger.hashing.merkle import CheckpointLeaf, MerkleTree, checkpoint_root, v
 from ledger.ids import Relation
 from tests.chain.test_registry import (
     MAX_UINT64,
-    block_time,
     digest,
     events_of,
     expect_revert,
@@ -118,7 +117,7 @@ def test_start_runs_starts_each_run_and_emits_one_event_per_run(chain: Chain) ->
             RunStatus.RUNNING,
             False,
         )
-        assert run.started_at == block_time(chain, tx)
+        assert run.start_block == run.last_block == tx.block_number
 
 
 def test_start_runs_of_one_run_is_start_run(chain: Chain) -> None:
@@ -129,6 +128,7 @@ def test_start_runs_of_one_run_is_start_run(chain: Chain) -> None:
         "committer": chain.admin.address,
         "manifestDigest": digest(1),
         "parents": [],
+        "previousChildBlocks": [],
     }
 
 
@@ -183,9 +183,12 @@ def test_start_runs_needs_the_committer_role(chain: Chain) -> None:
 
 def test_commit_checkpoints_emits_one_event_per_checkpoint_in_order(chain: Chain) -> None:
     one, two = started(chain.registry, 1), started(chain.registry, 2)
+    starts = {r: chain.registry.get_run(r).start_block for r in (one, two)}
     requests = [(one, leaf(1, 10)), (two, leaf(1, 20)), (one, leaf(2, 30)), (one, leaf(3, 40))]
     tx = chain.registry.commit_checkpoints(requests)
     events = events_of(chain, tx, "CheckpointCommitted")
+    # A run's later events in the same block link to this block.
+    previous = [starts[one], starts[two], tx.block_number, tx.block_number]
     assert events == [
         {
             "runId": run_id,
@@ -193,9 +196,14 @@ def test_commit_checkpoints_emits_one_event_per_checkpoint_in_order(chain: Chain
             "tensorRoot": c.tensor_root,
             "step": c.step,
             "metricsDigest": c.metrics_digest,
+            "previousRunBlock": before,
+            "previousWeightsBlock": 0,
+            "previousTensorBlock": 0,
         }
-        for run_id, c in requests
+        for (run_id, c), before in zip(requests, previous, strict=True)
     ]
+    for run_id in (one, two):
+        assert chain.registry.get_run(run_id).last_block == tx.block_number
     assert [record_leaf(r) for r in chain.registry.checkpoints(one)] == [
         leaf(1, 10),
         leaf(2, 30),
@@ -267,6 +275,9 @@ def test_finalize_runs_finalizes_each_run_and_emits_one_event_per_run(chain: Cha
             "metricsDigest": r.metrics_digest,
             "checkpointRoot": r.checkpoint_root,
             "checkpointCount": r.checkpoint_count,
+            "previousRunBlock": chain.registry.get_run(run_id).start_block,
+            "previousWeightsBlock": 0,
+            "previousTensorBlock": 0,
         }
         for run_id, r in zip(runs, records, strict=True)
     ]
@@ -463,7 +474,10 @@ def test_start_runs_in_a_batch_of_100_cost_at_most_35k_gas_per_run(chain: Chain)
     assert per_run <= 35_000
 
 
-def test_commit_checkpoints_in_a_batch_of_100_cost_at_most_30k_gas_each(chain: Chain) -> None:
+def test_commit_checkpoints_in_a_batch_of_100_cost_at_most_55k_gas_each(chain: Chain) -> None:
+    """Registry 3 stores, per checkpoint, the block of its weights digest and of its
+    tensor root (two new slots, 44,200 gas) so that a file's records are found
+    without scanning the chain; registry 2 stored nothing and cost 5,875."""
     one_run = started(chain.registry, 1)
     tx = chain.registry.commit_checkpoints([(one_run, leaf(i, 2000 + i)) for i in range(100)])
     assert len(events_of(chain, tx, "CheckpointCommitted")) == 100
@@ -478,5 +492,5 @@ def test_commit_checkpoints_in_a_batch_of_100_cost_at_most_30k_gas_each(chain: C
         f"\ngas: commitCheckpoints x100 of one run {tx.gas_used} = {per_checkpoint:.0f} each; "
         f"of ten runs {spread.gas_used} = {per_spread:.0f} each"
     )
-    assert per_checkpoint <= 30_000
-    assert per_spread <= 30_000
+    assert per_checkpoint <= 55_000
+    assert per_spread <= 55_000

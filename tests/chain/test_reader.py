@@ -103,6 +103,13 @@ def test_reader_refuses_a_missing_registry_and_a_wrong_chain(chain: Chain, tmp_p
     nobody = Settings(data_dir=tmp_path, rpc_url=chain.rpc_url, registry_address="0x" + "11" * 20)
     with pytest.raises(RegistryNotDeployedError, match="no contract"):
         RegistryReader.connect(nobody)
+    # code that is not a registry: it reverts every call (PUSH 0, PUSH 0, REVERT)
+    init = bytes.fromhex("6005600c60003960056000f3" + "60006000fd")
+    tx = chain.w3.eth.send_transaction({"from": chain.admin.address, "data": init})
+    other = chain.w3.eth.wait_for_transaction_receipt(tx)["contractAddress"]
+    foreign = Settings(data_dir=tmp_path, rpc_url=chain.rpc_url, registry_address=other)
+    with pytest.raises(RegistryNotDeployedError, match="not a ledger registry"):
+        RegistryReader.connect(foreign)
     wrong = Settings(
         data_dir=tmp_path,
         rpc_url=chain.rpc_url,

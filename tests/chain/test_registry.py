@@ -1,4 +1,4 @@
-"""Contract tests of ProvenanceRegistry 2.0.0 against the real Anvil of the test session.
+"""Contract tests of ProvenanceRegistry 3.0.0 against the real Anvil of the test session.
 
 Every test uses the ``chain`` fixture (state reverted after each test) and drives
 the deployed contract through :class:`tests.chain.web3_registry.Registry` (web3.py,
@@ -169,10 +169,10 @@ def commitment_of(record: FinalRecord) -> bytes:
 # -- version, constants, ids, reads of unknown things -----------------------------
 
 
-def test_version_is_2_0_0(chain: Chain) -> None:
-    assert chain.registry.version() == "2.0.0"
-    assert chain.registry.contract.functions.version().call() == "2.0.0"
-    assert chain.registry.contract.functions.VERSION().call() == "2.0.0"
+def test_version_is_3_0_0(chain: Chain) -> None:
+    assert chain.registry.version() == "3.0.0"
+    assert chain.registry.contract.functions.version().call() == "3.0.0"
+    assert chain.registry.contract.functions.VERSION().call() == "3.0.0"
 
 
 def test_role_constants_and_the_deployers_roles(chain: Chain) -> None:
@@ -217,10 +217,15 @@ def test_get_run_of_an_unknown_id_is_empty(chain: Chain) -> None:
     run = chain.registry.get_run(digest(1))
     assert not run.exists
     assert run.status is RunStatus.NONE
-    assert (run.committer, run.started_at, run.revoked) == (ZERO_ADDRESS, 0, False)
-    assert run.final_commitment == ZERO32
+    assert (run.committer, run.start_block, run.last_block, run.revoked) == (
+        ZERO_ADDRESS,
+        0,
+        0,
+        False,
+    )
+    assert (run.revoked_block, run.final_commitment) == (0, ZERO32)
     raw = chain.registry.contract.functions.getRun(digest(1)).call()
-    assert tuple(raw) == (ZERO_ADDRESS, 0, 0, False, ZERO32)
+    assert tuple(raw) == (ZERO_ADDRESS, 0, False, 0, 0, 0, ZERO32)
 
 
 def test_the_same_manifest_from_two_committers_gives_two_runs(chain: Chain) -> None:
@@ -241,17 +246,26 @@ def test_start_run_stores_the_run_and_emits_run_started(chain: Chain) -> None:
     run_id, tx = chain.registry.start_run(digest(1))
     run = chain.registry.get_run(run_id)
     assert run.committer == chain.admin.address
-    assert run.started_at == block_time(chain, tx)
+    assert run.start_block == run.last_block == tx.block_number
     assert run.status is RunStatus.RUNNING
-    assert run.revoked is False
+    assert (run.revoked, run.revoked_block) == (False, 0)
     assert run.final_commitment == ZERO32
     raw = chain.registry.contract.functions.getRun(run_id).call()
-    assert tuple(raw) == (chain.admin.address, run.started_at, 1, False, ZERO32)
+    assert tuple(raw) == (
+        chain.admin.address,
+        1,
+        False,
+        tx.block_number,
+        tx.block_number,
+        0,
+        ZERO32,
+    )
     assert sole_event(chain, tx, "RunStarted") == {
         "runId": run_id,
         "committer": chain.admin.address,
         "manifestDigest": digest(1),
         "parents": [],
+        "previousChildBlocks": [],
     }
 
 
@@ -319,7 +333,7 @@ def test_start_run_refuses_an_existing_run(chain: Chain, status: RunStatus) -> N
     with expect_revert("RegistryRunExists", run_id):
         chain.registry.start_run(digest(1))
     run = chain.registry.get_run(run_id)
-    assert (run.status, run.started_at) == (status, block_time(chain, first))
+    assert (run.status, run.start_block) == (status, first.block_number)
     assert len(chain.registry.events("RunStarted", run_id)) == 1
 
 
@@ -355,8 +369,10 @@ def test_start_run_needs_the_committer_role(chain: Chain) -> None:
 # -- commitCheckpoint -------------------------------------------------------------
 
 
-def test_commit_checkpoint_emits_every_field_and_stores_nothing(chain: Chain) -> None:
-    run_id = started(chain.registry, 1)
+def test_commit_checkpoint_emits_every_field_and_moves_only_the_block_pointers(
+    chain: Chain,
+) -> None:
+    run_id, start = chain.registry.start_run(digest(1))
     before = chain.registry.get_run(run_id)
     tx = chain.registry.commit_checkpoint(run_id, leaf(7, 10))
     assert sole_event(chain, tx, "CheckpointCommitted") == {
@@ -365,8 +381,15 @@ def test_commit_checkpoint_emits_every_field_and_stores_nothing(chain: Chain) ->
         "tensorRoot": digest(1_000_010),
         "step": 7,
         "metricsDigest": digest(2_000_010),
+        "previousRunBlock": start.block_number,
+        "previousWeightsBlock": 0,
+        "previousTensorBlock": 0,
     }
-    assert chain.registry.get_run(run_id) == before
+    assert chain.registry.get_run(run_id) == replace(before, last_block=tx.block_number)
+    functions = chain.registry.contract.functions
+    assert functions.latestWeightsBlock(digest(10)).call() == tx.block_number
+    assert functions.latestTensorRootBlock(digest(1_000_010)).call() == tx.block_number
+    assert functions.latestWeightsBlock(digest(2_000_010)).call() == 0  # metrics: no lookup
     (logged,) = chain.registry.events("CheckpointCommitted", run_id)
     assert (logged["transactionHash"], logged["blockNumber"]) == (tx.tx_hash, tx.block_number)
 
@@ -387,7 +410,13 @@ def test_a_resent_checkpoint_emits_again_and_is_listed_once(chain: Chain) -> Non
     second = chain.registry.commit_checkpoint(run_id, leaf(1, 10))
     chain.registry.commit_checkpoint(run_id, leaf(2, 20))
     first_args = sole_event(chain, first, "CheckpointCommitted")
-    assert sole_event(chain, second, "CheckpointCommitted") == first_args
+    # The same record, linked back to the first one (and to the run's previous event).
+    assert sole_event(chain, second, "CheckpointCommitted") == {
+        **first_args,
+        "previousRunBlock": first.block_number,
+        "previousWeightsBlock": first.block_number,
+        "previousTensorBlock": first.block_number,
+    }
     assert len(chain.registry.events("CheckpointCommitted", run_id)) == 3
     listed = chain.registry.checkpoints(run_id)
     assert [(r.step, r.weights_digest, r.tx_hash) for r in listed] == [
@@ -442,17 +471,29 @@ def test_finalize_run_stores_the_commitment_and_emits_every_field(chain: Chain) 
         "metricsDigest": digest(2_000_030),
         "checkpointRoot": checkpoint_root(leaves),
         "checkpointCount": 2,
+        "previousRunBlock": tx.block_number - 1,
+        "previousWeightsBlock": 0,
+        "previousTensorBlock": 0,
     }
     run = chain.registry.get_run(run_id)
     assert run.status is RunStatus.FINALIZED
     assert run.final_commitment == record.commitment == commitment_of(record)
-    assert (run.committer, run.started_at, run.revoked) == (
+    assert (run.committer, run.start_block, run.last_block, run.revoked) == (
         chain.admin.address,
-        block_time(chain, start),
+        start.block_number,
+        tx.block_number,
         False,
     )
     raw = chain.registry.contract.functions.getRun(run_id).call()
-    assert tuple(raw) == (chain.admin.address, run.started_at, 2, False, record.commitment)
+    assert tuple(raw) == (
+        chain.admin.address,
+        2,
+        False,
+        start.block_number,
+        tx.block_number,
+        0,
+        record.commitment,
+    )
 
 
 def test_finalize_with_zero_roots_and_no_checkpoints(chain: Chain) -> None:
@@ -555,14 +596,16 @@ def test_is_final_record_is_false_for_unknown_failed_and_other_runs(chain: Chain
 
 
 def test_mark_failed_sets_failed_and_emits_the_reason(chain: Chain) -> None:
-    run_id = started(chain.registry, 1)
+    run_id, start = chain.registry.start_run(digest(1))
     tx = chain.registry.mark_failed(run_id, "loss is NaN at step 40")
     assert sole_event(chain, tx, "RunFailed") == {
         "runId": run_id,
         "reason": "loss is NaN at step 40",
+        "previousRunBlock": start.block_number,
     }
     run = chain.registry.get_run(run_id)
     assert (run.status, run.revoked, run.final_commitment) == (RunStatus.FAILED, False, ZERO32)
+    assert (run.start_block, run.last_block) == (start.block_number, tx.block_number)
     (logged,) = chain.registry.events("RunFailed", run_id)
     assert logged["reason"] == "loss is NaN at step 40"
 
@@ -620,7 +663,9 @@ def test_revoke_sets_revoked_and_keeps_everything_else(chain: Chain, status: Run
     after = chain.registry.get_run(run_id)
     assert before.status is status
     assert (before.revoked, after.revoked) == (False, True)
-    assert after == replace(before, revoked=True)
+    # The revocation's block is kept apart: the latest run event stays where it was.
+    assert after == replace(before, revoked=True, revoked_block=tx.block_number)
+    assert chain.registry.contract.functions.revokedRunCount().call() == 1
     with expect_revert("RegistryRunRevoked", run_id):
         chain.registry.revoke_run(run_id, "twice")
     assert len(chain.registry.events("RunRevoked", run_id)) == 1
@@ -964,7 +1009,9 @@ def test_events_of_one_run_in_order_and_not_of_others(chain: Chain) -> None:
 # -- gas --------------------------------------------------------------------------
 
 
-def test_start_and_finalize_of_one_run_cost_at_most_120k_gas(chain: Chain) -> None:
+def test_start_and_finalize_of_one_run_cost_at_most_160k_gas(chain: Chain) -> None:
+    """Registry 2's budget was 120k; registry 3's lookups by weights digest and tensor
+    root add two storage slots (44,200 gas) to finalization."""
     run_id, start = chain.registry.start_run(digest(1))
     leaves = [leaf(step, 10 + step) for step in (1, 2, 3)]
     checkpoint = chain.registry.commit_checkpoint(run_id, leaves[0])
@@ -977,4 +1024,4 @@ def test_start_and_finalize_of_one_run_cost_at_most_120k_gas(chain: Chain) -> No
         f"\ngas: startRun (no parents) {start.gas_used} + finalizeRun {finalized.gas_used} "
         f"= {total}; commitCheckpoint {checkpoint.gas_used}"
     )
-    assert total <= 120_000
+    assert total <= 160_000

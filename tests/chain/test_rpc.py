@@ -25,6 +25,7 @@ from tests.conftest import free_port
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     ports: set[int] = set()  # noqa: RUF012  client ports seen; one server per test, reset by the fixture
+    hits: dict[str, int] = {}  # noqa: RUF012  requests per method; reset by the fixture
 
     def do_POST(self) -> None:  # the name http.server calls
         Handler.ports.add(self.client_address[1])
@@ -33,8 +34,12 @@ class Handler(BaseHTTPRequestHandler):
             self._batch(request)
             return
         method = request["method"]
-        if method == "http_error":
+        Handler.hits[method] = Handler.hits.get(method, 0) + 1
+        if method in ("http_error", "eth_getBusy"):
             self.send_error(503, "busy")
+            return
+        if method == "eth_getForbidden":
+            self.send_error(403, "no API key")
             return
         answer: dict[str, Any] = {"jsonrpc": "2.0", "id": request["id"]}
         if method == "rpc_error":
@@ -96,6 +101,7 @@ class Handler(BaseHTTPRequestHandler):
 @pytest.fixture
 def server() -> Iterator[str]:
     Handler.ports = set()
+    Handler.hits = {}
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
@@ -136,6 +142,21 @@ def test_errors_are_the_ledger_errors(server: str) -> None:
     with pytest.raises(ChainUnavailableError, match="HTTP 503"):
         rpc("http_error")
     assert rpc("eth_chainId")["method"] == "eth_chainId"  # and the client recovers
+
+
+def test_a_busy_server_is_asked_again_a_refusing_one_is_not(server: str) -> None:
+    """503 (busy) is retried for a read, within the policy; 403 (no key) is final."""
+    waits: list[float] = []
+    rpc = JsonRpc(server, sleep=waits.append)
+    with pytest.raises(ChainUnavailableError, match=r"HTTP 503.*after 5 tries"):
+        rpc("eth_getBusy")
+    assert Handler.hits["eth_getBusy"] == 5 and len(waits) == 4
+    with pytest.raises(ChainUnavailableError, match="HTTP 403"):
+        rpc("eth_getForbidden")
+    assert Handler.hits["eth_getForbidden"] == 1 and len(waits) == 4
+    with pytest.raises(ChainUnavailableError, match="HTTP 503"):
+        rpc("http_error")  # not a read: never sent twice
+    assert Handler.hits["http_error"] == 1
 
 
 def test_a_batch_answered_in_reverse_order_is_matched_by_id(server: str) -> None:

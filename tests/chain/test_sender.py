@@ -13,7 +13,7 @@ from eth_account import Account
 
 from ledger.chain.records import run_id_for
 from ledger.chain.rpc import JsonRpc
-from ledger.chain.sender import Receipt, RegistrySender, Signer, address_of, rlp_encode
+from ledger.chain.sender import Receipt, RegistrySender, Signer, address_of
 from ledger.config import ANVIL_DEV_KEY, Secret
 from ledger.errors import ConfigError, NonceTooLowError, RpcError, TransactionRevertedError
 from ledger.hashing.merkle import CheckpointLeaf
@@ -50,22 +50,6 @@ def send(client: RegistrySender, data: bytes) -> Receipt:
     prepared = client.prepare(data, nonce=client.pending_nonce())
     client.broadcast(prepared.raw)
     return mined(client, prepared.tx_hash)
-
-
-def test_rlp_matches_the_yellow_paper_examples() -> None:
-    assert rlp_encode(b"dog") == b"\x83dog"
-    assert rlp_encode([b"cat", b"dog"]) == b"\xc8\x83cat\x83dog"
-    assert rlp_encode(b"") == b"\x80" and rlp_encode([]) == b"\xc0"
-    assert (
-        rlp_encode(0) == b"\x80"
-        and rlp_encode(15) == b"\x0f"
-        and rlp_encode(1024) == b"\x82\x04\x00"
-    )
-    assert rlp_encode([[], [[]], [[], [[]]]]) == bytes.fromhex("c7c0c1c0c3c0c1c0")
-    long = b"Lorem ipsum dolor sit amet, consectetur adipisicing elit"
-    assert rlp_encode(long) == b"\xb8\x38" + long
-    with pytest.raises(ValueError):
-        rlp_encode(-1)
 
 
 @pytest.mark.parametrize("key", [ANVIL_DEV_KEY, *OTHER_KEYS])

@@ -173,6 +173,7 @@ def test_alice_signs_a_whole_run_and_bob_relays_it(chain: Chain) -> None:
         "committer": chain.alice.address,
         "manifestDigest": digest(1),
         "parents": [],
+        "previousChildBlocks": [],
     }
     run = chain.registry.get_run(run_id)
     assert (run.committer, run.status) == (chain.alice.address, RunStatus.RUNNING)
@@ -192,6 +193,9 @@ def test_alice_signs_a_whole_run_and_bob_relays_it(chain: Chain) -> None:
         "tensorRoot": checkpoint.tensor_root,
         "step": 3,
         "metricsDigest": checkpoint.metrics_digest,
+        "previousRunBlock": start.block_number,
+        "previousWeightsBlock": 0,
+        "previousTensorBlock": 0,
     }
 
     record = final(20, [checkpoint])
@@ -249,7 +253,11 @@ def test_signed_mark_failed(chain: Chain) -> None:
     run_id = started(alice, 1)
     call = chain.registry.sign_call(chain.alice, "markFailed", run_id, "diverged")
     tx = chain.as_(chain.bob).submit_signed(call)
-    assert sole_event(chain, tx, "RunFailed") == {"runId": run_id, "reason": "diverged"}
+    assert sole_event(chain, tx, "RunFailed") == {
+        "runId": run_id,
+        "reason": "diverged",
+        "previousRunBlock": chain.registry.get_run(run_id).start_block,
+    }
     assert chain.registry.get_run(run_id).status is RunStatus.FAILED
 
 
@@ -532,3 +540,38 @@ def test_a_signed_call_leaves_no_signer_behind(chain: Chain) -> None:
     bob.submit_signed(signed_start(chain, chain.alice, 1))
     with expect_revert("AccessControlUnauthorizedAccount", chain.bob.address, COMMITTER_ROLE):
         bob.start_run(digest(2))
+
+
+def test_signed_revoke_artifact_by_an_admin_and_by_a_non_admin(chain: Chain) -> None:
+    dataset = digest(77)
+    refused = chain.registry.sign_call(chain.alice, "revokeArtifact", dataset, "not an admin")
+    with expect_revert("AccessControlUnauthorizedAccount", chain.alice.address, ADMIN_ROLE):
+        chain.as_(chain.bob).submit_signed(refused)
+    call = chain.registry.sign_call(chain.admin, "revokeArtifact", dataset, "licence withdrawn")
+    tx = chain.as_(chain.bob).submit_signed(call)  # bob relays and pays; the admin revokes
+    assert sole_event(chain, tx, "ArtifactRevoked") == {
+        "digest": dataset,
+        "revoker": chain.admin.address,
+        "reason": "licence withdrawn",
+    }
+    assert chain.registry.contract.functions.isArtifactRevoked(dataset).call() is True
+    assert nonce_of(chain, chain.admin) == 1
+
+
+def test_signed_attest_replay_names_the_signer(chain: Chain) -> None:
+    run_id = started(chain.registry, 1)
+    call = chain.registry.sign_call(chain.alice, "attestReplay", run_id, 3, 9, True, digest(5))
+    tx = chain.as_(chain.bob).submit_signed(call)
+    args = sole_event(chain, tx, "ReplayAttested")
+    assert (args["runId"], args["attester"], args["fromStep"], args["toStep"]) == (
+        run_id,
+        chain.alice.address,
+        3,
+        9,
+    )
+    assert nonce_of(chain, chain.alice) == 1
+    unknown = chain.registry.sign_call(
+        chain.alice, "attestReplay", digest(9), 0, 1, True, digest(5)
+    )
+    with expect_revert("RegistryUnknownRun", digest(9)):
+        chain.as_(chain.bob).submit_signed(unknown)

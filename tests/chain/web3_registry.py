@@ -34,6 +34,7 @@ from ledger.chain.compiler import load_artifact
 from ledger.chain.records import (
     ADMIN_ROLE,
     COMMITTER_ROLE,
+    ArtifactRevocation,
     EventLookups,
     FinalRecord,
     RunRecord,
@@ -77,14 +78,19 @@ class Registry(EventLookups):
     """One deployed registry, optionally with a signing account."""
 
     def __init__(
-        self, w3: Web3, address: str, account: LocalAccount | None = None, deploy_block: int = 0
+        self,
+        w3: Web3,
+        address: str,
+        account: LocalAccount | None = None,
+        deploy_block: int = 0,
+        abi: list[dict[str, Any]] | None = None,
     ) -> None:
-        artifact = load_artifact()
+        """``abi``: another registry version's (the committed artifact's by default)."""
         self.w3 = w3
         self.address = to_checksum_address(address)
         self.account = account
         self.deploy_block = deploy_block  # event scans start here
-        self.abi: list[dict[str, Any]] = artifact["abi"]
+        self.abi: list[dict[str, Any]] = abi if abi is not None else load_artifact()["abi"]
         self.contract = w3.eth.contract(address=self.address, abi=self.abi)
         self._errors = _error_selectors(self.abi)
         self._chain_id: int | None = None
@@ -117,16 +123,19 @@ class Registry(EventLookups):
         return cls(w3, address, account, settings.deploy_block or 0)
 
     @classmethod
-    def deploy(cls, w3: Web3, account: LocalAccount) -> tuple[Registry, TxResult]:
-        """Deploy a new registry whose admin and first committer is ``account``."""
-        artifact = load_artifact()
+    def deploy(
+        cls, w3: Web3, account: LocalAccount, artifact: dict[str, Any] | None = None
+    ) -> tuple[Registry, TxResult]:
+        """Deploy a new registry whose admin and first committer is ``account``
+        (from ``artifact``, the committed one by default)."""
+        artifact = artifact if artifact is not None else load_artifact()
         factory = w3.eth.contract(abi=artifact["abi"], bytecode=artifact["bytecode"])
         probe = cls.__new__(cls)
         probe.w3, probe.account, probe._errors = w3, account, _error_selectors(artifact["abi"])
         probe._chain_id = None
         result, receipt = probe._send(factory.constructor(account.address), with_receipt=True)
         address = receipt["contractAddress"]
-        return cls(w3, address, account, result.block_number), result
+        return cls(w3, address, account, result.block_number, artifact["abi"]), result
 
     # -- writes ---------------------------------------------------------------
 
@@ -167,6 +176,15 @@ class Registry(EventLookups):
 
     def revoke_run(self, run_id: bytes, reason: str) -> TxResult:
         return self._send(self.contract.functions.revokeRun(run_id, reason))[0]
+
+    def revoke_artifact(self, digest: bytes, reason: str) -> TxResult:
+        return self._send(self.contract.functions.revokeArtifact(digest, reason))[0]
+
+    def attest_replay(
+        self, run_id: bytes, from_step: int, to_step: int, reproduced: bool, report: bytes
+    ) -> TxResult:
+        fn = self.contract.functions.attestReplay(run_id, from_step, to_step, reproduced, report)
+        return self._send(fn)[0]
 
     def grant_committer(self, account: str) -> TxResult:
         fn = self.contract.functions.grantRole(COMMITTER_ROLE, to_checksum_address(account))
@@ -272,6 +290,25 @@ class Registry(EventLookups):
         except (Web3Exception, OSError) as exc:
             raise ChainError(f"cannot read {name} events from {self.address}: {exc}") from exc
         return [_event_dict(log) for log in logs]
+
+    def artifact_revocations(self, digests: Sequence[bytes]) -> dict[bytes, ArtifactRevocation]:
+        """The revoked ones of ``digests``: their ArtifactRevoked events, read through web3."""
+        found: dict[bytes, ArtifactRevocation] = {}
+        for digest in dict.fromkeys(bytes(d) for d in digests):
+            if not self._call(self.contract.functions.isArtifactRevoked(digest)):
+                continue
+            logs = self.contract.events.ArtifactRevoked.get_logs(
+                argument_filters={"digest": digest}, from_block=self.deploy_block
+            )
+            log = logs[-1]
+            found[digest] = ArtifactRevocation(
+                digest,
+                int(log["blockNumber"]),
+                "0x" + bytes(log["transactionHash"]).hex(),
+                str(log["args"]["revoker"]),
+                str(log["args"]["reason"]),
+            )
+        return found
 
     def all_events(self, name: str) -> list[dict[str, Any]]:
         """Every event ``name`` of the registry, oldest first."""

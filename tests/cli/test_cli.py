@@ -89,16 +89,20 @@ def test_exit_codes_by_kind_of_error() -> None:
     }
     api_only = ("LedgerError", "AuthError")  # the root is never raised; AuthError is HTTP 401
     kinds = {code for name, code in codes.items() if name not in api_only}
-    assert kinds == {9, 10, 11, 20, 30, 31, 40, 60}
+    assert kinds == {9, 10, 11, 12, 20, 30, 31, 40, 60, 130}
     assert (codes["ConfigError"], codes["InputError"], codes["StoreError"]) == (10, 11, 20)
     assert (codes["ChainError"], codes["CompilerError"], codes["RecordError"]) == (30, 31, 40)
     assert codes["AuditIndexError"] == 60
+    # a keystore that cannot be opened (wrong password...): its own code, a ConfigError
+    assert codes["KeystoreError"] == 12 and issubclass(errors.KeystoreError, errors.ConfigError)
     # `ledger replay` without a verdict; its verdicts are 0 reproduced and 8 diverged
     assert codes["ReplayError"] == codes["NotReplayableError"] == codes["CodeDriftError"] == 9
+    assert codes["ReplayInterruptedError"] == 130  # Ctrl-C: as a shell reports SIGINT
     # subclasses keep their kind's code
     assert codes["FileMissingError"] == codes["NotFoundError"] == 11
     assert codes["IntegrityError"] == codes["StoreUnavailableError"] == 20
     assert codes["ChainUnavailableError"] == codes["TransactionRevertedError"] == 30
+    assert codes["FeeAboveCapError"] == codes["InsufficientFundsError"] == 30
 
 
 def test_verify_exit_codes_and_json(chain: Chain, tmp_path: Path) -> None:

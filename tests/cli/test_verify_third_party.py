@@ -121,7 +121,8 @@ def test_without_the_documents_the_verdict_is_unchecked_not_mismatch(
     assert report.outcome is Outcome.UNCHECKED
     assert report.outcome.exit_code == 6
     assert report.run_id == recorded.run_id_hex and not report.failed
-    assert {c.name for c in report.unchecked} == {"run manifest", "metrics"}
+    # without its manifest, the run's datasets cannot be checked against revocations either
+    assert {c.name for c in report.unchecked} == {"run manifest", "metrics", "data not revoked"}
     assert all("--api" in c.detail for c in report.unchecked)
     checks = report.to_json()["checks"]
     assert any(c["unchecked"] and not c["ok"] for c in checks)

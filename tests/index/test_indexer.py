@@ -13,7 +13,7 @@ from ledger.documents import MANIFEST_SCHEMA, METRICS_SCHEMA, canonical_json
 from ledger.ids import Relation
 from ledger.index.db import current_revision, head_revision
 from ledger.index.indexer import Indexer
-from ledger.index.models import Base, Metric, Parent, Run, Weights
+from ledger.index.models import Base, Metric, Parent, ReplayAttestation, Run, Weights
 from ledger.store import LocalStore
 from tests.conftest import Chain
 from tests.runs import record_run
@@ -165,6 +165,39 @@ def test_a_reorg_is_rolled_back_and_reread(
     assert indexer.status.rollbacks == 1
 
 
+def test_replay_attestations_are_indexed_and_rolled_back(
+    chain: Chain, indexer: Indexer, engine: Engine, data_store: LocalStore
+) -> None:
+    run = record_run(chain.registry, data_store, "replayed", curve=[{"a": 1.0}, {"a": 2.0}])
+    chain.as_(chain.bob).attest_replay(run.run_id, 0, 1, True, b"\x01" * 32)
+    indexer.run_once()
+    fork = rpc_call(chain.rpc_url, "evm_snapshot")
+    chain.as_(chain.alice).attest_replay(run.run_id, 1, 2, False, b"\x02" * 32)
+    indexer.run_once()
+    rows = _replays(engine)
+    assert [(r.attester, r.from_step, r.to_step, r.reproduced) for r in rows] == [
+        (chain.bob.address, 0, 1, True),
+        (chain.alice.address, 1, 2, False),
+    ]
+    assert rows[0].report_digest == "0x" + "01" * 32 and rows[0].run_id == run.hex
+
+    assert rpc_call(chain.rpc_url, "evm_revert", [fork]) is True
+    rpc_call(chain.rpc_url, "evm_mine")
+    rpc_call(chain.rpc_url, "evm_mine")  # the winning branch is longer, without alice's
+    result = indexer.run_once()
+    assert result.rolled_back_to is not None
+    assert [(r.attester, r.reproduced) for r in _replays(engine)] == [(chain.bob.address, True)]
+    assert _runs(engine)[run.hex].checkpoint_count == 2  # the run itself rebuilt whole
+
+
+def _replays(engine: Engine) -> list[ReplayAttestation]:
+    from sqlalchemy.orm import Session
+
+    with Session(engine) as session:
+        order = (ReplayAttestation.block_number, ReplayAttestation.log_index)
+        return list(session.scalars(select(ReplayAttestation).order_by(*order)))
+
+
 def test_a_chain_reset_empties_the_index(
     chain: Chain, indexer: Indexer, engine: Engine, data_store: LocalStore
 ) -> None:
@@ -194,6 +227,9 @@ def test_fast_decoder_agrees_with_the_abi_codec(
     )
     chain.registry.mark_failed(child.run_id, "diverged — ünïcode reason")
     chain.as_(chain.admin).revoke_run(base.run_id, "x" * 100)
+    chain.as_(chain.admin).revoke_artifact(b"\x07" * 32, "dataset — ünïcode " + "y" * 70)
+    chain.as_(chain.bob).attest_replay(base.run_id, 2, 2**64 - 1, True, b"\x07" * 32)
+    chain.as_(chain.alice).attest_replay(base.run_id, 0, 1, False, b"\xff" * 32)
     raw = indexer.rpc(
         "eth_getLogs",
         {"address": indexer.address, "fromBlock": hex(chain.deploy_block), "toBlock": "latest"},
@@ -202,7 +238,17 @@ def test_fast_decoder_agrees_with_the_abi_codec(
     generic = [indexer.decoder.decode_generic(entry) for entry in raw]
     assert decoded == generic
     names = {d.name for d in decoded if d is not None}
-    assert names == {"RunStarted", "CheckpointCommitted", "RunFinalized", "RunFailed", "RunRevoked"}
+    assert names == {
+        "RunStarted",
+        "CheckpointCommitted",
+        "RunFinalized",
+        "RunFailed",
+        "RunRevoked",
+        "ArtifactRevoked",
+        "ReplayAttested",
+    }
+    revoked = next(d for d in decoded if d is not None and d.name == "ArtifactRevoked")
+    assert revoked.run_id == revoked.args["digest"] == "0x" + "07" * 32
     assert None in decoded  # role events of the registry are not run events
 
 
@@ -216,3 +262,16 @@ def test_documents_read_on_threads_keep_their_order() -> None:
 
     assert _on_threads(read, digests, 4) == [d[::-1] for d in digests]
     assert _on_threads(read, digests[:3], 4) == [d[::-1] for d in digests[:3]]
+
+
+def test_artifact_revocations_and_replay_attestations_do_not_stop_the_indexer(
+    chain: Chain, indexer: Indexer, engine: Engine, data_store: LocalStore
+) -> None:
+    run = record_run(chain.registry, data_store, "replayed")
+    chain.registry.revoke_artifact(b"\x07" * 32, "dataset withdrawn")
+    chain.as_(chain.bob).attest_replay(run.run_id, 0, 1, True, b"\x08" * 32)
+    later = record_run(chain.registry, data_store, "after them")
+    indexer.run_once()
+    runs = _runs(engine)
+    assert runs[run.hex].status == "finalized" and runs[later.hex].status == "finalized"
+    assert indexer.last_block() == int(rpc_call(chain.rpc_url, "eth_blockNumber"), 16)

@@ -41,4 +41,4 @@ def test_the_deployed_code_is_the_artifact(chain: Chain) -> None:
         assert expected[start : start + length] == bytes(length)
         code[start : start + length] = bytes(length)
     assert bytes(code) == expected
-    assert chain.registry.version() == "2.0.0"
+    assert chain.registry.version() == "3.0.0"

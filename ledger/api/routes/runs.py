@@ -10,13 +10,25 @@ from sqlalchemy import select
 
 from ledger.api.deps import State, read_index
 from ledger.api.problems import responses
-from ledger.api.routes._convert import Documents, answer, chain_facts, summary, weights
+from ledger.api.routes._convert import (
+    Documents,
+    answer,
+    chain_facts,
+    end_times,
+    replay,
+    summary,
+    weights,
+)
 from ledger.api.schemas import (
     RUN_ID,
+    CheckpointProofOut,
+    DataTaintOut,
     LineageEdge,
     LineageNode,
     LineageOut,
     ParentLink,
+    ReplayList,
+    RunDataOut,
     RunDetail,
     RunPage,
     TaintedRun,
@@ -24,6 +36,7 @@ from ledger.api.schemas import (
     TaintOut,
 )
 from ledger.documents import DocumentKind
+from ledger.errors import InputError
 from ledger.index import filters, queries
 from ledger.index.models import Metric
 
@@ -40,8 +53,8 @@ RunIdParam = Annotated[
 
 Q_HELP = (
     "Filter expression: key:value terms (committer, status, revoked, name, sweep, parent, "
-    "started_after, started_before, metric) combined with AND (or juxtaposition), OR, NOT and "
-    'parentheses; quote values with spaces: name:"my model".'
+    "started_after, started_before, metric, data) combined with AND (or juxtaposition), OR, "
+    'NOT and parentheses; quote values with spaces: name:"my model".'
 )
 
 
@@ -105,6 +118,21 @@ def list_runs(
     with_metrics: Annotated[
         bool, Query(alias="metrics", description="include each run's final metrics")
     ] = False,
+    with_params: Annotated[
+        bool,
+        Query(
+            alias="params",
+            description="include each run's config, flattened (read from the store)",
+        ),
+    ] = False,
+    with_sources: Annotated[
+        bool,
+        Query(
+            alias="data",
+            description="include each run's data sources as its manifest names them "
+            "(read from the store)",
+        ),
+    ] = False,
 ) -> Response:
     """Runs matching every given filter (and the `q` expression), newest first by default.
 
@@ -140,13 +168,30 @@ def list_runs(
             )
             for owner, metric_name, metric_value in rows:
                 metrics.setdefault(owner, {})[metric_name] = float(metric_value)
-        out = RunPage(
-            runs=[
-                summary(r, metrics.get(r.run_id, {}) if with_metrics else None) for r in page.runs
-            ],
-            next_cursor=page.next_cursor,
-        )
-    return answer(out)
+        ended = end_times(session, page.runs)
+        tainted = queries.data_tainted_runs(session) if page.runs else {}
+    documents = Documents(state.store)
+    manifests = {
+        r.run_id: documents.get(r.manifest_digest, DocumentKind.MANIFEST)
+        for r in page.runs
+        if with_params or with_sources
+    }
+    out = RunPage(
+        runs=[
+            summary(
+                r,
+                metrics.get(r.run_id, {}) if with_metrics else None,
+                ended=ended,
+                manifest=manifests.get(r.run_id),
+                params=with_params,
+                sources=with_sources,
+                revoked_data=sorted(tainted.get(r.run_id, ())),
+            )
+            for r in page.runs
+        ],
+        next_cursor=page.next_cursor,
+    )
+    return answer(out, documents.headers())
 
 
 @router.get(
@@ -163,12 +208,39 @@ def get_run(run_id: RunIdParam, state: State) -> Response:
         records = queries.weights_of(session, run.run_id)[:5000]
         metrics = queries.metrics_of(session, run.run_id)
         parents = queries.parents_of(session, [run.run_id])
+        ended = end_times(session, [run])
+        data = queries.run_data(session, run.run_id)
+        revoked = queries.revocations_of(session, [d.digest for d in data])
+        taint = queries.data_taint(session, run.run_id)
+        replays, _ = queries.replays_of(session, run.run_id)
     documents = Documents(state.store)
     converted = [weights(documents, r) for r in records]
     manifest = documents.get(run.manifest_digest, DocumentKind.MANIFEST)
     return answer(
         RunDetail(
-            **summary(run, metrics).model_dump(),
+            **summary(
+                run,
+                metrics,
+                ended=ended,
+                manifest=manifest,
+                params=True,
+                sources=True,
+                revoked_data=sorted({t.dataset for t in taint}),
+            ).model_dump(),
+            datasets=[
+                RunDataOut(
+                    key=d.key,
+                    cid=d.cid,
+                    digest=d.digest,
+                    kind=d.kind,
+                    name=d.name,
+                    bytes=d.bytes,
+                    part_of=d.part_of,
+                    revoked=d.digest in revoked,
+                )
+                for d in data
+            ],
+            data_taint=[DataTaintOut(**t.__dict__) for t in taint],
             manifest_cid=run.manifest_cid,
             manifest=manifest,
             document_state=run.manifest_state,
@@ -176,9 +248,48 @@ def get_run(run_id: RunIdParam, state: State) -> Response:
             chain=chain_facts(run),
             checkpoints=[w for w in converted if not w.is_final],
             final=next((w for w in converted if w.is_final), None),
+            replays=[replay(documents, r) for r in replays],
         ),
         documents.headers(),
     )
+
+
+@router.get(
+    "/runs/{run_id}/replays",
+    response_model=ReplayList,
+    summary="Replay attestations of a run (ledger replay --record), newest first",
+    responses=responses(401, 404, 422, 503),
+)
+def get_replays(
+    run_id: RunIdParam,
+    state: State,
+    attester: Annotated[
+        str | None,
+        Query(max_length=42, description="only this account's attestations (0x address)"),
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> Response:
+    """Who replayed which checkpoints of the run and whether they reproduced; each
+    names its report (``report_cid``: GET /api/v1/documents/{cid})."""
+    from ledger.chain.records import checksum_address
+
+    account = None
+    if attester is not None:
+        try:
+            account = checksum_address(attester)
+        except ValueError as exc:
+            raise InputError(f"attester {attester!r} is not a 0x address of 40 hex digits") from exc
+    with read_index(state) as session:
+        parsed = queries.get_run(session, run_id).run_id
+        rows, total = queries.replays_of(session, parsed, attester=account, limit=limit)
+    documents = Documents(state.store)
+    out = ReplayList(
+        run_id=parsed,
+        total=total,
+        reproduced=sum(1 for r in rows if r.reproduced),
+        replays=[replay(documents, r) for r in rows],
+    )
+    return answer(out, documents.headers())
 
 
 @router.get(
@@ -231,7 +342,13 @@ def get_taint(run_id: RunIdParam, state: State) -> Response:
     with read_index(state) as session:
         parsed = queries.get_run(session, run_id).run_id
         sources = queries.revoked_ancestors(session, parsed)
-    out = TaintOut(run_id=parsed, tainted=bool(sources), revoked_sources=sources)
+        data = queries.data_taint(session, parsed)
+    out = TaintOut(
+        run_id=parsed,
+        tainted=bool(sources or data),
+        revoked_sources=sources,
+        revoked_data=[DataTaintOut(**t.__dict__) for t in data],
+    )
     return answer(out)
 
 
@@ -257,3 +374,26 @@ def list_tainted(state: State, limit: Annotated[int, Query(ge=1, le=10000)] = 10
         truncated=truncated,
     )
     return answer(out)
+
+
+@router.get(
+    "/runs/{run_id}/checkpoints/{step}/proof",
+    response_model=CheckpointProofOut,
+    summary="A checkpoint's Merkle proof under the run's checkpoint root, from the chain",
+    responses=responses(401, 404, 422, 502, 503),
+)
+def get_checkpoint_proof(
+    run_id: RunIdParam,
+    step: Annotated[int, Path(ge=0, le=2**64 - 1, description="the checkpoint's step")],
+    state: State,
+) -> Response:
+    """As `ledger proof RUN STEP`: the leaf and sibling path of the checkpoint at `step`,
+    and whether the registry itself accepts them. Read from the chain for each
+    request (never cached): 422 before the run is finalized, 404 for a step it has
+    no checkpoint at."""
+    from ledger.chain.proofs import checkpoint_proof
+
+    registry = state.reader()
+    parsed = registry.resolve_run(run_id, field="path.run_id", exists=True)
+    out = CheckpointProofOut(**checkpoint_proof(registry, parsed, step, shown=run_id))
+    return answer(out, {"cache-control": "no-store"})

@@ -357,7 +357,9 @@ class Outbox:
 
     def flush(self, timeout: float, run_id: str | Sequence[str] | None = None) -> int:
         """Wait up to ``timeout`` s until no entry (of ``run_id``, or of those runs)
-        is open; returns how many still are."""
+        is open; returns how many still are. It stops early when waiting cannot
+        help (the registry is gone) or is not needed (every open entry is mined and
+        only waits for the confirmation depth: the worker confirms it)."""
         deadline = time.monotonic() + timeout
         self._write_held()
         runner: WorkerThread | WorkerProcess | AttachedWorker | None = None
@@ -372,6 +374,10 @@ class Outbox:
                     return remaining
                 if self._registry_gone(run_id, tried):
                     return remaining  # only a deploy helps: the report says so
+                if self._all_mined(run_id):
+                    # only blocks on top help (LEDGER_CONFIRMATIONS): the worker stays
+                    # to confirm them, the report says so; training need not wait
+                    return remaining
                 if runner is None or not runner.alive:
                     runner = self.start_worker()  # (re)started if it ended meanwhile
                     runner.set_urgent(True)  # someone waits: no lingering for fuller batches
@@ -388,6 +394,13 @@ class Outbox:
             return entries
         runs = {run_id} if isinstance(run_id, str) else set(run_id)
         return [e for e in entries if e.run_id in runs]
+
+    def _all_mined(self, run_id: str | Sequence[str] | None) -> bool:
+        """Whether every open entry is mined and waits only for the confirmation depth."""
+        entries = self._open(run_id)
+        return bool(entries) and all(
+            e.state == "sent" and e.block_number is not None for e in entries
+        )
 
     def _registry_gone(self, run_id: str | Sequence[str] | None, tried: dict[int, int]) -> bool:
         """Whether every open entry is waiting only for a registry that is not at its
@@ -571,12 +584,13 @@ class Outbox:
                 for name in ("stored", "confirmed", "recommitted", "failed"):
                     setattr(total, name, getattr(total, name) + getattr(result, name))
                 total.waiting_on = result.waiting_on
+                total.deepening = result.deepening
                 if not self.journal.open_count() or time.monotonic() > deadline:
                     return total
                 if not result.moved:
-                    if result.waiting_on is None:
+                    if result.waiting_on is None and not result.deepening:
                         return total
-                    time.sleep(0.5)
+                    time.sleep(0.5)  # a chain back, or blocks on top of the mined records
         finally:
             lock.release()
 
@@ -611,7 +625,9 @@ def run_report(journal: Journal, run_id: str, waited: float | None = None) -> st
     elif still:
         after = f" after {waited:g} s" if waited is not None else ""
         why = next((e.error for e in reversed(still) if e.error), None)
-        line += f"; {len(still)} record(s) not yet on chain{after}" + (f" ({why})" if why else "")
+        mined = all(e.state == "sent" and e.block_number is not None for e in still)
+        where = "mined, not yet confirmed" if mined else "not yet on chain"
+        line += f"; {len(still)} record(s) {where}{after}" + (f" ({why})" if why else "")
         line += "; they are safe in the outbox: `ledger sync` (or the next run) sends them"
     refused = [e for e in entries if e.state == "failed"]
     if refused:

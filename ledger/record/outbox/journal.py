@@ -7,7 +7,10 @@ An entry moves through these states, each change one SQLite transaction:
               metrics (the training loop's only cost is this insert);
 ``stored``    its artifacts are in the store and its chain record is computed;
 ``sent``      a signed transaction carrying it is saved (``txs``) and broadcast;
-``confirmed`` the receipt is in, with block number and block hash;
+              once it is mined, the block's number and hash are noted while it
+              waits for the confirmation depth (``LEDGER_CONFIRMATIONS``);
+``confirmed`` the receipt's block is that deep and still on the chain: block
+              number and block hash are kept;
 ``failed``    refused for good (the reason is kept; ``ledger sync --retry-failed``
               puts it back).
 
@@ -84,7 +87,15 @@ CREATE TABLE IF NOT EXISTS txs (
     chain_id   INTEGER NOT NULL,
     created_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS tx_replacements (
+    tx_hash  TEXT PRIMARY KEY,
+    original TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS tx_replacements_by_original ON tx_replacements (original);
 """
+# tx_replacements: a transaction that replaced a stuck one (same sender and nonce, higher
+# fees) -> the first of its family; added beside schema 2 (an older ledger ignores it
+# and follows the newest transaction, which its entries name)
 
 
 class _Damaged(RecordError):
@@ -174,6 +185,8 @@ class SavedTx:
     sender: str
     nonce: int
     chain_id: int
+    created_at: float = 0.0
+    """When it was saved (seconds since the epoch): how long it has been pending."""
 
 
 class Journal:
@@ -578,9 +591,45 @@ class Journal:
         row = self._db().execute("SELECT * FROM txs WHERE tx_hash = ?", (tx_hash,)).fetchone()
         if row is None:
             return None
-        return SavedTx(
-            row["tx_hash"], bytes(row["raw"]), row["sender"], row["nonce"], row["chain_id"]
-        )
+        return _saved(row)
+
+    def save_replacement(self, entry_ids: Sequence[int], tx: SavedTx, replaces: str) -> None:
+        """Save ``tx``, which replaces ``replaces`` (same sender and nonce, higher fees),
+        as the transaction of its entries, in one transaction; the family keeps every
+        hash (:meth:`tx_family`), since whichever of them is mined records the entries."""
+        now = time.time()
+        with self._tx() as db:
+            found = db.execute(
+                "SELECT original FROM tx_replacements WHERE tx_hash = ?", (replaces,)
+            ).fetchone()
+            original = str(found[0]) if found else replaces
+            db.execute(
+                "INSERT OR REPLACE INTO txs VALUES (?, ?, ?, ?, ?, ?)",
+                (tx.tx_hash, tx.raw, tx.sender, tx.nonce, tx.chain_id, now),
+            )
+            db.execute(
+                "INSERT OR REPLACE INTO tx_replacements VALUES (?, ?)", (tx.tx_hash, original)
+            )
+            db.executemany(
+                "UPDATE entries SET tx_hash = ?, updated_at = ? WHERE id = ? AND state = 'sent'",
+                [(tx.tx_hash, now, i) for i in entry_ids],
+            )
+
+    def tx_family(self, tx_hash: str) -> list[SavedTx]:
+        """``tx_hash``'s saved transaction with those it replaced or that replaced it
+        (one nonce of one sender), oldest first."""
+        db = self._db()
+        found = db.execute(
+            "SELECT original FROM tx_replacements WHERE tx_hash = ?", (tx_hash,)
+        ).fetchone()
+        original = str(found[0]) if found else tx_hash
+        rows = db.execute(
+            "SELECT * FROM txs WHERE tx_hash = ? OR tx_hash IN"
+            " (SELECT tx_hash FROM tx_replacements WHERE original = ?)"
+            " ORDER BY created_at, rowid",
+            (original, original),
+        ).fetchall()
+        return [_saved(row) for row in rows]
 
     def mark_confirmed(
         self,
@@ -599,6 +648,39 @@ class Journal:
                 " registry = ?, tx_hash = COALESCE(?, tx_hash), note = COALESCE(?, note),"
                 " error = NULL, updated_at = ? WHERE id = ?",
                 [(block_number, block_hash, registry, tx_hash, note, now, i) for i in entry_ids],
+            )
+
+    def mark_mined(
+        self,
+        entry_ids: Sequence[int],
+        *,
+        block_number: int | None,
+        block_hash: str | None,
+        tx_hash: str | None = None,
+        note: str | None = None,
+    ) -> None:
+        """Entries whose transaction (``tx_hash``, else the one they have) is in block
+        ``block_number`` but not yet deep enough to count: ``sent``, with the block
+        noted and ``note`` saying what they wait for. ``block_number`` None: not (or
+        no longer) mined."""
+        now = time.time()
+        with self._tx() as db:
+            db.executemany(
+                "UPDATE entries SET state = 'sent', tx_hash = COALESCE(?, tx_hash),"
+                " block_number = ?, block_hash = ?, error = ?, updated_at = ? WHERE id = ?",
+                [(tx_hash, block_number, block_hash, note, now, i) for i in entry_ids],
+            )
+
+    def resend(self, entry_ids: Sequence[int]) -> None:
+        """Confirmed entries whose block left the chain, back to ``sent`` with their
+        saved transaction: the worker rebroadcasts the same bytes (same nonce, same
+        hash) if that nonce is still free, else looks for them and signs anew."""
+        now = time.time()
+        with self._tx() as db:
+            db.executemany(
+                "UPDATE entries SET state = 'sent', block_number = NULL, block_hash = NULL,"
+                " recommits = recommits + 1, updated_at = ? WHERE id = ?",
+                [(now, i) for i in entry_ids],
             )
 
     def requeue(
@@ -691,6 +773,17 @@ class Journal:
             sql += " AND id <= ?"
             args.append(upto)
         return int(self._db().execute(sql, args).fetchone()[0])
+
+
+def _saved(row: sqlite3.Row) -> SavedTx:
+    return SavedTx(
+        row["tx_hash"],
+        bytes(row["raw"]),
+        row["sender"],
+        row["nonce"],
+        row["chain_id"],
+        float(row["created_at"]),
+    )
 
 
 def _upgrade_from_1(db: sqlite3.Connection) -> None:

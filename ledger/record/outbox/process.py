@@ -99,6 +99,7 @@ def socket_name(settings: Settings, committer: str) -> str | None:
     fields = {
         **_settings_fields(settings),
         "committer": committer.lower(),
+        "relayer": _relayer_address(settings),
         "folder": [folder.st_dev, folder.st_ino],
         # the same code: a run never attaches to a worker of another install
         "python": sys.executable,
@@ -275,13 +276,25 @@ def _settings_fields(settings: Settings) -> dict[str, Any]:
         "deploy_block": settings.deploy_block,
         "ipfs_api": settings.ipfs_api,
         "store_weights": settings.store_weights,
+        "max_fee_per_gas": settings.max_fee_per_gas,
+        "confirmations": settings.confirmations,
     }
 
 
+def _relayer_address(settings: Settings) -> str | None:
+    if settings.relayer_key is None:
+        return None
+    from ledger.chain.sender import address_of
+
+    return address_of(settings.relayer_key).lower()
+
+
 def _settings_line(settings: Settings, secret: Secret, *, name: str | None, keep: float) -> bytes:
+    relayer = settings.relayer_key
     fields = {
         "settings": _settings_fields(settings),
         "private_key": secret.reveal(),
+        "relayer_key": relayer.reveal() if relayer is not None else None,
         "socket": name,
         "keep": keep,
     }
@@ -454,7 +467,12 @@ def main() -> None:
         raise SystemExit("ledger outbox worker: no settings on stdin (started by the outbox only)")
     secret = Secret(str(fields["private_key"]))
     given = dict(fields["settings"])
-    settings = Settings(data_dir=Path(given.pop("data_dir")), **given)
+    relayer = fields.get("relayer_key")
+    settings = Settings(
+        data_dir=Path(given.pop("data_dir")),
+        relayer_key=Secret(str(relayer)) if relayer else None,
+        **given,
+    )
     journal = Journal(journal_path(settings))
     worker = Worker(journal, settings, secret=secret)
     # every path it is handed is absolute; a resident worker pins no one's directory

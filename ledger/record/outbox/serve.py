@@ -39,6 +39,7 @@ class Waker(Protocol):
 
 
 IDLE_EXIT = 5.0  # seconds with nothing open before a worker ends (restarted on append)
+DEEPEN_STAY = 600.0  # seconds a worker left alone stays for mined records to get deep enough
 
 
 def serve(worker: Worker, lock: WorkerLock, waker: Waker, *, keep: float = 0.0) -> None:
@@ -78,9 +79,16 @@ def serve(worker: Worker, lock: WorkerLock, waker: Waker, *, keep: float = 0.0) 
             if result.moved or (not was_alone and waker.alone):
                 still_since = now  # (a resident worker's wait starts when it is left alone)
             was_alone = waker.alone
-            if waker.alone and not keep and (not open_now or not result.moved):
+            deepening = result.deepening and now - still_since < DEEPEN_STAY
+            if waker.alone and not keep and (not open_now or not result.moved) and not deepening:
                 return  # the journal keeps the rest for `ledger sync` or the next run
-            if waker.alone and keep and not result.moved and now - still_since > keep:
+            if (
+                waker.alone
+                and keep
+                and not result.moved
+                and now - still_since > keep
+                and not deepening
+            ):
                 return  # resident, and nobody came: the next run starts another
             if result.waiting_on:
                 _back_off(worker, waker, backoff)

@@ -17,12 +17,36 @@ One pass (:meth:`Worker.run_once`) does, in order:
    holds as started) the block of every confirmed entry is checked; entries
    whose block hash changed or vanished are looked up on chain, confirmed again
    where they are, and recommitted where they are gone;
-3. **recover** ``sent`` entries: a mined transaction confirms them; an unmined
-   one is rebroadcast from the saved bytes (same nonce, so mined at most once);
-   one whose nonce was taken by another transaction is looked up and requeued;
-4. **send** the entries whose predecessors are all confirmed, batched per kind
-   (``startRuns``, ``commitCheckpoints``, ``finalizeRuns``, ``markFailed``),
-   saving each signed transaction before broadcasting it.
+3. **recover** ``sent`` entries: a transaction mined deep enough confirms them
+   (any of a stuck transaction's replacements: the journal keeps them all); an
+   unmined one is rebroadcast from the saved bytes (same nonce, so mined at most
+   once), or, when stuck (its max fee under the next block's base fee, or
+   pending longer than :data:`STUCK_AFTER` with less than the tip the node now
+   suggests), replaced by one with the same nonce and fees raised by at least
+   :data:`~ledger.chain.sender.FEE_BUMP`; one whose nonce was taken by another
+   transaction is looked up and requeued;
+4. **send** the entries whose predecessors are all confirmed (or mined: the
+   key's nonces keep its transactions in order, on any branch), batched per
+   kind (``startRuns``, ``commitCheckpoints``, ``finalizeRuns``,
+   ``markFailed``), saving each signed transaction before broadcasting it.
+
+**Confirmation depth.** An entry is confirmed once its transaction's block has
+:func:`~ledger.config.confirmation_depth` blocks on top of it (``LEDGER_CONFIRMATIONS``:
+0 on a local dev chain, 12 elsewhere; the audit index waits as long) and that
+block is still the chain's block at its height. Until then it stays ``sent``
+with the block noted (:attr:`PassResult.deepening`); a transaction that leaves
+the chain meanwhile is rebroadcast or looked for like any unmined one. A
+confirmed entry whose block later leaves the chain (a reorg deeper than the
+depth, a rollback, a reset) is noticed by step 2: it goes back to ``sent`` with
+its saved transaction (rebroadcast, same nonce and hash, if that nonce is still
+free: a record is never signed twice while its first transaction can still be
+mined), else it is signed anew; a refusal meaning "already recorded, with this
+content" (the old transaction mined after all) confirms it.
+
+While the next block needs more per gas than ``LEDGER_MAX_FEE_GWEI``, or the
+account that pays (the committer's, or the relayer's with ``LEDGER_RELAYER_KEY``)
+has too little ETH, records stay in the outbox: one line when that starts, one
+when they go out again.
 
 A receipt confirms its entries only when it carries each one's registry event
 from the configured address (a transaction to an address without code also
@@ -54,12 +78,14 @@ from typing import TYPE_CHECKING, Any
 
 from ledger.chain.records import FinalRecord, RunStatus, checksum_address
 from ledger.chain.rpc import as_int
-from ledger.config import Secret, Settings
+from ledger.config import Secret, Settings, confirmation_depth
 from ledger.errors import (
     ChainError,
     ChainUnavailableError,
     ConfigError,
+    FeeAboveCapError,
     InputError,
+    InsufficientFundsError,
     LedgerError,
     NonceTooLowError,
     RegistryNotDeployedError,
@@ -67,6 +93,7 @@ from ledger.errors import (
     StoreFullError,
     StoreUnavailableError,
     TransactionRevertedError,
+    UnderpricedError,
 )
 from ledger.hashing.cid import Cid
 from ledger.hashing.keccak import keccak256
@@ -76,7 +103,7 @@ from ledger.record.outbox.journal import Entry, Journal, SavedTx
 from ledger.store import ArtifactStore, open_store, synced_together
 
 if TYPE_CHECKING:
-    from ledger.chain.sender import Receipt
+    from ledger.chain.sender import Fees, Receipt
     from ledger.chain.sender import RegistrySender as Registry
 
 BATCH_LIMIT = 100  # records per transaction (a commitCheckpoints of 100 is ~0.6M gas)
@@ -85,6 +112,7 @@ STORE_THREADS = 8
 STORE_INLINE = 16 << 20  # bytes of weights a pass beside training stores without a pool
 LINGER = 2.0
 RECEIPT_WAIT = 2.0  # per pass; an unmined transaction is looked at again next pass
+STUCK_AFTER = 90.0  # s pending with less than the suggested tip before a replacement
 NO_REGISTRY = "registry not deployed"
 """The prefix of an open entry's error while the registry is not at its address."""
 
@@ -94,6 +122,8 @@ _RETRYABLE = (
     StoreUnavailableError,
     StoreFullError,
 )
+# the chain is there but will not take the records yet: nothing to reconnect or recheck
+_HELD = (FeeAboveCapError, InsufficientFundsError)
 # store errors that clear up on their own (a node back, space freed): retried, not failed
 _STORE_RETRYABLE = (StoreUnavailableError, StoreFullError)
 _KIND_ORDER = ("start", "checkpoint", "finalize", "fail", "revoke")
@@ -121,6 +151,7 @@ class PassResult:
     confirmed: int = 0
     recommitted: int = 0
     failed: int = 0
+    deepening: int = 0  # entries mined, waiting for the confirmation depth
     waiting_on: str | None = None  # why open entries could not move (chain/store down)
 
     @property
@@ -140,6 +171,8 @@ class Worker:
     linger: float = LINGER  # seconds a checkpoint may wait for others to share its batch
     urgent: bool = False  # set while someone waits (flush, sync): send at once
     secret: Secret | None = None  # the signing key, when resolved already (else from settings)
+    stuck_after: float = STUCK_AFTER  # s a transaction may pend before it is replaced
+    confirmations: int | None = None  # blocks on top of a record's; None: from the settings
     _registry: Any = None
     _reconcile: bool = True
     _everything: bool = False  # another chain: every confirmed entry is suspect
@@ -172,6 +205,11 @@ class Worker:
             if isinstance(exc, RegistryNotDeployedError):
                 self._note_no_registry(exc)
             self._drop_connection()
+        except _HELD as exc:
+            result.waiting_on = one_line(exc)
+            if self._outage is None:  # once per spike: the reason `ledger status` shows
+                held = self.journal.entries(states=["stored"])
+                self.journal.note_attempt([e.id for e in held], one_line(exc))
         except ConfigError as exc:
             result.waiting_on = one_line(exc)
         if result.moved:
@@ -198,7 +236,10 @@ class Worker:
                 )
             self._outage = result.waiting_on
         elif self._outage is not None:
-            self.say("reachable again; sending the queued records")
+            if "LEDGER_MAX_FEE_GWEI" in self._outage:
+                self.say("fees are under LEDGER_MAX_FEE_GWEI again; sending the held records")
+            else:
+                self.say("reachable again; sending the queued records")
             self._outage = None
 
     # -- 1. store -----------------------------------------------------------------
@@ -324,6 +365,8 @@ class Worker:
             from ledger.chain.sender import RegistrySender
 
             self._registry = RegistrySender.connect(self.settings, self.secret)
+            if self.confirmations is None:
+                self.confirmations = confirmation_depth(self.settings, self._registry.chain_id)
         registry: Registry = self._registry
         return registry
 
@@ -414,15 +457,15 @@ class Worker:
             stale = [(n, h) for n, h in recorded if n < 0 or now.get(n) != h]
         suspects = self.journal.confirmed_elsewhere(here, stale, everything=self._everything)
         events = _Events(registry)
-        lost: list[int] = []
+        lost: list[Entry] = []
         for entry in suspects:
             found = self._find_on_chain(registry, entry, events)
             if found is None:
-                lost.append(entry.id)
+                lost.append(entry)
             else:
-                self._confirm(registry, [entry], found[0], found[1], note=entry.note)
+                self._confirm(registry, [entry], found[0], found[1], None, note=entry.note)
         if lost:
-            self.journal.requeue(lost, recommit=True)
+            self._send_again(lost)
             result.recommitted += len(lost)
             self.say(
                 f"{len(lost)} confirmed record(s) are no longer on chain (reset, restarted "
@@ -432,6 +475,15 @@ class Worker:
             self.journal.set_chain_identity(*self._identity)
             self._identity = None
         self._reconcile = self._everything = False
+
+    def _send_again(self, lost: list[Entry]) -> None:
+        """Lost records back in line: with their saved transaction where there is one
+        (recovery rebroadcasts its bytes if its nonce is still free), else to be signed."""
+        saved = {
+            e.tx_hash for e in lost if e.tx_hash and self.journal.saved_tx(e.tx_hash) is not None
+        }
+        self.journal.resend([e.id for e in lost if e.tx_hash in saved])
+        self.journal.requeue([e.id for e in lost if e.tx_hash not in saved], recommit=True)
 
     def _find_on_chain(
         self, registry: Registry, entry: Entry, cache: _Events | None = None
@@ -471,18 +523,49 @@ class Worker:
         entries: Sequence[Entry],
         block_number: int,
         tx_hash: str,
+        result: PassResult | None,
         *,
         block_hash: str | None = None,
         note: str | None = None,
     ) -> None:
+        """Confirm ``entries``, recorded by ``tx_hash`` in block ``block_number``
+        (``block_hash``: the receipt's), once that block has the confirmation depth
+        on top of it and is still the chain's block at its height. Until then they
+        stay ``sent`` with the block noted (counted in ``result.deepening``); a block
+        the chain no longer has leaves them ``sent``, unmined, for recovery to look at."""
+        ids = [e.id for e in entries]
+        depth = self.confirmations or 0
+        if depth == 0:  # a dev chain: the receipt's block is the head, nothing to wait for
+            canonical: str | None = block_hash or registry.block_hash(block_number)
+            deep = True
+        else:
+            head, canonical = registry.head_and_hash(block_number)
+            deep = head - block_number >= depth
+        if canonical is None or (block_hash is not None and canonical != block_hash):
+            # reorganised between the receipt and now: as if never mined
+            self.journal.mark_mined(ids, block_number=None, block_hash=None, tx_hash=tx_hash)
+            return
+        if not deep:
+            mined = (
+                f"mined in block {block_number}, waiting for {depth} confirmations "
+                f"({max(0, head - block_number)} so far)"
+            )
+            self.journal.mark_mined(
+                ids, block_number=block_number, block_hash=canonical, tx_hash=tx_hash, note=mined
+            )
+            if result is not None:
+                result.deepening += len(ids)
+            return
         self.journal.mark_confirmed(
-            [e.id for e in entries],
+            ids,
             block_number=block_number,
-            block_hash=block_hash or registry.block_hash(block_number) or "",
+            block_hash=canonical,
             registry=registry.address,
             tx_hash=tx_hash,
             note=note,
         )
+        if result is not None:
+            result.confirmed += len(ids)
 
     # -- 3. recover sent ------------------------------------------------------------
 
@@ -491,23 +574,35 @@ class Worker:
         for entry in self.journal.entries(states=["sent"]):
             by_tx.setdefault(entry.tx_hash or "", []).append(entry)
         for tx_hash, entries in by_tx.items():
-            saved = self.journal.saved_tx(tx_hash) if tx_hash else None
-            receipt = registry.receipt(tx_hash) if tx_hash else None
-            # still next in line: send the same bytes again (same nonce, same hash)
+            family = self.journal.tx_family(tx_hash) if tx_hash else []
+            saved = family[-1] if family else None
+            tx_hash, receipt = _mined_of(registry, tx_hash, family)
+            # still next in line: send the same bytes again (same nonce, same hash), or
+            # a replacement with higher fees when it is stuck
+            # (a relayed call that ran elsewhere, copied by someone, would only revert:
+            # not sent again, whatever is on chain decides)
             if (
                 receipt is None
                 and saved is not None
                 and saved.nonce == registry.mined_nonce(saved.sender)
+                and not registry.signed_call_used(saved.raw)
             ):
-                registry.broadcast(saved.raw)
-                receipt = self._wait(registry, tx_hash)
+                tx_hash, receipt = self._unstick(registry, saved, entries)
                 if receipt is None:
+                    if any(e.block_number is not None for e in entries):  # left the chain
+                        self.journal.mark_mined(
+                            [e.id for e in entries], block_number=None, block_hash=None
+                        )
                     continue  # still not mined; the next pass looks again
             if receipt is not None and receipt.ok and _records_all(registry, receipt, entries):
                 self._confirm(
-                    registry, entries, receipt.block_number, tx_hash, block_hash=receipt.block_hash
+                    registry,
+                    entries,
+                    receipt.block_number,
+                    tx_hash,
+                    result,
+                    block_hash=receipt.block_hash,
                 )
-                result.confirmed += len(entries)
                 continue
             # never mined (its nonce went to another transaction, or the chain was
             # reset), mined and reverted, or mined without recording them (no
@@ -515,10 +610,75 @@ class Worker:
             for entry in entries:
                 found = self._find_on_chain(registry, entry)
                 if found is not None:
-                    self._confirm(registry, [entry], *found)
-                    result.confirmed += 1
+                    self._confirm(registry, [entry], *found, result)
                 else:
                     self.journal.requeue([entry.id], recommit=False)
+
+    def _unstick(
+        self, registry: Registry, saved: SavedTx, entries: list[Entry]
+    ) -> tuple[str, Receipt | None]:
+        """Rebroadcast ``saved`` (the newest of its family) and wait for it, or, when it
+        is stuck, replace it: the same calls, the same nonce, fees raised by at least
+        FEE_BUMP (a relayed call is signed again, with the same contract nonce: it
+        was not used). Returns the hash waited for and its receipt, if mined."""
+        from ledger.chain.sender import Fees
+
+        try:
+            fees: Fees | None = Fees.of(saved.raw)
+        except ValueError:
+            fees = None  # not a transaction of ours to raise: only rebroadcast it
+        stuck = False
+        if fees is not None:
+            base, tip = registry.fee_market()
+            # under the base fee it cannot be mined; past stuck_after with less than the
+            # tip the node suggests now, it waits behind better paying ones (with the
+            # tip, waiting longer is the network's doing: no raise, so no fee creep)
+            stuck = fees.max_fee < base or (
+                time.time() - saved.created_at > self.stuck_after and fees.priority < tip
+            )
+        if not stuck:
+            try:
+                registry.broadcast(saved.raw)
+            except UnderpricedError:
+                stuck = fees is not None  # the node wants more than it offers now
+            except NonceTooLowError:
+                pass  # mined meanwhile: the next pass finds it
+        if stuck and fees is not None:
+            replaced = self._replace(registry, saved, fees, entries)
+            if replaced is not None:
+                return replaced, self._wait(registry, replaced)
+            with contextlib.suppress(NonceTooLowError, UnderpricedError):
+                registry.broadcast(saved.raw)  # refused as a call: settled on chain below
+        return saved.tx_hash, self._wait(registry, saved.tx_hash)
+
+    def _replace(
+        self, registry: Registry, saved: SavedTx, fees: Fees, entries: list[Entry]
+    ) -> str | None:
+        """Sign, save and send the replacement of ``saved``; its hash, or None when the
+        registry refuses the calls now (whatever is on chain then decides). Raises
+        FeeAboveCapError when the raise would pass the cap (``saved`` stays out)."""
+        kinds = {e.kind for e in entries}
+        if len(kinds) != 1:
+            return None
+        try:
+            data = registry.batch_call(kinds.pop(), [_chain_item(e) for e in entries])
+            prepared = registry.prepare(data, nonce=saved.nonce, at_least=fees.bumped())
+        except TransactionRevertedError:
+            return None
+        if prepared.sender.lower() != saved.sender.lower():
+            return None  # another payer now (the relayer key changed): only rebroadcast
+        replacement = SavedTx(
+            prepared.tx_hash, prepared.raw, prepared.sender, prepared.nonce, prepared.chain_id
+        )
+        self.journal.save_replacement([e.id for e in entries], replacement, saved.tx_hash)
+        self.say(
+            f"transaction {saved.tx_hash} is stuck ({fees}); replaced by "
+            f"{prepared.tx_hash} ({prepared.fees}), same nonce {saved.nonce}"
+        )
+        with contextlib.suppress(NonceTooLowError, UnderpricedError):
+            # mined meanwhile, or the node keeps the other: the family decides
+            registry.broadcast(prepared.raw)
+        return prepared.tx_hash
 
     # -- 4. send ----------------------------------------------------------------------
 
@@ -535,9 +695,9 @@ class Worker:
             if kind == "checkpoint" and self._lingers(batch):
                 lingering.add(kind)  # let more checkpoints join this batch; others go on
                 continue
-            before = result.confirmed + result.failed
+            before = result.confirmed + result.failed + result.deepening
             self._send_batch(registry, kind, batch, result)
-            if result.confirmed + result.failed == before:
+            if result.confirmed + result.failed + result.deepening == before:
                 return  # nothing moved (e.g. a parent not on chain yet): next pass
 
     def _own(self, ready: list[Entry], registry: Registry) -> list[Entry]:
@@ -581,9 +741,16 @@ class Worker:
 
     def _ready(self) -> list[Entry]:
         """Per run, the stored entries next in line: a start alone, or a run of
-        stored entries of one kind whose earlier entries are all confirmed.
-        A start waits while a parent run in the journal is not started yet."""
-        entries = self.journal.entries(states=["pending", "stored", "sent", "failed"])
+        stored entries of one kind whose earlier entries are all confirmed or
+        mined (waiting for the confirmation depth: a key's nonces keep its
+        transactions in order on every branch, so a reorg that drops a run's start
+        drops what followed it too). A start waits while a parent run in the
+        journal is not started (mined) yet."""
+        entries = [
+            e
+            for e in self.journal.entries(states=["pending", "stored", "sent", "failed"])
+            if not (e.state == "sent" and e.block_number is not None)  # mined
+        ]
         starts_open = {e.run_id for e in entries if e.kind == "start" and e.state != "failed"}
         failed_starts = {e.run_id for e in entries if e.kind == "start" and e.state == "failed"}
         head_kind: dict[str, str | None] = {}  # run -> kind being taken, None once blocked
@@ -630,14 +797,27 @@ class Worker:
             except NonceTooLowError:
                 self.journal.requeue([e.id for e in batch], recommit=False)
                 continue
+            except (UnderpricedError, InsufficientFundsError) as exc:
+                # the node did not take it: back to stored, signed again next pass
+                self.journal.requeue([e.id for e in batch], recommit=False, error=one_line(exc))
+                if isinstance(exc, InsufficientFundsError):
+                    raise
+                return
             receipt = self._wait(registry, saved.tx_hash)
             if receipt is None:
                 return  # stays sent; recovered next pass
             if not receipt.ok:
+                # reverted: a record may be on chain all the same (a relayed call that a
+                # copy from the mempool ran first): what is there is confirmed, not resent
+                left = []
+                for entry in batch:
+                    found = self._find_on_chain(registry, entry)
+                    if found is None:
+                        left.append(entry.id)
+                    else:
+                        self._confirm(registry, [entry], *found, result)
                 self.journal.requeue(
-                    [e.id for e in batch],
-                    recommit=False,
-                    error=f"transaction {saved.tx_hash} reverted on chain",
+                    left, recommit=False, error=f"transaction {saved.tx_hash} reverted on chain"
                 )
                 return
             if not _records_all(registry, receipt, batch):
@@ -648,9 +828,13 @@ class Worker:
                 )
                 self._not_recorded(registry, kind, saved.tx_hash)  # raises
             self._confirm(
-                registry, batch, receipt.block_number, saved.tx_hash, block_hash=receipt.block_hash
+                registry,
+                batch,
+                receipt.block_number,
+                saved.tx_hash,
+                result,
+                block_hash=receipt.block_hash,
             )
-            result.confirmed += len(batch)
             return
 
     def _refused(
@@ -698,8 +882,7 @@ class Worker:
         for entry in hit:
             found = self._already_recorded(registry, entry, name)
             if found is not None:
-                self._confirm(registry, [entry], *found, note="already on chain")
-                result.confirmed += 1
+                self._confirm(registry, [entry], *found, result, note="already on chain")
             else:
                 self.journal.mark_failed(
                     entry.id, f"{exc}; the chain holds other content under this run id"
@@ -731,6 +914,20 @@ class Worker:
 
     def _wait(self, registry: Registry, tx_hash: str) -> Receipt | None:
         return wait_for_receipt(registry, tx_hash, self.receipt_wait)
+
+
+def _mined_of(
+    registry: Registry, tx_hash: str, family: Sequence[SavedTx]
+) -> tuple[str, Receipt | None]:
+    """The hash and receipt of whichever of a family of replacements is mined (at most
+    one is: they share a nonce); ``tx_hash`` and None while none is."""
+    for saved in reversed(family) if family else ():
+        receipt = registry.receipt(saved.tx_hash)
+        if receipt is not None:
+            return saved.tx_hash, receipt
+    if not family and tx_hash:
+        return tx_hash, registry.receipt(tx_hash)
+    return tx_hash, None
 
 
 def wait_for_receipt(registry: Registry, tx_hash: str, timeout: float) -> Receipt | None:

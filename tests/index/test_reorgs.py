@@ -1,0 +1,135 @@
+"""The index through reorgs (issue #22), on SQLite and on the real PostgreSQL.
+
+Runs are recorded on the session's real Anvil, indexed, and then blocks are taken
+back (``anvil_reorg`` with some transactions mined again, or ``evm_revert``) at
+depths 1, 5 and 10; more runs follow. After each pass the index must equal a
+fresh index of the chain as it is. A reorg that falls between a pass's
+``eth_getLogs`` and its block headers is made to happen there, on the real chain.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy.engine import Engine
+
+from ledger.chain.anvil import rpc_call
+from ledger.chain.rpc import JsonRpc
+from ledger.config import Settings
+from ledger.errors import ChainError
+from ledger.index import open_index
+from ledger.index.indexer import Indexer
+from ledger.index.service import build_indexer
+from ledger.store import LocalStore
+from tests.conftest import Chain
+from tests.reorgs import head, index_dump, reorg, revert
+from tests.runs import record_run
+
+
+def fresh(settings: Settings, tmp_path: Path) -> dict[str, Any]:
+    """What a new index of the whole chain holds (reading the same store)."""
+    url = f"sqlite:///{tmp_path / f'fresh-{head(str(settings.rpc_url))}.sqlite'}"
+    engine = open_index(settings, url)
+    try:
+        build_indexer(settings, engine, confirmations=0).run_once()
+        return index_dump(engine)
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("depth", [1, 5, 10])
+@pytest.mark.parametrize("how", ["anvil_reorg", "evm_revert"])
+def test_the_index_rolls_back_and_reapplies(
+    chain: Chain,
+    indexer: Indexer,
+    engine: Engine,
+    data_store: LocalStore,
+    settings: Settings,
+    tmp_path: Path,
+    depth: int,
+    how: str,
+) -> None:
+    first = record_run(chain.registry, data_store, "before", curve=[{"a": 1.0}])
+    indexer.run_once()
+    at_snapshot = head(chain.rpc_url)
+    snapshot = rpc_call(chain.rpc_url, "evm_snapshot")
+    # runs of 3 blocks each (start, checkpoint, final), indexed as they come, and one
+    # revocation of the first run: at least `depth` blocks to take back
+    later = [
+        record_run(chain.registry, data_store, f"later-{i}", curve=[{"a": float(i)}])
+        for i in range(depth // 3 + 1)
+    ]
+    chain.registry.revoke_run(first.run_id, "on the losing branch")
+    indexer.run_once()
+    top = head(chain.rpc_url)
+    assert {r.hex for r in later} <= set(index_dump_runs(engine))
+    if how == "anvil_reorg":
+        reorg(chain.rpc_url, depth, keep=depth // 2)  # some transactions mined again
+        fork = top - depth
+    else:
+        revert(chain.rpc_url, str(snapshot), mine=depth)  # all dropped
+        fork = at_snapshot
+    result = indexer.run_once()
+    assert result.rolled_back_to is not None and result.rolled_back_to <= fork
+    assert index_dump(engine) == fresh(settings, tmp_path)
+    after = record_run(chain.registry, data_store, "after", curve=[{"a": 9.0}, {"a": 8.0}])
+    indexer.run_once()
+    assert after.hex in index_dump_runs(engine)
+    assert index_dump(engine) == fresh(settings, tmp_path)
+    assert indexer.status.rollbacks == 1
+
+
+def index_dump_runs(engine: Engine) -> list[str]:
+    return [row[0] for row in index_dump(engine)["runs"]]
+
+
+class ReorgAfterLogs(JsonRpc):
+    """The chain's JSON-RPC, unchanged, except that right after the first
+    ``eth_getLogs`` is answered the real chain is reorganised (``anvil_reorg``):
+    what a pass reads next comes from the other side of the reorg."""
+
+    def __init__(self, url: str, depth: int) -> None:
+        super().__init__(url)
+        self.depth = depth
+        self.done = False
+
+    def __call__(self, method: str, *params: object) -> Any:
+        answer = super().__call__(method, *params)
+        if method == "eth_getLogs" and not self.done:
+            self.done = True
+            reorg(self.url, self.depth)
+        return answer
+
+
+@pytest.mark.parametrize("start_kept", [False, True], ids=["start-reorganised", "start-kept"])
+def test_a_reorg_between_the_logs_and_the_headers(
+    chain: Chain,
+    engine: Engine,
+    data_store: LocalStore,
+    settings: Settings,
+    tmp_path: Path,
+    start_kept: bool,
+) -> None:
+    """A pass whose logs come from before a reorg and whose block headers from after
+    it must not keep the old branch's events: either the pass sees that a block it
+    read changed (the start's block) and writes nothing, or the next pass finds the
+    stale hashes (of blocks below the newest) and rolls them back."""
+    run = record_run(chain.registry, data_store, "straddling", curve=[{"a": 1.0}])
+    rpc_call(chain.rpc_url, "evm_mine")  # the range ends on a block without events
+    # start, checkpoint, final, empty: take back all four, or the last three
+    rpc = ReorgAfterLogs(chain.rpc_url, depth=3 if start_kept else 4)
+    indexer = build_indexer(settings, engine, confirmations=0)
+    indexer.rpc = rpc
+    refused = False
+    try:
+        indexer.run_once()
+    except ChainError as exc:
+        assert "changed while it was being indexed" in exc.message
+        refused = True
+    assert rpc.done and refused is not start_kept
+    indexer.run_once()
+    runs = index_dump_runs(engine)
+    assert (run.hex in runs) is start_kept  # the start is on chain only if it was kept
+    assert index_dump(engine) == fresh(settings, tmp_path)
