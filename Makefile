@@ -16,12 +16,18 @@ setup: $(STAMP) $(NODE_STAMP) web-assets
 VENDOR := ledger/api/web/vendor
 web-assets: $(VENDOR)/chart.umd.min.js $(VENDOR)/chart.js.LICENSE.md
 
-# Order-only on npm's stamp: copying never re-runs `npm ci` by itself (setup does, first).
-$(VENDOR)/chart.umd.min.js: package-lock.json | $(NODE_STAMP)
-	mkdir -p $(VENDOR)
-	cp node_modules/chart.js/dist/chart.umd.min.js $@
+# The copy needs only the file npm put there: it never runs `npm ci` by itself (a
+# worktree whose node_modules links to a shared one must not empty it); setup
+# installs npm's packages first.
+CHART_JS := node_modules/chart.js/dist/chart.umd.min.js
+$(CHART_JS):
+	@echo "$@ is missing: run make setup (npm ci installs chart.js)" >&2; exit 1
 
-$(VENDOR)/chart.js.LICENSE.md: package-lock.json | $(NODE_STAMP)
+$(VENDOR)/chart.umd.min.js: $(CHART_JS) package-lock.json
+	mkdir -p $(VENDOR)
+	cp $(CHART_JS) $@
+
+$(VENDOR)/chart.js.LICENSE.md: $(CHART_JS) package-lock.json
 	mkdir -p $(VENDOR)
 	cp node_modules/chart.js/LICENSE.md $@
 
