@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ledger.chain.records import FinalRecord
@@ -113,3 +114,48 @@ def _weights(
     }
     metrics_cid = store.put_bytes(canonical_json(document))
     return CheckpointLeaf(step or 0, cid.digest, tensor_root, metrics_cid.digest), cid
+
+
+def hf_folder(folder: Path, seed: int = 0) -> Path:
+    """A small Hugging Face style model folder: config, two safetensors shards
+    named by their index, and a tokenizer file in a subfolder."""
+    import json
+
+    import numpy as np
+    from safetensors.numpy import save
+
+    folder.mkdir(parents=True, exist_ok=True)
+    first = {"fc.weight": np.arange(12, dtype=np.float32).reshape(3, 4) + seed}
+    second = {"head.bias": np.arange(3, dtype=np.float32) + seed}
+    (folder / "model-00001-of-00002.safetensors").write_bytes(save(first))
+    (folder / "model-00002-of-00002.safetensors").write_bytes(save(second))
+    index = {
+        "metadata": {},
+        "weight_map": {
+            "fc.weight": "model-00001-of-00002.safetensors",
+            "head.bias": "model-00002-of-00002.safetensors",
+        },
+    }
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    (folder / "config.json").write_text(json.dumps({"model_type": "tiny", "hidden": 4}))
+    (folder / "tokenizer").mkdir(exist_ok=True)
+    (folder / "tokenizer" / "vocab.txt").write_text("a\nb\n")
+    return folder
+
+
+def record_folder_run(registry: Registry, store: LocalStore, name: str, folder: Path) -> Recorded:
+    """A run whose final weights are ``folder``, stored as the recorder stores a model
+    folder (:func:`ledger.record.artifacts.store_weights`: each file's CID by name)."""
+    from ledger.record.artifacts import store_weights
+
+    document = manifest(name)
+    manifest_cid = store.put_bytes(canonical_json(document))
+    run_id, _ = registry.start_run(manifest_cid.digest, ())
+    recorded = Recorded(run_id, manifest_cid)
+    cid, tensors, metrics_cid = store_weights(store, recorded.hex, folder, {"loss": 0.1}, None)
+    registry.finalize_run(
+        run_id, FinalRecord(cid.digest, tensors.root, metrics_cid.digest, checkpoint_root([]), 0)
+    )
+    recorded.final_cid = cid
+    recorded.tensor_root = tensors.root
+    return recorded

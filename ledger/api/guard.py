@@ -6,7 +6,9 @@ body:
 * ``/api/v1/...`` needs the bearer token when one is configured: without it the
   answer is 401 at once (CORS preflights excepted; the routes check it again);
 * a body is never read past its limit: ``max_upload`` plus room for the
-  multipart framing on ``POST /api/v1/verify``, 1 MiB elsewhere. A declared
+  multipart framing on ``POST /api/v1/verify`` (for each of up to
+  :data:`~ledger.api.folder_upload.MAX_FILES` parts on ``/api/v1/verify/folder``,
+  whose route counts the files' own bytes against ``max_upload``), 1 MiB elsewhere. A declared
   ``Content-Length`` over the limit is answered 413 at once; a streamed body
   (chunked) is counted as it arrives and answered 413 as soon as it passes the
   limit, the rest unread;
@@ -24,6 +26,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from ledger.api.deps import token_matches
+from ledger.api.folder_upload import MAX_FOLDER_FRAMING
 from ledger.config import Secret
 
 Scope = MutableMapping[str, Any]
@@ -33,6 +36,7 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 UPLOAD_PATH = "/api/v1/verify"
+FOLDER_PATH = "/api/v1/verify/folder"
 MULTIPART_SLACK = 64 << 10  # boundaries, part headers and the `run` field around the file
 MAX_BODY = 1 << 20  # any other request
 RETRY_AFTER = "5"
@@ -98,8 +102,9 @@ class RequestGuard:
                 extra=[(b"www-authenticate", b"Bearer")],
             )
             return
-        upload = method == "POST" and path == UPLOAD_PATH
-        limit = self.max_upload + MULTIPART_SLACK if upload else MAX_BODY
+        upload = method == "POST" and path in (UPLOAD_PATH, FOLDER_PATH)
+        slack = MAX_FOLDER_FRAMING if path == FOLDER_PATH else MULTIPART_SLACK
+        limit = self.max_upload + slack if upload else MAX_BODY
         declared = headers.get(b"content-length")
         if declared is not None:
             text = declared.decode("latin-1").strip()

@@ -1,9 +1,12 @@
-"""``/api/v1/verify``: a file or a digest re-checked against the chain.
+"""``/api/v1/verify``: a file, a folder or a digest re-checked against the chain.
 
 The index is not consulted: the answer is the :class:`~ledger.verify.Verifier`'s,
 reading the registry over JSON-RPC and the documents from the store, exactly as
 ``ledger verify`` does. An upload is streamed to a temporary file (never
 unpickled; tensors are read only as ``ledger verify`` reads them) and deleted.
+A folder (``/api/v1/verify/folder``) is written file by file into a fresh
+temporary folder (:mod:`ledger.api.folder_upload` checks every path) and
+verified as ``ledger verify FOLDER`` verifies it, then deleted.
 """
 
 from __future__ import annotations
@@ -13,11 +16,12 @@ import tempfile
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, UploadFile
+from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
 from ledger.api.deps import State
+from ledger.api.folder_upload import MAX_FILES, UploadTooLargeError, receive_folder
 from ledger.api.problems import responses
 from ledger.api.routes._convert import answer
 from ledger.api.schemas import CheckOut, ClaimOut, VerifyDigest, VerifyOut
@@ -28,12 +32,6 @@ from ledger.verify import Verifier, VerifyReport
 
 router = APIRouter(tags=["verify"])
 CHUNK = 1 << 20
-
-
-class UploadTooLargeError(InputError):
-    """The uploaded file is larger than the API accepts."""
-
-    http_status = 413
 
 
 def _suffix(filename: str | None) -> str:
@@ -144,3 +142,61 @@ async def verify_upload(
                 hint=_shown(exc.hint, str(target), shown) if exc.hint else None,
             ) from None
         return answer(_out(report, (str(target), shown)))
+
+
+_FOLDER_BODY = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "required": ["files"],
+                "properties": {
+                    "files": {
+                        "type": "array",
+                        "items": {"type": "string", "format": "binary"},
+                        "description": "the folder's files, one part each, its filename the "
+                        "file's path inside the folder (e.g. 'config.json', "
+                        "'shards/1.safetensors'; '/' separates folders)",
+                    },
+                    "run": {"type": "string", "maxLength": 66},
+                },
+            }
+        }
+    },
+}
+
+
+@router.post(
+    "/verify/folder",
+    response_model=VerifyOut,
+    summary="Upload a model folder (its files, by path) and verify it like `ledger verify FOLDER`",
+    description=f"At most {MAX_FILES} files, and in all no more bytes than a single upload. "
+    "A path that is absolute, holds '..', '.', an empty component, NUL, control characters "
+    "or a backslash, is given twice, or is a file where another path needs a folder is "
+    "rejected (422, naming the part).",
+    responses=responses(401, 413, 422, 502, 503),
+    openapi_extra={"requestBody": _FOLDER_BODY},
+)
+async def verify_folder(request: Request, state: State) -> Response:
+    with tempfile.TemporaryDirectory(prefix="ledger-verify-") as temp:
+        root = Path(temp) / "folder"
+        root.mkdir()
+        upload = await receive_folder(
+            request.stream(), request.headers.get("content-type"), root, state.max_upload
+        )
+        expected = _expected(upload.fields.get("run"))
+        verifier = Verifier(state.reader(), state.store)
+
+        def check() -> VerifyReport:
+            return verifier.verify_file(root, expected_run=expected)
+
+        shown = "the folder"
+        try:
+            report = await run_in_threadpool(check)
+        except InputError as exc:  # e.g. a hostile file: named as the client knows it
+            raise InputError(
+                _shown(exc.message, str(root), shown),
+                hint=_shown(exc.hint, str(root), shown) if exc.hint else None,
+            ) from None
+        return answer(_out(report, (str(root), shown)))
