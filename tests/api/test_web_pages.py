@@ -27,7 +27,7 @@ from ledger.index.db import migrate, open_engine
 from ledger.index.service import build_indexer
 from ledger.store import LocalStore
 from tests.conftest import Chain, free_port
-from tests.runs import Recorded, record_run
+from tests.runs import Recorded, hf_folder, record_folder_run, record_run
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = [
@@ -167,6 +167,9 @@ def site(_session_chain: Chain, tmp_path_factory: pytest.TempPathFactory) -> Ite
     )  # fmt: skip
     indexer.run_once()
     runs = {"base": base, "tuned": tuned, "leaky": leaky, "heir": heir, "spoof": spoof}
+    # a model folder's run, on chain only: the verify page reads the chain, not the index
+    model = hf_folder(folder / "hf-model")
+    runs["folder"] = record_folder_run(chain.registry, store, "hf-folder", model)
 
     app = create_app(settings, ApiConfig(follow=False), engine=engine, indexer=indexer)
     port = free_port()
@@ -494,6 +497,78 @@ def test_verify_page_uploads_a_genuine_and_a_tampered_file(
     page.fill("#run", "not-a-run")  # bad input: the API's problem, shown, no verdict
     page.click("#send")
     expect(page.locator("#message")).to_contain_text("run")
+    page.context.close()
+
+
+def test_verify_page_uploads_a_genuine_and_a_tampered_folder(
+    site_clean: Site, tmp_path: Path
+) -> None:
+    import shutil
+
+    from playwright.sync_api import expect
+
+    site, runs = site_clean, site_clean.runs
+    genuine = hf_folder(tmp_path / "hf-model")
+    tampered = tmp_path / f"tampered {HOSTILE_KEY}"  # the name is shown as text
+    shutil.copytree(genuine, tampered)
+    shard = tampered / "model-00002-of-00002.safetensors"
+    data = bytearray(shard.read_bytes())
+    data[-1] ^= 0x01  # one bit of the last tensor value
+    shard.write_bytes(bytes(data))
+
+    page = site.page()
+    page.goto(site.url + "/verify")
+    expect(page.get_by_label("choose a folder")).to_have_attribute("webkitdirectory", "")
+    page.set_input_files("#folder", str(genuine))
+    expect(page.locator("#chosen")).to_contain_text("folder hf-model (5 files,")
+    page.click("#send")
+    expect(page.locator("#outcome")).to_have_text("VERIFIED")
+    expect(page.locator("#progress")).to_have_attribute("value", "100")
+    expect(page.locator("#facts")).to_contain_text(runs["folder"].tensor_root.hex())
+    expect(page.locator('#checks li[data-ok="false"]')).to_have_count(0)
+    expect(page.locator("#checks")).to_contain_text("model-00001-of-00002.safetensors")
+
+    page.set_input_files("#folder", str(tampered))
+    expect(page.locator("#chosen")).to_contain_text(f"folder tampered {HOSTILE_KEY} (5 files,")
+    page.click("#send")
+    expect(page.locator("#outcome")).to_have_text("UNKNOWN")
+    page.fill("#run", runs["folder"].hex)  # against its run: the changed file is named
+    page.click("#send")
+    expect(page.locator("#outcome")).to_have_text("MISMATCH")
+    failed = page.locator('#checks li[data-ok="false"]')
+    expect(failed.filter(has_text="changed: model-00002-of-00002.safetensors")).to_have_count(1)
+    expect(failed.filter(has_text="changed: head.bias")).to_have_count(1)
+    assert page.locator("#injected").count() == 0
+    page.context.close()
+
+
+def test_a_dropped_folder_is_walked_in_every_batch(site_clean: Site) -> None:
+    """The drop walk (webkitGetAsEntry) over an entry tree shaped as Chromium gives it:
+    readEntries answers in batches until an empty one; every file is found with its
+    path inside the dropped folder. (A test cannot drop a real folder on the page.)"""
+    site = site_clean
+    page = site.page()
+    page.goto(site.url + "/verify")
+    found = page.evaluate(
+        """async () => {
+        const file = (name) => ({ isFile: true, isDirectory: false, name,
+          file: (ok) => ok(new File([name], name)) });
+        const dir = (name, children) => ({ isFile: false, isDirectory: true, name,
+          createReader: () => { let at = 0; return { readEntries: (ok) => {
+            const batch = children.slice(at, at + 2); at += 2;
+            setTimeout(() => ok(batch)); } }; } });
+        const root = dir("model", [file("config.json"), file("a.safetensors"),
+          dir("tokenizer", [file("vocab.txt")]), file(".hidden"), dir("empty", [])]);
+        const files = await ledger.folderFiles(root);
+        return files.map((f) => f.path + ":" + f.file.size);
+      }"""
+    )
+    assert found == [
+        "config.json:11",
+        "a.safetensors:13",
+        "tokenizer/vocab.txt:9",
+        ".hidden:7",
+    ]
     page.context.close()
 
 

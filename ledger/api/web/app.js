@@ -818,49 +818,106 @@ const ledger = (() => {
     draw();
   }
 
-  // -- verify a file ----------------------------------------------------------------
+  // -- verify a file or a folder --------------------------------------------------
+
+  // Every file under a dropped folder entry, each with its path inside that folder.
+  async function folderFiles(root) {
+    const found = [];
+    async function walk(dir, prefix) {
+      const reader = dir.createReader();
+      for (;;) {  // readEntries answers in batches until an empty one
+        const batch = await new Promise((resolve, reject) => reader.readEntries(resolve, reject));
+        if (!batch.length) break;
+        for (const entry of batch) {
+          if (entry.isDirectory) await walk(entry, prefix + entry.name + "/");
+          else if (entry.isFile) found.push({ file: await new Promise((resolve, reject) => entry.file(resolve, reject)), path: prefix + entry.name });
+        }
+      }
+    }
+    await walk(root, "");
+    return found;
+  }
+
+  // A chosen folder's files: webkitRelativePath starts with the folder's own name.
+  function chosenFolder(list) {
+    return [...list].map((file) => ({ file, path: file.webkitRelativePath.split("/").slice(1).join("/") }));
+  }
 
   function verifyPage() {
     const form = document.getElementById("verify-form");
     const drop = document.getElementById("drop");
     const input = document.getElementById("file");
+    const folderInput = document.getElementById("folder");
     const send = document.getElementById("send");
     const progress = document.getElementById("progress");
     const phase = document.getElementById("phase");
     let file = null;
+    let folder = null;  // {name, files: [{file, path}]}
 
-    function choose(picked) {
+    function chosenText() {
+      if (file) return visible(file.name + " (" + file.size + " bytes)");
+      if (folder) {
+        const bytes = folder.files.reduce((total, f) => total + f.file.size, 0);
+        return visible("folder " + folder.name + " (" + folder.files.length + " files, " + bytes + " bytes)");
+      }
+      return "";
+    }
+
+    function choose(picked, pickedFolder) {
       file = picked;
-      send.disabled = !file;
-      document.getElementById("chosen").textContent = file ? visible(file.name + " (" + file.size + " bytes)") : "";
+      folder = pickedFolder || null;
+      send.disabled = !file && !folder;
+      document.getElementById("chosen").textContent = chosenText();
       document.getElementById("message").textContent = "";
     }
 
+    function chooseFolder(name, files) {
+      if (!files.length) {
+        choose(null);
+        showError("The folder " + visible(name) + " holds no files.");
+        return;
+      }
+      choose(null, { name, files });
+    }
+
     input.addEventListener("change", () => choose(input.files[0] || null));
+    folderInput.addEventListener("change", () => {
+      const files = chosenFolder(folderInput.files);
+      const name = folderInput.files.length ? folderInput.files[0].webkitRelativePath.split("/")[0] : "";
+      chooseFolder(name, files);
+    });
     drop.addEventListener("dragover", (event) => { event.preventDefault(); drop.classList.add("over"); });
     drop.addEventListener("dragleave", () => drop.classList.remove("over"));
-    drop.addEventListener("drop", (event) => {
+    drop.addEventListener("drop", async (event) => {
       event.preventDefault();
       drop.classList.remove("over");
       const items = [...(event.dataTransfer.items || [])];
       const entry = items.length && items[0].webkitGetAsEntry ? items[0].webkitGetAsEntry() : null;
+      const dropped = event.dataTransfer.files[0] || null;  // read before the walk: the list empties after the event
       if (entry && entry.isDirectory) {
-        choose(null);
-        showError("A folder: this server verifies one file at a time. Drop the weights file itself (e.g. model.safetensors), or verify the folder with `ledger verify FOLDER`.");
+        phase.textContent = "reading the folder…";
+        try {
+          chooseFolder(entry.name, await folderFiles(entry));
+          phase.textContent = "";
+        } catch (error) {
+          phase.textContent = "";
+          showError("the folder could not be read: " + (error.message || error));
+        }
         return;
       }
-      choose(event.dataTransfer.files[0] || null);
+      choose(dropped);
     });
 
     form.addEventListener("submit", (event) => {
       event.preventDefault();
-      if (!file) return;
+      if (!file && !folder) return;
       const data = new FormData();
-      data.append("file", file, file.name);
+      if (folder) for (const f of folder.files) data.append("files", f.file, f.path);
+      else data.append("file", file, file.name);
       const run = document.getElementById("run").value.trim();
       if (run) data.append("run", run);
       const xhr = new XMLHttpRequest();
-      xhr.open("POST", "/api/v1/verify");
+      xhr.open("POST", folder ? "/api/v1/verify/folder" : "/api/v1/verify");
       xhr.setRequestHeader("Accept", "application/json");
       const saved = token();
       if (saved) xhr.setRequestHeader("Authorization", "Bearer " + saved);
@@ -877,7 +934,7 @@ const ledger = (() => {
       });
       xhr.upload.addEventListener("load", () => {
         progress.value = 100;
-        phase.textContent = "uploaded; the server is hashing the file and checking the chain…";
+        phase.textContent = "uploaded; the server is hashing the " + (folder ? "folder" : "file") + " and checking the chain…";
       });
       xhr.addEventListener("error", () => { send.disabled = false; phase.textContent = ""; showError("the upload failed (network error)"); });
       xhr.addEventListener("load", () => {
@@ -1001,7 +1058,7 @@ const ledger = (() => {
     }
   }
 
-  return { runsPage, runPage, comparePage, verifyPage, datasetsPage, datasetPage, visible };
+  return { runsPage, runPage, comparePage, verifyPage, datasetsPage, datasetPage, visible, folderFiles };
 })();
 
 // No inline script (the Content-Security-Policy forbids it): the page says which it is.
