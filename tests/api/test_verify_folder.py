@@ -176,3 +176,23 @@ def test_malformed_bodies_are_4xx(make_client: MakeClient) -> None:
         answer = client.post(ROUTE, headers=headers, content=content)
         assert 400 <= answer.status_code < 500, (content, answer.text)
         assert answer.headers["content-type"].startswith(PROBLEM)
+
+
+def test_the_guard_leaves_room_for_each_parts_framing(make_client: MakeClient) -> None:
+    """600 one-byte files: their part headers pass the single upload's 64 KiB framing
+    room, but not the folder route's; the files' bytes are what the limit counts."""
+    from ledger.api.guard import MULTIPART_SLACK
+
+    files = [
+        ("files", (f"shard-{i:04d}.bin", b"x", "application/octet-stream")) for i in range(600)
+    ]
+    client = make_client(max_upload=1000)
+    request = client.build_request("POST", ROUTE, files=files)
+    assert int(request.headers["content-length"]) > 1000 + MULTIPART_SLACK
+    answer = client.send(request)
+    assert answer.status_code == 422, answer.text  # verified, and found no weights: not 413
+    assert "without model weights" in answer.json()["detail"]
+    assert "ledger-verify-" not in answer.text  # the server's folder is not shown
+    # the same parts on the single-file route are over its limit
+    single = client.post("/api/v1/verify", files=files)
+    assert single.status_code == 413
