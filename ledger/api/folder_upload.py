@@ -9,8 +9,9 @@ name, up to 1 MiB each in memory): each part's name is checked before a byte of
 it is written, its bytes go straight to its file, and the totals are counted
 as they grow. A name is rejected (4xx naming the part) when it could leave the
 folder or mean two things: absolute, ``..`` or ``.``, empty or NUL or control
-characters, backslashes, a Windows drive, a component over 255 bytes, a path
-given twice, or a file where another part needs a folder. Files are created
+characters, backslashes, a Windows drive, a component over 255 bytes, more
+than 32 folders deep, a path given twice, or a file where another part needs a
+folder; so is the part past 10,000 files or 10,000 folders. Files are created
 with ``O_EXCL | O_NOFOLLOW`` and folders with ``mkdir``: nothing here creates
 or follows a symlink.
 """
@@ -24,15 +25,17 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from ledger.errors import InputError
 
 MAX_FILES = 10_000
 MAX_PATH = 1024  # characters of one part's path
+MAX_DEPTH = 32  # folders inside folders (a model folder has two or three levels)
+MAX_FOLDERS = MAX_FILES  # folders created in all: a disk's inodes are not the client's
 MAX_FIELD = 256  # bytes of a plain form field (`run`)
 COMPONENT_BYTES = 255  # what Linux and macOS file systems take for one name
-MAX_HEADERS = 8
 # room for the multipart framing around each part: boundary, headers with the path
 PART_FRAMING = 256 + 3 * MAX_PATH
 MAX_FOLDER_FRAMING = (MAX_FILES + 8) * PART_FRAMING
@@ -80,6 +83,8 @@ def check_path(name: str, part: int) -> tuple[str, ...]:
     if name.startswith("/") or _DRIVE.match(name):
         raise BadPartError(f"{where}: an absolute path", hint=fix)
     parts = tuple(name.split("/"))
+    if len(parts) > MAX_DEPTH + 1:
+        raise BadPartError(f"{where}: more than {MAX_DEPTH} folders deep", hint=fix)
     for component in parts:
         if component in ("", ".", ".."):
             raise BadPartError(f"{where}: an empty, '.' or '..' path component", hint=fix)
@@ -186,6 +191,10 @@ class _Receiver:
         root = self.upload.root
         for depth in range(1, len(components)):
             if components[:depth] not in self.folders:
+                if len(self.folders) >= MAX_FOLDERS:
+                    raise UploadTooLargeError(
+                        f"files part {part}: more than {MAX_FOLDERS} folders in one upload"
+                    )
                 (root.joinpath(*components[:depth])).mkdir()
                 self.folders.add(components[:depth])
         target = root.joinpath(*components)
@@ -229,8 +238,6 @@ async def receive_folder(
     chunks: AsyncIterator[bytes], content_type: str | None, root: Path, max_bytes: int
 ) -> FolderUpload:
     """Writes the body's ``files`` parts under ``root`` (an empty folder); see the module."""
-    from python_multipart.exceptions import MultipartParseError
-
     boundary = boundary_of(content_type)
     upload = FolderUpload(root)
     receiver = _Receiver(upload, max_bytes)
@@ -246,7 +253,7 @@ async def receive_folder(
             "on_part_end",
         )
     }
-    parser = MultipartParser(boundary, callbacks, max_header_count=MAX_HEADERS)  # type: ignore[arg-type]
+    parser = MultipartParser(boundary, callbacks)  # type: ignore[arg-type]
     try:
         async for chunk in chunks:
             parser.write(chunk)

@@ -101,6 +101,7 @@ def one(name: str) -> list[tuple[str, Any]]:
         (one("a\\b.bin"), 422, "backslash"),
         (one("n" * 256), 422, "255 bytes"),
         (one(""), 422, "files part 1"),
+        (one("d/" * 33 + "deep.bin"), 422, "32 folders deep"),
         ([*one("a.bin"), *one("a.bin")], 422, "given twice"),
         ([*one("a"), *one("a/b.bin")], 422, "is a file in another part"),
         ([*one("a/b.bin"), *one("a")], 422, "a file where another part has a folder"),
@@ -150,6 +151,11 @@ def test_too_many_files_and_too_many_bytes_are_413(
     answer = client.post(ROUTE, files=four)
     assert answer.status_code == 413
     assert "files part 4" in answer.json()["detail"]
+    monkeypatch.setattr(folder_upload, "MAX_FOLDERS", 2)
+    nested = [("files", (f"d{i}/f.bin", *FILE)) for i in range(3)]
+    answer = client.post(ROUTE, files=nested)
+    assert answer.status_code == 413
+    assert "files part 3: more than 2 folders" in answer.json()["detail"]
     big = make_client(max_upload=100)
     over = [("files", ("a.bin", b"a" * 60, "x")), ("files", ("b.bin", b"b" * 60, "x"))]
     answer = big.post(ROUTE, files=over)
