@@ -112,7 +112,12 @@ class RequestGuard:
                 await _problem(send, 400, "HTTPError", "Content-Length is not a byte count")
                 return
             if int(text) > limit:
-                await (self._too_large(send) if upload else _body_too_large(send))
+                if not upload:
+                    await _body_too_large(send)
+                elif path == FOLDER_PATH:
+                    await self._folder_too_large(send)
+                else:
+                    await self._too_large(send)
                 return
         if upload and self.verifying >= self.verify_slots:
             await _problem(
@@ -125,12 +130,22 @@ class RequestGuard:
                 extra=[(b"retry-after", RETRY_AFTER.encode())],
             )
             return
-        body = _Body(receive, send, limit, self._too_large if upload else _body_too_large)
+        too_large = self._folder_too_large if path == FOLDER_PATH else self._too_large
+        body = _Body(receive, send, limit, too_large if upload else _body_too_large)
         self.verifying += upload
         try:
             await self.app(scope, body.receive, body.send)
         finally:
             self.verifying -= upload
+
+    async def _folder_too_large(self, send: Send) -> None:
+        await _problem(
+            send,
+            413,
+            "UploadTooLargeError",
+            f"files: the folder is larger than the {self.max_upload} bytes this API accepts",
+            hint="verify it locally with `ledger verify FOLDER`",
+        )
 
     async def _too_large(self, send: Send) -> None:
         await _problem(

@@ -53,6 +53,10 @@ def test_a_genuine_folder_verifies_like_the_cli(
     assert [c["name"] for c in body["checks"]] == [c.name for c in cli.checks]
     assert all(c["ok"] for c in body["checks"])
     assert not any("ledger-verify-" in c["detail"] for c in body["checks"])  # no server path
+    # paths as a browser's webkitRelativePath gives them: the folder's name first
+    named = [("files", (f"model/{name}", *rest)) for _, (name, *rest) in parts(folder)]
+    again = make_client().post(ROUTE, files=named).json()
+    assert again["outcome"] == "verified" and again["checks"] == body["checks"]
 
 
 def test_a_tampered_file_is_named(
@@ -202,3 +206,10 @@ def test_the_guard_leaves_room_for_each_parts_framing(make_client: MakeClient) -
     # the same parts on the single-file route are over its limit
     single = client.post("/api/v1/verify", files=files)
     assert single.status_code == 413
+    # a declared body past the folder's room: refused before it is read, as a folder
+    heavy = [("files", ("a.bin", b"a" * 1001, "x"))]
+    request = client.build_request("POST", ROUTE, files=heavy)
+    request.headers["content-length"] = str(1000 + folder_upload.MAX_FOLDER_FRAMING + 1)
+    refused = client.send(request)
+    assert refused.status_code == 413
+    assert refused.json()["detail"].startswith("files: the folder is larger than the 1000 bytes")

@@ -157,7 +157,9 @@ _FOLDER_BODY = {
                         "items": {"type": "string", "format": "binary"},
                         "description": "the folder's files, one part each, its filename the "
                         "file's path inside the folder (e.g. 'config.json', "
-                        "'shards/1.safetensors'; '/' separates folders)",
+                        "'shards/1.safetensors'; '/' separates folders). Paths that all "
+                        "start with one folder's name (a browser's webkitRelativePath) "
+                        "are taken inside that folder.",
                     },
                     "run": {"type": "string", "maxLength": 66},
                 },
@@ -187,6 +189,12 @@ async def verify_folder(request: Request, state: State) -> Response:
         )
         expected = _expected(upload.fields.get("run"))
         verifier = Verifier(state.reader(), state.store)
+        entries = list(root.iterdir())
+        if len(entries) == 1 and entries[0].is_dir():  # nothing here makes a symlink
+            # every path starts with one folder's name (webkitRelativePath as the
+            # browser gives it): that folder is the model folder; a model folder is
+            # never one subfolder alone (`ledger verify` would find no weights in it)
+            root = entries[0]
 
         def check() -> VerifyReport:
             return verifier.verify_file(root, expected_run=expected)
