@@ -10,7 +10,8 @@ it is written, its bytes go straight to its file, and the totals are counted
 as they grow. A name is rejected (4xx naming the part) when it could leave the
 folder or mean two things: absolute, ``..`` or ``.``, empty or NUL or control
 characters, backslashes, a Windows drive, a component over 255 bytes, more
-than 32 folders deep, a path given twice, or a file where another part needs a
+than 32 folders deep, a path given twice (also up to case or Unicode form, as
+macOS and Windows file systems compare names), or a file where another part needs a
 folder; so is the part past 10,000 files or 10,000 folders. Files are created
 with ``O_EXCL | O_NOFOLLOW`` and folders with ``mkdir``: nothing here creates
 or follows a symlink.
@@ -21,6 +22,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import unicodedata
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,8 +108,8 @@ class _Receiver:
         self.handle: int | None = None  # the open file of the current part
         self.field: bytearray | None = None  # the value of the current plain field
         self.field_name = ""
-        self.file_paths: set[tuple[str, ...]] = set()
-        self.folders: set[tuple[str, ...]] = set()
+        self.file_keys: set[tuple[str, ...]] = set()  # each file's _folded path
+        self.folders: dict[tuple[str, ...], tuple[str, ...]] = {}  # _folded: as made
 
     # -- python-multipart callbacks --------------------------------------------------
 
@@ -176,37 +178,50 @@ class _Receiver:
                 f"files part {part}: more than {MAX_FILES} files in one folder",
                 hint="verify a folder this large locally with `ledger verify FOLDER`",
             )
-        if components in self.file_paths:
-            raise BadPartError(f"files part {part} ({path[:80]!r}): the path is given twice")
-        if components in self.folders:
+        # compared as a case-insensitive, normalising file system (macOS, Windows)
+        # would: two names it takes for one would overwrite or fail there
+        key = _folded(components)
+        named = f"files part {part} ({path[:80]!r})"
+        if key in self.file_keys:
             raise BadPartError(
-                f"files part {part} ({path[:80]!r}): a file where another part has a folder"
+                f"{named}: the path is given twice (or differs only in case or Unicode form)"
             )
+        if key in self.folders:
+            raise BadPartError(f"{named}: a file where another part has a folder")
         for depth in range(1, len(components)):
-            if components[:depth] in self.file_paths:
+            if key[:depth] in self.file_keys:
                 raise BadPartError(
-                    f"files part {part} ({path[:80]!r}): "
-                    f"{'/'.join(components[:depth])!r} is a file in another part"
+                    f"{named}: {'/'.join(components[:depth])!r} is a file in another part"
                 )
         root = self.upload.root
         for depth in range(1, len(components)):
-            if components[:depth] not in self.folders:
+            made = self.folders.get(key[:depth])
+            if made is None:
                 if len(self.folders) >= MAX_FOLDERS:
                     raise UploadTooLargeError(
                         f"files part {part}: more than {MAX_FOLDERS} folders in one upload"
                     )
                 (root.joinpath(*components[:depth])).mkdir()
-                self.folders.add(components[:depth])
+                self.folders[key[:depth]] = components[:depth]
+            elif made != components[:depth]:
+                raise BadPartError(
+                    f"{named}: folder {'/'.join(components[:depth])!r} differs from another "
+                    f"part's {'/'.join(made)!r} only in case or Unicode form"
+                )
         target = root.joinpath(*components)
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
         self.handle = os.open(target, flags | getattr(os, "O_BINARY", 0), 0o600)
-        self.file_paths.add(components)
+        self.file_keys.add(key)
         self.upload.files.append("/".join(components))
 
     def close(self) -> None:
         if self.handle is not None:
             os.close(self.handle)
             self.handle = None
+
+
+def _folded(components: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(unicodedata.normalize("NFC", c).casefold() for c in components)
 
 
 def too_large(limit: int) -> UploadTooLargeError:
