@@ -190,3 +190,45 @@ def test_concurrent_verifies_are_bounded_with_retry_after(
     with connection(address) as sock:  # the slot is free again
         sock.sendall(head("/api/v1/verify", len(small)) + small)
         assert answer(sock)[0] == 200
+
+
+def folder_part(data: bytes, path: str) -> bytes:
+    return multipart(data, path).replace(b'name="file";', b'name="files";', 1)
+
+
+def test_a_folder_upload_is_bounded_like_a_file(serve: Callable[..., tuple[str, int]]) -> None:
+    """The folder route shares the verify slots, and a streamed folder is cut off at
+    the byte limit (its files' bytes, counted as they arrive)."""
+    address = serve(verify_slots=1, max_upload=100_000)
+    small = folder_part(b"not a model at all\n" * 8, "model/notes.txt")
+    holder = socket.create_connection(address, timeout=WAIT)
+    try:
+        holder.sendall(head("/api/v1/verify/folder", len(small)) + small[:40])
+        busy = None
+        for _ in range(100):
+            with connection(address) as sock:
+                single = multipart(b"x" * 10)
+                sock.sendall(head("/api/v1/verify", len(single)) + single)
+                status, headers, body = answer(sock)
+            if status == 503:
+                busy = headers
+                break
+            assert status == 200
+            time.sleep(0.05)  # the holder's request has not reached the app yet
+        assert busy is not None, "a file was verified while a folder held the slot"
+        holder.sendall(small[40:])
+        status, _, body = answer(holder)
+        assert status == 422 and b"without model weights" in body
+    finally:
+        holder.close()
+    start = folder_part(b"\x00" * 400_000, "model/model.safetensors")[:300_000]
+    with connection(address) as sock:
+        sock.sendall(head("/api/v1/verify/folder", None, chunked=True))
+        for at in range(0, len(start), 50_000):
+            piece = start[at : at + 50_000]
+            try:
+                sock.sendall(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
+            except OSError:
+                break  # the server answered and closed: fine
+        status, _, body = answer(sock)  # no final chunk: only the limit can end this
+    assert status == 413 and b"100000 bytes" in body
