@@ -133,6 +133,15 @@ def _port(text: str) -> int:
 
 Params = list[tuple[str, str]]
 
+FILE_PART = "application/octet-stream"
+FOLDER_PART = "application/x-directory"
+SYMLINK_PART = "application/symlink"
+"""The content types of the parts of an ``add``: a file's bytes, a folder (no body),
+a symbolic link (its target as the body), as the Kubo CLI sends them."""
+
+Part = tuple[str | bytes, str, Iterable[bytes | memoryview]]
+"""One part of an upload: its name (a path), its content type and its body's chunks."""
+
 
 class KuboRpc:
     """Calls to one node's RPC API; a new connection per call (calls are few and long)."""
@@ -151,21 +160,31 @@ class KuboRpc:
         self, command: str, params: Params, name: str, chunks: Iterable[bytes | memoryview]
     ) -> list[Any]:
         """Send ``chunks`` as one file part named ``name``; the answer's JSON lines."""
+        return self.upload_parts(command, params, [(name, FILE_PART, chunks)])
+
+    def upload_parts(self, command: str, params: Params, parts: Iterable[Part]) -> list[Any]:
+        """Send ``parts`` (name, content type, chunks), one after the other, as the
+        ``multipart/form-data`` body that ``ipfs add -r`` sends; the answer's JSON lines.
+
+        A part's name is its path below the first part's (``root/sub/file``, raw
+        bytes allowed), percent-encoded here as the Kubo CLI does. Parts and their
+        chunks are read as they are sent, so memory does not grow with the upload.
+        """
         boundary = "ledger-" + secrets.token_hex(16)
-        quoted = urllib.parse.quote(name, safe="")
-        head = (
-            f"--{boundary}\r\n"
-            f'Content-Disposition: form-data; name="file"; filename="{quoted}"\r\n'
-            "Content-Type: application/octet-stream\r\n\r\n"
-        ).encode()
-        tail = f"\r\n--{boundary}--\r\n".encode()
 
         def body() -> Iterator[bytes | memoryview]:
-            yield head
-            for chunk in chunks:
-                if chunk:  # an empty piece would end the chunked body early
-                    yield chunk
-            yield tail
+            for name, content_type, chunks in parts:
+                quoted = urllib.parse.quote(name, safe="")
+                yield (
+                    f"--{boundary}\r\n"
+                    f'Content-Disposition: form-data; name="file"; filename="{quoted}"\r\n'
+                    f"Content-Type: {content_type}\r\n\r\n"
+                ).encode()
+                for chunk in chunks:
+                    if chunk:  # an empty piece would end the chunked body early
+                        yield chunk
+                yield b"\r\n"
+            yield f"--{boundary}--\r\n".encode()
 
         headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
         with self._request(command, params, body(), headers) as response:
