@@ -182,8 +182,9 @@ class IpfsStore:
 
         What is sent follows :func:`ledger.hashing.cid.path_cid`: hidden entries
         only with ``hidden``, symbolic links inside as links (not followed), empty
-        files and folders kept; anything else is refused before it is sent. Parts
-        are streamed, so memory does not grow with the dataset. A root CID other
+        files and folders kept; anything else (a FIFO, a socket) is an
+        :class:`~ledger.errors.InputError` that cuts the add short, nothing pinned.
+        Parts are streamed, so memory does not grow with the dataset. A root CID other
         than ``expected`` (the data changed since it was fingerprinted, or the
         node imports otherwise) is an :class:`~ledger.errors.IntegrityError` and
         nothing is pinned.

@@ -286,8 +286,9 @@ def test_a_node_that_files_the_folder_otherwise_is_refused_and_nothing_pinned(
     assert str(path_cid(folder)) in out.stderr and "not pinned" in out.stderr
     assert "Traceback" not in out.stderr
     assert not pinned_on(node, path_cid(folder))
-    without = path_cid(folder / "train")  # neither is what the node built instead
-    assert not pinned_on(node, without)
+    (folder / "train" / "link").unlink()
+    built = path_cid(folder)  # what the node built: the folder without its link
+    assert str(built) in out.stderr and not pinned_on(node, built)
 
 
 def test_push_needs_a_node_that_answers(tmp_path: Path) -> None:
