@@ -5,6 +5,7 @@ against a real IPFS node (js-ipfs), and `hf:` kept off the network."""
 from __future__ import annotations
 
 import json
+import os
 import socket
 import urllib.parse
 from collections.abc import Iterator
@@ -279,6 +280,7 @@ def test_a_node_that_files_the_folder_otherwise_is_refused_and_nothing_pinned(
     # js-ipfs drops symbolic links from an add (Kubo keeps them, as path_cid does): the
     # node's root CID differs from ledger's, which must be refused, not accepted.
     folder = _nested(tmp_path / "D")
+    (folder / "unique.bin").write_bytes(os.urandom(32))  # not pinned by another test
     (folder / "train" / "link").symlink_to("labels.csv")
     env = {"LEDGER_HOME": str(tmp_path / "data"), "LEDGER_IPFS_API": node.api}
     out = ledger("data", "add", str(folder), "--push", env=env)
