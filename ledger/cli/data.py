@@ -6,6 +6,12 @@ fingerprint as canonical JSON. ``show`` and ``ls`` read the audit index (brought
 up to date first with one indexer pass, as ``ledger index`` does); ``show`` also
 asks the registry itself whether the dataset is revoked. ``revoke`` writes
 ``revokeArtifact`` on chain (an admin's key).
+
+``add --name`` keeps a label in the fingerprint (never in the CID, see
+:mod:`ledger.datasets`); ``add --push`` adds the data itself to the configured
+IPFS node (:meth:`ledger.store.ipfs.IpfsStore.add_path`), checked against the
+CID printed. ``hf:FOLDER`` is read from disk only: ledger never downloads a
+dataset (:func:`load_hf`).
 """
 
 from __future__ import annotations
