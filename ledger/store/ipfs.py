@@ -190,7 +190,9 @@ class IpfsStore:
         nothing is pinned.
         """
         chosen = import_profile(None, profile)
-        answers = self._rpc.upload_parts("add", add_params(chosen), _tree_parts(path, hidden))
+        answers = self._rpc.upload_parts(
+            "add", add_params(chosen), _tree_parts(path, hidden), duplex=True
+        )
         roots = [
             a["Hash"]
             for a in answers

@@ -7,13 +7,19 @@ decides by size), so both build the same plain directories.
 
 from __future__ import annotations
 
+import json
 import os
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import suppress
 from pathlib import Path
 
 import pytest
 
-from ledger.errors import FileMissingError, InputError, IntegrityError
+from ledger.errors import FileMissingError, InputError, IntegrityError, StoreUnavailableError
 from ledger.hashing.cid import CIDV1_SCHEME, PROFILES, bytes_cid, path_cid
+from ledger.store._kubo import FILE_PART, FOLDER_PART, KuboRpc, Part, parse_api_address
 from ledger.store.ipfs import ADD_PARAMS, IpfsStore, add_params
 from tests.store.ipfs.node import IpfsNode
 from tests.store.ipfs.test_ipfs_store import pinned_on
@@ -66,3 +72,79 @@ def test_what_ipfs_add_refuses_is_refused_and_the_add_cut_short(
         ipfs.add_path(tmp_path / "absent", bytes_cid(b"x"))
     with pytest.raises(InputError, match="neither a file nor a folder"):
         ipfs.add_path(folder / "pipe", bytes_cid(b"x"))
+
+
+class _ChattyNode:
+    """A node that, like Kubo, answers a line per piece of an upload while it is still
+    reading it, and reads no further while its answer cannot be sent: a client that
+    reads only after sending everything stalls it."""
+
+    LINE = json.dumps({"Name": "x", "Hash": "bafy", "Pad": "p" * 32_000}).encode() + b"\n"
+
+    def __init__(self) -> None:
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        with suppress(OSError):
+            connection, _ = self.server.accept()
+            with connection:
+                seen = b""
+                while b"\r\n\r\n" not in seen:
+                    seen += connection.recv(65536)
+                connection.sendall(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                    b"Transfer-Encoding: chunked\r\n\r\n"
+                )
+                tail = seen.split(b"\r\n\r\n", 1)[1]
+                while not tail.endswith(b"0\r\n\r\n"):
+                    got = connection.recv(65536)
+                    if not got:
+                        return
+                    tail = (tail + got)[-16:]
+                    connection.sendall(b"%x\r\n%s\r\n" % (len(self.LINE), self.LINE))
+                last = json.dumps({"Name": "dataset", "Hash": "done"}).encode() + b"\n"
+                connection.sendall(b"%x\r\n%s\r\n0\r\n\r\n" % (len(last), last))
+
+    def close(self) -> None:
+        self.server.close()
+        self.thread.join(10)
+
+
+def _parts(count: int) -> list[Part]:
+    return [(f"dataset/f{i}".encode(), FILE_PART, [b"q" * 8192]) for i in range(count)]
+
+
+def test_an_upload_reads_the_answer_while_it_sends() -> None:
+    node = _ChattyNode()
+    try:
+        rpc = KuboRpc(parse_api_address(f"http://127.0.0.1:{node.port}"), timeout=5)
+        lines = rpc.upload_parts("add", [], _parts(600), duplex=True)
+    finally:
+        node.close()
+    assert lines[-1] == {"Name": "dataset", "Hash": "done"} and len(lines) > 100
+
+
+def test_an_upload_that_reads_late_stalls_such_a_node() -> None:
+    # The test above means something: without duplex the same exchange stalls.
+    node = _ChattyNode()
+    try:
+        rpc = KuboRpc(parse_api_address(f"http://127.0.0.1:{node.port}"), timeout=2)
+        with pytest.raises(StoreUnavailableError):
+            rpc.upload_parts("add", [], _parts(600), duplex=False)
+    finally:
+        node.close()
+
+
+def test_a_body_that_fails_midway_is_raised_as_it_is(ipfs_node: IpfsNode) -> None:
+    def parts() -> Iterator[Part]:
+        yield b"dataset", FOLDER_PART, ()
+        yield b"dataset/a", FILE_PART, [b"a" * 1000]
+        raise InputError("cannot read 'dataset/b': gone")
+
+    rpc = KuboRpc(parse_api_address(ipfs_node.api), timeout=10)
+    with pytest.raises(InputError, match="gone"):
+        rpc.upload_parts("add", [("pin", "false")], parts(), duplex=True)
+    assert rpc.call("version")  # the node is fine
