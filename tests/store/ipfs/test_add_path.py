@@ -77,12 +77,15 @@ def test_what_ipfs_add_refuses_is_refused_and_the_add_cut_short(
 class _ChattyNode:
     """A node that, like Kubo, answers a line per piece of an upload while it is still
     reading it, and reads no further while its answer cannot be sent: a client that
-    reads only after sending everything stalls it."""
+    reads only after sending everything stalls it (its buffers are small, its answer
+is 4 times the 20 MB body: more than the client's socket buffers can hold)."""
 
-    LINE = json.dumps({"Name": "x", "Hash": "bafy", "Pad": "p" * 32_000}).encode() + b"\n"
+    LINE = json.dumps({"Name": "x", "Hash": "bafy", "Pad": "p" * 1_000}).encode() + b"\n"
 
     def __init__(self) -> None:
         self.server = socket.create_server(("127.0.0.1", 0))
+        for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):  # inherited by the connection
+            self.server.setsockopt(socket.SOL_SOCKET, option, 1 << 16)
         self.port = self.server.getsockname()[1]
         self.thread = threading.Thread(target=self._serve, daemon=True)
         self.thread.start()
@@ -104,7 +107,8 @@ class _ChattyNode:
                     if not got:
                         return
                     tail = (tail + got)[-16:]
-                    connection.sendall(b"%x\r\n%s\r\n" % (len(self.LINE), self.LINE))
+                    lines = self.LINE * 4 * -(-len(got) // 1024)  # 4 lines per KiB read
+                    connection.sendall(b"%x\r\n%s\r\n" % (len(lines), lines))
                 last = json.dumps({"Name": "dataset", "Hash": "done"}).encode() + b"\n"
                 connection.sendall(b"%x\r\n%s\r\n0\r\n\r\n" % (len(last), last))
 
@@ -121,7 +125,7 @@ def test_an_upload_reads_the_answer_while_it_sends() -> None:
     node = _ChattyNode()
     try:
         rpc = KuboRpc(parse_api_address(f"http://127.0.0.1:{node.port}"), timeout=5)
-        lines = rpc.upload_parts("add", [], _parts(600), duplex=True)
+        lines = rpc.upload_parts("add", [], _parts(2500), duplex=True)
     finally:
         node.close()
     assert lines[-1] == {"Name": "dataset", "Hash": "done"} and len(lines) > 100
@@ -133,7 +137,7 @@ def test_an_upload_that_reads_late_stalls_such_a_node() -> None:
     try:
         rpc = KuboRpc(parse_api_address(f"http://127.0.0.1:{node.port}"), timeout=2)
         with pytest.raises(StoreUnavailableError):
-            rpc.upload_parts("add", [], _parts(600), duplex=False)
+            rpc.upload_parts("add", [], _parts(2500), duplex=False)
     finally:
         node.close()
 
