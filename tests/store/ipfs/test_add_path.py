@@ -78,7 +78,7 @@ class _ChattyNode:
     """A node that, like Kubo, answers a line per piece of an upload while it is still
     reading it, and reads no further while its answer cannot be sent: a client that
     reads only after sending everything stalls it (its buffers are small, its answer
-is 4 times the 20 MB body: more than the client's socket buffers can hold)."""
+    is 4 times the 20 MB body: more than the client's socket buffers can hold)."""
 
     LINE = json.dumps({"Name": "x", "Hash": "bafy", "Pad": "p" * 1_000}).encode() + b"\n"
 
