@@ -13,6 +13,15 @@ and the verifier agree on what "the run trained on D" means:
   fingerprint document: the fingerprint as canonical JSON (RFC 8785), as a
   file ``ipfs add --cid-version=1`` would add.
 
+A fingerprint's top-level ``name`` (``ledger data add --name``; a file's or
+folder's own name otherwise) is a label, not content: it never changes the
+dataset's CID. A file or folder is named by its CID alone; for the kinds
+ledger's fingerprints make (:data:`LEDGER_KINDS`), the document is hashed
+without its ``name``, so a run that recorded the data unnamed and the one
+``data add --name`` printed name one dataset, and a revocation reaches both.
+A mapping of another kind (a user's own fingerprint) is hashed whole: there
+the name may be what tells two datasets apart.
+
 Every file or folder *inside* a fingerprint (the entries of a list of files,
 the Arrow files of a Hugging Face dataset, the parts of a ``ConcatDataset``)
 is a *part*: revoking a part (one poisoned shard) taints every dataset that
@@ -42,6 +51,22 @@ MAX_DEPTH = 16
 """How deep fingerprints nest before the rest is not looked into."""
 
 _NAMED_BY_CID = frozenset({"file", "folder"})
+
+LEDGER_KINDS = frozenset(
+    {
+        "files",
+        "bytes",
+        "array",
+        "list",
+        "hf-dataset",
+        "hf-dataset-dict",
+        "tensor-dataset",
+        "subset",
+        "concat",
+    }
+)
+"""The document kinds :mod:`ledger.record.data` makes: none has a ``name`` of its
+own, so a top-level ``name`` there is a label, left out of the document's CID."""
 
 
 @dataclass(frozen=True)
@@ -73,6 +98,9 @@ def dataset_cid(fingerprint: Mapping[str, Any]) -> Cid:
             pass  # not a CID: named by its document like any other fingerprint
     from ledger.documents import canonical_json  # here: documents imports the store
 
+    kind = fingerprint.get("kind")
+    if isinstance(kind, str) and kind in LEDGER_KINDS and "name" in fingerprint:
+        fingerprint = {k: v for k, v in fingerprint.items() if k != "name"}
     return bytes_cid(canonical_json(fingerprint, what="data fingerprint"))
 
 

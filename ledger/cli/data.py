@@ -6,10 +6,20 @@ fingerprint as canonical JSON. ``show`` and ``ls`` read the audit index (brought
 up to date first with one indexer pass, as ``ledger index`` does); ``show`` also
 asks the registry itself whether the dataset is revoked. ``revoke`` writes
 ``revokeArtifact`` on chain (an admin's key).
+
+``add --name`` keeps a label in the fingerprint (never in the CID, see
+:mod:`ledger.datasets`); ``add --push`` adds the data itself to the configured
+IPFS node (:meth:`ledger.store.ipfs.IpfsStore.add_path`), checked against the
+CID printed. ``hf:FOLDER`` is read from disk only: ledger never downloads a
+dataset (:func:`load_hf`).
 """
 
 from __future__ import annotations
 
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -41,37 +51,129 @@ NoSync = Annotated[
 
 
 def fingerprint_source(source: str, settings: Any, *, profile: str | None, hidden: bool) -> Any:
-    """The fingerprint of ``PATH``, a glob, or ``hf:NAME`` (a dataset saved with
-    ``save_to_disk`` at that path, else loaded by ``datasets.load_dataset``)."""
-    from ledger.errors import FileMissingError, InputError
+    """The fingerprint of ``PATH``, a glob, or ``hf:PATH`` (see :func:`load_hf`)."""
+    from ledger.errors import FileMissingError
     from ledger.record.data import fingerprint
 
     value: Any = source
     if source.startswith("hf:"):
-        name = source.removeprefix("hf:")
+        value = load_hf(source)
+    elif not any(c in source for c in "*?[") and not Path(source).exists():
+        raise FileMissingError(
+            f"{source}: no such file or folder",
+            hint="give a file, a folder, a glob of files or hf:FOLDER",
+        )
+    return fingerprint(value, cache_dir=settings.data_dir / "cache", profile=profile, hidden=hidden)
+
+
+SAVED_MARKERS = ("dataset_dict.json", "state.json")
+"""What ``save_to_disk`` writes at the top of a saved ``DatasetDict`` / ``Dataset``."""
+
+
+def load_hf(source: str) -> Any:
+    """The Hugging Face dataset ``hf:PATH`` names, never downloaded.
+
+    PATH must be a local folder: one written by ``save_to_disk`` (read with
+    ``load_from_disk``), or a folder of data files that ``datasets`` reads
+    itself (CSV, JSON, Parquet, text...), loaded with the Hub switched off
+    (``HF_HUB_OFFLINE``). A Hub name, a URL or a single file is refused: ledger
+    fingerprints data that is here, and never fetches a dataset at run time.
+    """
+    from ledger.errors import InputError
+
+    name = source.removeprefix("hf:")
+    fetch_hint = (
+        "ledger never downloads datasets: save it first, e.g. "
+        "datasets.load_dataset(NAME).save_to_disk(FOLDER), then give hf:FOLDER"
+    )
+    if not name:
+        raise InputError("hf: needs the folder of a saved dataset", hint=fetch_hint)
+    folder = Path(name)
+    if not folder.is_dir():
+        what = "a file" if folder.exists() else "not a local folder"
+        raise InputError(
+            f"{source}: {what}; hf: takes the folder of a dataset saved with save_to_disk, "
+            "or a folder of data files (CSV, JSON, Parquet...)",
+            hint=fetch_hint
+            if not folder.exists()
+            else "give the folder that holds it, or the file itself without hf:",
+        )
+    with _hub_offline():
         try:
             import datasets
         except ImportError as exc:
             raise InputError(
                 f"{source}: Hugging Face datasets is not installed",
-                hint="pip install datasets",
+                hint="pip install 'ledger[hf]'",
             ) from exc
-        if not name:
-            raise InputError("hf: needs a dataset name or a saved dataset's folder")
-        value = (
-            datasets.load_from_disk(name) if Path(name).is_dir() else datasets.load_dataset(name)
+        try:
+            if any((folder / marker).is_file() for marker in SAVED_MARKERS):
+                return datasets.load_from_disk(str(folder))
+            return datasets.load_dataset(str(folder))
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+            # What datasets raises for a folder it cannot read (missing or damaged
+            # files, no data files, a script it no longer runs): all say so in text.
+            raise InputError(
+                f"{source}: cannot be read as a Hugging Face dataset: {exc}",
+                hint="give the folder written by save_to_disk, or a folder of data files",
+            ) from exc
+
+
+@contextmanager
+def _hub_offline() -> Iterator[None]:
+    """The Hugging Face Hub switched off while a dataset is loaded: the variables for a
+    first import of ``datasets`` and the flags it and ``huggingface_hub`` read, if loaded."""
+    saved_env = {key: os.environ.get(key) for key in _OFFLINE_VARIABLES}
+    os.environ.update(dict.fromkeys(_OFFLINE_VARIABLES, "1"))
+    flags = [
+        (module, name)
+        for module, name in (
+            ("datasets.config", "HF_HUB_OFFLINE"),
+            ("huggingface_hub.constants", "HF_HUB_OFFLINE"),
         )
-    elif not any(c in source for c in "*?[") and not Path(source).exists():
-        raise FileMissingError(
-            f"{source}: no such file or folder",
-            hint="give a file, a folder, a glob of files or hf:NAME",
-        )
-    return fingerprint(value, cache_dir=settings.data_dir / "cache", profile=profile, hidden=hidden)
+        if module in sys.modules
+    ]
+    saved_flags = [getattr(sys.modules[m], n) for m, n in flags]
+    for module, name in flags:
+        setattr(sys.modules[module], name, True)
+    try:
+        yield
+    finally:
+        for (module, name), value in zip(flags, saved_flags, strict=True):
+            setattr(sys.modules[module], name, value)
+        for key, env_value in saved_env.items():
+            if env_value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = env_value
+
+
+_OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+
+
+MAX_NAME = 200
+"""Characters a dataset's name may have (the index keeps as many)."""
 
 
 @data_app.command("add")
 def add(
-    source: Annotated[str, typer.Argument(help="A file, a folder, a glob of files, or hf:NAME.")],
+    source: Annotated[str, typer.Argument(help="A file, a folder, a glob of files, or hf:FOLDER.")],
+    name: Annotated[
+        str | None,
+        typer.Option(
+            "--name",
+            help="A name for the dataset, kept in its fingerprint (a label: it does not "
+            "change the dataset's CID).",
+        ),
+    ] = None,
+    push: Annotated[
+        bool,
+        typer.Option(
+            "--push",
+            help="Also add the data itself to the configured IPFS node (LEDGER_IPFS_API), "
+            "checked against the CID printed, and pin it.",
+        ),
+    ] = False,
     profile: Annotated[
         str | None,
         typer.Option(help="CID profile of files and folders (e.g. unixfs-v1-2025)."),
@@ -92,9 +194,22 @@ def add(
     from ledger.documents import canonical_json
     from ledger.ids import to_hex
 
+    label = _check_name(name) if name is not None else None
     settings = load_settings(data_dir)
+    node = _push_target(settings) if push else None  # refused before any hashing
+    if push and source.startswith("hf:"):
+        from ledger.errors import InputError
+
+        raise InputError(
+            f"--push takes files and folders, not {source}",
+            hint="push the dataset's folder itself (ledger data add FOLDER --push), or "
+            "its files with a glob",
+        )
     found = fingerprint_source(source, settings, profile=profile, hidden=hidden)
+    if label is not None:
+        found["name"] = label
     cid = dataset_cid(found)
+    pushed = _push(node, source, found, profile, hidden) if node is not None else None
     stored = None
     if store:
         from ledger.store import open_store
@@ -104,18 +219,80 @@ def add(
         "cid": str(cid),
         "digest": to_hex(cid.digest),
         "kind": found.get("kind"),
+        "name": found.get("name"),
         "bytes": found.get("bytes"),
         "fingerprint": found,
         "stored": stored,
+        "pushed": pushed,
     }
     if as_json:
         print_json(out)
         return
     size = f", {found['bytes']} bytes" if isinstance(found.get("bytes"), int) else ""
-    typer.echo(f"{cid}  ({found.get('kind')}{size})")
+    named = f" {found['name']!r}" if isinstance(found.get("name"), str) else ""
+    typer.echo(f"{cid}  ({found.get('kind')}{named}{size})")
     typer.echo(f"digest {out['digest']}")
+    if pushed is not None:
+        typer.echo(
+            f"pushed to the IPFS node at {pushed['api']} and pinned: {', '.join(pushed['cids'])}"
+        )
     if stored is not None:
         typer.echo(f"fingerprint document stored as {stored}")
+
+
+def _check_name(name: str) -> str:
+    from ledger.errors import InputError
+
+    label = name.strip()
+    if not label or len(label) > MAX_NAME or not label.isprintable():
+        raise InputError(
+            f"--name {name[:40]!r}{'...' if len(name) > 40 else ''} cannot name a dataset",
+            hint=f"give 1 to {MAX_NAME} printable characters",
+        )
+    return label
+
+
+def _push_target(settings: Any) -> Any:
+    """The IPFS store ``--push`` adds to; a ConfigError when none is configured."""
+    from ledger.errors import ConfigError
+    from ledger.store.ipfs import IpfsStore
+
+    if not settings.ipfs_api:
+        raise ConfigError(
+            "--push needs an IPFS node and none is configured",
+            hint="set LEDGER_IPFS_API (e.g. /ip4/127.0.0.1/tcp/5001/http) or add "
+            '"ipfs_api" to config.json in the data directory',
+        )
+    return IpfsStore(settings.ipfs_api)
+
+
+def _push(
+    node: Any, source: str, found: dict[str, Any], profile: str | None, hidden: bool
+) -> dict[str, Any]:
+    """Add the data ``found`` fingerprints (a file, a folder, or each file of a glob) to
+    ``node``, each checked against the CID in its fingerprint, and pin it."""
+    import glob
+
+    from ledger.errors import IntegrityError
+    from ledger.hashing.cid import Cid
+
+    if found.get("kind") in ("file", "folder"):
+        pairs = [(Path(source), found)]
+    else:  # a glob: the same matches, in the same order, as the fingerprint's entries
+        matches = sorted(glob.glob(source, recursive=True))
+        entries = found.get("files") or []
+        if len(matches) != len(entries):
+            raise IntegrityError(
+                f"{source} matched {len(entries)} entries when fingerprinted and "
+                f"{len(matches)} now; nothing more was pushed",
+                hint="run the command again once the files stop changing",
+            )
+        pairs = [(Path(m), e) for m, e in zip(matches, entries, strict=True)]
+    cids = [
+        str(node.add_path(path, Cid.parse(entry["cid"]), profile=profile, hidden=hidden))
+        for path, entry in pairs
+    ]
+    return {"api": node.address.text, "cids": cids}
 
 
 def _index(settings: Any, index_url: str | None, sync: bool) -> Any:

@@ -27,14 +27,18 @@ import http.client
 import json
 import re
 import secrets
+import socket
+import threading
+import time
 import urllib.parse
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
 
 from ledger.errors import (
     ConfigError,
+    LedgerError,
     StoreError,
     StoreFullError,
     StoreRefusedError,
@@ -133,6 +137,15 @@ def _port(text: str) -> int:
 
 Params = list[tuple[str, str]]
 
+FILE_PART = "application/octet-stream"
+FOLDER_PART = "application/x-directory"
+SYMLINK_PART = "application/symlink"
+"""The content types of the parts of an ``add``: a file's bytes, a folder (no body),
+a symbolic link (its target as the body), as the Kubo CLI sends them."""
+
+Part = tuple[str | bytes, str, Iterable[bytes | memoryview]]
+"""One part of an upload: its name (a path), its content type and its body's chunks."""
+
 
 class KuboRpc:
     """Calls to one node's RPC API; a new connection per call (calls are few and long)."""
@@ -151,25 +164,46 @@ class KuboRpc:
         self, command: str, params: Params, name: str, chunks: Iterable[bytes | memoryview]
     ) -> list[Any]:
         """Send ``chunks`` as one file part named ``name``; the answer's JSON lines."""
+        return self.upload_parts(command, params, [(name, FILE_PART, chunks)])
+
+    def upload_parts(
+        self, command: str, params: Params, parts: Iterable[Part], *, duplex: bool = False
+    ) -> list[Any]:
+        """Send ``parts`` (name, content type, chunks), one after the other, as the
+        ``multipart/form-data`` body that ``ipfs add -r`` sends; the answer's JSON lines.
+
+        A part's name is its path below the first part's (``root/sub/file``, raw
+        bytes allowed), percent-encoded here as the Kubo CLI does. Parts and their
+        chunks are read as they are sent, so memory does not grow with the upload.
+
+        ``duplex``: read the answer while the body is still being sent (over
+        plain HTTP; see :meth:`_duplex`). Kubo answers one line per entry as it
+        is added; a client that reads only once it has sent everything stalls
+        both sides once those lines fill the socket buffers (a few thousand
+        entries), so a folder is sent this way.
+        """
         boundary = "ledger-" + secrets.token_hex(16)
-        quoted = urllib.parse.quote(name, safe="")
-        head = (
-            f"--{boundary}\r\n"
-            f'Content-Disposition: form-data; name="file"; filename="{quoted}"\r\n'
-            "Content-Type: application/octet-stream\r\n\r\n"
-        ).encode()
-        tail = f"\r\n--{boundary}--\r\n".encode()
 
         def body() -> Iterator[bytes | memoryview]:
-            yield head
-            for chunk in chunks:
-                if chunk:  # an empty piece would end the chunked body early
-                    yield chunk
-            yield tail
+            for name, content_type, chunks in parts:
+                quoted = urllib.parse.quote(name, safe="")
+                yield (
+                    f"--{boundary}\r\n"
+                    f'Content-Disposition: form-data; name="file"; filename="{quoted}"\r\n'
+                    f"Content-Type: {content_type}\r\n\r\n"
+                ).encode()
+                for chunk in chunks:
+                    if chunk:  # an empty piece would end the chunked body early
+                        yield chunk
+                yield b"\r\n"
+            yield f"--{boundary}--\r\n".encode()
 
         headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
-        with self._request(command, params, body(), headers) as response:
-            text = self._read(response, command)
+        if duplex and self.address.scheme == "http":
+            text = self._duplex(command, params, body(), headers)
+        else:
+            with self._request(command, params, body(), headers) as response:
+                text = self._read(response, command)
         return [
             _decode_json(line, command, self.address) for line in text.splitlines() if line.strip()
         ]
@@ -242,8 +276,123 @@ class KuboRpc:
                 hint=_UNAVAILABLE_HINT,
             ) from exc
 
+    def _duplex(
+        self,
+        command: str,
+        params: Params,
+        body: Iterable[bytes | memoryview],
+        headers: dict[str, str],
+    ) -> bytes:
+        """POST ``body`` (chunked) from a thread while this one reads the answer.
+
+        The socket itself has no timeout here (a read may wait while a large file
+        is sent); a watchdog ends the exchange once neither side has moved for
+        :attr:`timeout` seconds, as the per-operation timeout does elsewhere. An
+        error raised by ``body`` (a file that cannot be read) is raised as it is;
+        a node that answers with an error before it has read everything is heard.
+        ``http.client`` is used below its ``request()``: it has no full-duplex
+        mode, and a second HTTP library would add a dependency for one call.
+        """
+        connection = http.client.HTTPConnection(
+            self.address.host, self.address.port, timeout=self.timeout
+        )
+        path = _API_PREFIX + command + ("?" + urllib.parse.urlencode(params) if params else "")
+        moved = [time.monotonic()]
+        failed: list[BaseException] = []
+        finished = threading.Event()
+        timed_out = threading.Event()
+
+        def abort() -> None:
+            with suppress(OSError):
+                if connection.sock is not None:
+                    connection.sock.shutdown(socket.SHUT_RDWR)
+
+        def send() -> None:
+            sock = connection.sock
+            assert sock is not None
+            try:
+                for piece in body:
+                    sock.sendall(b"%x\r\n" % len(piece))
+                    sock.sendall(piece)
+                    sock.sendall(b"\r\n")
+                    moved[0] = time.monotonic()
+                sock.sendall(b"0\r\n\r\n")
+            except (LedgerError, OSError, ValueError) as exc:  # raised by the reading thread
+                failed.append(exc)
+                if not isinstance(exc, OSError):
+                    abort()
+
+        def watch() -> None:
+            while not finished.wait(min(1.0, self.timeout / 4)):
+                if time.monotonic() - moved[0] > self.timeout:
+                    timed_out.set()
+                    abort()
+                    return
+
+        def start() -> None:
+            connection.connect()
+            assert connection.sock is not None
+            connection.sock.settimeout(None)  # the watchdog bounds silence instead
+            connection.putrequest("POST", path, skip_accept_encoding=True)
+            for key, value in {**headers, "Transfer-Encoding": "chunked"}.items():
+                connection.putheader(key, value)
+            connection.endheaders()
+
+        sender = threading.Thread(target=send, name="ledger-ipfs-upload", daemon=True)
+        watchdog = threading.Thread(target=watch, name="ledger-ipfs-watchdog", daemon=True)
+        try:
+            self._guard(start, command)
+            sender.start()
+            watchdog.start()
+            response: http.client.HTTPResponse | None = None
+            pieces: list[bytes] = []
+            try:
+                response = connection.getresponse()
+                while piece := response.read1(1 << 16):
+                    pieces.append(piece)
+                    moved[0] = time.monotonic()
+            except (OSError, http.client.HTTPException) as exc:
+                if response is None or response.status == 200:
+                    sender.join(self.timeout)
+                    raise self._duplex_failure(command, failed, timed_out, exc) from exc
+            sender.join(self.timeout)
+            answer = b"".join(pieces)
+            if response.status == 200 and failed:  # the node took a body cut short
+                raise self._duplex_failure(command, failed, timed_out, failed[0])
+            return self._checked(response, answer, command)
+        finally:
+            finished.set()
+            connection.close()
+
+    def _duplex_failure(
+        self,
+        command: str,
+        failed: list[BaseException],
+        timed_out: threading.Event,
+        exc: BaseException,
+    ) -> BaseException:
+        """What to raise when a duplex exchange broke: the body's own error first."""
+        for error in failed:
+            if not isinstance(error, OSError):
+                return error
+        if timed_out.is_set():
+            return StoreUnavailableError(
+                f"the IPFS node at {self.address} did not answer `{command}` within "
+                f"{self.timeout:g} s",
+                hint=_UNAVAILABLE_HINT,
+            )
+        reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+        return StoreUnavailableError(
+            f"the IPFS node at {self.address} does not answer ({reason})",
+            hint=_UNAVAILABLE_HINT,
+        )
+
     def _read(self, response: http.client.HTTPResponse, command: str) -> bytes:
         body: bytes = self._guard(response.read, command)
+        return self._checked(response, body, command)
+
+    def _checked(self, response: http.client.HTTPResponse, body: bytes, command: str) -> bytes:
+        """``body`` if the answer is a success; the node's error otherwise."""
         if response.status != 200:
             raise _node_error(body, response.status, command, self.address)
         _raise_trailer_error(response, command, self.address)

@@ -19,6 +19,10 @@ trusted for nothing:
 Files are streamed from disk to the node in 1 MiB pieces, and
 :meth:`IpfsStore.get_file` streams from the node to disk, so memory does not
 grow with the artifact. The HTTP client is :mod:`ledger.store._kubo`.
+
+:meth:`IpfsStore.add_path` adds a dataset's file or folder as ``ipfs add -r``
+does (any import profile, hidden entries or not), for ``ledger data add
+--push``: the root CID the node answers must be the one ledger computed.
 """
 
 from __future__ import annotations
@@ -38,8 +42,24 @@ from ledger.errors import (
     StoreError,
     StoreRefusedError,
 )
-from ledger.hashing.cid import CIDV1_SCHEME, DEFAULT_CHUNK_SIZE, Cid, UnixFsHasher
-from ledger.store._kubo import ApiAddress, KuboRpc, parse_api_address
+from ledger.hashing._unixfs import DEFAULT_MAX_LINKS
+from ledger.hashing.cid import (
+    CIDV1_SCHEME,
+    DEFAULT_CHUNK_SIZE,
+    Cid,
+    ImportProfile,
+    UnixFsHasher,
+    import_profile,
+)
+from ledger.store._kubo import (
+    FILE_PART,
+    FOLDER_PART,
+    SYMLINK_PART,
+    ApiAddress,
+    KuboRpc,
+    Part,
+    parse_api_address,
+)
 
 DEFAULT_TIMEOUT = 60.0
 """Seconds one socket operation (connect, send a piece, wait for an answer) may take."""
@@ -60,6 +80,35 @@ ADD_PARAMS: list[tuple[str, str]] = [
 """``ipfs add`` query parameters equal to :data:`~ledger.hashing.cid.CIDV1_SCHEME`."""
 
 _PIECE = 1 << 20
+
+_ROOT = b"dataset"
+"""The name the root of an :meth:`IpfsStore.add_path` is sent under (a root's own
+name is not part of its CID, so a fixed one spares encoding the real one)."""
+
+
+def add_params(chosen: ImportProfile) -> list[tuple[str, str]]:
+    """``ipfs add`` query parameters that import with ``chosen``'s settings.
+
+    ``max-file-links`` is sent only where the profile departs from the default
+    174 (Kubo 0.35 and later take it; js-ipfs ignores it). How a folder is
+    sharded is the node's own configuration (Kubo's ``Import.UnixFSHAMT*``;
+    js-ipfs shards by entry count): a node set otherwise answers another CID,
+    which :meth:`IpfsStore.add_path` refuses.
+    """
+    params = [
+        ("cid-version", str(chosen.cid_version)),
+        ("raw-leaves", "true" if chosen.cid_version == 1 else "false"),
+        ("chunker", f"size-{chosen.chunk_size}"),
+        ("hash", "sha2-256"),
+        ("trickle", "false"),
+        ("wrap-with-directory", "false"),
+    ]
+    if chosen.max_links != DEFAULT_MAX_LINKS:
+        params.append(("max-file-links", str(chosen.max_links)))
+    if chosen.cid_version == 1:  # a CIDv0 has one text form; js-ipfs refuses base32 for it
+        params.append(("cid-base", "base32"))
+    return [*params, ("pin", "false"), ("progress", "false")]
+
 
 Progress = Callable[[int], None]
 
@@ -119,6 +168,61 @@ class IpfsStore:
             if os.fstat(handle.fileno()).st_size != info.st_size:
                 raise StoreError(f"{shown} changed size while it was being stored; store it again")
         return cid
+
+    def add_path(
+        self,
+        path: Path,
+        expected: Cid,
+        *,
+        profile: str | None = None,
+        hidden: bool = False,
+    ) -> Cid:
+        """Add a file, or a folder recursively, as ``ipfs add -r`` (``--hidden``) does
+        with ``profile``'s settings; pin it once the node's root CID is ``expected``.
+
+        What is sent follows :func:`ledger.hashing.cid.path_cid`: hidden entries
+        only with ``hidden``, symbolic links inside as links (not followed), empty
+        files and folders kept; anything else (a FIFO, a socket) is an
+        :class:`~ledger.errors.InputError` that cuts the add short, nothing pinned.
+        Parts are streamed, so memory does not grow with the dataset. A root CID other
+        than ``expected`` (the data changed since it was fingerprinted, or the
+        node imports otherwise) is an :class:`~ledger.errors.IntegrityError` and
+        nothing is pinned.
+        """
+        chosen = import_profile(None, profile)
+        answers = self._rpc.upload_parts(
+            "add", add_params(chosen), _tree_parts(path, hidden), duplex=True
+        )
+        roots = [
+            a["Hash"]
+            for a in answers
+            if isinstance(a, dict) and a.get("Name") == _ROOT.decode() and "Hash" in a
+        ]
+        shown = os.fspath(path)
+        if len(roots) != 1:
+            raise StoreError(
+                f"the IPFS node at {self.address} answered the add of {shown} with "
+                f"{len(roots)} root CIDs instead of one"
+            )
+        try:
+            node = Cid.parse(str(roots[0]))
+        except InputError as exc:
+            raise IntegrityError(
+                f"the IPFS node at {self.address} filed {shown} under {roots[0]!r}, "
+                f"which is not a CID ({exc.message}); it was not pinned"
+            ) from exc
+        if node != expected:
+            raise IntegrityError(
+                f"the IPFS node at {self.address} filed {shown} under {node}, but ledger "
+                f"computed {expected} ({chosen.scheme}); it was not pinned",
+                hint="if the data changed since it was fingerprinted, run the command again; "
+                "otherwise the node imports with other settings (a Kubo node applies "
+                "--profile unixfs-v1-2025 only with `ipfs config profile apply "
+                "unixfs-v1-2025`; js-ipfs shards folders of over 1,000 entries and drops "
+                "symbolic links, where Kubo does not): use a Kubo node",
+            )
+        self._rpc.call("pin/add", [("arg", str(node)), ("recursive", "true")])
+        return node
 
     def get_bytes(self, cid: Cid) -> bytes:
         data = bytearray()
@@ -262,6 +366,86 @@ class IpfsStore:
                 f"the IPFS node at {self.address} sent bytes for {cid} that hash to {actual}",
                 hint="the node's copy is damaged or the node is not honest; fetch it elsewhere",
             )
+
+
+def _tree_parts(path: Path, hidden: bool) -> Iterator[Part]:
+    """The parts of ``ipfs add -r PATH``: a folder before its entries, depth first,
+    entries by name; the root named :data:`_ROOT`.
+
+    PATH is looked at now; what is below it as the parts are sent. Errors while
+    sending are :class:`~ledger.errors.InputError` (not an ``OSError``, which the
+    RPC client would take for a node that does not answer).
+    """
+    root = os.fsencode(path)
+    shown = os.fspath(path)
+    try:
+        info = os.stat(root)  # PATH itself is followed, as path_cid does
+    except FileNotFoundError:
+        raise FileMissingError(f"no file or folder at {shown!r}") from None
+    except OSError as exc:
+        raise InputError(f"cannot read {shown!r}: {exc.strerror or exc}") from exc
+    if stat.S_ISREG(info.st_mode):
+        return iter([(_ROOT, FILE_PART, _file_pieces(root))])
+    if not stat.S_ISDIR(info.st_mode):
+        raise InputError(f"{shown!r} is neither a file nor a folder; 'ipfs add' refuses it too")
+    return _folder_parts(root, hidden)
+
+
+def _folder_parts(root: bytes, hidden: bool) -> Iterator[Part]:
+    yield _ROOT, FOLDER_PART, ()
+    # An explicit stack of folders being listed, not recursion: depth is not bounded.
+    stack: list[tuple[bytes, Iterator[os.DirEntry[bytes]]]] = [(_ROOT, _entries(root))]
+    while stack:
+        name, entries = stack[-1]
+        entry = next(entries, None)
+        if entry is None:
+            stack.pop()
+            continue
+        if not hidden and entry.name.startswith(b"."):
+            continue
+        child = name + b"/" + entry.name
+        try:
+            mode = entry.stat(follow_symlinks=False).st_mode
+        except OSError as exc:
+            raise InputError(f"cannot read {os.fsdecode(entry.path)!r}: {exc.strerror}") from exc
+        if stat.S_ISLNK(mode):
+            try:
+                target = os.readlink(entry.path)
+            except OSError as exc:
+                raise InputError(
+                    f"cannot read the link {os.fsdecode(entry.path)!r}: {exc.strerror}"
+                ) from exc
+            yield child, SYMLINK_PART, (target,)
+        elif stat.S_ISREG(mode):
+            yield child, FILE_PART, _file_pieces(entry.path)
+        elif stat.S_ISDIR(mode):
+            yield child, FOLDER_PART, ()
+            stack.append((child, _entries(entry.path)))
+        else:
+            raise InputError(
+                f"{os.fsdecode(entry.path)!r} is neither a file, a folder nor a symbolic link; "
+                "'ipfs add -r' refuses it too",
+                hint="move it out of the folder (or hide it: a leading '.')",
+            )
+
+
+def _entries(folder: bytes) -> Iterator[os.DirEntry[bytes]]:
+    try:
+        with os.scandir(folder) as scan:
+            found = sorted(scan, key=lambda entry: entry.name)
+    except OSError as exc:
+        raise InputError(f"cannot list {os.fsdecode(folder)!r}: {exc.strerror or exc}") from exc
+    return iter(found)
+
+
+def _file_pieces(path: bytes) -> Iterator[bytes]:
+    shown = os.fsdecode(path)
+    try:
+        handle = open(path, "rb", buffering=0)  # noqa: SIM115 - closed below
+    except OSError as exc:
+        raise InputError(f"cannot read {shown!r}: {exc.strerror or exc}") from exc
+    with handle:
+        yield from _read_pieces(handle, shown)
 
 
 def _read_pieces(handle: Any, shown: str) -> Iterator[bytes]:
