@@ -4,6 +4,6 @@
 checks a model against it (``ledger verify MODEL --bundle FILE``),
 :mod:`ledger.bundle.statement` maps a run into an in-toto Statement v1 with a
 SLSA provenance v1 predicate, and :mod:`ledger.bundle.evidence` checks block
-headers, receipt proofs and EIP-1186 state proofs (ledger.chain.rlp and .mpt check them;
-py-trie builds the receipts trie on export).
+headers, receipt proofs and EIP-1186 state proofs (ledger.chain.rlp and .mpt build and
+check them).
 """

@@ -7,8 +7,8 @@
 * A receipt, RLP-encoded as EIP-2718 wants (``type || rlp([status,
   cumulativeGasUsed, logsBloom, logs])``; a legacy receipt without the type
   byte), sits in its block's receipts trie under ``rlp(transactionIndex)``: a
-  Merkle-Patricia proof into ``receiptsRoot`` shows it (py-trie builds the trie
-  for ``ledger export``; :mod:`ledger.chain.mpt` walks the proof when checking).
+  Merkle-Patricia proof into ``receiptsRoot`` shows it (:mod:`ledger.chain.mpt`
+  builds the trie for ``ledger export`` and walks the proof when checking).
 * An EIP-1186 proof (``eth_getProof``) shows an account in ``stateRoot`` and
   storage slots in the account's ``storageRoot``.
 
@@ -19,17 +19,14 @@ naming what does not check out.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ledger.chain import rlp
-from ledger.chain.mpt import value_from_proof
+from ledger.chain.mpt import Trie, value_from_proof
 from ledger.chain.rpc import as_bytes, as_int
 from ledger.errors import InputError
 from ledger.hashing.keccak import keccak256
 from ledger.ids import to_hex
-
-if TYPE_CHECKING:
-    from trie.hexary import HexaryTrie
 
 __all__ = [
     "HEADER_FIELDS",
@@ -133,26 +130,23 @@ def encode_receipt(receipt: Mapping[str, Any]) -> bytes:
     return body if kind == 0 else bytes([kind]) + body
 
 
-def _receipts_trie(receipts: Sequence[Mapping[str, Any]]) -> HexaryTrie:
-    # py-trie builds tries (export only); its import costs ~0.25 s, so not at start-up
-    from trie.hexary import HexaryTrie
-
-    trie = HexaryTrie({})
-    for receipt in receipts:
-        trie[rlp.encode(as_int(receipt["transactionIndex"]))] = encode_receipt(receipt)
-    return trie
+def _receipts_trie(receipts: Sequence[Mapping[str, Any]]) -> Trie:
+    return Trie(
+        {
+            rlp.encode(as_int(receipt["transactionIndex"])): encode_receipt(receipt)
+            for receipt in receipts
+        }
+    )
 
 
 def receipts_root(receipts: Sequence[Mapping[str, Any]]) -> bytes:
     """The root of the receipts trie of a block's receipts (all of them)."""
-    return bytes(_receipts_trie(receipts).root_hash)
+    return _receipts_trie(receipts).root
 
 
 def receipt_proof(receipts: Sequence[Mapping[str, Any]], index: int) -> list[str]:
     """The proof nodes (RLP, ``0x`` hex) of receipt ``index`` in its block's receipts trie."""
-    trie = _receipts_trie(receipts)
-    nodes = trie.get_proof(rlp.encode(index))  # type: ignore[no-untyped-call]
-    return [to_hex(rlp.encode(node)) for node in nodes]
+    return [to_hex(node) for node in _receipts_trie(receipts).proof(rlp.encode(index))]
 
 
 def _proven(root: bytes, key: bytes, proof: Sequence[object], what: str) -> bytes:

@@ -37,6 +37,8 @@ from typing import Any
 
 from ledger.chain.reader import RegistryReader
 from ledger.chain.records import SignedCall, checksum_address
+from ledger.chain.rlp import RlpError
+from ledger.chain.rlp import decode as rlp_decode
 from ledger.chain.rlp import encode as rlp_encode
 from ledger.chain.rpc import JsonRpc, as_bytes, as_int
 from ledger.config import GWEI, Secret, Settings, resolve_private_key
@@ -85,14 +87,14 @@ class Fees:
     @classmethod
     def of(cls, raw: bytes) -> Fees:
         """The fees of a signed EIP-1559 transaction (its raw bytes)."""
-        import rlp
-
         if raw[:1] != b"\x02":
             raise ValueError("not an EIP-1559 (type 2) transaction")
         try:
-            fields = rlp.decode(raw[1:])
-            return cls(max_fee=_int(fields[3]), priority=_int(fields[2]))
-        except (rlp.exceptions.DecodingError, IndexError, TypeError) as exc:
+            fields = rlp_decode(raw[1:])
+            if not isinstance(fields, list):
+                raise TypeError("not an RLP list")
+            return cls(max_fee=_int(_bytes(fields[3])), priority=_int(_bytes(fields[2])))
+        except (RlpError, IndexError, TypeError) as exc:
             raise ValueError(f"not a signed EIP-1559 transaction: {exc}") from exc
 
     def __str__(self) -> str:
@@ -414,13 +416,12 @@ class RegistrySender(RegistryReader):
         longer run: its signer's contract nonce has moved past it (the call ran in
         another transaction, e.g. a copy someone else relayed). False for a
         transaction that carries no signed call."""
-        import rlp
-
         from ledger.chain.abi import decode_params
 
         try:
-            data = bytes(rlp.decode(raw[1:])[7]) if raw[:1] == b"\x02" else b""
-        except (rlp.exceptions.DecodingError, IndexError, TypeError):
+            fields = rlp_decode(raw[1:]) if raw[:1] == b"\x02" else []
+            data = _bytes(fields[7]) if fields else b""
+        except (RlpError, IndexError, TypeError):
             return False
         function = self.abi.functions["executeSigned"]
         if data[:4] != self.abi.call("executeSigned", [_ZERO, 0, 0, b"", b""])[:4]:
@@ -541,6 +542,13 @@ class RegistrySender(RegistryReader):
 
     def _revert_error(self, exc: RpcError) -> TransactionRevertedError:
         return self.abi.refusal(exc.message, exc.data)
+
+
+def _bytes(item: object) -> bytes:
+    """An RLP item that must be a byte string."""
+    if not isinstance(item, bytes):
+        raise TypeError("an RLP list where a byte string belongs")
+    return item
 
 
 def _int(raw: bytes) -> int:

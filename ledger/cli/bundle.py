@@ -165,7 +165,7 @@ def check_with_bundle(
     if not path.is_file():
         raise FileMissingError(f"{path}: no such file", hint="give the model file the bundle is of")
     # one read of the file for its CID and sha256, on a thread while the proof checker
-    # (rlp, py-trie) is imported and the bundle read: the hash the console script started
+    # is imported and the bundle read: the hash the console script started
     # before anything loaded (ledger.cli._early), else one started now
     from ledger.cli import _early
 

@@ -1,4 +1,4 @@
-"""Our RLP and Merkle-Patricia proof walk, held to the ``rlp`` package and py-trie
+"""Our RLP, Merkle-Patricia trie builder and proof walk, held to the ``rlp`` package and py-trie
 (the libraries they stand in for on ``verify --bundle``'s start-up path)."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import rlp as rlp_package
 from trie.hexary import HexaryTrie
 
 from ledger.chain import rlp
-from ledger.chain.mpt import EMPTY_ROOT, ProofError, value_from_proof
+from ledger.chain.mpt import EMPTY_ROOT, ProofError, Trie, value_from_proof
 from ledger.errors import InputError
 from ledger.hashing.keccak import keccak256
 
@@ -141,3 +141,39 @@ def test_a_forged_node_cannot_claim_a_value() -> None:
     not_list = rlp.encode(b"x" * 40)
     with pytest.raises(ProofError, match="not a list"):
         value_from_proof(keccak256(not_list), b"k", [not_list])
+
+
+@pytest.mark.parametrize(
+    ("count", "key_size"), [(0, 1), (1, 32), (2, 1), (17, 1), (40, 2), (300, 32)]
+)
+def test_built_tries_have_py_tries_roots_and_proofs(count: int, key_size: int) -> None:
+    rng = random.Random(100 + count)
+    reference, pairs = _trie(rng, count, key_size)
+    ours = Trie(pairs)
+    assert ours.root == bytes(reference.root_hash)
+    absent = [rng.randbytes(key_size) for _ in range(10)]
+    for key in [*list(pairs)[:60], *absent]:
+        proof = ours.proof(key)
+        assert value_from_proof(ours.root, key, proof) == pairs.get(key, b"")
+        expected = [rlp.encode(node) for node in reference.get_proof(key)]
+        assert [n for n in proof if len(n) >= 32] == [n for n in expected if len(n) >= 32]
+
+
+def test_a_receipts_trie_as_a_block_holds_one() -> None:
+    # keys rlp(0..n-1): 0x80 for index 0, one byte up to 127, two bytes from 128 on
+    for count in (1, 2, 16, 128, 129, 300):
+        values = {rlp.encode(i): b"receipt %d" % i * (1 + i % 5) for i in range(count)}
+        reference = HexaryTrie({})
+        for key, value in values.items():
+            reference[key] = value
+        ours = Trie(values)
+        assert ours.root == bytes(reference.root_hash)
+        for index in {0, count // 2, count - 1, min(1, count - 1)}:
+            key = rlp.encode(index)
+            assert value_from_proof(ours.root, key, ours.proof(key)) == values[key]
+
+
+def test_a_trie_refuses_empty_values() -> None:
+    with pytest.raises(ValueError, match="non-empty"):
+        Trie({b"k": b""})
+    assert Trie({}).root == EMPTY_ROOT and Trie({}).proof(b"k") == []
