@@ -165,6 +165,10 @@ def site(_session_chain: Chain, tmp_path_factory: pytest.TempPathFactory) -> Ite
         chain.registry, store, "invoice\u202egpj.exe", final={HOSTILE_KEY: 1.0, "loss": 0.3},
         config={"lr": 0.2, "note\u202e": "y" * 300},
     )  # fmt: skip
+    # two replays of the base run, attested by two other accounts; one report stored
+    report = store.put_bytes(b'{"schema": "ledger.replay-report/v1", "verdict": "REPRODUCED"}')
+    chain.as_(chain.bob).attest_replay(base.run_id, 0, 2, True, report.digest)
+    chain.as_(chain.alice).attest_replay(base.run_id, 2, 3, False, b"\x07" * 32)
     indexer.run_once()
     runs = {"base": base, "tuned": tuned, "leaky": leaky, "heir": heir, "spoof": spoof}
     # a model folder's run, on chain only: the verify page reads the chain, not the index
@@ -310,6 +314,27 @@ def test_compare_shows_and_screenshots(site_clean: Site) -> None:
 
 
 # -- run page --------------------------------------------------------------------
+
+
+def test_run_page_lists_replay_attestations(site_clean: Site) -> None:
+    from playwright.sync_api import expect
+
+    page = site_clean.page()
+    page.goto(f"{site_clean.url}/runs/{site_clean.runs['base'].hex}")
+    rows = page.locator("#replays tbody tr")
+    expect(rows).to_have_count(2)
+    text = [rows.nth(i).inner_text() for i in range(2)]
+    reproduced = next(t for t in text if "reproduced" in t)
+    diverged = next(t for t in text if "diverged" in t)
+    assert "0 → 2" in reproduced and "2 → 3" in diverged
+    link = rows.locator("a", has_text="report")
+    expect(link).to_have_count(1)  # the stored report; the other one's digest is shown
+    assert link.get_attribute("href", timeout=5000).startswith("/api/v1/documents/")
+    expect(page.locator("#replays-none")).to_be_hidden()
+    page.goto(f"{site_clean.url}/runs/{site_clean.runs['tuned'].hex}")
+    expect(page.locator("#replays-none")).to_be_visible()
+    expect(page.locator("#replays")).to_be_hidden()
+    page.context.close()
 
 
 def test_run_page_summary_charts_manifest_lineage(site_clean: Site) -> None:

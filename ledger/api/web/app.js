@@ -727,6 +727,26 @@ const ledger = (() => {
     }
   }
 
+  function drawReplays(run) {
+    const replays = run.replays || [];
+    if (!replays.length) return;
+    document.getElementById("replays-none").hidden = true;
+    const table = document.getElementById("replays");
+    table.hidden = false;
+    const body = table.querySelector("tbody");
+    for (const r of replays) {
+      const report = r.report_cid
+        ? el("a", { href: "/api/v1/documents/" + encodeURIComponent(r.report_cid) }, "report")
+        : el("span", { class: "mono", title: "the store does not hold this report" }, short(r.report_digest));
+      body.append(el("tr", {},
+        el("td", { class: "mono" }, r.attester),
+        el("td", { class: "num" }, r.from_step + " → " + r.to_step),
+        el("td", {}, badge(r.reproduced ? "reproduced" : "diverged", r.reproduced ? "verified" : "mismatch")),
+        el("td", {}, report),
+        el("td", { class: "num", title: r.tx }, r.block)));
+    }
+  }
+
   async function runPage() {
     const runId = decodeURIComponent(window.location.pathname.split("/").pop());
     try {
@@ -742,6 +762,7 @@ const ledger = (() => {
       const { series, axis } = seriesOf(run);
       drawCharts([{ label: run.name || short(run.run_id), series, axis }]);
       drawCheckpoints(run);
+      drawReplays(run);
       drawDownloads(run);
       if (run.final) offerBundle(run.run_id);
       drawManifest(run);
