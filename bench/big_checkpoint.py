@@ -53,6 +53,7 @@ import json
 import os
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -63,9 +64,13 @@ from typing import Any
 VARIANTS = ("plain", "copy", "reference", "mlflow")
 LEDGER_VARIANTS = ("copy", "reference")
 MLFLOW_PYTHON = Path(__file__).resolve().parent / ".mlflow" / "bin" / "python"
+SIGNING_PYTHON = Path(__file__).resolve().parent / ".model_signing" / "bin" / "python"
 PR_SET_CHILD_SUBREAPER = 36
 EPOCHS = 4
 TENSOR_MIB = 64
+SMALL_MIB = 1  # --small: a state dict of this many MiB...
+SMALL_EPOCHS = (10, 210)  # ...in runs of this many checkpoints...
+SMALL_REPEATS = 5  # ...this many times
 
 
 def machine_cpu() -> float:
@@ -120,15 +125,16 @@ def build_model(gib: float) -> Any:
     import torch
 
     torch.manual_seed(0)
-    tensors = max(1, round(gib * 1024 / TENSOR_MIB))
+    tensor_mib = min(TENSOR_MIB, gib * 1024)
+    tensors = max(1, round(gib * 1024 / tensor_mib))
     model = torch.nn.Module()
     for i in range(tensors):
-        weight = torch.nn.Parameter(torch.rand(TENSOR_MIB << 18), requires_grad=False)
+        weight = torch.nn.Parameter(torch.rand(int(tensor_mib * (1 << 18))), requires_grad=False)
         model.register_parameter(f"layer{i}", weight)
     return model, tensors
 
 
-def child(variant: str, gib: float, out: Path) -> dict[str, Any]:
+def child(variant: str, gib: float, out: Path, epochs: int = EPOCHS) -> dict[str, Any]:
     """One variant, in this process: the loop, then the run's end."""
     import torch
 
@@ -139,7 +145,7 @@ def child(variant: str, gib: float, out: Path) -> dict[str, Any]:
             getattr(model, f"layer{epoch % tensors}")[:1024] += 1.0
 
     if variant == "plain":
-        for epoch in range(EPOCHS):
+        for epoch in range(epochs):
             train(epoch)
             torch.save(model.state_dict(), out / f"step-{epoch:06d}.pt")
         t = time.perf_counter()
@@ -153,7 +159,7 @@ def child(variant: str, gib: float, out: Path) -> dict[str, Any]:
         mlflow.set_tracking_uri((out / "mlruns").as_uri())
         with mlflow.start_run():
             mlflow.log_params({"gib": gib})
-            for epoch in range(EPOCHS):
+            for epoch in range(epochs):
                 train(epoch)
                 path = out / f"step-{epoch:06d}.pt"
                 torch.save(model.state_dict(), path)
@@ -170,7 +176,7 @@ def child(variant: str, gib: float, out: Path) -> dict[str, Any]:
         model, name="big-checkpoint", config={"gib": gib}, out=out / "model.pt", checkpoint_dir=out
     )
     run.start()
-    for epoch in range(EPOCHS):
+    for epoch in range(epochs):
         train(epoch)
         run.epoch_end(epoch, {"epoch": float(epoch)})
     t = time.perf_counter()
@@ -184,10 +190,16 @@ def child(variant: str, gib: float, out: Path) -> dict[str, Any]:
 
 
 def measure(
-    variant: str, gib: float, tmp: Path, env: dict[str, str], anvil_pid: int
+    variant: str,
+    gib: float,
+    tmp: Path,
+    env: dict[str, str],
+    anvil_pid: int,
+    epochs: int = EPOCHS,
+    tag: str = "",
 ) -> dict[str, Any]:
-    home = tmp / f"home-{variant}-{gib:g}"
-    out = tmp / f"out-{variant}-{gib:g}"
+    home = tmp / f"home-{variant}-{gib:g}{tag}"
+    out = tmp / f"out-{variant}-{gib:g}{tag}"
     out.mkdir()
     # the worker ends with its training process, so its CPU is counted when reaped
     env = {**env, "LEDGER_HOME": str(home), "LEDGER_STORE_WEIGHTS": variant}
@@ -202,11 +214,12 @@ def measure(
     cpu_before, wall_before = machine_cpu(), time.perf_counter()
     own_before, anvil_before = children_cpu(), process_cpu(anvil_pid)
     done = subprocess.run(
-        [python, __file__, "--variant", variant, "--gib", str(gib), "--out", str(out)],
+        [python, __file__, "--variant", variant, "--gib", str(gib), "--out", str(out),
+         "--epochs", str(epochs)],
         env=env,
         capture_output=True,
         text=True,
-    )
+    )  # fmt: skip
     if done.returncode:
         raise SystemExit(f"{variant} failed:\n{done.stderr[-3000:]}")
     reap_all_but(anvil_pid)
@@ -217,10 +230,12 @@ def measure(
     if variant in LEDGER_VARIANTS:
         subprocess.run([sys.executable, "-m", "ledger", "sync"], env=env, capture_output=True)
     stored = folder_bytes(home / "store") if variant != "mlflow" else folder_bytes(out / "mlruns")
-    written = (EPOCHS + 1) * gib
+    written = (epochs + 1) * gib
     return {
         "variant": variant,
         "gib": gib,
+        "epochs": epochs,
+        "out": str(out),
         "cpu_s": cpu,
         "process_cpu_s": own + anvil,
         "anvil_cpu_s": anvil,
@@ -235,29 +250,115 @@ def measure(
     }
 
 
+def sign_child(algorithm: str, model: Path, key: Path) -> None:
+    """``model_signing sign key`` of one file, in model_signing's own virtualenv:
+    the CLI's own call, with the hash algorithm made a choice (the CLI hashes with
+    sha256; blake3 is what the library offers instead)."""
+    import model_signing
+
+    hashing = model_signing.hashing.Config().use_file_serialization(hashing_algorithm=algorithm)
+    config = model_signing.signing.Config().use_elliptic_key_signer(private_key=key)
+    config.set_hashing_config(hashing).sign(model, model.with_suffix(f".{algorithm}.sig"))
+
+
+def measure_signing(model: Path, gib: float, tmp: Path) -> list[dict[str, Any]]:
+    """CPU and wall time of signing the final file with model_signing (sigstore's
+    model transparency): the cost of a file identity with no chain and no store."""
+    key = tmp / "signing-key.pem"
+    if not key.exists():
+        make_key = (
+            "import sys;from cryptography.hazmat.primitives.asymmetric import ec;"
+            "from cryptography.hazmat.primitives import serialization as s;"
+            "k=ec.generate_private_key(ec.SECP256R1());"
+            "open(sys.argv[1],'wb').write(k.private_bytes(s.Encoding.PEM,"
+            "s.PrivateFormat.PKCS8,s.NoEncryption()))"
+        )
+        subprocess.run([str(SIGNING_PYTHON), "-c", make_key, str(key)], check=True)
+    rows = []
+    for algorithm in ("sha256", "blake3"):
+        own_before, wall_before = children_cpu(), time.perf_counter()
+        done = subprocess.run(
+            [str(SIGNING_PYTHON), __file__, "--sign", algorithm, "--out", str(model),
+             "--key", str(key)],
+            capture_output=True,
+            text=True,
+        )  # fmt: skip
+        if done.returncode:
+            raise SystemExit(f"model_signing failed:\n{done.stderr[-3000:]}")
+        own, wall = children_cpu() - own_before, time.perf_counter() - wall_before
+        rows.append(
+            {"variant": f"model_signing {algorithm}", "gib": gib, "process_cpu_s": own,
+             "process_cpu_s_per_gib": own / gib, "wall_s_per_gib": wall / gib}
+        )  # fmt: skip
+    return rows
+
+
+def per_checkpoint(results: list[dict[str, Any]], few: int, many: int) -> dict[str, Any]:
+    """Each variant's CPU per checkpoint (the slope between runs of ``few`` and
+    ``many`` checkpoints) and per run (what is left at zero checkpoints), medians
+    over the repeats; ``extra_`` is beyond plain's."""
+    figures: dict[str, Any] = {}
+    for variant in {r["variant"] for r in results}:
+        slopes, runs = [], []
+        rows = [r for r in results if r["variant"] == variant]
+        for a, b in zip(rows[0::2], rows[1::2], strict=True):
+            assert (a["epochs"], b["epochs"]) == (few, many)
+            slope = (b["process_cpu_s"] - a["process_cpu_s"]) / (many - few)
+            slopes.append(slope)
+            runs.append(a["process_cpu_s"] - few * slope)
+        figures[variant] = {
+            "cpu_ms_per_checkpoint": 1000 * statistics.median(slopes),
+            "cpu_s_per_run": statistics.median(runs),
+            "slopes_ms": [round(1000 * x, 2) for x in slopes],
+        }
+    for row in figures.values():
+        row["extra_cpu_ms_per_checkpoint"] = (
+            row["cpu_ms_per_checkpoint"] - figures["plain"]["cpu_ms_per_checkpoint"]
+        )
+        row["extra_cpu_s_per_run"] = row["cpu_s_per_run"] - figures["plain"]["cpu_s_per_run"]
+    return figures
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--big", action="store_true", help="also 4 GiB (needs ~45 GiB of disk)")
     parser.add_argument(
         "--sizes", type=float, nargs="+", metavar="GIB", help="state dict sizes (default 1)"
     )
+    parser.add_argument(
+        "--small",
+        action="store_true",
+        help=f"CPU per run and per checkpoint of a small model ({SMALL_MIB} MiB): runs of"
+        f" {SMALL_EPOCHS[0]} and {SMALL_EPOCHS[1]} checkpoints, {SMALL_REPEATS} times",
+    )
     parser.add_argument("--gib", type=float, help=argparse.SUPPRESS)
+    parser.add_argument("--epochs", type=int, default=EPOCHS, help=argparse.SUPPRESS)
     parser.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)
+    parser.add_argument("--sign", choices=("sha256", "blake3"), help=argparse.SUPPRESS)
+    parser.add_argument("--key", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.variant:
-        print(json.dumps(child(args.variant, args.gib, args.out)))
+        print(json.dumps(child(args.variant, args.gib, args.out, args.epochs)))
+        return
+    if args.sign:
+        sign_child(args.sign, args.out, args.key)
         return
 
     from ledger.chain.anvil import AnvilProcess, free_port
 
     mlflow_ready = (MLFLOW_PYTHON.parents[1] / ".installed-stamp").exists()
+    signing_ready = (SIGNING_PYTHON.parents[1] / ".installed-stamp").exists()
     variants = [v for v in VARIANTS if v != "mlflow" or mlflow_ready]
     if "mlflow" not in variants:
         print(f"MLflow left out: no {MLFLOW_PYTHON} (make bench-big builds it)", file=sys.stderr)
+    if not signing_ready and not args.small:
+        print(f"model_signing left out: no {SIGNING_PYTHON} (make bench-big builds it)",
+              file=sys.stderr)  # fmt: skip
     become_subreaper()
     load_before = os.getloadavg()[0]
     results: list[dict[str, Any]] = []
+    signing: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="ledger-bench-big-", dir=os.getcwd()) as name:
         tmp = Path(name)
         anvil = AnvilProcess(tmp / "chain", port=free_port())
@@ -265,13 +366,40 @@ def main() -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("LEDGER_")}
         env["LEDGER_RPC_URL"] = anvil.rpc_url
         try:
-            for gib in args.sizes or ((1.0, 4.0) if args.big else (1.0,)):
-                for variant in variants:
-                    results.append(measure(variant, gib, tmp, env, anvil_pid))
-                    for old in tmp.glob(f"out-{variant}-*"):  # disk for the next one
-                        shutil.rmtree(old)
+            if args.small:
+                gib = SMALL_MIB / 1024
+                for repeat in range(SMALL_REPEATS):
+                    for variant in variants:
+                        for epochs in SMALL_EPOCHS:
+                            tag = f"-{epochs}-{repeat}"
+                            results.append(measure(variant, gib, tmp, env, anvil_pid, epochs, tag))
+                            shutil.rmtree(results[-1]["out"])
+            else:
+                for gib in args.sizes or ((1.0, 4.0) if args.big else (1.0,)):
+                    for variant in variants:
+                        results.append(measure(variant, gib, tmp, env, anvil_pid))
+                        out = Path(results[-1]["out"])
+                        if variant == "plain" and signing_ready:
+                            signing += measure_signing(out / "model.pt", gib, tmp)
+                        shutil.rmtree(out)  # disk for the next one
         finally:
             anvil.stop()
+    load = [load_before, os.getloadavg()[0]]
+    if args.small:
+        figures = per_checkpoint(results, *SMALL_EPOCHS)
+        print(f"{'variant':<10} {'CPU ms/checkpoint':>17} {'extra':>7} {'CPU s/run':>9}"
+              f" {'extra':>6}  slopes (ms)")  # fmt: skip
+        for variant in variants:
+            row = figures[variant]
+            print(
+                f"{variant:<10} {row['cpu_ms_per_checkpoint']:>17.2f}"
+                f" {row['extra_cpu_ms_per_checkpoint']:>7.2f} {row['cpu_s_per_run']:>9.2f}"
+                f" {row['extra_cpu_s_per_run']:>6.2f}  {row['slopes_ms']}"
+            )
+        print(f"load average before/after: {load[0]:.2f} / {load[1]:.2f}")
+        print(json.dumps({"small": figures, "mib": SMALL_MIB, "epochs": SMALL_EPOCHS,
+                          "results": results, "load_average": load}, sort_keys=True))  # fmt: skip
+        return
     print(f"{'GiB':>4} {'variant':<10} {'proc CPU s/GiB':>14} {'extra':>6} {'machine':>8}"
           f" {'store B/GiB':>11} {'exit s/GiB':>10} {'extra':>6} {'backlog s':>9}"
           f" {'final s/GiB':>11}")  # fmt: skip
@@ -290,9 +418,14 @@ def main() -> None:
             f" {row['store_bytes_per_gib']:>11.3g} {row['exit_wait_s_per_gib']:>10.2f}"
             f" {row['extra_exit_wait_s_per_gib']:>6.2f} {backlog:>9} {final:>11}"
         )
-    load = [load_before, os.getloadavg()[0]]
+    for row in signing:
+        print(
+            f"{row['gib']:>4g} {row['variant']} of the final file: "
+            f"{row['process_cpu_s_per_gib']:.2f} CPU s/GiB, {row['wall_s_per_gib']:.2f} s/GiB"
+        )
     print(f"load average before/after: {load[0]:.2f} / {load[1]:.2f} (other work counts in CPU)")
-    print(json.dumps({"results": results, "load_average": load, "epochs": EPOCHS}, sort_keys=True))
+    print(json.dumps({"results": results, "signing": signing, "load_average": load,
+                      "epochs": EPOCHS}, sort_keys=True))  # fmt: skip
 
 
 if __name__ == "__main__":
