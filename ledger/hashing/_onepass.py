@@ -33,6 +33,7 @@ from ledger.hashing._engine import (
     MAX_RING,
     READ_BLOCK,
     _hash_block,
+    buffers,
     default_workers,
     page_buffer,
     pread_into,
@@ -148,7 +149,7 @@ def hash_and_copy(
     if hasattr(os, "posix_fadvise"):
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
     if workers == 1 or size <= block_size:
-        buffer = page_buffer(min(block_size, max(size, 1)))
+        buffer = buffers.take(block_size)  # reused: a small file costs no page faults
         offset = 0
         while offset < size:
             length = min(len(buffer), size - offset)
@@ -159,7 +160,7 @@ def hash_and_copy(
                     hasher.add_leaf(link)
                 ranges.update(block, ranges.pieces(offset, length))
             offset += length
-        buffer.close()
+        buffers.give(buffer)
         return hasher.finalize_link(), [h.digest() for h in ranges.hashes]
     return _parallel(fd, size, ranges, hasher, sink, workers, block_size)
 

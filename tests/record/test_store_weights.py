@@ -7,6 +7,7 @@ The bytes a process reads and writes are counted by the kernel
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -132,3 +133,32 @@ def test_one_pass_gives_the_cid_and_tensor_root_of_the_separate_passes(
     assert link.cid == file_cid(path)
     assert plan.digest(digests) == tensor_digest(path)
     assert bytes(copied) == path.read_bytes()
+
+
+def test_reused_read_buffers_never_carry_bytes_from_an_earlier_file(tmp_path: Path) -> None:
+    """Files of one block borrow kept buffers: a shorter file read after a longer
+    one, and files read at once on several threads, each get their own CID and
+    tensor digests, never the leftovers of another file's bytes."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ledger.hashing._onepass import hash_and_copy
+
+    def one_pass(path: Path) -> tuple[str, list[bytes]]:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            size = path.stat().st_size
+            link, digests = hash_and_copy(fd, size, spans=[(0, size)], workers=1)
+        finally:
+            os.close(fd)
+        return str(link.cid), digests
+
+    files = []
+    for i, size in enumerate([3 << 20, 1 << 20, 300_000, 262_144, 17, 0, 2 << 20]):
+        path = tmp_path / f"f{i}.bin"
+        path.write_bytes(os.urandom(size))
+        files.append(path)
+    expected = [(str(file_cid(p)), [hashlib.sha256(p.read_bytes()).digest()]) for p in files]
+    for _ in range(2):  # the second round reads every size into kept buffers
+        assert [one_pass(p) for p in files] == expected
+    with ThreadPoolExecutor(8) as pool:
+        assert list(pool.map(one_pass, files * 6)) == expected * 6
