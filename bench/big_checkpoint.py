@@ -315,6 +315,68 @@ def measure_signing(model: Path, gib: float, tmp: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def breakdown(tmp: Path, count: int = 200) -> dict[str, float]:
+    """Where the worker's CPU for one small checkpoint goes: ``count`` checkpoints
+    of the ``--small`` model, each stored (reference mode) as the worker stores it,
+    timed piece by piece on this thread (CPU milliseconds per checkpoint), beside
+    the floor: the two sha256 passes the file CID and the tensor root are made of."""
+    import hashlib
+
+    import torch
+
+    from ledger.hashing._onepass import hash_and_copy
+    from ledger.hashing.tensors import tensor_plan
+    from ledger.record.artifacts import store_weights
+    from ledger.store import LocalStore
+
+    model, _ = build_model(SMALL_MIB / 1024)
+    paths = []
+    for i in range(count):
+        with torch.no_grad():
+            model.layer0[:1] += 1.0
+        paths.append(tmp / f"breakdown-{i:04d}.pt")
+        torch.save(model.state_dict(), paths[-1])
+
+    def each(work: Any) -> float:
+        start = time.thread_time()
+        for path in paths:
+            work(path)
+        return 1000 * (time.thread_time() - start) / count
+
+    def one_pass(path: Path) -> None:
+        plan = tensor_plan(path)
+        assert plan is not None
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            hash_and_copy(fd, os.fstat(fd).st_size, spans=plan.spans)
+        finally:
+            os.close(fd)
+
+    def two_sha256(path: Path) -> None:
+        data = path.read_bytes()
+        hashlib.sha256(data).digest()
+        hashlib.sha256(data).digest()
+
+    def three_documents(path: Path) -> None:  # what the store writes beside the weights
+        for kind in ("index", "metrics", "reference"):
+            docs.put_bytes(f'{{"{kind}": "{path.name}", "pad": "{"x" * 400}"}}'.encode())
+
+    docs = LocalStore(tmp / "breakdown-docs")
+    store = LocalStore(tmp / "breakdown-store", weights="reference")
+    figures = {
+        "two_sha256_ms": each(two_sha256),
+        "tensor_plan_ms": each(tensor_plan),
+        "one_pass_ms": each(one_pass),
+        "three_durable_documents_ms": each(three_documents),
+        "store_weights_ms": each(
+            lambda path: store_weights(store, "00" * 32, path, {"epoch": 1.0}, 1)
+        ),
+    }
+    for path in paths:
+        path.unlink()
+    return figures
+
+
 def per_checkpoint(results: list[dict[str, Any]], few: int, many: int) -> dict[str, Any]:
     """Each variant's CPU per checkpoint (the slope between runs of ``few`` and
     ``many`` checkpoints) and per run (what is left at zero checkpoints), medians
@@ -407,6 +469,8 @@ def main() -> None:
                         if variant == "plain" and signing_ready:
                             signing += measure_signing(out / "model.pt", gib, tmp)
                         shutil.rmtree(out)  # disk for the next one
+            if args.small:
+                pieces = breakdown(tmp)
         finally:
             anvil.stop()
     load = [load_before, os.getloadavg()[0]]
@@ -421,9 +485,13 @@ def main() -> None:
                 f" {row['extra_cpu_ms_per_checkpoint']:>7.2f} {row['cpu_s_per_run']:>9.2f}"
                 f" {row['extra_cpu_s_per_run']:>6.2f}  {row['slopes_ms']}"
             )
+        print("where the worker's CPU for one checkpoint goes (reference mode, ms):")
+        for name, value in pieces.items():
+            print(f"  {name.removesuffix('_ms'):<26} {value:6.2f}")
         print(f"load average before/after: {load[0]:.2f} / {load[1]:.2f}")
-        print(json.dumps({"small": figures, "mib": SMALL_MIB, "epochs": SMALL_EPOCHS,
-                          "results": results, "load_average": load}, sort_keys=True))  # fmt: skip
+        print(json.dumps({"small": figures, "breakdown": pieces, "mib": SMALL_MIB,
+                          "epochs": SMALL_EPOCHS, "results": results, "load_average": load},
+                         sort_keys=True))  # fmt: skip
         return
     print(f"{'GiB':>4} {'variant':<10} {'proc CPU s/GiB':>14} {'save':>5} {'beside':>6}"
           f" {'extra':>6} {'machine':>8} {'store B/GiB':>11} {'exit s/GiB':>10} {'extra':>6}"
