@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ledger.documents import METRICS_SCHEMA, canonical_json
+from ledger.errors import StoreError
 from ledger.hashing._unixfs import Link
 from ledger.hashing.cid import CIDV1_SCHEME, Cid
 from ledger.hashing.tensors import TensorDigest, tensor_digest, tensor_plan
@@ -96,6 +97,9 @@ class _Known:
 
     def __init__(self) -> None:
         self.links: dict[tuple[int, int, int, int], Link] = {}
+        # whether links path_summary hashes are kept too (to name each file's CID
+        # once a folder was hashed whole)
+        self.learn = False
 
     @staticmethod
     def _key(info: os.stat_result) -> tuple[int, int, int, int]:
@@ -108,7 +112,8 @@ class _Known:
         return self.links.get(self._key(info)) if scheme == CIDV1_SCHEME else None
 
     def put(self, info: os.stat_result, scheme: str, link: Link) -> None:
-        pass
+        if scheme == CIDV1_SCHEME and self.learn:
+            self.add(info, link)
 
 
 def _store_folder(
@@ -141,6 +146,20 @@ def _store_folder(
     # the shard files in the plan's order (a tensor's rows rank by rank), then the rest
     order = [n for n in (plan.files if plan is not None else ()) if n in names]
     order += [n for n in names if n not in order]
+    add_path = getattr(store, "add_path", None)
+    if put_link is None and add_path is not None:
+        # an IPFS node: the folder is added whole, as `ipfs add -r --hidden` does, so
+        # the node holds its directory node too (its CID is the one recorded), not
+        # only the files; each file's CID is read off the same hashing pass
+        known.learn = True
+        cid = path_summary(folder, hidden=True, cache=known).cid
+        add_path(folder, cid, hidden=True)
+        for name in names:
+            link = known.get((folder / name).stat(), CIDV1_SCHEME)
+            if link is None:
+                raise StoreError(f"{folder / name} changed while its folder was being stored")
+            cids[name] = str(link.cid)
+        return cid, tensors if tensors is not None else tensor_digest(folder), cids
     for name in order:
         path = folder / name
         if put_link is None:

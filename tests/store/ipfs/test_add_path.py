@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from ledger.errors import FileMissingError, InputError, IntegrityError, StoreUnavailableError
-from ledger.hashing.cid import CIDV1_SCHEME, PROFILES, bytes_cid, path_cid
+from ledger.hashing.cid import CIDV1_SCHEME, PROFILES, Cid, bytes_cid, path_cid
 from ledger.store._kubo import FILE_PART, FOLDER_PART, KuboRpc, Part, parse_api_address
 from ledger.store.ipfs import ADD_PARAMS, IpfsStore, add_params
 from tests.store.ipfs.node import IpfsNode
@@ -152,3 +152,29 @@ def test_a_body_that_fails_midway_is_raised_as_it_is(ipfs_node: IpfsNode) -> Non
     with pytest.raises(InputError, match="gone"):
         rpc.upload_parts("add", [("pin", "false")], parts(), duplex=True)
     assert rpc.call("version")  # the node is fine
+
+
+def test_a_sharded_checkpoint_reaches_the_node_with_its_folder(
+    ipfs: IpfsStore, ipfs_node: IpfsNode, tmp_path: Path
+) -> None:
+    """A ``torch.distributed.checkpoint`` folder stored through an IPFS node is
+    there under the folder CID that was recorded (its directory node, hidden
+    ``.metadata`` included), not only file by file, so ``ipfs get <cid>`` works."""
+    torch = pytest.importorskip("torch")
+    from torch.distributed.checkpoint import save
+
+    from ledger.hashing.tensors import tensor_digest
+    from ledger.record.artifacts import store_weights
+
+    folder = tmp_path / "step-000001"
+    state = {"w": torch.arange(70_000, dtype=torch.float32), "b": torch.ones(3)}
+    save(state, checkpoint_id=folder)
+    cid, tensors, metrics = store_weights(ipfs, "00" * 32, folder, {"loss": 0.5}, 1)
+    assert cid == path_cid(folder, hidden=True)
+    assert pinned_on(ipfs_node, cid)  # recursively: the folder node and every file
+    assert tensors == tensor_digest(folder)
+    files = json.loads(ipfs.get_bytes(metrics))["weights"]["files"]
+    names = sorted(p.name for p in folder.iterdir())
+    assert sorted(files) == names and ".metadata" in names
+    for name, file_cid in files.items():
+        assert ipfs.get_bytes(Cid.parse(file_cid)) == (folder / name).read_bytes()
