@@ -4,7 +4,12 @@
 node. It asks the node once for its pins and skips what is already pinned, so
 an interrupted push is resumed by running it again; every copy is checked (the
 node's CID must equal the file's name in the store, see
-:class:`~ledger.store.ipfs.IpfsStore`). ``get`` fetches one artifact from the
+:class:`~ledger.store.ipfs.IpfsStore`). A checkpoint folder (a sharded
+checkpoint, a model folder) is recorded under its folder CID, which no file
+of the store carries: push lays each such folder out again from its files (hard
+links, else copies, in a hidden folder of the store) and adds it as ``ipfs add
+-r --hidden``, so the node holds the directory node and the CID resolves;
+its files then need no push of their own. ``get`` fetches one artifact from the
 configured store and re-hashes it before writing it anywhere.
 """
 
@@ -52,6 +57,7 @@ class PushSummary:
 
     copied: int = 0
     copied_bytes: int = 0
+    folders: int = 0
     skipped: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
 
@@ -74,8 +80,10 @@ def push(data_dir: Annotated[Path | None, DATA_DIR.typer()] = None, api: Api = N
     node = IpfsStore(settings.ipfs_api)
     cids = local.cids()
     pinned = node.pinned() if cids else set()
-    todo = [cid for cid in cids if cid not in pinned]
-    summary = PushSummary(skipped=len(cids) - len(todo))
+    summary = PushSummary()
+    on_node = _push_folders(local, node, pinned, summary)
+    todo = [cid for cid in cids if cid not in pinned and cid not in on_node]
+    summary.skipped = len(cids) - len(todo)
     files: dict[Cid, Path] = {}
     for cid in todo:
         try:  # a copy, or a file stored by reference (checked where it was, unchanged)
@@ -99,11 +107,91 @@ def push(data_dir: Annotated[Path | None, DATA_DIR.typer()] = None, api: Api = N
         f"{summary.skipped} already pinned, {len(summary.failed)} failed, "
         f"to the IPFS node at {node.address}"
     )
+    if summary.folders:
+        typer.echo(f"added {summary.folders} checkpoint folders whole, under their recorded CIDs")
     if summary.failed:
         raise StoreError(
             f"{len(summary.failed)} of {len(cids)} artifacts were not pushed",
             hint="their local copies do not match their CIDs; restore them, then push again",
         )
+
+
+def _recorded_folders(local: Any) -> dict[Any, dict[str, Any]]:
+    """The checkpoint folders the store's metrics documents record: folder CID ->
+    {file name: file CID}. Only documents the store holds as copies are read, and
+    only small ones; a listing whose names could leave the folder is skipped."""
+    import json
+
+    from ledger.documents import METRICS_SCHEMA
+    from ledger.hashing.cid import Cid
+
+    found: dict[Cid, dict[str, Cid]] = {}
+    for cid in local.cids():
+        path = local.path_for(cid)
+        try:
+            if path.stat().st_size > _DOCUMENT_LIMIT:
+                continue
+            data = path.read_bytes()
+        except OSError:
+            continue  # stored by reference (weights), or gone: not a document
+        if not data.startswith(b"{"):
+            continue
+        try:
+            document = json.loads(data)
+            weights = document["weights"] if document.get("schema") == METRICS_SCHEMA else {}
+            listing = weights.get("files") if isinstance(weights, dict) else None
+            if not isinstance(listing, dict):
+                continue
+            files = {str(name): Cid.parse(str(file)) for name, file in listing.items()}
+            folder = Cid.parse(str(weights["cid"]))
+        except (ValueError, KeyError, TypeError, AttributeError, InputError):
+            continue
+        if all(_plain_name(name) for name in files):
+            found[folder] = files
+    return found
+
+
+_DOCUMENT_LIMIT = 16 << 20  # a metrics document lists a folder's files: far below this
+
+
+def _plain_name(name: str) -> bool:
+    """A file name that stays inside the folder it is put in."""
+    return bool(name) and name not in {".", ".."} and "/" not in name and "\0" not in name
+
+
+def _push_folders(local: Any, node: Any, pinned: set[Any], summary: PushSummary) -> set[Any]:
+    """Add every recorded checkpoint folder the node does not pin yet, whole; returns
+    the CIDs of the files now on the node inside a pinned folder (no push of
+    their own needed)."""
+    import os
+    import shutil
+    import tempfile
+
+    on_node: set[Any] = set()
+    for folder, files in _recorded_folders(local).items():
+        if folder in pinned:
+            on_node.update(files.values())
+            continue
+        layout = Path(tempfile.mkdtemp(prefix=".push-", dir=local.root))
+        try:
+            for name, file in files.items():
+                source = local.file_for(file)  # a copy, or the referenced file, unchanged
+                try:
+                    os.link(source, layout / name)
+                except OSError:  # another filesystem (a referenced file), or no links
+                    shutil.copyfile(source, layout / name)
+            node.add_path(layout, folder, hidden=True)  # checked: the node's CID is folder's
+        except (IntegrityError, ArtifactNotFoundError) as exc:
+            summary.failed.append((str(folder), exc.message))
+            continue
+        except OSError as exc:
+            summary.failed.append((str(folder), f"cannot lay the folder out: {exc}"))
+            continue
+        finally:
+            shutil.rmtree(layout, ignore_errors=True)
+        summary.folders += 1
+        on_node.update(files.values())
+    return on_node
 
 
 @app.command("get")

@@ -154,6 +154,7 @@ def test_a_body_that_fails_midway_is_raised_as_it_is(ipfs_node: IpfsNode) -> Non
     assert rpc.call("version")  # the node is fine
 
 
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
 def test_a_sharded_checkpoint_reaches_the_node_with_its_folder(
     ipfs: IpfsStore, ipfs_node: IpfsNode, tmp_path: Path
 ) -> None:

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from ledger.hashing.cid import Cid, bytes_cid
 from ledger.store import LocalStore
 from tests.conftest import free_port
@@ -123,3 +125,44 @@ def _kubo_v1() -> dict[str, str]:
 
 def _dag_pb_leaves() -> dict[str, str]:
     return {"cid-version": "1", "raw-leaves": "false", "cid-base": "base32"}
+
+
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
+@pytest.mark.parametrize("mode", ["copy", "reference"])
+def test_push_adds_a_sharded_checkpoint_under_its_folder_cid(
+    ipfs_node: IpfsNode, tmp_path: Path, mode: str
+) -> None:
+    """The folder CID a sharded run records is carried by no file of the store:
+    push lays the folder out from its files and adds it whole, so the node holds
+    the directory node; the files need no push of their own, then or later. A
+    metrics document whose listing would leave the folder is not followed."""
+    torch = pytest.importorskip("torch")
+    from torch.distributed.checkpoint import save
+
+    from ledger.documents import METRICS_SCHEMA, canonical_json
+    from ledger.hashing.cid import path_cid
+    from ledger.record.artifacts import store_weights
+
+    data_dir = tmp_path / "ledger"
+    store = LocalStore(data_dir / "store", weights=mode)
+    folder = tmp_path / "step-000003"
+    save({"w": torch.arange(90_000, dtype=torch.float32)}, checkpoint_id=folder)
+    cid, _, _ = store_weights(store, "00" * 32, folder, {"loss": 0.25}, 3)
+    assert cid == path_cid(folder, hidden=True)
+    hostile = {"schema": METRICS_SCHEMA, "weights": {"cid": str(bytes_cid(b"x")),
+               "files": {"../../escape": str(bytes_cid(b"y"))}}}  # fmt: skip
+    store.put_bytes(canonical_json(hostile))
+    env = {"LEDGER_IPFS_API": ipfs_node.api}
+
+    first = ledger("store", "push", "--data-dir", str(data_dir), env=env)
+    assert first.returncode == 0, first.stderr
+    assert b"added 1 checkpoint folders" in first.stdout and b"0 failed" in first.stdout
+    assert pinned_on(ipfs_node, cid)
+    assert not (tmp_path / "escape").exists() and not (data_dir / "escape").exists()
+    assert not [p for p in (data_dir / "store").iterdir() if p.name.startswith(".push-")]
+    listing = json.loads(ipfs_node.rpc("ls", arg=str(cid)))["Objects"][0]["Links"]
+    assert sorted(link["Name"] for link in listing) == sorted(p.name for p in folder.iterdir())
+
+    again = ledger("store", "push", "--data-dir", str(data_dir), env=env)
+    assert again.returncode == 0, again.stderr
+    assert b"pushed 0 artifacts" in again.stdout and b"added" not in again.stdout
