@@ -14,14 +14,25 @@ in a fresh process, one after the other:
   and of the final file (local file store), in MLflow's own virtualenv
   ``bench/.mlflow`` (``make bench-big`` builds it; left out when absent).
 
+Each variant first runs once, unmeasured, on a 1/16 GiB state dict (imports
+and the page cache warm). Then ``model_signing sign key`` (sigstore's model
+transparency, in ``bench/.model_signing``) signs plain's final file, with
+sha256 and with blake3: the cost of one file identity, with no chain or store.
+
 Figures, each divided by the GiB of weights written (4 checkpoints + the final
 file, ``5 * gib``):
 
 - ``process_cpu_s_per_gib``: CPU seconds of the variant's own processes: the
   training process, the outbox worker (it ends with its training process here,
   ``LEDGER_OUTBOX_KEEP=0``, and is reaped by this process, a child subreaper)
-  and Anvil; ``extra_process_cpu_s_per_gib`` is beyond plain's. Other
-  engineers' work does not count in it (it does slow it: caches, frequency);
+  and Anvil. Other engineers' work does not count in it (it does slow it:
+  caches, frequency);
+- ``save_cpu_s``: the part of it inside ``torch.save`` calls, on their calling
+  thread, and ``beside_save_cpu_s_per_gib`` the rest;
+  ``extra_process_cpu_s_per_gib``, the headline, is the rest beyond plain's.
+  Every variant makes the same ``torch.save`` calls, whose kernel time (the
+  page cache taking the writes) varies between identical runs by more than
+  ledger's whole cost, so they are left out of the comparison;
 - ``cpu_s_per_gib``: whole-machine CPU seconds (``/proc/stat``), which does
   count other work;
 - ``store_bytes_per_gib``: bytes the run added to the data directory's store
@@ -39,9 +50,16 @@ The page cache is not dropped (that needs root): the checkpoints are read back
 from memory, as they are right after training writes them. Ends with one JSON
 line.
 
+``--small`` measures small runs instead: a 1 MiB state dict in runs of 10 and
+of 210 checkpoints, five times per variant; the CPU per checkpoint is the slope
+between the two lengths, the CPU per run what is left at none (both outside
+``torch.save``), then :func:`breakdown` times, on this thread, the pieces of
+storing one such checkpoint.
+
     make bench-big                              # 1 GiB
     make bench-big BENCH_ARGS="--sizes 0.25"    # quicker
     make bench-big BENCH_ARGS=--big             # 4 GiB too
+    make bench-big BENCH_ARGS=--small           # CPU per run and per checkpoint
 """
 
 from __future__ import annotations
