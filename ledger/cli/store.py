@@ -31,6 +31,7 @@ from ledger.errors import (
     InputError,
     IntegrityError,
     StoreError,
+    StoreUnavailableError,
 )
 
 app = typer.Typer(
@@ -58,8 +59,10 @@ class PushSummary:
     copied: int = 0
     copied_bytes: int = 0
     folders: int = 0
+    folder_files: int = 0
     skipped: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
 
 @app.command("push")
@@ -81,9 +84,10 @@ def push(data_dir: Annotated[Path | None, DATA_DIR.typer()] = None, api: Api = N
     cids = local.cids()
     pinned = node.pinned() if cids else set()
     summary = PushSummary()
-    on_node = _push_folders(local, node, pinned, summary)
-    todo = [cid for cid in cids if cid not in pinned and cid not in on_node]
-    summary.skipped = len(cids) - len(todo)
+    sent, present = _push_folders(local, node, pinned, summary)
+    todo = [cid for cid in cids if cid not in pinned and cid not in sent and cid not in present]
+    summary.folder_files = sum(1 for cid in cids if cid in sent and cid not in pinned)
+    summary.skipped = len(cids) - len(todo) - summary.folder_files
     files: dict[Cid, Path] = {}
     for cid in todo:
         try:  # a copy, or a file stored by reference (checked where it was, unchanged)
@@ -100,6 +104,8 @@ def push(data_dir: Annotated[Path | None, DATA_DIR.typer()] = None, api: Api = N
                 continue
             summary.copied += 1
             summary.copied_bytes += path.stat().st_size
+    for note in summary.notes:
+        typer.secho(f"note: {note}; its files were pushed one by one", err=True)
     for name, reason in summary.failed:
         typer.secho(f"failed {name}: {reason}", fg=typer.colors.RED, err=True)
     typer.echo(
@@ -108,7 +114,10 @@ def push(data_dir: Annotated[Path | None, DATA_DIR.typer()] = None, api: Api = N
         f"to the IPFS node at {node.address}"
     )
     if summary.folders:
-        typer.echo(f"added {summary.folders} checkpoint folders whole, under their recorded CIDs")
+        typer.echo(
+            f"added {summary.folders} checkpoint folders whole under their recorded CIDs, "
+            f"{summary.folder_files} of the artifacts inside them"
+        )
     if summary.failed:
         raise StoreError(
             f"{len(summary.failed)} of {len(cids)} artifacts were not pushed",
@@ -116,16 +125,18 @@ def push(data_dir: Annotated[Path | None, DATA_DIR.typer()] = None, api: Api = N
         )
 
 
-def _recorded_folders(local: Any) -> dict[Any, dict[str, Any]]:
+def _recorded_folders(local: Any) -> dict[Any, list[dict[str, Any]]]:
     """The checkpoint folders the store's metrics documents record: folder CID ->
-    {file name: file CID}. Only documents the store holds as copies are read, and
-    only small ones; a listing whose names could leave the folder is skipped."""
+    its listings ({file name: file CID}; every run that recorded the folder has
+    one, and a crafted document may add a wrong one). Only documents the store
+    holds as copies are read, and only small ones; a listing whose names could
+    leave the folder is skipped."""
     import json
 
     from ledger.documents import METRICS_SCHEMA
     from ledger.hashing.cid import Cid
 
-    found: dict[Cid, dict[str, Cid]] = {}
+    found: dict[Cid, list[dict[str, Cid]]] = {}
     for cid in local.cids():
         path = local.path_for(cid)
         try:
@@ -144,54 +155,86 @@ def _recorded_folders(local: Any) -> dict[Any, dict[str, Any]]:
                 continue
             files = {str(name): Cid.parse(str(file)) for name, file in listing.items()}
             folder = Cid.parse(str(weights["cid"]))
-        except (ValueError, KeyError, TypeError, AttributeError, InputError):
-            continue
-        if all(_plain_name(name) for name in files):
-            found[folder] = files
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError, InputError):
+            continue  # not a metrics document of ours (a crafted one nests deep)
+        if files and all(_plain_name(name) for name in files):
+            listings = found.setdefault(folder, [])
+            if files not in listings:
+                listings.append(files)
     return found
 
 
-_DOCUMENT_LIMIT = 16 << 20  # a metrics document lists a folder's files: far below this
+_DOCUMENT_LIMIT = 4 << 20  # a metrics document lists a folder's files: far below this
 
 
 def _plain_name(name: str) -> bool:
-    """A file name that stays inside the folder it is put in."""
-    return bool(name) and name not in {".", ".."} and "/" not in name and "\0" not in name
+    """A file name that stays inside the folder it is put in, and that the file
+    system can hold (UTF-8, at most 255 bytes)."""
+    try:
+        encoded = name.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate (JSON can spell one)
+        return False
+    return 0 < len(encoded) <= 255 and name not in {".", ".."} and not set(name) & {"/", "\0"}
 
 
-def _push_folders(local: Any, node: Any, pinned: set[Any], summary: PushSummary) -> set[Any]:
-    """Add every recorded checkpoint folder the node does not pin yet, whole; returns
-    the CIDs of the files now on the node inside a pinned folder (no push of
-    their own needed)."""
+def _add_folder(local: Any, node: Any, folder: Any, files: dict[str, Any]) -> str | None:
+    """Lay ``folder`` out from ``files`` in a hidden folder of the store (hard links,
+    else copies) and add it whole: None once the node filed it under ``folder``,
+    else why not."""
     import os
     import shutil
     import tempfile
 
-    on_node: set[Any] = set()
-    for folder, files in _recorded_folders(local).items():
-        if folder in pinned:
-            on_node.update(files.values())
-            continue
+    try:
         layout = Path(tempfile.mkdtemp(prefix=".push-", dir=local.root))
-        try:
-            for name, file in files.items():
-                source = local.file_for(file)  # a copy, or the referenced file, unchanged
-                try:
-                    os.link(source, layout / name)
-                except OSError:  # another filesystem (a referenced file), or no links
-                    shutil.copyfile(source, layout / name)
-            node.add_path(layout, folder, hidden=True)  # checked: the node's CID is folder's
-        except (IntegrityError, ArtifactNotFoundError) as exc:
-            summary.failed.append((str(folder), exc.message))
+    except OSError as exc:
+        return f"no room to lay it out in the store ({exc.strerror or exc})"
+    try:
+        for name, file in files.items():
+            source = local.file_for(file)  # a copy, or the referenced file, unchanged
+            try:
+                os.link(source, layout / name)
+            except OSError:  # another filesystem (a referenced file), or no links
+                shutil.copyfile(source, layout / name)
+        node.add_path(layout, folder, hidden=True)  # checked: the node's CID is folder's
+    except StoreUnavailableError:
+        raise
+    except (StoreError, OSError) as exc:
+        return exc.message if isinstance(exc, StoreError) else str(exc)
+    finally:
+        shutil.rmtree(layout, ignore_errors=True)
+    return None
+
+
+def _push_folders(
+    local: Any, node: Any, pinned: set[Any], summary: PushSummary
+) -> tuple[set[Any], set[Any]]:
+    """Add every recorded checkpoint folder the node does not pin yet, whole.
+
+    Returns the file CIDs sent inside folders by this push, and those the node
+    already holds inside a pinned folder (checked against the node's own listing
+    of it, not the document's). A folder that cannot be rebuilt from its recorded
+    files (one that held subfolders or links, a file gone or changed) gets a
+    note; its files are then pushed one by one, and fail there if they must."""
+    sent: set[Any] = set()
+    present: set[Any] = set()
+    for folder, listings in _recorded_folders(local).items():
+        if folder in pinned:
+            children = node.children(folder)
+            for files in listings:
+                present.update(c for name, c in files.items() if children.get(name) == c)
             continue
-        except OSError as exc:
-            summary.failed.append((str(folder), f"cannot lay the folder out: {exc}"))
-            continue
-        finally:
-            shutil.rmtree(layout, ignore_errors=True)
-        summary.folders += 1
-        on_node.update(files.values())
-    return on_node
+        reasons = []
+        for files in listings:  # the first listing the node's CID confirms
+            reason = _add_folder(local, node, folder, files)
+            if reason is None:
+                summary.folders += 1
+                sent.update(files.values())
+                break
+            reasons.append(reason)
+        else:
+            summary.notes.append(f"{folder} not added whole: {'; '.join(reasons)}")
+    return sent, present
 
 
 @app.command("get")

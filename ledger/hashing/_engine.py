@@ -93,8 +93,11 @@ def page_buffer(size: int) -> mmap.mmap:
     into a buffer that starts mid-page (as a large ``bytearray`` from ``malloc``
     does, 16 bytes past a page) up to five times slower on the AMD cores of this
     project's machines (1 GiB: 0.5 s of system time instead of 0.1 s).
+
+    Private, not Python's default shared mapping: a process forked from this one
+    (a data loader's worker) must never see, or write into, the bytes being hashed.
     """
-    return mmap.mmap(-1, max(size, 1))
+    return mmap.mmap(-1, max(size, 1), flags=mmap.MAP_PRIVATE)
 
 
 class BufferPool:
@@ -112,6 +115,11 @@ class BufferPool:
 
     def __init__(self, keep: int) -> None:
         self.keep = keep
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget every kept buffer (in a forked child: its lock may have been held
+        by a thread of the parent that the child does not have)."""
         self._free: dict[int, list[mmap.mmap]] = {}
         self._lock = threading.Lock()
 
@@ -136,6 +144,7 @@ class BufferPool:
 buffers = BufferPool(keep=4)
 """The read buffers :func:`~ledger.hashing._onepass.hash_and_copy` borrows for files of
 one block (at most 4 x 8 MiB resident: the outbox stores on up to 8 threads)."""
+os.register_at_fork(after_in_child=buffers.reset)
 
 
 def _read_full(stream: ReadsInto, buffer: mmap.mmap) -> int:

@@ -155,7 +155,10 @@ def _store_folder(
         cid = path_summary(folder, hidden=True, cache=known).cid
         add_path(folder, cid, hidden=True)
         for name in names:
-            link = known.get((folder / name).stat(), CIDV1_SCHEME)
+            try:
+                link = known.get((folder / name).stat(), CIDV1_SCHEME)
+            except FileNotFoundError:
+                link = None
             if link is None:
                 raise StoreError(f"{folder / name} changed while its folder was being stored")
             cids[name] = str(link.cid)

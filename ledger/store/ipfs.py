@@ -287,6 +287,23 @@ class IpfsStore:
                 continue
         return found
 
+    def children(self, folder: Cid) -> dict[str, Cid]:
+        """The entries of a folder the node holds, by name (``ipfs ls``): what the
+        node itself says the folder links to, with their CIDs."""
+        answer = self._rpc.call("ls", [("arg", str(folder))])
+        objects: Any = answer.get("Objects", []) if isinstance(answer, dict) else []
+        found: dict[str, Cid] = {}
+        for entry in objects if isinstance(objects, list) else []:
+            links = entry.get("Links", []) if isinstance(entry, dict) else []
+            for link in links if isinstance(links, list) else []:
+                if not isinstance(link, dict):
+                    continue
+                try:
+                    found[str(link["Name"])] = Cid.parse(str(link["Hash"]))
+                except (KeyError, InputError):
+                    continue
+        return found
+
     def version(self) -> str:
         """The node's version string (also a cheap check that it answers)."""
         answer = self._rpc.call("version")

@@ -162,3 +162,31 @@ def test_reused_read_buffers_never_carry_bytes_from_an_earlier_file(tmp_path: Pa
         assert [one_pass(p) for p in files] == expected
     with ThreadPoolExecutor(8) as pool:
         assert list(pool.map(one_pass, files * 6)) == expected * 6
+
+
+def test_read_buffers_are_private_to_a_forked_process() -> None:
+    """A data loader's worker forked from the training process neither sees nor
+    writes into the bytes being hashed, and starts with no kept buffers (nor a
+    lock some thread of the parent held)."""
+    from ledger.hashing._engine import buffers, page_buffer
+
+    kept = buffers.take(1 << 20)
+    kept[:4] = b"aaaa"
+    buffers.give(kept)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: write into the parent's buffer, report the pool's size
+        try:
+            kept[:4] = b"bbbb"
+            fresh = buffers.take(1 << 20)
+            os.write(write, bytes([fresh is kept]) + bytes(fresh[:4]))
+        finally:
+            os._exit(0)
+    os.close(write)
+    answer = os.read(read, 5)
+    os.waitpid(pid, 0)
+    os.close(read)
+    assert answer == b"\x00\x00\x00\x00\x00"  # the child took a new, zeroed buffer
+    assert kept[:4] == b"aaaa"  # and its writes stayed its own
+    assert buffers.take(1 << 20) is kept
+    assert page_buffer(10)[:1] == b"\x00"

@@ -134,12 +134,10 @@ def test_push_adds_a_sharded_checkpoint_under_its_folder_cid(
 ) -> None:
     """The folder CID a sharded run records is carried by no file of the store:
     push lays the folder out from its files and adds it whole, so the node holds
-    the directory node; the files need no push of their own, then or later. A
-    metrics document whose listing would leave the folder is not followed."""
+    the directory node; the files need no push of their own, then or later."""
     torch = pytest.importorskip("torch")
     from torch.distributed.checkpoint import save
 
-    from ledger.documents import METRICS_SCHEMA, canonical_json
     from ledger.hashing.cid import path_cid
     from ledger.record.artifacts import store_weights
 
@@ -149,16 +147,13 @@ def test_push_adds_a_sharded_checkpoint_under_its_folder_cid(
     save({"w": torch.arange(90_000, dtype=torch.float32)}, checkpoint_id=folder)
     cid, _, _ = store_weights(store, "00" * 32, folder, {"loss": 0.25}, 3)
     assert cid == path_cid(folder, hidden=True)
-    hostile = {"schema": METRICS_SCHEMA, "weights": {"cid": str(bytes_cid(b"x")),
-               "files": {"../../escape": str(bytes_cid(b"y"))}}}  # fmt: skip
-    store.put_bytes(canonical_json(hostile))
     env = {"LEDGER_IPFS_API": ipfs_node.api}
 
     first = ledger("store", "push", "--data-dir", str(data_dir), env=env)
     assert first.returncode == 0, first.stderr
     assert b"added 1 checkpoint folders" in first.stdout and b"0 failed" in first.stdout
+    assert b"2 of the artifacts inside them" in first.stdout  # the shard and .metadata
     assert pinned_on(ipfs_node, cid)
-    assert not (tmp_path / "escape").exists() and not (data_dir / "escape").exists()
     assert not [p for p in (data_dir / "store").iterdir() if p.name.startswith(".push-")]
     listing = json.loads(ipfs_node.rpc("ls", arg=str(cid)))["Objects"][0]["Links"]
     assert sorted(link["Name"] for link in listing) == sorted(p.name for p in folder.iterdir())
@@ -166,3 +161,53 @@ def test_push_adds_a_sharded_checkpoint_under_its_folder_cid(
     again = ledger("store", "push", "--data-dir", str(data_dir), env=env)
     assert again.returncode == 0, again.stderr
     assert b"pushed 0 artifacts" in again.stdout and b"added" not in again.stdout
+
+    # a crafted listing claiming another artifact sits in the pinned folder: the
+    # node's own listing says otherwise, so the artifact is still pushed
+    from ledger.documents import METRICS_SCHEMA, canonical_json
+
+    other = store.put_bytes(os.urandom(3000))
+    crafted = {"schema": METRICS_SCHEMA, "weights": {"cid": str(cid), "files": {
+        sorted(p.name for p in folder.iterdir())[-1]: str(other)}}}  # fmt: skip
+    store.put_bytes(canonical_json(crafted))
+    third = ledger("store", "push", "--data-dir", str(data_dir), env=env)
+    assert third.returncode == 0, third.stderr
+    assert b"pushed 2 artifacts" in third.stdout and pinned_on(ipfs_node, other)
+
+
+def test_push_follows_no_crafted_folder_listing(ipfs_node: IpfsNode, tmp_path: Path) -> None:
+    """Metrics documents in the store are data: a listing whose names would leave
+    the folder or cannot be file names, or a document nested too deep to parse, is
+    not followed; a folder that cannot be rebuilt from its listing (it held a
+    subfolder) is noted, and its files still go one by one."""
+    from ledger.documents import METRICS_SCHEMA
+
+    data_dir = tmp_path / "ledger"
+    store = LocalStore(data_dir / "store")
+    loose = store.put_bytes(os.urandom(2000))
+
+    def document(folder: Cid | str, files: str) -> bytes:
+        head = f'{{"schema":"{METRICS_SCHEMA}","weights":{{"cid":"{folder}","files":{{'
+        return (head + files + "}}}").encode()
+
+    store.put_bytes(document(bytes_cid(b"x"), f'"../../escape":"{loose}"'))
+    store.put_bytes(document(bytes_cid(b"y"), f'"\\ud800":"{loose}"'))
+    store.put_bytes(document(bytes_cid(b"z"), f'"a\\u0000b":"{loose}"'))
+    store.put_bytes(b'{"a":' * 100_000 + b"1" + b"}" * 100_000)
+    nested = tmp_path / "nested"
+    (nested / "sub").mkdir(parents=True)
+    (nested / "top.bin").write_bytes(os.urandom(500))
+    (nested / "sub" / "low.bin").write_bytes(os.urandom(500))
+    top = store.put_bytes((nested / "top.bin").read_bytes())
+    from ledger.hashing.cid import path_cid
+
+    store.put_bytes(document(path_cid(nested, hidden=True), f'"top.bin":"{top}"'))
+    env = {"LEDGER_IPFS_API": ipfs_node.api}
+
+    out = ledger("store", "push", "--data-dir", str(data_dir), env=env)
+    assert out.returncode == 0, out.stderr
+    assert b"Traceback" not in out.stderr and b"0 failed" in out.stdout
+    assert b"not added whole" in out.stderr and b"added 0" not in out.stdout
+    assert not (tmp_path / "escape").exists() and not (data_dir / "escape").exists()
+    assert pinned_on(ipfs_node, loose) and pinned_on(ipfs_node, top)
+    assert not pinned_on(ipfs_node, path_cid(nested, hidden=True))
