@@ -87,20 +87,29 @@ def index_dump_runs(engine: Engine) -> list[str]:
 
 class ReorgAfterLogs(JsonRpc):
     """The chain's JSON-RPC, unchanged, except that right after the first
-    ``eth_getLogs`` is answered the real chain is reorganised (``anvil_reorg``):
-    what a pass reads next comes from the other side of the reorg."""
+    ``eth_getLogs`` is answered the real chain is reorganised (``anvil_reorg``)
+    from block ``first`` on: what a pass reads next comes from the other side of
+    the reorg. The depth is taken then, so blocks another test's lingering worker
+    may have mined on the shared chain meanwhile are taken back too."""
 
-    def __init__(self, url: str, depth: int) -> None:
+    def __init__(self, url: str, first: int) -> None:
         super().__init__(url)
-        self.depth = depth
+        self.first = first
         self.done = False
 
     def __call__(self, method: str, *params: object) -> Any:
         answer = super().__call__(method, *params)
         if method == "eth_getLogs" and not self.done:
             self.done = True
-            reorg(self.url, self.depth)
+            reorg(self.url, head(self.url) - self.first + 1)
         return answer
+
+
+def blocks_of_run(rpc_url: str, registry: str, run_id: bytes) -> list[int]:
+    """The blocks holding the registry's events about ``run_id``, in order."""
+    logs = rpc_call(rpc_url, "eth_getLogs", [{"address": registry, "fromBlock": "0x0"}])
+    topic = "0x" + run_id.hex()
+    return sorted({int(log["blockNumber"], 16) for log in logs if topic in log["topics"]})
 
 
 @pytest.mark.parametrize("start_kept", [False, True], ids=["start-reorganised", "start-kept"])
@@ -119,8 +128,11 @@ def test_a_reorg_between_the_logs_and_the_headers(
     nothing; the next pass indexes the new branch."""
     run = record_run(chain.registry, data_store, "straddling", curve=[{"a": 1.0}])
     rpc_call(chain.rpc_url, "evm_mine")  # the range ends on a block without events
+    blocks = blocks_of_run(chain.rpc_url, str(chain.registry.address), run.run_id)
+    assert len(blocks) == 3  # start, checkpoint, final
+    start = blocks[0]
     # start, checkpoint, final, empty: take back all four, or the last three
-    rpc = ReorgAfterLogs(chain.rpc_url, depth=3 if start_kept else 4)
+    rpc = ReorgAfterLogs(chain.rpc_url, first=start + 1 if start_kept else start)
     indexer = build_indexer(settings, engine, confirmations=0)
     indexer.rpc = rpc
     refused = False
