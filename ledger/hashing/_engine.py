@@ -104,9 +104,9 @@ class BufferPool:
     """Page buffers kept for reuse, at most ``keep`` of each size.
 
     A fresh anonymous mapping costs a page fault, and the kernel's zeroing, for
-    every 4 KiB the first read touches: for a 1 MiB checkpoint that was more CPU
-    than hashing it (on this project's machines, 0.8 ms of faults and 0.3 ms of
-    unmapping against 0.6 ms per sha256 pass). The worker hashes every
+    every 4 KiB the first read touches: for a 1 MiB checkpoint that, with the
+    unmapping, was more CPU than hashing it (docs/benchmarks.md, small runs:
+    where a checkpoint's CPU goes). The worker hashes every
     checkpoint, most of them small, so its reads of files of one block borrow
     buffers instead (a big file's ring is allocated per file: its faults are
     nothing beside its hashing). At most ``keep`` buffers of a size, and of them
