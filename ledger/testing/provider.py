@@ -23,7 +23,9 @@ the tests) and applies, each only when configured (:class:`ProviderRules`):
   seconds) and a JSON-RPC error body, as providers do under bursts;
 - **dropped connections**: with probability ``drop_rate`` a request is
   forwarded to the node (it *was* processed) and then the connection is closed
-  without an answer, or half-way through the answer;
+  without an answer, or half-way through the answer; ``drop_first`` names
+  methods whose first answer (outside 429s) is always dropped that way, for
+  tests that must see one lost whatever the timing;
 - **slow answers**: with probability ``slow_rate`` the answer waits
   ``slow_seconds``.
 
@@ -98,6 +100,8 @@ class ProviderRules:
     """Depth of the token bucket: requests accepted at once after a quiet spell."""
     drop_rate: float = 0.0
     """Probability that a request's connection is dropped after the node processed it."""
+    drop_first: tuple[str, ...] = ()
+    """Methods whose first answer is dropped (after the node processed the request)."""
     slow_rate: float = 0.0
     """Probability that an answer is delayed by ``slow_seconds``."""
     slow_seconds: float = 0.5
@@ -178,6 +182,7 @@ class ProviderProxy:
         self._calls: Counter[str] = Counter()
         self._events: Counter[str] = Counter()
         self._dropped: Counter[str] = Counter()
+        self._dropped_first: set[str] = set()
         self._local = threading.local()
         self._server = _Server((host, port), _Handler)
         self._server.proxy = self
@@ -226,6 +231,8 @@ class ProviderProxy:
             self._rules = replace(self._rules, **changes)
             if "seed" in changes:
                 self._random = random.Random(self._rules.seed)
+            if "drop_first" in changes:
+                self._dropped_first.clear()
             self._bucket = self._new_bucket()
 
     @contextmanager
@@ -299,6 +306,10 @@ class ProviderProxy:
             if wait is not None:
                 self._events["throttled"] += 1
                 return wait, False, False
+            first = {m for m in methods if m in self._rules.drop_first} - self._dropped_first
+            if first:
+                self._dropped_first |= first
+                drop = True
             if drop:
                 self._events["dropped"] += 1
                 self._dropped.update(methods)
@@ -555,6 +566,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rate", type=float)
     parser.add_argument("--burst", type=int, default=10)
     parser.add_argument("--drop-rate", type=float, default=0.0)
+    parser.add_argument("--drop-first", action="append", default=[], metavar="METHOD")
     parser.add_argument("--slow-rate", type=float, default=0.0)
     parser.add_argument("--slow-seconds", type=float, default=0.5)
     parser.add_argument("--seed", type=int, default=0)
@@ -566,6 +578,7 @@ def main(argv: list[str] | None = None) -> None:
         rate=args.rate,
         burst=args.burst,
         drop_rate=args.drop_rate,
+        drop_first=tuple(args.drop_first),
         slow_rate=args.slow_rate,
         slow_seconds=args.slow_seconds,
         seed=args.seed,

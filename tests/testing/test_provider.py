@@ -211,6 +211,22 @@ def test_a_dropped_request_was_still_processed(chain: Chain) -> None:
     assert head(chain.rpc_url) == before + 3
 
 
+def test_the_first_answer_of_named_methods_is_dropped(chain: Chain) -> None:
+    """``drop_first``: the first call of each named method is processed and its
+    answer lost, every later one answered, other methods untouched."""
+    before = head(chain.rpc_url)
+    rules = ProviderRules(drop_first=("anvil_mine",))
+    with ProviderProxy(chain.rpc_url, rules) as proxy:
+        mine = {"jsonrpc": "2.0", "id": 1, "method": "anvil_mine", "params": ["0x2"]}
+        with pytest.raises((http.client.HTTPException, ConnectionError, json.JSONDecodeError)):
+            post(proxy.url, mine)
+        assert post(proxy.url, mine)[0] == 200
+        chain_id = {"jsonrpc": "2.0", "id": 2, "method": "eth_chainId", "params": []}
+        assert post(proxy.url, chain_id)[2]["result"] == hex(31337)
+        assert proxy.dropped_calls == {"anvil_mine": 1}
+    assert head(chain.rpc_url) == before + 4  # the dropped call was processed too
+
+
 def test_slow_answers_are_counted_and_correct(chain: Chain) -> None:
     rules = ProviderRules(slow_rate=1.0, slow_seconds=0.05)
     with ProviderProxy(chain.rpc_url, rules) as proxy:
