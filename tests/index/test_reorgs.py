@@ -87,10 +87,10 @@ def index_dump_runs(engine: Engine) -> list[str]:
 
 class ReorgAfterLogs(JsonRpc):
     """The chain's JSON-RPC, unchanged, except that right after the first
-    ``eth_getLogs`` answer holding logs from block ``first`` on, the real chain is
-    reorganised (``anvil_reorg``) from that block on: what the pass reads next, the
-    headers of those logs' blocks, comes from the other side of the reorg. The depth
-    is taken then, so any block mined on the shared chain meanwhile goes too."""
+    ``eth_getLogs`` is answered the real chain is reorganised (``anvil_reorg``)
+    from block ``first`` on: what a pass reads next comes from the other side of
+    the reorg. The depth is taken then, so blocks another test's lingering worker
+    may have mined on the shared chain meanwhile are taken back too."""
 
     def __init__(self, url: str, first: int) -> None:
         super().__init__(url)
@@ -99,12 +99,7 @@ class ReorgAfterLogs(JsonRpc):
 
     def __call__(self, method: str, *params: object) -> Any:
         answer = super().__call__(method, *params)
-        # the call that read the run's own events: on a long session chain the pass
-        # reads earlier chunks first, and a reorg after those is not between the
-        # run's logs and their headers
-        if method != "eth_getLogs" or self.done:
-            return answer
-        if any(int(log["blockNumber"], 16) >= self.first for log in answer or []):
+        if method == "eth_getLogs" and not self.done:
             self.done = True
             reorg(self.url, head(self.url) - self.first + 1)
         return answer
