@@ -6,7 +6,10 @@ downloads a browser of its own.
 
 from __future__ import annotations
 
+import os
 import shutil
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,11 +20,24 @@ from ledger.config import Settings
 from ledger.ids import Relation
 from ledger.index.indexer import Indexer
 from ledger.store import LocalStore
-from tests.conftest import Chain
+from tests.conftest import Chain, free_port
 from tests.runs import record_run
-from tests.serving import CHROMIUM, CHROMIUM_ARGS, needs_chromium, serve_api
 
-pytestmark = needs_chromium
+CHROMIUM = "/usr/bin/chromium"
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+pytestmark = pytest.mark.skipif(
+    not Path(CHROMIUM).exists() and not os.environ.get("CI"),
+    reason="needs Debian's chromium: run `make browser` (make test does)",
+)
 
 
 @pytest.fixture
@@ -31,8 +47,22 @@ def index_url(tmp_path: Path) -> str:  # the page is tested on SQLite only
 
 @pytest.fixture
 def server(settings: Settings, indexer: Indexer) -> Iterator[str]:
-    with serve_api(settings, indexer) as url:
-        yield url
+    import uvicorn
+
+    from ledger.api.app import ApiConfig, create_app
+
+    app = create_app(settings, ApiConfig(follow=False), engine=indexer.engine, indexer=indexer)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)
 
 
 def test_runs_table_run_chart_lineage_badges(
@@ -55,9 +85,7 @@ def test_runs_table_run_chart_lineage_badges(
     indexer.run_once()
 
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True
-        )
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
         try:
             page = browser.new_page()
             page.goto(server + "/")
@@ -107,9 +135,7 @@ def test_names_cannot_disguise_and_long_names_wrap(
     indexer.run_once()
 
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True
-        )
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
         try:
             page = browser.new_page(viewport={"width": 1024, "height": 768})
             violations: list[str] = []
@@ -141,9 +167,7 @@ def test_docs_work_offline_under_the_csp(server: str) -> None:
     from playwright.sync_api import expect, sync_playwright
 
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True
-        )
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
         try:
             page = browser.new_page()
             elsewhere: list[str] = []
@@ -187,9 +211,7 @@ def test_run_page_downloads_the_bundle(
     assert run.final_cid is not None
 
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True
-        )
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
         try:
             page = browser.new_page(accept_downloads=True)
             violations: list[str] = []

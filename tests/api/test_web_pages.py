@@ -12,6 +12,8 @@ import json
 import os
 import re
 import tempfile
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,10 +26,21 @@ from ledger.ids import Relation
 from ledger.index.db import migrate, open_engine
 from ledger.index.service import build_indexer
 from ledger.store import LocalStore
-from tests.conftest import Chain
+from tests.conftest import Chain, free_port
 from tests.runs import Recorded, hf_folder, record_folder_run, record_run
-from tests.serving import AXE, CHROMIUM, CHROMIUM_ARGS, needs_chromium, serve_api
 
+CHROMIUM = "/usr/bin/chromium"
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+ROOT = Path(__file__).resolve().parents[2]
+AXE = ROOT / "node_modules" / "axe-core" / "axe.min.js"
 # The README's screenshots: `make screenshots` writes them into docs/images; a plain
 # test run writes them beside the other test output, leaving the committed ones alone.
 IMAGES = Path(
@@ -35,7 +48,10 @@ IMAGES = Path(
 )
 VIEWPORT = {"width": 1280, "height": 900}
 
-pytestmark = needs_chromium
+pytestmark = pytest.mark.skipif(
+    not Path(CHROMIUM).exists() and not os.environ.get("CI"),
+    reason="needs Debian's chromium: run `make browser` (make test does)",
+)
 
 HOSTILE_KEY = '<img src=x id="injected">'
 
@@ -107,7 +123,10 @@ class Site:
 
 @pytest.fixture(scope="module")
 def site(_session_chain: Chain, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    import uvicorn
     from playwright.sync_api import sync_playwright
+
+    from ledger.api.app import ApiConfig, create_app
 
     chain = _session_chain
     snapshot = rpc_call(chain.rpc_url, "evm_snapshot")
@@ -156,14 +175,25 @@ def site(_session_chain: Chain, tmp_path_factory: pytest.TempPathFactory) -> Ite
     model = hf_folder(folder / "hf-model")
     runs["folder"] = record_folder_run(chain.registry, store, "hf-folder", model)
 
+    app = create_app(settings, ApiConfig(follow=False), engine=engine, indexer=indexer)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
     try:
-        with serve_api(settings, indexer, engine) as url, sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
             try:
-                yield Site(url, browser, runs)
+                yield Site(f"http://127.0.0.1:{port}", browser, runs)
             finally:
                 browser.close()
     finally:
+        server.should_exit = True
+        thread.join(timeout=10)
         engine.dispose()
         assert rpc_call(chain.rpc_url, "evm_revert", [snapshot]) is True
 

@@ -12,12 +12,14 @@ from __future__ import annotations
 import http.server
 import json
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 
+from ledger.chain.anvil import free_port
 from ledger.chain.reader import RegistryReader
 from ledger.chain.rpc import JsonRpc
 from ledger.config import Settings
@@ -30,7 +32,6 @@ from tests.conftest import Chain
 from tests.hashing.test_tensors import make_state_dict
 from tests.recorder import RunRecorder
 from tests.runs import manifest
-from tests.serving import serve_api
 
 
 @pytest.fixture
@@ -53,8 +54,22 @@ def recorded(chain: Chain, data_store: LocalStore, tmp_path: Path) -> RunRecorde
 @pytest.fixture
 def api(settings: Settings, indexer: Indexer) -> Iterator[str]:
     """``ledger serve``'s app over the trainer's data directory, on a real port."""
-    with serve_api(settings, indexer) as url:
-        yield url
+    import uvicorn
+
+    from ledger.api.app import ApiConfig, create_app
+
+    app = create_app(settings, ApiConfig(follow=False), engine=indexer.engine, indexer=indexer)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)
 
 
 @pytest.fixture
