@@ -1,6 +1,6 @@
 """The index through reorgs (issue #22), on SQLite and on the real PostgreSQL.
 
-Runs are recorded on the session's real Anvil, indexed, and then blocks are taken
+Runs are recorded on a real Anvil, indexed, and then blocks are taken
 back (``anvil_reorg`` with some transactions mined again, or ``evm_revert``) at
 depths 1, 5 and 10; more runs follow. After each pass the index must equal a
 fresh index of the chain as it is. A reorg that falls between a pass's
@@ -9,21 +9,25 @@ fresh index of the chain as it is. A reorg that falls between a pass's
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
 from sqlalchemy.engine import Engine
 
-from ledger.chain.anvil import rpc_call
+from ledger.chain.anvil import AnvilProcess, free_port, rpc_call
 from ledger.chain.rpc import JsonRpc
-from ledger.config import Settings
+from ledger.config import ANVIL_DEV_KEY, Settings
 from ledger.errors import ChainError
 from ledger.index import open_index
 from ledger.index.indexer import Indexer
 from ledger.index.service import build_indexer
 from ledger.store import LocalStore
-from tests.conftest import Chain
+from tests.chain.web3_registry import Registry, connect_web3
+from tests.conftest import OTHER_KEYS, Chain
 from tests.reorgs import head, index_dump, reorg, revert
 from tests.runs import record_run
 
@@ -87,21 +91,24 @@ def index_dump_runs(engine: Engine) -> list[str]:
 
 class ReorgAfterLogs(JsonRpc):
     """The chain's JSON-RPC, unchanged, except that right after the first
-    ``eth_getLogs`` is answered the real chain is reorganised (``anvil_reorg``)
-    from block ``first`` on: what a pass reads next comes from the other side of
-    the reorg. The depth is taken then, so blocks another test's lingering worker
-    may have mined on the shared chain meanwhile are taken back too."""
+    ``eth_getLogs`` answer holding an event in block ``first`` or later, the real
+    chain is reorganised (``anvil_reorg``) from block ``first`` on: what the pass
+    reads next (the block headers of those events) comes from the other side."""
 
     def __init__(self, url: str, first: int) -> None:
         super().__init__(url)
         self.first = first
         self.done = False
+        self.answers: list[list[int]] = []  # the blocks of each eth_getLogs answer
 
     def __call__(self, method: str, *params: object) -> Any:
-        answer = super().__call__(method, *params)
+        answer: Any = super().__call__(method, *params)
         if method == "eth_getLogs" and not self.done:
-            self.done = True
-            reorg(self.url, head(self.url) - self.first + 1)
+            blocks = sorted({int(log["blockNumber"], 16) for log in answer})
+            self.answers.append(blocks)
+            if blocks and blocks[-1] >= self.first:
+                self.done = True
+                reorg(self.url, head(self.url) - self.first + 1)
         return answer
 
 
@@ -112,37 +119,57 @@ def blocks_of_run(rpc_url: str, registry: str, run_id: bytes) -> list[int]:
     return sorted({int(log["blockNumber"], 16) for log in logs if topic in log["topics"]})
 
 
+@pytest.fixture(scope="module")
+def own_chain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chain]:
+    """A chain of this module's own: the reorg below is timed against the pass's
+    calls, and nothing else (another test's lingering worker, the session chain's
+    thousand reverts) may mine or change blocks in between."""
+    anvil = AnvilProcess(tmp_path_factory.mktemp("anvil"), port=free_port())
+    anvil.start(persist=False)
+    try:
+        w3 = connect_web3(anvil.rpc_url)
+        admin = cast(LocalAccount, Account.from_key(ANVIL_DEV_KEY))
+        alice, bob = (cast(LocalAccount, Account.from_key(k)) for k in OTHER_KEYS)
+        registry, tx = Registry.deploy(w3, admin)
+        yield Chain(anvil.rpc_url, w3, admin, alice, bob, registry, tx.block_number)
+    finally:
+        anvil.stop()
+
+
 @pytest.mark.parametrize("start_kept", [False, True], ids=["start-reorganised", "start-kept"])
 def test_a_reorg_between_the_logs_and_the_headers(
-    chain: Chain,
-    engine: Engine,
-    data_store: LocalStore,
-    settings: Settings,
-    tmp_path: Path,
-    start_kept: bool,
+    own_chain: Chain, engine: Engine, tmp_path: Path, start_kept: bool
 ) -> None:
     """A pass whose logs come from before a reorg and whose block headers from after
     it must not keep the old branch's events. The pass reads the headers of the
     blocks that start and end runs (their times), and the finalize's block is taken
     back in both cases: the pass sees that a block it read changed and writes
     nothing; the next pass indexes the new branch."""
-    run = record_run(chain.registry, data_store, "straddling", curve=[{"a": 1.0}])
-    rpc_call(chain.rpc_url, "evm_mine")  # the range ends on a block without events
-    blocks = blocks_of_run(chain.rpc_url, str(chain.registry.address), run.run_id)
-    assert len(blocks) == 3  # start, checkpoint, final
-    start = blocks[0]
-    # start, checkpoint, final, empty: take back all four, or the last three
-    rpc = ReorgAfterLogs(chain.rpc_url, first=start + 1 if start_kept else start)
-    indexer = build_indexer(settings, engine, confirmations=0)
-    indexer.rpc = rpc
-    refused = False
+    chain = own_chain
+    settings = chain.settings(tmp_path / "data")
+    data_store = LocalStore(settings.store_dir)
+    snapshot = rpc_call(chain.rpc_url, "evm_snapshot")
     try:
+        run = record_run(chain.registry, data_store, "straddling", curve=[{"a": 1.0}])
+        rpc_call(chain.rpc_url, "evm_mine")  # the range ends on a block without events
+        blocks = blocks_of_run(chain.rpc_url, str(chain.registry.address), run.run_id)
+        assert len(blocks) == 3  # start, checkpoint, final
+        start = blocks[0]
+        # start, checkpoint, final, empty: take back all four, or the last three
+        rpc = ReorgAfterLogs(chain.rpc_url, first=start + 1 if start_kept else start)
+        indexer = build_indexer(settings, engine, confirmations=0)
+        indexer.rpc = rpc
+        refused = False
+        try:
+            indexer.run_once()
+        except ChainError as exc:
+            assert "changed while it was being indexed" in exc.message
+            refused = True
+        assert rpc.done, f"no eth_getLogs answer held the run's blocks {blocks}: {rpc.answers}"
+        assert refused, f"the pass kept logs of blocks {rpc.answers} read before the reorg"
         indexer.run_once()
-    except ChainError as exc:
-        assert "changed while it was being indexed" in exc.message
-        refused = True
-    assert rpc.done and refused
-    indexer.run_once()
-    runs = index_dump_runs(engine)
-    assert (run.hex in runs) is start_kept  # the start is on chain only if it was kept
-    assert index_dump(engine) == fresh(settings, tmp_path)
+        runs = index_dump_runs(engine)
+        assert (run.hex in runs) is start_kept  # the start is on chain only if it was kept
+        assert index_dump(engine) == fresh(settings, tmp_path)
+    finally:
+        assert rpc_call(chain.rpc_url, "evm_revert", [snapshot]) is True
