@@ -26,10 +26,9 @@ import typer
 
 from ledger.cli.options import DATA_DIR, load_settings
 from ledger.errors import (
-    ArtifactNotFoundError,
     ConfigError,
     InputError,
-    IntegrityError,
+    LedgerError,
     StoreError,
     StoreUnavailableError,
 )
@@ -92,18 +91,22 @@ def push(data_dir: Annotated[Path | None, DATA_DIR.typer()] = None, api: Api = N
     for cid in todo:
         try:  # a copy, or a file stored by reference (checked where it was, unchanged)
             files[cid] = local.file_for(cid)
-        except (IntegrityError, ArtifactNotFoundError) as exc:
+        except StoreUnavailableError:
+            raise
+        except LedgerError as exc:  # gone, changed, unreadable: this one fails
             summary.failed.append((str(cid), exc.message))
-    total = sum(path.stat().st_size for path in files.values())
-    with _transfer_bar(total, len(files)) as advance:
+    sizes = {cid: _size_of(path) for cid, path in files.items()}
+    with _transfer_bar(sum(sizes.values()), len(files)) as advance:
         for cid, path in files.items():
             try:
                 node.put_file(path, expected=cid, progress=advance)
-            except IntegrityError as exc:  # one bad file; the others still go
+            except StoreUnavailableError:  # the node went away: nothing more can go
+                raise
+            except LedgerError as exc:  # one bad file (changed, gone, not regular)
                 summary.failed.append((str(cid), exc.message))
                 continue
             summary.copied += 1
-            summary.copied_bytes += path.stat().st_size
+            summary.copied_bytes += sizes[cid]
     for note in summary.notes:
         typer.secho(f"note: {note}; its files were pushed one by one", err=True)
     for name, reason in summary.failed:
@@ -121,7 +124,8 @@ def push(data_dir: Annotated[Path | None, DATA_DIR.typer()] = None, api: Api = N
     if summary.failed:
         raise StoreError(
             f"{len(summary.failed)} of {len(cids)} artifacts were not pushed",
-            hint="their local copies do not match their CIDs; restore them, then push again",
+            hint="each line above says why (a copy that no longer matches its CID, a "
+            "referenced file moved or changed); restore those files, then push again",
         )
 
 
@@ -178,31 +182,24 @@ def _plain_name(name: str) -> bool:
 
 
 def _add_folder(local: Any, node: Any, folder: Any, files: dict[str, Any]) -> str | None:
-    """Lay ``folder`` out from ``files`` in a hidden folder of the store (hard links,
-    else copies) and add it whole: None once the node filed it under ``folder``,
-    else why not."""
-    import os
-    import shutil
-    import tempfile
-
+    """Add ``folder`` whole, its entries read from the store's files of ``files``
+    (copies, or the referenced files where they are: nothing is laid out or copied
+    on disk); None once the node filed it under ``folder`` and lists each file
+    under its recorded CID, else why not."""
     try:
-        layout = Path(tempfile.mkdtemp(prefix=".push-", dir=local.root))
-    except OSError as exc:
-        return f"no room to lay it out in the store ({exc.strerror or exc})"
-    try:
-        for name, file in files.items():
-            source = local.file_for(file)  # a copy, or the referenced file, unchanged
-            try:
-                os.link(source, layout / name)
-            except OSError:  # another filesystem (a referenced file), or no links
-                shutil.copyfile(source, layout / name)
-        node.add_path(layout, folder, hidden=True)  # checked: the node's CID is folder's
+        node.add_listing(
+            {name: local.file_for(file) for name, file in files.items()},
+            folder,
+            shown=f"checkpoint folder {folder}",
+        )  # checked: the node's root CID is folder's
+        children = node.children(folder)
     except StoreUnavailableError:
         raise
-    except (StoreError, OSError) as exc:
-        return exc.message if isinstance(exc, StoreError) else str(exc)
-    finally:
-        shutil.rmtree(layout, ignore_errors=True)
+    except LedgerError as exc:  # a file gone, changed or not regular; a CID refused
+        return exc.message
+    wrong = sorted(name for name, file in files.items() if children.get(name) != file)
+    if wrong:  # the folder is the recorded one, the listing that led here is not
+        return f"the node lists {', '.join(wrong)} under other CIDs than the document"
     return None
 
 
@@ -290,6 +287,13 @@ def _transfer_bar(total: int, count: int) -> Iterator[Any]:
     ) as bar:
         task = bar.add_task("push", total=total)
         yield lambda done: bar.advance(task, done)
+
+
+def _size_of(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:  # gone since it was found: its push fails and says so
+        return 0
 
 
 def _size(count: int) -> str:

@@ -95,7 +95,8 @@ def page_buffer(size: int) -> mmap.mmap:
     project's machines (1 GiB: 0.5 s of system time instead of 0.1 s).
 
     Private, not Python's default shared mapping: a process forked from this one
-    (a data loader's worker) must never see, or write into, the bytes being hashed.
+    (a data loader's worker) gets a copy-on-write snapshot at most, and nothing it
+    writes reaches the bytes being hashed here.
     """
     return mmap.mmap(-1, max(size, 1), flags=mmap.MAP_PRIVATE)
 

@@ -157,7 +157,7 @@ def _store_folder(
         for name in names:
             try:
                 link = known.get((folder / name).stat(), CIDV1_SCHEME)
-            except FileNotFoundError:
+            except OSError:  # gone, or the folder replaced by a file: changed either way
                 link = None
             if link is None:
                 raise StoreError(f"{folder / name} changed while its folder was being stored")

@@ -30,7 +30,7 @@ from __future__ import annotations
 import os
 import stat
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -190,15 +190,29 @@ class IpfsStore:
         nothing is pinned.
         """
         chosen = import_profile(None, profile)
-        answers = self._rpc.upload_parts(
-            "add", add_params(chosen), _tree_parts(path, hidden), duplex=True
-        )
+        return self._add_tree(_tree_parts(path, hidden), expected, chosen, os.fspath(path))
+
+    def add_listing(self, files: Mapping[str, Path], expected: Cid, *, shown: str) -> Cid:
+        """Add a flat folder whose entries are ``files`` ({name: the file that holds
+        its bytes}), as ``ipfs add -r --hidden`` adds such a folder, without laying it
+        out on disk; pin it once the node's root CID is ``expected``.
+
+        Names must be plain (no ``/``, NUL, ``.`` or ``..``); each file must be a
+        regular file, else an :class:`~ledger.errors.InputError` cuts the add short
+        and nothing is pinned. ``shown`` names the folder in errors.
+        """
+        chosen = import_profile(None, None)
+        return self._add_tree(_listing_parts(files), expected, chosen, shown)
+
+    def _add_tree(
+        self, parts: Iterator[Part], expected: Cid, chosen: ImportProfile, shown: str
+    ) -> Cid:
+        answers = self._rpc.upload_parts("add", add_params(chosen), parts, duplex=True)
         roots = [
             a["Hash"]
             for a in answers
             if isinstance(a, dict) and a.get("Name") == _ROOT.decode() and "Hash" in a
         ]
-        shown = os.fspath(path)
         if len(roots) != 1:
             raise StoreError(
                 f"the IPFS node at {self.address} answered the add of {shown} with "
@@ -455,10 +469,34 @@ def _entries(folder: bytes) -> Iterator[os.DirEntry[bytes]]:
     return iter(found)
 
 
-def _file_pieces(path: bytes) -> Iterator[bytes]:
+def _listing_parts(files: Mapping[str, Path]) -> Iterator[Part]:
+    """The parts of ``ipfs add -r`` of a flat folder holding ``files`` under their
+    names, in the order :func:`_folder_parts` gives (entries by encoded name)."""
+    named = sorted((name.encode("utf-8"), Path(path)) for name, path in files.items())
+    for name, _ in named:
+        if not name or name in (b".", b"..") or b"/" in name or b"\0" in name:
+            raise InputError(f"{name!r} cannot name an entry of a folder")
+    yield _ROOT, FOLDER_PART, ()
+    for name, path in named:
+        yield _ROOT + b"/" + name, FILE_PART, _file_pieces(os.fsencode(path), regular=True)
+
+
+def _file_pieces(path: bytes, *, regular: bool = False) -> Iterator[bytes]:
+    """The bytes of the file ``path``; with ``regular``, a path that is not a regular
+    file (a FIFO would block, a device never end) is refused before any read."""
     shown = os.fsdecode(path)
     try:
-        handle = open(path, "rb", buffering=0)  # noqa: SIM115 - closed below
+        if regular:  # O_NONBLOCK: opening a FIFO must not wait for a writer
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                os.close(fd)
+                raise InputError(f"{shown!r} is not a regular file; it cannot be added")
+            os.set_blocking(fd, True)
+            handle = open(fd, "rb", buffering=0)  # noqa: SIM115 - closed below
+        else:
+            handle = open(path, "rb", buffering=0)  # noqa: SIM115 - closed below
+    except FileNotFoundError:
+        raise FileMissingError(f"no file at {shown!r}") from None
     except OSError as exc:
         raise InputError(f"cannot read {shown!r}: {exc.strerror or exc}") from exc
     with handle:

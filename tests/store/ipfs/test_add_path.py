@@ -179,3 +179,34 @@ def test_a_sharded_checkpoint_reaches_the_node_with_its_folder(
     assert sorted(files) == names and ".metadata" in names
     for name, file_cid in files.items():
         assert ipfs.get_bytes(Cid.parse(file_cid)) == (folder / name).read_bytes()
+
+
+def test_a_listing_is_added_as_the_folder_it_names(
+    ipfs: IpfsStore, ipfs_node: IpfsNode, tmp_path: Path
+) -> None:
+    """``add_listing`` sends a flat folder from files kept elsewhere under other
+    names (a store's copies): the node's CID is the laid-out folder's. A FIFO among
+    them is refused before it is opened for a blocking read, a name that could not
+    be an entry is refused, and nothing is pinned either way."""
+    folder = tmp_path / "laid-out"
+    folder.mkdir()
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    files = {".metadata": os.urandom(700), "__0_0.distcp": os.urandom(300_000), "b": b""}
+    for index, (name, data) in enumerate(files.items()):
+        (folder / name).write_bytes(data)
+        (kept / f"blob-{index}").write_bytes(data)
+    sources = {name: kept / f"blob-{index}" for index, name in enumerate(files)}
+    expected = path_cid(folder, hidden=True)
+    assert ipfs.add_listing(sources, expected, shown="the test folder") == expected
+    assert pinned_on(ipfs_node, expected)
+    assert sorted(ipfs.children(expected)) == sorted(files)
+
+    os.mkfifo(tmp_path / "fifo")
+    other = {**sources, "b": tmp_path / "fifo"}
+    with pytest.raises(InputError, match="not a regular file"):
+        ipfs.add_listing(other, bytes_cid(b"never"), shown="the test folder")
+    for bad in ("..", "a/b", "a\0b", ""):
+        with pytest.raises(InputError, match="cannot name an entry"):
+            ipfs.add_listing({bad: kept / "blob-0"}, bytes_cid(b"never"), shown="a folder")
+    assert not pinned_on(ipfs_node, bytes_cid(b"never"))

@@ -149,12 +149,15 @@ def test_push_adds_a_sharded_checkpoint_under_its_folder_cid(
     assert cid == path_cid(folder, hidden=True)
     env = {"LEDGER_IPFS_API": ipfs_node.api}
 
+    before = sorted(p.relative_to(data_dir) for p in data_dir.rglob("*"))
     first = ledger("store", "push", "--data-dir", str(data_dir), env=env)
     assert first.returncode == 0, first.stderr
     assert b"added 1 checkpoint folders" in first.stdout and b"0 failed" in first.stdout
     assert b"2 of the artifacts inside them" in first.stdout  # the shard and .metadata
     assert pinned_on(ipfs_node, cid)
-    assert not [p for p in (data_dir / "store").iterdir() if p.name.startswith(".push-")]
+    # the folder is streamed from the store's files (or the referenced ones where
+    # they are): push lays nothing out and copies nothing into the data directory
+    assert sorted(p.relative_to(data_dir) for p in data_dir.rglob("*")) == before
     listing = json.loads(ipfs_node.rpc("ls", arg=str(cid)))["Objects"][0]["Links"]
     assert sorted(link["Name"] for link in listing) == sorted(p.name for p in folder.iterdir())
 
@@ -211,3 +214,54 @@ def test_push_follows_no_crafted_folder_listing(ipfs_node: IpfsNode, tmp_path: P
     assert not (tmp_path / "escape").exists() and not (data_dir / "escape").exists()
     assert pinned_on(ipfs_node, loose) and pinned_on(ipfs_node, top)
     assert not pinned_on(ipfs_node, path_cid(nested, hidden=True))
+
+
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
+def test_push_of_a_folder_whose_files_went_wrong(ipfs_node: IpfsNode, tmp_path: Path) -> None:
+    """A sharded checkpoint kept by reference whose shard became a FIFO (mtime as
+    recorded), and a copy damaged in the store behind a listing crafted to match
+    it: neither folder is pinned, push never blocks on the FIFO or stops at the
+    first bad file, and each failure is named while the rest is pushed."""
+    torch = pytest.importorskip("torch")
+    from torch.distributed.checkpoint import save
+
+    from ledger.documents import METRICS_SCHEMA, canonical_json
+    from ledger.hashing.cid import path_cid
+    from ledger.record.artifacts import store_weights
+
+    data_dir = tmp_path / "ledger"
+    store = LocalStore(data_dir / "store", weights="reference")
+    folder = tmp_path / "step-000001"
+    save({"w": torch.arange(1000, dtype=torch.float32)}, checkpoint_id=folder)
+    shard = next(p for p in folder.iterdir() if p.suffix == ".distcp")
+    cid, _, _ = store_weights(store, "00" * 32, folder, {"loss": 1.0}, 1)
+    info = shard.stat()
+    shard.unlink()
+    os.mkfifo(shard)
+    os.utime(shard, ns=(info.st_atime_ns, info.st_mtime_ns))
+
+    # a copy in the store damaged after it was stored, and a folder CID crafted from
+    # the damaged bytes, listed as holding the copy's CID
+    loose = tmp_path / "loose"
+    loose.mkdir()
+    (loose / "w.bin").write_bytes(os.urandom(4000))
+    blob = store.put_bytes((loose / "w.bin").read_bytes())
+    damaged = bytearray(store.path_for(blob).read_bytes())
+    damaged[0] ^= 1
+    store.path_for(blob).chmod(0o644)
+    store.path_for(blob).write_bytes(bytes(damaged))
+    (loose / "w.bin").write_bytes(bytes(damaged))
+    crafted = {"schema": METRICS_SCHEMA, "weights": {
+        "cid": str(path_cid(loose, hidden=True)), "files": {"w.bin": str(blob)}}}  # fmt: skip
+    store.put_bytes(canonical_json(crafted))
+    plain = store.put_bytes(os.urandom(1500))
+    env = {"LEDGER_IPFS_API": ipfs_node.api}
+
+    out = ledger("store", "push", "--data-dir", str(data_dir), env=env)
+    assert b"Traceback" not in out.stderr
+    assert out.returncode == 20, out.stderr  # a store error: some were not pushed
+    assert f"{cid} not added whole".encode() in out.stderr
+    assert str(shard).encode() in out.stderr  # the shard that changed is named
+    assert f"failed {blob}".encode() in out.stderr  # its copy does not hash to it
+    assert not pinned_on(ipfs_node, cid) and not pinned_on(ipfs_node, blob)
+    assert pinned_on(ipfs_node, plain)
