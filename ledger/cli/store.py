@@ -136,20 +136,23 @@ def _recorded_folders(local: Any) -> dict[Any, list[dict[str, Any]]]:
     holds as copies are read, and only small ones; a listing whose names could
     leave the folder is skipped."""
     import json
+    import os
+    import stat
 
     from ledger.documents import METRICS_SCHEMA
     from ledger.hashing.cid import Cid
 
     found: dict[Cid, list[dict[str, Cid]]] = {}
     for cid in local.cids():
-        path = local.path_for(cid)
-        try:
-            if path.stat().st_size > _DOCUMENT_LIMIT:
-                continue
-            data = path.read_bytes()
+        try:  # the first byte first: most blobs are weights, not documents
+            fd = os.open(local.path_for(cid), os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            with open(fd, "rb") as handle:
+                if not stat.S_ISREG(os.fstat(fd).st_mode) or handle.read(1) != b"{":
+                    continue  # a FIFO planted in the store is not read
+                data = b"{" + handle.read(_DOCUMENT_LIMIT)
         except OSError:
             continue  # stored by reference (weights), or gone: not a document
-        if not data.startswith(b"{"):
+        if len(data) > _DOCUMENT_LIMIT:
             continue
         try:
             document = json.loads(data)
