@@ -113,27 +113,46 @@ class _Record:
 
 
 def is_dcp_folder(path: Path | str) -> bool:
-    """Whether ``path`` is a folder holding a DCP ``.metadata`` file."""
-    return os.path.isdir(path) and os.path.isfile(os.path.join(path, METADATA_NAME))
+    """Whether ``path`` is a folder holding a DCP ``.metadata`` file (or a link by
+    that name, which :func:`read_metadata` then refuses, naming it)."""
+    metadata = os.path.join(path, METADATA_NAME)
+    return os.path.isdir(path) and (os.path.islink(metadata) or os.path.isfile(metadata))
 
 
 def read_metadata(path: Path) -> Any:
     """The object pickled in the DCP metadata file ``path``, with the classes DCP uses
     made as :class:`_Record` values, without unpickling (see the module docstring)."""
     try:
-        size = path.stat().st_size
-        if size > MAX_METADATA_BYTES:
-            raise UnsupportedFormatError(
-                f"{path} is {size} bytes, more than the {MAX_METADATA_BYTES >> 20} MiB "
-                "a checkpoint's metadata needs"
-            )
-        pickled = path.read_bytes()
+        # not followed: a link's target is outside the folder's CID (which holds the
+        # link, not the layout); not blocking: a FIFO by that name is refused, not read
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         raise FileMissingError(f"{path} does not exist") from None
     except OSError as exc:
+        if os.path.islink(path):
+            raise UnsupportedFormatError(
+                f"{path} is a symbolic link; a checkpoint's layout must be in the folder",
+                hint="copy the metadata file itself into the checkpoint folder",
+            ) from None
         raise UnsupportedFormatError(f"cannot read {path}: {exc.strerror or exc}") from exc
     try:
+        with open(fd, "rb") as handle:
+            info = os.fstat(handle.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                raise UnsupportedFormatError(f"{path} is not a regular file")
+            pickled = handle.read(MAX_METADATA_BYTES + 1)
+    except OSError as exc:
+        raise UnsupportedFormatError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    if len(pickled) > MAX_METADATA_BYTES:
+        raise UnsupportedFormatError(
+            f"{path} is more than the {MAX_METADATA_BYTES >> 20} MiB a checkpoint's metadata needs"
+        )
+    try:
         return _interpret(pickled)
+    except (RecursionError, MemoryError):
+        raise UnsupportedFormatError(
+            f"{path}: a pickle nested or sized beyond any checkpoint's metadata"
+        ) from None
     except _Refused as exc:
         raise UnsupportedFormatError(
             f"{path}: {exc}",
@@ -155,12 +174,14 @@ def _global(module: str, name: str) -> Any:
         return _Global(module, name)
     if module == "torch" and re.fullmatch(r"[a-z0-9_]+", name) and name not in ("load", "save"):
         return _Dtype(name)  # torch.float32 and friends, named not called (checked later)
-    raise _Refused(f"the pickle names {module}.{name}, which DCP's metadata does not use")
+    raise _Refused(
+        f"the pickle names {_shown(f'{module}.{name}')}, which DCP's metadata does not use"
+    )
 
 
 def _reduce(function: Any, args: Any) -> Any:
     if not isinstance(function, _Global) or not isinstance(args, tuple):
-        raise _Refused(f"a call of {function!r}")
+        raise _Refused(f"a call of a {type(function).__name__}")
     key = (function.module, function.name)
     if key == _SIZE and len(args) == 1 and _ints(args[0]):
         return tuple(args[0])
@@ -232,10 +253,10 @@ def _interpret(pickled: bytes) -> Any:
                 raise ValueError(f"{name} on a short stack")
             items = stack[-size:]
             del stack[-size:]
-            stack.append(tuple(items))
+            stack.append(_tuple(items))
         elif name == "TUPLE":
             items = pop_mark()
-            stack.append(tuple(items))
+            stack.append(_tuple(items))
         elif name == "APPEND":
             value = stack.pop()
             _typed(stack[-1], list).append(value)
@@ -261,7 +282,7 @@ def _interpret(pickled: bytes) -> Any:
         elif name == "NEWOBJ":
             args, cls = stack.pop(), stack.pop()
             if not (isinstance(cls, _Global) and (cls.module, cls.name) in _CLASSES):
-                raise _Refused(f"an object of {cls!r}")
+                raise _Refused(f"an object of a {type(cls).__name__}")
             if args != ():
                 raise _Refused(f"{cls.name} made with arguments")
             stack.append(_Record(cls.name))
@@ -297,10 +318,21 @@ def _typed(target: Any, kind: type) -> Any:
     return target
 
 
+def _tuple(items: list[Any]) -> tuple[Any, ...]:
+    """A tuple of the pickle's: DCP's nest two deep at most (a call's arguments
+    holding a shape). Deeper ones are refused here: hashing or printing a tuple
+    nested a million deep overflows the C stack, which no ``except`` catches."""
+    if any(isinstance(item, tuple) and any(isinstance(x, tuple) for x in item) for item in items):
+        raise _Refused("tuples nested deeper than DCP's metadata nests them")
+    return tuple(items)
+
+
 def _key(key: Any) -> Any:
-    if isinstance(key, (dict, list)):
-        raise _Refused("a dict or list used as a dict key")
-    return key
+    """A dict key of the pickle's: DCP's are names, numbers, records
+    (``MetadataIndex``) and shapes (flat tuples of ints)."""
+    if isinstance(key, (str, int, _Record)) or _ints(key):
+        return key
+    raise _Refused(f"a {type(key).__name__} used as a dict key")
 
 
 # -- the layout ------------------------------------------------------------------------
@@ -361,12 +393,14 @@ def dcp_plan(folder: Path | str) -> DcpPlan:
         fqn, offset = index.attrs.get("fqn"), index.attrs.get("offset")
         if not isinstance(fqn, str):
             raise UnsupportedFormatError(f"{folder / METADATA_NAME}: a storage entry without fqn")
-        where[(fqn, tuple(offset) if isinstance(offset, tuple) else ())] = info
+        if offset is not None and not _ints(offset):
+            raise UnsupportedFormatError(f"{folder / METADATA_NAME}: a malformed storage offset")
+        where[(fqn, offset or ())] = info
     sizes: dict[str, int] = {}
 
     def file_size(name: str) -> int:
         if name not in sizes:
-            if Path(name).name != name or name in (".", "..", METADATA_NAME):
+            if not _shard_name(name):
                 raise UnsupportedFormatError(
                     f"{folder / METADATA_NAME} names {name!r}, not a shard file of the folder"
                 )
@@ -380,16 +414,22 @@ def dcp_plan(folder: Path | str) -> DcpPlan:
                 sizes[name] = info.st_size
             except FileNotFoundError:
                 raise FileMissingError(
-                    f"{folder}: shard file {name} is missing (the metadata names it)",
+                    f"{folder}: shard file {name!r} is missing (the metadata names it)",
                     hint="copy every rank's shard files into the checkpoint folder",
                 ) from None
+            except OSError as exc:
+                raise UnsupportedFormatError(
+                    f"{folder}: cannot read shard file {name!r}: {exc.strerror or exc}"
+                ) from None
         return sizes[name]
+
+    ranges: dict[tuple[str, int], int] = {}  # (shard, start): length, each used once
 
     def located(fqn: str, offsets: tuple[int, ...]) -> tuple[str, int, int, _Record]:
         info = where.get((fqn, offsets))
         if info is None:
             raise UnsupportedFormatError(
-                f"{folder / METADATA_NAME}: tensor {fqn!r} has a chunk at {list(offsets)} "
+                f"{folder / METADATA_NAME}: tensor {_shown(fqn)} has a chunk at {list(offsets)} "
                 "but no storage entry"
             )
         name, start, length = (info.attrs.get(k) for k in ("relative_path", "offset", "length"))
@@ -399,13 +439,19 @@ def dcp_plan(folder: Path | str) -> DcpPlan:
             raise UnsupportedFormatError(f"{folder / METADATA_NAME}: a negative storage offset")
         if info.attrs.get("transform_descriptors"):
             raise UnsupportedFormatError(
-                f"{folder}: tensor {fqn!r} is stored transformed "
-                f"({info.attrs['transform_descriptors']}); ledger reads plain DCP items",
+                f"{folder}: tensor {_shown(fqn)} is stored transformed; "
+                "ledger reads plain DCP items",
             )
         if start + length > file_size(name):
             raise UnsupportedFormatError(
-                f"{folder / name}: ends inside tensor {fqn!r} (truncated?)"
+                f"{folder / name}: ends inside tensor {_shown(fqn)} (truncated?)"
             )
+        if (name, start) in ranges:  # DCP writes each item once: a repeat multiplies the work
+            raise UnsupportedFormatError(
+                f"{folder / METADATA_NAME}: two chunks name the same bytes of {name!r} "
+                f"(at {start}; tensor {_shown(fqn)})"
+            )
+        ranges[(name, start)] = length
         return name, start, length, info
 
     tensors: list[TensorLayout] = []
@@ -418,29 +464,35 @@ def dcp_plan(folder: Path | str) -> DcpPlan:
             file_size(located(fqn, ())[0])
             continue
         if not _is(entry, "TensorStorageMetadata"):
-            raise UnsupportedFormatError(f"{folder / METADATA_NAME}: entry {fqn!r} is unknown")
+            raise UnsupportedFormatError(
+                f"{folder / METADATA_NAME}: entry {_shown(fqn)} is unknown"
+            )
         dtype = _dtype_of(entry, fqn, folder, _TORCH_DTYPES)
         shape = entry.attrs.get("size")
         chunks = entry.attrs.get("chunks")
         if not (_ints(shape) and isinstance(chunks, list)):
-            raise UnsupportedFormatError(f"{folder / METADATA_NAME}: tensor {fqn!r} is malformed")
+            raise UnsupportedFormatError(
+                f"{folder / METADATA_NAME}: tensor {_shown(fqn)} is malformed"
+            )
         pieces: list[tuple[int, int, Piece]] = []
         for chunk in chunks:
             offsets, chunk_sizes = chunk.attrs.get("offsets"), chunk.attrs.get("sizes")
             if not (_is(chunk, "ChunkStorageMetadata") and _ints(offsets) and _ints(chunk_sizes)):
-                raise UnsupportedFormatError(f"{folder}: tensor {fqn!r} has a malformed chunk")
+                raise UnsupportedFormatError(
+                    f"{folder}: tensor {_shown(fqn)} has a malformed chunk"
+                )
             _check_rows(fqn, shape, offsets, chunk_sizes, folder)
             name, start, length, _ = located(fqn, offsets)
             try:
                 item_dtype, item_shape, at, nbytes = locate_item(folder / name, start, length)
             except CannotRead as exc:
                 raise UnsupportedFormatError(
-                    f"{folder / name}: the chunk of tensor {fqn!r} at {list(offsets)} "
+                    f"{folder / name}: the chunk of tensor {_shown(fqn)} at {list(offsets)} "
                     f"cannot be read without torch ({exc})"
                 ) from None
             if item_dtype != dtype or item_shape != chunk_sizes:
                 raise UnsupportedFormatError(
-                    f"{folder / name}: the chunk of tensor {fqn!r} at {list(offsets)} holds "
+                    f"{folder / name}: the chunk of tensor {_shown(fqn)} at {list(offsets)} holds "
                     f"{item_dtype}{list(item_shape)}, but the metadata says "
                     f"{dtype}{list(chunk_sizes)}"
                 )
@@ -449,7 +501,38 @@ def dcp_plan(folder: Path | str) -> DcpPlan:
         pieces.sort(key=lambda p: (p[0], p[1]))
         _check_cover(fqn, shape, pieces, folder)
         tensors.append(TensorLayout(fqn, dtype, shape, tuple(p for _, _, p in pieces)))
+    _check_disjoint(ranges, folder)
     return DcpPlan(folder, tuple(tensors), tuple(sorted(sizes, key=_natural)), tuple(others))
+
+
+def _shown(name: str) -> str:
+    """A tensor name for a message: quoted, and cut short if a crafted one is long."""
+    return repr(name) if len(name) <= 200 else f"{name[:200]!r}... ({len(name)} characters)"
+
+
+def _shard_name(name: Any) -> bool:
+    """A name of a file of the folder itself, one a file system can hold and a
+    message can show: no folder part, no control character, UTF-8, 255 bytes at most."""
+    if not isinstance(name, str) or name in ("", ".", "..", METADATA_NAME):
+        return False
+    if "/" in name or "\\" in name or not name.isprintable():
+        return False
+    try:
+        return len(name.encode("utf-8")) <= 255
+    except UnicodeEncodeError:  # a lone surrogate
+        return False
+
+
+def _check_disjoint(ranges: dict[tuple[str, int], int], folder: Path) -> None:
+    """No two items share bytes of a shard file (DCP writes them end to end): a
+    crafted layout naming a big item many times would be hashed as many times."""
+    ends: dict[str, int] = {}
+    for (name, start), length in sorted(ranges.items()):
+        if start < ends.get(name, 0):
+            raise UnsupportedFormatError(
+                f"{folder / METADATA_NAME}: two chunks overlap in {name!r} (at {start})"
+            )
+        ends[name] = start + length
 
 
 def _is(value: Any, kind: str) -> bool:
@@ -467,8 +550,9 @@ def _dtype_of(entry: _Record, fqn: str, folder: Path, known: dict[str, str]) -> 
     if isinstance(properties, _Record) and properties.kind == "TensorProperties":
         dtype = properties.state[0] if properties.state else properties.attrs.get("dtype")
     if not isinstance(dtype, _Dtype) or dtype.name not in known:
+        shown = repr(dtype.name[:40]) if isinstance(dtype, _Dtype) else type(dtype).__name__
         raise UnsupportedFormatError(
-            f"{folder / METADATA_NAME}: tensor {fqn!r} has no dtype ledger knows ({dtype!r})"
+            f"{folder / METADATA_NAME}: tensor {_shown(fqn)} has no dtype ledger knows ({shown})"
         )
     return known[dtype.name]
 
@@ -481,10 +565,10 @@ def _check_rows(
     folder: Path,
 ) -> None:
     if len(offsets) != len(shape) or len(sizes) != len(shape):
-        raise UnsupportedFormatError(f"{folder}: tensor {fqn!r} has a chunk of another rank")
+        raise UnsupportedFormatError(f"{folder}: tensor {_shown(fqn)} has a chunk of another rank")
     if shape and (any(offsets[1:]) or sizes[1:] != shape[1:]):
         raise UnsupportedFormatError(
-            f"{folder}: tensor {fqn!r} is split along a dimension other than the first "
+            f"{folder}: tensor {_shown(fqn)} is split along a dimension other than the first "
             f"(a chunk at {list(offsets)} of {list(sizes)}); ledger reads checkpoints whose "
             "tensors are split by rows (FSDP's Shard(0))",
             hint="gather the state dict and save it in one file to record it",
@@ -500,12 +584,13 @@ def _check_cover(
     for offset, rows, _ in pieces:
         if offset != expected:
             raise UnsupportedFormatError(
-                f"{folder}: the chunks of tensor {fqn!r} overlap or leave a gap at row {expected}"
+                f"{folder}: the chunks of tensor {_shown(fqn)} overlap or leave a gap "
+                f"at row {expected}"
             )
         expected += rows
     if expected != (shape[0] if shape else 1):
         raise UnsupportedFormatError(
-            f"{folder}: the chunks of tensor {fqn!r} cover {expected} of its "
+            f"{folder}: the chunks of tensor {_shown(fqn)} cover {expected} of its "
             f"{shape[0] if shape else 1} rows"
         )
 

@@ -120,6 +120,73 @@ def test_shard_names_must_stay_in_the_folder(tmp_path: Path) -> None:
         dcp_plan(folder)
 
 
+@pytest.mark.parametrize(
+    "name",
+    ["a\x00b", "\ud800.distcp", "a" * 300, "zz\n\x1b[32mVERIFIED\x1b[0m", "sub\\x", ""],
+    ids=["nul", "surrogate", "too-long", "terminal-escapes", "backslash", "empty"],
+)
+def test_shard_names_a_folder_cannot_hold_or_a_terminal_should_not_print(
+    tmp_path: Path, name: str
+) -> None:
+    folder = save(tmp_path / "ckpt", state())
+
+    def rename(metadata: Any) -> None:
+        for info in metadata.storage_data.values():
+            info.relative_path = name
+
+    rewrite_metadata(folder, rename)
+    with pytest.raises(UnsupportedFormatError, match="not a shard file of the folder") as caught:
+        dcp_plan(folder)
+    assert "\x1b" not in caught.value.message and "\n" not in caught.value.message
+
+
+def test_pickles_nested_past_dcps_own_are_refused_not_crashed_on(tmp_path: Path) -> None:
+    """A tuple nested a million deep, as a dict key (hashed) or a call (printed),
+    would overflow the C stack (a crash no except catches): refused while read."""
+    folder = save(tmp_path / "ckpt", state())
+    deep = b"\x80\x04)" + b"\x85" * 1_000_000  # (), then TUPLE1 a million times
+    for pickled in (b"\x80\x04}" + deep[2:] + b"Ns.", deep + b")\x81."):
+        (folder / ".metadata").write_bytes(pickled)
+        with pytest.raises(UnsupportedFormatError, match="nested deeper"):
+            dcp_plan(folder)
+
+
+def test_chunks_naming_the_same_bytes_are_refused(tmp_path: Path) -> None:
+    """DCP writes each item once: a layout naming one item for many tensors would
+    have it hashed as many times (2,000 names of a 64 MiB item: 128 GiB)."""
+    import copy
+
+    from torch.distributed.checkpoint.metadata import MetadataIndex
+
+    folder = save(tmp_path / "ckpt", {"w": torch.zeros(1000)})
+
+    def repeat(metadata: Any) -> None:
+        entry = metadata.state_dict_metadata["w"]
+        ((_, info),) = metadata.storage_data.items()
+        for i in range(3):
+            metadata.state_dict_metadata[f"w{i}"] = copy.deepcopy(entry)
+            metadata.storage_data[MetadataIndex(f"w{i}", torch.Size([0]))] = copy.deepcopy(info)
+
+    rewrite_metadata(folder, repeat)
+    with pytest.raises(UnsupportedFormatError, match="two chunks name the same bytes"):
+        dcp_plan(folder)
+
+
+def test_a_metadata_file_that_is_a_link_or_not_a_file_is_refused(tmp_path: Path) -> None:
+    """The folder's CID holds a link's target path, not the layout behind it: a
+    ``.metadata`` link is refused, naming it (and a FIFO is not waited on)."""
+    folder = save(tmp_path / "ckpt", state())
+    (folder / ".metadata").rename(tmp_path / "layout")
+    (folder / ".metadata").symlink_to(tmp_path / "layout")
+    assert is_dcp_folder(folder)
+    with pytest.raises(UnsupportedFormatError, match="symbolic link"):
+        dcp_plan(folder)
+    (folder / ".metadata").unlink()
+    os.mkfifo(folder / ".metadata")
+    with pytest.raises(UnsupportedFormatError, match="not a regular file"):
+        read_metadata(folder / ".metadata")
+
+
 def test_a_shard_that_is_a_link_is_refused(tmp_path: Path) -> None:
     folder = save(tmp_path / "ckpt", state())
     (shard,) = dcp_plan(folder).files
@@ -137,7 +204,7 @@ def test_a_missing_or_truncated_shard_is_named(tmp_path: Path) -> None:
     with pytest.raises(UnsupportedFormatError, match=f"{shard}.*truncated"):
         dcp_plan(folder)
     (folder / shard).unlink()
-    with pytest.raises(FileMissingError, match=f"shard file {shard} is missing"):
+    with pytest.raises(FileMissingError, match=f"shard file '{shard}' is missing"):
         dcp_plan(folder)
 
 
