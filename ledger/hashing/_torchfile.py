@@ -256,6 +256,69 @@ class _Pickle:
     end: int  # offset just past STOP: bytes from here on are not part of the pickle
 
 
+MAX_NESTING = 200
+"""Deepest nesting of objects a pickle read here may build (state dicts and
+training checkpoints nest a few levels)."""
+
+_UPDATES = {"APPEND", "APPENDS", "SETITEM", "SETITEMS", "ADDITEMS", "BUILD"}
+
+
+def check_nesting(pickled: bytes) -> int:
+    """Raise :class:`Broken` if ``pickled`` builds objects nested deeper than
+    :data:`MAX_NESTING`, before anything unpickles it.
+
+    Why this exists: hashing a tuple nested a million deep (as a dict key) overflows
+    the C stack, a crash no ``except`` catches, and torch's weights-only unpickler,
+    to which a file this reader cannot read is handed, does exactly that
+    (PyTorch 2.13). Only depths are simulated, from each opcode's stack effect
+    as :mod:`pickletools` describes it; malformed pickles are left to the reader.
+    Returns the offset just past the pickle's STOP.
+    """
+    stack: list[int] = []
+    marks: list[int] = []
+    memo: dict[Any, int] = {}
+    for opcode, arg, position in pickletools.genops(pickled):
+        name = opcode.name
+        if name == "STOP":
+            return int(position or 0) + 1
+        if name == "MARK":
+            marks.append(len(stack))
+            continue
+        if name in ("PUT", "BINPUT", "LONG_BINPUT"):
+            memo[arg] = stack[-1] if stack else 0
+            continue
+        if name == "MEMOIZE":
+            memo[len(memo)] = stack[-1] if stack else 0
+            continue
+        if name in ("GET", "BINGET", "LONG_BINGET"):
+            stack.append(memo.get(arg, 0))
+            continue
+        before = opcode.stack_before
+        if pickletools.markobject in before:  # [below...] MARK [slice]
+            at = marks.pop() if marks else len(stack)
+            items = stack[at:]
+            below_count = before.index(pickletools.markobject)
+            below = stack[max(0, at - below_count) : at]
+            del stack[max(0, at - below_count) :]
+        else:
+            count = len(before)
+            below, items = [], stack[len(stack) - count :] if count else []
+            del stack[len(stack) - len(items) :]
+            if name in _UPDATES and items:  # the container, then what goes in it
+                below, items = items[:1], items[1:]
+        if name in _UPDATES:
+            made = [max([*below, 1 + max(items, default=0)])]
+        elif name == "DUP":
+            made = items * 2
+        else:
+            deepest = max([*below, *items], default=-1) + 1
+            made = [deepest] * len(opcode.stack_after)
+        if made and max(made) > MAX_NESTING:
+            raise Broken(f"the pickle nests objects more than {MAX_NESTING} deep")
+        stack.extend(made)
+    return len(pickled)
+
+
 def _interpret(pickled: bytes) -> _Pickle:
     stack: list[Any] = []
     marks: list[list[Any]] = []
@@ -270,6 +333,7 @@ def _interpret(pickled: bytes) -> _Pickle:
         return items
 
     try:
+        check_nesting(pickled)
         for count, (opcode, decoded, position) in enumerate(pickletools.genops(pickled)):
             if count >= MAX_OPCODES:
                 raise Broken(f"the pickle runs past {MAX_OPCODES} opcodes")
@@ -317,10 +381,12 @@ def _interpret(pickled: bytes) -> _Pickle:
                 _list(stack[-1]).extend(items)
             elif name == "SETITEM":
                 value, key = stack.pop(), stack.pop()
-                _dict(stack[-1])[key] = value
+                _dict(stack[-1])[_key(key)] = value
             elif name == "SETITEMS":
                 items = pop_mark()
-                _dict(stack[-1]).update(zip(items[::2], items[1::2], strict=True))
+                target = _dict(stack[-1])
+                for key, value in zip(items[::2], items[1::2], strict=True):
+                    target[_key(key)] = value
             elif name == "GLOBAL":
                 module, _, attribute = str(arg).partition(" ")
                 stack.append(_global(module, attribute))
@@ -333,7 +399,12 @@ def _interpret(pickled: bytes) -> _Pickle:
             elif name == "REDUCE":
                 args, function = stack.pop(), stack.pop()
                 if not isinstance(function, _Global) or function not in _FUNCTIONS:
-                    raise CannotRead(f"REDUCE of {function!r}")
+                    shown = (
+                        f"{function.module}.{function.name}"[:200]
+                        if isinstance(function, _Global)
+                        else f"a {type(function).__name__}"
+                    )
+                    raise CannotRead(f"REDUCE of {shown}")
                 stack.append(_rebuild(function, args))
             elif name == "BUILD":
                 state = stack.pop()
@@ -346,12 +417,32 @@ def _interpret(pickled: bytes) -> _Pickle:
         raise
     except (ValueError, IndexError, KeyError, TypeError, struct.error) as exc:
         raise Broken(f"malformed or truncated pickle ({_first_line(exc)})") from exc
+    except (RecursionError, MemoryError):
+        raise Broken("a pickle nested or sized beyond any checkpoint's") from None
     raise Broken("the pickle has no STOP (truncated)")
 
 
 def _first_line(exc: BaseException) -> str:
     text = str(exc)
     return (text.splitlines() or [type(exc).__name__])[0][:200]
+
+
+_KEY_DEPTH = 8
+"""How deep a tuple used as a dict key may nest (state dicts key by names,
+optimizers by numbers; a user's dict may key by a small tuple)."""
+
+
+def _key(key: Any, depth: int = 0) -> Any:
+    """``key``, unless it is a tuple nested more than :data:`_KEY_DEPTH` deep: hashing
+    a tuple nested a million deep overflows the C stack (a crash no ``except``
+    catches), so such keys are refused before the dict hashes them (what is not
+    hashable at all fails there, as a malformed pickle)."""
+    if isinstance(key, tuple):
+        if depth >= _KEY_DEPTH:
+            raise Broken("a dict keyed by a tuple nested past what checkpoints use")
+        for item in key:
+            _key(item, depth + 1)
+    return key
 
 
 def _list(target: Any) -> list[Any]:

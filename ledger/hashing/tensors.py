@@ -703,7 +703,13 @@ def _check_torch_can_decide(path: Path, data: bytes | None) -> None:
     code, and offer ``weights_only=False``)."""
     import zipfile
 
-    from ledger.hashing._torchfile import MAX_PICKLE_BYTES, Broken, CannotRead, interpret
+    from ledger.hashing._torchfile import (
+        MAX_PICKLE_BYTES,
+        Broken,
+        CannotRead,
+        check_nesting,
+        interpret,
+    )
 
     if zipfile.is_zipfile(path if data is None else io.BytesIO(data)):
         return
@@ -713,6 +719,16 @@ def _check_torch_can_decide(path: Path, data: bytes | None) -> None:
     else:
         pickled = data[: MAX_PICKLE_BYTES + 1]
     if pickled.startswith(LEGACY_MAGIC):
+        # the magic number, the protocol, the system info and the object: pickles end
+        # to end, which torch's weights-only unpickler reads (see check_nesting)
+        at = 0
+        try:
+            for _ in range(4):
+                at += check_nesting(pickled[at:])
+        except Broken as exc:
+            raise UnsupportedFormatError(f"{path}: not torch weights: {exc}") from exc
+        except ValueError:
+            pass  # malformed: torch's reader says so
         return
     if not pickled:
         raise UnsupportedFormatError(f"{path}: an empty file, not torch weights")

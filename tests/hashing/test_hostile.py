@@ -288,7 +288,44 @@ def huge_storage_zip(path: Path) -> Path:
     return path
 
 
+DEEP_TUPLE = b")" + b"\x85" * 1_000_000  # (), then TUPLE1 a million times
+
+
+def deep_key_zip(path: Path, prefix: bytes = b"") -> Path:
+    """A torch zip whose pickle keys a dict by a tuple nested a million deep: hashing
+    it overflows the C stack (a crash, exit 139, no exception), in torch's
+    weights-only unpickler too. ``prefix`` (a global ledger's reader leaves to torch)
+    makes the file one that torch would be handed."""
+    pickled = b"\x80\x02" + prefix + b"}" + DEEP_TUPLE + b"Ns" + (b"0" if prefix else b"") + b"."
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("deep/data.pkl", pickled)
+        archive.writestr("deep/byteorder", b"little")
+    return path
+
+
+def deep_key_legacy(tmp_path: Path) -> Path:
+    """A legacy (pre-zip) torch file whose object pickle holds such a key: torch reads
+    those pickles end to end with its weights-only unpickler."""
+    import pickletools
+
+    source = tmp_path / "legacy.pt"
+    torch.save(make_state_dict(), source, _use_new_zipfile_serialization=False)
+    data = source.read_bytes()
+    at = 0
+    for _ in range(3):  # the magic number, the protocol, the system info
+        *_, (_, _, end) = pickletools.genops(data[at:])
+        at += int(end or 0) + 1
+    *_, (_, _, end) = pickletools.genops(data[at:])
+    deep = b"\x80\x02}" + DEEP_TUPLE + b"Ns."
+    return write(tmp_path, "legacy-deep.pt", data[:at] + deep + data[at + int(end or 0) + 1 :])
+
+
 HOSTILE: dict[str, Callable[[Path], Path]] = {
+    "deep-tuple-key.pt": lambda p: deep_key_zip(p / "deep.pt"),
+    "deep-tuple-key-for-torch.pt": lambda p: deep_key_zip(
+        p / "deep-torch.pt", b"ccollections\nOrderedDict\n)R"
+    ),
+    "deep-tuple-key-legacy.pt": deep_key_legacy,
     "empty.pt": lambda p: write(p, "empty.pt", b""),
     "empty.safetensors": lambda p: write(p, "empty.safetensors", b""),
     "empty.ckpt": lambda p: write(p, "empty.ckpt", b""),
