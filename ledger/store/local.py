@@ -104,14 +104,14 @@ class LocalStore:
         ``size``, ``mtime_ns``, ``cid``), or None."""
         where = Path(f"{self._refs}{os.sep}{cid}")
         try:
-            record = json.loads(where.read_bytes())
+            record = json.loads(_read_regular(where, limit=_REFERENCE_LIMIT))
         except FileNotFoundError:
             return None
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, RecursionError) as exc:
             raise IntegrityError(
-                f"the store's reference {where} is unreadable ({exc})",
+                f"the store's reference {where} is unreadable ({_first_line(exc)})",
                 hint="store the weights file again (`ledger sync` re-stores pending records)",
-            ) from exc
+            ) from None
         if not (
             isinstance(record, dict)
             and isinstance(record.get("path"), str)
@@ -147,6 +147,11 @@ class LocalStore:
         path = Path(record["path"])
         try:
             info = os.stat(path)
+        except ValueError:  # a NUL in the recorded path: no file can be there
+            raise IntegrityError(
+                f"the store's reference to {cid} names no possible path ({record['path']!r})",
+                hint="store the weights file again",
+            ) from None
         except FileNotFoundError as exc:
             raise ArtifactNotFoundError(
                 f"artifact {cid} is stored by reference to {path}, which is gone"
@@ -319,12 +324,19 @@ class LocalStore:
     def get_bytes(self, cid: Cid) -> bytes:
         path = self.path_for(cid)
         try:
-            data = path.read_bytes()
+            data = _read_regular(path)
         except FileNotFoundError as exc:
             record = self.reference(cid)
             if record is None:
                 raise self._missing(cid) from exc
             return self._get_referenced(cid, record)
+        except ValueError as exc:  # not a regular file, or it grew as it was read
+            raise IntegrityError(
+                f"stored artifact {cid} is damaged ({exc})",
+                hint=f"the file {path} was changed on disk; restore it from another copy",
+            ) from None
+        except OSError as exc:
+            raise StoreError(f"cannot read stored artifact {cid} at {path}: {exc}") from exc
         actual = bytes_cid(data, cid_version=cid.version)
         if actual != cid:  # codec too: a dag-pb root's block must not pass as raw bytes
             raise IntegrityError(
@@ -391,9 +403,15 @@ class LocalStore:
 
     def _get_referenced(self, cid: Cid, record: dict[str, Any]) -> bytes:
         path = self._referenced(cid, record)
-        try:
-            with open(path, "rb") as handle:
-                data = handle.read()
+        try:  # what was recorded, and one byte more to see that it grew
+            data = _read_regular(path, limit=int(record["size"]))
+        except ValueError as exc:  # not a regular file (a FIFO, a device), or grew
+            raise IntegrityError(
+                f"artifact {cid} is stored by reference to {path}, which changed since it"
+                f" was stored ({exc})",
+                hint="restore that file from another copy; the store keeps no copy of it"
+                " (LEDGER_STORE_WEIGHTS=reference)",
+            ) from None
         except OSError as exc:
             raise StoreError(f"cannot read {path}, which holds artifact {cid}: {exc}") from exc
         actual = bytes_cid(data, cid_version=cid.version)
@@ -405,6 +423,30 @@ class LocalStore:
                 " (LEDGER_STORE_WEIGHTS=reference)",
             )
         return data
+
+
+_REFERENCE_LIMIT = 64 * 1024
+"""Largest reference record read (a path and three fields: far below this)."""
+
+
+def _read_regular(path: Path, *, limit: int | None = None) -> bytes:
+    """The bytes of the regular file ``path``, at most ``limit`` of them (None: its
+    size as it is opened); ValueError if it is not a regular file (opened without
+    waiting: a FIFO does not block) or holds more than ``limit`` bytes."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with open(fd, "rb") as handle:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ValueError("not a regular file")
+        limit = info.st_size if limit is None else limit
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise ValueError(f"more than {limit} bytes")
+    return data
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).splitlines() or [type(exc).__name__])[0][:200]
 
 
 def _check_same(path: Path, before: os.stat_result, after: os.stat_result) -> None:

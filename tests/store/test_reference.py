@@ -82,6 +82,38 @@ def test_a_referenced_file_rewritten_in_place_is_caught_by_the_rehash(tmp_path: 
         store.get_bytes(cid)
 
 
+def test_what_stands_where_a_referenced_file_was_is_never_waited_on(tmp_path: Path) -> None:
+    """A FIFO where an empty referenced file was (size and mtime as recorded) is not
+    opened for a blocking read, a FIFO standing for the reference record neither,
+    and a record crafted to point at a device, at no possible path or nested too
+    deep to parse is the store's own error, never a hang or a raw exception."""
+    store = LocalStore(tmp_path / "store", weights="reference")
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    cid = store.put_file(empty)
+    stamp = empty.stat()
+    empty.unlink()
+    os.mkfifo(empty)
+    os.utime(empty, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+    with pytest.raises(IntegrityError, match="not a regular file"):
+        store.get_bytes(cid)
+
+    record = store.root / "refs" / str(cid)
+    for path in ("/dev/zero", r"/tmp/a\u0000b", r"/tmp/\ud800"):  # JSON escapes
+        record.write_text(
+            f'{{"cid": "{cid}", "path": "{path}", "size": 0, "mtime_ns": {stamp.st_mtime_ns}}}'
+        )
+        with pytest.raises(IntegrityError):
+            store.get_bytes(cid)
+    record.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(IntegrityError, match="unreadable"):
+        store.get_bytes(cid)
+    record.unlink()
+    os.mkfifo(record)
+    with pytest.raises(IntegrityError, match="unreadable"):
+        store.reference(cid)
+
+
 def test_a_file_already_copied_is_not_referenced_again(tmp_path: Path) -> None:
     store, source = referenced(tmp_path)
     cid = LocalStore(store.root).put_file(source)  # copied earlier, in copy mode
