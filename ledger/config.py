@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -363,13 +364,33 @@ def key_source(settings: Settings, chain_id: int) -> str:
     return "none"
 
 
+def _keyfile() -> Any:
+    """eth_keyfile's keyfile functions, imported with the interpreter's recursion limit
+    kept: py_ecc (imported under eth_keyfile) raises it to 100,000 as it loads, and
+    past the C stack's depth a crafted document nested deep enough crashes the
+    process (a segmentation fault) where it would have raised RecursionError."""
+    import types
+
+    limit = sys.getrecursionlimit()
+    try:
+        from eth_keyfile import keyfile
+        from eth_keyfile.exceptions import EthKeyfileException
+    finally:
+        sys.setrecursionlimit(limit)
+    return types.SimpleNamespace(
+        create_keyfile_json=keyfile.create_keyfile_json,
+        decode_keyfile_json=keyfile.decode_keyfile_json,
+        exceptions=EthKeyfileException,
+    )
+
+
 def create_keystore(path: Path, password: Secret) -> str:
     """Make a new random key and write it to ``path`` as an encrypted JSON keystore
     (version 3, scrypt with the usual parameters: n=262144, r=8, p=1), mode 0600;
     refuses to overwrite anything. Returns the key's address."""
     import secrets
 
-    from eth_keyfile.keyfile import create_keyfile_json
+    create_keyfile_json = _keyfile().create_keyfile_json
 
     from ledger.chain.sender import address_of
 
@@ -422,8 +443,7 @@ def _decrypt_keystore(path: Path, password: Secret | None) -> Secret:
 def decrypt_keystore(path: Path, password: Secret, *, where: str) -> Secret:
     """The private key in the encrypted keystore ``path`` (``where``: what supplied the
     password, for the hint). Reads at most :data:`KEYSTORE_LIMIT` bytes."""
-    from eth_keyfile.exceptions import EthKeyfileException
-    from eth_keyfile.keyfile import decode_keyfile_json
+    keyfile = _keyfile()
 
     try:
         with path.open("rb") as handle:
@@ -450,8 +470,8 @@ def decrypt_keystore(path: Path, password: Secret, *, where: str) -> Secret:
         ) from exc
     _check_kdf(path, encrypted)
     try:
-        key = decode_keyfile_json(encrypted, password.reveal().encode())
-    except (EthKeyfileException, ValueError, KeyError, TypeError) as exc:
+        key = keyfile.decode_keyfile_json(encrypted, password.reveal().encode())
+    except (keyfile.exceptions, ValueError, KeyError, TypeError) as exc:
         if "MAC mismatch" in str(exc):
             raise KeystoreError(
                 f"cannot decrypt keystore {path}: wrong password", hint=f"check {where}"

@@ -161,7 +161,9 @@ def read_document(store: ArtifactStore, digest: bytes, kind: DocumentKind) -> Do
         raise InvalidDocumentError(exc.message, cid=str(cid), hint=exc.hint) from exc
     try:
         body = json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        # RecursionError: arrays nested past Python's limit (a committer's crafted
+        # document must not crash whoever reads it: verify, the indexer, the API)
         raise InvalidDocumentError(
             f"{kind.what} {cid} is not a JSON document", cid=str(cid)
         ) from exc

@@ -8,6 +8,7 @@ other's runs. Nothing here mocks the chain or the store.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,12 @@ from tests.chain.web3_registry import Registry, connect_web3
 
 # The index and API fixtures (an index database per test on SQLite and PostgreSQL).
 pytest_plugins = ["tests.index_fixtures"]
+
+# py_ecc, under eth_account, raises the recursion limit to 100,000 as it loads: past
+# the C stack's depth, the tests' crafted documents nested a hundred thousand deep
+# would crash the test process instead of raising RecursionError as they do in
+# ledger's own processes (ledger.config._keyfile keeps the limit).
+sys.setrecursionlimit(1000)
 
 # Outbox workers of in-process tests end with the test session, not a minute later
 # (tests/outbox/test_resident.py covers the resident worker).

@@ -485,3 +485,23 @@ def test_the_relayer_key_is_a_secret_and_checked(
     with pytest.raises(ConfigError, match="LEDGER_RELAYER_KEY") as info:
         Signer(Secret("0x1234"), what="LEDGER_RELAYER_KEY")
     assert "1234" not in str(info.value)
+
+
+def test_reading_a_keystore_keeps_the_recursion_limit() -> None:
+    """py_ecc (under eth_keyfile) raises the interpreter's recursion limit to 100,000
+    as it loads; a process that then parses a crafted document nested deep would
+    crash (a segmentation fault) instead of raising RecursionError."""
+    import subprocess
+    import sys
+
+    script = (
+        "import json, sys; from ledger.config import _keyfile; _keyfile(); "
+        "print(sys.getrecursionlimit());\n"
+        "try: json.loads('[' * 200000 + ']' * 200000)\n"
+        "except RecursionError: print('refused')"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr[-500:]
+    assert done.stdout.split() == ["1000", "refused"]

@@ -230,6 +230,9 @@ def test_a_document_not_in_the_store_is_missing(store: LocalStore) -> None:
         (b"\xff\xfe{}", "not a JSON document"),
         (b"[1, 2]", "not a JSON object"),
         (b'"a string"', "not a JSON object"),
+        # a committer's crafted document, nested past Python's limit
+        (b"[" * 100_000 + b"]" * 100_000, "not a JSON document"),
+        (b'{"a":' * 100_000 + b"1" + b"}" * 100_000, "not a JSON document"),
     ],
 )
 def test_bytes_that_are_not_a_json_object_are_invalid(

@@ -59,9 +59,9 @@ def read_bundle(path: Path) -> dict[str, Any]:
         bundle = json.loads(Path(path).read_bytes())
     except FileNotFoundError as exc:
         raise InputError(f"--bundle {path}: no such file") from exc
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:
         raise InputError(
-            f"--bundle {path}: not a JSON bundle ({exc})",
+            f"--bundle {path}: not a JSON bundle ({str(exc)[:200]})",
             hint="give the .provenance.json file `ledger export` wrote",
         ) from exc
     if not isinstance(bundle, dict) or bundle.get("bundleType") != BUNDLE_TYPE:
@@ -311,7 +311,7 @@ class _Check:
         if data is None:
             self.add(what, False, f"the bundle lacks the {what} {to_hex(digest)}")
             return None
-        body = json.loads(data)
+        body = _json(data)
         ok = isinstance(body, dict) and body.get(field) == expected and canonical_json(body) == data
         self.add(
             what,
@@ -468,9 +468,9 @@ class _Check:
     def _statement(self, subject: RunEvents) -> None:
         statement = self.bundle["statement"]
         assert subject.started is not None and subject.finalized is not None
-        manifest = json.loads(self.documents.get(bytes(subject.started["manifestDigest"]), b"{}"))
+        manifest = _object(self.documents.get(bytes(subject.started["manifestDigest"]), b"{}"))
         metrics_digest = bytes(subject.finalized["metricsDigest"])
-        metrics = json.loads(self.documents.get(metrics_digest, b"{}"))
+        metrics = _object(self.documents.get(metrics_digest, b"{}"))
         claimed = statement["subject"][0]
         expected = build_statement(
             run=subject,
@@ -643,10 +643,7 @@ class _Check:
         for rid in runs:
             started = self.runs[rid].started
             raw = self.documents.get(bytes(started["manifestDigest"])) if started else None
-            try:
-                manifest = json.loads(raw) if raw else None
-            except ValueError:
-                continue
+            manifest = _json(raw) if raw else None
             if not isinstance(manifest, dict):
                 continue
             for ref in run_datasets(manifest):
@@ -664,3 +661,19 @@ def _first_difference(got: Any, want: Any, path: str = "") -> str:
             if a != b:
                 return _first_difference(a, b, f"{path}[{i}]")
     return path.lstrip(".") or "(the whole Statement)"
+
+
+def _json(data: bytes) -> Any:
+    """A bundle document's JSON, or None where it is not JSON (malformed, or nested
+    past Python's limit: a crafted bundle must get a verdict, not a traceback)."""
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError):
+        return None
+
+
+def _object(data: bytes) -> dict[str, Any]:
+    """A bundle document's JSON object; {} where it is none (the document checks
+    above have said why)."""
+    body = _json(data)
+    return body if isinstance(body, dict) else {}

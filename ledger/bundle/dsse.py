@@ -77,7 +77,7 @@ def read_envelope(envelope: Mapping[str, Any]) -> tuple[dict[str, Any], list[Sig
     try:
         payload = base64.b64decode(str(envelope["payload"]), validate=True)
         statement = json.loads(payload)
-    except (KeyError, binascii.Error, ValueError) as exc:
+    except (KeyError, binascii.Error, ValueError, RecursionError) as exc:
         raise InputError("the envelope's payload is not base64 of a JSON Statement") from exc
     if not isinstance(statement, dict):
         raise InputError("the envelope's payload is not a JSON Statement")

@@ -281,7 +281,7 @@ class JsonRpc:
             try:
                 with self._lock:
                     try:
-                        answer = json.loads(self._post(body))
+                        answer = _loads(self._post(body))
                     except (OSError, ValueError):  # JSONDecodeError is a ValueError
                         self._close()
                         raise
@@ -399,7 +399,7 @@ class Response(NamedTuple):
 def _is_rpc_answer(body: bytes) -> bool:
     """Whether a non-200 answer's body is a JSON-RPC error (or batch of answers)."""
     try:
-        answer = json.loads(body)
+        answer = _loads(body)
     except ValueError:
         return False
     items = answer if isinstance(answer, list) else [answer]
@@ -560,3 +560,12 @@ def _read_chunked(stream: Any) -> bytes:
         if len(data) != size or stream.read(2) != b"\r\n":
             raise ValueError("the chunked answer ended early")
         parts.append(data)
+
+
+def _loads(body: bytes) -> Any:
+    """A node's answer as JSON; ValueError for one that is not, or that nests past
+    Python's limit (a hostile node must not crash its client)."""
+    try:
+        return json.loads(body)
+    except RecursionError:
+        raise ValueError("an answer nested too deep to be JSON-RPC") from None

@@ -491,8 +491,8 @@ def weights_files(folder: Path | str) -> tuple[tuple[Path, ...], dict[str, str] 
 def _read_weight_map(index: Path) -> dict[str, str]:
     try:
         document = json.loads(index.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UnsupportedFormatError(f"{index}: not a JSON document ({exc})") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise UnsupportedFormatError(f"{index}: not a JSON document ({str(exc)[:200]})") from exc
     weight_map = document.get("weight_map") if isinstance(document, dict) else None
     if not isinstance(weight_map, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()

@@ -434,7 +434,7 @@ def _node_error(
     try:
         document = json.loads(body)
         message = str(document.get("Message") or document) if isinstance(document, dict) else ""
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
         message = ""
     if not message:
         message = body.decode("utf-8", "replace").strip()[:300] or f"HTTP {status}"
@@ -451,7 +451,7 @@ def _node_error(
 def _decode_json(body: bytes | str, command: str, address: ApiAddress) -> Any:
     try:
         return json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise StoreError(
             f"the IPFS node at {address} answered `{command}` with something that is not JSON",
             hint="check that the address is a Kubo RPC API (port 5001 by default), not a gateway",

@@ -204,6 +204,10 @@ EDITS: dict[str, Callable[[dict[str, Any]], None]] = {
     "registry": lambda b: b["chain"].update(registry="0x" + "22" * 20),
     "subject": lambda b: b["statement"]["subject"][0]["digest"].update(sha256="0" * 64),
     "dropped checkpoint": lambda b: b["chain"]["receipts"].pop(1),
+    # nested past Python's limit: a verdict, not a RecursionError
+    "documents nested too deep": lambda b: b["documents"].update(
+        {k: "[" * 100_000 + "]" * 100_000 for k in b["documents"]}
+    ),
 }
 
 

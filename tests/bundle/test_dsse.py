@@ -110,6 +110,9 @@ BAD = {
     "short signature": lambda b: b["envelope"]["signatures"][0].update(sig="AAAA"),
     "keyid of another": lambda b: b["envelope"]["signatures"][0].update(keyid="0x" + "11" * 20),
     "not an object": lambda b: b.update(envelope="signed"),
+    "payload nested too deep": lambda b: b["envelope"].update(
+        payload=base64.b64encode(b"[" * 100_000 + b"]" * 100_000).decode()
+    ),
 }
 
 
