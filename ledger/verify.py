@@ -219,6 +219,16 @@ class Verifier:
         else:
             cid = known_cid if known_cid is not None else file_cid(path, progress=progress)
         report = VerifyReport(path=str(path), file_cid=str(cid))
+        if sharded:
+            from ledger.hashing.tensors import weights_layouts
+
+            if beside := weights_layouts(path):  # what Hugging Face loaders read instead
+                report.add(
+                    "container",
+                    False,
+                    f"the checkpoint folder also holds {', '.join(map(repr, beside))}, which "
+                    "Hugging Face loaders read instead of its shards: not checked here",
+                )
         by_file = self.registry.find_by_weights(cid.digest)
         by_root: dict[bytes, list[WeightsRecord]] = {}
         tensors: TensorDigest | None = None
@@ -364,6 +374,7 @@ class Verifier:
                     for p in files
                     if (problem := container_problem(p)) is not None
                 ]
+                problems += _other_layouts(folder, tensors.root)
                 report.add(
                     "container",
                     not problems,
@@ -972,3 +983,24 @@ def _declared_parents(manifest: dict[str, Any]) -> set[bytes]:
         except BadIdError:
             declared.add(text.encode())
     return declared
+
+
+def _other_layouts(folder: Path, root: bytes) -> list[str]:
+    """What the folder's other weights layouts hold unlike the checked one: a loader
+    that reads them (another format, the index instead of the single file, what
+    ``config.json`` names) must get the same tensors, or the folder is not clean."""
+    from ledger.hashing.tensors import layout_digest, weights_layouts
+
+    problems = []
+    for name in weights_layouts(folder)[1:]:
+        try:
+            other = layout_digest(folder, name)
+        except LedgerError as exc:
+            problems.append(f"{name}, which a loader may read instead, cannot be read: {exc}")
+            continue
+        if other.root != root:
+            problems.append(
+                f"{name}, which a loader may read instead, holds other tensors "
+                f"(root {other.root.hex()})"
+            )
+    return problems

@@ -83,7 +83,16 @@ class TensorLeaf:
 
     @property
     def leaf(self) -> bytes:
-        name = self.name.encode()
+        try:
+            name = self.name.encode()
+        except UnicodeEncodeError:  # a lone surrogate, from a crafted file
+            raise UnsupportedFormatError(
+                f"tensor {self.name!r} has a name that is not text"
+            ) from None
+        if any(not 0 <= d < 1 << 64 for d in self.shape):
+            raise UnsupportedFormatError(
+                f"tensor {self.name!r} has a dimension no file can hold: {list(self.shape)}"
+            )
         dtype = self.dtype.encode()
         parts = [
             b"\x00",
@@ -370,7 +379,8 @@ HF_LAYOUTS = (
     ("model.safetensors.index.json", "model.safetensors"),
     ("pytorch_model.bin.index.json", "pytorch_model.bin"),
 )
-"""Hugging Face weights files, in the order ``transformers`` prefers them."""
+"""Hugging Face weights files (index, single file) per format, in the order
+``transformers`` prefers the formats; within one, it reads the single file first."""
 
 
 def tensor_digest(path: Path | str, *, data: bytes | None = None) -> TensorDigest:
@@ -441,6 +451,9 @@ def tensor_plan(path: Path | str) -> TensorPlan | None:
                 )
             tensors.append((name, dtype, shape))
             spans.append((body_start + start, end - start))
+        _check_disjoint(
+            path, [(t[0], (a, a + n)) for t, (a, n) in zip(tensors, spans, strict=True)]
+        )
         return TensorPlan(tuple(tensors), tuple(spans))
     from ledger.hashing._torchfile import Broken, CannotRead, locate_tensors
 
@@ -459,39 +472,98 @@ def tensor_plan(path: Path | str) -> TensorPlan | None:
 
 
 def weights_files(folder: Path | str) -> tuple[tuple[Path, ...], dict[str, str] | None]:
-    """The weights files of a Hugging Face model folder and, when sharded, the
-    index's tensor-to-shard map.
+    """The weights files of a Hugging Face model folder that ``transformers`` loads
+    (its first layout: see :func:`weights_layouts`) and, when sharded, the index's
+    tensor-to-shard map.
 
     Raises :class:`~ledger.errors.FileMissingError` naming a shard the index
     lists but the folder lacks, or the files looked for when there is none.
     """
+    layouts = weights_layouts(folder)
+    if not layouts:
+        looked_for = ", ".join(name for pair in HF_LAYOUTS for name in pair)
+        raise FileMissingError(
+            f"{folder} is a folder without model weights (looked for {looked_for})",
+            hint="give a weights file, or a Hugging Face model folder",
+        )
+    return _layout_files(Path(folder), layouts[0])
+
+
+def weights_layouts(folder: Path | str) -> list[str]:
+    """Every file of ``folder`` a loader may take its weights from, the one
+    ``transformers`` reads first leading: per format (safetensors, then torch) the
+    single file, then the index (the order of ``from_pretrained``); then a file
+    ``config.json`` names under ``transformers_weights``. Verifying a folder checks
+    all of them: a folder holding one set of weights for ledger and another for a
+    loader that looks in another order must not pass."""
     folder = Path(folder)
-    for index_name, single_name in HF_LAYOUTS:
-        index = folder / index_name
-        if index.is_file():
-            weight_map = _read_weight_map(index)
-            shards = sorted(set(weight_map.values()))
-            missing = [name for name in shards if not (folder / name).is_file()]
-            if missing:
-                raise FileMissingError(
-                    f"{folder}: {index_name} lists shard(s) that are missing: "
-                    + ", ".join(missing),
-                    hint="download every shard of the model into the folder, then retry",
-                )
-            return tuple(folder / name for name in shards), weight_map
-        if (folder / single_name).is_file():
-            return (folder / single_name,), None
-    looked_for = ", ".join(name for pair in HF_LAYOUTS for name in pair)
-    raise FileMissingError(
-        f"{folder} is a folder without model weights (looked for {looked_for})",
-        hint="give a weights file, or a Hugging Face model folder",
-    )
+    found = [
+        name
+        for index_name, single_name in HF_LAYOUTS
+        for name in (single_name, index_name)
+        if (folder / name).is_file()
+    ]
+    named = _config_weights(folder)
+    if named is not None and named not in found:
+        found.append(named)
+    return found
+
+
+def _config_weights(folder: Path) -> str | None:
+    """The file ``config.json`` names under ``transformers_weights``, if any."""
+    config = folder / "config.json"
+    try:
+        if not config.is_file() or config.stat().st_size > 16 * 1024 * 1024:
+            return None
+        document = json.loads(config.read_bytes())
+    except (OSError, ValueError, RecursionError):
+        return None
+    named = document.get("transformers_weights") if isinstance(document, dict) else None
+    if not isinstance(named, str):
+        return None
+    if Path(named).name != named or named in ("", ".", "..") or "\0" in named:
+        raise UnsupportedFormatError(
+            f"{config}: transformers_weights {named!r} is not a file name in the model folder"
+        )
+    return named
+
+
+def _layout_files(folder: Path, name: str) -> tuple[tuple[Path, ...], dict[str, str] | None]:
+    """The weights files of one layout: a single file, or an index's shards."""
+    if not name.endswith(".json"):
+        if not (folder / name).is_file():
+            raise FileMissingError(f"{folder}: {name} is missing")
+        return (folder / name,), None
+    weight_map = _read_weight_map(folder / name)
+    shards = sorted(set(weight_map.values()))
+    missing = [shard for shard in shards if not (folder / shard).is_file()]
+    if missing:
+        raise FileMissingError(
+            f"{folder}: {name} lists shard(s) that are missing: "
+            + ", ".join(repr(shard) for shard in missing),
+            hint="download every shard of the model into the folder, then retry",
+        )
+    return tuple(folder / shard for shard in shards), weight_map
+
+
+def layout_digest(folder: Path | str, name: str) -> TensorDigest:
+    """The tensor root of one layout of a model folder (see :func:`weights_layouts`)."""
+    folder = Path(folder)
+    return digest_leaves(_folder_leaves(folder, _layout_files(folder, name)))
+
+
+MAX_INDEX_BYTES = 64 * 1024 * 1024
+"""Largest Hugging Face index read (a name and a shard per tensor: far below this)."""
 
 
 def _read_weight_map(index: Path) -> dict[str, str]:
     try:
+        if index.stat().st_size > MAX_INDEX_BYTES:
+            raise UnsupportedFormatError(
+                f"{index}: more than the {MAX_INDEX_BYTES >> 20} MiB a model's index needs"
+            )
         document = json.loads(index.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:  # ValueError: a number of 4,300+ digits
         raise UnsupportedFormatError(f"{index}: not a JSON document ({str(exc)[:200]})") from exc
     weight_map = document.get("weight_map") if isinstance(document, dict) else None
     if not isinstance(weight_map, dict) or not all(
@@ -516,8 +588,10 @@ def _file_leaves(path: Path) -> Iterator[TensorLeaf]:
     return _torch_leaves(path)
 
 
-def _folder_leaves(folder: Path) -> Iterator[TensorLeaf]:
-    files, weight_map = weights_files(folder)
+def _folder_leaves(
+    folder: Path, layout: tuple[tuple[Path, ...], dict[str, str] | None] | None = None
+) -> Iterator[TensorLeaf]:
+    files, weight_map = layout if layout is not None else weights_files(folder)
     seen: set[str] = set()
     for path in files:
         for leaf in _file_leaves(path):
@@ -554,7 +628,10 @@ _ITEM_SIZES = {
     "U64": 8, "U32": 4, "U16": 2, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1,
     "C64": 8,
 }  # fmt: skip
-_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+"""A JSON string, unrolled (runs of plain bytes, then one escape): the
+alternation ``(?:[^"\\]|\\.)*`` kept backtracking state per byte, about 120 bytes of
+memory per byte of a long string (an 8 MB ``__metadata__`` value: 1 GB)."""
 _JSON_INNERMOST = re.compile(rb"[\[{][^\[\]{}]*[\]}]")
 
 
@@ -593,7 +670,7 @@ def _safetensors_header(path: Path) -> tuple[dict[str, Any], int]:
 
     try:
         header = json.loads(raw, object_pairs_hook=unique)
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:  # ValueError: a number of 4,300+ digits
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise UnsupportedFormatError(f"{path}: safetensors header is not JSON: {reason}") from exc
     if not isinstance(header, dict):
@@ -621,14 +698,34 @@ def _safetensors_entry(
     itemsize = _ITEM_SIZES.get(dtype)
     if itemsize is None:
         raise UnsupportedFormatError(f"{path}: tensor {name!r} has unknown dtype {dtype!r}")
-    if any(d < 0 for d in shape) or not 0 <= start <= end:
+    if any(not 0 <= d < 1 << 63 for d in shape) or not 0 <= start <= end:
         raise UnsupportedFormatError(f"{path}: tensor {name!r} has a malformed header entry")
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: no tensor can be named so
+        raise UnsupportedFormatError(
+            f"{path}: tensor {name!r} has a name that is not text"
+        ) from None
     if end - start != math.prod(shape) * itemsize:
         raise UnsupportedFormatError(
             f"{path}: tensor {name!r} spans {end - start} bytes, but its dtype and shape"
             f" {list(shape)} need {math.prod(shape) * itemsize}"
         )
     return dtype, shape, (start, end)
+
+
+def _check_disjoint(path: Path, spans: list[tuple[str, tuple[int, int]]]) -> None:
+    """No two tensors of a safetensors file share bytes (the format lays them end to
+    end, and its own loader refuses overlaps): a crafted header naming one range
+    for thousands of tensors would have it hashed thousands of times."""
+    end_of: tuple[str, int] | None = None
+    for name, (start, end) in sorted(spans, key=lambda item: item[1]):
+        if end_of is not None and start < end_of[1] and start < end:
+            raise UnsupportedFormatError(
+                f"{path}: tensors {end_of[0]!r} and {name!r} share bytes (at {start})"
+            )
+        if end_of is None or end > end_of[1]:
+            end_of = (name, end)
 
 
 def _safetensors_leaves(path: Path) -> Iterator[TensorLeaf]:
@@ -642,6 +739,7 @@ def _safetensors_leaves(path: Path) -> Iterator[TensorLeaf]:
             raise UnsupportedFormatError(
                 f"{path}: tensor {name!r} points past the end of the file (truncated?)"
             )
+    _check_disjoint(path, [(name, span) for name, _, _, span in entries])
     buffer = page_buffer(READ_PIECE)
     fd = os.open(path, os.O_RDONLY)
     try:
