@@ -718,7 +718,22 @@ def _locate(
     state = _state_of(archive.pickled)
     if state is None:
         return None
-    return state, [_span(archive, name, tensor) for name, tensor in state.items()]
+    spans = [_span(archive, name, tensor) for name, tensor in state.items()]
+    size = len(data) if data is not None else os.path.getsize(path)
+    total = sum(length for _, length in spans)
+    if total > MAX_REREAD * size + (64 << 20):
+        # tied weights share storage (an embedding and its head: twice); thousands of
+        # names of one big storage would be hashed thousands of times
+        raise Broken(
+            f"its tensors name {total} bytes, {total // max(size, 1)} times the file's "
+            f"{size}: the same bytes under many names",
+        )
+    return state, spans
+
+
+MAX_REREAD = 16
+"""Most times over a torch file's size its tensors' bytes may add up to (views and
+tied weights share storage; beyond this, a crafted file multiplies the hashing)."""
 
 
 def locate_tensors(path: Path) -> list[tuple[str, str, tuple[int, ...], int, int]] | None:
