@@ -271,15 +271,14 @@ def _push(
 ) -> dict[str, Any]:
     """Add the data ``found`` fingerprints (a file, a folder, or each file of a glob) to
     ``node``, each checked against the CID in its fingerprint, and pin it."""
-    import glob
-
     from ledger.errors import IntegrityError
     from ledger.hashing.cid import Cid
+    from ledger.record.data import glob_matches
 
     if found.get("kind") in ("file", "folder"):
         pairs = [(Path(source), found)]
     else:  # a glob: the same matches, in the same order, as the fingerprint's entries
-        matches = sorted(glob.glob(source, recursive=True))
+        matches = glob_matches(source)
         entries = found.get("files") or []
         if len(matches) != len(entries):
             raise IntegrityError(

@@ -264,11 +264,23 @@ def _file_link(
     workers: int | None,
     progress: Progress | None,
     whole: Whole | None = None,
+    *,
+    follow: bool = True,
 ) -> Link:
+    """The UnixFS link of the file at ``path`` (``follow`` False: an entry a folder
+    walk found, which must not have turned into a link since)."""
     shown = os.fspath(path)
     chunk_size = chosen.chunk_size
     try:
-        with open(path, "rb", buffering=0) as stream:
+        # found as a regular file by the walk: opened without following a link or
+        # waiting on a FIFO that replaced it since, and checked to be one still
+        flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
+        fd = os.open(path, flags)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise InputError(f"{shown!r} changed into something other than a file; try again")
+        os.set_blocking(fd, True)
+        with open(fd, "rb", buffering=0) as stream:
             if hasattr(os, "posix_fadvise"):
                 os.posix_fadvise(stream.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
             if workers == 1 or size <= READ_BLOCK:
@@ -483,15 +495,15 @@ class _FolderHasher:
         links: list[Link | None] = [None] * len(files)
         for index, (path, size) in enumerate(files):
             if size > READ_BLOCK:  # a large file: every core on its blocks
-                links[index] = _file_link(path, size, chosen, self.workers, progress)
+                links[index] = _file_link(path, size, chosen, self.workers, progress, follow=False)
         if self.workers == 1 or len(small) < 2:
             for index in small:
-                links[index] = _file_link(*files[index], chosen, 1, progress)
+                links[index] = _file_link(*files[index], chosen, 1, progress, follow=False)
         else:  # small files: one per thread (hashlib and reads release the GIL)
             from concurrent.futures import ThreadPoolExecutor
 
             def one(index: int) -> Link:
-                return _file_link(*files[index], chosen, 1, None)
+                return _file_link(*files[index], chosen, 1, None, follow=False)
 
             with ThreadPoolExecutor(self.workers, thread_name_prefix="ledger-hash") as pool:
                 for index, link in zip(small, pool.map(one, small), strict=True):
@@ -501,18 +513,31 @@ class _FolderHasher:
         return [link for link in links if link is not None]
 
     def _build(self, tree: _Folder, files: list[Link]) -> Link:
-        links: list[tuple[bytes, Link]] = []
-        for name, item in tree:
-            if isinstance(item, Link):
-                links.append((name, item))
-            elif isinstance(item, int):
-                links.append((name, files[item]))
+        """The folder's node, built bottom up with an explicit stack: a tree nested
+        thousands deep must not exhaust Python's recursion (the walk has none)."""
+        built: dict[int, Link] = {}  # id of a subfolder's entries -> its node
+        pending: list[tuple[_Folder, bool]] = [(tree, False)]
+        while pending:
+            folder, children_done = pending.pop()
+            if not children_done:
+                pending.append((folder, True))
+                pending.extend((item, False) for _, item in folder if isinstance(item, list))
+                continue
+            links: list[tuple[bytes, Link]] = []
+            for name, item in folder:
+                if isinstance(item, Link):
+                    links.append((name, item))
+                elif isinstance(item, int):
+                    links.append((name, files[item]))
+                else:
+                    links.append((name, built.pop(id(item))))
+            chosen = self.profile
+            if _estimate(links, chosen) > chosen.hamt_threshold:
+                node = shard_link(links, chosen.cid_version, fanout=chosen.hamt_fanout)
             else:
-                links.append((name, self._build(item, files)))
-        chosen = self.profile
-        if _estimate(links, chosen) > chosen.hamt_threshold:
-            return shard_link(links, chosen.cid_version, fanout=chosen.hamt_fanout)
-        return dag_node_link(links, DIRECTORY_DATA, chosen.cid_version)
+                node = dag_node_link(links, DIRECTORY_DATA, chosen.cid_version)
+            built[id(folder)] = node
+        return built[id(tree)]
 
 
 def _estimate(links: list[tuple[bytes, Link]], chosen: ImportProfile) -> int:

@@ -50,7 +50,9 @@ import glob
 import hashlib
 import logging
 import os
+import re
 import sqlite3
+import stat
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -376,7 +378,7 @@ class _Fingerprinter:
         return found
 
     def _glob(self, pattern: str) -> dict[str, Any]:
-        matches = sorted(glob.glob(pattern, recursive=True))
+        matches = glob_matches(pattern)
         if not matches:
             raise InputError(
                 f"no file matches the data pattern {pattern!r}",
@@ -514,3 +516,94 @@ def _arrow_sha256(table: Any) -> str:
     with pa.ipc.new_stream(sink, arrow.schema) as writer:
         writer.write_table(arrow)
     return hashlib.sha256(memoryview(sink.getvalue())).hexdigest()
+
+
+MAX_GLOB_PATHS = 5_000_000
+"""Most paths a data pattern may walk through (files and folders) before it is
+refused (a pattern over a whole disk)."""
+
+
+def glob_matches(pattern: str) -> list[str]:
+    """The files and folders ``pattern`` matches, sorted, as ``glob.glob(pattern,
+    recursive=True)`` names them (``**``: folders at any depth; names starting
+    with a dot only where the pattern's part does), except that linked folders are
+    neither walked into nor matched.
+
+    Why not ``glob.glob`` itself: it follows links to folders, so two links back
+    to the folder (``a -> .``) make 2**40 paths under ``**`` and ``/**`` loops in
+    ``/proc``, and a link can lead out of the dataset. A file that is itself a
+    link (a Hugging Face cache's snapshot files) is kept; FIFOs, sockets and
+    devices are not data. Python 3.13's ``glob.translate`` would give the
+    pattern's regular expression; on 3.11 :func:`_pattern_regex` writes it."""
+    parts = Path(pattern).parts
+    fixed: list[str] = []
+    for part in parts:
+        if glob.has_magic(part):
+            break
+        fixed.append(part)
+    rest = parts[len(fixed) :]
+    prefix = os.path.join(*fixed) if fixed else ""
+    if not rest:  # no wildcard: the path itself, if it is data
+        return [pattern] if _is_data(pattern) else []
+    regex = _pattern_regex(rest)
+    root = prefix or "."
+    found: list[str] = []
+    if rest[-1] == "**" and regex.fullmatch("") and os.path.isdir(root):
+        found.append(os.path.join(prefix, ""))  # glob names the folder itself too
+    walked = 0
+    for folder, dirs, files in os.walk(root, followlinks=False):
+        below = os.path.relpath(folder, root)
+        below = "" if below == "." else below + "/"
+        kept_dirs = []
+        for name in sorted(dirs) + sorted(files):
+            walked += 1
+            if walked > MAX_GLOB_PATHS:
+                raise InputError(
+                    f"the data pattern {pattern!r} walks more than {MAX_GLOB_PATHS:,} paths",
+                    hint="narrow the pattern (a folder of its own, a file extension)",
+                )
+            path = os.path.join(folder, name)
+            linked_dir = os.path.islink(path) and os.path.isdir(path)
+            if name in dirs and not linked_dir:
+                kept_dirs.append(name)
+            if not linked_dir and regex.fullmatch(below + name) and _is_data(path):
+                found.append(os.path.join(prefix, below + name) if prefix else below + name)
+        dirs[:] = kept_dirs
+    return sorted(found)
+
+
+def _is_data(path: str) -> bool:
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False  # gone, or a dangling link
+    return stat.S_ISREG(mode) or stat.S_ISDIR(mode)
+
+
+def _pattern_regex(parts: Sequence[str]) -> re.Pattern[str]:
+    """A regular expression for the relative paths the glob ``parts`` match."""
+    pieces = []
+    for number, part in enumerate(parts):
+        last = number == len(parts) - 1
+        if part == "**":  # any number of folders (none too), not hidden ones
+            pieces.append("(?:(?!\\.)[^/]+(?:/(?!\\.)[^/]+)*)?" if last else "(?:(?!\\.)[^/]+/)*")
+            continue
+        segment = "" if part.startswith(".") else "(?!\\.)"
+        at = 0
+        while at < len(part):
+            char = part[at]
+            if char == "*":
+                segment += "[^/]*"
+            elif char == "?":
+                segment += "[^/]"
+            elif char == "[" and (close := part.find("]", at + 2)) != -1:
+                inner = part[at + 1 : close]
+                if inner.startswith("!"):
+                    inner = "^" + inner[1:]
+                segment += "[" + inner.replace("\\", "\\\\").replace("[", "\\[") + "]"
+                at = close
+            else:
+                segment += re.escape(char)
+            at += 1
+        pieces.append(segment + ("" if last else "/"))
+    return re.compile("".join(pieces))

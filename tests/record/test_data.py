@@ -97,6 +97,42 @@ def test_a_glob_is_its_sorted_matches(tmp_path: Path) -> None:
         fingerprint(str(folder / "*.parquet"))
 
 
+def test_a_glob_does_not_walk_linked_folders(tmp_path: Path) -> None:
+    """Python's glob follows links to folders: two links back to the folder make
+    2**40 paths under ``**``, and a link can lead out of the dataset. Matches
+    reached through a linked folder are left out; a file link is data."""
+    folder = make_folder(tmp_path / "d", count=2)
+    (folder / "loop-a").symlink_to(".")
+    (folder / "loop-b").symlink_to(".")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.txt").write_text("not the dataset's")
+    (folder / "away").symlink_to(outside)
+    (folder / "linked.txt").symlink_to(folder / "part-0.txt")
+    matches = data.glob_matches(str(folder / "**" / "*.txt"))
+    names = sorted(Path(m).relative_to(folder).as_posix() for m in matches)
+    assert "linked.txt" in names and not any("loop" in n or "away" in n for n in names)
+    assert names == sorted(
+        p.relative_to(folder).as_posix()
+        for p in folder.rglob("*.txt")
+        if not any(part in ("loop-a", "loop-b", "away") for part in p.relative_to(folder).parts)
+    )
+    assert fingerprint(str(folder / "**" / "*.txt"))["count"] == len(names)
+
+
+def test_a_folder_nested_past_pythons_recursion_gets_its_cid(tmp_path: Path) -> None:
+    """The walk and the build of a folder's nodes keep their own stacks: a tree
+    nested 1,200 deep (past Python's recursion limit of 1,000) gets a CID."""
+    root = tmp_path / "deep"
+    folder = root
+    for _ in range(1200):  # os.makedirs recurses too
+        folder = folder / "d"
+        folder.mkdir(parents=folder.parent == root)
+    (root / "top.txt").write_text("x")
+    first = path_cid(root)
+    assert first == path_cid(root) and first != path_cid(root / "d")
+
+
 def test_a_missing_data_path_names_its_key(tmp_path: Path) -> None:
     with pytest.raises(InputError, match=r"data 'train': no file at .*gone"):
         build_manifest(name="r", config={}, data={"train": tmp_path / "gone"}, code_root=tmp_path)
