@@ -106,6 +106,17 @@ class _BackgroundCid:
             self._pool.shutdown(wait=True, cancel_futures=True)
 
 
+def _shown(text: str) -> str:
+    """``text`` for the terminal: names a crafted file chose (tensors, shards, paths)
+    can neither style the report (rich markup) nor move the cursor and paint a line
+    of their own (newlines, escape sequences): both are shown as written."""
+    from rich.markup import escape
+
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return escape(text)
+
+
 def _print_report(report: Any) -> None:
     from rich.console import Console
 
@@ -118,21 +129,21 @@ def _print_report(report: Any) -> None:
         "unchecked": "yellow",
         "proven": "green",
     }
+    path = _shown(report.path)
     if report.is_folder:
-        files = ", ".join(report.files or [])
+        files = _shown(", ".join(report.files or []))
         console.print(
-            f"[bold]{report.path}[/bold]  model folder ({files}): no file CID, "
-            "looked up by tensor root"
+            f"[bold]{path}[/bold]  model folder ({files}): no file CID, looked up by tensor root"
         )
     else:
-        console.print(f"[bold]{report.path}[/bold]  CID {report.file_cid}")
+        console.print(f"[bold]{path}[/bold]  CID {report.file_cid}")
     for check in report.checks:
         mark = (
             "[green]✓[/green]"
             if check.ok
             else ("[yellow]?[/yellow]" if check.unchecked else "[red]✗[/red]")
         )
-        console.print(f"  {mark} {check.name}: {check.detail}")
+        console.print(f"  {mark} {_shown(check.name)}: {_shown(check.detail)}")
     if report.origin is not None and report.claimants:
         origin = report.origin
         console.print(
