@@ -320,7 +320,50 @@ def deep_key_legacy(tmp_path: Path) -> Path:
     return write(tmp_path, "legacy-deep.pt", data[:at] + deep + data[at + int(end or 0) + 1 :])
 
 
+def raw_header_safetensors(tmp_path: Path, name: str, raw: bytes, body: bytes) -> Path:
+    return write(tmp_path, name, struct.pack("<Q", len(raw)) + raw + body)
+
+
+def many_names_of_one_storage(tmp_path: Path) -> Path:
+    """A torch file naming one 4 MiB storage 100 times (torch.save keeps it once):
+    its tensors would be hashed 100 times over."""
+    shared = torch.zeros(1 << 20)
+    return saved(tmp_path, {f"view{i}": shared for i in range(100)}, "many-names.pt")
+
+
 HOSTILE: dict[str, Callable[[Path], Path]] = {
+    "many-names-of-one-storage.pt": many_names_of_one_storage,
+    # many names of one range: each would be hashed once per name
+    "overlapping-offsets.safetensors": lambda p: write(
+        p,
+        "overlap.safetensors",
+        safetensors_bytes(
+            {
+                f"t{i}": {"dtype": "U8", "shape": [4096], "data_offsets": [0, 4096]}
+                for i in range(50)
+            },
+            bytes(4096),
+        ),
+    ),
+    "huge-number.safetensors": lambda p: raw_header_safetensors(
+        p,
+        "bignum.safetensors",
+        b'{"a": {"dtype": "U8", "shape": [1], "data_offsets": [0, 1' + b"0" * 5000 + b"]}}",
+        bytes(1),
+    ),
+    "surrogate-name.safetensors": lambda p: raw_header_safetensors(
+        p,
+        "surrogate.safetensors",
+        b'{"\\ud800": {"dtype": "U8", "shape": [1], "data_offsets": [0, 1]}}',
+        bytes(1),
+    ),
+    "shape-past-64-bits.safetensors": lambda p: write(
+        p,
+        "shape.safetensors",
+        safetensors_bytes(
+            {"a": {"dtype": "U8", "shape": [1 << 64, 0], "data_offsets": [0, 0]}}, b""
+        ),
+    ),
     "deep-tuple-key.pt": lambda p: deep_key_zip(p / "deep.pt"),
     "deep-tuple-key-for-torch.pt": lambda p: deep_key_zip(
         p / "deep-torch.pt", b"ccollections\nOrderedDict\n)R"

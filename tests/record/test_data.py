@@ -129,8 +129,13 @@ def test_a_folder_nested_past_pythons_recursion_gets_its_cid(tmp_path: Path) -> 
         folder = folder / "d"
         folder.mkdir(parents=folder.parent == root)
     (root / "top.txt").write_text("x")
-    first = path_cid(root)
-    assert first == path_cid(root) and first != path_cid(root / "d")
+    try:
+        first = path_cid(root)
+        assert first == path_cid(root) and first != path_cid(root / "d")
+    finally:  # bottom up: shutil.rmtree (pytest's cleanup of old runs) recurses too
+        while folder != root:
+            folder.rmdir()
+            folder = folder.parent
 
 
 def test_a_missing_data_path_names_its_key(tmp_path: Path) -> None:
