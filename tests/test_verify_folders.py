@@ -47,22 +47,23 @@ def test_every_layout_a_loader_may_read_must_hold_the_recorded_tensors(
     save_file(evil_of(state), str(first / "model.safetensors"))
     assert check.verify_file(first).outcome is not Outcome.VERIFIED
 
+    def mismatch_naming(folder: Path, name: str) -> None:
+        report = check.verify_file(folder)
+        assert report.outcome is Outcome.MISMATCH
+        assert name in " ".join(c.detail for c in report.failed)
+
     # the recorded single file, other tensors behind the index
     behind = tmp_path / "index-behind"
     save_sharded(evil_of(state), behind, shards=2)
     save_file(state, str(behind / "model.safetensors"))
-    report = check.verify_file(behind)
-    assert report.outcome is Outcome.MISMATCH
-    assert "model.safetensors.index.json" in " ".join(c.detail for c in report.failed)
+    mismatch_naming(behind, "model.safetensors.index.json")
 
     # torch weights beside safetensors: a loader asked for .bin reads them
     beside = tmp_path / "bin-beside"
     beside.mkdir()
     save_file(state, str(beside / "model.safetensors"))
     torch.save(evil_of(state), beside / "pytorch_model.bin")
-    report = check.verify_file(beside)
-    assert report.outcome is Outcome.MISMATCH
-    assert "pytorch_model.bin" in " ".join(c.detail for c in report.failed)
+    mismatch_naming(beside, "pytorch_model.bin")
 
     # config.json naming another file for transformers to load
     redirected = tmp_path / "redirected"
@@ -71,9 +72,7 @@ def test_every_layout_a_loader_may_read_must_hold_the_recorded_tensors(
     save_file(evil_of(state), str(redirected / "other.safetensors"))
     config = {"transformers_weights": "other.safetensors"}
     (redirected / "config.json").write_text(json.dumps(config))
-    report = check.verify_file(redirected)
-    assert report.outcome is Outcome.MISMATCH
-    assert "other.safetensors" in " ".join(c.detail for c in report.failed)
+    mismatch_naming(redirected, "other.safetensors")
 
 
 def test_a_sharded_checkpoint_folder_holding_hugging_face_weights_is_not_clean(
